@@ -1,0 +1,115 @@
+"""The FastAPI application and process start-up shared by ``serve`` and ``worker``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from labelloop import __version__, db, engine
+from labelloop.config import Settings, get_settings
+from labelloop.parameters import service as parameters
+from labelloop.runs.service import RunNotFound
+from labelloop.storage import service as storage
+from labelloop.workforce import service as workforce
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).parent / "web"
+templates = Jinja2Templates(directory=WEB_DIR / "templates")
+
+
+def start(settings: Settings) -> str | None:
+    """Open the database, create what a first start needs, launch the engine and apply the schedules.
+
+    Returns the admin's temporary password when this start created the admin user.
+    """
+    settings.resolved_home.mkdir(parents=True, exist_ok=True)
+    db.init(settings.app_database_url)
+    storage.ensure_bucket()
+    with db.session() as session:
+        created = parameters.ensure_defaults(session)
+        admin_password = workforce.ensure_admin(session, settings.admin_password)
+    if created:
+        log.info("parameters created with their defaults", extra={"count": created})
+    engine.start(settings)
+    from labelloop.parameters.flows import apply_schedules
+
+    with db.session() as session:
+        values = parameters.values(session)
+    for applied in apply_schedules(values):
+        log.info("schedule in force", extra=applied)
+    return admin_password
+
+
+def stop() -> None:
+    """Stop the engine and close the database."""
+    engine.stop()
+    db.close()
+
+
+def _error_handlers(app: FastAPI) -> None:
+    def handler(status_code: int):  # type: ignore[no-untyped-def]
+        async def respond(_request: Request, exc: Exception) -> JSONResponse:
+            detail = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            if status_code == 404 and isinstance(exc, KeyError):
+                detail = f"not found: {detail}"
+            return JSONResponse({"detail": detail}, status_code=status_code)
+
+        return respond
+
+    app.add_exception_handler(parameters.UnknownParameter, handler(404))
+    app.add_exception_handler(parameters.ParameterError, handler(422))
+    app.add_exception_handler(storage.InvalidKey, handler(400))
+    app.add_exception_handler(storage.ObjectNotFound, handler(404))
+    app.add_exception_handler(RunNotFound, handler(404))
+    app.add_exception_handler(workforce.WorkforceError, handler(422))
+
+
+def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = False) -> FastAPI:
+    """The web application. With ``manage_lifecycle`` it starts and stops the engine itself."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            start(settings)
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                stop()
+
+    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan,
+                  description="Continuous improvement of custom image-label models with humans in the loop.")
+    _error_handlers(app)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    from labelloop.modeling.views import router as modeling_router
+    from labelloop.notifications.views import router as notifications_router
+    from labelloop.parameters.views import router as parameters_router
+    from labelloop.runs.views import router as runs_router
+    from labelloop.storage.views import router as storage_router
+    from labelloop.workforce.views import router as workforce_router
+
+    for router in (workforce_router, parameters_router, storage_router, runs_router, notifications_router,
+                   modeling_router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers and its database is reachable."""
+        with db.session() as session:
+            session.execute(db.text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def root(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(request, "index.html", {"version": __version__,
+                                                                  "home": str(settings.resolved_home)})
+
+    return app

@@ -1,0 +1,111 @@
+"""Typed configuration from one place: ``LABELLOOP_*`` environment variables, CLI flags, defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting labelloop reads. CLI flags override these by setting the same fields."""
+
+    model_config = SettingsConfigDict(env_prefix="LABELLOOP_", extra="ignore")
+
+    home: Path = Field(default=Path("./labelloop-data"), description="Folder for the database, bucket and caches")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the application database; default a SQLite file in home"
+    )
+    system_database_url: str | None = Field(
+        default=None,
+        description="URL of the workflow engine's records; default a second SQLite file in home, "
+        "or the application database when that is PostgreSQL",
+    )
+    storage_url: str | None = Field(
+        default=None, description="Bucket: a local folder (file://PATH) or s3://bucket; default home/bucket"
+    )
+    admin_password: str | None = Field(default=None, description="Password for the first admin user")
+    public_url: str = Field(default="http://127.0.0.1:8080", description="Address users reach the server at")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    watch_folder: Path | None = Field(default=None, description="A drop folder whose files go into the bucket")
+    scheduler_polling_seconds: float = Field(default=2.0, gt=0)
+    queue_polling_seconds: float = Field(default=0.2, gt=0)
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    # Client side (the CLI talking to a server)
+    server: str = Field(default="http://127.0.0.1:8080", description="The server the CLI talks to")
+    token: str | None = Field(default=None, description="API bearer token for the CLI")
+    username: str | None = None
+    password: str | None = None
+    # Notifications
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_sender: str = "labelloop@localhost"
+    notify_email: list[str] = Field(default_factory=list, description="Addresses that get every notification")
+    webhook_urls: list[str] = Field(default_factory=list, description="URLs that get every notification as JSON")
+    webhook_timeout_seconds: float = 10.0
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    token_ttl_hours: int = Field(default=24 * 30, gt=0)
+
+    @field_validator("notify_email", "webhook_urls", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            stripped = value.strip()
+            if stripped.startswith("["):
+                return value
+            return [part.strip() for part in stripped.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_home(self) -> Path:
+        """The home folder as an absolute path."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def app_database_url(self) -> str:
+        """The application database URL, defaulting to a SQLite file in home."""
+        return self.database_url or f"sqlite:///{self.resolved_home / 'labelloop.db'}"
+
+    @property
+    def engine_database_url(self) -> str:
+        """The workflow engine's (DBOS) system database URL."""
+        if self.system_database_url:
+            return self.system_database_url
+        if self.app_database_url.startswith("postgresql"):
+            return self.app_database_url
+        return f"sqlite:///{self.resolved_home / 'workflows.db'}"
+
+    @property
+    def bucket_url(self) -> str:
+        """Where objects are stored."""
+        return self.storage_url or f"file://{self.resolved_home / 'bucket'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local cache folder (ONNX backbone, embeddings)."""
+        return self.resolved_home / "cache"
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The settings in force: those set by :func:`configure`, else read from the environment once."""
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+def configure(**overrides: object) -> Settings:
+    """Read the environment again and apply ``overrides`` (CLI flags; ``None`` means not given)."""
+    global _settings
+    given = {name: value for name, value in overrides.items() if value is not None}
+    _settings = Settings(**given)
+    return _settings

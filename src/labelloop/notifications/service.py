@@ -1,0 +1,116 @@
+"""Notifications: one message shape for every branch, stored in the feed and sent to each channel."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from labelloop import db
+from labelloop.config import get_settings
+from labelloop.notifications import channels
+from labelloop.notifications.models import Notification
+
+log = logging.getLogger(__name__)
+
+
+def run_link(run_id: str | None) -> str | None:
+    """The address of a run's page."""
+    if not run_id:
+        return None
+    return f"{get_settings().public_url.rstrip('/')}/runs/{run_id}"
+
+
+def as_dict(note: Notification) -> dict[str, Any]:
+    """A notification as the API, webhooks and pages show it."""
+    return {
+        "id": note.id, "created_at": note.created_at, "event_type": note.event_type,
+        "subject": note.subject, "message": note.message, "object_key": note.object_key,
+        "model_version": note.model_version, "label": note.label, "confidence": note.confidence,
+        "status": note.status, "run_id": note.run_id, "link": run_link(note.run_id),
+        "deliveries": note.deliveries or {},
+    }
+
+
+def _body(fields: dict[str, Any]) -> str:
+    lines = [fields["message"], ""]
+    for name in ("event_type", "object_key", "model_version", "label", "confidence", "status", "link"):
+        if fields.get(name) is not None:
+            lines.append(f"{name.replace('_', ' ').capitalize()}: {fields[name]}")
+    return "\n".join(lines)
+
+
+def notify(event_type: str, subject: str, message: str, *, object_key: str | None = None,
+           model_version: str | None = None, label: str | None = None, confidence: float | None = None,
+           status: str | None = None, run_id: str | None = None, dedupe_key: str | None = None) -> int:
+    """Record a notification in the feed and deliver it to every configured channel; returns its id.
+
+    ``dedupe_key`` makes a retried workflow step notify once. A channel that fails is logged and its
+    error kept on the notification; the feed entry and the other channels are not affected.
+    """
+    with db.session() as session:
+        if dedupe_key:
+            existing = session.scalar(select(Notification).where(Notification.dedupe_key == dedupe_key))
+            if existing is not None:
+                return existing.id
+        note = Notification(event_type=event_type, subject=subject[:300], message=message,
+                            object_key=object_key, model_version=model_version, label=label,
+                            confidence=confidence, status=status, run_id=run_id, dedupe_key=dedupe_key,
+                            deliveries={})
+        session.add(note)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return _existing_id(session, dedupe_key)
+        fields = as_dict(note)
+    deliveries = deliver(fields)
+    with db.session() as session:
+        session.get(Notification, fields["id"]).deliveries = deliveries
+    return fields["id"]
+
+
+def _existing_id(session: Session, dedupe_key: str | None) -> int:
+    return session.scalar(select(Notification.id).where(Notification.dedupe_key == dedupe_key))
+
+
+def deliver(fields: dict[str, Any]) -> dict[str, Any]:
+    """Send one notification to email and webhooks; returns what happened on each channel."""
+    settings = get_settings()
+    results: dict[str, Any] = {"feed": "stored"}
+    payload = json.loads(json.dumps(fields, default=str))
+    if settings.smtp_host and settings.notify_email:
+        results["email"] = _attempt("email", fields, lambda: channels.send_email(
+            settings, fields["subject"], _body(fields)))
+    for url in settings.webhook_urls:
+        results[f"webhook {url}"] = _attempt(f"webhook {url}", fields,
+                                             lambda url=url: channels.post_webhook(settings, url, payload))
+    return results
+
+
+def _attempt(channel: str, fields: dict[str, Any], send: Any) -> str:
+    try:
+        outcome = send()
+    except Exception as exc:  # a failing channel must not stop the loop; the error is logged and kept
+        log.error("notification delivery failed", extra={"channel": channel, "notification": fields["id"],
+                                                           "event_type": fields["event_type"],
+                                                           "error": repr(exc)})
+        return f"failed: {exc!r}"
+    log.info("notification delivered", extra={"channel": channel, "notification": fields["id"],
+                                              "event_type": fields["event_type"]})
+    return outcome
+
+
+def feed(session: Session, *, limit: int = 100, event_type: str | None = None,
+         after_id: int | None = None) -> list[Notification]:
+    """The newest notifications first."""
+    query = select(Notification).order_by(Notification.id.desc()).limit(limit)
+    if event_type:
+        query = query.where(Notification.event_type == event_type)
+    if after_id is not None:
+        query = query.where(Notification.id > after_id)
+    return list(session.scalars(query))

@@ -1,0 +1,246 @@
+"""The Parameter Store: definitions, validation, reads and versioned changes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labelloop.db import utcnow
+from labelloop.parameters.models import Parameter, ParameterChange
+
+ENABLE_AUTOMATIC_TRAINING = "Enable-Automatic-Training"
+TRAINING_POLL_FREQUENCY = "Automatic-Training-Poll-Frequency"
+MINIMUM_UNTRAINED_IMAGES = "Minimum-Untrained-Images"
+MINIMUM_F1_SCORE = "Minimum-F1-Score"
+MINIMUM_INFERENCE_UNITS = "Minimum-Inference-Units"
+MINIMUM_LABEL_DETECTION_CONFIDENCE = "Minimum-Label-Detection-Confidence"
+ENABLE_A2I_WORKFLOW = "Enable-A2I-Workflow"
+ENABLE_AUTOMATIC_HUMAN_SAMPLING = "Enable-Automatic-Human-Sampling"
+HUMAN_SAMPLING_FREQUENCY = "Automatic-Human-Sampling-Frequency"
+HUMAN_SAMPLING_INTERVAL = "Human-Sampling-Interval"
+FOR_SYSTEM_USE_ONLY = "For-System-Use-Only"
+
+_INT = re.compile(r"^[+]?\d+$")
+_FLOAT = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)$")
+
+
+class ParameterError(ValueError):
+    """A parameter name or value that is not allowed; the message says what is."""
+
+
+class UnknownParameter(ParameterError):
+    """No parameter has this name."""
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What a parameter is: its type, allowed range, default and meaning."""
+
+    name: str
+    kind: str  # "bool", "int", "float" or "json"
+    default: str
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    system_only: bool = False
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values in words."""
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "json":
+            return "a JSON object, written by the system only"
+        noun = "a whole number" if self.kind == "int" else "a number"
+        if self.maximum is None:
+            return f"{noun} ≥ {_fmt(self.minimum)}"
+        return f"{noun} from {_fmt(self.minimum)} to {_fmt(self.maximum)}"
+
+    def parse(self, raw: str) -> Any:
+        """The typed value of an already-validated stored string."""
+        if self.kind == "bool":
+            return raw == "true"
+        if self.kind == "int":
+            return int(raw)
+        if self.kind == "float":
+            return float(raw)
+        return json.loads(raw or "{}")
+
+
+def _fmt(number: float | None) -> str:
+    if number is None:
+        return ""
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+DEFINITIONS: dict[str, Definition] = {
+    d.name: d
+    for d in [
+        Definition(ENABLE_AUTOMATIC_TRAINING, "bool", "true",
+                   "Check for new training on the schedule; switching it to true checks at once."),
+        Definition(TRAINING_POLL_FREQUENCY, "int", "720",
+                   "Minutes between scheduled training checks.", minimum=1),
+        Definition(MINIMUM_UNTRAINED_IMAGES, "int", "10",
+                   "Labeled images that must be added since the last successful training before the "
+                   "next training starts.", minimum=1),
+        Definition(MINIMUM_F1_SCORE, "float", "0.8",
+                   "A new model version is deployed only if its F1 score on the test split reaches this.",
+                   minimum=0.0, maximum=1.0),
+        Definition(MINIMUM_INFERENCE_UNITS, "int", "1",
+                   "Inference workers that serve the model.", minimum=1, maximum=64),
+        Definition(MINIMUM_LABEL_DETECTION_CONFIDENCE, "float", "70.0",
+                   "Detections below this confidence (0-100) go to human review.",
+                   minimum=0.0, maximum=100.0),
+        Definition(ENABLE_A2I_WORKFLOW, "bool", "true",
+                   "Create a human loop for detections below the minimum confidence."),
+        Definition(ENABLE_AUTOMATIC_HUMAN_SAMPLING, "bool", "true",
+                   "Send every Human-Sampling-Interval-th detection to human review on a schedule."),
+        Definition(HUMAN_SAMPLING_FREQUENCY, "int", "720",
+                   "Minutes between scheduled human sampling runs.", minimum=1),
+        Definition(HUMAN_SAMPLING_INTERVAL, "int", "1000",
+                   "Every n-th detection since sampling was enabled is sampled.", minimum=1),
+        Definition(FOR_SYSTEM_USE_ONLY, "json", "{}",
+                   "State the system keeps between runs (previous_trained_images, serving version).",
+                   system_only=True),
+    ]
+}
+
+
+def definition(name: str) -> Definition:
+    """The definition of ``name``, or :class:`UnknownParameter` listing the known names."""
+    try:
+        return DEFINITIONS[name]
+    except KeyError:
+        known = ", ".join(DEFINITIONS)
+        raise UnknownParameter(f"no parameter named {name!r}; the parameters are: {known}") from None
+
+
+def validate(name: str, raw: object) -> str:
+    """Check ``raw`` against the parameter's type and range and return the value as stored.
+
+    Raises :class:`ParameterError` with a message saying what was wrong and what is allowed.
+    """
+    spec = definition(name)
+    text = str(raw).strip() if raw is not None else ""
+    problem = f"{name} must be {spec.allowed}; got {str(raw)[:80]!r}"
+    if spec.kind == "bool":
+        if text.lower() not in ("true", "false"):
+            raise ParameterError(problem)
+        return text.lower()
+    if spec.kind == "json":
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ParameterError(f"{name} must be a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise ParameterError(f"{name} must be a JSON object")
+        return json.dumps(value, sort_keys=True)
+    pattern = _INT if spec.kind == "int" else _FLOAT
+    if not pattern.match(text):
+        raise ParameterError(problem)
+    number = float(text)
+    if not math.isfinite(number) or (spec.minimum is not None and number < spec.minimum) or (
+        spec.maximum is not None and number > spec.maximum
+    ):
+        raise ParameterError(problem)
+    return str(int(text)) if spec.kind == "int" else repr(float(text))
+
+
+def ensure_defaults(db: Session) -> int:
+    """Create every parameter that does not exist yet with its default; returns how many were created."""
+    existing = set(db.scalars(select(Parameter.name)))
+    missing = [spec for name, spec in DEFINITIONS.items() if name not in existing]
+    for spec in missing:
+        db.add(Parameter(name=spec.name, value=spec.default, version=1, modified_by="system"))
+        db.add(ParameterChange(name=spec.name, version=1, old_value=None, new_value=spec.default,
+                               changed_by="system"))
+    db.flush()
+    return len(missing)
+
+
+def get(db: Session, name: str) -> Parameter:
+    """The stored parameter ``name``."""
+    definition(name)
+    row = db.get(Parameter, name)
+    if row is None:
+        raise UnknownParameter(f"parameter {name!r} has not been created yet; start the server once")
+    return row
+
+
+def value(db: Session, name: str) -> Any:
+    """The typed current value of ``name`` (bool, int, float or dict)."""
+    return definition(name).parse(get(db, name).value)
+
+
+def values(db: Session) -> dict[str, Any]:
+    """Every parameter's typed current value."""
+    rows = db.scalars(select(Parameter)).all()
+    return {row.name: DEFINITIONS[row.name].parse(row.value) for row in rows if row.name in DEFINITIONS}
+
+
+def list_all(db: Session) -> list[Parameter]:
+    """Every parameter in definition order."""
+    rows = {row.name: row for row in db.scalars(select(Parameter))}
+    return [rows[name] for name in DEFINITIONS if name in rows]
+
+
+def change(db: Session, name: str, raw: object, *, changed_by: str, system: bool = False) -> ParameterChange | None:
+    """Validate and store a new value of ``name``; returns the change, or ``None`` when the value is the same.
+
+    ``For-System-Use-Only`` can only be written with ``system=True``.
+    """
+    spec = definition(name)
+    if spec.system_only and not system:
+        raise ParameterError(f"{name} is written by the system only")
+    new_value = validate(name, raw)
+    row = get(db, name)
+    if row.value == new_value:
+        return None
+    old_value = row.value
+    row.value = new_value
+    row.version += 1
+    row.last_modified = utcnow()
+    row.modified_by = changed_by
+    record = ParameterChange(name=name, version=row.version, old_value=old_value, new_value=new_value,
+                             changed_by=changed_by, changed_at=row.last_modified)
+    db.add(record)
+    db.flush()
+    return record
+
+
+def history(db: Session, name: str | None = None, limit: int = 200) -> list[ParameterChange]:
+    """Changes, newest first, of one parameter or of all."""
+    query = select(ParameterChange).order_by(ParameterChange.id.desc()).limit(limit)
+    if name is not None:
+        definition(name)
+        query = query.where(ParameterChange.name == name)
+    return list(db.scalars(query))
+
+
+def system_state(db: Session) -> dict[str, Any]:
+    """The ``For-System-Use-Only`` object."""
+    return value(db, FOR_SYSTEM_USE_ONLY)
+
+
+def update_system_state(db: Session, **updates: Any) -> dict[str, Any]:
+    """Merge ``updates`` into ``For-System-Use-Only`` and store it as a system change."""
+    state = system_state(db)
+    state.update(updates)
+    change(db, FOR_SYSTEM_USE_ONLY, json.dumps(state, sort_keys=True), changed_by="system", system=True)
+    return state
+
+
+def describe(row: Parameter) -> dict[str, Any]:
+    """A parameter row with its definition, as the API and pages show it."""
+    spec = DEFINITIONS[row.name]
+    return {
+        "name": row.name, "value": row.value, "type": spec.kind, "allowed": spec.allowed,
+        "description": spec.description, "default": None if spec.system_only else spec.default,
+        "version": row.version, "last_modified": row.last_modified, "modified_by": row.modified_by,
+    }

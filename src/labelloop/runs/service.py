@@ -1,0 +1,89 @@
+"""Run history read from the workflow engine's own records (DBOS), shaped for the API and pages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from dbos import DBOS
+
+from labelloop.engine import jsonable
+
+# Which branch of the seed's state machine each workflow belongs to.
+BRANCHES: dict[str, str] = {
+    "parameter_change": "Parameter Store",
+    "training_check": "Training",
+    "scheduled_training_check": "Training",
+    "object_created": "Object Created",
+    "scheduled_human_sampling": "Human Sampling",
+}
+
+
+class RunNotFound(KeyError):
+    """No run has this id."""
+
+
+def _time(epoch_ms: int | None) -> str | None:
+    if epoch_ms is None:
+        return None
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
+
+
+def _summary(status: Any) -> dict[str, Any]:
+    return {
+        "id": status.workflow_id,
+        "name": status.name,
+        "branch": BRANCHES.get(status.name, status.name),
+        "status": status.status,
+        "created_at": _time(status.created_at),
+        "updated_at": _time(status.updated_at),
+        "completed_at": _time(status.completed_at),
+        "queue": status.queue_name,
+        "schedule": status.schedule_name,
+        "executor": status.executor_id,
+        "parent_run_id": status.parent_workflow_id,
+        "input": jsonable(status.input) if status.input is not None else None,
+        "output": jsonable(status.output) if status.output is not None else None,
+        "error": jsonable(status.error) if status.error is not None else None,
+    }
+
+
+def list_runs(*, limit: int = 50, offset: int = 0, branch: str | None = None,
+              status: str | None = None) -> list[dict[str, Any]]:
+    """Runs, newest first, optionally only one branch or status."""
+    names = [name for name, b in BRANCHES.items() if b == branch] if branch else None
+    if branch and not names:
+        raise ValueError(f"unknown branch {branch!r}; branches: {', '.join(sorted(set(BRANCHES.values())))}")
+    found = DBOS.list_workflows(sort_desc=True, limit=limit, offset=offset, name=names,
+                                status=status.upper() if status else None)
+    return [_summary(run) for run in found]
+
+
+def _step(step: dict[str, Any]) -> dict[str, Any]:
+    output = step["output"]
+    recorded_input = None
+    # labelloop's own steps record {"input", "output"}; DBOS's built-in steps record the output only.
+    if isinstance(output, dict) and set(output) == {"input", "output"}:
+        recorded_input, output = output["input"], output["output"]
+    started, completed = step["started_at_epoch_ms"], step["completed_at_epoch_ms"]
+    return {
+        "step_id": step["function_id"],
+        "name": step["function_name"],
+        "input": jsonable(recorded_input),
+        "output": jsonable(output),
+        "error": jsonable(step["error"]) if step["error"] is not None else None,
+        "started_at": _time(started),
+        "completed_at": _time(completed),
+        "duration_ms": completed - started if started is not None and completed is not None else None,
+        "child_run_id": step["child_workflow_id"],
+    }
+
+
+def get_run(run_id: str) -> dict[str, Any]:
+    """One run with each of its steps."""
+    found = DBOS.list_workflows(workflow_ids=[run_id])
+    if not found:
+        raise RunNotFound(run_id)
+    run = _summary(found[0])
+    run["steps"] = [_step(step) for step in DBOS.list_workflow_steps(run_id)]
+    return run

@@ -1,0 +1,27 @@
+"""Run history routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+
+from labelloop.runs import service
+from labelloop.workforce.models import Role, User
+from labelloop.workforce.views import require
+
+router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
+Operator = Depends(require(Role.OPERATOR))
+
+
+@router.get("")
+def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+              branch: str | None = None, status: str | None = None, _: User = Operator) -> list[dict[str, Any]]:
+    """Workflow runs, newest first, with status, times, input and output."""
+    return service.list_runs(limit=limit, offset=offset, branch=branch, status=status)
+
+
+@router.get("/{run_id}")
+def get_run(run_id: str, _: User = Operator) -> dict[str, Any]:
+    """One run with each step's name, input, output, error and timing."""
+    return service.get_run(run_id)

@@ -1,0 +1,146 @@
+"""The bucket: key rules, the configured backend, and object operations that fire "object created"."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from labelloop.config import get_settings
+from labelloop.storage.backends.base import Backend, ObjectNotFound
+from labelloop.storage.backends.local import LocalBackend
+from labelloop.storage.models import BUCKET_FOLDERS, DETECTION_FOLDER, LABELED_FOLDER, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+EVENT_PREFIXES = (DETECTION_FOLDER, LABELED_FOLDER)
+
+__all__ = ["InvalidKey", "ObjectNotFound", "backend", "validate_key"]
+
+
+class InvalidKey(ValueError):
+    """An object key that is not allowed; the message says why and what is allowed."""
+
+
+def validate_key(key: str, *, folder: bool = False) -> str:
+    """Return ``key`` if it is a safe object key, else raise :class:`InvalidKey`.
+
+    Allowed: 1-1024 bytes of UTF-8, ``/``-separated segments of 1-255 bytes, no ``.`` or ``..`` segments
+    (also when percent-encoded), no leading ``/``, no backslash, no control or bidirectional-override
+    characters. A folder key ends in ``/``; an object key does not.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("the key is empty; give a path such as images_for_detection/photo.jpg")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKey(f"the key is longer than {MAX_KEY_BYTES} bytes")
+    for char in key:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs") or (category == "Cf" and unicodedata.bidirectional(char) in
+                                         ("RLO", "LRO", "RLE", "LRE", "RLI", "LRI", "FSI", "PDF", "PDI")):
+            raise InvalidKey(f"the key contains the control character U+{ord(char):04X}; "
+                             "keys may not contain control or text-direction characters")
+    if "\\" in key:
+        raise InvalidKey("the key contains a backslash; use / to separate folders")
+    if key.startswith("/"):
+        raise InvalidKey("the key starts with '/'; keys are relative to the bucket")
+    body = key[:-1] if folder and key.endswith("/") else key
+    if body.endswith("/"):
+        raise InvalidKey("an object key may not end with '/'; that names a folder")
+    for segment in body.split("/"):
+        if not segment:
+            raise InvalidKey("the key has an empty folder name ('//')")
+        if unquote(segment).strip() in (".", ".."):
+            raise InvalidKey("the key contains a '.' or '..' segment; paths may not leave their folder")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise InvalidKey(f"a folder or file name in the key is longer than {MAX_SEGMENT_BYTES} bytes")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is empty or a safe key prefix."""
+    if prefix:
+        validate_key(prefix, folder=True)
+    return prefix
+
+
+@lru_cache(maxsize=4)
+def _backend_for(url: str) -> Backend:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalBackend(Path(unquote(parsed.path)))
+    raise ValueError(f"unsupported storage URL {url!r}: use file:///path (S3 support comes with scale-out)")
+
+
+def backend() -> Backend:
+    """The configured bucket backend."""
+    return _backend_for(get_settings().bucket_url)
+
+
+def ensure_bucket() -> None:
+    """Create the bucket's five folders."""
+    for folder in BUCKET_FOLDERS:
+        backend().ensure_folder(folder)
+
+
+def fires_event(key: str) -> bool:
+    """Whether a new object at ``key`` starts an "object created" run."""
+    return key.startswith(EVENT_PREFIXES)
+
+
+def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
+    """Store an object and fire its "object created" event when it lies under an event folder."""
+    validate_key(key)
+    info = backend().put(key, data)
+    info.content_type = content_type(key)
+    log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
+                                     "actor": actor})
+    if fires_event(key):
+        from labelloop.storage.flows import fire_object_created
+
+        fire_object_created(info, source)
+    return info
+
+
+def get_object(key: str) -> tuple[ObjectInfo, bytes]:
+    """An object's metadata and content."""
+    validate_key(key)
+    info = backend().head(key)
+    info.content_type = content_type(key)
+    return info, backend().get(key)
+
+
+def head_object(key: str) -> ObjectInfo:
+    """An object's metadata."""
+    validate_key(key)
+    return backend().head(key)
+
+
+def list_objects(prefix: str = "") -> list[ObjectInfo]:
+    """Objects under ``prefix`` sorted by key."""
+    return backend().list(validate_prefix(prefix))
+
+
+def delete_object(key: str, *, actor: str = "system") -> bool:
+    """Delete ``key``; returns whether it existed."""
+    validate_key(key)
+    existed = backend().delete(key)
+    log.info("object deleted" if existed else "object to delete not found", extra={"key": key, "actor": actor})
+    return existed
+
+
+def content_type(key: str) -> str:
+    """The media type guessed from a key's extension (``application/octet-stream`` if unknown)."""
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def label_of(key: str) -> str | None:
+    """The label of a training image: its folder directly under ``images_labeled_by_folder/``."""
+    if not key.startswith(LABELED_FOLDER):
+        return None
+    parts = key[len(LABELED_FOLDER):].split("/")
+    return parts[0] if len(parts) >= 2 and parts[0] else None

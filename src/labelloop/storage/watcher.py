@@ -1,0 +1,74 @@
+"""The drop folder: files placed in it are moved into the bucket at the same relative key."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from watchfiles import Change, watch
+
+from labelloop.storage import service
+
+log = logging.getLogger(__name__)
+
+
+class DropFolderWatcher:
+    """Watches ``folder``; ``folder/images_for_detection/a.jpg`` becomes object ``images_for_detection/a.jpg``.
+
+    A file is taken once its size has stopped changing, stored (which fires "object created" like any
+    upload) and then removed from the drop folder. A file that cannot be stored stays where it is and
+    the reason is logged.
+    """
+
+    def __init__(self, folder: Path, settle_seconds: float = 0.5) -> None:
+        self.folder = folder.resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.settle_seconds = settle_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drop-folder", daemon=True)
+
+    def start(self) -> None:
+        """Take what is already there, then watch for more in a background thread."""
+        self._thread.start()
+        log.info("watching drop folder", extra={"folder": str(self.folder)})
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        self.sweep()
+        for changes in watch(self.folder, stop_event=self._stop, rust_timeout=500, yield_on_timeout=True):
+            if any(change in (Change.added, Change.modified) for change, _ in changes):
+                self.sweep()
+
+    def sweep(self) -> int:
+        """Store every settled file in the drop folder; returns how many were taken."""
+        taken = 0
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in path.relative_to(self.folder).parts):
+                continue
+            if self._settled(path) and self._take(path):
+                taken += 1
+        return taken
+
+    def _settled(self, path: Path) -> bool:
+        try:
+            before = path.stat().st_size
+            time.sleep(self.settle_seconds if time.time() - path.stat().st_mtime < self.settle_seconds else 0)
+            return path.stat().st_size == before
+        except FileNotFoundError:
+            return False
+
+    def _take(self, path: Path) -> bool:
+        key = path.relative_to(self.folder).as_posix()
+        try:
+            service.put_object(key, path.read_bytes(), source="drop folder")
+        except Exception as exc:  # keep watching: this file stays in the folder, the reason is logged
+            log.error("drop folder file not stored", extra={"file": str(path), "key": key, "error": repr(exc)})
+            return False
+        path.unlink(missing_ok=True)
+        return True

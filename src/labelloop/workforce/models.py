@@ -1,0 +1,96 @@
+"""Users, roles and API tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from labelloop.db import Base, utcnow
+
+
+class Role(StrEnum):
+    """What a user may do: admin (everything), operator (run the loop), worker (review), consumer (detect)."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    WORKER = "worker"
+    CONSUMER = "consumer"
+
+
+class User(Base):
+    """A person or service account that signs in."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    email: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(100), default="api")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TokenRequest(BaseModel):
+    """JSON body of ``POST /auth/token``."""
+
+    username: str
+    password: str
+
+
+class TokenResponse(BaseModel):
+    """A freshly issued bearer token (shown once)."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: datetime | None = None
+    role: str
+    must_change_password: bool
+
+
+class UserCreate(BaseModel):
+    """Body of ``POST /users``."""
+
+    username: str
+    role: Role
+    email: str | None = None
+    password: str | None = None
+
+
+class UserRead(BaseModel):
+    """A user as the API shows it."""
+
+    id: int
+    username: str
+    email: str | None
+    role: str
+    must_change_password: bool
+    disabled: bool
+    created_at: datetime
+
+
+class UserCreated(UserRead):
+    """A new user with the temporary password, shown once."""
+
+    temporary_password: str

@@ -1,0 +1,153 @@
+"""Sign-in for the API (bearer tokens), users and tokens; the role checks every route uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labelloop import db
+from labelloop.config import get_settings
+from labelloop.workforce import service
+from labelloop.workforce.models import (
+    ApiToken,
+    Role,
+    TokenRequest,
+    TokenResponse,
+    User,
+    UserCreate,
+    UserCreated,
+    UserRead,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["workforce"])
+bearer = HTTPBearer(auto_error=False)
+
+
+def get_session() -> Iterator[Session]:
+    """A database session for one request, committed at its end."""
+    with db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_user(session: SessionDep,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+    """The user behind the request's bearer token, or 401."""
+    if credentials is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "sign in first: send 'Authorization: Bearer <token>' "
+                            "with a token from POST /api/v1/auth/token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return service.user_for_token(session, credentials.credentials)
+    except service.AuthError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+def require(*roles: Role) -> Callable[..., User]:
+    """A dependency that lets through only users with one of ``roles`` (admins always)."""
+    allowed = {role.value for role in roles} | {Role.ADMIN.value}
+
+    def check(user: Annotated[User, Depends(current_user)]) -> User:
+        if user.role not in allowed:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"the {user.role} role may not do this; it needs: {', '.join(sorted(allowed))}")
+        return user
+
+    return check
+
+
+AnyUser = Annotated[User, Depends(current_user)]
+Admin = Annotated[User, Depends(require(Role.ADMIN))]
+
+
+async def _credentials(request: Request) -> TokenRequest:
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("application/json"):
+            return TokenRequest.model_validate(await request.json())
+        form = await request.form()
+        return TokenRequest(username=str(form.get("username", "")), password=str(form.get("password", "")))
+    except (ValidationError, ValueError):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "send username and password as a form or as JSON") from None
+
+
+@router.post("/auth/token", response_model=TokenResponse,
+             openapi_extra={"requestBody": {"content": {
+                 "application/json": {"schema": TokenRequest.model_json_schema()},
+                 "application/x-www-form-urlencoded": {"schema": TokenRequest.model_json_schema()}}}})
+async def issue_token(request: Request, session: SessionDep) -> TokenResponse:
+    """Exchange a username and password (form or JSON) for a bearer token."""
+    given = await _credentials(request)
+    try:
+        user = service.authenticate(session, given.username, given.password)
+    except service.AuthError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    token, row = service.issue_token(session, user, ttl=timedelta(hours=get_settings().token_ttl_hours))
+    return TokenResponse(access_token=token, expires_at=row.expires_at, role=user.role,
+                         must_change_password=user.must_change_password)
+
+
+class PasswordChange(BaseModel):
+    """Body of ``POST /auth/password``."""
+
+    current_password: str
+    new_password: str
+
+
+@router.post("/auth/password")
+def change_own_password(body: PasswordChange, user: AnyUser, session: SessionDep) -> dict[str, str]:
+    """Change your own password; every token you hold stops working."""
+    try:
+        service.authenticate(session, user.username, body.current_password)
+        service.change_password(session, user, body.new_password)
+    except service.AuthError:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong") from None
+    return {"status": "changed", "detail": "sign in again with the new password"}
+
+
+@router.get("/me", response_model=UserRead)
+def me(user: AnyUser) -> User:
+    """The signed-in user."""
+    return user
+
+
+@router.get("/users", response_model=list[UserRead])
+def list_users(_: Admin, session: SessionDep) -> list[User]:
+    """All users."""
+    return service.list_users(session)
+
+
+@router.post("/users", response_model=UserCreated, status_code=201)
+def create_user(body: UserCreate, _: Admin, session: SessionDep) -> dict[str, Any]:
+    """Create a user with a role; the temporary password is shown once."""
+    user, secret = service.create_user(session, body.username, body.role, password=body.password,
+                                       email=body.email)
+    return {**UserRead.model_validate(user, from_attributes=True).model_dump(), "temporary_password": secret}
+
+
+@router.get("/tokens")
+def list_tokens(user: AnyUser, session: SessionDep) -> list[dict[str, Any]]:
+    """Your API tokens (never the tokens themselves)."""
+    rows = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id))
+    return [{"id": r.id, "name": r.name, "created_at": r.created_at, "expires_at": r.expires_at,
+             "revoked_at": r.revoked_at, "last_used_at": r.last_used_at} for r in rows]
+
+
+@router.delete("/tokens/{token_id}")
+def revoke_token(token_id: int, user: AnyUser, session: SessionDep) -> dict[str, Any]:
+    """Revoke one of your tokens (admins: anyone's)."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != user.id and user.role != Role.ADMIN.value):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id}")
+    row.revoked_at = row.revoked_at or db.utcnow()
+    return {"id": token_id, "revoked_at": row.revoked_at}
