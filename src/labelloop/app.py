@@ -93,11 +93,12 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
     from labelloop.notifications.views import router as notifications_router
     from labelloop.parameters.views import router as parameters_router
     from labelloop.runs.views import router as runs_router
+    from labelloop.runs.views import schedules_router
     from labelloop.storage.views import router as storage_router
     from labelloop.workforce.views import router as workforce_router
 
     for router in (workforce_router, parameters_router, storage_router, runs_router, notifications_router,
-                   modeling_router):
+                   modeling_router, schedules_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -78,6 +78,13 @@ def serve(home: HomeOption = None, host: Annotated[str | None, typer.Option(help
     from labelloop import logs
 
     settings = configure(home=home, host=host, port=port, watch_folder=watch)
+    if "public_url" not in settings.model_fields_set:
+        # Links in notifications must reach this server, not the default port.
+        reachable = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        if ":" in reachable:
+            reachable = f"[{reachable}]"
+        settings = configure(home=home, host=host, port=port, watch_folder=watch,
+                             public_url=f"http://{reachable}:{settings.port}")
     logs.setup(settings.log_level, settings.log_format)
     _announce(settings, application.start(settings))
     watcher = _start_watcher(settings)

@@ -25,6 +25,7 @@ SAMPLING_QUEUE = "sampling"
 APP_NAME = "labelloop"
 
 _launched = False
+_queues: dict[str, Queue] = {}
 
 
 def start(settings: Settings) -> None:
@@ -45,12 +46,14 @@ def start(settings: Settings) -> None:
     DBOS(config=config)
     DBOS.launch()
     poll = settings.queue_polling_seconds
-    DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4, polling_interval_sec=poll)
+    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
+                                                       polling_interval_sec=poll)
     # One training at a time across every worker process.
-    DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1, polling_interval_sec=poll)
+    _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1, polling_interval_sec=poll)
     # Parameter changes are applied one at a time, in the order they were made.
-    DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1, polling_interval_sec=poll)
-    DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1, polling_interval_sec=poll)
+    _queues[PARAMETERS_QUEUE] = DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1,
+                                                    polling_interval_sec=poll)
+    _queues[SAMPLING_QUEUE] = DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1, polling_interval_sec=poll)
     _launched = True
     log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url)})
 
@@ -61,6 +64,7 @@ def stop() -> None:
     if _launched:
         DBOS.destroy(destroy_registry=False)
     _launched = False
+_queues: dict[str, Queue] = {}
 
 
 def _safe_url(url: str) -> str:
@@ -71,7 +75,7 @@ def _safe_url(url: str) -> str:
 
 def queue(name: str) -> Queue:
     """A declared queue."""
-    return DBOS.retrieve_queue(name)
+    return _queues[name]
 
 
 def enqueue(queue_name: str, workflow: Callable[..., Any], *args: Any, workflow_id: str | None = None,
@@ -172,4 +176,19 @@ def schedule_status(name: str) -> dict[str, Any] | None:
     if found is None:
         return None
     return {"name": name, "cron": found["schedule"], "status": found["status"],
-            "last_fired_at": found["last_fired_at"], "workflow": found["workflow_name"]}
+            "last_fired_at": found["last_fired_at"], "workflow": found["workflow_name"],
+            "next_run_at": next_fire_time(found["schedule"]) if found["status"] == "ACTIVE" else None}
+
+
+def next_fire_time(cron: str) -> str:
+    """When a six-field cron fires next (UTC, ISO 8601)."""
+    from datetime import UTC, datetime
+
+    from croniter import croniter
+
+    return croniter(cron, datetime.now(UTC), second_at_beginning=True).get_next(datetime).isoformat()
+
+
+def list_schedules() -> list[dict[str, Any]]:
+    """Every labelloop schedule with its cron, status and next firing."""
+    return [schedule_status(found["schedule_name"]) for found in DBOS.list_schedules()]

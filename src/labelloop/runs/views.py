@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from labelloop import engine
 from labelloop.runs import service
 from labelloop.workforce.models import Role, User
 from labelloop.workforce.views import require
@@ -25,3 +26,12 @@ def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
 def get_run(run_id: str, _: User = Operator) -> dict[str, Any]:
     """One run with each step's name, input, output, error and timing."""
     return service.get_run(run_id)
+
+
+schedules_router = APIRouter(prefix="/api/v1/schedules", tags=["runs"])
+
+
+@schedules_router.get("")
+def list_schedules(_: User = Operator) -> list[dict[str, Any]]:
+    """The training and sampling schedules: cron, ACTIVE or PAUSED, last and next firing."""
+    return engine.list_schedules()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from labelloop.config import get_settings
 from labelloop.storage import service
@@ -40,7 +41,8 @@ async def put_object(key: str, request: Request, user: User = Uploader) -> Objec
     if user.role == Role.CONSUMER.value and not key.startswith(DETECTION_FOLDER):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"consumers may only upload under {DETECTION_FOLDER}")
     data = await read_limited(request, get_settings().max_upload_bytes)
-    return service.put_object(key, data, source="api", actor=user.username)
+    # Storing and queueing the event block (file system, workflow engine): keep them off the event loop.
+    return await run_in_threadpool(service.put_object, key, data, source="api", actor=user.username)
 
 
 @router.get("", response_model=list[ObjectInfo])

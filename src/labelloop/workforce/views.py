@@ -36,7 +36,8 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits before the response is sent, so a client never reads stale state.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_user(session: SessionDep,

@@ -1,0 +1,28 @@
+# Two set-up commands: `make serve` (install and run) and `make test` (install test tools and run every test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test install install-test lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+serve: install
+	$(BIN)/labelloop serve
+
+lint: install-test
+	$(BIN)/ruff check src tests bench
+
+test: install-test lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/bench_embedding.py

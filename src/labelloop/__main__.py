@@ -1,0 +1,5 @@
+"""``python -m labelloop`` runs the CLI."""
+
+from labelloop.cli import main
+
+main()

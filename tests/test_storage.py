@@ -1,0 +1,124 @@
+"""The bucket: key rules, object operations, and the "object created" event."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from labelloop.storage.service import InvalidKey, validate_key
+from tests.conftest import Server, wait_until
+
+
+def png(colour: str = "red", size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("key", [
+    "images_for_detection/photo.jpg",
+    "images_labeled_by_folder/amazon_logo/a b (1).png",
+    "images_labeled_by_folder/café/日本.jpg",
+    "a/" * 100 + "x.jpg",
+])
+def test_good_keys(key: str) -> None:
+    assert validate_key(key) == key
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("", "empty"),
+    ("../etc/passwd", "'..'"),
+    ("images_for_detection/../../x", "'..'"),
+    ("images_for_detection/%2e%2e/x", "'..'"),
+    ("images_for_detection/./x", "'.'"),
+    ("/etc/passwd", "starts with '/'"),
+    ("a\\b.jpg", "backslash"),
+    ("a/b\x00.jpg", "control character"),
+    ("a/b\n.jpg", "control character"),
+    ("a/\u202egpj.exe", "control character"),
+    ("a//b.jpg", "empty folder name"),
+    ("images_for_detection/", "may not end with '/'"),
+    ("x" * 1025, "longer than 1024"),
+    ("a/" + "y" * 256, "longer than 255"),
+])
+def test_bad_keys_say_why(key: str, reason: str) -> None:
+    with pytest.raises(InvalidKey, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        validate_key(key)
+
+
+def test_first_start_creates_the_five_folders(shared_server: Server) -> None:
+    bucket = shared_server.home / "bucket"
+    assert sorted(p.name for p in bucket.iterdir()) == sorted(
+        ["images_labeled_by_folder", "images_for_detection", "a2i-human-loop-data", "evaluation", "manifests"])
+
+
+def test_put_list_get_delete(shared_server: Server) -> None:
+    data = png("blue")
+    with shared_server.client() as api:
+        put = api.put("/objects/manifests/notes/a b.png", content=data)
+        assert put.status_code == 201, put.text
+        info = put.json()
+        assert info["size"] == len(data) and len(info["etag"]) == 32
+        listed = api.get("/objects", params={"prefix": "manifests/notes/"}).json()
+        assert [(o["key"], o["etag"]) for o in listed] == [("manifests/notes/a b.png", info["etag"])]
+        got = api.get("/objects/manifests/notes/a%20b.png")
+        assert got.content == data
+        assert got.headers["x-content-type-options"] == "nosniff"
+        assert api.delete("/objects/manifests/notes/a b.png").status_code == 200
+        assert api.get("/objects/manifests/notes/a b.png").status_code == 404
+        assert api.delete("/objects/manifests/notes/a b.png").status_code == 404
+
+
+def test_bad_keys_over_http_are_400_and_store_nothing_outside(shared_server: Server) -> None:
+    with shared_server.client() as api:
+        for key in ("images_for_detection/%2e%2e/%2e%2e/escape.png", "images_for_detection/a%00b.png",
+                    "images_for_detection//x.png", "images_for_detection/%E2%80%AEgnp.exe"):
+            response = api.put(f"/objects/{key}", content=b"x")
+            assert response.status_code == 400, (key, response.text)
+            assert response.json()["detail"]
+    assert not (shared_server.home / "escape.png").exists()
+    assert not (shared_server.home.parent / "escape.png").exists()
+
+
+def test_html_and_svg_are_served_as_bytes(shared_server: Server) -> None:
+    with shared_server.client() as api:
+        api.put("/objects/manifests/evil.svg", content=b"<svg onload='alert(1)'/>")
+        response = api.get("/objects/manifests/evil.svg")
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers["content-disposition"] == "attachment"
+
+
+def test_upload_over_the_limit_is_413(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(LABELLOOP_MAX_UPLOAD_BYTES="1000")
+    with server.client() as api:
+        response = api.put("/objects/images_for_detection/big.png", content=b"x" * 5000)
+        assert response.status_code == 413
+        assert api.get("/objects", params={"prefix": "images_for_detection/"}).json() == []
+
+
+def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> None:
+    with shared_server.client() as api:
+        keys = [f"images_labeled_by_folder/circle/{i}.png" for i in range(3)] + ["images_for_detection/q.png"]
+        ids = []
+        for i, key in enumerate(keys):
+            ids.append(api.put(f"/objects/{key}", content=png(size=20 + i)).json()["etag"])
+        # The same bytes uploaded again to the same key are the same event: no second run.
+        api.put(f"/objects/{keys[0]}", content=png(size=20))
+        api.put("/objects/manifests/not-an-event.png", content=png())
+
+        def all_done() -> list[dict] | None:
+            runs = api.get("/runs", params={"branch": "Object Created", "limit": 500}).json()
+            mine = [r for r in runs if r["input"]["args"][0]["key"] in keys]
+            return mine if len(mine) == len(keys) and all(r["status"] == "SUCCESS" for r in mine) else None
+
+        runs = wait_until(all_done, 30, message="object created runs")
+        assert sorted(r["input"]["args"][0]["key"] for r in runs) == sorted(keys)
+        detail = api.get(f"/runs/{runs[0]['id']}").json()
+        assert detail["steps"][0]["name"] == "route_object"
+        branches = {r["input"]["args"][0]["key"]: r["output"]["branch"] for r in runs}
+        assert branches["images_for_detection/q.png"] == "detection"
+        assert branches[keys[0]] == "training data"
+        assert all(r["input"]["args"][0]["key"] != "manifests/not-an-event.png"
+                   for r in api.get("/runs", params={"limit": 500}).json() if r["name"] == "object_created")
