@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Server
+from conftest import Server
 
 
 def test_token_by_form_and_json(shared_server: Server) -> None:

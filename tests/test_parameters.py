@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import Server
 from labelloop.engine import cron_for_minutes
 from labelloop.parameters import service
-from tests.conftest import Server
 
 
 @pytest.mark.parametrize(("name", "raw", "stored"), [

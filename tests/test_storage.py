@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
+from conftest import Server, wait_until
 from labelloop.storage.service import InvalidKey, validate_key
-from tests.conftest import Server, wait_until
 
 
 def png(colour: str = "red", size: int = 32) -> bytes:

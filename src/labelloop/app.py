@@ -14,7 +14,10 @@ from fastapi.templating import Jinja2Templates
 
 from labelloop import __version__, db, engine
 from labelloop.config import Settings, get_settings
+from labelloop.modeling import service as modeling
+from labelloop.modeling.images import ImageRejected
 from labelloop.parameters import service as parameters
+from labelloop.review import service as review
 from labelloop.runs.service import RunNotFound
 from labelloop.storage import service as storage
 from labelloop.workforce import service as workforce
@@ -48,9 +51,18 @@ def start(settings: Settings) -> str | None:
 
 
 def stop() -> None:
-    """Stop the engine and close the database."""
+    """Stop the engine and the inference units, and close the database."""
     engine.stop()
+    modeling.close_serving()
     db.close()
+
+
+async def image_rejected(_request: Request, exc: Exception) -> JSONResponse:
+    """A bad image: 413 when it is too large, 415 when it is not an image we read, else 422."""
+    reason = getattr(exc, "reason", str(exc))
+    unsupported = ("not supported", "not an image", "not a recognised image")
+    code = 413 if "too large" in reason else 415 if any(words in reason for words in unsupported) else 422
+    return JSONResponse({"detail": reason}, status_code=code)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -69,6 +81,12 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(storage.ObjectNotFound, handler(404))
     app.add_exception_handler(RunNotFound, handler(404))
     app.add_exception_handler(workforce.WorkforceError, handler(422))
+    app.add_exception_handler(modeling.VersionNotFound, handler(404))
+    app.add_exception_handler(modeling.ModelError, handler(409))
+    app.add_exception_handler(modeling.NoModelServing, handler(409))
+    app.add_exception_handler(ImageRejected, image_rejected)
+    app.add_exception_handler(review.LoopNotFound, handler(404))
+    app.add_exception_handler(review.ReviewError, handler(422))
 
 
 def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = False) -> FastAPI:
@@ -89,16 +107,19 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
                   description="Continuous improvement of custom image-label models with humans in the loop.")
     _error_handlers(app)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    from labelloop.detection.views import router as detection_router
     from labelloop.modeling.views import router as modeling_router
     from labelloop.notifications.views import router as notifications_router
     from labelloop.parameters.views import router as parameters_router
+    from labelloop.review.views import router as review_router
     from labelloop.runs.views import router as runs_router
     from labelloop.runs.views import schedules_router
+    from labelloop.sampling.views import router as sampling_router
     from labelloop.storage.views import router as storage_router
     from labelloop.workforce.views import router as workforce_router
 
     for router in (workforce_router, parameters_router, storage_router, runs_router, notifications_router,
-                   modeling_router, schedules_router):
+                   modeling_router, schedules_router, detection_router, review_router, sampling_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

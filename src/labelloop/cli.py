@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,9 +29,16 @@ app.add_typer(objects_app, name="objects")
 app.add_typer(runs_app, name="runs")
 app.add_typer(users_app, name="users")
 app.add_typer(training_app, name="training")
+models_app = typer.Typer(help="Model versions: list, show, deploy (or roll back), stop, export.", no_args_is_help=True)
+loops_app = typer.Typer(help="Human loops: list, answer, stop; the task template.", no_args_is_help=True)
+sampling_app = typer.Typer(help="Human sampling: run now, agreement summary.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(loops_app, name="loops")
+app.add_typer(sampling_app, name="sampling")
 
 console = Console()
-errors = Console(stderr=True)
+# Messages are not wrapped: a script (or grep) should find them on one line.
+errors = Console(stderr=True, soft_wrap=True)
 
 HomeOption = Annotated[Path | None, typer.Option("--home", help="Data folder (env LABELLOOP_HOME)")]
 ServerOption = Annotated[str | None, typer.Option("--server", help="Server address (env LABELLOOP_SERVER)")]
@@ -42,7 +50,7 @@ def _client(server: str | None) -> Client:
 
 
 def _fail(message: str) -> None:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(1)
 
 
@@ -162,8 +170,12 @@ def passwd(current: Annotated[str, typer.Option(prompt=True, hide_input=True)],
     console.print("Password changed; sign in again with labelloop login")
 
 
-def upload_plan(paths: list[Path], prefix: str) -> list[tuple[Path, str]]:
-    """The (file, key) pairs to upload: a folder keeps its own name under ``prefix`` (its label)."""
+def upload_plan(paths: list[Path], prefix: str, missing: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """The (file, key) pairs to upload: a folder keeps its own name under ``prefix`` (its label).
+
+    A path that is neither a file nor a folder stops the command, unless ``missing`` is given: then it is
+    added there and the other paths are still planned.
+    """
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     plan: list[tuple[Path, str]] = []
@@ -175,6 +187,8 @@ def upload_plan(paths: list[Path], prefix: str) -> list[tuple[Path, str]]:
                     plan.append((file, f"{prefix}{path.resolve().name}/{relative.as_posix()}"))
         elif path.is_file():
             plan.append((path, f"{prefix}{path.name}"))
+        elif missing is not None:
+            missing.append(path)
         else:
             _fail(f"{path} is neither a file nor a folder")
     return plan
@@ -184,10 +198,16 @@ def upload_plan(paths: list[Path], prefix: str) -> list[tuple[Path, str]]:
 def upload(paths: Annotated[list[Path], typer.Argument(help="Files or folders")],
            to: Annotated[str, typer.Option("--to", help="Folder in the bucket")] = "images_for_detection/",
            server: ServerOption = None, as_json: JsonOption = False) -> None:
-    """Upload files or whole folders (a folder under images_labeled_by_folder/ keeps its name as the label)."""
-    plan = upload_plan(paths, to)
+    """Upload files or whole folders (a folder under images_labeled_by_folder/ keeps its name as the label).
+
+    Every file that can be uploaded is; the command exits with status 1 and names each file that could not be.
+    """
+    missing: list[Path] = []
+    plan = upload_plan(paths, to, missing)
     client = _client(server)
-    stored, failed = [], []
+    stored: list[Any] = []
+    failed: list[dict[str, str]] = [{"file": str(path), "key": "", "error": "no such file or folder"}
+                                    for path in missing]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=errors, disable=as_json) as progress:
         task = progress.add_task("Uploading", total=len(plan))
@@ -200,9 +220,11 @@ def upload(paths: Annotated[list[Path], typer.Argument(help="Files or folders")]
     if as_json:
         print(json.dumps({"stored": stored, "failed": failed}))
     else:
-        console.print(f"Uploaded {len(stored)} of {len(plan)} file(s) to {to}")
+        console.print(f"Uploaded {len(stored)} of {len(plan) + len(missing)} file(s) to {escape(to)}")
         for failure in failed:
-            errors.print(f"[red]failed[/red] {failure['file']} → {failure['key']}: {failure['error']}")
+            target = f" → {failure['key']!r}" if failure["key"] else ""
+            errors.print(f"[red]failed[/red] {escape(repr(failure['file']))}{escape(target)}: "
+                         f"{escape(failure['error'])}")
     if failed:
         raise typer.Exit(1)
 
@@ -314,6 +336,144 @@ def users_create(username: str, role: Annotated[str, typer.Option(help="admin, o
 def users_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
     """All users."""
     _print(_call(server, "GET", "/users"), as_json, ["username", "role", "disabled", "must_change_password"])
+
+
+@models_app.command("list")
+def models_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Model versions, newest first."""
+    _print(_call(server, "GET", "/models"), as_json,
+           ["version", "status", "f1", "image_count", "created_at", "status_message"])
+
+
+@models_app.command("show")
+def models_show(version: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """One version with its per-label metrics."""
+    model = _call(server, "GET", f"/models/{quote(version)}")
+    if as_json:
+        print(json.dumps(model, default=str))
+        return
+    console.print(f"[bold]{model['version']}[/bold] {model['status']} — F1 {model['f1']} "
+                  f"({model['train_images']} train / {model['test_images']} test images)")
+    _print((model.get("evaluation") or {}).get("per_label", []), False,
+           ["label", "precision", "recall", "f1", "support", "threshold"])
+
+
+def _wait_run(server: str | None, run_id: str) -> dict[str, Any]:
+    import time
+
+    while True:
+        run = _call(server, "GET", f"/runs/{quote(run_id)}")
+        if run["status"] in ("SUCCESS", "ERROR", "CANCELLED"):
+            return run
+        time.sleep(0.5)
+
+
+@models_app.command("deploy")
+def models_deploy(version: str, wait: Annotated[bool, typer.Option(help="Wait until it serves")] = True,
+                  server: ServerOption = None) -> None:
+    """Deploy a trained version blue-green (also how you roll back to an earlier one)."""
+    run_id = _call(server, "POST", f"/models/{quote(version)}/deploy")["run_id"]
+    console.print(f"Deploying {version}: run {run_id}")
+    if wait:
+        run = _wait_run(server, run_id)
+        if run["status"] != "SUCCESS":
+            _fail(f"deployment {run['status']}: {run['error']}")
+        console.print(f"{version} is RUNNING")
+
+
+@models_app.command("stop")
+def models_stop(version: str, server: ServerOption = None) -> None:
+    """Stop serving a version."""
+    run_id = _call(server, "POST", f"/models/{quote(version)}/stop")["run_id"]
+    run = _wait_run(server, run_id)
+    console.print(f"{version} stopped" if run["status"] == "SUCCESS" else f"stop {run['status']}: {run['error']}")
+
+
+@models_app.command("export")
+def models_export(version: str, output: Annotated[Path, typer.Option("-o", "--output")],
+                  server: ServerOption = None) -> None:
+    """Download the whole model (backbone + head) as one ONNX file."""
+    output.write_bytes(_call(server, "GET", f"/models/{quote(version)}/export", params={"format": "onnx"}))
+    console.print(f"Wrote {output} ({output.stat().st_size:,} bytes)")
+
+
+@app.command()
+def detect(files: Annotated[list[Path], typer.Argument(help="Image files")], server: ServerOption = None,
+           as_json: JsonOption = False) -> None:
+    """Detect labels in images with the serving model version (synchronous, nothing is stored)."""
+    client, results, failed = _client(server), [], False
+    for file in files:
+        try:
+            answer = client.request("POST", "/detect", files={"file": (file.name, file.read_bytes())})
+            results.append({"file": str(file), **answer})
+        except (ClientError, OSError) as exc:
+            results.append({"file": str(file), "error": str(exc)})
+            failed = True
+    if as_json:
+        print(json.dumps(results))
+    else:
+        for result in results:
+            if "error" in result:
+                errors.print(f"[red]{escape(result['file'])}[/red]: {escape(result['error'])}", soft_wrap=True)
+                continue
+            best = ", ".join(f"{x['name']} {x['confidence']:.1f}" for x in result["labels"][:3])
+            console.print(f"{escape(result['file'])}: {best} (model {result['model_version']})", soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def detections(label: str | None = None, sampled: bool | None = None, limit: int = 50,
+               csv: Annotated[Path | None, typer.Option(help="Write the log as CSV to this file")] = None,
+               server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """The detection event log, newest first."""
+    query = {k: v for k, v in {"label": label, "sampled": sampled, "limit": limit}.items() if v is not None}
+    if csv is not None:
+        csv.write_bytes(_call(server, "GET", "/detections/export.csv", params=query))
+        console.print(f"Wrote {csv}")
+        return
+    _print(_call(server, "GET", "/detections", params=query), as_json,
+           ["id", "object_key", "label", "confidence", "model_version", "human_loop_name", "human_label"])
+
+
+@loops_app.command("list")
+def loops_list(status: str | None = "InProgress", server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Human loops (default: the open ones)."""
+    query = {"status": status} if status else {}
+    _print(_call(server, "GET", "/human-loops", params=query), as_json,
+           ["name", "source", "status", "object_key", "answer_label"])
+
+
+@loops_app.command("answer")
+def loops_answer(name: str, label: str, server: ServerOption = None) -> None:
+    """Answer a human loop with a label or "None of the Above"."""
+    answer = _call(server, "POST", f"/human-loops/{quote(name)}/answer", json={"label": label})
+    console.print(f"{name}: {answer['answer_label']} (run {answer['run_id']})")
+
+
+@loops_app.command("template")
+def loops_template(extra_label: Annotated[list[str] | None, typer.Option(help="Set the extra labels")] = None,
+                   server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Show the task template, or set its extra labels."""
+    if extra_label:
+        data = _call(server, "PUT", "/task-template", json={"extra_labels": extra_label})
+    else:
+        data = _call(server, "GET", "/task-template")
+    print(json.dumps(data, default=str)) if as_json else console.print_json(json.dumps(data, default=str))
+
+
+@sampling_app.command("run")
+def sampling_run(server: ServerOption = None) -> None:
+    """Run human sampling now."""
+    run = _wait_run(server, _call(server, "POST", "/sampling/run")["run_id"])
+    output = run["output"]
+    console.print(f"Sampled {len(output['sampled'])} detection(s); opened {len(output['opened'])} loop(s)")
+
+
+@sampling_app.command("summary")
+def sampling_summary(server: ServerOption = None) -> None:
+    """Agreement of sampled answers with the model."""
+    console.print_json(json.dumps(_call(server, "GET", "/sampling/summary")))
 
 
 def main() -> None:

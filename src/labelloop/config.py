@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -46,8 +48,11 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_sender: str = "labelloop@localhost"
-    notify_email: list[str] = Field(default_factory=list, description="Addresses that get every notification")
-    webhook_urls: list[str] = Field(default_factory=list, description="URLs that get every notification as JSON")
+    # NoDecode: a comma-separated list is split by the validator below instead of being parsed as JSON.
+    notify_email: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="Addresses that get every notification")
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="URLs that get every notification as JSON")
     webhook_timeout_seconds: float = 10.0
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     token_ttl_hours: int = Field(default=24 * 30, gt=0)
@@ -58,7 +63,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             stripped = value.strip()
             if stripped.startswith("["):
-                return value
+                return json.loads(stripped)
             return [part.strip() for part in stripped.split(",") if part.strip()]
         return value
 

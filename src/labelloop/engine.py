@@ -64,7 +64,7 @@ def stop() -> None:
     if _launched:
         DBOS.destroy(destroy_registry=False)
     _launched = False
-_queues: dict[str, Queue] = {}
+    _queues.clear()
 
 
 def _safe_url(url: str) -> str:

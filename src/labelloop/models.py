@@ -1,10 +1,14 @@
 """Every table, so Alembic and the engine see the whole schema."""
 
 from labelloop.db import Base
+from labelloop.detection.models import DetectionEvent
+from labelloop.modeling.models import ModelVersion
 from labelloop.notifications.models import Notification
 from labelloop.parameters.models import Parameter, ParameterChange
+from labelloop.review.models import HumanLoop, TaskTemplate
 from labelloop.workforce.models import ApiToken, User
 
 metadata = Base.metadata
 
-__all__ = ["ApiToken", "Notification", "Parameter", "ParameterChange", "User", "metadata"]
+__all__ = ["ApiToken", "DetectionEvent", "HumanLoop", "ModelVersion", "Notification", "Parameter",
+           "ParameterChange", "TaskTemplate", "User", "metadata"]

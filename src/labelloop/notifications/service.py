@@ -53,20 +53,20 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
     error kept on the notification; the feed entry and the other channels are not affected.
     """
     with db.session() as session:
-        if dedupe_key:
-            existing = session.scalar(select(Notification).where(Notification.dedupe_key == dedupe_key))
-            if existing is not None:
-                return existing.id
-        note = Notification(event_type=event_type, subject=subject[:300], message=message,
-                            object_key=object_key, model_version=model_version, label=label,
-                            confidence=confidence, status=status, run_id=run_id, dedupe_key=dedupe_key,
-                            deliveries={})
-        session.add(note)
-        try:
-            session.flush()
-        except IntegrityError:
-            session.rollback()
-            return _existing_id(session, dedupe_key)
+        note = _existing(session, dedupe_key)
+        if note is None:
+            note = Notification(event_type=event_type, subject=subject[:300], message=message,
+                                object_key=object_key, model_version=model_version, label=label,
+                                confidence=confidence, status=status, run_id=run_id, dedupe_key=dedupe_key,
+                                deliveries={})
+            session.add(note)
+            try:
+                session.flush()
+            except IntegrityError:  # the same step, retried elsewhere, stored it a moment ago
+                session.rollback()
+                note = _existing(session, dedupe_key)
+        if note.deliveries:
+            return note.id  # a retried step: stored and delivered before
         fields = as_dict(note)
     deliveries = deliver(fields)
     with db.session() as session:
@@ -74,8 +74,10 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
     return fields["id"]
 
 
-def _existing_id(session: Session, dedupe_key: str | None) -> int:
-    return session.scalar(select(Notification.id).where(Notification.dedupe_key == dedupe_key))
+def _existing(session: Session, dedupe_key: str | None) -> Notification | None:
+    if not dedupe_key:
+        return None
+    return session.scalar(select(Notification).where(Notification.dedupe_key == dedupe_key))
 
 
 def deliver(fields: dict[str, Any]) -> dict[str, Any]:

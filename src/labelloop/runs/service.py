@@ -15,7 +15,12 @@ BRANCHES: dict[str, str] = {
     "training_check": "Training",
     "scheduled_training_check": "Training",
     "object_created": "Object Created",
+    "deploy_model_version": "Deployment",
+    "stop_model_version": "Deployment",
+    "detect_waiting_image": "Detection",
+    "apply_human_answer": "Human Loop",
     "scheduled_human_sampling": "Human Sampling",
+    "human_sampling": "Human Sampling",
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ class DropFolderWatcher:
 
     A file is taken once its size has stopped changing, stored (which fires "object created" like any
     upload) and then removed from the drop folder. A file that cannot be stored stays where it is and
-    the reason is logged.
+    the reason is logged. Only regular files are taken: a symbolic link is never followed (it could make
+    the server copy a file the dropper may not read into the bucket), and it stays where it is.
     """
 
     def __init__(self, folder: Path, settle_seconds: float = 0.5) -> None:
@@ -27,6 +30,7 @@ class DropFolderWatcher:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.settle_seconds = settle_seconds
         self._stop = threading.Event()
+        self._refused: set[Path] = set()
         self._thread = threading.Thread(target=self._run, name="drop-folder", daemon=True)
 
     def start(self) -> None:
@@ -48,12 +52,20 @@ class DropFolderWatcher:
     def sweep(self) -> int:
         """Store every settled file in the drop folder; returns how many were taken."""
         taken = 0
-        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+        for path in sorted(self.folder.rglob("*")):
             if any(part.startswith(".") for part in path.relative_to(self.folder).parts):
                 continue
-            if self._settled(path) and self._take(path):
+            if path.is_symlink():
+                self._refuse(path, "a symbolic link; links are not followed, drop the file itself")
+                continue
+            if path.is_file() and self._settled(path) and self._take(path):
                 taken += 1
         return taken
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        if path not in self._refused:
+            self._refused.add(path)
+            log.warning("drop folder entry left in place", extra={"file": str(path), "reason": reason})
 
     def _settled(self, path: Path) -> bool:
         try:
@@ -66,9 +78,22 @@ class DropFolderWatcher:
     def _take(self, path: Path) -> bool:
         key = path.relative_to(self.folder).as_posix()
         try:
-            service.put_object(key, path.read_bytes(), source="drop folder")
+            service.put_object(key, _read_regular_file(path), source="drop folder")
         except Exception as exc:  # keep watching: this file stays in the folder, the reason is logged
             log.error("drop folder file not stored", extra={"file": str(path), "key": key, "error": repr(exc)})
             return False
         path.unlink(missing_ok=True)
         return True
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The content of ``path`` if it is (still) a regular file; a link or anything else raises ``OSError``.
+
+    Opened without following a link and without blocking (a FIFO put there since the check must not hang
+    the watcher), then checked on the open file itself.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return file.read()

@@ -1,0 +1,48 @@
+"""The detection event log: one row per detected image (the seed's DynamoDB table)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from labelloop.db import Base, utcnow
+
+
+class DetectionStatus:
+    """Where a detection stands."""
+
+    DETECTED = "DETECTED"
+    WAITING_FOR_MODEL = "WAITING_FOR_MODEL"
+    REJECTED = "REJECTED"
+
+
+class DetectionEvent(Base):
+    """One detection: the image, the model's answer, and (later) a human's answer."""
+
+    __tablename__ = "detection_events"
+    __table_args__ = (UniqueConstraint("object_key", "etag", name="uq_detection_object"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    detected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    object_key: Mapped[str] = mapped_column(String(1024))
+    etag: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32), default="upload")
+    status: Mapped[str] = mapped_column(String(32), default=DetectionStatus.DETECTED, index=True)
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    model_version: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    label: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    labels: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    human_review_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    sampled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    human_loop_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    human_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    human_worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    human_answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)

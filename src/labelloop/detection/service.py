@@ -1,0 +1,145 @@
+"""Detections: run the serving model on a stored image, log the event, decide on human review."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from labelloop import db
+from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.parameters import service as parameters
+
+log = logging.getLogger(__name__)
+
+
+def as_dict(event: DetectionEvent) -> dict[str, Any]:
+    """A detection event as the API, CSV export and pages show it."""
+    return {column: getattr(event, column) for column in (
+        "id", "request_id", "created_at", "detected_at", "object_key", "etag", "source", "status",
+        "status_message", "model_version", "label", "confidence", "labels", "threshold", "human_review_enabled",
+        "sampled", "human_loop_name", "human_label", "human_worker", "human_answered_at", "run_id")}
+
+
+def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
+    """The detection event of this object (created once; the same key and ETag give the same event)."""
+    with db.session() as session:
+        existing = _event_for(session, key, etag)
+        if existing is not None:
+            return as_dict(existing)
+        event = DetectionEvent(request_id=str(uuid.uuid4()), object_key=key, etag=etag, run_id=run_id,
+                               source=source, status=DetectionStatus.WAITING_FOR_MODEL,
+                               status_message="waiting for a model version to serve")
+        session.add(event)
+        try:
+            session.flush()
+        except IntegrityError:  # another worker recorded it first
+            session.rollback()
+            return as_dict(_event_for(session, key, etag))
+        return as_dict(event)
+
+
+def _event_for(session: Session, key: str, etag: str) -> DetectionEvent | None:
+    return session.scalar(select(DetectionEvent).where(DetectionEvent.object_key == key,
+                                                       DetectionEvent.etag == etag))
+
+
+def detect_event(event_id: int) -> dict[str, Any]:
+    """Run the serving model on the event's image and record the answer (once; a repeat returns it)."""
+    from labelloop.modeling import service as modeling
+    from labelloop.modeling.images import ImageRejected
+    from labelloop.storage import service as storage
+
+    with db.session() as session:
+        event = session.get(DetectionEvent, event_id)
+        if event.status == DetectionStatus.DETECTED:
+            return as_dict(event)
+        key = event.object_key
+    try:
+        _, data = storage.get_object(key)
+        inputs = modeling.prepare_image(data)
+    except (ImageRejected, storage.ObjectNotFound) as exc:
+        return _reject(event_id, str(exc))
+    try:
+        version, results = modeling.detect_inputs(inputs)
+    except modeling.NoModelServing as exc:
+        return _wait(event_id, str(exc))
+    return _record(event_id, version, results[0])
+
+
+def _reject(event_id: int, reason: str) -> dict[str, Any]:
+    with db.session() as session:
+        event = session.get(DetectionEvent, event_id)
+        event.status, event.status_message = DetectionStatus.REJECTED, reason
+        log.warning("detection rejected", extra={"key": event.object_key, "reason": reason})
+        return as_dict(event)
+
+
+def _wait(event_id: int, reason: str) -> dict[str, Any]:
+    with db.session() as session:
+        event = session.get(DetectionEvent, event_id)
+        event.status, event.status_message = DetectionStatus.WAITING_FOR_MODEL, reason
+        return as_dict(event)
+
+
+def _record(event_id: int, version: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
+    with db.session() as session:
+        values = parameters.values(session)
+        event = session.get(DetectionEvent, event_id)
+        event.status, event.status_message = DetectionStatus.DETECTED, ""
+        event.detected_at = db.utcnow()
+        event.model_version = version
+        event.labels = labels
+        event.label, event.confidence = labels[0]["name"], labels[0]["confidence"]
+        event.threshold = values[parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE]
+        event.human_review_enabled = values[parameters.ENABLE_A2I_WORKFLOW]
+        log.info("image detected", extra={"key": event.object_key, "version": version, "label": event.label,
+                                          "confidence": event.confidence})
+        return as_dict(event)
+
+
+def needs_human_review(event: dict[str, Any]) -> bool:
+    """Below the minimum confidence with the A2I workflow enabled."""
+    return (event["status"] == DetectionStatus.DETECTED and event["human_review_enabled"]
+            and event["confidence"] < event["threshold"])
+
+
+def waiting_event_ids() -> list[int]:
+    """Detections still waiting for a model, oldest first."""
+    with db.session() as session:
+        return list(session.scalars(select(DetectionEvent.id).where(
+            DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL).order_by(DetectionEvent.id)))
+
+
+def list_events(session: Session, *, label: str | None = None, min_confidence: float | None = None,
+                max_confidence: float | None = None, sampled: bool | None = None, human_label: str | None = None,
+                answered: bool | None = None, since: datetime | None = None, until: datetime | None = None,
+                status: str | None = None, limit: int = 500, offset: int = 0) -> list[DetectionEvent]:
+    """Detection events, newest first, filtered."""
+    query = select(DetectionEvent).order_by(DetectionEvent.id.desc()).limit(limit).offset(offset)
+    conditions = [
+        (label, lambda: DetectionEvent.label == label),
+        (min_confidence, lambda: DetectionEvent.confidence >= min_confidence),
+        (max_confidence, lambda: DetectionEvent.confidence <= max_confidence),
+        (sampled, lambda: DetectionEvent.sampled.is_(sampled)),
+        (human_label, lambda: DetectionEvent.human_label == human_label),
+        (answered, lambda: DetectionEvent.human_label.is_not(None) if answered
+         else DetectionEvent.human_label.is_(None)),
+        (since, lambda: DetectionEvent.created_at >= since),
+        (until, lambda: DetectionEvent.created_at <= until),
+        (status, lambda: DetectionEvent.status == status),
+    ]
+    for given, condition in conditions:
+        if given is not None:
+            query = query.where(condition())
+    return list(session.scalars(query))
+
+
+def count_events(session: Session) -> int:
+    """How many detection events there are."""
+    return session.scalar(select(func.count(DetectionEvent.id))) or 0

@@ -1,0 +1,51 @@
+"""The detection event log."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from labelloop.detection import service
+from labelloop.workforce.models import Role, User
+from labelloop.workforce.views import SessionDep, require
+
+router = APIRouter(prefix="/api/v1/detections", tags=["detections"])
+Operator = Depends(require(Role.OPERATOR))
+COLUMNS = ["id", "request_id", "created_at", "detected_at", "object_key", "etag", "status", "model_version",
+           "label", "confidence", "threshold", "human_review_enabled", "sampled", "human_loop_name", "human_label",
+           "human_worker", "human_answered_at"]
+
+
+def _filters(label: str | None = None, min_confidence: float | None = Query(None, ge=0, le=100),
+             max_confidence: float | None = Query(None, ge=0, le=100), sampled: bool | None = None,
+             human_label: str | None = None, answered: bool | None = None, since: datetime | None = None,
+             until: datetime | None = None, status: str | None = None, limit: int = Query(500, ge=1, le=100000),
+             offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    return {"label": label, "min_confidence": min_confidence, "max_confidence": max_confidence,
+            "sampled": sampled, "human_label": human_label, "answered": answered, "since": since,
+            "until": until, "status": status, "limit": limit, "offset": offset}
+
+
+@router.get("")
+def list_detections(session: SessionDep, filters: dict[str, Any] = Depends(_filters),
+                    _: User = Operator) -> list[dict[str, Any]]:
+    """Detection events, newest first, filtered by label, confidence range, sampled, human answer, date."""
+    return [service.as_dict(event) for event in service.list_events(session, **filters)]
+
+
+@router.get("/export.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def export_detections(session: SessionDep, filters: dict[str, Any] = Depends(_filters),
+                      _: User = Operator) -> Response:
+    """The same filtered log as CSV."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for event in service.list_events(session, **filters):
+        writer.writerow(service.as_dict(event))
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="detections.csv"'})

@@ -1,0 +1,224 @@
+"""Backbone embeddings served by ONNX Runtime, and a content-addressed embedding cache.
+
+Importing this module does not import torch: the backbone ONNX file is built once by
+`export.ensure_backbone_onnx` (the only torch user) and everything else runs in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from labelloop.modeling.backbone import EMBEDDING_DIM
+from labelloop.modeling.export import FINGERPRINT_KEY, atomic_write_bytes
+from labelloop.modeling.images import DEFAULT_MAX_PIXELS, ImageRejected, prepare, prepare_views
+
+DEFAULT_BATCH = 32
+
+
+def default_threads() -> int:
+    """Intra-op threads for one session: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Embedder:
+    """The backbone as an ONNX Runtime session (CPU).
+
+    `embedded` counts the images run through the backbone since creation (thread-safe), so callers and
+    tests can see how much work a cache saved.
+    """
+
+    def __init__(self, onnx_path: str | Path, *, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.fingerprint: str = meta.get(FINGERPRINT_KEY, "unknown")
+        self.max_pixels = max_pixels
+        self.embedded = 0
+        self._count_lock = threading.Lock()
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.embedded += n
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding N×1280, ImageNet logits N×1000) for a preprocessed N×3×224×224 batch."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        embedding, logits = self.session.run(["embedding", "logits"], {"input": x})
+        self._count(len(x))
+        return embedding, logits
+
+    def embed(self, batch: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """N×1280 float32 embeddings of a preprocessed N×3×224×224 array, run in chunks of batch_size."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        parts = []
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size]
+            parts.append(self.session.run(["embedding"], {"input": chunk})[0])
+            self._count(len(chunk))
+        return np.concatenate(parts)
+
+    def embed_images(self, images: Sequence[bytes], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Decode, preprocess and embed image bytes; raises images.ImageRejected on a bad one."""
+        out = np.zeros((len(images), EMBEDDING_DIM), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = [prepare(data, self.max_pixels) for data in images[start:start + batch_size]]
+            if chunk:
+                out[start:start + len(chunk)] = self.embed(np.stack(chunk), batch_size)
+        return out
+
+
+class EmbeddingCache:
+    """Embeddings on disk, one `.npy` per (content hash, view), namespaced by backbone fingerprint.
+
+    Layout: `<root>/<fingerprint[:16]>/<hash[:2]>/<hash>.<view>.npy`. A new backbone export gets a new
+    namespace, so stale embeddings are never mixed in. Writes are atomic (no fsync: a file lost in a crash is
+    a cache miss, and a damaged one is detected on load and treated as one).
+    `hits`/`misses` count lookups.
+    """
+
+    def __init__(self, root: str | Path, namespace: str = "default"):
+        self.root = Path(root) / namespace[:16]
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def for_embedder(cls, root: str | Path, embedder: Embedder) -> EmbeddingCache:
+        """A cache namespaced by the embedder's backbone fingerprint."""
+        return cls(root, embedder.fingerprint)
+
+    def path(self, digest: str, view: str = "orig") -> Path:
+        """File of one cached embedding."""
+        return self.root / digest[:2] / f"{digest}.{view}.npy"
+
+    def get(self, digest: str, view: str = "orig") -> np.ndarray | None:
+        """The cached vector, or None (a corrupt file counts as missing)."""
+        try:
+            vector = np.load(self.path(digest, view), allow_pickle=False)
+        except (OSError, ValueError):
+            self.misses += 1
+            return None
+        if vector.shape != (EMBEDDING_DIM,):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return vector
+
+    def put(self, digest: str, vector: np.ndarray, view: str = "orig") -> None:
+        """Store one vector atomically."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(vector, dtype=np.float32).reshape(EMBEDDING_DIM), allow_pickle=False)
+        atomic_write_bytes(self.path(digest, view), buffer.getvalue(), durable=False)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        digest, view = key
+        return self.path(digest, view).is_file()
+
+
+@dataclass
+class CachedEmbeddings:
+    """Result of `embed_cached`: vectors by (content hash, view), and what it cost."""
+
+    vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    embedded_digests: set[str] = field(default_factory=set)  # images run through the backbone this time
+    cached_digests: set[str] = field(default_factory=set)  # images whose every view came from the cache
+    rejected: dict[str, str] = field(default_factory=dict)  # content hash -> reason
+
+    @property
+    def embedded(self) -> int:
+        """How many distinct images were run through the backbone."""
+        return len(self.embedded_digests)
+
+    @property
+    def from_cache(self) -> int:
+        """How many distinct images were served entirely from the cache."""
+        return len(self.cached_digests)
+
+    def update(self, other: CachedEmbeddings) -> None:
+        """Merge another result into this one (an image embedded in either counts as embedded)."""
+        self.vectors.update(other.vectors)
+        self.embedded_digests |= other.embedded_digests
+        self.rejected.update(other.rejected)
+        self.cached_digests = (self.cached_digests | other.cached_digests) - self.embedded_digests
+
+    def get(self, digest: str, view: str = "orig") -> np.ndarray:
+        """One vector (KeyError when the image was rejected or not requested)."""
+        return self.vectors[(digest, view)]
+
+
+Source = bytes | Callable[[], bytes]
+
+
+def _read(source: Source) -> bytes:
+    return source() if callable(source) else source
+
+
+def embed_cached(embedder: Embedder, cache: EmbeddingCache, sources: Mapping[str, Source],
+                 views: Sequence[str] = ("orig",), batch_size: int = DEFAULT_BATCH) -> CachedEmbeddings:
+    """Embeddings for each content hash in `sources` and each view, embedding only what the cache lacks.
+
+    `sources` maps content hash -> bytes or a zero-argument loader (called only for images that must be
+    embedded, so a retrain reads no bytes of cached images). Images that fail to decode are reported in
+    `rejected` instead of raising.
+    """
+    result = CachedEmbeddings()
+    pending: list[tuple[str, str, np.ndarray]] = []
+    for digest, source in sources.items():
+        missing = _lookup(cache, digest, views, result)
+        if not missing:
+            result.cached_digests.add(digest)
+            continue
+        try:
+            stack = prepare_views(_read(source), tuple(missing), embedder.max_pixels)
+        except ImageRejected as exc:
+            result.rejected[digest] = exc.reason
+            continue
+        result.embedded_digests.add(digest)
+        pending.extend((digest, view, arr) for view, arr in zip(missing, stack, strict=True))
+        if len(pending) >= batch_size:
+            _flush(embedder, cache, pending, result, batch_size)
+    _flush(embedder, cache, pending, result, batch_size)
+    return result
+
+
+def _lookup(cache: EmbeddingCache, digest: str, views: Sequence[str], result: CachedEmbeddings) -> list[str]:
+    """Fill cached views into `result`; return the views still missing."""
+    missing = []
+    for view in views:
+        vector = cache.get(digest, view)
+        if vector is None:
+            missing.append(view)
+        else:
+            result.vectors[(digest, view)] = vector
+    return missing
+
+
+def _flush(embedder: Embedder, cache: EmbeddingCache, pending: list[tuple[str, str, np.ndarray]],
+           result: CachedEmbeddings, batch_size: int) -> None:
+    """Embed the pending inputs, store them in the cache and the result, and clear the list."""
+    if not pending:
+        return
+    vectors = embedder.embed(np.stack([arr for _, _, arr in pending]), batch_size)
+    for (digest, view, _), vector in zip(pending, vectors, strict=True):
+        cache.put(digest, vector, view)
+        result.vectors[(digest, view)] = vector
+    pending.clear()

@@ -1,0 +1,192 @@
+"""Decode uploaded image bytes into model input, robustly.
+
+Decoding (`decode_image`):
+
+* only raster formats a camera, phone or browser produces are opened: JPEG (MPO from phones included),
+  PNG, GIF, WebP, BMP, TIFF. Everything else (text, SVG, HTML, PDF, EPS …) is rejected without handing it
+  to another decoder;
+* the dimensions are read from the header and checked against `max_pixels` (default 64 megapixels) before a
+  single pixel is decoded, so a decompression bomb costs nothing; Pillow's own DecompressionBombError and
+  DecompressionBombWarning are turned into `ImageRejected` too;
+* EXIF orientation is applied (`ImageOps.exif_transpose`);
+* every mode becomes RGB: alpha (RGBA, LA, PA, palette with transparency) is composited on white,
+  16-/32-bit integer greyscale ('I;16*', 'I') is scaled from 0–65535 to 0–255, float ('F') is clipped
+  to 0–255, CMYK/greyscale/bilevel/palette are converted; animated images give their first frame.
+
+Preprocessing (`to_input`), as DESIGN.md says: resize so the short side is 224 px with Pillow's antialiased
+**bicubic** filter, center crop 224×224, scale to [-1, 1] (mean 0.5, std 0.5), CHW float32. The crop is
+done in source coordinates (`resize(box=…)`), which is the same center crop without first materialising a
+huge intermediate image for extreme aspect ratios.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+INPUT_SIZE = 224
+DEFAULT_MAX_PIXELS = 64_000_000
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+RESAMPLE = Image.Resampling.BICUBIC
+
+# Augmented views used at training time: name -> (crop fraction of the short side, x anchor, y anchor, flip).
+VIEWS: dict[str, tuple[float, float, float, bool]] = {
+    "orig": (1.0, 0.5, 0.5, False),
+    "flip": (1.0, 0.5, 0.5, True),
+    "zoom": (0.8, 0.5, 0.5, False),
+    "zoom_tl": (0.8, 0.0, 0.0, False),
+    "zoom_br": (0.8, 1.0, 1.0, False),
+}
+
+
+class ImageRejected(ValueError):
+    """An upload that cannot be used as an image; `reason` says why, in words for the uploader."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-256 of the bytes, as lowercase hex (the key of the embedding cache and the manifest)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _describe_non_image(data: bytes) -> str:
+    """A reason for bytes Pillow does not recognise."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<svg", b"<?xml")) or b"<svg" in head:
+        return "SVG/XML is not supported: upload a raster image (JPEG, PNG, GIF, WebP, BMP, TIFF)"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "this is an HTML document, not an image"
+    if head.startswith(b"%pdf"):
+        return "this is a PDF document, not an image"
+    return "not a recognised image: supported formats are JPEG, PNG, GIF, WebP, BMP and TIFF"
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and check the dimensions before any pixel is decoded."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRejected(_describe_non_image(data)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"image too large (decompression bomb protection): {exc}") from None
+    except Exception as exc:  # any decoder failure on untrusted bytes is a rejection
+        raise ImageRejected(f"corrupt image header ({type(exc).__name__}: {exc})") from None
+    _check_size(image.size, max_pixels)
+    return image
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageRejected(f"image has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"image too large: {width}×{height} = {width * height:,} pixels, the limit is {max_pixels:,}"
+        )
+
+
+def _load(image: Image.Image) -> Image.Image:
+    """Decode the first frame's pixels, turning every decoder failure into ImageRejected."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.seek(0)
+            if image.format in ("JPEG", "MPO"):
+                # DCT-domain downscale for big photos: decode at ≥ 2× the input size, much faster.
+                image.draft(None, (2 * INPUT_SIZE, 2 * INPUT_SIZE))
+            image.load()
+            return ImageOps.exif_transpose(image) or image
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"image too large (decompression bomb protection): {exc}") from None
+    except Exception as exc:
+        raise ImageRejected(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _wide_to_rgb(image: Image.Image) -> Image.Image:
+    """'I;16*' / 'I' (scaled from 0–65535) and 'F' (clipped to 0–255) greyscale to 8-bit RGB."""
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode != "F":
+        arr = arr / 257.0
+    grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB (alpha on white, wide greyscale scaled, CMYK converted)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _wide_to_rgb(image)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        return _composite_on_white(image)
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode uploaded bytes into an upright 8-bit RGB image, or raise ImageRejected with a reason."""
+    image = _open(data, max_pixels)
+    image = _load(image)
+    _check_size(image.size, max_pixels)
+    try:
+        return to_rgb(image)
+    except Exception as exc:
+        raise ImageRejected(f"cannot convert image mode {image.mode!r} ({exc})") from None
+
+
+def _crop_box(size: tuple[int, int], fraction: float, ax: float, ay: float) -> tuple[float, ...]:
+    """Square box of side `fraction` × short side, anchored at (ax, ay) in [0, 1] of the free space."""
+    width, height = size
+    side = min(width, height) * fraction
+    left = (width - side) * ax
+    top = (height - side) * ay
+    return (left, top, left + side, top + side)
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    arr = np.asarray(image, dtype=np.float32)
+    return np.ascontiguousarray((arr / 127.5 - 1.0).transpose(2, 0, 1))
+
+
+def to_input(image: Image.Image, view: str = "orig") -> np.ndarray:
+    """Preprocess an RGB image into a 3×224×224 float32 array in [-1, 1] (see module docstring).
+
+    `view` selects an augmented view from VIEWS ('orig' is the plain preprocessing used for serving).
+    """
+    fraction, ax, ay, flip = VIEWS[view]
+    box = _crop_box(image.size, fraction, ax, ay)
+    out = image.resize((INPUT_SIZE, INPUT_SIZE), RESAMPLE, box=box)
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return _to_array(out)
+
+
+def prepare(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes to a 3×224×224 model input (decode, then preprocess); raises ImageRejected."""
+    return to_input(decode_image(data, max_pixels))
+
+
+def prepare_views(data: bytes, views: tuple[str, ...], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes to a V×3×224×224 stack, one preprocessed array per view name, decoding once."""
+    image = decode_image(data, max_pixels)
+    return np.stack([to_input(image, view) for view in views])

@@ -1,0 +1,94 @@
+"""Model versions: status (Rekognition's words), metrics, and the trained head (kept in the database)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from labelloop.db import Base, utcnow
+
+
+class ModelStatus(StrEnum):
+    """A model version's status, in Rekognition Custom Labels' words."""
+
+    TRAINING_IN_PROGRESS = "TRAINING_IN_PROGRESS"
+    TRAINING_COMPLETED = "TRAINING_COMPLETED"
+    TRAINING_FAILED = "TRAINING_FAILED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+class ModelVersion(Base):
+    """One trained (or training) model version.
+
+    The head's weights live here (``head`` is a small ``.npz``), so every worker process that shares the
+    database can serve any version; the backbone is the same ONNX file everywhere, rebuilt from the pinned
+    weights package when a process lacks it.
+    """
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    status: Mapped[str] = mapped_column(String(32), default=ModelStatus.TRAINING_IN_PROGRESS.value)
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    training_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deployed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    f1: Mapped[float | None] = mapped_column(Float, nullable=True)
+    evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    image_count: Mapped[int] = mapped_column(Integer, default=0)
+    train_images: Mapped[int] = mapped_column(Integer, default=0)
+    test_images: Mapped[int] = mapped_column(Integer, default=0)
+    training_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    manifest_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    evaluation_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    dataset_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class ModelVersionRead(BaseModel):
+    """A model version as the API shows it."""
+
+    version: str
+    status: str
+    status_message: str
+    created_at: datetime
+    training_ended_at: datetime | None
+    deployed_at: datetime | None
+    stopped_at: datetime | None
+    run_id: str | None
+    labels: list[str]
+    f1: float | None
+    image_count: int
+    train_images: int
+    test_images: int
+    training_seconds: float | None
+    manifest_key: str | None
+    evaluation_key: str | None
+    evaluation: dict[str, Any] | None = None
+
+
+class DetectedLabel(BaseModel):
+    """One label with its confidence (0-100)."""
+
+    name: str
+    confidence: float
+
+
+class DetectResponse(BaseModel):
+    """The answer of ``POST /detect``."""
+
+    model_version: str
+    labels: list[DetectedLabel]

@@ -1,0 +1,195 @@
+"""Serving in one process: the serving version in memory, a blue-green switch, and micro-batched inference.
+
+``Minimum-Inference-Units`` inference units each own an ONNX Runtime session of the backbone (the CPU cores
+split between them) and take requests from one queue; a unit takes every request waiting (up to
+``max_batch``), so concurrent requests share one backbone run. A batch is served entirely by the version
+that was serving when the batch started: the switch replaces one reference under a lock, and a version is
+only put there after it has been loaded and has answered a warm-up batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from labelloop.modeling.embedding import Embedder, default_threads
+
+log = logging.getLogger(__name__)
+
+
+class NoModelServing(RuntimeError):
+    """No model version is serving; the message says what to do."""
+
+
+class HeadLike(Protocol):
+    """A trained head: label names and probabilities from backbone embeddings."""
+
+    labels: list[str]
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class LoadedVersion:
+    """A model version that is loaded, warmed and ready to answer."""
+
+    version: str
+    head: HeadLike
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.head.labels)
+
+
+@dataclass
+class _Request:
+    inputs: np.ndarray
+    future: Future[tuple[LoadedVersion, np.ndarray]]
+
+
+class Serving:
+    """The model server of this process."""
+
+    def __init__(self, embedder_factory: Callable[[int], Embedder], units: int = 1, max_batch: int = 32,
+                 max_wait_seconds: float = 0.002) -> None:
+        self._embedder_factory = embedder_factory
+        self.max_batch = max_batch
+        self.max_wait_seconds = max_wait_seconds
+        self._active: LoadedVersion | None = None
+        self._switch_lock = threading.Lock()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._units: list[threading.Thread] = []
+        self._embedders: list[Embedder] = []
+        self.units = 0
+        self.batches = 0
+        self.set_units(units)
+
+    # ── versions ──────────────────────────────────────────────────────────────
+
+    @property
+    def active(self) -> LoadedVersion | None:
+        """The version serving now, or ``None``."""
+        return self._active
+
+    def warm(self, version: str, head: HeadLike) -> LoadedVersion:
+        """Load ``version`` beside the serving one and run a warm-up batch through it (blue side)."""
+        loaded = LoadedVersion(version, head)
+        probe = np.zeros((1, 3, 224, 224), dtype=np.float32)
+        embedder = self._embedders[0]
+        probabilities = head.predict_proba(embedder.embed(probe))
+        if probabilities.shape != (1, len(loaded.labels)) or not np.all(np.isfinite(probabilities)):
+            raise RuntimeError(f"model version {version} gave unusable warm-up output {probabilities.shape}")
+        return loaded
+
+    def switch(self, loaded: LoadedVersion) -> LoadedVersion | None:
+        """Make ``loaded`` the serving version atomically; returns the version it replaced."""
+        with self._switch_lock:
+            previous, self._active = self._active, loaded
+        log.info("serving version switched", extra={"version": loaded.version,
+                                                    "previous": previous.version if previous else None})
+        return previous
+
+    def stop(self) -> LoadedVersion | None:
+        """Stop serving (requests then get :class:`NoModelServing`); returns the version that served."""
+        with self._switch_lock:
+            previous, self._active = self._active, None
+        return previous
+
+    # ── inference units ──────────────────────────────────────────────────────
+
+    def set_units(self, units: int) -> None:
+        """Run ``units`` inference units (each its own backbone session); the cores are split between them."""
+        units = max(1, units)
+        if units == self.units:
+            return
+        self._stop_units()
+        threads = max(1, default_threads() // units)
+        self._embedders = [self._embedder_factory(threads) for _ in range(units)]
+        self._units = [threading.Thread(target=self._unit, args=(embedder,), name=f"inference-unit-{i}",
+                                        daemon=True) for i, embedder in enumerate(self._embedders)]
+        for thread in self._units:
+            thread.start()
+        self.units = units
+        log.info("inference units running", extra={"units": units, "threads_per_unit": threads})
+
+    def _stop_units(self) -> None:
+        for _ in self._units:
+            self._requests.put(None)
+        for thread in self._units:
+            thread.join(timeout=30)
+        self._units = []
+
+    def close(self) -> None:
+        """Stop every unit (pending requests are answered first)."""
+        self._stop_units()
+        self.units = 0
+
+    def _take_batch(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch, size = [first], len(first.inputs)
+        deadline = time.monotonic() + self.max_wait_seconds
+        while size < self.max_batch:
+            try:
+                item = self._requests.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+            size += len(item.inputs)
+        return batch, False
+
+    def _unit(self, embedder: Embedder) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            batch, stop = self._take_batch(first)
+            self._run(embedder, batch)
+            if stop:
+                return
+
+    def _run(self, embedder: Embedder, batch: list[_Request]) -> None:
+        version = self._active  # one version answers the whole batch
+        if version is None:
+            for request in batch:
+                request.future.set_exception(NoModelServing(
+                    "no model version is serving; train one (POST /api/v1/training/check) or deploy one"))
+            return
+        try:
+            inputs = np.concatenate([request.inputs for request in batch])
+            probabilities = version.head.predict_proba(embedder.embed(inputs))
+        except Exception as exc:  # every waiting request gets the error, the unit keeps serving
+            log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        self.batches += 1
+        start = 0
+        for request in batch:
+            end = start + len(request.inputs)
+            request.future.set_result((version, probabilities[start:end]))
+            start = end
+
+    def submit(self, inputs: np.ndarray) -> Future[tuple[LoadedVersion, np.ndarray]]:
+        """Queue preprocessed images (N×3×224×224); the future gives (version, N×labels probabilities)."""
+        if self._active is None:
+            raise NoModelServing("no model version is serving; train one (POST /api/v1/training/check) "
+                                 "or deploy one (POST /api/v1/models/{version}/deploy)")
+        future: Future[tuple[LoadedVersion, np.ndarray]] = Future()
+        self._requests.put(_Request(inputs, future))
+        return future
+
+
+def ranked(labels: list[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """Every label with its confidence (0-100), best first."""
+    order = np.argsort(-probabilities, kind="stable")
+    return [{"name": labels[i], "confidence": round(float(probabilities[i]) * 100.0, 4)} for i in order]

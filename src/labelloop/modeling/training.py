@@ -1,0 +1,461 @@
+"""Train a model version's head on cached backbone embeddings.
+
+Pipeline (`train_head`):
+
+1. **Validate**: at least two labels, and every label with at least two distinct images (one to train on,
+   one to test on); otherwise `TrainingDataError` says what is wrong and what is required.
+2. **Embed** every distinct image once through `embed_cached`: the cache is keyed by content hash, so a
+   retrain runs the backbone only on new images. Images that do not decode are left out and reported.
+3. **Split**, stratified and deterministic (`split_examples`): per label, distinct images are ranked by
+   sha256(seed, content hash) and the first round(20 %) — at least one, at most all but one — are the test
+   split (Rekognition's 80/20 when no test set is given). Same data ⇒ same split; identical content under two
+   keys always lands on the same side, so a duplicate never leaks from training into the test.
+4. **Head**: L2-normalised embeddings → multinomial logistic regression (softmax, L2 penalty on W,
+   L-BFGS; our own ~30 lines of numpy/scipy so folds can warm-start each other). Measured on load_digits
+   (bench/bench_head.py): weak regularisation wins (C = 100–1000 ≫ C = 1), standardising features loses
+   (0.84 vs 0.87 macro-F1 at 20/label) and augmented views (flip, zoomed and corner crops) were within
+   ±0.005 of none at C ≥ 100 while costing one more backbone pass per view and training image, so the
+   default is **no augmentation** (`augment=("flip",)` etc. switch views on, weighted 1/V so each image
+   counts once).
+5. **Calibration**: temperature scaling fitted on *out-of-fold* logits of a stratified k-fold (k ≤ 3)
+   cross-validation on the training split only. The same out-of-fold logits choose C from a small grid
+   (lowest calibrated log-loss). The test split is never used to fit anything, so the reported test metrics
+   (and the calibration error measured on it) are honest. Fitting T on the test split would be cheaper but
+   would leak into the reported calibration; fold models train on (k-1)/k of the data, so the temperature
+   is slightly conservative (measured within ~7 % of the test-optimal T on load_digits, ECE ≈ 0.01–0.02).
+   When a label has a single training image no fold can hold it out: T = 1 and the evaluation says so.
+6. **Evaluate** the calibrated head on the test split (`evaluation.evaluate`).
+
+Small dense linear algebra runs with one BLAS thread: measured here on two (shared) cores, multi-threaded
+OpenBLAS made these N×1280 products 5–10× slower, and erratic, under load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from labelloop.modeling.embedding import CachedEmbeddings, Embedder, EmbeddingCache, embed_cached
+from labelloop.modeling.evaluation import Evaluation, evaluate
+from labelloop.modeling.export import atomic_write_bytes
+from labelloop.modeling.images import VIEWS, content_hash
+
+TEST_FRACTION = 0.2
+DEFAULT_C_GRID = (100.0, 1000.0)
+DEFAULT_FOLDS = 3
+MAX_ITER = 500
+GTOL = 1e-5
+NORM_EPS = 1e-12
+HEAD_FORMAT = 1
+
+
+class TrainingDataError(ValueError):
+    """The labeled images cannot train a model; the message says what is wrong and what is required."""
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """One training image: its object key, label and bytes (or a loader), optionally its sha256 hex.
+
+    Give `content_hash` when it is known (e.g. from the manifest): a retrain then reads no bytes of images
+    whose embeddings are cached.
+    """
+
+    key: str
+    label: str
+    content: bytes | Callable[[], bytes]
+    content_hash: str | None = None
+
+    def data(self) -> bytes:
+        """The image bytes (calls the loader)."""
+        return self.content() if callable(self.content) else self.content
+
+    def digest(self) -> str:
+        """sha256 hex of the content (reads it unless content_hash was given)."""
+        return self.content_hash or content_hash(self.data())
+
+
+# ── the head ────────────────────────────────────────────────────────────────────────────────────────
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), NORM_EPS)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Head:
+    """Linear head: probabilities = softmax((normalise(embedding) · Wᵀ + b) / temperature).
+
+    `W` is labels×1280 and `b` has one entry per label (both stored float32, as the ONNX export uses them).
+    """
+
+    labels: list[str]
+    W: np.ndarray
+    b: np.ndarray
+    temperature: float = 1.0
+    normalize: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = list(self.labels)
+        self.W = np.asarray(self.W, dtype=np.float32).reshape(len(self.labels), -1)
+        self.b = np.asarray(self.b, dtype=np.float32).reshape(len(self.labels))
+        self.temperature = float(self.temperature)
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """Calibrated logits N×labels (already divided by the temperature)."""
+        x = l2_normalize(embeddings) if self.normalize else np.asarray(embeddings, dtype=np.float64)
+        return (x @ self.W.T.astype(np.float64) + self.b) / self.temperature
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probabilities N×labels, columns in `labels` order."""
+        return softmax(self.logits(embeddings))
+
+    def to_bytes(self) -> bytes:
+        """The head as `.npz` bytes (no pickled objects)."""
+        buffer = io.BytesIO()
+        header = {"format": HEAD_FORMAT, "labels": self.labels, "temperature": self.temperature,
+                  "normalize": self.normalize, "meta": self.meta}
+        np.savez(buffer, header=np.array(json.dumps(header)), W=self.W, b=self.b)
+        return buffer.getvalue()
+
+    def save(self, target: str | Path | BinaryIO) -> None:
+        """Write to a path (atomically) or a binary file object."""
+        data = self.to_bytes()
+        if isinstance(target, str | Path):
+            atomic_write_bytes(target, data)
+        else:
+            target.write(data)
+
+    @classmethod
+    def load(cls, source: str | Path | BinaryIO) -> Head:
+        """Read a head written by `save`."""
+        with np.load(source, allow_pickle=False) as npz:
+            header = json.loads(str(npz["header"]))
+            return cls(labels=header["labels"], W=npz["W"], b=npz["b"], temperature=header["temperature"],
+                       normalize=header["normalize"], meta=header.get("meta", {}))
+
+
+# ── fitting ─────────────────────────────────────────────────────────────────────────────────────────
+
+
+def _objective(x: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float, n_labels: int) -> Callable:
+    """Weighted mean cross-entropy + lam/2·‖W‖² and its gradient, over θ = [W (D×L) ravelled, b]."""
+    n, d = x.shape
+    x32 = x.astype(np.float32)
+    onehot = np.eye(n_labels)[y]
+    weights = (w / w.sum())[:, None]
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        coef = theta[:d * n_labels].reshape(d, n_labels)
+        z = (x32 @ coef.astype(np.float32)).astype(np.float64) + theta[d * n_labels:]
+        z -= z.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        total = ez.sum(axis=1, keepdims=True)
+        loss = float(np.sum(weights[:, 0] * (np.log(total[:, 0]) - z[np.arange(n), y])))
+        grad_z = (ez / total - onehot) * weights
+        grad_w = (x32.T @ grad_z.astype(np.float32)).astype(np.float64) + lam * coef
+        return loss + 0.5 * lam * float(np.sum(coef * coef)), np.concatenate([grad_w.ravel(), grad_z.sum(0)])
+
+    return f
+
+
+def fit_softmax(x: np.ndarray, y: np.ndarray, n_labels: int, c: float, *, weights: np.ndarray | None = None,
+                theta0: np.ndarray | None = None) -> np.ndarray:
+    """Multinomial logistic regression; returns θ = [W (D×L) ravelled, b]. Penalty lam = 1/(C·n)."""
+    from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
+
+    n, d = x.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    start = np.zeros(d * n_labels + n_labels) if theta0 is None else theta0
+    objective = _objective(x, y, w, 1.0 / (c * n), n_labels)
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                          options={"maxiter": MAX_ITER, "gtol": GTOL})
+    return result.x
+
+
+def _theta_logits(theta: np.ndarray, x: np.ndarray, n_labels: int) -> np.ndarray:
+    d = x.shape[1]
+    return x @ theta[:d * n_labels].reshape(d, n_labels) + theta[d * n_labels:]
+
+
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels under softmax(logits)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(y)), y]))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T > 0 minimising the log-loss of softmax(logits / T) (bounded search on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(lambda t: log_loss(logits / math.exp(t), y), bounds=(-4.0, 4.0), method="bounded")
+    return float(math.exp(result.x))
+
+
+# ── data: validation, split ─────────────────────────────────────────────────────────────────────────
+
+
+def validate_examples(examples: Sequence[LabeledImage], digests: dict[str, str], note: str = "") -> None:
+    """Raise TrainingDataError unless there are ≥ 2 labels and ≥ 2 distinct images per label."""
+    per_label: dict[str, set[str]] = defaultdict(set)
+    for example in examples:
+        per_label[example.label].add(digests[example.key])
+    if len(per_label) < 2:
+        found = ", ".join(repr(label) for label in per_label) or "none"
+        raise TrainingDataError(
+            f"training needs images of at least 2 labels; found {len(per_label)} ({found}){note}. "
+            "Add images under images_labeled_by_folder/<label>/ for at least two labels.")
+    few = {label: len(items) for label, items in per_label.items() if len(items) < 2}
+    if few:
+        listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(few.items()))
+        raise TrainingDataError(
+            f"every label needs at least 2 distinct images (one for training, one for testing); "
+            f"too few for {listed}{note}. Add images to those labels or remove their folders.")
+
+
+def _rank(seed: int, digest: str) -> str:
+    return hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()
+
+
+@dataclass
+class Split:
+    """Train/test partition of the examples."""
+
+    train: list[LabeledImage]
+    test: list[LabeledImage]
+
+    @property
+    def train_keys(self) -> list[str]:
+        """Object keys of the training images."""
+        return [e.key for e in self.train]
+
+    @property
+    def test_keys(self) -> list[str]:
+        """Object keys of the test images."""
+        return [e.key for e in self.test]
+
+
+def split_examples(examples: Sequence[LabeledImage], digests: dict[str, str], *, seed: int = 0,
+                   test_fraction: float = TEST_FRACTION, test_keys: Collection[str] | None = None) -> Split:
+    """Deterministic stratified split (see module docstring); `test_keys` gives an explicit test set."""
+    if test_keys is not None:
+        chosen = set(test_keys)
+        split = Split([e for e in examples if e.key not in chosen], [e for e in examples if e.key in chosen])
+        missing = sorted({e.label for e in examples} - {e.label for e in split.train})
+        if missing:
+            raise TrainingDataError(f"the given test set leaves no training image for {missing}; "
+                                    "every label needs at least one training image.")
+        return split
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for example in examples:
+        digest = digests[example.key]
+        if digest not in by_label[example.label]:
+            by_label[example.label].append(digest)
+    test_digests: set[tuple[str, str]] = set()
+    for label, items in by_label.items():
+        ranked = sorted(items, key=lambda d: _rank(seed, d))
+        n_test = min(len(ranked) - 1, max(1, math.floor(test_fraction * len(ranked) + 0.5)))
+        test_digests.update((label, d) for d in ranked[:n_test])
+    is_test = [(e.label, digests[e.key]) in test_digests for e in examples]
+    return Split([e for e, t in zip(examples, is_test, strict=True) if not t],
+                 [e for e, t in zip(examples, is_test, strict=True) if t])
+
+
+# ── training ────────────────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class TrainingResult:
+    """Everything a training run produced."""
+
+    head: Head
+    split: Split
+    evaluation: Evaluation
+    digests: dict[str, str]
+    images_embedded: int
+    images_from_cache: int
+    rejected: dict[str, str] = field(default_factory=dict)  # object key -> reason
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_keys(self) -> list[str]:
+        """Object keys of the training images."""
+        return self.split.train_keys
+
+    @property
+    def test_keys(self) -> list[str]:
+        """Object keys of the test images."""
+        return self.split.test_keys
+
+    def manifest(self) -> list[dict[str, str]]:
+        """One record per image: key, label, sha256 and split ('train'/'test'/'rejected')."""
+        rows = [{"key": e.key, "label": e.label, "sha256": self.digests[e.key], "split": name}
+                for name, part in (("train", self.split.train), ("test", self.split.test)) for e in part]
+        return rows + [{"key": key, "sha256": self.digests.get(key, ""), "split": "rejected", "reason": reason}
+                       for key, reason in self.rejected.items()]
+
+
+@dataclass
+class _Design:
+    """Training rows: features, label index, weight and the image (group) each row comes from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    group: np.ndarray
+
+
+def _design(train: Sequence[LabeledImage], digests: dict[str, str], vectors: CachedEmbeddings,
+            index: dict[str, int], views: Sequence[str]) -> _Design:
+    """One row per (distinct image, label) and view, weighted 1/V, in an order independent of the input's."""
+    pairs = sorted({(digests[e.key], e.label) for e in train})
+    rows, ys, groups = [], [], []
+    for g, (digest, label) in enumerate(pairs):
+        for view in views:
+            rows.append(vectors.get(digest, view))
+            ys.append(index[label])
+            groups.append(g)
+    n = len(rows)
+    return _Design(l2_normalize(np.stack(rows)), np.array(ys), np.full(n, 1.0 / len(views)), np.array(groups))
+
+
+def _folds(design: _Design, k: int, seed: int) -> np.ndarray:
+    """Fold number per group, stratified by label, deterministic (groups are in content-hash order)."""
+    n_groups = int(design.group.max()) + 1
+    label_of = np.zeros(n_groups, dtype=np.int64)
+    label_of[design.group] = design.y
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(n_groups, dtype=np.int64)
+    for label in np.unique(label_of):
+        members = np.flatnonzero(label_of == label)
+        fold[members] = (np.arange(len(members)) + rng.integers(k)) % k
+    return fold
+
+
+def _cross_validate(design: _Design, n_labels: int, k: int, c_grid: Sequence[float], seed: int
+                    ) -> tuple[float, float, dict[str, Any], np.ndarray | None]:
+    """Pick C by calibrated out-of-fold log-loss; returns (C, T, report, warm start θ)."""
+    fold_of_group = _folds(design, k, seed)
+    row_fold = fold_of_group[design.group]
+    first = np.unique(design.group, return_index=True)[1]  # the first view ('orig') of each image
+    theta, best, report = None, None, {}
+    for c in sorted(c_grid):
+        oof = np.zeros((len(first), n_labels))
+        for f in range(k):
+            train = row_fold != f
+            theta = fit_softmax(design.x[train], design.y[train], n_labels, c,
+                                weights=design.weight[train], theta0=theta)
+            held = fold_of_group == f
+            oof[held] = _theta_logits(theta, design.x[first[held]], n_labels)
+        y = design.y[first]
+        t = fit_temperature(oof, y)
+        nll = log_loss(oof / t, y)
+        report[f"C={c:g}"] = {"oof_nll": nll, "temperature": t,
+                              "oof_accuracy": float(np.mean(oof.argmax(1) == y))}
+        if best is None or nll < best[2]:
+            best = (c, t, nll, theta)
+    assert best is not None
+    return best[0], best[1], report, best[3]
+
+
+def _fit_head(design: _Design, labels: list[str], *, c_grid: Sequence[float], folds: int, seed: int,
+              meta: dict[str, Any]) -> Head:
+    """Cross-validate C and T on the training rows, then fit the final head on all of them."""
+    per_label = np.bincount(design.y[np.unique(design.group, return_index=True)[1]], minlength=len(labels))
+    k = int(min(folds, per_label.min()))
+    if k >= 2:
+        c, t, report, theta0 = _cross_validate(design, len(labels), k, c_grid, seed)
+        method = f"temperature scaling on {k}-fold out-of-fold logits of the training split"
+    else:
+        c, t, report, theta0 = max(c_grid), 1.0, {}, None
+        method = "none: a label has a single training image, so no fold can hold it out (T = 1)"
+    theta = fit_softmax(design.x, design.y, len(labels), c, weights=design.weight, theta0=theta0)
+    d = design.x.shape[1]
+    coef = theta[:d * len(labels)].reshape(d, len(labels)).T
+    meta = {**meta, "C": c, "folds": k, "calibration": method, "cv": report}
+    return Head(labels, coef, theta[d * len(labels):], t, True, meta)
+
+
+def _resolve_digests(examples: Sequence[LabeledImage]) -> dict[str, str]:
+    keys = Counter(e.key for e in examples)
+    duplicated = [key for key, n in keys.items() if n > 1]
+    if duplicated:
+        raise TrainingDataError(f"object keys must be unique; repeated: {duplicated[:5]}")
+    return {e.key: e.digest() for e in examples}
+
+
+def _embed(examples: Sequence[LabeledImage], digests: dict[str, str], embedder: Embedder,
+           cache: EmbeddingCache, views: Sequence[str]) -> CachedEmbeddings:
+    sources = {digests[e.key]: e.content for e in examples}
+    return embed_cached(embedder, cache, sources, views)
+
+
+def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: EmbeddingCache, *, seed: int = 0,
+               test_split: Collection[str] | None = None, augment: Sequence[str] = (),
+               c_grid: Sequence[float] = DEFAULT_C_GRID, folds: int = DEFAULT_FOLDS) -> TrainingResult:
+    """Train and evaluate a head on labeled images (see the module docstring for each step).
+
+    `test_split`: object keys of an explicit test set (default: the automatic 80/20 split).
+    `augment`: extra views of training images from `images.VIEWS` (e.g. ("flip",)); none by default.
+    Raises TrainingDataError when the data cannot train a model; images that fail to decode are left
+    out and listed in `result.rejected`.
+    """
+    started = time.perf_counter()
+    views = ("orig", *[v for v in augment if v != "orig"])
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown augmented views {unknown}; choose from {sorted(VIEWS)}")
+    digests = _resolve_digests(examples)
+    validate_examples(examples, digests)
+    vectors = _embed(examples, digests, embedder, cache, ("orig",))
+    rejected = {e.key: vectors.rejected[digests[e.key]] for e in examples if digests[e.key] in vectors.rejected}
+    usable = [e for e in examples if e.key not in rejected]
+    validate_examples(usable, digests, f" after leaving out {len(rejected)} unreadable image(s)" if rejected else "")
+    split = split_examples(usable, digests, seed=seed, test_keys=test_split)
+    if len(views) > 1:
+        vectors.update(_embed(split.train, digests, embedder, cache, views))
+    embedded_at = time.perf_counter()
+    labels = sorted({e.label for e in usable})
+    index = {label: i for i, label in enumerate(labels)}
+    design = _design(split.train, digests, vectors, index, views)
+    meta = {"views": list(views), "seed": seed, "backbone_fingerprint": embedder.fingerprint}
+    head = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
+    fitted_at = time.perf_counter()
+    evaluation = _evaluate(head, split.test, digests, vectors, index, started, len(split.train))
+    timings = {"embed_s": embedded_at - started, "fit_s": fitted_at - embedded_at,
+               "evaluate_s": time.perf_counter() - fitted_at, "total_s": time.perf_counter() - started}
+    evaluation.training_time_s = timings["total_s"]
+    return TrainingResult(head, split, evaluation, digests, vectors.embedded, vectors.from_cache, rejected, timings)
+
+
+def _evaluate(head: Head, test: Sequence[LabeledImage], digests: dict[str, str], vectors: CachedEmbeddings,
+              index: dict[str, int], started: float, n_train: int) -> Evaluation:
+    """The head on the test split; calibration details from the head's metadata."""
+    x = np.stack([vectors.get(digests[e.key]) for e in test])
+    y = np.array([index[e.label] for e in test])
+    calibration = {"temperature": head.temperature, "method": head.meta.get("calibration", ""),
+                   "C": head.meta.get("C")}
+    return evaluate(head.labels, y, head.predict_proba(x), train_images=n_train,
+                    training_time_s=time.perf_counter() - started, calibration=calibration)

@@ -1,0 +1,286 @@
+"""Human loops: create, lease to a reviewer, answer (first answer wins), stop, expire; the task template."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from labelloop import db
+from labelloop.detection.models import DetectionEvent
+from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 300
+MAX_LABEL_LENGTH = 100
+_FORBIDDEN_IN_LABEL = re.compile(r"[/\\:*?\"<>|]")
+
+
+class ReviewError(ValueError):
+    """A review request that is not allowed; the message says why."""
+
+
+class LoopNotFound(KeyError):
+    """No human loop has this name."""
+
+
+class AlreadyAnswered(Exception):
+    """The loop was answered (or stopped) before; the first answer wins."""
+
+
+def validate_label(label: str) -> str:
+    """Return ``label`` if it can be a folder name under ``images_labeled_by_folder/``."""
+    from labelloop.storage.service import InvalidKey, validate_key
+
+    cleaned = unicodedata.normalize("NFC", label.strip()) if isinstance(label, str) else ""
+    if not cleaned:
+        raise ReviewError("a label may not be empty")
+    if len(cleaned) > MAX_LABEL_LENGTH:
+        raise ReviewError(f"a label has at most {MAX_LABEL_LENGTH} characters")
+    if _FORBIDDEN_IN_LABEL.search(cleaned) or cleaned.startswith("."):
+        raise ReviewError("a label may not contain / \\ : * ? \" < > | or start with '.'")
+    try:
+        validate_key(f"images_labeled_by_folder/{cleaned}/x")
+    except InvalidKey as exc:
+        raise ReviewError(f"label {cleaned!r} is not allowed: {exc}") from None
+    return cleaned
+
+
+# ── the task template ────────────────────────────────────────────────────────
+
+
+def template(session: Session) -> TaskTemplate:
+    """The task template (created with defaults on first use)."""
+    row = session.get(TaskTemplate, 1)
+    if row is None:
+        row = TaskTemplate(id=1, extra_labels=[], full_instructions=(
+            "Look at the whole image. Choose the label that names what it shows. If none of the labels fits, "
+            "choose None of the Above: the image is then not added to the training data."))
+        session.add(row)
+        session.flush()
+    return row
+
+
+def update_template(session: Session, actor: str, *, extra_labels: list[str] | None = None,
+                    short_instructions: str | None = None, full_instructions: str | None = None,
+                    loop_lifetime_hours: int | None = None) -> TaskTemplate:
+    """Change the template's extra labels, instructions or loop lifetime."""
+    row = template(session)
+    if extra_labels is not None:
+        labels = [validate_label(label) for label in extra_labels]
+        if NONE_OF_THE_ABOVE in labels:
+            raise ReviewError(f"{NONE_OF_THE_ABOVE!r} is always offered; it is not a label")
+        row.extra_labels = sorted(set(labels))
+    if short_instructions is not None:
+        row.short_instructions = short_instructions.strip()[:500]
+    if full_instructions is not None:
+        row.full_instructions = full_instructions.strip()[:10000]
+    if loop_lifetime_hours is not None:
+        if not 1 <= loop_lifetime_hours <= 24 * 365:
+            raise ReviewError("a human loop lives from 1 hour to 8760 hours (a year)")
+        row.loop_lifetime_hours = loop_lifetime_hours
+    row.updated_at, row.updated_by = db.utcnow(), actor
+    return row
+
+
+def label_choices(session: Session) -> list[str]:
+    """Labels in the training data plus the template's extra labels (None of the Above is offered apart)."""
+    from labelloop.storage.models import LABELED_FOLDER
+    from labelloop.storage.service import backend
+
+    existing = {folder[len(LABELED_FOLDER):].rstrip("/") for folder in backend().folders(LABELED_FOLDER)}
+    return sorted(existing | set(template(session).extra_labels))
+
+
+def describe_template(session: Session) -> dict[str, Any]:
+    """The template as the API shows it."""
+    row = template(session)
+    return {"extra_labels": row.extra_labels, "label_choices": label_choices(session),
+            "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
+            "full_instructions": row.full_instructions, "loop_lifetime_hours": row.loop_lifetime_hours,
+            "updated_at": row.updated_at, "updated_by": row.updated_by}
+
+
+# ── loops ────────────────────────────────────────────────────────────────────
+
+
+def as_dict(loop: HumanLoop) -> dict[str, Any]:
+    """A human loop as the API shows it."""
+    return {column: getattr(loop, column) for column in (
+        "name", "source", "status", "object_key", "model_version", "model_label", "model_confidence",
+        "created_at", "expires_at", "completed_at", "answer_label", "answered_by", "output_key", "copied_key",
+        "status_message")} | {"detection_id": loop.detection_id}
+
+
+def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
+    """Open a human loop for a detection unless it has one; returns the new loop or ``None``."""
+    with db.session() as session:
+        event = session.get(DetectionEvent, detection_id)
+        if event.human_loop_name is not None:
+            return None
+        lifetime = template(session).loop_lifetime_hours
+        prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
+        loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
+                         detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
+                         model_label=event.label, model_confidence=event.confidence,
+                         expires_at=db.utcnow() + timedelta(hours=lifetime),
+                         task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
+        session.add(loop)
+        try:
+            session.flush()
+        except IntegrityError:  # opened by another run a moment ago
+            session.rollback()
+            return None
+        event.human_loop_name = loop.name
+        log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
+        return as_dict(loop)
+
+
+def get_loop(session: Session, name: str) -> HumanLoop:
+    """The loop named ``name``."""
+    loop = session.scalar(select(HumanLoop).where(HumanLoop.name == name))
+    if loop is None:
+        raise LoopNotFound(f"no human loop named {name!r}")
+    return loop
+
+
+def expire_loops(session: Session) -> int:
+    """Stop every open loop whose lifetime has passed; returns how many."""
+    result = session.execute(update(HumanLoop).where(
+        HumanLoop.status == HumanLoopStatus.IN_PROGRESS, HumanLoop.expires_at < db.utcnow()).values(
+        status=HumanLoopStatus.STOPPED, status_message="expired", completed_at=db.utcnow()))
+    return result.rowcount or 0
+
+
+def list_loops(session: Session, *, status: str | None = None, source: str | None = None,
+               limit: int = 500, offset: int = 0) -> list[HumanLoop]:
+    """Loops, newest first."""
+    expire_loops(session)
+    query = select(HumanLoop).order_by(HumanLoop.id.desc()).limit(limit).offset(offset)
+    if status:
+        query = query.where(HumanLoop.status == status)
+    if source:
+        query = query.where(HumanLoop.source == source)
+    return list(session.scalars(query))
+
+
+def lease_next(session: Session, worker: str, seconds: int = LEASE_SECONDS) -> HumanLoop | None:
+    """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold)."""
+    expire_loops(session)
+    now = db.utcnow()
+    held = session.scalar(select(HumanLoop).where(HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+                                                  HumanLoop.leased_by == worker, HumanLoop.lease_expires_at > now))
+    if held is not None:
+        return held
+    for candidate in session.scalars(select(HumanLoop.id).where(
+            HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).order_by(HumanLoop.id).limit(20)):
+        # Conditional update: two reviewers racing for the same task cannot both win it.
+        taken = session.execute(update(HumanLoop).where(
+            HumanLoop.id == candidate, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(
+            leased_by=worker, lease_expires_at=now + timedelta(seconds=seconds)))
+        if taken.rowcount:
+            return session.get(HumanLoop, candidate)
+    return None
+
+
+def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
+    """Record the first answer to a loop (Completed); a later answer raises :class:`AlreadyAnswered`."""
+    with db.session() as session:
+        loop = get_loop(session, name)
+        if label != NONE_OF_THE_ABOVE:
+            label = validate_label(label)
+            choices = label_choices(session)
+            if label not in choices:
+                raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
+                                  f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
+        claimed = session.execute(update(HumanLoop).where(
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
+            status=HumanLoopStatus.COMPLETED, answer_label=label, answered_by=worker, completed_at=db.utcnow(),
+            leased_by=None, lease_expires_at=None))
+        if not claimed.rowcount:
+            session.refresh(loop)
+            raise AlreadyAnswered(f"human loop {name} is {loop.status} already"
+                                  + (f" (answered {loop.answer_label!r})" if loop.answer_label else ""))
+        session.refresh(loop)
+        return as_dict(loop)
+
+
+def copy_key(loop_name: str, object_key: str, label: str) -> str:
+    """Where an answered image is copied: the same key for the same loop, so a retry never copies twice."""
+    unique = uuid.uuid5(uuid.NAMESPACE_URL, f"labelloop:{loop_name}")
+    original = object_key.rsplit("/", 1)[-1]
+    return f"images_labeled_by_folder/{label}/humanLoopName-{loop_name}-{unique}-{original}"[:1024]
+
+
+def copy_to_training_data(name: str) -> str | None:
+    """Copy an answered detection loop's image under its label's folder (nothing for None of the Above or
+    sampling loops); returns the new key."""
+    from labelloop.storage import service as storage
+
+    with db.session() as session:
+        loop = get_loop(session, name)
+        if loop.answer_label in (None, NONE_OF_THE_ABOVE) or loop.source == HumanLoopSource.SAMPLING:
+            return None
+        key = copy_key(loop.name, loop.object_key, loop.answer_label)
+        source_key = loop.object_key
+    _, data = storage.get_object(source_key)
+    storage.put_object(key, data, source="human loop")
+    with db.session() as session:
+        get_loop(session, name).copied_key = key
+    return key
+
+
+def write_output(name: str) -> str:
+    """Write the loop's output in A2I's shape to ``a2i-human-loop-data/`` and return its key."""
+    from labelloop.storage import service as storage
+
+    with db.session() as session:
+        loop = get_loop(session, name)
+        day = loop.completed_at or db.utcnow()
+        key = f"a2i-human-loop-data/{day:%Y/%m/%d}/{loop.name}/output.json"
+        output = {
+            "humanLoopName": loop.name,
+            "inputContent": {**loop.task, "source": loop.source, "modelLabel": loop.model_label,
+                             "modelConfidence": loop.model_confidence, "modelVersion": loop.model_version},
+            "humanAnswers": [{"answerContent": {"crowd-image-classifier": {"label": loop.answer_label}},
+                              "submissionTime": day.isoformat(), "workerId": loop.answered_by}],
+            "humanLoopStatus": loop.status,
+        }
+    storage.put_object(key, json.dumps(output, indent=1, default=str).encode(), source="human loop")
+    with db.session() as session:
+        get_loop(session, name).output_key = key
+    return key
+
+
+def record_on_detection(name: str) -> dict[str, Any]:
+    """Write the answer onto the loop's detection event."""
+    with db.session() as session:
+        loop = get_loop(session, name)
+        event = session.get(DetectionEvent, loop.detection_id)
+        event.human_label, event.human_worker = loop.answer_label, loop.answered_by
+        event.human_answered_at = loop.completed_at
+        return {"detection_id": event.id, "human_label": event.human_label, "model_label": event.label,
+                "agrees": event.human_label == event.label}
+
+
+def stop_loop(session: Session, name: str, actor: str) -> HumanLoop:
+    """Stop an open loop (it can no longer be answered)."""
+    loop = get_loop(session, name)
+    stopped = session.execute(update(HumanLoop).where(
+        HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
+        status=HumanLoopStatus.STOPPED, status_message=f"stopped by {actor}", completed_at=db.utcnow()))
+    if not stopped.rowcount:
+        raise AlreadyAnswered(f"human loop {name} is {loop.status}; only InProgress loops can be stopped")
+    session.refresh(loop)
+    return loop

@@ -1,0 +1,54 @@
+"""Evaluation metrics against hand-computed values and scikit-learn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from labelloop.modeling.evaluation import Evaluation, evaluate
+
+LABELS = ["cat", "dog", "fox"]
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
+PROBA = np.array([
+    [0.90, 0.05, 0.05],  # cat -> cat
+    [0.60, 0.30, 0.10],  # cat -> cat
+    [0.20, 0.70, 0.10],  # cat -> dog
+    [0.10, 0.80, 0.10],  # dog -> dog
+    [0.45, 0.40, 0.15],  # dog -> cat
+    [0.10, 0.10, 0.80],  # fox -> fox
+])
+
+
+def test_per_label_metrics_match_sklearn() -> None:
+    result = evaluate(LABELS, Y_TRUE, PROBA, train_images=24, training_time_s=1.5)
+    pred = PROBA.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(Y_TRUE, pred, zero_division=0)
+    for i, name in enumerate(LABELS):
+        metrics = result.label(name)
+        assert (metrics.precision, metrics.recall, metrics.f1, metrics.support) == (
+            precision[i], recall[i], f1[i], support[i])
+    assert result.f1 == f1_score(Y_TRUE, pred, average="macro")
+    assert result.accuracy == 4 / 6
+    assert result.confusion_matrix == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert (result.train_images, result.test_images, result.training_time_s) == (24, 6, 1.5)
+
+
+def test_threshold_is_lowest_confidence_assigned_to_the_label() -> None:
+    result = evaluate(LABELS, Y_TRUE, PROBA)
+    assert result.label("cat").threshold == 0.45
+    assert result.label("dog").threshold == 0.70
+    assert result.label("fox").threshold == 0.80
+    never = evaluate(LABELS, np.array([0, 1]), np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]))
+    assert never.label("fox").threshold is None and never.label("fox").support == 0
+    assert never.f1 == 1.0, "labels without test images are left out of the macro average"
+
+
+def test_calibration_stats_and_json_round_trip() -> None:
+    result = evaluate(LABELS, Y_TRUE, PROBA, calibration={"temperature": 0.7})
+    assert result.calibration["temperature"] == 0.7
+    assert result.calibration["nll"] > 0 and 0 <= result.calibration["ece"] <= 1
+    data = json.loads(result.to_json(model_version="3"))
+    assert data["model_version"] == "3" and data["f1"] == result.f1
+    assert Evaluation.from_dict(data) == result
