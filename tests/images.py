@@ -50,3 +50,15 @@ def unseen(seed: int, size: int = 160) -> bytes:
         x, y, r = rng.randint(10, 150), rng.randint(10, 150), rng.randint(8, 30)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=(rng.randint(0, 80), rng.randint(120, 200), 60))
     return encode(image)
+
+
+def upload_training_set(api, per_label: int = 5, offset: int = 0) -> list[str]:  # type: ignore[no-untyped-def]
+    """Put ``per_label`` images of each logo under ``images_labeled_by_folder/``; returns the keys."""
+    keys = []
+    for i in range(offset, offset + per_label):
+        for label, draw in (("amazon_logo", smile_logo), ("aws_logo", box_logo)):
+            key = f"images_labeled_by_folder/{label}/{label}_{i}.png"
+            response = api.put(f"/objects/{key}", content=draw(i))
+            assert response.status_code == 201, response.text
+            keys.append(key)
+    return keys
