@@ -85,6 +85,33 @@ def head_from_bytes(data: bytes) -> Any:
     return Head.load(io.BytesIO(data))
 
 
+# ── the backbone file ────────────────────────────────────────────────────────
+
+
+def backbone_path() -> Any:
+    """The backbone ONNX file, built in a child process when missing or stale.
+
+    Torch is needed only to build the file; building it in a child process keeps torch (some 500 MB of
+    resident memory) out of the serving and training processes.
+    """
+    import subprocess
+    import sys
+
+    from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, stored_fingerprint
+
+    cache_dir = get_settings().cache_dir
+    path = backbone_onnx_path(cache_dir)
+    if stored_fingerprint(path) == backbone_fingerprint():
+        return path
+    log.info("building the backbone ONNX file", extra={"path": str(path)})
+    code = "import sys; from labelloop.modeling.export import ensure_backbone_onnx; ensure_backbone_onnx(sys.argv[1])"
+    finished = subprocess.run([sys.executable, "-c", code, str(cache_dir)], capture_output=True, text=True,
+                              check=False)
+    if finished.returncode != 0:
+        raise ModelError(f"could not build the backbone ONNX file: {finished.stderr.strip()[-2000:]}")
+    return path
+
+
 # ── serving in this process ──────────────────────────────────────────────────
 
 _serving: Serving | None = None
@@ -99,9 +126,8 @@ def serving() -> Serving:
     with _serving_lock:
         if _serving is None:
             from labelloop.modeling.embedding import Embedder
-            from labelloop.modeling.export import ensure_backbone_onnx
 
-            path = ensure_backbone_onnx(get_settings().cache_dir)
+            path = backbone_path()
             with db.session() as session:
                 units = parameters.value(session, parameters.MINIMUM_INFERENCE_UNITS)
             _serving = Serving(lambda threads: Embedder(path, threads=threads), units=units)
@@ -253,12 +279,12 @@ def export_onnx(session: Session, version: str) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from labelloop.modeling.export import build_full_model_onnx, ensure_backbone_onnx
+    from labelloop.modeling.export import build_full_model_onnx
 
     row = get_version(session, version)
     if row.head is None:
         raise ModelError(f"model version {version} has no trained head ({row.status})")
-    backbone = ensure_backbone_onnx(get_settings().cache_dir)
+    backbone = backbone_path()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "model.onnx"
         build_full_model_onnx(backbone, head_from_bytes(row.head), out, model_version=version)
@@ -356,12 +382,11 @@ def training_embedder() -> tuple[Any, Any]:
     """The backbone session and embedding cache this process trains with."""
     global _embedder
     from labelloop.modeling.embedding import Embedder, EmbeddingCache
-    from labelloop.modeling.export import ensure_backbone_onnx
 
     cache_dir = get_settings().cache_dir
     with _embedder_lock:
         if _embedder is None:
-            _embedder = Embedder(ensure_backbone_onnx(cache_dir))
+            _embedder = Embedder(backbone_path())
         return _embedder, EmbeddingCache.for_embedder(cache_dir / "embeddings", _embedder)
 
 
