@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Server, server_env  # noqa: E402
 from images import smile_logo, upload_training_set  # noqa: E402
-
 from labelloop.modeling.embedding import Embedder  # noqa: E402
 from labelloop.modeling.export import ensure_backbone_onnx  # noqa: E402
 
