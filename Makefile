@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install install-test lint bench
+.PHONY: serve test install install-test lint bench chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ serve: install
 lint: install-test
 	$(BIN)/ruff check src tests bench
 
-test: install-test lint
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`); installed once.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: install-test lint chromium
 	$(BIN)/python -m pytest
 
 bench: install

@@ -1,7 +1,15 @@
-"""Shared fixtures: a real ``labelloop serve`` process on a free port, with its own home folder."""
+"""Shared fixtures: a real ``labelloop serve`` process on a free port, with its own home folder.
+
+The servers run on the embedded default (SQLite) unless the run asks for PostgreSQL with
+``pytest --database=postgresql`` (or ``LABELLOOP_TEST_DATABASE=postgresql``): then each server home gets
+its own fresh database on ``LABELLOOP_TEST_POSTGRES_URL`` (default the local server, trust auth), and every
+database this run created is dropped when it ends.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -18,6 +26,121 @@ import pytest
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 LABELLOOP = [sys.executable, "-m", "labelloop"]
+POSTGRES_URL = os.environ.get("LABELLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DATABASE_PREFIX = "labelloop_test_"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--database", choices=("sqlite", "postgresql"),
+                     default=os.environ.get("LABELLOOP_TEST_DATABASE", "sqlite"),
+                     help="Database of the test servers: sqlite (default) or postgresql (a fresh database per "
+                          "server home on LABELLOOP_TEST_POSTGRES_URL)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    Postgres.mode = config.getoption("--database")
+    if Postgres.mode == "postgresql":
+        Postgres.drop_leftovers()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    Postgres.drop_created()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"labelloop test servers on: {config.getoption('--database')}"
+
+
+class Postgres:
+    """Databases for test servers on the PostgreSQL server at ``POSTGRES_URL``: one per home, dropped at the end."""
+
+    mode = "sqlite"
+    _created: dict[str, str] = {}
+    _numbers = itertools.count()
+
+    @staticmethod
+    def _admin() -> Any:
+        import psycopg
+
+        return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+
+    @classmethod
+    def available(cls) -> str | None:
+        """``None`` when the server answers, else why not."""
+        try:
+            with cls._admin() as connection:
+                connection.execute("SELECT 1")
+        except Exception as exc:
+            return f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}"
+        return None
+
+    @classmethod
+    def url(cls, name: str) -> str:
+        from sqlalchemy import make_url
+
+        return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+    @classmethod
+    def create(cls, purpose: str) -> str:
+        """A new, empty database; its URL."""
+        name = f"{TEST_DATABASE_PREFIX}{os.getpid()}_{next(cls._numbers)}"
+        with cls._admin() as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        cls._created[name] = purpose
+        return cls.url(name)
+
+    @classmethod
+    def for_home(cls, home: Path) -> str:
+        """The database of a server home (created on first use, so a restart finds its data again)."""
+        key = str(home.resolve())
+        for name, purpose in cls._created.items():
+            if purpose == key:
+                return cls.url(name)
+        return cls.create(key)
+
+    @classmethod
+    def drop(cls, name: str) -> None:
+        with cls._admin() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @classmethod
+    def drop_created(cls) -> None:
+        for name in list(cls._created):
+            with contextlib.suppress(Exception):
+                cls.drop(name)
+            cls._created.pop(name, None)
+
+    @classmethod
+    def drop_leftovers(cls) -> None:
+        """Drop test databases of earlier runs whose pytest process is gone."""
+        with contextlib.suppress(Exception), cls._admin() as connection:
+            names = [row[0] for row in connection.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (TEST_DATABASE_PREFIX + "%",))]
+            for name in names:
+                pid = name[len(TEST_DATABASE_PREFIX):].split("_", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture
+def postgres_database() -> str:
+    """A fresh PostgreSQL database for this test (whatever --database says), dropped when the run ends."""
+    problem = Postgres.available()
+    if problem:
+        if os.environ.get("LABELLOOP_REQUIRE_POSTGRES"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return Postgres.create("test")
 
 
 def free_port() -> int:
@@ -61,6 +184,10 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
+        if Postgres.mode == "postgresql" and "LABELLOOP_DATABASE_URL" not in self.env:
+            # Several test servers may be up at once: keep each one's connections few (max_connections is 100).
+            self.env = {"LABELLOOP_DATABASE_POOL_SIZE": "4", **self.env,
+                        "LABELLOOP_DATABASE_URL": Postgres.for_home(self.home)}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*LABELLOOP, "serve", "--home", str(self.home), "--port", str(self.port), *self.args],
@@ -154,5 +281,128 @@ def server(make_server: Callable[..., Server]) -> Server:
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for a whole test module (tests must not depend on each other's state)."""
     server = Server(home=tmp_path_factory.mktemp("shared") / "home", env=server_env()).start()
+    yield server
+    server.stop()
+
+
+# ── scale-out: worker processes and an S3 API server ─────────────────────────
+
+
+@dataclass
+class Worker:
+    """A ``labelloop worker`` subprocess; its executor id is read from the line it prints when it runs."""
+
+    home: Path
+    env: dict[str, str]
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    executor_id: str | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.home.parent / f"{self.home.name}-worker.log"
+
+    def start(self, timeout: float = 90.0) -> Worker:
+        self.home.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([*LABELLOOP, "worker", "--home", str(self.home), *self.args],
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+        def running() -> str | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n"
+                                     f"{self.log_path.read_text()[-4000:]}")
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                for line in log.read().decode(errors="replace").splitlines():
+                    if line.startswith("labelloop worker "):
+                        return line.split()[2]
+            return None
+
+        self.executor_id = wait_until(running, timeout, 0.2, f"worker in {self.home} (log: {self.log_path})")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class S3Server:
+    """A real S3 API server on loopback: moto's server mode (``python -m moto.server``), in its own process."""
+
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    credentials: dict[str, str] = field(default_factory=lambda: {
+        "AWS_ACCESS_KEY_ID": "labelloop-test", "AWS_SECRET_ACCESS_KEY": "labelloop-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1"})
+    _buckets: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> S3Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                             "-p", str(self.port)], env={**env, **self.credentials},
+                                            stdout=log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"S3 server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                return httpx.get(self.endpoint, timeout=2).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 30, 0.1, "the S3 API server")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.credentials["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"])
+
+    def bucket(self) -> str:
+        """A new, empty bucket."""
+        name = f"labelloop-test-{next(self._buckets)}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """Settings that put a labelloop process on ``bucket``."""
+        return {"LABELLOOP_STORAGE_URL": f"s3://{bucket}", "LABELLOOP_S3_ENDPOINT_URL": self.endpoint,
+                **self.credentials}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3 API server for the whole run; each test takes its own bucket."""
+    server = S3Server(log_path=tmp_path_factory.mktemp("s3") / "s3-server.log").start()
     yield server
     server.stop()

@@ -62,3 +62,11 @@ def upload_training_set(api, per_label: int = 5, offset: int = 0) -> list[str]: 
             assert response.status_code == 201, response.text
             keys.append(key)
     return keys
+
+
+def blend(seed: int, size: int = 160) -> bytes:
+    """Half of each logo side by side: an image the model should be unsure about."""
+    left = Image.open(io.BytesIO(smile_logo(seed, size))).convert("RGB")
+    right = Image.open(io.BytesIO(box_logo(seed, size))).convert("RGB")
+    left.paste(right.crop((size // 2, 0, size, size)), (size // 2, 0))
+    return encode(left)

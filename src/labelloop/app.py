@@ -121,6 +121,9 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
     for router in (workforce_router, parameters_router, storage_router, runs_router, notifications_router,
                    modeling_router, schedules_router, detection_router, review_router, sampling_router):
         app.include_router(router)
+    from labelloop.workforce.pages import install as install_pages
+
+    install_pages(app)  # sign-in, workforce admin and review portal pages
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

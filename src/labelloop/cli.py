@@ -74,10 +74,33 @@ def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
 # ── server processes ─────────────────────────────────────────────────────────
 
 
+QueuesOption = Annotated[str | None, typer.Option(
+    "--queues", help="Queues to take runs from, comma-separated (object-events, training, parameters, sampling); "
+    "default all; '' or 'none': none (env LABELLOOP_QUEUES)")]
+
+
+def _start_process(settings: Settings, role: str) -> tuple[Settings, str | None]:
+    """Give this process its executor id, then start it while no other process sharing the database starts.
+
+    Returns the settings in force and the admin's temporary password when this start created the admin.
+    """
+    from labelloop import app as application
+    from labelloop import db
+    from labelloop.engine import new_executor_id
+
+    if settings.executor_id is None:
+        settings = configure(**{name: getattr(settings, name) for name in settings.model_fields_set},
+                             executor_id=new_executor_id(role))
+    settings.resolved_home.mkdir(parents=True, exist_ok=True)
+    with db.startup_lock(settings.app_database_url, settings.resolved_home / ".startup.lock"):
+        return settings, application.start(settings)
+
+
 @app.command()
 def serve(home: HomeOption = None, host: Annotated[str | None, typer.Option(help="Address to bind")] = None,
           port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
           watch: Annotated[Path | None, typer.Option(help="Drop folder: files put here go into the bucket")] = None,
+          queues: QueuesOption = None,
           ) -> None:
     """Run the web UI, the API and the workers in one process."""
     import uvicorn
@@ -85,16 +108,17 @@ def serve(home: HomeOption = None, host: Annotated[str | None, typer.Option(help
     from labelloop import app as application
     from labelloop import logs
 
-    settings = configure(home=home, host=host, port=port, watch_folder=watch)
+    settings = configure(home=home, host=host, port=port, watch_folder=watch, queues=queues)
     if "public_url" not in settings.model_fields_set:
         # Links in notifications must reach this server, not the default port.
         reachable = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         if ":" in reachable:
             reachable = f"[{reachable}]"
-        settings = configure(home=home, host=host, port=port, watch_folder=watch,
+        settings = configure(home=home, host=host, port=port, watch_folder=watch, queues=queues,
                              public_url=f"http://{reachable}:{settings.port}")
     logs.setup(settings.log_level, settings.log_format)
-    _announce(settings, application.start(settings))
+    settings, admin_password = _start_process(settings, "serve")
+    _announce(settings, admin_password)
     watcher = _start_watcher(settings)
     try:
         uvicorn.run(application.create_app(settings), host=settings.host, port=settings.port,
@@ -123,18 +147,22 @@ def _start_watcher(settings: Settings) -> Any:
 
 
 @app.command()
-def worker(home: HomeOption = None) -> None:
-    """Run workers only (workflows, schedules, queues) against the same home or database."""
+def worker(home: HomeOption = None, queues: QueuesOption = None) -> None:
+    """Run workers only (workflows, schedules, queues) against the same home or database.
+
+    Start as many as the work needs, on this machine or others sharing the PostgreSQL database and the S3
+    bucket: they share the queues, and the runs of one that dies are taken over by the others.
+    """
     import signal
     import threading
 
     from labelloop import app as application
     from labelloop import logs
 
-    settings = configure(home=home)
+    settings = configure(home=home, queues=queues)
     logs.setup(settings.log_level, settings.log_format)
-    application.start(settings)
-    print(f"labelloop worker running on {settings.resolved_home}", flush=True)
+    settings, _ = _start_process(settings, "worker")
+    print(f"labelloop worker {settings.executor_id} running on {settings.resolved_home}", flush=True)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

@@ -25,7 +25,42 @@ class Settings(BaseSettings):
         "or the application database when that is PostgreSQL",
     )
     storage_url: str | None = Field(
-        default=None, description="Bucket: a local folder (file://PATH) or s3://bucket; default home/bucket"
+        default=None, description="Bucket: a local folder (file://PATH) or an S3-compatible bucket (s3://BUCKET); "
+        "default home/bucket"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Address of the S3-compatible service (MinIO, Ceph, …); default AWS_ENDPOINT_URL_S3 "
+        "or AWS_ENDPOINT_URL, else AWS S3 itself. Credentials and region come from the usual AWS_* variables"
+    )
+    s3_addressing_style: str | None = Field(
+        default=None, pattern="^(auto|path|virtual)$",
+        description="How bucket names go into S3 requests; default path-style with an endpoint URL, else auto",
+    )
+    s3_events_token: str | None = Field(
+        default=None, description="Shared secret that S3 event notifications must carry (Authorization: Bearer "
+        "TOKEN) at POST /api/v1/events/s3; the endpoint is off while this is unset"
+    )
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Connections each process keeps to a PostgreSQL database: the application "
+        "pool may grow to twice this, the workflow engine's pool to twice this again"
+    )
+    executor_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$",
+        description="Name of this process in the workflow engine's records; default HOST-ROLE-PID-RANDOM, new at "
+        "every start. Two running processes may never share one",
+    )
+    # NoDecode: "a,b" is split by the validator below; an empty value means no queue (a web-only process).
+    queues: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, description="Queues this process takes workflow runs from (object-events, training, "
+        "parameters, sampling), comma-separated; default all of them; empty: none (answers HTTP only)",
+    )
+    recovery_check_seconds: float = Field(
+        default=5.0, gt=0, description="How often a process looks for runs left by a stopped process and "
+        "takes them over"
+    )
+    cache_folder: Path | None = Field(
+        default=None, description="Per-machine cache (backbone ONNX file, embeddings); default home/cache. "
+        "Processes on one machine may share it"
     )
     admin_password: str | None = Field(default=None, description="Password for the first admin user")
     public_url: str = Field(default="http://127.0.0.1:8080", description="Address users reach the server at")
@@ -57,7 +92,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     token_ttl_hours: int = Field(default=24 * 30, gt=0)
 
-    @field_validator("notify_email", "webhook_urls", mode="before")
+    @field_validator("notify_email", "webhook_urls", "queues", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -74,15 +109,15 @@ class Settings(BaseSettings):
 
     @property
     def app_database_url(self) -> str:
-        """The application database URL, defaulting to a SQLite file in home."""
-        return self.database_url or f"sqlite:///{self.resolved_home / 'labelloop.db'}"
+        """The application database URL, defaulting to a SQLite file in home (PostgreSQL uses psycopg 3)."""
+        return with_driver(self.database_url or f"sqlite:///{self.resolved_home / 'labelloop.db'}")
 
     @property
     def engine_database_url(self) -> str:
-        """The workflow engine's (DBOS) system database URL."""
+        """The workflow engine's (DBOS) system database URL: with PostgreSQL, the application database."""
         if self.system_database_url:
-            return self.system_database_url
-        if self.app_database_url.startswith("postgresql"):
+            return with_driver(self.system_database_url)
+        if is_postgresql(self.app_database_url):
             return self.app_database_url
         return f"sqlite:///{self.resolved_home / 'workflows.db'}"
 
@@ -94,7 +129,22 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         """Local cache folder (ONNX backbone, embeddings)."""
+        if self.cache_folder is not None:
+            return self.cache_folder.expanduser().resolve()
         return self.resolved_home / "cache"
+
+
+def is_postgresql(url: str) -> bool:
+    """Whether a database URL names PostgreSQL (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``)."""
+    return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def with_driver(url: str) -> str:
+    """``url`` with the driver labelloop installs: psycopg 3 for PostgreSQL (SQLAlchemy would pick psycopg2)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
 
 
 _settings: Settings | None = None

@@ -8,12 +8,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, NullPool, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from labelloop.config import with_driver
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Base", "close", "engine", "init", "session", "text", "upgrade", "utcnow"]
+__all__ = ["Base", "close", "engine", "init", "session", "startup_lock", "text", "upgrade", "utcnow"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -40,37 +42,99 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for ``url``; SQLite files get WAL, foreign keys and a generous busy timeout."""
+# TCP keepalives on PostgreSQL connections, both ways: a peer that vanished (a machine that crashed, a cable
+# pulled) is noticed within about 25 s, and the server then releases what the dead session held.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+PG_SERVER_KEEPALIVES = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+# Advisory lock keys (PostgreSQL) of labelloop's cluster-wide sections.
+MIGRATION_LOCK = 0x4C4C_0001
+STARTUP_LOCK = 0x4C4C_0002
+
+
+def make_engine(url: str, pool_size: int = 10) -> Engine:
+    """Create an engine for ``url``; SQLite files get WAL, foreign keys and a generous busy timeout.
+
+    PostgreSQL (psycopg 3): a pool of ``pool_size`` that may grow to twice that under load, checked
+    before use so a restarted server costs no failed request.
+    """
+    url = with_driver(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                         connect_args={"application_name": "labelloop", "connect_timeout": 10, **PG_KEEPALIVES})
 
 
-def init(url: str) -> Engine:
+def init(url: str, pool_size: int | None = None) -> Engine:
     """Open the application database at ``url`` and bring its schema to the newest migration."""
     global _engine, _sessions
     if _engine is not None:
         _engine.dispose()
-    _engine = make_engine(url)
+    if pool_size is None:
+        from labelloop.config import get_settings
+
+        pool_size = get_settings().database_pool_size
+    _engine = make_engine(url, pool_size)
     upgrade(_engine)
     _sessions = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 
 
+def is_postgresql(engine: Engine) -> bool:
+    """Whether ``engine`` talks to PostgreSQL."""
+    return engine.dialect.name == "postgresql"
+
+
 def upgrade(engine: Engine) -> None:
-    """Run Alembic migrations up to head on ``engine``."""
+    """Run Alembic migrations up to head on ``engine``.
+
+    On PostgreSQL the migration holds a transaction-level advisory lock, so processes starting together
+    migrate one after the other: the first one migrates, the others find the schema at head.
+    """
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if is_postgresql(engine):
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     log.info("database migrated", extra={"url": engine.url.render_as_string(hide_password=True)})
+
+
+@contextmanager
+def startup_lock(url: str, lock_file: Path) -> Iterator[None]:
+    """Hold a lock that every labelloop process sharing this database takes while it starts.
+
+    First-start work (migrations, default parameters, the admin user, queues and schedules) then runs in
+    one process at a time. PostgreSQL: a session advisory lock on its own connection; SQLite (one machine):
+    an exclusive ``flock`` on ``lock_file``. Either is released if the process dies.
+    """
+    url = with_driver(url)
+    if not url.startswith("sqlite"):
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10, **PG_KEEPALIVES})
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK})
+        finally:
+            engine.dispose()
+        return
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def engine() -> Engine:

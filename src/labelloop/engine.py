@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import logging
+import os
+import re
+import socket
+import threading
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
 
-from labelloop.config import Settings
+from labelloop.config import Settings, with_driver
 
 log = logging.getLogger(__name__)
 
@@ -22,49 +30,309 @@ OBJECT_EVENTS_QUEUE = "object-events"
 TRAINING_QUEUE = "training"
 PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
+QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 APP_NAME = "labelloop"
 
 _launched = False
 _queues: dict[str, Queue] = {}
+_liveness: Liveness | None = None
 
 
-def start(settings: Settings) -> None:
+def new_executor_id(role: str) -> str:
+    """A name for this process that no other process has had: host, role, process id and a random part."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{role}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def start(settings: Settings, role: str = "serve") -> None:
     """Launch DBOS on the configured system database and declare labelloop's queues.
 
     Every module that defines workflows must be imported first, so a restarted process can recover
     the runs that were in flight when the last one stopped.
+
+    Each process has its own executor id (``LABELLOOP_EXECUTOR_ID``, or a new one at every start) and
+    holds a lock named after it while it runs: a PostgreSQL advisory lock, or a file lock beside a SQLite
+    system database. Without DBOS Conductor nothing else recovers the runs of a process that died, so
+    every process checks every ``recovery_check_seconds`` for runs left PENDING by an executor whose lock
+    is free (its process is gone) and hands them back to their queues, where any process takes them up.
     """
-    global _launched
+    global _launched, _liveness
     import labelloop.flows  # noqa: F401  (registers every workflow)
 
+    listen = _listened_queues(settings.queues)
+    executor_id = settings.executor_id or new_executor_id(role)
+    liveness = Liveness.for_url(settings.engine_database_url, executor_id)
+    liveness.hold_own()  # before launch: no run can carry this executor id while its lock is free
     config: DBOSConfig = {
         "name": APP_NAME,
         "system_database_url": settings.engine_database_url,
         "scheduler_polling_interval_sec": settings.scheduler_polling_seconds,
         "log_level": settings.log_level,
+        "executor_id": executor_id,
+        "sys_db_pool_size": 2 * settings.database_pool_size,
     }
-    DBOS(config=config)
-    DBOS.launch()
-    poll = settings.queue_polling_seconds
-    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
-                                                       polling_interval_sec=poll)
-    # One training at a time across every worker process.
-    _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1, polling_interval_sec=poll)
-    # Parameter changes are applied one at a time, in the order they were made.
-    _queues[PARAMETERS_QUEUE] = DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1,
-                                                    polling_interval_sec=poll)
-    _queues[SAMPLING_QUEUE] = DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1, polling_interval_sec=poll)
+    try:
+        DBOS(config=config)
+        if listen is not None:
+            DBOS.listen_queues(listen)
+        DBOS.launch()
+        poll = settings.queue_polling_seconds
+        _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
+                                                           polling_interval_sec=poll)
+        # One training at a time across every worker process.
+        _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1,
+                                                      polling_interval_sec=poll)
+        # Parameter changes are applied one at a time, in the order they were made.
+        _queues[PARAMETERS_QUEUE] = DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1,
+                                                        polling_interval_sec=poll)
+        _queues[SAMPLING_QUEUE] = DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1,
+                                                      polling_interval_sec=poll)
+    except BaseException:
+        liveness.close()
+        raise
     _launched = True
-    log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url)})
+    _liveness = liveness
+    liveness.start_watching(settings.recovery_check_seconds)
+    log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url),
+                                               "executor_id": executor_id,
+                                               "queues": "all" if listen is None else (listen or "none")})
+
+
+def _listened_queues(names: list[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    wanted = [name for name in names if name.lower() != "none"]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if unknown:
+        raise ValueError(f"unknown queue(s) {', '.join(unknown)} in LABELLOOP_QUEUES; the queues are "
+                         f"{', '.join(QUEUES)} (empty or 'none': take no runs)")
+    return wanted
+
+
+def executor_id() -> str:
+    """This process's executor id in the workflow engine's records."""
+    return DBOS.executor_id
 
 
 def stop() -> None:
-    """Shut DBOS down (keeps the workflow registry, so it can be started again in the same process)."""
-    global _launched
+    """Shut DBOS down (keeps the workflow registry, so it can be started again in the same process).
+
+    The executor lock is released last: runs still in flight stay PENDING under this executor id, and
+    the next process that checks takes them over.
+    """
+    global _launched, _liveness
+    if _liveness is not None:
+        _liveness.stop_watching()
     if _launched:
         DBOS.destroy(destroy_registry=False)
     _launched = False
     _queues.clear()
+    if _liveness is not None:
+        _liveness.close()
+    _liveness = None
+
+
+def recover_stopped_executors() -> dict[str, int]:
+    """Hand the runs of every stopped process back to their queues now; returns how many per executor."""
+    if _liveness is None:
+        return {}
+    return _liveness.check()
+
+
+# ── executors: which processes are alive, and recovery of the runs of those that are not ─────────────
+
+
+class Liveness:
+    """This process's executor lock, and the check that recovers the runs of executors whose lock is free."""
+
+    def __init__(self, executor_id: str) -> None:
+        self.executor_id = executor_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def for_url(url: str, executor_id: str) -> Liveness:
+        """The lock kind that fits the system database at ``url``."""
+        if url.startswith("sqlite"):
+            from sqlalchemy import make_url
+
+            database = make_url(url).database or "workflows.db"
+            return FileLiveness(executor_id, Path(database + ".executors"))
+        return PostgresLiveness(executor_id, url)
+
+    # Subclasses: hold_own(), try_lock(other) -> bool, unlock(other), close().
+    def hold_own(self) -> None:
+        raise NotImplementedError
+
+    def try_lock(self, other: str) -> bool:
+        raise NotImplementedError
+
+    def unlock(self, other: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def start_watching(self, every_seconds: float) -> None:
+        """Check at once (a restarted process takes over what its predecessor left), then periodically."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, args=(every_seconds,), name="executor-recovery",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    def _watch(self, every_seconds: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception:  # the database may be restarting: try again next time
+                log.exception("checking for runs of stopped processes failed")
+            self._stop.wait(every_seconds)
+
+    def check(self) -> dict[str, int]:
+        """Recover the PENDING runs of each executor whose lock this process can take."""
+        from dbos._utils import GlobalParams
+
+        pending = DBOS.list_workflows(status="PENDING", load_input=False, load_output=False)
+        owners: dict[str, set[str]] = {}
+        for run in pending:
+            if run.executor_id and run.executor_id != self.executor_id:
+                owners.setdefault(run.executor_id, set()).add(run.app_version or "")
+        recovered: dict[str, int] = {}
+        for other, versions in sorted(owners.items()):
+            if self._stop.is_set() or not self.try_lock(other):
+                continue  # alive (or another process is recovering it right now)
+            try:
+                handles = DBOS._recover_pending_workflows([other])
+                recovered[other] = len(handles)
+                log.warning("recovered the runs of a stopped process",
+                            extra={"executor_id": other, "runs": len(handles), "by": self.executor_id})
+                for version in versions - {GlobalParams.app_version}:
+                    if (other, version) not in self._warned:
+                        self._warned.add((other, version))
+                        log.warning("runs of a stopped process belong to another version of labelloop; start "
+                                    "a process of that version to finish them",
+                                    extra={"executor_id": other, "app_version": version})
+            finally:
+                self.unlock(other)
+        return recovered
+
+
+class PostgresLiveness(Liveness):
+    """Session advisory locks on one dedicated connection: PostgreSQL releases them when the process dies."""
+
+    def __init__(self, executor_id: str, url: str) -> None:
+        super().__init__(executor_id)
+        self.url = url
+        self._engine: Any = None
+        self._connection: Any = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(executor: str) -> int:
+        digest = hashlib.sha256(f"labelloop-executor:{executor}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def _run(self, sql: str, executor: str) -> Any:
+        from sqlalchemy import text
+
+        with self._lock:
+            if self._connection is None or self._connection.closed:
+                self._connect()
+            return self._connection.execute(text(sql), {"key": self.key(executor)}).scalar()
+
+    def _connect(self) -> None:
+        from sqlalchemy import NullPool, create_engine, text
+
+        from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES
+
+        if self._engine is None:
+            self._engine = create_engine(with_driver(self.url), poolclass=NullPool, connect_args={
+                "application_name": f"labelloop executor {self.executor_id}"[:63], "connect_timeout": 10,
+                **PG_KEEPALIVES})
+        self._connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        for statement in PG_SERVER_KEEPALIVES.split(";"):
+            self._connection.execute(text(statement))
+
+    def hold_own(self) -> None:
+        if not self._run("SELECT pg_try_advisory_lock(:key)", self.executor_id):
+            raise RuntimeError(f"executor id {self.executor_id!r} is in use by a running labelloop process; "
+                               "give each process its own LABELLOOP_EXECUTOR_ID")
+
+    def try_lock(self, other: str) -> bool:
+        if self._connection is None or self._connection.closed:
+            # Our own lock went with the old connection: take it back before judging others.
+            self.hold_own()
+        return bool(self._run("SELECT pg_try_advisory_lock(:key)", other))
+
+    def unlock(self, other: str) -> None:
+        self._run("SELECT pg_advisory_unlock(:key)", other)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+            if self._engine is not None:
+                self._engine.dispose()
+            self._connection = self._engine = None
+
+
+class FileLiveness(Liveness):
+    """``flock`` on one file per executor beside the SQLite system database: one machine, many processes."""
+
+    def __init__(self, executor_id: str, folder: Path) -> None:
+        super().__init__(executor_id)
+        self.folder = folder
+        self._own: Any = None
+        self._others: dict[str, Any] = {}
+
+    def _path(self, executor: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9._@-]", "_", executor)
+        return self.folder / f"{safe}-{hashlib.sha256(executor.encode()).hexdigest()[:8]}.lock"
+
+    def _try(self, executor: str) -> Any:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = self._path(executor).open("a+b")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    def hold_own(self) -> None:
+        self._own = self._try(self.executor_id)
+        if self._own is None:
+            raise RuntimeError(f"executor id {self.executor_id!r} is in use by a running labelloop process; "
+                               "give each process its own LABELLOOP_EXECUTOR_ID")
+
+    def try_lock(self, other: str) -> bool:
+        handle = self._try(other)
+        if handle is None:
+            return False
+        self._others[other] = handle
+        return True
+
+    def unlock(self, other: str) -> None:
+        handle = self._others.pop(other, None)
+        if handle is not None:
+            self._path(other).unlink(missing_ok=True)  # its runs are handed over: the file is done with
+            handle.close()
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._path(self.executor_id).unlink(missing_ok=True)
+            self._own.close()
+        self._own = None
 
 
 def _safe_url(url: str) -> str:

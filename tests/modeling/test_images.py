@@ -193,3 +193,8 @@ def test_max_pixels_is_configurable_and_checked_before_decoding() -> None:
 
 def test_content_hash_is_sha256_hex() -> None:
     assert content_hash(b"abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_damaged_exif_keeps_the_pixels() -> None:
+    data = png_bytes(_gradient(), "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")
+    assert prepare(data).shape == (3, 224, 224)

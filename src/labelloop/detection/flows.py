@@ -80,13 +80,18 @@ def detect_waiting_image(event_id: int) -> dict[str, Any]:
     return _detect(event_id, DBOS.workflow_id)
 
 
-def start_waiting_detections() -> dict[str, Any]:
-    """Queue a detection run for every image still waiting for a model; returns how many."""
+@engine.step()
+def find_waiting_detections() -> dict[str, Any]:
+    """The images still waiting for a model, and the version now serving them."""
     from labelloop.modeling.service import sync_serving
 
-    version = sync_serving(force=True)
-    waiting = service.waiting_event_ids()
-    for event_id in waiting:
+    return {"model_version": sync_serving(force=True), "detection_ids": service.waiting_event_ids()}
+
+
+def queue_waiting_detections() -> dict[str, Any]:
+    """Queue a detection run for every image still waiting for a model (call from a workflow)."""
+    waiting = find_waiting_detections()
+    for event_id in waiting["detection_ids"]:
         engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
-                       workflow_id=f"detect-waiting-{event_id}-{version}")
-    return {"queued": len(waiting), "model_version": version}
+                       workflow_id=f"detect-waiting-{event_id}-{waiting['model_version']}")
+    return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}

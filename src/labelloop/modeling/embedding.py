@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +101,7 @@ class EmbeddingCache:
         self.root = Path(root) / namespace[:16]
         self.hits = 0
         self.misses = 0
+        self._made: set[Path] = set()
 
     @classmethod
     def for_embedder(cls, root: str | Path, embedder: Embedder) -> EmbeddingCache:
@@ -125,9 +127,21 @@ class EmbeddingCache:
 
     def put(self, digest: str, vector: np.ndarray, view: str = "orig") -> None:
         """Store one vector atomically."""
+        path = self.path(digest, view)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(vector, dtype=np.float32).reshape(EMBEDDING_DIM), allow_pickle=False)
-        atomic_write_bytes(self.path(digest, view), buffer.getvalue(), durable=False)
+        try:
+            atomic_write_bytes(path, buffer.getvalue(), durable=False, make_parents=False)
+        except FileNotFoundError:  # the folder was removed behind our back
+            atomic_write_bytes(path, buffer.getvalue(), durable=False)
+
+    def put_many(self, entries: Sequence[tuple[str, str, np.ndarray]]) -> None:
+        """Store (hash, view, vector) entries."""
+        for digest, view, vector in entries:
+            self.put(digest, vector, view)
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         digest, view = key
@@ -178,9 +192,29 @@ def embed_cached(embedder: Embedder, cache: EmbeddingCache, sources: Mapping[str
 
     `sources` maps content hash -> bytes or a zero-argument loader (called only for images that must be
     embedded, so a retrain reads no bytes of cached images). Images that fail to decode are reported in
-    `rejected` instead of raising.
+    `rejected` instead of raising. Pipelined: the next batch is decoded and the previous one written to the
+    cache while ONNX Runtime embeds the current one.
     """
     result = CachedEmbeddings()
+    batches = _pending_batches(embedder, cache, sources, views, batch_size, result)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="embed-pipeline") as pool:
+        upcoming = pool.submit(next, batches, None)
+        writes = []
+        while (batch := upcoming.result()) is not None:
+            upcoming = pool.submit(next, batches, None)
+            vectors = embedder.embed(np.stack([arr for _, _, arr in batch]), batch_size)
+            entries = [(digest, view, vector) for (digest, view, _), vector in zip(batch, vectors, strict=True)]
+            result.vectors.update({(digest, view): vector for digest, view, vector in entries})
+            writes.append(pool.submit(cache.put_many, entries))
+        for write in writes:
+            write.result()
+    return result
+
+
+def _pending_batches(embedder: Embedder, cache: EmbeddingCache, sources: Mapping[str, Source],
+                     views: Sequence[str], batch_size: int, result: CachedEmbeddings
+                     ) -> Iterator[list[tuple[str, str, np.ndarray]]]:
+    """Batches of (hash, view, preprocessed input) the cache lacks; cached vectors go into `result`."""
     pending: list[tuple[str, str, np.ndarray]] = []
     for digest, source in sources.items():
         missing = _lookup(cache, digest, views, result)
@@ -195,9 +229,10 @@ def embed_cached(embedder: Embedder, cache: EmbeddingCache, sources: Mapping[str
         result.embedded_digests.add(digest)
         pending.extend((digest, view, arr) for view, arr in zip(missing, stack, strict=True))
         if len(pending) >= batch_size:
-            _flush(embedder, cache, pending, result, batch_size)
-    _flush(embedder, cache, pending, result, batch_size)
-    return result
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 def _lookup(cache: EmbeddingCache, digest: str, views: Sequence[str], result: CachedEmbeddings) -> list[str]:
@@ -210,15 +245,3 @@ def _lookup(cache: EmbeddingCache, digest: str, views: Sequence[str], result: Ca
         else:
             result.vectors[(digest, view)] = vector
     return missing
-
-
-def _flush(embedder: Embedder, cache: EmbeddingCache, pending: list[tuple[str, str, np.ndarray]],
-           result: CachedEmbeddings, batch_size: int) -> None:
-    """Embed the pending inputs, store them in the cache and the result, and clear the list."""
-    if not pending:
-        return
-    vectors = embedder.embed(np.stack([arr for _, _, arr in pending]), batch_size)
-    for (digest, view, _), vector in zip(pending, vectors, strict=True):
-        cache.put(digest, vector, view)
-        result.vectors[(digest, view)] = vector
-    pending.clear()

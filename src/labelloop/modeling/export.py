@@ -51,13 +51,14 @@ class ExportError(RuntimeError):
     """The exported ONNX file does not reproduce the torch model."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True, make_parents: bool = True) -> Path:
     """Write `data` to `path` atomically: a temp file in the same folder, fsync, then os.replace.
 
     `durable=False` skips the fsync (for caches, where a file lost in a crash is simply rebuilt).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

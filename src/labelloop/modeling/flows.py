@@ -98,19 +98,13 @@ def record_trained_images(version: str) -> dict[str, Any]:
     return service.record_trained_images(version)
 
 
-@engine.step()
-def detect_waiting_images() -> dict[str, Any]:
-    """Queue detection of images that arrived while no model was serving."""
-    from labelloop.detection.flows import start_waiting_detections
-
-    return start_waiting_detections()
-
-
 def _deploy(version: str, run_id: str) -> dict[str, Any]:
     started = start_new_version(version, run_id)
     switched = switch_endpoint(version, run_id)
     stopped = stop_previous_version(switched["previous"], run_id)
-    waiting = detect_waiting_images()
+    from labelloop.detection.flows import queue_waiting_detections
+
+    waiting = queue_waiting_detections()
     return {"started": started, "switched": switched, "stopped": stopped, "waiting_detections": waiting}
 
 

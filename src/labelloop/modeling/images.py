@@ -7,7 +7,8 @@ Decoding (`decode_image`):
   to another decoder;
 * the dimensions are read from the header and checked against `max_pixels` (default 64 megapixels) before a
   single pixel is decoded, so a decompression bomb costs nothing; Pillow's own DecompressionBombError and
-  DecompressionBombWarning are turned into `ImageRejected` too;
+  DecompressionBombWarning are turned into `ImageRejected` too (so a `max_pixels` above Pillow's
+  `Image.MAX_IMAGE_PIXELS`, about 89 megapixels, is capped there);
 * EXIF orientation is applied (`ImageOps.exif_transpose`);
 * every mode becomes RGB: alpha (RGBA, LA, PA, palette with transparency) is composited on white,
   16-/32-bit integer greyscale ('I;16*', 'I') is scaled from 0–65535 to 0–255, float ('F') is clipped
@@ -74,6 +75,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageRejected("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to refuse the pixels
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -100,19 +102,28 @@ def _load(image: Image.Image) -> Image.Image:
     """Decode the first frame's pixels, turning every decoder failure into ImageRejected."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to refuse the pixels
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.seek(0)
             if image.format in ("JPEG", "MPO"):
                 # DCT-domain downscale for big photos: decode at ≥ 2× the input size, much faster.
                 image.draft(None, (2 * INPUT_SIZE, 2 * INPUT_SIZE))
             image.load()
-            return ImageOps.exif_transpose(image) or image
-    except ImageRejected:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"image too large (decompression bomb protection): {exc}") from None
     except Exception as exc:
         raise ImageRejected(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+    return _upright(image)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored rather than failing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF, which is handled here
+            return ImageOps.exif_transpose(image) or image
+    except Exception:
+        return image
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:

@@ -117,6 +117,7 @@ def backbone_path() -> Any:
 _serving: Serving | None = None
 _serving_lock = threading.Lock()
 _synced_at = 0.0
+_sync_lock = threading.Lock()
 SYNC_SECONDS = 1.0
 
 
@@ -156,27 +157,28 @@ def load(version: str) -> LoadedVersion:
 def sync_serving(force: bool = False) -> str | None:
     """Make this process serve what the database says is RUNNING (other processes may have switched).
 
-    Checked at most once a second on the request path; returns the version now serving here.
+    Checked at most once a second on the request path; callers that arrive while a check loads a version
+    wait for it, so none of them is told that nothing serves. Returns the version now serving here.
     """
     global _synced_at
-    now = time.monotonic()
-    active = serving().active
-    if not force and now - _synced_at < SYNC_SECONDS:
-        return active.version if active else None
-    _synced_at = now
-    with db.session() as session:
-        wanted = serving_version(session)
-        wanted_name = wanted.version if wanted else None
-        units = parameters.value(session, parameters.MINIMUM_INFERENCE_UNITS)
     server = serving()
-    server.set_units(units)
-    if wanted_name is None:
-        if active is not None:
+    if not force and time.monotonic() - _synced_at < SYNC_SECONDS:
+        return server.active.version if server.active else None
+    with _sync_lock:
+        if not force and time.monotonic() - _synced_at < SYNC_SECONDS:
+            return server.active.version if server.active else None
+        with db.session() as session:
+            wanted = serving_version(session)
+            wanted_name = wanted.version if wanted else None
+            units = parameters.value(session, parameters.MINIMUM_INFERENCE_UNITS)
+        server.set_units(units)
+        active = server.active
+        if wanted_name is None and active is not None:
             server.stop()
-        return None
-    if active is None or active.version != wanted_name:
-        server.switch(load(wanted_name))
-    return wanted_name
+        elif wanted_name is not None and (active is None or active.version != wanted_name):
+            server.switch(load(wanted_name))
+        _synced_at = time.monotonic()
+        return wanted_name
 
 
 def detect_inputs(inputs: np.ndarray) -> tuple[str, list[list[dict[str, Any]]]]:

@@ -9,6 +9,8 @@ from dbos import DBOS
 from labelloop import engine
 from labelloop.notifications import service as notifications
 from labelloop.review import service
+from labelloop.storage.flows import fire_object_created
+from labelloop.storage.models import ObjectInfo
 
 APPLY_HUMAN_ANSWER = "apply_human_answer"
 
@@ -20,7 +22,7 @@ def start_apply_answer(loop: dict[str, Any]) -> str:
 
 
 @engine.step()
-def copy_to_training_data(name: str) -> str | None:
+def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Copy the image under its label's folder (not for None of the Above or sampling loops)."""
     return service.copy_to_training_data(name)
 
@@ -52,7 +54,10 @@ def notify_answer(name: str, copied: str | None, recorded: dict[str, Any], run_i
 @DBOS.workflow(name=APPLY_HUMAN_ANSWER)
 def apply_human_answer(name: str) -> dict[str, Any]:
     """Apply a loop's first answer."""
-    copied = copy_to_training_data(name)
+    copied_object = copy_to_training_data(name)
+    copied = copied_object["key"] if copied_object else None
+    if copied_object:  # the copy is new training data: its own "object created" run, started from here
+        fire_object_created(ObjectInfo(**copied_object), "human loop")
     output = write_loop_output(name)
     recorded = record_answer_on_detection(name)
     notify_answer(name, copied, recorded, DBOS.workflow_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -155,7 +156,7 @@ def get_loop(session: Session, name: str) -> HumanLoop:
 
 def expire_loops(session: Session) -> int:
     """Stop every open loop whose lifetime has passed; returns how many."""
-    result = session.execute(update(HumanLoop).where(
+    result = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
         HumanLoop.status == HumanLoopStatus.IN_PROGRESS, HumanLoop.expires_at < db.utcnow()).values(
         status=HumanLoopStatus.STOPPED, status_message="expired", completed_at=db.utcnow()))
     return result.rowcount or 0
@@ -185,12 +186,12 @@ def lease_next(session: Session, worker: str, seconds: int = LEASE_SECONDS) -> H
             HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
             or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).order_by(HumanLoop.id).limit(20)):
         # Conditional update: two reviewers racing for the same task cannot both win it.
-        taken = session.execute(update(HumanLoop).where(
+        taken = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
             HumanLoop.id == candidate, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
             or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(
             leased_by=worker, lease_expires_at=now + timedelta(seconds=seconds)))
         if taken.rowcount:
-            return session.get(HumanLoop, candidate)
+            return session.get(HumanLoop, candidate, populate_existing=True)
     return None
 
 
@@ -204,7 +205,7 @@ def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
             if label not in choices:
                 raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
                                   f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
-        claimed = session.execute(update(HumanLoop).where(
+        claimed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
             HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
             status=HumanLoopStatus.COMPLETED, answer_label=label, answered_by=worker, completed_at=db.utcnow(),
             leased_by=None, lease_expires_at=None))
@@ -223,9 +224,9 @@ def copy_key(loop_name: str, object_key: str, label: str) -> str:
     return f"images_labeled_by_folder/{label}/humanLoopName-{loop_name}-{unique}-{original}"[:1024]
 
 
-def copy_to_training_data(name: str) -> str | None:
+def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Copy an answered detection loop's image under its label's folder (nothing for None of the Above or
-    sampling loops); returns the new key."""
+    sampling loops); returns the stored object. The caller fires its "object created" event."""
     from labelloop.storage import service as storage
 
     with db.session() as session:
@@ -235,10 +236,10 @@ def copy_to_training_data(name: str) -> str | None:
         key = copy_key(loop.name, loop.object_key, loop.answer_label)
         source_key = loop.object_key
     _, data = storage.get_object(source_key)
-    storage.put_object(key, data, source="human loop")
+    info = storage.put_object(key, data, source="human loop", fire=False)
     with db.session() as session:
         get_loop(session, name).copied_key = key
-    return key
+    return info.model_dump(mode="json")
 
 
 def write_output(name: str) -> str:
@@ -277,10 +278,100 @@ def record_on_detection(name: str) -> dict[str, Any]:
 def stop_loop(session: Session, name: str, actor: str) -> HumanLoop:
     """Stop an open loop (it can no longer be answered)."""
     loop = get_loop(session, name)
-    stopped = session.execute(update(HumanLoop).where(
+    stopped = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
         HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
         status=HumanLoopStatus.STOPPED, status_message=f"stopped by {actor}", completed_at=db.utcnow()))
     if not stopped.rowcount:
         raise AlreadyAnswered(f"human loop {name} is {loop.status}; only InProgress loops can be stopped")
     session.refresh(loop)
     return loop
+
+
+# ── the review portal (one task at a time, leased) ───────────────────────────
+
+
+class LeaseNotHeld(ReviewError):
+    """The worker does not hold this task's lease (it expired and went to someone else, or never was theirs)."""
+
+
+_IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+                (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
+
+
+def open_task_count(session: Session) -> int:
+    """How many tasks are waiting for an answer (InProgress and not past their lifetime), leased ones included.
+
+    Counts without writing, so it is safe in a session that already holds loaded loops."""
+    from sqlalchemy import func
+
+    return session.scalar(select(func.count()).select_from(HumanLoop).where(
+        HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+        or_(HumanLoop.expires_at.is_(None), HumanLoop.expires_at >= db.utcnow()))) or 0
+
+
+def held_task(session: Session, name: str, worker: str) -> HumanLoop:
+    """The open task ``name`` if ``worker`` holds its live lease, else :class:`LeaseNotHeld`."""
+    loop = get_loop(session, name)
+    now = db.utcnow()
+    expires = loop.lease_expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=now.tzinfo)
+    if loop.status != HumanLoopStatus.IN_PROGRESS or loop.leased_by != worker or expires is None or expires <= now:
+        raise LeaseNotHeld(f"you do not hold the task {name} (any more)")
+    return loop
+
+
+def task_view(session: Session, loop: HumanLoop) -> dict[str, Any]:
+    """What the portal shows for a task. Sampling tasks leave out the model's guess, so reviewers are not
+    biased by it."""
+    row = template(session)
+    show_guess = loop.source != HumanLoopSource.SAMPLING and loop.model_label is not None
+    return {"name": loop.name, "source": loop.source, "choices": label_choices(session),
+            "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
+            "full_instructions": row.full_instructions, "lease_expires_at": loop.lease_expires_at,
+            "model_label": loop.model_label if show_guess else None,
+            "model_confidence": loop.model_confidence if show_guess else None}
+
+
+def answer_task(name: str, label: str, worker: str) -> dict[str, Any]:
+    """A portal answer: refused when someone else now holds the task's lease, else as :func:`claim_answer`.
+
+    A worker whose lease ran out may still answer while nobody else has taken the task (first answer wins)."""
+    with db.session() as session:
+        loop = get_loop(session, name)
+        lease_end = loop.lease_expires_at
+        if lease_end is not None and lease_end.tzinfo is None:
+            lease_end = lease_end.replace(tzinfo=db.utcnow().tzinfo)
+        if loop.leased_by not in (None, worker) and lease_end is not None and lease_end > db.utcnow():
+            raise LeaseNotHeld(f"the task {name} went to another reviewer after your lease ran out")
+    return claim_answer(name, label, worker)
+
+
+def release_lease(session: Session, worker: str) -> int:
+    """Give back every task ``worker`` holds (they stopped working); returns how many."""
+    result = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+        HumanLoop.leased_by == worker, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
+        leased_by=None, lease_expires_at=None))
+    return result.rowcount or 0
+
+
+def task_image(name: str, worker: str) -> tuple[bytes, str]:
+    """The image of a task ``worker`` holds, with an image content type a browser shows.
+
+    PNG, JPEG, GIF, BMP and WebP are served as stored; any other format (TIFF …) is re-encoded as PNG after
+    the same checks the model's decoder makes, so the response is always a plain image."""
+    from labelloop.storage import service as storage
+
+    with db.session() as session:
+        key = held_task(session, name, worker).object_key
+    _, data = storage.get_object(key)
+    for magic, media_type in _IMAGE_TYPES:
+        if data.startswith(magic):
+            return data, media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return data, "image/webp"
+    from labelloop.modeling.images import decode_image
+
+    buffer = io.BytesIO()
+    decode_image(data).save(buffer, "PNG")
+    return buffer.getvalue(), "image/png"

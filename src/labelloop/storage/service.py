@@ -69,16 +69,32 @@ def validate_prefix(prefix: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _backend_for(url: str) -> Backend:
+def _backend_for(url: str, endpoint_url: str | None = None, addressing_style: str | None = None) -> Backend:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalBackend(Path(unquote(parsed.path)))
-    raise ValueError(f"unsupported storage URL {url!r}: use file:///path (S3 support comes with scale-out)")
+    if parsed.scheme == "s3":
+        from labelloop.storage.backends.s3 import S3Backend
+
+        if not parsed.netloc or parsed.path.strip("/") or parsed.query:
+            raise ValueError(f"unsupported storage URL {url!r}: name the bucket alone, as s3://BUCKET "
+                             "(the keys are the bucket's folders)")
+        bucket = S3Backend(parsed.netloc, endpoint_url=endpoint_url, addressing_style=addressing_style)
+        bucket.check()
+        return bucket
+    raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket")
 
 
 def backend() -> Backend:
     """The configured bucket backend."""
-    return _backend_for(get_settings().bucket_url)
+    settings = get_settings()
+    return _backend_for(settings.bucket_url, settings.s3_endpoint_url, settings.s3_addressing_style)
+
+
+def bucket_name() -> str | None:
+    """The S3 bucket's name when the bucket is on an S3-compatible service, else ``None``."""
+    parsed = urlparse(get_settings().bucket_url)
+    return parsed.netloc if parsed.scheme == "s3" else None
 
 
 def ensure_bucket() -> None:
@@ -92,14 +108,17 @@ def fires_event(key: str) -> bool:
     return key.startswith(EVENT_PREFIXES)
 
 
-def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
-    """Store an object and fire its "object created" event when it lies under an event folder."""
+def put_object(key: str, data: bytes, *, source: str, actor: str = "system", fire: bool = True) -> ObjectInfo:
+    """Store an object and fire its "object created" event when it lies under an event folder.
+
+    Inside a workflow step pass ``fire=False`` and fire from the workflow itself (a step cannot start a run).
+    """
     validate_key(key)
     info = backend().put(key, data)
     info.content_type = content_type(key)
     log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
                                      "actor": actor})
-    if fires_event(key):
+    if fire and fires_event(key):
         from labelloop.storage.flows import fire_object_created
 
         fire_object_created(info, source)

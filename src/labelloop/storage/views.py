@@ -1,7 +1,12 @@
-"""Bucket routes: put, get, list and delete objects."""
+"""Bucket routes: put, get, list and delete objects; S3 event notifications for uploads made to the bucket."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -13,7 +18,11 @@ from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
 from labelloop.workforce.models import Role, User
 from labelloop.workforce.views import require
 
-router = APIRouter(prefix="/api/v1/objects", tags=["storage"])
+log = logging.getLogger(__name__)
+router = APIRouter()
+objects = APIRouter(prefix="/api/v1/objects", tags=["storage"])
+events = APIRouter(prefix="/api/v1/events", tags=["storage"])
+MAX_NOTIFICATION_BYTES = 5 * 1024 * 1024
 Operator = Depends(require(Role.OPERATOR))
 Uploader = Depends(require(Role.OPERATOR, Role.CONSUMER))
 
@@ -32,7 +41,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.put("/{key:path}", response_model=ObjectInfo, status_code=201,
+@objects.put("/{key:path}", response_model=ObjectInfo, status_code=201,
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_object(key: str, request: Request, user: User = Uploader) -> ObjectInfo:
@@ -45,13 +54,13 @@ async def put_object(key: str, request: Request, user: User = Uploader) -> Objec
     return await run_in_threadpool(service.put_object, key, data, source="api", actor=user.username)
 
 
-@router.get("", response_model=list[ObjectInfo])
+@objects.get("", response_model=list[ObjectInfo])
 def list_objects(prefix: str = Query("", max_length=1024), _: User = Operator) -> list[ObjectInfo]:
     """Objects whose key starts with ``prefix``."""
     return service.list_objects(prefix)
 
 
-@router.get("/{key:path}")
+@objects.get("/{key:path}")
 def get_object(key: str, _: User = Operator) -> Response:
     """Download an object (served as an attachment that browsers will not run)."""
     info, data = service.get_object(key)
@@ -67,9 +76,106 @@ def safe_media_type(media_type: str | None) -> str:
     return "application/octet-stream"
 
 
-@router.delete("/{key:path}")
+@objects.delete("/{key:path}")
 def delete_object(key: str, user: User = Operator) -> dict[str, Any]:
     """Delete an object."""
     if not service.delete_object(key, actor=user.username):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no object at {key!r}")
     return {"deleted": key}
+
+
+# ── S3 event notifications ───────────────────────────────────────────────────
+
+
+def _authorized(request: Request, secret: str) -> bool:
+    """``Authorization: Bearer SECRET`` (MinIO's webhook ``auth_token``), or Basic with SECRET as password."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = credentials.strip()
+    if scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(given, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.encode(), secret.encode())
+
+
+@events.post("/s3")
+async def s3_event_notification(request: Request) -> dict[str, Any]:
+    """An S3 event notification (AWS S3 or MinIO shape): each object created under an event folder starts its
+    "object created" run, exactly once per key and ETag, as an upload through the API does.
+
+    Authentication: the shared secret ``LABELLOOP_S3_EVENTS_TOKEN`` as ``Authorization: Bearer TOKEN`` (MinIO:
+    ``notify_webhook`` ``auth_token``), or as the password of HTTP Basic credentials.
+    """
+    secret = get_settings().s3_events_token
+    if not secret:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "S3 event notifications are off: set "
+                                                       "LABELLOOP_S3_EVENTS_TOKEN to turn them on")
+    if not _authorized(request, secret):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an S3 event notification must carry the shared "
+                            "secret as Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"})
+    if service.bucket_name() is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the bucket is a local folder, not an S3 bucket: S3 event "
+                                                      "notifications need LABELLOOP_STORAGE_URL=s3://BUCKET")
+    from labelloop.storage.backends.s3 import NotificationError, parse_notification
+
+    data = await read_limited(request, MAX_NOTIFICATION_BYTES)
+    try:
+        body = json.loads(data)
+        records = parse_notification(body)
+    except (ValueError, NotificationError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"not an S3 event notification: {exc}") from exc
+    if isinstance(body, dict) and body.get("Type") == "SubscriptionConfirmation":
+        log.warning("SNS subscription to S3 events awaits confirmation: open its SubscribeURL",
+                    extra={"subscribe_url": str(body.get("SubscribeURL"))[:500]})
+    return await run_in_threadpool(handle_records, records)
+
+
+def handle_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Start the "object created" run of each created object; say why any record was passed over."""
+    started: list[dict[str, Any]] = []
+    ignored: list[dict[str, Any]] = []
+    for record in records:
+        run, reason = _handle_record(record, service.bucket_name())
+        if run is not None:
+            started.append(run)
+        else:
+            ignored.append({"key": record["key"], "event": record["event"], "reason": reason})
+    log.info("S3 event notification", extra={"records": len(records), "started": len(started),
+                                             "ignored": len(ignored)})
+    return {"records": len(records), "started": started, "ignored": ignored}
+
+
+def _handle_record(record: dict[str, Any], bucket: str | None) -> tuple[dict[str, Any] | None, str]:
+    from dbos import DBOS
+
+    from labelloop.storage.backends.s3 import is_object_created
+    from labelloop.storage.flows import event_id, fire_object_created
+
+    key = record["key"]
+    if not is_object_created(record["event"]):
+        return None, "not an ObjectCreated event"
+    if record["bucket"] != bucket:
+        return None, f"bucket {record['bucket']!r} is not labelloop's bucket {bucket!r}"
+    if not isinstance(key, str) or key.endswith("/"):
+        return None, "a folder marker, not an object"
+    if not service.fires_event(key):
+        return None, "not under images_for_detection/ or images_labeled_by_folder/"
+    try:
+        info = service.head_object(key)
+    except service.InvalidKey as exc:
+        return None, f"invalid key: {exc}"
+    except service.ObjectNotFound:
+        return None, "no longer in the bucket"
+    run_id = event_id(info.key, info.etag)
+    existed = DBOS.get_workflow_status(run_id) is not None
+    fire_object_created(info, "s3 event")
+    # "replaced": the object changed since this event was sent; the run is for what is there now.
+    return {"key": key, "etag": info.etag, "run_id": run_id, "already_started": existed,
+            "replaced": bool(record["etag"]) and record["etag"] != info.etag}, ""
+
+
+router.include_router(objects)
+router.include_router(events)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import re
 import secrets
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session
 from labelloop.db import utcnow
 from labelloop.workforce.models import ApiToken, Role, SignInThrottle, Team, TeamMember, User, WebSession
 
+log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
@@ -176,6 +179,11 @@ def start_session(db: Session, user: User, *, address: str = "", user_agent: str
         end_session(db, replaces)
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    # Forget sessions that ended more than a day ago, so the table stays small.
+    # (No in-session sync: loaded rows hold naive SQLite datetimes that Python cannot compare with ``now``.)
+    db.execute(delete(WebSession).where((WebSession.expires_at < now - timedelta(days=1)) |
+                                        (WebSession.revoked_at < now - timedelta(days=1)))
+               .execution_options(synchronize_session=False))
     row = WebSession(user_id=user.id, token_hash=_token_digest(token), csrf_token=secrets.token_urlsafe(32),
                      created_at=now, last_seen_at=now, expires_at=now + SESSION_LIFETIME,
                      client_address=address[:64], user_agent=user_agent[:255])
@@ -268,7 +276,7 @@ def check_throttle(db: Session, username: str, address: str, *, now: datetime | 
         if row is not None and row.blocked_until is not None and _aware(row.blocked_until) > now:
             waits.append((_aware(row.blocked_until) - now).total_seconds())
     if waits:
-        raise Throttled(max(1, round(max(waits) + 0.5)))
+        raise Throttled(max(1, math.ceil(max(waits))))
 
 
 def record_failure(db: Session, username: str, address: str, *, now: datetime | None = None) -> None:
@@ -276,7 +284,8 @@ def record_failure(db: Session, username: str, address: str, *, now: datetime | 
     now = now or utcnow()
     db.execute(delete(SignInThrottle).where(SignInThrottle.last_failure_at < now - THROTTLE_WINDOW,
                                             SignInThrottle.blocked_until.is_(None) |
-                                            (SignInThrottle.blocked_until < now)))
+                                            (SignInThrottle.blocked_until < now))
+               .execution_options(synchronize_session=False))
     for key, free in _throttle_keys(username, address):
         row = db.get(SignInThrottle, key)
         if row is None:
@@ -305,7 +314,12 @@ def sign_in(username: str, password: str, address: str) -> int:
     from labelloop import db as database
 
     with database.session() as db:
-        check_throttle(db, username, address)
+        try:
+            check_throttle(db, username, address)
+        except Throttled as exc:
+            log.warning("sign-in refused: too many failures", extra={"user": username[:64], "client": address,
+                                                                      "retry_after": exc.retry_after})
+            raise
         user = db.scalar(select(User).where(User.username == username))
         try:
             _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
@@ -319,6 +333,7 @@ def sign_in(username: str, password: str, address: str) -> int:
             return user.id
     with database.session() as db:
         record_failure(db, username, address)
+    log.warning("sign-in failed", extra={"user": username[:64], "client": address})
     raise AuthError("wrong username or password")
 
 

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from labelloop import db
 from labelloop.config import get_settings
@@ -87,12 +88,19 @@ async def _credentials(request: Request) -> TokenRequest:
                  "application/json": {"schema": TokenRequest.model_json_schema()},
                  "application/x-www-form-urlencoded": {"schema": TokenRequest.model_json_schema()}}}})
 async def issue_token(request: Request, session: SessionDep) -> TokenResponse:
-    """Exchange a username and password (form or JSON) for a bearer token."""
+    """Exchange a username and password (form or JSON) for a bearer token.
+
+    Repeated failures are slowed down per username and per client address: 429 with ``Retry-After``."""
     given = await _credentials(request)
     try:
-        user = service.authenticate(session, given.username, given.password)
+        user_id = await run_in_threadpool(service.sign_in, given.username, given.password,
+                                          request.client.host if request.client else "")
+    except service.Throttled as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc),
+                            headers={"Retry-After": str(exc.retry_after)}) from None
     except service.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    user = session.get(User, user_id)
     token, row = service.issue_token(session, user, ttl=timedelta(hours=get_settings().token_ttl_hours))
     return TokenResponse(access_token=token, expires_at=row.expires_at, role=user.role,
                          must_change_password=user.must_change_password)

@@ -1,0 +1,163 @@
+"""Detection throughput through uploads: embedded SQLite beside PostgreSQL with 1 and 2 workers.
+
+    .venv/bin/python bench/bench_scale.py [--uploads 200] [--rounds 2] [--workers 1 2] [--s3]
+
+For each set-up it starts real processes, trains a tiny two-label model, warms every worker with single
+uploads (a worker loads the serving version on its first detection), then PUTs ``--uploads`` images to
+``images_for_detection/`` through the API from 8 client threads and waits until every one has a DETECTED
+event. Reported: how long the uploads took, how long until the last detection, and images/s end to end.
+
+- ``sqlite``: one ``labelloop serve`` on the embedded default (it answers HTTP and runs every workflow).
+- ``postgresql, N worker(s)``: a web-only ``labelloop serve`` (``LABELLOOP_QUEUES=``) and N ``labelloop
+  worker`` processes on a fresh PostgreSQL database (dropped afterwards), sharing one bucket: a local folder
+  (``file://``) by default, or with ``--s3`` a bucket on a loopback S3 API server (moto's server mode).
+
+Every process runs on this machine: with 2 cores, workers share the same CPUs as the web process and the
+database, so a second worker adds capacity only where the first one waits (database, storage), not CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import Postgres, S3Server, Server, Worker, server_env, wait_until  # noqa: E402
+from images import box_logo, smile_logo, unseen, upload_training_set  # noqa: E402
+from labelloop.storage.flows import event_id  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "scale"
+
+
+def put(api: httpx.Client, key: str, data: bytes) -> dict[str, Any]:
+    response = api.put(f"/objects/{key}", content=data)
+    response.raise_for_status()
+    return response.json()
+
+
+def train(web: Server, api: httpx.Client) -> None:
+    upload_training_set(api, per_label=6)
+    run = web.wait_run(api.post("/training/check").json()["run_id"], timeout=600)
+    assert run["status"] == "SUCCESS" and run["output"].get("train"), run
+    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 300, 0.5, "v1 RUNNING")
+
+
+def warm(web: Server, api: httpx.Client, executors: set[str], tag: str) -> None:
+    """Single uploads until every executor has detected one (none of them loads the model under load)."""
+    seen: set[str] = set()
+    for i in range(100):
+        stored = put(api, f"images_for_detection/warm-{tag}-{i}.png", smile_logo(5000 + i))
+        run = web.wait_run(event_id(stored["key"], stored["etag"]), timeout=120)
+        seen.add(run["executor"])
+        if executors <= seen:
+            return
+    raise RuntimeError(f"could not warm every worker: {executors - seen}")
+
+
+def measure(web: Server, api: httpx.Client, uploads: int, tag: str) -> tuple[float, float]:
+    """Seconds to PUT every image, and seconds until the last one is DETECTED (both from the first PUT)."""
+    images = {f"images_for_detection/{tag}-{i:04d}.png": (smile_logo, box_logo, unseen)[i % 3](10_000 + i)
+              for i in range(uploads)}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: put(api, *item), images.items()))
+    uploaded = time.perf_counter() - started
+
+    def detected() -> bool:
+        events = api.get("/detections", params={"status": "DETECTED", "limit": 100_000}).json()
+        return sum(1 for event in events if event["object_key"] in images) == len(images)
+
+    wait_until(detected, 900, 0.25, f"{uploads} detections")
+    return uploaded, time.perf_counter() - started
+
+
+def run_setup(name: str, workers: int, args: argparse.Namespace, s3: S3Server | None) -> dict[str, Any]:
+    home = OUT / name.replace(" ", "-").replace(",", "")
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    common = {"LABELLOOP_LOG_LEVEL": "WARNING", "LABELLOOP_CACHE_FOLDER": str(OUT / "cache"),
+              "LABELLOOP_QUEUE_POLLING_SECONDS": "0.1"}
+    processes: list[Server | Worker] = []
+    try:
+        if workers == 0:
+            web = Server(home=home / "serve", env=server_env(**common)).start(timeout=300)
+            processes.append(web)
+            executors = {_serve_executor(web)}
+        else:
+            common["LABELLOOP_DATABASE_URL"] = Postgres.create("bench")
+            if s3 is not None:
+                common.update(s3.env(s3.bucket()))
+            else:
+                common["LABELLOOP_STORAGE_URL"] = f"file://{home / 'bucket'}"
+            web = Server(home=home / "web", env=server_env(**common, LABELLOOP_QUEUES="")).start(timeout=300)
+            processes.append(web)
+            pool = [Worker(home=home / f"worker{i}", env=server_env(**common)).start(timeout=300)
+                    for i in range(workers)]
+            processes.extend(pool)
+            executors = {worker.executor_id for worker in pool}
+        api = web.client()
+        train(web, api)
+        warm(web, api, executors, "warm")
+        results = [measure(web, api, args.uploads, f"round{r}") for r in range(args.rounds)]
+        return {"setup": name, "processes": 1 + workers if workers else 1, "results": results}
+    finally:
+        for process in processes:
+            process.stop()
+        Postgres.drop_created()
+
+
+def _serve_executor(web: Server) -> str:
+    with web.client() as api:
+        stored = put(api, "images_for_detection/probe.png", smile_logo(1))
+        run = web.wait_run(event_id(stored["key"], stored["etag"]), timeout=120)
+    return run["executor"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uploads", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="measured rounds per set-up (median reported)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts on PostgreSQL")
+    parser.add_argument("--s3", action="store_true", help="PostgreSQL set-ups use a loopback S3 bucket")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the embedded SQLite set-up")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    problem = Postgres.available()
+    if problem:
+        sys.exit(problem)
+    s3 = S3Server(log_path=OUT / "s3-server.log").start() if args.s3 else None
+    setups = ([] if args.no_sqlite else [("sqlite, serve", 0)]) + [
+        (f"postgresql, {n} worker{'s' if n > 1 else ''}", n) for n in args.workers]
+    rows = []
+    try:
+        for name, workers in setups:
+            print(f"… {name}", file=sys.stderr, flush=True)
+            rows.append(run_setup(name, workers, args, s3))
+    finally:
+        if s3 is not None:
+            s3.stop()
+    bucket = "S3 (moto, loopback)" if args.s3 else "local folder"
+    print(f"\nDetection through uploads: {args.uploads} PUTs from 8 client threads, {args.rounds} round(s), "
+          f"median; {os.cpu_count()} cores; PostgreSQL bucket: {bucket}\n")
+    print(f"| {'set-up':<26} | {'processes':>9} | {'uploads s':>9} | {'all detected s':>14} | {'images/s':>8} |")
+    print(f"|{'-' * 28}|{'-' * 11}|{'-' * 11}|{'-' * 16}|{'-' * 10}|")
+    for row in rows:
+        uploaded = statistics.median(r[0] for r in row["results"])
+        done = statistics.median(r[1] for r in row["results"])
+        print(f"| {row['setup']:<26} | {row['processes']:>9} | {uploaded:>9.1f} | {done:>14.1f} | "
+              f"{args.uploads / done:>8.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Restart safety: a server killed mid-training or mid-detection finishes the work after it starts again."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Server, wait_until
+from images import box_logo, smile_logo, upload_training_set
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def models(api) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    return {m["version"]: m for m in api.get("/models").json()}
+
+
+def test_kill_during_training_then_restart(server: Server) -> None:
+    with server.client() as api:
+        upload_training_set(api, 30)
+        run_id = api.post("/training/check").json()["run_id"]
+        wait_until(lambda: models(api).get("v1", {}).get("status") == "TRAINING_IN_PROGRESS", 120, 0.05,
+                   "training to start")
+    server.kill()
+    server.start()
+    with server.client() as api:
+        run = server.wait_run(run_id, timeout=300)
+        assert run["status"] == "SUCCESS", run
+        found = models(api)
+        assert list(found) == ["v1"], found
+        assert found["v1"]["status"] == "RUNNING"
+        trained = [s for s in run["steps"] if s["name"] == "train_model"]
+        assert len(trained) == 1 and trained[0]["output"]["trained"] is True
+        answer = api.post("/detect", files={"file": ("a.png", smile_logo(99))})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
+
+
+def test_kill_during_a_burst_of_uploads_loses_and_doubles_nothing(server: Server) -> None:
+    with server.client() as api:
+        upload_training_set(api, 5)
+        server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+        keys = [f"images_for_detection/burst_{i}.png" for i in range(40)]
+        for i, key in enumerate(keys):
+            assert api.put(f"/objects/{key}", content=(smile_logo if i % 2 else box_logo)(500 + i)).status_code == 201
+    server.kill()
+    server.start()
+    with server.client() as api:
+        def all_detected() -> list[dict] | None:
+            events = [e for e in api.get("/detections", params={"limit": 1000}).json() if e["object_key"] in keys]
+            return events if len(events) >= len(keys) and all(e["status"] == "DETECTED" for e in events) else None
+
+        events = wait_until(all_detected, 180, 0.5, "every upload detected")
+        assert sorted(e["object_key"] for e in events) == sorted(keys)  # exactly one event per upload
+        runs = api.get("/runs", params={"branch": "Object Created", "limit": 500}).json()
+        assert all(r["status"] == "SUCCESS" for r in runs if r["input"]["args"][0]["key"] in keys)
+
+
+def test_images_that_arrive_before_any_model_are_detected_once_one_serves(server: Server) -> None:
+    with server.client() as api:
+        api.put("/objects/images_for_detection/early.png", content=smile_logo(77))
+        wait_until(lambda: [e for e in api.get("/detections").json() if e["status"] == "WAITING_FOR_MODEL"], 30,
+                   message="a waiting detection")
+        feed = wait_until(lambda: api.get("/notifications", params={"event_type": "detection.waiting_for_model"})
+                          .json(), 30, message="the waiting notification")
+        assert "will be detected as soon as one serves" in feed[0]["message"]
+        upload_training_set(api, 5)
+        server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+        event = wait_until(lambda: next((e for e in api.get("/detections").json()
+                                         if e["status"] == "DETECTED"), None), 60, message="the early image detected")
+        assert event["object_key"] == "images_for_detection/early.png" and event["model_version"] == "v1"
+        assert len(api.get("/detections").json()) == 1
