@@ -33,7 +33,8 @@ def test_predict_bytes_ranks_every_label(predictor: Predictor, sample: list[byte
         assert sorted(label for label, _ in answer) == sorted(predictor.labels)
         confidences = [c for _, c in answer]
         assert confidences == sorted(confidences, reverse=True)
-        assert abs(sum(confidences) - 100.0) < 1e-6 and all(0 <= c <= 100 for c in confidences)
+        # Softmax × familiarity: at most 100 in all (less for images unlike the training data).
+        assert sum(confidences) <= 100.0 + 1e-6 and all(0 <= c <= 100 for c in confidences)
     assert predictor.predict_bytes([]) == []
 
 

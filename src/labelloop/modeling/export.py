@@ -289,7 +289,7 @@ def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
 
 
 def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
-    """embedding N×D → [L2 normalise] → Gemm (W/T, b/T) → Softmax → probabilities N×L."""
+    """embedding N×D → [L2 normalise] → Gemm (W/T, b/T) → Softmax [× familiarity] → probabilities N×L."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -306,8 +306,21 @@ def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
                   helper.make_node("Max", ["head_norm", "head_eps"], ["head_norm_eps"]),
                   helper.make_node("Div", [x, "head_norm_eps"], ["head_z"])]
         x = "head_z"
-    nodes += [helper.make_node("Gemm", [x, "head_W", "head_b"], ["head_logits"], transB=1),
-              helper.make_node("Softmax", ["head_logits"], ["probabilities"], axis=1)]
+    nodes += [helper.make_node("Gemm", [x, "head_W", "head_b"], ["head_logits"], transB=1)]
+    if head.centroids is None:
+        nodes.append(helper.make_node("Softmax", ["head_logits"], ["probabilities"], axis=1))
+    else:  # confidence = softmax × sigmoid((cos(embedding, centroid) − at) / scale), as Head.predict_proba
+        if not head.normalize:
+            raise ExportError("familiarity needs normalised embeddings")
+        inits += [numpy_helper.from_array(np.ascontiguousarray(head.centroids.T, dtype=np.float32), "head_centroids_t"),
+                  numpy_helper.from_array(head.familiar_at.astype(np.float32), "head_familiar_at"),
+                  numpy_helper.from_array(head.familiar_scale.astype(np.float32), "head_familiar_scale")]
+        nodes += [helper.make_node("Softmax", ["head_logits"], ["head_softmax"], axis=1),
+                  helper.make_node("MatMul", ["head_z", "head_centroids_t"], ["head_cos"]),
+                  helper.make_node("Sub", ["head_cos", "head_familiar_at"], ["head_cos_shift"]),
+                  helper.make_node("Div", ["head_cos_shift", "head_familiar_scale"], ["head_familiar_z"]),
+                  helper.make_node("Sigmoid", ["head_familiar_z"], ["head_familiarity"]),
+                  helper.make_node("Mul", ["head_softmax", "head_familiarity"], ["probabilities"])]
     inp = helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["N", EMBEDDING_DIM])
     out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", len(head.labels)])
     return helper.make_graph(nodes, "head", [inp], [out], initializer=inits)

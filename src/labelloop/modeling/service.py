@@ -413,9 +413,10 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     row, manifest = _manifest(version)
     if row.head is not None:  # the step is being retried after it finished training
         return {"trained": True, "version": version, "f1": row.f1}
+    usable, left_out = trainable_entries(manifest["images"])
     examples = [LabeledImage(key=e["key"], label=e["label"], content_hash=e["sha256"],
                              content=partial(lambda key: storage.get_object(key)[1], e["key"]))
-                for e in manifest["images"]]
+                for e in usable]
     embedder, cache = training_embedder()
     started = time.perf_counter()
     try:
@@ -424,17 +425,37 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
         change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow())
         return {"trained": False, "version": version, "reason": str(exc)}
     seconds = time.perf_counter() - started
-    evaluation = result.evaluation.to_dict()
-    storage.put_object(row.manifest_key, json.dumps({**manifest, "images": result.manifest()}, indent=1).encode(),
-                       source="training")
+    evaluation = {**result.evaluation.to_dict(), "left_out_labels": left_out}
+    excluded = [{**e, "split": "left out", "reason": left_out[e["label"]]} for e in manifest["images"]
+                if e["label"] in left_out]
+    storage.put_object(row.manifest_key, json.dumps({**manifest, "images": result.manifest() + excluded},
+                                                    indent=1).encode(), source="training")
+    note = f"; left out {', '.join(sorted(left_out))} (too few images)" if left_out else ""
     change_status(version, ModelStatus.TRAINING_COMPLETED, f"F1 {result.evaluation.f1:.3f} on "
-                  f"{len(result.test_keys)} test images", run_id, head=result.head.to_bytes(),
+                  f"{len(result.test_keys)} test images{note}", run_id, head=result.head.to_bytes(),
                   evaluation={**evaluation, "rejected": result.rejected, "timings": result.timings},
                   f1=result.evaluation.f1, labels=result.head.labels, train_images=len(result.train_keys),
                   test_images=len(result.test_keys), training_seconds=seconds, training_ended_at=db.utcnow())
     return {"trained": True, "version": version, "f1": result.evaluation.f1,
             "images_embedded": result.images_embedded, "images_from_cache": result.images_from_cache,
-            "rejected": result.rejected, "seconds": round(seconds, 3)}
+            "rejected": result.rejected, "left_out_labels": left_out, "seconds": round(seconds, 3)}
+
+
+MIN_IMAGES_PER_LABEL = 2
+
+
+def trainable_entries(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Manifest entries of labels with enough distinct images, and why the other labels were left out.
+
+    A label a reviewer has just introduced often has one image; it should not stop the other labels from
+    training. It joins once it has MIN_IMAGES_PER_LABEL (one to train on, one to test on).
+    """
+    distinct: dict[str, set[str]] = {}
+    for entry in entries:
+        distinct.setdefault(entry["label"], set()).add(entry["sha256"])
+    left_out = {label: f"{len(hashes)} distinct image(s); a label needs {MIN_IMAGES_PER_LABEL} to be trained"
+                for label, hashes in distinct.items() if len(hashes) < MIN_IMAGES_PER_LABEL}
+    return [e for e in entries if e["label"] not in left_out], left_out
 
 
 def write_evaluation(version: str) -> dict[str, Any]:

@@ -102,9 +102,16 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Head:
-    """Linear head: probabilities = softmax((normalise(embedding) · Wᵀ + b) / temperature).
+    """Linear head: confidence = softmax((normalise(embedding) · Wᵀ + b) / temperature) × familiarity.
 
     `W` is labels×1280 and `b` has one entry per label (both stored float32, as the ONNX export uses them).
+
+    Familiarity answers "does this image look like the training images of this label at all?", which a
+    closed-set softmax cannot: a picture of something never seen still gets ~100 % for whichever label it is
+    least unlike. Per label, `centroids` is the unit mean of its training embeddings; familiarity is
+    sigmoid((cos(embedding, centroid) − familiar_at) / familiar_scale), with `familiar_at` four spreads
+    below the label's typical (leave-one-out) similarity. It is ≈ 1 for images like the training data and
+    falls to 0 for unseen kinds, so those get low confidence and go to human review.
     """
 
     labels: list[str]
@@ -113,12 +120,27 @@ class Head:
     temperature: float = 1.0
     normalize: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
+    centroids: np.ndarray | None = None
+    familiar_at: np.ndarray | None = None
+    familiar_scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = list(self.labels)
         self.W = np.asarray(self.W, dtype=np.float32).reshape(len(self.labels), -1)
         self.b = np.asarray(self.b, dtype=np.float32).reshape(len(self.labels))
         self.temperature = float(self.temperature)
+        if self.centroids is not None:
+            self.centroids = np.asarray(self.centroids, dtype=np.float32).reshape(len(self.labels), -1)
+            self.familiar_at = np.asarray(self.familiar_at, dtype=np.float32).reshape(len(self.labels))
+            self.familiar_scale = np.asarray(self.familiar_scale, dtype=np.float32).reshape(len(self.labels))
+
+    def familiarity(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per image and label, how much the image resembles that label's training images (0-1)."""
+        if self.centroids is None:
+            return np.ones((len(embeddings), len(self.labels)))
+        cos = l2_normalize(embeddings) @ self.centroids.T.astype(np.float64)
+        z = (cos - self.familiar_at) / self.familiar_scale
+        return 1.0 / (1.0 + np.exp(-z))
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """Calibrated logits N×labels (already divided by the temperature)."""
@@ -126,15 +148,18 @@ class Head:
         return (x @ self.W.T.astype(np.float64) + self.b) / self.temperature
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """Probabilities N×labels, columns in `labels` order."""
-        return softmax(self.logits(embeddings))
+        """Confidences N×labels (0-1), columns in `labels` order: calibrated softmax × familiarity."""
+        return softmax(self.logits(embeddings)) * self.familiarity(embeddings)
 
     def to_bytes(self) -> bytes:
         """The head as `.npz` bytes (no pickled objects)."""
         buffer = io.BytesIO()
         header = {"format": HEAD_FORMAT, "labels": self.labels, "temperature": self.temperature,
                   "normalize": self.normalize, "meta": self.meta}
-        np.savez(buffer, header=np.array(json.dumps(header)), W=self.W, b=self.b)
+        arrays = {"W": self.W, "b": self.b}
+        if self.centroids is not None:
+            arrays.update(centroids=self.centroids, familiar_at=self.familiar_at, familiar_scale=self.familiar_scale)
+        np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
         return buffer.getvalue()
 
     def save(self, target: str | Path | BinaryIO) -> None:
@@ -150,8 +175,9 @@ class Head:
         """Read a head written by `save`."""
         with np.load(source, allow_pickle=False) as npz:
             header = json.loads(str(npz["header"]))
+            familiar = {name: npz[name] for name in ("centroids", "familiar_at", "familiar_scale") if name in npz}
             return cls(labels=header["labels"], W=npz["W"], b=npz["b"], temperature=header["temperature"],
-                       normalize=header["normalize"], meta=header.get("meta", {}))
+                       normalize=header["normalize"], meta=header.get("meta", {}), **familiar)
 
 
 # ── fitting ─────────────────────────────────────────────────────────────────────────────────────────
@@ -395,7 +421,38 @@ def _fit_head(design: _Design, labels: list[str], *, c_grid: Sequence[float], fo
     d = design.x.shape[1]
     coef = theta[:d * len(labels)].reshape(d, len(labels)).T
     meta = {**meta, "C": c, "folds": k, "calibration": method, "cv": report}
-    return Head(labels, coef, theta[d * len(labels):], t, True, meta)
+    centroids, familiar_at, familiar_scale = _familiarity(design, len(labels))
+    return Head(labels, coef, theta[d * len(labels):], t, True, meta, centroids, familiar_at, familiar_scale)
+
+
+FAMILIAR_SPREADS = 4.0
+MIN_FAMILIAR_SCALE = 0.03
+
+
+def _familiarity(design: _Design, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label: unit centroid of its training images, and where familiarity falls off.
+
+    Each image's similarity to the centroid of the *other* images of its label (leave-one-out) gives the
+    label's typical similarity m and spread s (at least MIN_FAMILIAR_SCALE); familiarity is ½ at
+    m − FAMILIAR_SPREADS·s and ≈ 0.98 at m. A label with one image gets m = 1.
+    """
+    first = np.unique(design.group, return_index=True)[1]  # one row ('orig' view) per image
+    x, y = design.x[first], design.y[first]
+    centroids = np.zeros((n_labels, x.shape[1]))
+    at, scale = np.zeros(n_labels), np.zeros(n_labels)
+    for k in range(n_labels):
+        members = x[y == k]
+        total = members.sum(axis=0)
+        centroids[k] = total / max(np.linalg.norm(total), NORM_EPS)
+        if len(members) > 1:
+            others = l2_normalize(total[None, :] - members)
+            similarity = np.einsum("ij,ij->i", members, others)
+            typical, spread = float(similarity.mean()), float(similarity.std())
+        else:
+            typical, spread = 1.0, 0.0
+        scale[k] = max(spread, MIN_FAMILIAR_SCALE)
+        at[k] = typical - FAMILIAR_SPREADS * scale[k]
+    return centroids, at, scale
 
 
 def _resolve_digests(examples: Sequence[LabeledImage]) -> dict[str, str]:
