@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import OperationalError
 
 from labelloop import __version__, db, engine
 from labelloop.config import Settings, get_settings
@@ -65,6 +66,19 @@ async def image_rejected(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": reason}, status_code=code)
 
 
+async def storage_full(_request: Request, exc: Exception) -> JSONResponse:
+    """No space left for the bucket: this upload fails with 507; nothing half-written stays behind."""
+    return JSONResponse({"detail": getattr(exc, "strerror", None) or str(exc)}, status_code=507)
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database could not answer this request (locked, gone, full): 503 for it, the rest keep working."""
+    log.error("database error on a request", extra={"path": request.url.path, "error": repr(exc)[:500]})
+    return JSONResponse({"detail": "the database could not complete this request "
+                         f"({type(getattr(exc, 'orig', exc)).__name__}); try again shortly"},
+                        status_code=503, headers={"Retry-After": "5"})
+
+
 def _error_handlers(app: FastAPI) -> None:
     def handler(status_code: int):  # type: ignore[no-untyped-def]
         async def respond(_request: Request, exc: Exception) -> JSONResponse:
@@ -87,6 +101,23 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageRejected, image_rejected)
     app.add_exception_handler(review.LoopNotFound, handler(404))
     app.add_exception_handler(review.ReviewError, handler(422))
+    app.add_exception_handler(storage.StorageFull, storage_full)
+    app.add_exception_handler(OperationalError, database_unavailable)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI document, saying what labelloop really sends: a 4xx ``detail`` is a message in words,
+    or FastAPI's list of field errors when the request does not match its schema."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if error is not None:
+            listed = error["properties"]["detail"]
+            error["properties"]["detail"] = {"title": "Detail", "anyOf": [{"type": "string"}, listed]}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = False) -> FastAPI:
@@ -124,6 +155,8 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
     from labelloop.workforce.pages import install as install_pages
 
     install_pages(app)  # sign-in, workforce admin and review portal pages
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

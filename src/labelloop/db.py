@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, NullPool, create_engine, event, text
+from sqlalchemy import DateTime, Engine, NullPool, TypeDecorator, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from labelloop.config import with_driver
@@ -22,6 +24,23 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 class Base(DeclarativeBase):
     """Declarative base of every labelloop table."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 def utcnow() -> datetime:
@@ -99,10 +118,21 @@ def upgrade(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         if is_postgresql(engine):
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            _wait_for_lock(connection, "pg_try_advisory_xact_lock", MIGRATION_LOCK)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     log.info("database migrated", extra={"url": engine.url.render_as_string(hide_password=True)})
+
+
+def _wait_for_lock(connection: Any, function: str, key: int, poll_seconds: float = 0.2) -> None:
+    """Take an advisory lock by polling its ``try`` form.
+
+    Waiting inside ``pg_advisory_lock`` would keep a statement (and its snapshot) open the whole time, and
+    ``CREATE INDEX CONCURRENTLY`` in the lock holder's migrations waits for every such snapshot: a deadlock
+    PostgreSQL does not detect. Between two tries this connection holds no snapshot.
+    """
+    while not connection.execute(text(f"SELECT {function}(:key)"), {"key": key}).scalar():
+        time.sleep(poll_seconds)
 
 
 @contextmanager
@@ -118,7 +148,7 @@ def startup_lock(url: str, lock_file: Path) -> Iterator[None]:
         engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10, **PG_KEEPALIVES})
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK})
+                _wait_for_lock(connection, "pg_try_advisory_lock", STARTUP_LOCK)
                 try:
                     yield
                 finally:

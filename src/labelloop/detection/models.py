@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labelloop.db import Base, utcnow
+from labelloop.db import Base, UTCDateTime, utcnow
 
 
 class DetectionStatus:
@@ -27,8 +27,8 @@ class DetectionEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    detected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     object_key: Mapped[str] = mapped_column(String(1024))
     etag: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(32), default="upload")
@@ -44,5 +44,5 @@ class DetectionEvent(Base):
     human_loop_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     human_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     human_worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    human_answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    human_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)

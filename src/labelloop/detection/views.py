@@ -25,7 +25,7 @@ def _filters(label: str | None = None, min_confidence: float | None = Query(None
              max_confidence: float | None = Query(None, ge=0, le=100), sampled: bool | None = None,
              human_label: str | None = None, answered: bool | None = None, since: datetime | None = None,
              until: datetime | None = None, status: str | None = None, limit: int = Query(500, ge=1, le=100000),
-             offset: int = Query(0, ge=0)) -> dict[str, Any]:
+             offset: int = Query(0, ge=0, le=1_000_000_000)) -> dict[str, Any]:
     return {"label": label, "min_confidence": min_confidence, "max_confidence": max_confidence,
             "sampled": sampled, "human_label": human_label, "answered": answered, "since": since,
             "until": until, "status": status, "limit": limit, "offset": offset}

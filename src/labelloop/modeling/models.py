@@ -7,10 +7,10 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labelloop.db import Base, utcnow
+from labelloop.db import Base, UTCDateTime, utcnow
 
 
 class ModelStatus(StrEnum):
@@ -40,10 +40,10 @@ class ModelVersion(Base):
     version: Mapped[str] = mapped_column(String(32), unique=True, index=True)
     status: Mapped[str] = mapped_column(String(32), default=ModelStatus.TRAINING_IN_PROGRESS.value)
     status_message: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    training_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    deployed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    training_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     f1: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import DateTime, Integer, String, Text
+from sqlalchemy import Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labelloop.db import Base, utcnow
+from labelloop.db import Base, UTCDateTime, utcnow
 
 
 class Parameter(Base):
@@ -19,7 +19,7 @@ class Parameter(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, default=1)
-    last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     modified_by: Mapped[str] = mapped_column(String(100), default="system")
 
 
@@ -34,7 +34,7 @@ class ParameterChange(Base):
     old_value: Mapped[str | None] = mapped_column(Text, nullable=True)
     new_value: Mapped[str] = mapped_column(Text)
     changed_by: Mapped[str] = mapped_column(String(100))
-    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ParameterRead(BaseModel):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labelloop.db import Base, utcnow
+from labelloop.db import Base, UTCDateTime, utcnow
 
 
 class HumanLoopStatus:
@@ -44,11 +44,11 @@ class HumanLoop(Base):
     model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     model_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     model_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     answer_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     answered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     output_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
@@ -67,5 +67,5 @@ class TaskTemplate(Base):
     short_instructions: Mapped[str] = mapped_column(Text, default="Choose the label that fits the image best.")
     full_instructions: Mapped[str] = mapped_column(Text, default="")
     loop_lifetime_hours: Mapped[int] = mapped_column(Integer, default=24 * 7)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64), default="system")

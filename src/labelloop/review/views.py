@@ -34,7 +34,8 @@ class TemplateUpdate(BaseModel):
 
 @router.get("/human-loops")
 def list_loops(session: SessionDep, status_filter: str | None = Query(None, alias="status"),
-               source: str | None = None, limit: int = Query(500, ge=1, le=5000), offset: int = Query(0, ge=0),
+               source: str | None = None, limit: int = Query(500, ge=1, le=5000),
+               offset: int = Query(0, ge=0, le=1_000_000_000),
                _: User = Reviewer) -> list[dict[str, Any]]:
     """Human loops, newest first: name, source ("Detection" or "Human Sampling"), object_key, status."""
     allowed = (HumanLoopStatus.IN_PROGRESS, HumanLoopStatus.COMPLETED, HumanLoopStatus.STOPPED,

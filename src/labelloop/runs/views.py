@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from labelloop import engine
 from labelloop.runs import service
@@ -16,10 +16,13 @@ Operator = Depends(require(Role.OPERATOR))
 
 
 @router.get("")
-def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000_000),
               branch: str | None = None, status: str | None = None, _: User = Operator) -> list[dict[str, Any]]:
     """Workflow runs, newest first, with status, times, input and output."""
-    return service.list_runs(limit=limit, offset=offset, branch=branch, status=status)
+    try:
+        return service.list_runs(limit=limit, offset=offset, branch=branch, status=status)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @router.get("/{run_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import mimetypes
 import unicodedata
@@ -21,6 +22,10 @@ MAX_SEGMENT_BYTES = 255
 EVENT_PREFIXES = (DETECTION_FOLDER, LABELED_FOLDER)
 
 __all__ = ["InvalidKey", "ObjectNotFound", "backend", "validate_key"]
+
+
+class StorageFull(OSError):
+    """The bucket's storage has no space left; nothing was stored."""
 
 
 class InvalidKey(ValueError):
@@ -114,7 +119,14 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system", fir
     Inside a workflow step pass ``fire=False`` and fire from the workflow itself (a step cannot start a run).
     """
     validate_key(key)
-    info = backend().put(key, data)
+    try:
+        info = backend().put(key, data)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("object not stored: no space left", extra={"key": key, "size": len(data), "source": source})
+        raise StorageFull(exc.errno, f"the bucket's storage is full: {key!r} ({len(data)} bytes) was not stored; "
+                          "free space or delete objects, then upload it again") from exc
     info.content_type = content_type(key)
     log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
                                      "actor": actor})
