@@ -72,7 +72,7 @@ def test_sign_in_cookie_is_httponly_samesite_and_new_every_time(shared_server: S
     client.cookies.set(SESSION, "planted-by-an-attacker", domain="127.0.0.1", path="/")
     response = client.post("/sign-in", data={"username": "admin", "password": ADMIN_PASSWORD,
                                              "csrf_token": csrf_of(page.text)})
-    assert response.status_code == 303 and response.headers["location"] == "/workforce"
+    assert response.status_code == 303 and response.headers["location"] == "/dashboard"
     cookie = set_cookie(response, SESSION)[SESSION]
     assert cookie.value != "planted-by-an-attacker" and len(cookie.value) >= 40
     assert cookie["httponly"] and cookie["samesite"].lower() == "lax" and cookie["path"] == "/"
@@ -186,7 +186,7 @@ def test_roles_decide_the_pages(shared_server: Server) -> None:
     assert consumer.get("/account").status_code == 200
     # After sign-in, a next address on another site is ignored.
     for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-        assert sign_in(browser(shared_server), "admin", ADMIN_PASSWORD, target).headers["location"] == "/workforce"
+        assert sign_in(browser(shared_server), "admin", ADMIN_PASSWORD, target).headers["location"] == "/dashboard"
 
 
 def test_admin_manages_users_teams_and_tokens(shared_server: Server) -> None:

@@ -39,6 +39,7 @@ def start(settings: Settings) -> str | None:
     with db.session() as session:
         created = parameters.ensure_defaults(session)
         admin_password = workforce.ensure_admin(session, settings.admin_password)
+        review.template(session)  # created once here, not raced for by the first detections
     if created:
         log.info("parameters created with their defaults", extra={"count": created})
     engine.start(settings)
@@ -155,6 +156,9 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
     from labelloop.workforce.pages import install as install_pages
 
     install_pages(app)  # sign-in, workforce admin and review portal pages
+    from labelloop.console.pages import install as install_console
+
+    install_console(app)  # the operator console: dashboard, storage, parameters, models, runs, detections
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

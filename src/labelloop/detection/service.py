@@ -143,3 +143,11 @@ def list_events(session: Session, *, label: str | None = None, min_confidence: f
 def count_events(session: Session) -> int:
     """How many detection events there are."""
     return session.scalar(select(func.count(DetectionEvent.id))) or 0
+
+
+def labels_seen(session: Session) -> list[str]:
+    """Every label the model or a reviewer gave a detection, sorted (for the detection log's filters)."""
+    model = session.scalars(select(DetectionEvent.label).where(DetectionEvent.label.is_not(None)).distinct())
+    human = session.scalars(select(DetectionEvent.human_label).where(DetectionEvent.human_label.is_not(None))
+                            .distinct())
+    return sorted(set(model) | set(human))

@@ -53,6 +53,6 @@ def parameter_history(name: str, session: SessionDep, _: User = Operator) -> lis
 def _history_entry(change: Any) -> dict[str, Any]:
     entry = {k: getattr(change, k) for k in ("name", "version", "old_value", "new_value", "changed_by",
                                              "changed_at")}
-    entry["run_id"] = None if change.changed_by == "system" and change.version == 1 else (
-        f"parameter-{change.name}-v{change.version}")
+    # Changes made by the system itself (defaults, For-System-Use-Only) start no run.
+    entry["run_id"] = None if change.changed_by == "system" else f"parameter-{change.name}-v{change.version}"
     return entry

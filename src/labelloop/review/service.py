@@ -62,13 +62,16 @@ def validate_label(label: str) -> str:
 def template(session: Session) -> TaskTemplate:
     """The task template (created with defaults on first use)."""
     row = session.get(TaskTemplate, 1)
-    if row is None:
-        row = TaskTemplate(id=1, extra_labels=[], full_instructions=(
-            "Look at the whole image. Choose the label that names what it shows. If none of the labels fits, "
-            "choose None of the Above: the image is then not added to the training data."))
-        session.add(row)
-        session.flush()
-    return row
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():  # another worker may create it at the same moment
+            session.add(TaskTemplate(id=1, extra_labels=[], full_instructions=(
+                "Look at the whole image. Choose the label that names what it shows. If none of the labels "
+                "fits, choose None of the Above: the image is then not added to the training data.")))
+    except IntegrityError:
+        pass
+    return session.get(TaskTemplate, 1, populate_existing=True)
 
 
 def update_template(session: Session, actor: str, *, extra_labels: list[str] | None = None,

@@ -92,3 +92,12 @@ def get_run(run_id: str) -> dict[str, Any]:
     run = _summary(found[0])
     run["steps"] = [_step(step) for step in DBOS.list_workflow_steps(run_id)]
     return run
+
+
+def existing_runs(run_ids: list[str | None]) -> set[str]:
+    """Which of ``run_ids`` are recorded runs (e.g. to link only to runs that exist)."""
+    wanted = sorted({run_id for run_id in run_ids if run_id})
+    if not wanted:
+        return set()
+    found = DBOS.list_workflows(workflow_ids=wanted, load_input=False, load_output=False)
+    return {status.workflow_id for status in found}

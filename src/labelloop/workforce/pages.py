@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-ROLE_HOME = {Role.ADMIN.value: "/workforce", Role.OPERATOR.value: "/review", Role.WORKER.value: "/review",
+ROLE_HOME = {Role.ADMIN.value: "/dashboard", Role.OPERATOR.value: "/dashboard", Role.WORKER.value: "/review",
              Role.CONSUMER.value: "/account"}
 NOTICES = {
     "signed-out": "You are signed out.",

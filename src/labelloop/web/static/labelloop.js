@@ -119,3 +119,240 @@ function setUpZoom() {
   window.addEventListener("resize", apply);
   return { step };
 }
+
+// ── operator console: confirmations, the storage uploader, the graph inspector ──────────────────────
+document.addEventListener("DOMContentLoaded", () => {
+  setUpConfirm();
+  setUpUploader();
+  setUpInspector();
+});
+
+function setUpConfirm() {
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  }
+}
+
+// Upload files and whole folders into the folder shown, from the pickers or by drag and drop. A folder keeps
+// its name (under images_labeled_by_folder/ that name is the label). Each file is PUT to the page's upload
+// endpoint with the session cookie and the CSRF token in a header; four at a time, with progress.
+function setUpUploader() {
+  const box = document.getElementById("uploader");
+  if (!box) return;
+  const prefix = box.dataset.prefix;
+  const labeledRoot = box.dataset.labeledRoot === "true";
+  const maxBytes = Number(box.dataset.maxBytes);
+  const csrf = box.dataset.csrf;
+  const zone = document.getElementById("drop-zone");
+  const status = document.getElementById("upload-status");
+  const summary = document.getElementById("upload-summary");
+  const bar = document.getElementById("upload-progress");
+  const list = document.getElementById("upload-list");
+  let busy = false;
+
+  const encodeKey = (key) => key.split("/").map(encodeURIComponent).join("/");
+  const hidden = (path) => path.split("/").some((part) => part.startsWith("."));
+
+  const readAll = (reader) => new Promise((resolve, reject) => {
+    const all = [];
+    const next = () => reader.readEntries((batch) => {
+      if (!batch.length) { resolve(all); return; }
+      all.push(...batch);
+      next();
+    }, reject);
+    next();
+  });
+  const walk = async (entry, path) => {
+    if (entry.isFile) {
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      return [{ file, path: path + entry.name }];
+    }
+    if (entry.isDirectory) {
+      const found = [];
+      for (const child of await readAll(entry.createReader())) {
+        found.push(...await walk(child, `${path}${entry.name}/`));
+      }
+      return found;
+    }
+    return [];
+  };
+
+  const row = (path) => {
+    const item = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "path";
+    name.textContent = path;
+    const state = document.createElement("span");
+    state.className = "state";
+    state.textContent = "waiting";
+    item.append(name, state);
+    list.append(item);
+    return { item, state };
+  };
+
+  const upload = (entry, onProgress) => new Promise((resolve) => {
+    const request = new XMLHttpRequest();
+    request.open("PUT", `/storage/objects/${encodeKey(prefix + entry.path)}`);
+    request.setRequestHeader("X-CSRF-Token", csrf);
+    request.setRequestHeader("Content-Type", "application/octet-stream");
+    request.upload.addEventListener("progress", (event) => onProgress(event.loaded));
+    request.addEventListener("load", () => {
+      if (request.status === 201) { resolve(null); return; }
+      let reason = `error ${request.status}`;
+      try { reason = JSON.parse(request.responseText).detail || reason; } catch (_) { /* not JSON */ }
+      resolve(typeof reason === "string" ? reason : JSON.stringify(reason));
+    });
+    request.addEventListener("error", () => resolve("the connection failed"));
+    request.send(entry.file);
+  });
+
+  const start = async (entries) => {
+    if (busy || !entries.length) return;
+    busy = true;
+    status.hidden = false;
+    list.replaceChildren();
+    const accepted = [];
+    const refused = [];
+    for (const entry of entries) {
+      if (hidden(entry.path)) continue;
+      if (labeledRoot && !entry.path.includes("/")) {
+        refused.push([entry.path, "needs a label folder: drop the folder, not the files"]);
+      } else if (entry.file.size > maxBytes) {
+        refused.push([entry.path, "too large"]);
+      } else {
+        accepted.push(entry);
+      }
+    }
+    for (const [path, reason] of refused) {
+      const { item, state } = row(path);
+      item.classList.add("failed");
+      state.textContent = reason;
+    }
+    const total = accepted.reduce((sum, entry) => sum + entry.file.size, 0) || 1;
+    const loaded = new Map();
+    let done = 0;
+    let failed = refused.length;
+    const show = () => {
+      const bytes = [...loaded.values()].reduce((a, b) => a + b, 0);
+      bar.value = Math.min(1, bytes / total);
+      summary.textContent = `Uploaded ${done} of ${accepted.length} ${accepted.length === 1 ? "file" : "files"}` +
+        ` (${Math.round(bar.value * 100)}%)` + (failed ? `, ${failed} failed` : "") + ".";
+    };
+    show();
+    const rows = accepted.map((entry) => row(entry.path));
+    let nextIndex = 0;
+    const worker = async () => {
+      while (nextIndex < accepted.length) {
+        const index = nextIndex++;
+        const entry = accepted[index];
+        const { item, state } = rows[index];
+        state.textContent = "0%";
+        const problem = await upload(entry, (bytes) => {
+          loaded.set(index, bytes);
+          state.textContent = `${Math.round((100 * bytes) / (entry.file.size || 1))}%`;
+          show();
+        });
+        loaded.set(index, entry.file.size);
+        if (problem) {
+          failed += 1;
+          item.classList.add("failed");
+          state.textContent = problem;
+        } else {
+          done += 1;
+          item.classList.add("done");
+          state.textContent = "done";
+        }
+        show();
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+    busy = false;
+    if (!failed && done) {
+      window.location.assign(`/storage?prefix=${encodeURIComponent(prefix)}&uploaded=${done}`);
+    } else {
+      summary.textContent = `${done} uploaded, ${failed} not uploaded. See the reasons below.`;
+    }
+  };
+
+  const fromInput = (input) => {
+    input.addEventListener("change", () => {
+      const entries = [...input.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+      input.value = "";
+      start(entries);
+    });
+  };
+  for (const id of ["pick-folder", "pick-files"]) {
+    const input = document.getElementById(id);
+    if (input) fromInput(input);
+  }
+
+  // Drops anywhere on the page go to the uploader (the browser would otherwise open the file).
+  let depth = 0;
+  document.addEventListener("dragenter", (event) => {
+    event.preventDefault();
+    depth += 1;
+    zone.classList.add("dragover");
+  });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) zone.classList.remove("dragover");
+  });
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", async (event) => {
+    event.preventDefault();
+    depth = 0;
+    zone.classList.remove("dragover");
+    const transfer = event.dataTransfer;
+    if (!transfer) return;
+    const entries = [...(transfer.items || [])]
+      .map((item) => (item.kind === "file" && item.webkitGetAsEntry ? item.webkitGetAsEntry() : null))
+      .filter(Boolean);
+    let files;
+    if (entries.length) {
+      files = [];
+      for (const entry of entries) files.push(...await walk(entry, ""));
+    } else {
+      files = [...transfer.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+    }
+    start(files);
+  });
+}
+
+// The run page: clicking a state shows its step's input, output, error and timing beside the graph, without
+// scrolling away from it (without the script, the link's #state-… target shows it just the same).
+function setUpInspector() {
+  const inspector = document.querySelector(".inspector");
+  if (!inspector) return;
+  const panel = document.getElementById("details");
+  inspector.classList.add("scripted");
+  const show = (id) => {
+    let found = false;
+    for (const detail of panel.querySelectorAll(".state-detail")) {
+      const match = detail.id === `state-${id}`;
+      detail.classList.toggle("shown", match);
+      found = found || match;
+    }
+    panel.classList.toggle("showing", found);
+    for (const node of inspector.querySelectorAll("a.state")) {
+      node.classList.toggle("selected", node.dataset.state === id);
+    }
+    return found;
+  };
+  const fromHash = () => show(window.location.hash.startsWith("#state-") ? decodeURIComponent(window.location.hash.slice(7)) : "");
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest("a[href^='#state-'], a[href='#details']");
+    if (!link) return;
+    const id = link.getAttribute("href") === "#details" ? "" : link.getAttribute("href").slice(7);
+    if (id && !panel.querySelector(`#state-${CSS.escape(id)}`)) return;
+    event.preventDefault();
+    history.replaceState(null, "", id ? `#state-${id}` : "#details");
+    show(id);
+    panel.scrollTop = 0;
+    const box = panel.getBoundingClientRect();
+    if (box.top < 0 || box.top > window.innerHeight - 80) panel.scrollIntoView({ block: "start" });
+  });
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
+}

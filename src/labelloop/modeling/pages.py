@@ -1,0 +1,141 @@
+"""The models pages: versions with status and F1, an F1-by-version plot, per-label metrics and the confusion
+matrix of a version; deploy, roll back, stop (each a run, as through the API) and the ONNX download."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from labelloop.console import plots
+from labelloop.console.web import Operator
+from labelloop.modeling import flows, service
+from labelloop.modeling.models import ModelStatus, ModelVersion
+from labelloop.parameters import service as parameters
+from labelloop.workforce.pages import Form, PageDenied, render
+from labelloop.workforce.views import SessionDep
+
+router = APIRouter(include_in_schema=False)
+STATUS_TAGS = {  # the tag colour of each status
+    ModelStatus.RUNNING.value: "on", ModelStatus.TRAINING_COMPLETED.value: "info",
+    ModelStatus.STOPPED.value: "neutral", ModelStatus.TRAINING_FAILED.value: "off", ModelStatus.FAILED.value: "off",
+    ModelStatus.TRAINING_IN_PROGRESS.value: "wait", ModelStatus.STARTING.value: "wait",
+    ModelStatus.STOPPING.value: "wait",
+}
+ACTIONS = {
+    "deploy": "Deploying {version}: it is loaded and warmed while the current version keeps serving.",
+    "rollback": "Rolling back to {version}: it is loaded and warmed while the current version keeps serving.",
+    "stop": "Stopping {version}: once stopped, new detections wait until a version serves.",
+}
+
+
+def _version_or_404(session: Session, version: str) -> ModelVersion:
+    try:
+        return service.get_version(session, version)
+    except service.VersionNotFound:
+        raise PageDenied(404, f"There is no model version {version!r}.") from None
+
+
+def _can_deploy(row: ModelVersion) -> bool:
+    return row.head is not None and row.status in service.SERVABLE and row.status != ModelStatus.RUNNING.value
+
+
+def _actions(row: ModelVersion, serving: ModelVersion | None) -> dict[str, Any]:
+    deploy = _can_deploy(row)
+    return {"deploy": deploy, "rollback": deploy and serving is not None and row.id < serving.id,
+            "stop": row.status == ModelStatus.RUNNING.value, "export": row.head is not None}
+
+
+def f1_plot(rows: list[ModelVersion], minimum: float) -> Any:
+    """F1 of each version, oldest first, with the Minimum-F1-Score line."""
+    ordered = sorted((r for r in rows if r.f1 is not None), key=lambda r: r.id)
+    return plots.line_chart([r.version for r in ordered], [("F1", [r.f1 for r in ordered])],
+                            label="F1 score by model version", y_min=0, y_max=1, y_format="{:.1f}",
+                            y_title="F1", reference=(minimum, f"Minimum-F1-Score {minimum:g}"),
+                            value_format="{:.3f}", width=760)
+
+
+def _notice(request: Request, version: str) -> dict[str, str] | None:
+    action, run = request.query_params.get("action"), request.query_params.get("run")
+    if action in ACTIONS and run:
+        return {"message": ACTIONS[action].format(version=version), "run": run}
+    return None
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, session: SessionDep, _visitor: Operator) -> Response:
+    rows = service.list_versions(session)
+    serving = service.serving_version(session)
+    minimum = parameters.value(session, parameters.MINIMUM_F1_SCORE)
+    return render(request, "console/models.html", {
+        "versions": [{"row": row, "tag": STATUS_TAGS.get(row.status, "neutral"), **_actions(row, serving)}
+                     for row in rows],
+        "serving": serving, "minimum_f1": minimum, "plot": f1_plot(rows, minimum), "section": "models"})
+
+
+def confusion(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The confusion matrix with a shade (0-5) per cell relative to its row, for the table."""
+    labels, matrix = evaluation.get("labels"), evaluation.get("confusion_matrix")
+    if not labels or not matrix:
+        return None
+    rows = []
+    for i, (label, counts) in enumerate(zip(labels, matrix, strict=False)):
+        total = sum(counts)
+        rows.append({"label": label, "total": total,
+                     "cells": [{"count": n, "shade": min(5, round(5 * n / total)) if total else 0, "diagonal": j == i}
+                               for j, n in enumerate(counts)]})
+    return {"labels": labels, "rows": rows}
+
+
+@router.get("/models/{version}", response_class=HTMLResponse)
+def version_page(request: Request, version: str, session: SessionDep, _visitor: Operator) -> Response:
+    row = _version_or_404(session, version)
+    serving = service.serving_version(session)
+    evaluation = row.evaluation or {}
+    per_label = evaluation.get("per_label") or []
+    metrics_plot = plots.bar_chart([(m["label"], m["f1"]) for m in per_label], label=f"F1 per label of {row.version}",
+                                   value_format="{:.3f}", width=540) if per_label else None
+    return render(request, "console/model.html", {
+        "row": row, "tag": STATUS_TAGS.get(row.status, "neutral"), **_actions(row, serving), "serving": serving,
+        "evaluation": evaluation, "per_label": per_label, "confusion": confusion(evaluation),
+        "metrics_plot": metrics_plot, "notice_action": _notice(request, row.version),
+        "minimum_f1": parameters.value(session, parameters.MINIMUM_F1_SCORE), "section": "models"})
+
+
+@router.post("/models/{version}/deploy")
+def deploy(version: str, session: SessionDep, visitor: Operator, _form: Form) -> Response:
+    """Deploy (or roll back to) a trained version, blue-green, as ``POST /api/v1/models/{version}/deploy``."""
+    row = _version_or_404(session, version)
+    if not _can_deploy(row):
+        raise PageDenied(409, f"Model version {version} is {row.status} and cannot be deployed; deployable versions "
+                              "have finished training (TRAINING_COMPLETED or STOPPED).")
+    serving = service.serving_version(session)
+    action = "rollback" if serving is not None and row.id < serving.id else "deploy"
+    run_id = flows.start_deploy(version, visitor.user.username)
+    return RedirectResponse(f"/models/{quote(version)}?action={action}&run={quote(run_id)}", status_code=303)
+
+
+@router.post("/models/{version}/stop")
+def stop(version: str, session: SessionDep, visitor: Operator, _form: Form) -> Response:
+    """Stop serving a version, as ``POST /api/v1/models/{version}/stop``."""
+    row = _version_or_404(session, version)
+    if row.status != ModelStatus.RUNNING.value:
+        raise PageDenied(409, f"Model version {version} is {row.status}, not RUNNING.")
+    run_id = flows.start_stop(version, visitor.user.username)
+    return RedirectResponse(f"/models/{quote(version)}?action=stop&run={quote(run_id)}", status_code=303)
+
+
+@router.get("/models/{version}/export.onnx")
+def export(version: str, session: SessionDep, _visitor: Operator) -> Response:
+    """The whole model (backbone, head, softmax) as one ONNX file."""
+    _version_or_404(session, version)
+    try:
+        data = service.export_onnx(session, version)
+    except service.ModelError as exc:
+        raise PageDenied(409, str(exc)) from None
+    return Response(data, media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="labelloop-model-{quote(version)}.onnx"',
+        "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})

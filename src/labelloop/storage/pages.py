@@ -1,0 +1,179 @@
+"""The storage browser: the bucket's folders and sub-folders, thumbnails, upload (files and whole folders, with
+progress, from the page's script), download and delete. Everything goes through :mod:`labelloop.storage.service`,
+so an upload here fires the same "object created" event as one through the API."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from labelloop.config import get_settings
+from labelloop.console.web import Operator, OperatorApi, query
+from labelloop.storage import service
+from labelloop.storage.models import BUCKET_FOLDERS, DETECTION_FOLDER, LABELED_FOLDER, ObjectInfo
+from labelloop.storage.views import read_limited, safe_media_type
+from labelloop.workforce.pages import Form, PageDenied, render
+
+log = logging.getLogger(__name__)
+router = APIRouter(include_in_schema=False)
+PAGE_SIZE = 60
+THUMBNAIL_PX = 160
+THUMBNAIL_MAX_PIXELS = 60_000_000
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+FOLDER_HELP = {
+    LABELED_FOLDER: "Training data: one sub-folder per label. Drop a folder here and its name becomes the label.",
+    DETECTION_FOLDER: "Every image uploaded here is detected with the serving model version.",
+    "a2i-human-loop-data/": "One JSON record per completed human loop (A2I output shape).",
+    "evaluation/": "Each model version's evaluation on its test split.",
+    "manifests/": "Each model version's training manifest.",
+}
+
+
+def _prefix_or_400(prefix: str) -> str:
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    try:
+        return service.validate_prefix(prefix)
+    except service.InvalidKey as exc:
+        raise PageDenied(400, f"That is not a folder of the bucket: {exc}.") from None
+
+
+def _is_image(key: str) -> bool:
+    return service.content_type(key) in IMAGE_TYPES
+
+
+def breadcrumbs(prefix: str) -> list[tuple[str, str]]:
+    """``(name, prefix)`` from the bucket down to ``prefix``."""
+    crumbs, path = [("bucket", "")], ""
+    for part in [p for p in prefix.split("/") if p]:
+        path += part + "/"
+        crumbs.append((part, path))
+    return crumbs
+
+
+def folder_view(prefix: str) -> dict[str, Any]:
+    """The sub-folders of ``prefix`` (with how many objects and bytes each holds) and its own objects."""
+    everything = [info for info in service.list_objects(prefix) if not info.key.endswith("/")]
+    counts: dict[str, dict[str, int]] = {}
+    files: list[ObjectInfo] = []
+    for info in everything:
+        rest = info.key[len(prefix):]
+        if "/" in rest:
+            entry = counts.setdefault(prefix + rest.split("/", 1)[0] + "/", {"objects": 0, "bytes": 0})
+            entry["objects"] += 1
+            entry["bytes"] += info.size
+        else:
+            files.append(info)
+    names = set(service.backend().folders(prefix)) | set(counts)
+    if not prefix:
+        names |= set(BUCKET_FOLDERS)
+    folders = [{"prefix": name, "name": name[len(prefix):].rstrip("/"), **counts.get(name, {"objects": 0,
+                                                                                                "bytes": 0})}
+               for name in sorted(names)]
+    return {"folders": folders, "files": files, "total_objects": len(everything)}
+
+
+@router.get("/storage", response_class=HTMLResponse)
+def browse(request: Request, _visitor: Operator, prefix: str = "", page: int = 1, uploaded: int | None = None,
+           deleted: str | None = None) -> Response:
+    prefix = _prefix_or_400(prefix)
+    view = folder_view(prefix)
+    files = view["files"]
+    pages = max(1, (len(files) + PAGE_SIZE - 1) // PAGE_SIZE)
+    page = min(max(page, 1), pages)
+    shown = files[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    top = prefix.split("/", 1)[0] + "/" if prefix else ""
+    label = service.label_of(prefix + "x") if prefix.startswith(LABELED_FOLDER) else None
+    return render(request, "console/storage.html", {
+        "prefix": prefix, "crumbs": breadcrumbs(prefix), "folders": view["folders"],
+        "files": [{"info": info, "name": info.key[len(prefix):], "image": _is_image(info.key),
+                   "quoted": quote(info.key)} for info in shown],
+        "file_count": len(files), "total_objects": view["total_objects"], "page": page, "pages": pages,
+        "page_query": lambda number: query({"prefix": prefix}, page=number),
+        "help": FOLDER_HELP.get(top), "label": label, "labeled_root": prefix == LABELED_FOLDER,
+        "uploaded": uploaded, "deleted": deleted, "max_upload_bytes": get_settings().max_upload_bytes,
+        "section": "storage"})
+
+
+@router.get("/storage/thumbnail/{key:path}")
+def thumbnail(key: str, request: Request, _visitor: Operator) -> Response:
+    """A small JPEG of an image object (cached by the browser until the object changes)."""
+    from PIL import Image, ImageOps
+
+    try:
+        info = service.head_object(key)
+    except (service.InvalidKey, service.ObjectNotFound):
+        raise PageDenied(404, "There is no such object.") from None
+    tag = f'"{info.etag}-{THUMBNAIL_PX}"'
+    headers = {"ETag": tag, "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers=headers)
+    if not _is_image(key):
+        raise PageDenied(404, "That object is not an image.")
+    try:
+        _, data = service.get_object(key)
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > THUMBNAIL_MAX_PIXELS:
+                raise ValueError("too many pixels")
+            image.draft("RGB", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            if image.mode in ("RGBA", "LA", "P"):
+                image = image.convert("RGBA")
+                flat = Image.new("RGB", image.size, (255, 255, 255))
+                flat.paste(image, mask=image.getchannel("A"))
+                image = flat
+            out = io.BytesIO()
+            image.convert("RGB").save(out, "JPEG", quality=82)
+    except Exception as exc:  # a broken or hostile file: no thumbnail, the listing still works
+        log.info("no thumbnail", extra={"key": key, "reason": repr(exc)[:200]})
+        raise PageDenied(404, "That image cannot be read.") from None
+    return Response(out.getvalue(), media_type="image/jpeg", headers=headers)
+
+
+@router.get("/storage/download/{key:path}")
+def download(key: str, _visitor: Operator) -> Response:
+    """An object as a download (never shown inline: the browser will not run it)."""
+    try:
+        info, data = service.get_object(key)
+    except (service.InvalidKey, service.ObjectNotFound):
+        raise PageDenied(404, "There is no such object.") from None
+    name = key.rsplit("/", 1)[-1]
+    return Response(data, media_type=safe_media_type(info.content_type), headers={
+        "ETag": f'"{info.etag}"', "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"})
+
+
+@router.put("/storage/objects/{key:path}", status_code=201)
+async def upload(key: str, request: Request, visitor: OperatorApi) -> ObjectInfo:
+    """Store the raw body at ``key`` (the page's uploader calls this with the session and its CSRF header)."""
+    service.validate_key(key)
+    if key.startswith(LABELED_FOLDER) and service.label_of(key) is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "a training image needs a label folder: drop a folder (its name becomes the label) "
+                            "or open a label's folder first")
+    data = await read_limited(request, get_settings().max_upload_bytes)
+    return await run_in_threadpool(service.put_object, key, data, source="web", actor=visitor.user.username)
+
+
+@router.post("/storage/delete")
+def delete(visitor: Operator, form: Form) -> Response:
+    key = form.get("key")
+    if not isinstance(key, str):
+        raise PageDenied(422, "Say which object to delete.")
+    try:
+        existed = service.delete_object(key, actor=visitor.user.username)
+    except service.InvalidKey as exc:
+        raise PageDenied(400, f"That is not an object key: {exc}.") from None
+    if not existed:
+        raise PageDenied(404, "There is no such object (was it deleted already?).")
+    folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    return RedirectResponse("/storage" + query({"prefix": folder}, deleted=key.rsplit("/", 1)[-1]),
+                            status_code=303)
