@@ -113,3 +113,90 @@ def test_each_role_is_allowed_or_denied_as_the_table_says(matrix_server: Server)
             assert response.status_code < 500, (role, method, path, response.text)
     print(f"routes × roles checked: {checked}")
     assert wrong == [], "\n".join(wrong)
+
+
+PAGE_ALLOWED: dict[str, set[str]] = {
+    "/sign-in": EVERYONE,
+    "/account": SIGNED_IN,
+    "/account/password": SIGNED_IN,
+    "/workforce": ADMINS,
+    "/workforce/users/{username}": ADMINS,
+    "/workforce/teams": ADMINS,
+    "/review": REVIEWERS,
+    "/review/work": REVIEWERS,
+    "/review/tasks/{name}/image": NOBODY,  # only the reviewer holding the task's lease, tested in test_web_portal
+    "/dashboard": OPERATORS,
+    "/storage": OPERATORS,
+    "/storage/thumbnail/{key:path}": OPERATORS,
+    "/storage/download/{key:path}": OPERATORS,
+    "/parameters": OPERATORS,
+    "/parameters/{name}": OPERATORS,
+    "/models": OPERATORS,
+    "/models/{version}": OPERATORS,
+    "/models/{version}/export.onnx": OPERATORS,
+    "/runs": OPERATORS,
+    "/runs/{run_id:path}": OPERATORS,
+    "/detections": OPERATORS,
+    "/detections/export.csv": OPERATORS,
+}
+PAGE_VALUES = {"username": "admin", "name": "Minimum-F1-Score", "key:path": "manifests/page.json",
+               "version": "v404", "run_id:path": "no-such-run"}
+
+
+def _page_routes() -> set[str]:
+    from labelloop.console.pages import router as console
+    from labelloop.detection.pages import router as detection
+    from labelloop.modeling.pages import router as modeling
+    from labelloop.parameters.pages import router as parameters
+    from labelloop.review.pages import router as review
+    from labelloop.runs.pages import router as runs
+    from labelloop.storage.pages import router as storage
+    from labelloop.workforce.pages import router as workforce
+
+    routers = (workforce, review, console, storage, parameters, modeling, runs, detection)
+    return {route.path for router in routers for route in router.routes if "GET" in route.methods}
+
+
+def _browser(server: Server, role: str, password: str | None) -> httpx.Client:
+    browser = httpx.Client(base_url=server.url, timeout=60, follow_redirects=False)
+    if role == "anonymous":
+        return browser
+    page = browser.get("/sign-in")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    username = "admin" if role == "admin" else f"p-{role}"
+    signed_in = browser.post("/sign-in", data={"username": username, "password": password, "csrf_token": token})
+    assert signed_in.status_code == 303 and "password" not in signed_in.headers["location"], signed_in.text[:300]
+    return browser
+
+
+def test_every_page_is_in_the_table() -> None:
+    assert _page_routes() == set(PAGE_ALLOWED)
+
+
+def test_each_role_sees_only_its_pages(matrix_server: Server) -> None:
+    passwords: dict[str, str | None] = {"anonymous": None, "admin": ADMIN_PASSWORD}
+    with matrix_server.client() as admin:
+        for role in ("worker", "consumer", "operator"):
+            admin.post("/users", json={"username": f"p-{role}", "role": role, "password": "page-password-1"})
+            with matrix_server.client(matrix_server.token(f"p-{role}", "page-password-1")) as api:
+                api.post("/auth/password", json={"current_password": "page-password-1",
+                                                 "new_password": "page-password-2"})
+            passwords[role] = "page-password-2"
+    wrong, checked = [], 0
+    for role in ROLES:
+        browser = _browser(matrix_server, role, passwords[role])
+        for path, allowed in sorted(PAGE_ALLOWED.items()):
+            url = re.sub(r"\{([\w:]+)\}", lambda m: PAGE_VALUES[m.group(1)], path)
+            response = browser.get(url)
+            checked += 1
+            assert response.status_code < 500, (role, path, response.text[:300])
+            to_sign_in = response.status_code in (302, 303, 307) and "/sign-in" in response.headers["location"]
+            refused = response.status_code == 403 or to_sign_in
+            if role in allowed and refused:
+                wrong.append(f"{role} {path}: refused ({response.status_code})")
+            if role not in allowed and not refused:
+                wrong.append(f"{role} {path}: let in ({response.status_code})")
+            if role not in allowed and role == "anonymous" and not to_sign_in:
+                wrong.append(f"anonymous {path}: {response.status_code}, expected a redirect to sign in")
+    print(f"pages × roles checked: {checked}")
+    assert wrong == [], "\n".join(wrong)
