@@ -38,7 +38,7 @@ def test_kill_during_a_burst_of_uploads_loses_and_doubles_nothing(server: Server
     with server.client() as api:
         upload_training_set(api, 5)
         server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
-        keys = [f"images_for_detection/burst_{i}.png" for i in range(40)]
+        keys = [f"images_for_detection/burst_{i}.png" for i in range(200)]
         for i, key in enumerate(keys):
             assert api.put(f"/objects/{key}", content=(smile_logo if i % 2 else box_logo)(500 + i)).status_code == 201
     server.kill()
