@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install install-test lint bench chromium
+.PHONY: serve test test-sqlite test-postgresql postgresql install install-test lint bench bench-scale chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,30 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: install-test lint chromium
-	$(BIN)/python -m pytest
+# PostgreSQL on 127.0.0.1:5432 (trust auth): the scale-out tests and the PostgreSQL pass need it; start the
+# local cluster if it is installed but down. Each pass creates its own databases and drops them.
+postgresql:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || (command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start && \
+		for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done) || \
+		(echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1)
+
+# Every test twice: on the embedded default (SQLite), then with each test server on a fresh PostgreSQL database.
+test: test-sqlite test-postgresql
+
+test-sqlite: install-test lint chromium postgresql
+	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
+
+# The core suite again, every test server on its own PostgreSQL database. Left out: the ML unit tests (no
+# database), the browser tests (the pages call the services the API tests cover), the one-minute load and
+# fuzz runs, and the worker scale-out test (it runs on PostgreSQL in the first pass already).
+PG_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_load.py --ignore=tests/test_fuzz.py \
+	--ignore=tests/test_web_portal.py --ignore=tests/test_console_web.py --ignore=tests/test_scale_workers.py
+test-postgresql: install-test postgresql
+	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --database=postgresql $(PG_LEFT_OUT)
 
 bench: install
 	$(BIN)/python bench/bench_embedding.py
+
+bench-scale: install-test postgresql
+	$(BIN)/python bench/bench_scale.py

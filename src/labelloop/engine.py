@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -191,14 +192,19 @@ class Liveness:
         while not self._stop.is_set():
             try:
                 self.check()
-            except Exception:  # the database may be restarting: try again next time
-                log.exception("checking for runs of stopped processes failed")
+            except Exception as exc:  # the database may be restarting: try again next time
+                log.warning("checking for runs of stopped processes failed; trying again",
+                            extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
             self._stop.wait(every_seconds)
+
+    def keep_alive(self) -> None:
+        """Make sure this process still holds its own lock (subclasses reconnect if they must)."""
 
     def check(self) -> dict[str, int]:
         """Recover the PENDING runs of each executor whose lock this process can take."""
         from dbos._utils import GlobalParams
 
+        self.keep_alive()
         pending = DBOS.list_workflows(status="PENDING", load_input=False, load_output=False)
         owners: dict[str, set[str]] = {}
         for run in pending:
@@ -225,13 +231,18 @@ class Liveness:
 
 
 class PostgresLiveness(Liveness):
-    """Session advisory locks on one dedicated connection: PostgreSQL releases them when the process dies."""
+    """Session advisory locks on one dedicated connection: PostgreSQL releases them when the process dies.
+
+    If the connection breaks (the database restarted), the next use opens a new one and takes this
+    executor's own lock again before it judges any other executor.
+    """
 
     def __init__(self, executor_id: str, url: str) -> None:
         super().__init__(executor_id)
         self.url = url
         self._engine: Any = None
         self._connection: Any = None
+        self._held = False
         self._lock = threading.Lock()
 
     @staticmethod
@@ -241,11 +252,19 @@ class PostgresLiveness(Liveness):
 
     def _run(self, sql: str, executor: str) -> Any:
         from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
 
         with self._lock:
-            if self._connection is None or self._connection.closed:
-                self._connect()
-            return self._connection.execute(text(sql), {"key": self.key(executor)}).scalar()
+            for attempt in range(2):
+                try:
+                    if self._connection is None:
+                        self._connect()
+                    return self._connection.execute(text(sql), {"key": self.key(executor)}).scalar()
+                except DBAPIError:
+                    self._drop_connection()
+                    if attempt:
+                        raise
+            return None
 
     def _connect(self) -> None:
         from sqlalchemy import NullPool, create_engine, text
@@ -256,19 +275,38 @@ class PostgresLiveness(Liveness):
             self._engine = create_engine(with_driver(self.url), poolclass=NullPool, connect_args={
                 "application_name": f"labelloop executor {self.executor_id}"[:63], "connect_timeout": 10,
                 **PG_KEEPALIVES})
-        self._connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         for statement in PG_SERVER_KEEPALIVES.split(";"):
-            self._connection.execute(text(statement))
+            connection.execute(text(statement))
+        if self._held:  # a new session after a broken one: take our own lock back first
+            own = {"key": self.key(self.executor_id)}
+            for _ in range(20):
+                if connection.execute(text("SELECT pg_try_advisory_lock(:key)"), own).scalar():
+                    break
+                time.sleep(0.5)  # another process is looking at us right now
+            else:
+                log.error("could not take this executor's lock back after the database connection broke",
+                          extra={"executor_id": self.executor_id})
+        self._connection = connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.invalidate()
+            with contextlib.suppress(Exception):
+                self._connection.close()
+        self._connection = None
 
     def hold_own(self) -> None:
         if not self._run("SELECT pg_try_advisory_lock(:key)", self.executor_id):
             raise RuntimeError(f"executor id {self.executor_id!r} is in use by a running labelloop process; "
                                "give each process its own LABELLOOP_EXECUTOR_ID")
+        self._held = True
+
+    def keep_alive(self) -> None:
+        self._run("SELECT CAST(:key AS bigint)", self.executor_id)  # a broken connection is replaced here
 
     def try_lock(self, other: str) -> bool:
-        if self._connection is None or self._connection.closed:
-            # Our own lock went with the old connection: take it back before judging others.
-            self.hold_own()
         return bool(self._run("SELECT pg_try_advisory_lock(:key)", other))
 
     def unlock(self, other: str) -> None:
@@ -276,12 +314,11 @@ class PostgresLiveness(Liveness):
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                with contextlib.suppress(Exception):
-                    self._connection.close()
+            self._drop_connection()
             if self._engine is not None:
                 self._engine.dispose()
-            self._connection = self._engine = None
+            self._engine = None
+            self._held = False
 
 
 class FileLiveness(Liveness):

@@ -417,20 +417,27 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     examples = [LabeledImage(key=e["key"], label=e["label"], content_hash=e["sha256"],
                              content=partial(lambda key: storage.get_object(key)[1], e["key"]))
                 for e in usable]
+    with db.session() as session:
+        options = {"final_on_all": parameters.value(session, parameters.TRAIN_FINAL_MODEL_ON_ALL_IMAGES),
+                   "balance_labels": parameters.value(session, parameters.BALANCE_LABELS_IN_TRAINING)}
     embedder, cache = training_embedder()
     started = time.perf_counter()
     try:
-        result = train_head(examples, embedder, cache)
+        result = train_head(examples, embedder, cache, **options)
     except TrainingDataError as exc:
         change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow())
         return {"trained": False, "version": version, "reason": str(exc)}
     seconds = time.perf_counter() - started
-    evaluation = {**result.evaluation.to_dict(), "left_out_labels": left_out}
+    evaluation = {**result.evaluation.to_dict(), "left_out_labels": left_out, "training_options": options,
+                  "deployed_model_trained_on": "training and test split" if options["final_on_all"]
+                  else "training split"}
     excluded = [{**e, "split": "left out", "reason": left_out[e["label"]]} for e in manifest["images"]
                 if e["label"] in left_out]
     storage.put_object(row.manifest_key, json.dumps({**manifest, "images": result.manifest() + excluded},
                                                     indent=1).encode(), source="training")
     note = f"; left out {', '.join(sorted(left_out))} (too few images)" if left_out else ""
+    if options["final_on_all"]:
+        note += f"; then trained on all {len(result.train_keys) + len(result.test_keys)} images"
     change_status(version, ModelStatus.TRAINING_COMPLETED, f"F1 {result.evaluation.f1:.3f} on "
                   f"{len(result.test_keys)} test images{note}", run_id, head=result.head.to_bytes(),
                   evaluation={**evaluation, "rejected": result.rejected, "timings": result.timings},
