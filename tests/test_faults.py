@@ -76,3 +76,30 @@ def test_kill_while_answers_are_applied_copies_each_exactly_once(server: Server)
             assert len(copies) == 1 and copies[0].startswith(f"images_labeled_by_folder/{label}/"), (name, copies)
         events = {e["human_loop_name"]: e for e in api.get("/detections", params={"answered": True}).json()}
         assert {name: events[name]["human_label"] for name in answered} == answered
+
+
+def test_database_connections_killed_under_requests_fail_cleanly_and_recover(make_server,  # type: ignore[no-untyped-def]
+                                                                             postgres_database: str) -> None:
+    """PostgreSQL drops every connection of the server (as a restart or failover does) while requests flow:
+    no request gets a 500, a failed one says why (503), and the server answers normally again."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    server = make_server(LABELLOOP_DATABASE_URL=postgres_database)
+    name = make_url(postgres_database).database
+    admin_url = make_url(postgres_database).set(database="postgres", drivername="postgresql")
+    statuses: list[int] = []
+    with server.client() as api:
+        for _ in range(3):
+            with psycopg.connect(admin_url.render_as_string(hide_password=False), autocommit=True) as conn:
+                killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                      "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+            assert killed > 0
+            for _ in range(5):
+                response = api.get("/parameters/Minimum-F1-Score")
+                statuses.append(response.status_code)
+                if response.status_code != 200:
+                    assert response.status_code == 503 and "database" in response.json()["detail"], response.text
+        assert statuses[-1] == 200
+        assert api.put("/parameters/Minimum-F1-Score", json={"value": "0.7"}).status_code == 200
+    assert 500 not in statuses
