@@ -67,7 +67,8 @@ def test_kill_while_answers_are_applied_copies_each_exactly_once(server: Server)
     with server.client() as api:
         def applied() -> bool:
             loops = [api.get(f"/human-loops/{name}").json() for name in answered]
-            return all(loop["output_key"] and loop["copied_key"] for loop in loops)
+            recorded = {e["human_loop_name"] for e in api.get("/detections", params={"answered": True}).json()}
+            return all(loop["output_key"] and loop["copied_key"] for loop in loops) and recorded >= set(answered)
 
         wait_until(applied, 120, 0.5, "every answer applied after the restart")
         labeled = [o["key"] for o in api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json()]
