@@ -84,8 +84,42 @@ def _fmt(value: Any, digits: int = 3, percent: bool = False) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def table(result: dict[str, Any]) -> str:
-    s, v = result["settings"], verdict(result)
+def target_lines(result: dict[str, Any]) -> list[str]:
+    """The target, figure by figure, as a markdown table."""
+    v = verdict(result)
+    if "full_f1" not in v:
+        return []
+    lines = ["| target | figure | met |", "|---|---|---|",
+             f"| full supervision (ceiling) | macro-F1 {v['full_f1']:.4f} with {v['full_labels']} labeled images | |"]
+    if "loop_reached" in v:
+        if v["loop_reached"]:
+            got = (f"macro-F1 {v['loop_reached_f1']:.4f} ≥ {v['target_f1']:.4f} at {v['loop_reached_at_answers']}"
+                   f" human answers, {v['loop_reached_at_labels']} labeled images = "
+                   f"{100 * v['loop_reached_share']:.1f} % of full (allowed ≤ {100 * BUDGET_SHARE:.0f} %)")
+        else:
+            got = (f"never reached {v['target_f1']:.4f}; last version {v['loop_final_f1']:.4f} with "
+                   f"{v['loop_final_labels']} labeled images")
+        lines.append(f"| loop within {MARGIN_TO_CEILING} of the ceiling with ≤ {100 * BUDGET_SHARE:.0f} % of its "
+                     f"labels | {got} | {'yes' if v['ceiling_met'] else 'no'} |")
+    if "pairs" in v:
+        worst = min(v["pairs"], key=lambda p: p["margin"]) if v["pairs"] else None
+        got = (f"{sum(p['margin'] > 0 for p in v['pairs'])} of {len(v['pairs'])} budgets; smallest margin "
+               f"{worst['margin']:+.4f} at {worst['answers']} answers" if worst else "no budgets compared")
+        draws = result["settings"].get("random_draws", 1)
+        got += (f"; above every one of the {draws} random draws at {v['beats_every_draw']} of "
+                f"{len(v['pairs'])}" if draws > 1 else "")
+        lines.append(f"| loop beats random (mean of {draws} draw{'s' if draws > 1 else ''}) at every budget | "
+                     f"{got} | {'yes' if v['beats_random_everywhere'] else 'no'} |")
+    return lines
+
+
+def _training(settings: dict[str, Any]) -> str:
+    return ("Train-Final-Model-On-All-Images and Balance-Labels-In-Training "
+            f"{'true' if settings.get('training') == 'recommended' else 'false (the seed defaults)'}")
+
+
+def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    s = result["settings"]
     arms = by_arm(result["rows"])
     lines = ["# Loop simulation: macro-F1 against human answers (load_digits)", "",
              f"{s['holdout']} held-out images (30 %, stratified), {s['initial']} initial labels (2 per label), "
@@ -93,33 +127,11 @@ def table(result: dict[str, Any]) -> str:
              f"{s['minimum_untrained_images']}, Minimum-Label-Detection-Confidence "
              f"{s['threshold'] if s['threshold'] is not None else 'default (70)'}, Human-Sampling-Interval "
              f"{s['sampling_interval']}, reviewer error rate {s['error_rate']}, seed {s['seed']}; "
-             "Train-Final-Model-On-All-Images and Balance-Labels-In-Training "
-             f"{'true' if s.get('training') == 'recommended' else 'false (the seed defaults)'}. "
-             "Macro-F1 is each serving version's exported ONNX model on the held-out images.", ""]
-    if "full_f1" in v:
-        lines += ["| target | figure | met |", "|---|---|---|"]
-        lines.append(f"| full supervision (ceiling) | macro-F1 {v['full_f1']:.4f} with {v['full_labels']} labeled "
-                     f"images | |")
-        if "loop_reached" in v:
-            if v["loop_reached"]:
-                got = (f"macro-F1 {v['loop_reached_f1']:.4f} ≥ {v['target_f1']:.4f} at {v['loop_reached_at_answers']}"
-                       f" human answers, {v['loop_reached_at_labels']} labeled images = "
-                       f"{100 * v['loop_reached_share']:.1f} % of full (allowed ≤ {100 * BUDGET_SHARE:.0f} %)")
-            else:
-                got = (f"never reached {v['target_f1']:.4f}; best is final "
-                       f"{v['loop_final_f1']:.4f} with {v['loop_final_labels']} labeled images")
-            lines.append(f"| loop within {MARGIN_TO_CEILING} of the ceiling with ≤ {100 * BUDGET_SHARE:.0f} % of its "
-                         f"labels | {got} | {'yes' if v['ceiling_met'] else 'no'} |")
-        if "pairs" in v:
-            worst = min(v["pairs"], key=lambda p: p["margin"]) if v["pairs"] else None
-            got = (f"{sum(p['margin'] > 0 for p in v['pairs'])} of {len(v['pairs'])} budgets; smallest margin "
-                   f"{worst['margin']:+.4f} at {worst['answers']} answers" if worst else "no budgets compared")
-            draws = result["settings"].get("random_draws", 1)
-            got += (f"; above every one of the {draws} random draws at {v['beats_every_draw']} of "
-                    f"{len(v['pairs'])}" if draws > 1 else "")
-            lines.append(f"| loop beats random (mean of {draws} draws) at every budget | {got} | "
-                         f"{'yes' if v['beats_random_everywhere'] else 'no'} |")
-        lines.append("")
+             f"{_training(s)}. Macro-F1 is each serving version's exported ONNX model on the held-out images.", ""]
+    lines += [*target_lines(result), ""]
+    if before is not None:
+        lines += [f"Before, with {_training(before['settings'])} (same plan, same seed):", "",
+                  *target_lines(before), ""]
     if "loop" in arms:
         random = random_by_batch(result["rows"])
         lines += ["## Loop, with the random-selection baseline at the same budget", "",
@@ -146,7 +158,9 @@ def table(result: dict[str, Any]) -> str:
                   for r in arms["full"]]
         lines.append("")
     timings = ", ".join(f"{arm} {seconds:.0f} s" for arm, seconds in result.get("timings_s", {}).items())
-    lines += [f"Wall time per arm: {timings}.", ""]
+    mode = ("one after another" if result["settings"].get("sequential", True)
+            else "loop and full side by side, then the random draws side by side")
+    lines += [f"Wall time ({mode}): {timings}.", ""]
     return "\n".join(lines)
 
 
@@ -192,8 +206,8 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], x_range: t
         x += xs
     if target is not None and y0 <= target <= y1:
         draw.line([xy(x0, target), xy(x1, target)], fill=(110, 110, 110), width=1)
-        draw.text((right - 6, xy(x0, target)[1] + 4), f"target: full - 0.02 = {target:.3f}", fill=TEXT,
-                  font=small, anchor="ra")
+        draw.text((left + 6, xy(x0, target)[1] - 3), f"target: full - 0.02 = {target:.3f}", fill=TEXT,
+                  font=small, anchor="lb")
     if allowance is not None and x0 < allowance < x1:
         for k in range(0, 100, 4):  # dashed: the 30 % label budget
             a, b = y0 + (y1 - y0) * k / 100, y0 + (y1 - y0) * (k + 2) / 100
@@ -270,7 +284,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     image.save(path)
 
 
-def write(result: dict[str, Any], folder: Path, stem: str = "loop_simulation") -> None:
+def write(result: dict[str, Any], folder: Path, stem: str = "loop_simulation",
+          before: dict[str, Any] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.md").write_text(table(result))
+    (folder / f"{stem}.md").write_text(table(result, before))
     plot(result, folder / f"{stem}.png")

@@ -29,7 +29,8 @@ After every batch each arm runs `POST /training/check`; after each new serving v
 answers so far, macro-F1 of that version on the held-out images (scored with the version's exported ONNX
 file, see scoring.py), the share of the batch's detections sent to humans, and the human-sampling agreement.
 Outputs: bench/out/loop_simulation/{results-<training>.json, loop_simulation.md, loop_simulation.png}
-(`-seed-training` in the names with --training seed); --publish also writes them to docs/.
+(`-seed-training` in the names with --training seed; the recommended run's table also summarises the seed
+run of the same plan when there is one); --publish also writes them to docs/.
 """
 
 from __future__ import annotations
@@ -305,28 +306,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scorer = HoldoutScorer(plan.holdout)
     print(f"load_digits: {len(plan.holdout)} held out, {len(plan.seed_set)} initial, {len(plan.stream)} streamed "
           f"in {len(plan.batches)} batches of {args.batch_size}", flush=True)
-    timings, rows, budget = {}, [], None
-    runs = [(name, draw) for name in args.arms for draw in (range(args.random_draws) if name == "random" else [0])]
-    for name, draw in runs:
+    timings: dict[str, float] = {}
+    budget: list[int] | None = None
+    began = time.perf_counter()
+
+    def one(name: str, draw: int = 0) -> list[dict[str, Any]]:
+        nonlocal budget
         started = time.perf_counter()
         with Arm(name, plan, scorer, args, draw) as arm:
             arm.setup()
             if name == "loop":
                 budget = arm.run_loop()
             elif name == "random":
-                if budget is None:
-                    raise SystemExit("the random arm needs the loop arm's budget: run --arms loop random …")
                 arm.run_labeling(budget)
             else:
                 arm.run_labeling(None)
-            rows += [asdict(r) for r in arm.rows]
             if arm.reviewer.mistakes:
                 arm.log(f"reviewer mistakes: {arm.reviewer.mistakes} of {arm.reviewer.answers} answers")
         label = name if name != "random" else f"random-{draw}"
         timings[label] = round(time.perf_counter() - started, 1)
         print(f"{label}: {timings[label]}s", flush=True)
+        return [asdict(r) for r in arm.rows]
+
+    if "random" in args.arms and "loop" not in args.arms:
+        raise SystemExit("the random arm needs the loop arm's budget: run --arms loop random …")
+    # Phase 1: the loop and full supervision (independent); phase 2: the random draws (they need the loop's
+    # budget). Each arm is its own server; run side by side they overlap one's waiting with another's work.
+    phases = [[(name, 0) for name in ("loop", "full") if name in args.arms],
+              [("random", draw) for draw in range(args.random_draws)] if "random" in args.arms else []]
+    rows: list[dict[str, Any]] = []
+    for phase in phases:
+        if args.sequential:
+            rows += [row for name, draw in phase for row in one(name, draw)]
+        else:
+            with ThreadPoolExecutor(max(1, len(phase))) as pool:
+                rows += [row for found in pool.map(lambda job: one(*job), phase) for row in found]
+    timings["all arms"] = round(time.perf_counter() - began, 1)
+    order = {"loop": 0, "random": 1, "full": 2}
+    rows.sort(key=lambda r: (order[r["arm"]], r.get("draw") or 0, r["after_batch"]))
     result = {"settings": {"seed": args.seed, "batch_size": args.batch_size, "error_rate": args.error_rate,
                            "training": args.training, "random_draws": args.random_draws,
+                           "sequential": args.sequential,
                            "sampling_interval": args.sampling_interval, "threshold": args.threshold,
                            "holdout": len(plan.holdout), "initial": len(plan.seed_set), "streamed": len(plan.stream),
                            "minimum_untrained_images": 20},
@@ -351,11 +371,19 @@ def main(argv: list[str] | None = None) -> None:
                              "seed: both at their defaults (false), the seed's training")
     parser.add_argument("--arms", nargs="+", default=["loop", "random", "full"], choices=["loop", "random", "full"])
     parser.add_argument("--limit-batches", type=int, default=0, help="stream only this many batches (smoke runs)")
+    parser.add_argument("--sequential", action="store_true", help="one arm at a time (default: side by side)")
     parser.add_argument("--publish", action="store_true", help="also write docs/loop_simulation.{md,png}")
     parser.add_argument("--report-only", action="store_true", help="redraw table and plot from results.json")
     args = parser.parse_args(argv)
     result = json.loads((OUT / f"results-{args.training}.json").read_text()) if args.report_only else run(args)
     stem = "loop_simulation" if args.training == "recommended" else "loop_simulation-seed-training"
+    seed_run = OUT / "results-seed.json"
+    before = None
+    if args.training == "recommended" and seed_run.exists():
+        before = json.loads(seed_run.read_text())
+        same = ("seed", "batch_size", "error_rate", "sampling_interval", "threshold", "streamed")
+        if any(before["settings"].get(k) != result["settings"].get(k) for k in same):
+            before = None  # a --training seed run of another plan says nothing about this one
     for folder in [OUT] + ([DOCS] if args.publish else []):
-        report.write(result, folder, stem)
+        report.write(result, folder, stem, before)
     print((OUT / f"{stem}.md").read_text())

@@ -11,6 +11,7 @@ is scored is exactly what the exported model answers. The decision is the server
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ class HoldoutScorer:
         self.inputs = np.stack([prepare(d.png) for d in holdout]).astype(np.float32)
         self.embeddings: np.ndarray | None = None
         self.backbone_fingerprint: str | None = None
+        self._lock = threading.Lock()  # arms run in threads; the held-out embeddings are computed once
 
     def score(self, version: str, onnx_bytes: bytes) -> Score:
         import onnx
@@ -61,13 +63,15 @@ class HoldoutScorer:
         model = onnx.load_from_string(onnx_bytes)
         meta = {p.key: p.value for p in model.metadata_props}
         labels = json.loads(meta["labels"])
-        if self.embeddings is None or meta.get("backbone_fingerprint") != self.backbone_fingerprint:
-            backbone = _session(_cut(model, ["input"], ["embedding"]))
-            self.embeddings = np.concatenate([backbone.run(["embedding"], {"input": self.inputs[i:i + 32]})[0]
-                                              for i in range(0, len(self.inputs), 32)])
-            self.backbone_fingerprint = meta.get("backbone_fingerprint")
+        with self._lock:
+            if self.embeddings is None or meta.get("backbone_fingerprint") != self.backbone_fingerprint:
+                backbone = _session(_cut(model, ["input"], ["embedding"]))
+                self.embeddings = np.concatenate([backbone.run(["embedding"], {"input": self.inputs[i:i + 32]})[0]
+                                                  for i in range(0, len(self.inputs), 32)])
+                self.backbone_fingerprint = meta.get("backbone_fingerprint")
+            embeddings = self.embeddings
         head = _session(_cut(model, ["embedding"], ["probabilities"]))
-        probabilities = head.run(["probabilities"], {"embedding": self.embeddings})[0]
+        probabilities = head.run(["probabilities"], {"embedding": embeddings})[0]
         whole = _session(onnx_bytes).run(["probabilities"], {"input": self.inputs[:SPOT_CHECK]})[0]
         diff = float(np.abs(whole - probabilities[:SPOT_CHECK]).max())
         if diff > ATOL:

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from labelloop import __version__, db, engine
 from labelloop.config import Settings, get_settings
@@ -80,6 +80,13 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
                         status_code=503, headers={"Retry-After": "5"})
 
 
+async def value_out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold (a number out of range, a NUL byte in text): the request's fault."""
+    return JSONResponse({"detail": "a value in the request cannot be stored or searched for "
+                         f"({type(getattr(exc, 'orig', exc)).__name__}); check numbers and text for odd values"},
+                        status_code=422)
+
+
 def _error_handlers(app: FastAPI) -> None:
     def handler(status_code: int):  # type: ignore[no-untyped-def]
         async def respond(_request: Request, exc: Exception) -> JSONResponse:
@@ -104,6 +111,7 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(review.ReviewError, handler(422))
     app.add_exception_handler(storage.StorageFull, storage_full)
     app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(DataError, value_out_of_range)
 
 
 def _openapi(app: FastAPI) -> dict:
