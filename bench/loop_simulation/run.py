@@ -28,9 +28,10 @@ everything else at its default (Minimum-Label-Detection-Confidence 70).
 After every batch each arm runs `POST /training/check`; after each new serving version it records the human
 answers so far, macro-F1 of that version on the held-out images (scored with the version's exported ONNX
 file, see scoring.py), the share of the batch's detections sent to humans, and the human-sampling agreement.
-Outputs: bench/out/loop_simulation/{results-<training>.json, loop_simulation.md, loop_simulation.png}
-(`-seed-training` in the names with --training seed; the recommended run's table also summarises the seed
-run of the same plan when there is one); --publish also writes them to docs/.
+Outputs: bench/out/loop_simulation/NAME.{json,md,png}, NAME = loop_simulation plus every setting that is not
+the default (`loop_simulation-seed-training` for --training seed, `…-error-rate-0.1`, …), so no run overwrites
+another. The recommended run's table also summarises the --training seed run of the same settings when there
+is one. --publish writes the table and plot to docs/loop_simulation.{md,png}, the files the README shows.
 """
 
 from __future__ import annotations
@@ -351,8 +352,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "holdout": len(plan.holdout), "initial": len(plan.seed_set), "streamed": len(plan.stream),
                            "minimum_untrained_images": 20},
               "timings_s": timings, "rows": rows}
-    (OUT / f"results-{args.training}.json").write_text(json.dumps(result, indent=1))
+    (OUT / f"{stem(args)}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def stem(args: argparse.Namespace, training: str | None = None) -> str:
+    """Output name: loop_simulation, plus every setting that differs from the defaults (so runs never clobber)."""
+    parts = []
+    if (training or args.training) == "seed":
+        parts.append("seed-training")
+    for name, default in (("error_rate", 0.0), ("threshold", None), ("seed", 0), ("batch_size", 50),
+                          ("sampling_interval", 20), ("random_draws", 3), ("limit_batches", 0)):
+        value = getattr(args, name)
+        if value != default:
+            parts.append(f"{name.replace('_', '-')}-{value:g}")
+    return "-".join(["loop_simulation", *parts])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -375,15 +389,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publish", action="store_true", help="also write docs/loop_simulation.{md,png}")
     parser.add_argument("--report-only", action="store_true", help="redraw table and plot from results.json")
     args = parser.parse_args(argv)
-    result = json.loads((OUT / f"results-{args.training}.json").read_text()) if args.report_only else run(args)
-    stem = "loop_simulation" if args.training == "recommended" else "loop_simulation-seed-training"
-    seed_run = OUT / "results-seed.json"
-    before = None
-    if args.training == "recommended" and seed_run.exists():
-        before = json.loads(seed_run.read_text())
-        same = ("seed", "batch_size", "error_rate", "sampling_interval", "threshold", "streamed")
-        if any(before["settings"].get(k) != result["settings"].get(k) for k in same):
-            before = None  # a --training seed run of another plan says nothing about this one
+    name = stem(args)
+    result = json.loads((OUT / f"{name}.json").read_text()) if args.report_only else run(args)
+    seed_run = OUT / f"{stem(args, 'seed')}.json"
+    before = json.loads(seed_run.read_text()) if args.training == "recommended" and seed_run.exists() else None
     for folder in [OUT] + ([DOCS] if args.publish else []):
-        report.write(result, folder, stem, before)
-    print((OUT / f"{stem}.md").read_text())
+        report.write(result, folder, "loop_simulation" if folder == DOCS else name, before)
+    print((OUT / f"{name}.md").read_text())
