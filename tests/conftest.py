@@ -24,6 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
+# The `browser` fixture of the browser tests (Debian Chromium through Playwright).
+pytest_plugins = ["web"]
+
 ADMIN_PASSWORD = "admin-password-for-tests"
 LABELLOOP = [sys.executable, "-m", "labelloop"]
 POSTGRES_URL = os.environ.get("LABELLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -163,6 +166,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
         time.sleep(interval)
 
 
+def end_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` and wait for the process to exit (SIGKILL after 30 s); nothing when there is none."""
+    if process is None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Server:
     """A ``labelloop serve`` subprocess; start, stop, kill and restart it like a user would."""
@@ -205,14 +220,7 @@ class Server:
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process, sig)
         self.process = None
 
     def kill(self) -> None:
@@ -324,14 +332,7 @@ class Worker:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process, sig)
         self.process = None
 
     def kill(self) -> None:

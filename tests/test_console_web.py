@@ -20,19 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import blend, box_logo, smile_logo, unseen, upload_training_set
+from web import DESKTOP, PHONE
+from web import shot as save_shot
 
 pytestmark = pytest.mark.timeout(420)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 CONSOLE_PAGES = ("/dashboard", "/storage", "/parameters", "/models", "/runs", "/detections")
 
 
@@ -87,16 +83,6 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def sign_in(page: Page, server: Server, username: str, password: str, new_password: str | None = None) -> None:
     page.goto(f"{server.url}/sign-in")
     page.fill("#username", username)
@@ -134,12 +120,8 @@ def page(operator_context: BrowserContext) -> Iterator[Page]:
 
 
 def shot(page: Page, name: str) -> None:
-    """Save a screenshot of the page and check that nothing sticks out sideways."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
-    width = page.viewport_size["width"]
-    scroll_width = page.evaluate("() => document.documentElement.scrollWidth")
-    assert scroll_width <= width, f"{name}: the page is {scroll_width}px wide in a {width}px window"
+    """A console screenshot (``console-NAME.png``), with the overflow check."""
+    save_shot(page, f"console-{name}")
 
 
 def images_loaded(page: Page, selector: str) -> bool:

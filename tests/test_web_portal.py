@@ -13,27 +13,21 @@ import threading
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from PIL import Image
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from conftest import ADMIN_PASSWORD, Server, free_port, server_env, wait_until
 from images import box_logo, encode, smile_logo
 from labelloop.review.service import copy_key
+from web import DESKTOP, PHONE, shot
 
 pytestmark = pytest.mark.timeout(300)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 NOTA = "None of the Above"
 
 
@@ -86,16 +80,6 @@ def portal(tmp_path_factory: pytest.TempPathFactory, inbox: tuple[Inbox, int]) -
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 # ── helpers ──────────────────────────────────────────────────────────────────
 
 
@@ -104,15 +88,6 @@ def uncertain(seed: int) -> bytes:
     left = Image.open(io.BytesIO(smile_logo(seed))).convert("RGB")
     left.paste(Image.open(io.BytesIO(box_logo(seed))).convert("RGB").crop((80, 0, 160, 160)), (80, 0))
     return encode(left)
-
-
-def shot(page: Page, name: str) -> None:
-    """Save a screenshot of the page and check that nothing sticks out sideways."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    width = page.viewport_size["width"]
-    scroll_width = page.evaluate("() => document.documentElement.scrollWidth")
-    assert scroll_width <= width, f"{name}: the page is {scroll_width}px wide in a {width}px window"
 
 
 def stop_open_loops(api: httpx.Client) -> None:
