@@ -200,3 +200,21 @@ def test_each_role_sees_only_its_pages(matrix_server: Server) -> None:
                 wrong.append(f"anonymous {path}: {response.status_code}, expected a redirect to sign in")
     print(f"pages × roles checked: {checked}")
     assert wrong == [], "\n".join(wrong)
+
+
+HUGE = str(2**70)  # beyond the 64-bit integers either database holds
+
+
+def test_numbers_beyond_64_bits_are_refused_with_a_reason_not_a_crash(matrix_server: Server) -> None:
+    with matrix_server.client() as api:
+        feed = api.get("/notifications", params={"after_id": HUGE})
+        assert feed.status_code == 422 and "after_id" in feed.text, feed.text
+        revoke = api.delete(f"/tokens/{HUGE}")
+        assert revoke.status_code == 422 and "token_id" in revoke.text, revoke.text
+        assert api.get("/notifications", params={"after_id": str(2**63 - 1)}).json() == []
+    browser = _browser(matrix_server, "admin", ADMIN_PASSWORD)
+    for url in (f"/detections?page={HUGE}", f"/runs?page={HUGE}", f"/storage?page={HUGE}"):
+        response = browser.get(url)
+        assert response.status_code in (200, 422), (url, response.status_code, response.text[:300])
+        if response.status_code == 422:
+            assert "cannot be stored or searched for" in response.text, response.text

@@ -112,6 +112,8 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(storage.StorageFull, storage_full)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(DataError, value_out_of_range)
+    # SQLite's driver refuses an integer beyond 64 bits with a plain OverflowError where PostgreSQL raises DataError.
+    app.add_exception_handler(OverflowError, value_out_of_range)
 
 
 def _openapi(app: FastAPI) -> dict:

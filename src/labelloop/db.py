@@ -17,9 +17,11 @@ from labelloop.config import with_driver
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Base", "close", "engine", "init", "session", "startup_lock", "text", "upgrade", "utcnow"]
+__all__ = ["MAX_ROW_ID", "Base", "close", "engine", "init", "session", "startup_lock", "text", "upgrade", "utcnow"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The largest id either database can hold (a signed 64-bit integer): bounds every id a request may name.
+MAX_ROW_ID = 2**63 - 1
 
 
 class Base(DeclarativeBase):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
@@ -153,7 +153,8 @@ def list_tokens(user: AnyUser, session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(token_id: int, user: AnyUser, session: SessionDep) -> dict[str, Any]:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=db.MAX_ROW_ID)], user: AnyUser,
+                 session: SessionDep) -> dict[str, Any]:
     """Revoke one of your tokens (admins: anyone's)."""
     row = session.get(ApiToken, token_id)
     if row is None or (row.user_id != user.id and user.role != Role.ADMIN.value):
