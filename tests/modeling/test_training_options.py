@@ -48,6 +48,12 @@ def test_final_training_on_all_images_keeps_the_evaluation(digits_split, digits_
     after = np.mean([final.head.labels[i] == t for i, t in zip(final.head.predict_proba(x).argmax(1), truth,
                                                                strict=True)])
     assert after >= before and after > 0.95
+    # The manifest keeps the evaluated head's decision on each test image (the F1 gate's reviewed stratum),
+    # not the final head's: the final head has seen those images.
+    decided = {row["key"]: row for row in final.manifest() if row["split"] == "test"}
+    assert set(decided) == keys and all(0 <= row["confidence"] <= 100 for row in decided.values())
+    assert np.mean([row["predicted"] == row["label"] for row in decided.values()]) == final.evaluation.accuracy
+    assert not any("predicted" in row for row in final.manifest() if row["split"] == "train")
 
 
 def test_two_images_per_label_calibrate_when_trained_on_all(digits, embedder: Embedder,

@@ -133,3 +133,80 @@ def evaluate(labels: Sequence[str], y_true: Sequence[int] | np.ndarray, proba: n
         training_time_s=training_time_s,
         calibration={**(calibration or {}), **calibration_stats(y, proba)},
     )
+
+
+def weighted_f1(truth: Sequence[str], predicted: Sequence[str], weights: Sequence[float]) -> float:
+    """Macro F1 over the labels in `truth`, from a confusion matrix in which each image counts its weight."""
+    labels = sorted(set(truth) | set(predicted))
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)))
+    np.add.at(matrix, ([index[t] for t in truth], [index[p] for p in predicted]), np.asarray(weights, float))
+    scores = []
+    for label in sorted(set(truth)):
+        i = index[label]
+        precision, recall = _safe_div(matrix[i, i], matrix[:, i].sum()), _safe_div(matrix[i, i], matrix[i].sum())
+        scores.append(_safe_div(2 * precision * recall, precision + recall))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+@dataclass
+class ProductionEstimate:
+    """F1 estimated for the images the model is asked about in production, from two human-labeled samples.
+
+    Detections fall in two strata by how the serving model treated them: *reviewed* (top confidence below
+    Minimum-Label-Detection-Confidence, so a human labeled it and it became training data; a share
+    `review_share` of detections) and *confident* (the rest). The version's test images that came from human
+    review are a random sample of the first stratum (the split is random within each label); the
+    human-sampling answers to confident detections are a random sample of the second (sampled detections that
+    were also reviewed are in the first). Weighting each sample by its stratum's share gives an unbiased
+    picture of production traffic, which the test split alone is not: under the loop it holds mostly the
+    images the model found hardest.
+    """
+
+    f1: float | None
+    reason: str
+    review_share: float
+    reviewed_test_images: int
+    audit_answers: int
+    reviewed_f1: float | None = None
+    audit_f1: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, F1 values rounded to 4 places."""
+        data = asdict(self)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
+
+
+MIN_REVIEWED_TEST_IMAGES = 5
+MIN_AUDIT_ANSWERS = 10
+
+
+def production_estimate(reviewed: Sequence[tuple[str, str]], audit: Sequence[tuple[str, str]],
+                        review_share: float) -> ProductionEstimate:
+    """Stratified F1 from (true, predicted) label pairs of both samples (see `ProductionEstimate`).
+
+    No estimate (f1 None, `reason` says why) while a stratum that production traffic falls in has fewer than
+    MIN_REVIEWED_TEST_IMAGES / MIN_AUDIT_ANSWERS images: one or two answers would decide it by chance.
+    """
+    if not 0 <= review_share <= 1:
+        raise ValueError(f"review_share is a share of detections from 0 to 1, got {review_share}")
+    counts = {"review_share": review_share, "reviewed_test_images": len(reviewed), "audit_answers": len(audit)}
+    missing = []
+    if review_share > 0 and len(reviewed) < MIN_REVIEWED_TEST_IMAGES:
+        missing.append(f"{len(reviewed)} test image(s) from human review (needs {MIN_REVIEWED_TEST_IMAGES})")
+    if review_share < 1 and len(audit) < MIN_AUDIT_ANSWERS:
+        missing.append(f"{len(audit)} human-sampling answer(s) to confident detections "
+                       f"(needs {MIN_AUDIT_ANSWERS})")
+    if missing:
+        return ProductionEstimate(None, "not enough human answers yet: " + " and ".join(missing), **counts)
+    parts = [(reviewed, review_share), (audit, 1 - review_share)]
+    truth = [t for pairs, share in parts if share > 0 for t, _ in pairs]
+    predicted = [p for pairs, share in parts if share > 0 for _, p in pairs]
+    weights = [share / len(pairs) for pairs, share in parts if share > 0 for _ in pairs]
+
+    def alone(pairs: Sequence[tuple[str, str]]) -> float | None:
+        return weighted_f1([t for t, _ in pairs], [p for _, p in pairs], [1.0] * len(pairs)) if pairs else None
+
+    return ProductionEstimate(weighted_f1(truth, predicted, weights),
+                              f"{review_share:.0%} of detections went to human review", **counts,
+                              reviewed_f1=alone(reviewed), audit_f1=alone(audit))

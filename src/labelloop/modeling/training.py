@@ -340,6 +340,8 @@ class TrainingResult:
     images_from_cache: int
     rejected: dict[str, str] = field(default_factory=dict)  # object key -> reason
     timings: dict[str, float] = field(default_factory=dict)
+    # test image key -> (label, confidence 0-100) the evaluated head decided: what the F1 gate compares
+    test_decisions: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def train_keys(self) -> list[str]:
@@ -352,9 +354,13 @@ class TrainingResult:
         return self.split.test_keys
 
     def manifest(self) -> list[dict[str, str]]:
-        """One record per image: key, label, sha256 and split ('train'/'test'/'rejected')."""
+        """One record per image: key, label, sha256 and split ('train'/'test'/'rejected'); test images also
+        carry the evaluated head's decision (`predicted`, `confidence` 0–100)."""
         rows = [{"key": e.key, "label": e.label, "sha256": self.digests[e.key], "split": name}
                 for name, part in (("train", self.split.train), ("test", self.split.test)) for e in part]
+        for row in rows:
+            if row["key"] in self.test_decisions:
+                row["predicted"], row["confidence"] = self.test_decisions[row["key"]]
         return rows + [{"key": key, "sha256": self.digests.get(key, ""), "split": "rejected", "reason": reason}
                        for key, reason in self.rejected.items()]
 
@@ -531,7 +537,7 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
             "balance_labels": balance_labels, "trained_on": "training split"}
     head = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
     fitted_at = time.perf_counter()
-    evaluation = _evaluate(head, split.test, digests, vectors, index, started, len(split.train))
+    evaluation, decisions = _evaluate(head, split.test, digests, vectors, index, started, len(split.train))
     evaluated_at = time.perf_counter()
     timings = {"embed_s": embedded_at - started, "fit_s": fitted_at - embedded_at,
                "evaluate_s": evaluated_at - fitted_at}
@@ -543,15 +549,20 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
         timings["final_fit_s"] = time.perf_counter() - evaluated_at
     timings["total_s"] = time.perf_counter() - started
     evaluation.training_time_s = timings["total_s"]
-    return TrainingResult(head, split, evaluation, digests, vectors.embedded, vectors.from_cache, rejected, timings)
+    return TrainingResult(head, split, evaluation, digests, vectors.embedded, vectors.from_cache, rejected, timings,
+                          decisions)
 
 
 def _evaluate(head: Head, test: Sequence[LabeledImage], digests: dict[str, str], vectors: CachedEmbeddings,
-              index: dict[str, int], started: float, n_train: int) -> Evaluation:
-    """The head on the test split; calibration details from the head's metadata."""
+              index: dict[str, int], started: float, n_train: int
+              ) -> tuple[Evaluation, dict[str, tuple[str, float]]]:
+    """The head on the test split, and its decision for each test image; calibration from the head's metadata."""
     x = np.stack([vectors.get(digests[e.key]) for e in test])
     y = np.array([index[e.label] for e in test])
     calibration = {"temperature": head.temperature, "method": head.meta.get("calibration", ""),
                    "C": head.meta.get("C")}
-    return evaluate(head.labels, y, head.predict_proba(x), train_images=n_train,
-                    training_time_s=time.perf_counter() - started, calibration=calibration)
+    proba = head.predict_proba(x)
+    decisions = {e.key: (head.labels[int(p.argmax())], round(float(p.max()) * 100, 2))
+                 for e, p in zip(test, proba, strict=True)}
+    return evaluate(head.labels, y, proba, train_images=n_train, training_time_s=time.perf_counter() - started,
+                    calibration=calibration), decisions

@@ -11,12 +11,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labelloop import db
-from labelloop.detection.models import DetectionEvent
+from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
 
 log = logging.getLogger(__name__)
@@ -378,3 +378,28 @@ def task_image(name: str, worker: str) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     decode_image(data).save(buffer, "PNG")
     return buffer.getvalue(), "image/png"
+
+
+AUDIT_ANSWERS_USED = 500
+
+
+def review_evidence(limit: int = AUDIT_ANSWERS_USED) -> dict[str, Any]:
+    """What human review knows about production traffic, for the F1 gate's production estimate.
+
+    `review_share`: the share of detections that went to human review for low confidence;
+    `reviewed_keys`: the training-data keys those answers were copied to; `audit`: (object key, label) of
+    the `limit` newest human-sampling answers (None of the Above left out), which never become training data.
+    """
+    with db.session() as session:
+        detected = session.scalar(select(func.count()).select_from(DetectionEvent)
+                                  .where(DetectionEvent.status == DetectionStatus.DETECTED)) or 0
+        reviewed = session.scalar(select(func.count()).select_from(HumanLoop)
+                                  .where(HumanLoop.source == HumanLoopSource.DETECTION)) or 0
+        copied = session.scalars(select(HumanLoop.copied_key).where(
+            HumanLoop.source == HumanLoopSource.DETECTION, HumanLoop.copied_key.is_not(None)))
+        audit = session.execute(select(HumanLoop.object_key, HumanLoop.answer_label).where(
+            HumanLoop.source == HumanLoopSource.SAMPLING, HumanLoop.status == HumanLoopStatus.COMPLETED,
+            HumanLoop.answer_label.is_not(None), HumanLoop.answer_label != NONE_OF_THE_ABOVE)
+            .order_by(HumanLoop.completed_at.desc(), HumanLoop.id.desc()).limit(limit))
+        return {"detections": detected, "review_share": min(1.0, reviewed / detected) if detected else 0.0,
+                "reviewed_keys": set(copied), "audit": [(key, label) for key, label in audit]}

@@ -1,0 +1,58 @@
+"""The F1 gate's production estimate: a stratified F1 from human-reviewed test images and human-sampling answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sklearn.metrics import f1_score
+
+from labelloop.modeling.evaluation import (
+    MIN_AUDIT_ANSWERS,
+    MIN_REVIEWED_TEST_IMAGES,
+    production_estimate,
+    weighted_f1,
+)
+
+
+def test_weighted_f1_with_equal_weights_is_macro_f1() -> None:
+    rng = random.Random(3)
+    truth = [rng.choice("abc") for _ in range(200)]
+    predicted = [t if rng.random() < 0.7 else rng.choice("abcd") for t in truth]
+    expected = f1_score(truth, predicted, labels=sorted(set(truth)), average="macro")
+    assert weighted_f1(truth, predicted, [2.5] * len(truth)) == pytest.approx(expected)
+
+
+def test_weighted_f1_counts_an_image_as_often_as_its_weight() -> None:
+    truth, predicted = ["a", "a", "b", "b"], ["a", "b", "b", "b"]
+    repeated = weighted_f1(["a", "a", "a", "b", "b"], ["a", "a", "b", "b", "b"], [1] * 5)
+    assert weighted_f1(truth, predicted, [2, 1, 1, 1]) == pytest.approx(repeated)
+
+
+def test_estimate_weighs_each_sample_by_its_share_of_traffic() -> None:
+    # Reviewed images: half right. Confident ones: all right. 10 % of traffic is reviewed.
+    reviewed = [("a", "a"), ("a", "b"), ("b", "b"), ("b", "a")] * 5
+    audit = [("a", "a"), ("b", "b")] * 10
+    estimate = production_estimate(reviewed, audit, review_share=0.1)
+    assert estimate.reviewed_f1 == pytest.approx(0.5) and estimate.audit_f1 == pytest.approx(1.0)
+    # The same traffic as one sample of 200 images: 20 reviewed (10 right), 180 confident (all right).
+    cells = {("a", "a"): 5 + 90, ("a", "b"): 5, ("b", "b"): 5 + 90, ("b", "a"): 5}
+    traffic = [pair for pair, count in cells.items() for _ in range(count)]
+    assert estimate.f1 == pytest.approx(weighted_f1([t for t, _ in traffic], [p for _, p in traffic], [1] * 200))
+    assert estimate.reviewed_f1 < estimate.f1 < estimate.audit_f1
+    # More traffic going to review moves the estimate toward the reviewed sample's F1.
+    assert production_estimate(reviewed, audit, review_share=0.9).f1 < estimate.f1
+
+
+def test_no_estimate_until_each_stratum_has_enough_answers() -> None:
+    few_reviewed = [("a", "a")] * (MIN_REVIEWED_TEST_IMAGES - 1)
+    few_audit = [("a", "a")] * (MIN_AUDIT_ANSWERS - 1)
+    missing = production_estimate(few_reviewed, few_audit, review_share=0.3)
+    assert missing.f1 is None
+    assert f"needs {MIN_REVIEWED_TEST_IMAGES}" in missing.reason and f"needs {MIN_AUDIT_ANSWERS}" in missing.reason
+    # A stratum with no traffic needs no answers: nothing went to review, so the audit alone decides.
+    only_audit = production_estimate([], [("a", "a"), ("b", "a")] * (MIN_AUDIT_ANSWERS // 2), review_share=0.0)
+    assert only_audit.f1 == pytest.approx(weighted_f1(["a", "b"], ["a", "a"], [1, 1]))
+    assert production_estimate([*few_reviewed, ("a", "a")], [], review_share=1.0).f1 == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        production_estimate([], [], review_share=1.5)

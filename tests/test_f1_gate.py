@@ -1,0 +1,123 @@
+"""The F1 gate under the human loop: a version whose test split reads low deploys when human answers show it
+does well on production traffic, and is refused when they show it does not (real server, real workflows)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Server
+from images import blend, box_logo, smile_logo, unseen, upload_training_set
+from test_walkthrough import detections_for, put, wait_for_serving
+
+pytestmark = pytest.mark.timeout(600)
+
+LABELS = ("amazon_logo", "aws_logo")
+MINIMUM = 0.9
+
+
+def set_parameter(server: Server, api: httpx.Client, name: str, value: str) -> None:
+    response = api.put(f"/parameters/{name}", json={"value": value})
+    assert response.status_code == 200, response.text
+    server.wait_run(response.json()["run_id"])
+
+
+def answer(server: Server, api: httpx.Client, name: str, label: str) -> None:
+    response = api.post(f"/human-loops/{name}/answer", json={"label": label})
+    assert response.status_code == 200, response.text
+    assert server.wait_run(response.json()["run_id"])["status"] == "SUCCESS"
+
+
+def detect_and_review(server: Server, api: httpx.Client, batch: int, *, clean: int, blends: int,
+                      honest_audit: bool = True) -> dict[str, int]:
+    """`clean` logos of each kind and `blends` go through detection. Reviewers label the blends blend_logo
+    (a new kind, so the model is unsure of them) and answer human sampling truthfully or, with honest_audit
+    False, wrongly."""
+    seed = 500 + 20 * batch
+    images = {f"images_for_detection/b{batch}_smile_{i}.png": (smile_logo(seed + i), "amazon_logo")
+              for i in range(clean)}
+    images |= {f"images_for_detection/b{batch}_box_{i}.png": (box_logo(seed + i), "aws_logo") for i in range(clean)}
+    images |= {f"images_for_detection/b{batch}_blend_{i}.png": (blend(seed + i), "blend_logo")
+               for i in range(blends)}
+    for key, (data, _) in images.items():
+        put(api, key, data)
+    detections_for(api, list(images))
+    server.wait_run(api.post("/sampling/run").json()["run_id"])
+    counts = {"reviewed": 0, "audited": 0}
+    for loop in api.get("/human-loops", params={"status": "InProgress"}).json():
+        truth = images[loop["object_key"]][1]
+        if loop["source"] == "Detection":
+            answer(server, api, loop["name"], truth)
+            counts["reviewed"] += 1
+        else:
+            wrong = LABELS[1 - LABELS.index(truth)]
+            answer(server, api, loop["name"], truth if honest_audit else wrong)
+            counts["audited"] += 1
+    return counts
+
+
+def add_unlearnable_images(api: httpx.Client, first: int, count: int) -> None:
+    """Images no one could label consistently, put straight into the training folders with random labels:
+    they fill the test split with errors without being anything production traffic looks like."""
+    rng = random.Random(first)
+    for i in range(first, first + count):
+        put(api, f"images_labeled_by_folder/{rng.choice(LABELS)}/noise_{i}.png", unseen(i))
+
+
+def training_check(server: Server, api: httpx.Client) -> dict[str, Any]:
+    run = server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+    assert run["status"] == "SUCCESS" and run["output"]["train"], run["output"]
+    return run["output"]
+
+
+def manifest_test_rows(api: httpx.Client, version: str) -> list[dict[str, Any]]:
+    manifest = json.loads(api.get(f"/objects/manifests/{version}.json").content)
+    return [row for row in manifest["images"] if row["split"] == "test"]
+
+
+def test_gate_deploys_on_production_evidence_and_refuses_against_it(server: Server) -> None:
+    api = server.client()
+    upload_training_set(api, per_label=6)
+    training_check(server, api)
+    wait_for_serving(server, api, "v1")
+    set_parameter(server, api, "Human-Sampling-Interval", "1")
+    set_parameter(server, api, "Minimum-F1-Score", str(MINIMUM))
+    assert api.put("/task-template", json={"extra_labels": ["blend_logo"]}).status_code == 200
+    seen = [detect_and_review(server, api, batch, clean=3, blends=6) for batch in range(5)]
+    reviewed, audited = sum(s["reviewed"] for s in seen), sum(s["audited"] for s in seen)
+    assert reviewed == 30 and audited == 30, seen
+    add_unlearnable_images(api, 0, 40)
+
+    output = training_check(server, api)
+    gate, estimate = output["gate"], output["gate"]["production_estimate"]
+    print(f"v2: test-split F1 {gate['f1']:.3f}, production estimate {estimate}")
+    rows = manifest_test_rows(api, "v2")
+    from_review = [row for row in rows if "/humanLoopName-detection-" in row["key"]]
+    assert estimate["reviewed_test_images"] == len(from_review)
+    assert estimate["audit_answers"] == audited
+    detections = len(api.get("/detections", params={"limit": 1000}).json())
+    assert estimate["review_share"] == pytest.approx(reviewed / detections, abs=1e-4)
+    # The random labels sink the test split; the answers say v2 labels what actually arrives well.
+    assert estimate["f1"] is not None and gate["f1"] < MINIMUM <= estimate["f1"], gate
+    assert gate["passed"] and gate["passed_on"] == "production estimate", gate
+    v2 = wait_for_serving(server, api, "v2")
+    assert v2["evaluation"]["production_estimate"] == estimate
+    assert api.get("/models/v1").json()["status"] == "STOPPED"
+
+    # Reviewers now contradict the model on sampled detections, and more noise arrives: v3 is refused.
+    for batch in (5, 6):
+        detect_and_review(server, api, batch, clean=6, blends=0, honest_audit=False)
+    add_unlearnable_images(api, 40, 20)
+    output = training_check(server, api)
+    gate, estimate = output["gate"], output["gate"]["production_estimate"]
+    print(f"v3: test-split F1 {gate['f1']:.3f}, production estimate {estimate}")
+    assert not gate["passed"] and gate["f1"] < MINIMUM and estimate["f1"] < MINIMUM, gate
+    v3 = api.get("/models/v3").json()
+    assert v3["status"] == "TRAINING_FAILED"
+    assert f"{estimate['f1']:.3f} estimated for production traffic" in v3["status_message"]
+    assert f"below Minimum-F1-Score {MINIMUM}" in v3["status_message"]
+    assert api.get("/models/v2").json()["status"] == "RUNNING"
