@@ -118,6 +118,12 @@ def _training(settings: dict[str, Any]) -> str:
             f"{'true' if settings.get('training') == 'recommended' else 'false (the seed defaults)'}")
 
 
+def _gate(settings: dict[str, Any]) -> str:
+    minimum = settings.get("minimum_f1", 0.0)
+    return (f"the loop arm's Minimum-F1-Score {minimum:g} after v1 (baselines ungated)" if minimum
+            else "Minimum-F1-Score 0 (no gate)")
+
+
 def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     s = result["settings"]
     arms = by_arm(result["rows"])
@@ -127,6 +133,7 @@ def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
              f"{s['minimum_untrained_images']}, Minimum-Label-Detection-Confidence "
              f"{s['threshold'] if s['threshold'] is not None else 'default (70)'}, Human-Sampling-Interval "
              f"{s['sampling_interval']}, reviewer error rate {s['error_rate']}, seed {s['seed']}; "
+             f"{_gate(s)}; "
              f"{_training(s)}. Macro-F1 is each serving version's exported ONNX model on the held-out images.", ""]
     lines += [*target_lines(result), ""]
     if before is not None:
@@ -137,8 +144,9 @@ def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
         lines += ["## Loop, with the random-selection baseline at the same budget", "",
                   "| version | after batch | streamed | human answers | labeled images | macro-F1 loop | "
                   "macro-F1 random: mean (min–max) | sent to humans (since previous version) | "
-                  "sampling agreement (answers) | audit answers |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "sampling agreement (answers) | audit answers | F1 gate: test split / production estimate | "
+                  "refused so far |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in arms["loop"]:
             q = random.get(r["after_batch"])
             sent = (f"{r['sent_to_humans']}/{r['detections']} = {_fmt(r['share_to_humans'], percent=True)}"
@@ -149,7 +157,16 @@ def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
                    else f"{q['macro_f1']:.4f}" if q else "—")
             lines.append(f"| {r['version']} | {r['after_batch']} | {r['streamed']} | {r['human_answers']} | "
                          f"{r['labeled_images']} | {r['macro_f1']:.4f} | {rnd} | "
-                         f"{sent} | {agreement} | {r['audit_answers']} |")
+                         f"{sent} | {agreement} | {r['audit_answers']} | {_fmt(r['server_f1'])} / "
+                         f"{_fmt(r.get('production_f1'))} | {r.get('refused', 0)} |")
+        lines.append("")
+    if result.get("refusals"):
+        lines += ["## Versions the F1 gate refused (the serving version kept serving)", "",
+                  "| version | after batch | human answers | test-split F1 | production estimate | "
+                  "held-out macro-F1 | serving version's held-out macro-F1 |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['version']} | {r['after_batch']} | {r['human_answers']} | {_fmt(r['server_f1'])} | "
+                  f"{_fmt(r['production_f1'])} | {r['macro_f1']:.4f} | {_fmt(r['serving_macro_f1'], 4)} |"
+                  for r in result["refusals"]]
         lines.append("")
     if "full" in arms:
         lines += ["## Full supervision", "", "| version | after batch | human answers | macro-F1 |",

@@ -7,9 +7,11 @@ stratified, seeded 30 % is held out for scoring; of the rest, 2 images per label
 and the others arrive in batches, in a seeded random order.
 
 Each arm is its own server (own home, database and bucket; the embedding cache is shared, which changes no
-result — it is keyed by image content). Parameters: Minimum-Untrained-Images = 20, Minimum-F1-Score = 0 (with
-one test image per label v1's own F1 is noise; the held-out score is the measure here, and a gate that refused
-v1 would leave nothing serving), Train-Final-Model-On-All-Images = true and Balance-Labels-In-Training = true
+result — it is keyed by image content). Parameters: Minimum-Untrained-Images = 20; Minimum-F1-Score = 0 for
+v1 (with one test image per label its own F1 is noise, and a gate that refused v1 would leave nothing serving:
+the operator's bootstrap), then --minimum-f1 (default 0.8, the product's default) for the loop arm, so the loop
+runs under the F1 gate as a user runs it; the baselines stay ungated (they measure what the labels are worth);
+Train-Final-Model-On-All-Images = true and Balance-Labels-In-Training = true
 as the README recommends for a human loop (--training seed keeps the seed's defaults, false and false), and
 everything else at its default (Minimum-Label-Detection-Confidence 70).
 
@@ -75,6 +77,8 @@ class Row:
     accuracy: float
     server_f1: float | None  # the version's own F1 on its 20 % test split, as the server reports it
     audit_answers: int = 0  # answers to human-sampling loops so far (not training data)
+    production_f1: float | None = None  # the F1 gate's production estimate for this version (None: too few answers)
+    refused: int = 0  # versions the F1 gate refused so far in this arm
     detections: int | None = None  # detections since the previous version (loop arm)
     sent_to_humans: int | None = None
     share_to_humans: float | None = None
@@ -124,6 +128,8 @@ class Arm:
         self.rows: list[Row] = []
         self.human_answers = 0
         self.audit_answers = 0
+        self.refused = 0
+        self.refusals: list[dict[str, Any]] = []
         self.labeled = 0
         self.started = time.perf_counter()
         self.truth: dict[str, str] = {}
@@ -186,6 +192,8 @@ class Arm:
         self.reviewer.answers = 0  # the initial set is the operator's, not part of the human budget
         if not self.train(after_batch=0, streamed=0):
             raise RuntimeError(f"{self.name}: the initial training did not deploy a version")
+        if self.name == "loop":  # v1 is the operator's bootstrap; from now on the gate is the user's
+            self.set_parameter("Minimum-F1-Score", f"{self.args.minimum_f1:g}")
 
     def train(self, after_batch: int, streamed: int, window: dict[str, Any] | None = None) -> bool:
         """Run the training check; on a new serving version, score it and record a row."""
@@ -199,22 +207,35 @@ class Arm:
             return False
         version = output["version"]
         model = self.api.get(f"/models/{version}").json()
+        if model["status"] == "TRAINING_FAILED" and model["f1"] is not None:  # refused by the F1 gate
+            self.refused += 1
+            score = self.score(version)
+            self.refusals.append({"version": version, "after_batch": after_batch, "human_answers": self.human_answers,
+                                  "macro_f1": round(score.macro_f1, 4), "server_f1": round(model["f1"], 4),
+                                  "production_f1": model["evaluation"].get("production_estimate", {}).get("f1"),
+                                  "serving_macro_f1": self.rows[-1].macro_f1 if self.rows else None})
         if model["status"] != "RUNNING":
             self.log(f"{version} is {model['status']} ({model['status_message']}); not serving")
             return False
         trained_s = time.perf_counter() - started
-        score = self.scorer.score(version, self.api.get(f"/models/{version}/export", params={"format": "onnx"},
-                                                        timeout=300).content)
+        score = self.score(version)
         row = Row(arm=self.name, version=version, after_batch=after_batch, streamed=streamed,
                   human_answers=self.human_answers, labeled_images=model["image_count"],
                   macro_f1=round(score.macro_f1, 4), accuracy=round(score.accuracy, 4),
                   server_f1=round(model["f1"], 4) if model["f1"] is not None else None,
-                  audit_answers=self.audit_answers, elapsed_s=round(time.perf_counter() - self.started, 1),
+                  audit_answers=self.audit_answers, refused=self.refused,
+                  production_f1=(model["evaluation"].get("production_estimate") or {}).get("f1"),
+                  elapsed_s=round(time.perf_counter() - self.started, 1),
                   draw=self.draw if self.name == "random" else None, **(window or {}))
         self.rows.append(row)
         self.log(f"{version}: {row.human_answers} human labels, {row.labeled_images} images, held-out macro-F1 "
                  f"{row.macro_f1:.4f} (server's own {row.server_f1}); trained+deployed in {trained_s:.1f}s")
         return True
+
+    def score(self, version: str) -> Any:
+        """The version's exported ONNX model on the held-out images."""
+        exported = self.api.get(f"/models/{version}/export", params={"format": "onnx"}, timeout=300)
+        return self.scorer.score(version, exported.content)
 
     # ── the loop arm ──────────────────────────────────────────────────────
 
@@ -326,6 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 arm.log(f"reviewer mistakes: {arm.reviewer.mistakes} of {arm.reviewer.answers} answers")
         label = name if name != "random" else f"random-{draw}"
         timings[label] = round(time.perf_counter() - started, 1)
+        refusals.extend({"arm": label, **refusal} for refusal in arm.refusals)
         print(f"{label}: {timings[label]}s", flush=True)
         return [asdict(r) for r in arm.rows]
 
@@ -336,6 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = [[(name, 0) for name in ("loop", "full") if name in args.arms],
               [("random", draw) for draw in range(args.random_draws)] if "random" in args.arms else []]
     rows: list[dict[str, Any]] = []
+    refusals: list[dict[str, Any]] = []
     for phase in phases:
         if args.sequential:
             rows += [row for name, draw in phase for row in one(name, draw)]
@@ -349,9 +372,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "training": args.training, "random_draws": args.random_draws,
                            "sequential": args.sequential,
                            "sampling_interval": args.sampling_interval, "threshold": args.threshold,
+                           "minimum_f1": args.minimum_f1,
                            "holdout": len(plan.holdout), "initial": len(plan.seed_set), "streamed": len(plan.stream),
                            "minimum_untrained_images": 20},
-              "timings_s": timings, "rows": rows}
+              "timings_s": timings, "rows": rows, "refusals": refusals}
     (OUT / f"{stem(args)}.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -362,7 +386,8 @@ def stem(args: argparse.Namespace, training: str | None = None) -> str:
     if (training or args.training) == "seed":
         parts.append("seed-training")
     for name, default in (("error_rate", 0.0), ("threshold", None), ("seed", 0), ("batch_size", 50),
-                          ("sampling_interval", 20), ("random_draws", 3), ("limit_batches", 0)):
+                          ("sampling_interval", 20), ("random_draws", 3), ("limit_batches", 0),
+                          ("minimum_f1", 0.8)):
         value = getattr(args, name)
         if value != default:
             parts.append(f"{name.replace('_', '-')}-{value:g}")
@@ -379,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="Minimum-Label-Detection-Confidence (default: the product's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minimum-f1", type=float, default=0.8,
+                        help="the loop arm's Minimum-F1-Score once v1 serves (default: the product's default)")
     parser.add_argument("--random-draws", type=int, default=3, help="random-selection runs to average")
     parser.add_argument("--training", choices=["recommended", "seed"], default="recommended",
                         help="recommended: Train-Final-Model-On-All-Images and Balance-Labels-In-Training true; "

@@ -11,7 +11,7 @@ from typing import Any
 from dbos import DBOS
 
 from labelloop import engine
-from labelloop.modeling import service
+from labelloop.modeling import gate, service
 from labelloop.notifications import service as notifications
 
 TRAINING_CHECK = "training_check"
@@ -70,8 +70,9 @@ def evaluate_model(version: str) -> dict[str, Any]:
 
 @engine.step()
 def check_f1_gate(version: str, run_id: str) -> dict[str, Any]:
-    """Deploy only if F1 ≥ Minimum-F1-Score; otherwise the version is TRAINING_FAILED with its metrics."""
-    return service.f1_gate(version, run_id)
+    """Deploy only if the version is good enough or better than the serving one (modeling/gate.py);
+    otherwise it is TRAINING_FAILED with its metrics."""
+    return gate.f1_gate(version, run_id)
 
 
 @engine.step()

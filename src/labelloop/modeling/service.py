@@ -402,6 +402,11 @@ def _manifest(version: str) -> tuple[ModelVersion, dict[str, Any]]:
     return row, json.loads(storage.get_object(row.manifest_key)[1])
 
 
+def manifest_of(version: str) -> dict[str, Any]:
+    """The version's manifest (after training: every image with its label, hash, split and test decision)."""
+    return _manifest(version)[1]
+
+
 def train_version(version: str, run_id: str) -> dict[str, Any]:
     """Train ``version`` on its manifest; TRAINING_COMPLETED with metrics, or TRAINING_FAILED saying why."""
     import json
@@ -480,73 +485,6 @@ def write_evaluation(version: str) -> dict[str, Any]:
     storage.put_object(key, json.dumps(document, indent=2, default=str).encode(), source="training")
     return {"evaluation_key": key, "f1": document.get("f1"),
             "per_label": {m["label"]: round(m["f1"], 4) for m in document.get("per_label", [])}}
-
-
-def production_f1(version: str) -> dict[str, Any]:
-    """The version's F1 estimated for production traffic from human answers (`evaluation.ProductionEstimate`).
-
-    Reviewed stratum: the version's test images that came from human review, with the decisions of the head
-    it was evaluated with. Confident stratum: human-sampling answers, scored with the head it would deploy
-    (neither head trained on them; an answer whose image is in the version's data set is left out).
-    """
-    from labelloop.modeling.embedding import embed_cached
-    from labelloop.modeling.evaluation import production_estimate
-    from labelloop.modeling.images import content_hash
-    from labelloop.review import service as review
-    from labelloop.storage import service as storage
-
-    evidence = review.review_evidence()
-    row, manifest = _manifest(version)
-    rows = manifest["images"]
-    reviewed = [(e["label"], e["predicted"]) for e in rows
-                if e.get("split") == "test" and "predicted" in e and e["key"] in evidence["reviewed_keys"]]
-    known = {e["sha256"] for e in rows if e.get("sha256")}
-    answers: dict[str, tuple[str, bytes]] = {}
-    for key, label in evidence["audit"]:
-        try:
-            data = storage.get_object(key)[1]
-        except storage.ObjectNotFound:  # deleted since it was answered
-            continue
-        if (digest := content_hash(data)) not in known:
-            answers[digest] = (label, data)
-    audit: list[tuple[str, str]] = []
-    if answers and row.head is not None:
-        embedder, cache = training_embedder()
-        vectors = embed_cached(embedder, cache, {digest: data for digest, (_, data) in answers.items()})
-        usable = [digest for digest in answers if digest not in vectors.rejected]
-        if usable:
-            head = head_from_bytes(row.head)
-            chosen = head.predict_proba(np.stack([vectors.get(d) for d in usable])).argmax(axis=1)
-            audit = [(answers[d][0], head.labels[int(i)]) for d, i in zip(usable, chosen, strict=True)]
-    return production_estimate(reviewed, audit, evidence["review_share"]).to_dict()
-
-
-def f1_gate(version: str, run_id: str) -> dict[str, Any]:
-    """Pass when the test-split F1 or the production estimate (`production_f1`) reaches Minimum-F1-Score;
-    otherwise mark the version TRAINING_FAILED, metrics kept.
-
-    Both are honest: under the human loop the test split fills up with the images the model found hardest, so
-    its F1 reads low (measured on load_digits: 0.41–0.75 while the same versions scored 0.78–0.95 on held-out
-    images), and the production estimate weighs those images by how often such images really arrive.
-    """
-    with db.session() as session:
-        minimum = parameters.value(session, parameters.MINIMUM_F1_SCORE)
-        f1 = get_version(session, version).f1 or 0.0
-    estimate = production_f1(version)
-    with db.session() as session:
-        row = get_version(session, version)
-        row.evaluation = {**row.evaluation, "production_estimate": estimate}
-    result = {"f1": f1, "minimum_f1": minimum, "production_estimate": estimate}
-    if f1 >= minimum:
-        return {**result, "passed": True, "passed_on": "test split"}
-    if estimate["f1"] is not None and estimate["f1"] >= minimum:
-        return {**result, "passed": True, "passed_on": "production estimate"}
-    estimated = (f"{estimate['f1']:.3f} estimated for production traffic" if estimate["f1"] is not None
-                 else f"no production estimate ({estimate['reason']})")
-    change_status(version, ModelStatus.TRAINING_FAILED,
-                  f"F1 {f1:.3f} on the test split and {estimated} are below Minimum-F1-Score {minimum}; "
-                  "the version is kept but not deployed", run_id)
-    return {**result, "passed": False}
 
 
 def record_trained_images(version: str) -> dict[str, Any]:

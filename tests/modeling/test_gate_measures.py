@@ -1,4 +1,5 @@
-"""The F1 gate's production estimate: a stratified F1 from human-reviewed test images and human-sampling answers."""
+"""The F1 gate's measures: the production estimate (a stratified F1 from human-reviewed test images and
+human-sampling answers) and the order in which the three measures pass a version."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from labelloop.modeling.evaluation import (
     production_estimate,
     weighted_f1,
 )
+from labelloop.modeling.gate import MIN_COMPARED_IMAGES, _verdict
 
 
 def test_weighted_f1_with_equal_weights_is_macro_f1() -> None:
@@ -56,3 +58,19 @@ def test_no_estimate_until_each_stratum_has_enough_answers() -> None:
     assert production_estimate([*few_reviewed, ("a", "a")], [], review_share=1.0).f1 == pytest.approx(1.0)
     with pytest.raises(ValueError, match="from 0 to 1"):
         production_estimate([], [], review_share=1.5)
+
+
+def test_a_version_passes_on_the_first_measure_that_holds() -> None:
+    none = {"f1": None}
+    low, high = {"f1": 0.6}, {"f1": 0.85}
+
+    def compared(new: float, old: float, images: int = MIN_COMPARED_IMAGES) -> dict:
+        return {"serving_version": "v4", "images": images, "f1": new, "serving_f1": old}
+
+    assert _verdict(0.81, 0.8, none, None) == "test split"
+    assert _verdict(0.5, 0.8, high, compared(0.1, 0.9)) == "production estimate"
+    assert _verdict(0.5, 0.8, low, compared(0.7, 0.7)) == "better than the serving version v4"
+    assert _verdict(0.5, 0.8, low, compared(0.69, 0.7)) is None
+    assert _verdict(0.5, 0.8, none, compared(0.9, 0.1, images=MIN_COMPARED_IMAGES - 1)) is None
+    assert _verdict(0.5, 0.8, low, None) is None
+    assert _verdict(0.0, 0.0, none, None) == "test split"  # Minimum-F1-Score 0 passes everything
