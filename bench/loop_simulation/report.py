@@ -38,6 +38,23 @@ def random_by_batch(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return out
 
 
+def random_serving_at(rows: list[dict[str, Any]], batch: int) -> dict[str, Any] | None:
+    """The random arm's serving versions after `batch` (each draw's newest at or before it): the same label
+    budget as the loop's at that batch, whether or not either trained just then."""
+    latest: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row["arm"] == "random" and row["after_batch"] <= batch:
+            draw = row.get("draw") or 0
+            if draw not in latest or row["after_batch"] > latest[draw]["after_batch"]:
+                latest[draw] = row
+    draws = {row.get("draw") or 0 for row in rows if row["arm"] == "random"}
+    if not latest or set(latest) != draws:
+        return None
+    f1 = [r["macro_f1"] for r in latest.values()]
+    return {"after_batch": batch, "draws": len(f1), "macro_f1": round(sum(f1) / len(f1), 4), "min": min(f1),
+            "max": max(f1)}
+
+
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
     """The target: within 0.02 of full supervision with ≤ 30 % of its labels; beat random at every budget."""
     arms = by_arm(result["rows"])
@@ -64,9 +81,8 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
                 out["loop_reached_share"] = round(first["labeled_images"] / out["full_labels"], 4)
             out["ceiling_met"] = bool(first) and first["labeled_images"] <= BUDGET_SHARE * out["full_labels"]
         if "random" in arms:
-            random = random_by_batch(result["rows"])
-            pairs = [(r, random[r["after_batch"]]) for r in loop
-                     if r["human_answers"] > 0 and r["after_batch"] in random]
+            found = [(r, random_serving_at(result["rows"], r["after_batch"])) for r in loop if r["human_answers"] > 0]
+            pairs = [(r, q) for r, q in found if q is not None]
             out["pairs"] = [{"answers": r["human_answers"], "loop": r["macro_f1"], "random": q["macro_f1"],
                              "random_max": q["max"], "margin": round(r["macro_f1"] - q["macro_f1"], 4)}
                             for r, q in pairs]
@@ -118,6 +134,12 @@ def _training(settings: dict[str, Any]) -> str:
             f"{'true' if settings.get('training') == 'recommended' else 'false (the seed defaults)'}")
 
 
+def _versus(compared: dict[str, Any] | None) -> str:
+    if not compared or compared.get("f1") is None:
+        return "—"
+    return f"{compared['f1']:.3f} vs {compared['serving_f1']:.3f} ({compared['images']})"
+
+
 def _gate(settings: dict[str, Any]) -> str:
     minimum = settings.get("minimum_f1", 0.0)
     return (f"the loop arm's Minimum-F1-Score {minimum:g} after v1 (baselines ungated)" if minimum
@@ -140,15 +162,14 @@ def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
         lines += [f"Before, with {_training(before['settings'])} (same plan, same seed):", "",
                   *target_lines(before), ""]
     if "loop" in arms:
-        random = random_by_batch(result["rows"])
         lines += ["## Loop, with the random-selection baseline at the same budget", "",
                   "| version | after batch | streamed | human answers | labeled images | macro-F1 loop | "
                   "macro-F1 random: mean (min–max) | sent to humans (since previous version) | "
                   "sampling agreement (answers) | audit answers | F1 gate: test split / production estimate | "
-                  "refused so far |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "passed on | refused so far |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in arms["loop"]:
-            q = random.get(r["after_batch"])
+            q = random_serving_at(result["rows"], r["after_batch"])
             sent = (f"{r['sent_to_humans']}/{r['detections']} = {_fmt(r['share_to_humans'], percent=True)}"
                     if r["detections"] else "—")
             agreement = f"{_fmt(r['agreement'], percent=True)} ({r['sampled_answers']})" if r["sampled_answers"] \
@@ -158,15 +179,16 @@ def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
             lines.append(f"| {r['version']} | {r['after_batch']} | {r['streamed']} | {r['human_answers']} | "
                          f"{r['labeled_images']} | {r['macro_f1']:.4f} | {rnd} | "
                          f"{sent} | {agreement} | {r['audit_answers']} | {_fmt(r['server_f1'])} / "
-                         f"{_fmt(r.get('production_f1'))} | {r.get('refused', 0)} |")
+                         f"{_fmt(r.get('production_f1'))} | {r.get('passed_on') or '—'} | {r.get('refused', 0)} |")
         lines.append("")
     if result.get("refusals"):
         lines += ["## Versions the F1 gate refused (the serving version kept serving)", "",
                   "| version | after batch | human answers | test-split F1 | production estimate | "
-                  "held-out macro-F1 | serving version's held-out macro-F1 |", "|---|---|---|---|---|---|---|"]
+                  "versus the serving version (images) | held-out macro-F1 | serving version's held-out macro-F1 |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['version']} | {r['after_batch']} | {r['human_answers']} | {_fmt(r['server_f1'])} | "
-                  f"{_fmt(r['production_f1'])} | {r['macro_f1']:.4f} | {_fmt(r['serving_macro_f1'], 4)} |"
-                  for r in result["refusals"]]
+                  f"{_fmt(r['production_f1'])} | {_versus(r.get('versus_serving'))} | {r['macro_f1']:.4f} | "
+                  f"{_fmt(r['serving_macro_f1'], 4)} |" for r in result["refusals"]]
         lines.append("")
     if "full" in arms:
         lines += ["## Full supervision", "", "| version | after batch | human answers | macro-F1 |",

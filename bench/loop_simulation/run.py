@@ -79,6 +79,7 @@ class Row:
     audit_answers: int = 0  # answers to human-sampling loops so far (not training data)
     production_f1: float | None = None  # the F1 gate's production estimate for this version (None: too few answers)
     refused: int = 0  # versions the F1 gate refused so far in this arm
+    passed_on: str | None = None  # which of the F1 gate's measures let this version deploy
     detections: int | None = None  # detections since the previous version (loop arm)
     sent_to_humans: int | None = None
     share_to_humans: float | None = None
@@ -213,6 +214,7 @@ class Arm:
             self.refusals.append({"version": version, "after_batch": after_batch, "human_answers": self.human_answers,
                                   "macro_f1": round(score.macro_f1, 4), "server_f1": round(model["f1"], 4),
                                   "production_f1": model["evaluation"].get("production_estimate", {}).get("f1"),
+                                  "versus_serving": model["evaluation"].get("gate", {}).get("versus_serving"),
                                   "serving_macro_f1": self.rows[-1].macro_f1 if self.rows else None})
         if model["status"] != "RUNNING":
             self.log(f"{version} is {model['status']} ({model['status_message']}); not serving")
@@ -225,6 +227,7 @@ class Arm:
                   server_f1=round(model["f1"], 4) if model["f1"] is not None else None,
                   audit_answers=self.audit_answers, refused=self.refused,
                   production_f1=(model["evaluation"].get("production_estimate") or {}).get("f1"),
+                  passed_on=(model["evaluation"].get("gate") or {}).get("passed_on"),
                   elapsed_s=round(time.perf_counter() - self.started, 1),
                   draw=self.draw if self.name == "random" else None, **(window or {}))
         self.rows.append(row)

@@ -3,6 +3,7 @@ human-sampling answers) and the order in which the three measures pass a version
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -14,7 +15,7 @@ from labelloop.modeling.evaluation import (
     production_estimate,
     weighted_f1,
 )
-from labelloop.modeling.gate import MIN_COMPARED_IMAGES, _verdict
+from labelloop.modeling.gate import _verdict
 
 
 def test_weighted_f1_with_equal_weights_is_macro_f1() -> None:
@@ -46,16 +47,21 @@ def test_estimate_weighs_each_sample_by_its_share_of_traffic() -> None:
     assert production_estimate(reviewed, audit, review_share=0.9).f1 < estimate.f1
 
 
-def test_no_estimate_until_each_stratum_has_enough_answers() -> None:
-    few_reviewed = [("a", "a")] * (MIN_REVIEWED_TEST_IMAGES - 1)
-    few_audit = [("a", "a")] * (MIN_AUDIT_ANSWERS - 1)
-    missing = production_estimate(few_reviewed, few_audit, review_share=0.3)
-    assert missing.f1 is None
-    assert f"needs {MIN_REVIEWED_TEST_IMAGES}" in missing.reason and f"needs {MIN_AUDIT_ANSWERS}" in missing.reason
+def test_each_stratum_needs_answers_in_proportion_to_its_traffic() -> None:
+    right = [("a", "a"), ("b", "b")]
+    # Half the traffic reviewed: half the full numbers of each, rounded up.
+    need_reviewed, need_audit = math.ceil(MIN_REVIEWED_TEST_IMAGES / 2), math.ceil(MIN_AUDIT_ANSWERS / 2)
+    short = production_estimate([("a", "a")] * (need_reviewed - 1), [("a", "a")] * (need_audit - 1), 0.5)
+    assert short.f1 is None
+    assert f"needs {need_reviewed})" in short.reason and f"needs {need_audit})" in short.reason, short.reason
+    assert production_estimate([("a", "a")] * need_reviewed, [("a", "a")] * need_audit, 0.5).f1 == 1.0
+    # Most traffic reviewed (a young model): two sampling answers are enough for the confident tenth.
+    assert production_estimate(right * 3, right, review_share=0.9).f1 == pytest.approx(1.0)
+    assert production_estimate(right * 3, [], review_share=0.9).f1 is None
     # A stratum with no traffic needs no answers: nothing went to review, so the audit alone decides.
     only_audit = production_estimate([], [("a", "a"), ("b", "a")] * (MIN_AUDIT_ANSWERS // 2), review_share=0.0)
     assert only_audit.f1 == pytest.approx(weighted_f1(["a", "b"], ["a", "a"], [1, 1]))
-    assert production_estimate([*few_reviewed, ("a", "a")], [], review_share=1.0).f1 == pytest.approx(1.0)
+    assert production_estimate(right * 3, [], review_share=1.0).f1 == pytest.approx(1.0)
     with pytest.raises(ValueError, match="from 0 to 1"):
         production_estimate([], [], review_share=1.5)
 
@@ -64,13 +70,13 @@ def test_a_version_passes_on_the_first_measure_that_holds() -> None:
     none = {"f1": None}
     low, high = {"f1": 0.6}, {"f1": 0.85}
 
-    def compared(new: float, old: float, images: int = MIN_COMPARED_IMAGES) -> dict:
-        return {"serving_version": "v4", "images": images, "f1": new, "serving_f1": old}
+    def compared(new: float | None, old: float | None) -> dict:
+        return {"serving_version": "v4", "f1": new, "serving_f1": old}
 
     assert _verdict(0.81, 0.8, none, None) == "test split"
     assert _verdict(0.5, 0.8, high, compared(0.1, 0.9)) == "production estimate"
     assert _verdict(0.5, 0.8, low, compared(0.7, 0.7)) == "better than the serving version v4"
     assert _verdict(0.5, 0.8, low, compared(0.69, 0.7)) is None
-    assert _verdict(0.5, 0.8, none, compared(0.9, 0.1, images=MIN_COMPARED_IMAGES - 1)) is None
+    assert _verdict(0.5, 0.8, none, compared(None, None)) is None  # too few answers to compare
     assert _verdict(0.5, 0.8, low, None) is None
     assert _verdict(0.0, 0.0, none, None) == "test split"  # Minimum-F1-Score 0 passes everything

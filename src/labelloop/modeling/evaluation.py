@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -185,18 +186,21 @@ def production_estimate(reviewed: Sequence[tuple[str, str]], audit: Sequence[tup
                         review_share: float) -> ProductionEstimate:
     """Stratified F1 from (true, predicted) label pairs of both samples (see `ProductionEstimate`).
 
-    No estimate (f1 None, `reason` says why) while a stratum that production traffic falls in has fewer than
-    MIN_REVIEWED_TEST_IMAGES / MIN_AUDIT_ANSWERS images: one or two answers would decide it by chance.
+    No estimate (f1 None, `reason` says why) while a stratum has fewer images than MIN_REVIEWED_TEST_IMAGES /
+    MIN_AUDIT_ANSWERS times its share of traffic (rounded up): its error in the estimate scales with its share
+    over the square root of its sample, so a stratum that carries little traffic needs few answers, one that
+    carries all of it the full number.
     """
     if not 0 <= review_share <= 1:
         raise ValueError(f"review_share is a share of detections from 0 to 1, got {review_share}")
     counts = {"review_share": review_share, "reviewed_test_images": len(reviewed), "audit_answers": len(audit)}
+    need_reviewed = math.ceil(MIN_REVIEWED_TEST_IMAGES * review_share)
+    need_audit = math.ceil(MIN_AUDIT_ANSWERS * (1 - review_share))
     missing = []
-    if review_share > 0 and len(reviewed) < MIN_REVIEWED_TEST_IMAGES:
-        missing.append(f"{len(reviewed)} test image(s) from human review (needs {MIN_REVIEWED_TEST_IMAGES})")
-    if review_share < 1 and len(audit) < MIN_AUDIT_ANSWERS:
-        missing.append(f"{len(audit)} human-sampling answer(s) to confident detections "
-                       f"(needs {MIN_AUDIT_ANSWERS})")
+    if len(reviewed) < need_reviewed:
+        missing.append(f"{len(reviewed)} test image(s) from human review (needs {need_reviewed})")
+    if len(audit) < need_audit:
+        missing.append(f"{len(audit)} human-sampling answer(s) to confident detections (needs {need_audit})")
     if missing:
         return ProductionEstimate(None, "not enough human answers yet: " + " and ".join(missing), **counts)
     parts = [(reviewed, review_share), (audit, 1 - review_share)]

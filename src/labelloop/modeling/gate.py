@@ -7,10 +7,10 @@ evaluation, so a user sees why it deployed or not):
 2. **production estimate** — its F1 estimated for production traffic ≥ Minimum-F1-Score
    (`evaluation.ProductionEstimate`: the test images that came from human review, weighted by the share of
    detections that go to review, plus the human-sampling answers for the rest).
-3. **better than the serving version** — on the images neither version has trained on (the new version's
-   test images the serving one never saw, and the human-sampling answers), at least
-   MIN_COMPARED_IMAGES of them, the new version's F1 ≥ the serving version's. A model below the minimum
-   should still replace a worse one: keeping the worse one serving protects nobody.
+3. **better than the serving version** — the new version's production estimate ≥ the serving version's, both
+   computed on the same human answers, ones neither has trained on (the new version's test images from human
+   review that the serving one never saw, and the human-sampling answers). A model below the minimum should
+   still replace a worse one: keeping the worse one serving protects nobody.
 
 Why not the test split alone: under the human loop the test split fills up with the images the model found
 hardest, so its F1 reads low (measured on load_digits: 0.41–0.75 while the same versions scored 0.78–0.95
@@ -26,11 +26,9 @@ import numpy as np
 
 from labelloop import db
 from labelloop.modeling import service
-from labelloop.modeling.evaluation import production_estimate, weighted_f1
+from labelloop.modeling.evaluation import production_estimate
 from labelloop.modeling.models import ModelStatus
 from labelloop.parameters import service as parameters
-
-MIN_COMPARED_IMAGES = 10
 
 
 @dataclass
@@ -102,7 +100,9 @@ def estimate(evidence: Evidence, head: Any) -> dict[str, Any]:
 
 
 def versus_serving(version: str, evidence: Evidence, head: Any) -> dict[str, Any] | None:
-    """Both versions' F1 on the images neither has trained on; None when no other version serves."""
+    """Both versions' production estimates on the same images, ones neither has trained on: the new version's
+    test images from human review that the serving version never saw, and the human-sampling answers.
+    None when no other version serves."""
     from labelloop.storage import service as storage
 
     with db.session() as session:
@@ -111,21 +111,21 @@ def versus_serving(version: str, evidence: Evidence, head: Any) -> dict[str, Any
             return None
         name, serving_head = serving.version, service.head_from_bytes(serving.head)
     seen = {row["sha256"] for row in service.manifest_of(name)["images"] if row.get("sha256")}
-    fresh = [row for row in evidence.test_rows() if row["sha256"] not in seen]
+    fresh = [row for row in evidence.test_rows() if row["key"] in evidence.reviewed_keys and row["sha256"] not in seen]
     vectors = _embeddings({row["sha256"]: (lambda key=row["key"]: storage.get_object(key)[1]) for row in fresh})
     fresh = [row for row in fresh if row["sha256"] in vectors]
-    audit = {digest: answer for digest, answer in evidence.audit.items() if digest not in seen}
-    truth = [row["label"] for row in fresh] + [label for label, _ in audit.values()]
-    embeddings = [vectors[row["sha256"]] for row in fresh] + [vector for _, vector in audit.values()]
-    new = [row["predicted"] for row in fresh] + decide(head, [vector for _, vector in audit.values()])
-    old = decide(serving_head, embeddings)
-    compared = {"serving_version": name, "images": len(truth), "fresh_test_images": len(fresh),
-                "audit_answers": len(audit)}
-    if not truth:
-        return {**compared, "f1": None, "serving_f1": None}
-    ones = [1.0] * len(truth)
-    return {**compared, "f1": round(weighted_f1(truth, new, ones), 4),
-            "serving_f1": round(weighted_f1(truth, old, ones), 4)}
+    audit = [answer for digest, answer in evidence.audit.items() if digest not in seen]
+    audit_labels, audit_vectors = [label for label, _ in audit], [vector for _, vector in audit]
+    truth = [row["label"] for row in fresh]
+
+    def judged(reviewed: list[str], sampled: list[str]) -> Any:
+        return production_estimate(list(zip(truth, reviewed, strict=True)),
+                                   list(zip(audit_labels, sampled, strict=True)), evidence.review_share)
+
+    new = judged([row["predicted"] for row in fresh], decide(head, audit_vectors))
+    old = judged(decide(serving_head, [vectors[row["sha256"]] for row in fresh]), decide(serving_head, audit_vectors))
+    return {"serving_version": name, "reviewed_test_images": len(fresh), "audit_answers": len(audit),
+            "f1": new.to_dict()["f1"], "serving_f1": old.to_dict()["f1"], "reason": new.reason}
 
 
 def _verdict(f1: float, minimum: float, production: dict[str, Any],
@@ -135,8 +135,7 @@ def _verdict(f1: float, minimum: float, production: dict[str, Any],
         return "test split"
     if production["f1"] is not None and production["f1"] >= minimum:
         return "production estimate"
-    if (compared and compared["f1"] is not None and compared["images"] >= MIN_COMPARED_IMAGES
-            and compared["f1"] >= compared["serving_f1"]):
+    if compared and compared["f1"] is not None and compared["f1"] >= compared["serving_f1"]:
         return f"better than the serving version {compared['serving_version']}"
     return None
 
@@ -145,12 +144,12 @@ def _refusal(f1: float, minimum: float, production: dict[str, Any], compared: di
     estimated = (f"{production['f1']:.3f} estimated for production traffic" if production["f1"] is not None
                  else f"no production estimate ({production['reason']})")
     message = f"F1 {f1:.3f} on the test split and {estimated} are below Minimum-F1-Score {minimum}"
-    if compared and compared["f1"] is not None and compared["images"] >= MIN_COMPARED_IMAGES:
-        message += (f"; on {compared['images']} images neither has trained on it scores {compared['f1']:.3f}, "
-                    f"the serving version {compared['serving_version']} {compared['serving_f1']:.3f}")
+    if compared and compared["f1"] is not None:
+        message += (f"; on the same human answers, none of them trained on, it is estimated at {compared['f1']:.3f}, "
+                    f"the serving version {compared['serving_version']} at {compared['serving_f1']:.3f}")
     elif compared:
-        message += (f"; only {compared['images']} image(s) neither it nor the serving version "
-                    f"{compared['serving_version']} has trained on (a comparison needs {MIN_COMPARED_IMAGES})")
+        message += (f"; no comparison with the serving version {compared['serving_version']} "
+                    f"({compared['reason']} that neither has trained on)")
     return message + "; the version is kept but not deployed"
 
 
