@@ -131,13 +131,13 @@ def target_lines(result: dict[str, Any]) -> list[str]:
 
 def _training(settings: dict[str, Any]) -> str:
     return ("Train-Final-Model-On-All-Images and Balance-Labels-In-Training "
-            f"{'true' if settings.get('training') == 'recommended' else 'false (the seed defaults)'}")
+            f"{'true' if settings.get('training') == 'recommended' else 'false (the seed training)'}")
 
 
 def _versus(compared: dict[str, Any] | None) -> str:
     if not compared or compared.get("f1") is None:
         return "—"
-    return f"{compared['f1']:.3f} vs {compared['serving_f1']:.3f} ({compared['images']})"
+    return f"{compared['f1']:.3f} vs {compared['serving_version']} {compared['serving_f1']:.3f}"
 
 
 def _gate(settings: dict[str, Any]) -> str:
@@ -184,7 +184,8 @@ def table(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     if result.get("refusals"):
         lines += ["## Versions the F1 gate refused (the serving version kept serving)", "",
                   "| version | after batch | human answers | test-split F1 | production estimate | "
-                  "versus the serving version (images) | held-out macro-F1 | serving version's held-out macro-F1 |",
+                  "production estimates, it vs the serving version | held-out macro-F1 | "
+                  "serving version's held-out macro-F1 |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['version']} | {r['after_batch']} | {r['human_answers']} | {_fmt(r['server_f1'])} | "
                   f"{_fmt(r['production_f1'])} | {_versus(r.get('versus_serving'))} | {r['macro_f1']:.4f} | "
@@ -312,13 +313,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         draw.line([(x, 578), (x + 30, 578)], fill=COLOURS[arm], width=3)
         draw.text((x + 38, 578), NAMES[arm], fill="black", font=small, anchor="lm")
         x += 60 + draw.textlength(NAMES[arm], font=small)
-    options = "on" if s.get("training") == "recommended" else "off (seed defaults)"
+    options = "on" if s.get("training") == "recommended" else "off (the seed training)"
     draw.text((80, 602), f"{s['holdout']} held-out images; 2 initial labels per digit; {s['streamed']} streamed in "
               f"batches of {s['batch_size']}; retraining at >= 20 new labels; Minimum-Label-Detection-Confidence "
               f"{s['threshold'] if s['threshold'] is not None else 70}; reviewer error rate {s['error_rate']}; "
               f"seed {s['seed']}", fill=TEXT, font=small)
     draw.text((80, 620), f"Train-Final-Model-On-All-Images and Balance-Labels-In-Training {options}; "
-              f"random selection: {s.get('random_draws', 1)} draw(s)", fill=TEXT, font=small)
+              f"{_gate(s)}; random selection: {s.get('random_draws', 1)} draw(s)", fill=TEXT, font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 

@@ -11,9 +11,9 @@ result — it is keyed by image content). Parameters: Minimum-Untrained-Images =
 v1 (with one test image per label its own F1 is noise, and a gate that refused v1 would leave nothing serving:
 the operator's bootstrap), then --minimum-f1 (default 0.8, the product's default) for the loop arm, so the loop
 runs under the F1 gate as a user runs it; the baselines stay ungated (they measure what the labels are worth);
-Train-Final-Model-On-All-Images = true and Balance-Labels-In-Training = true
-as the README recommends for a human loop (--training seed keeps the seed's defaults, false and false), and
-everything else at its default (Minimum-Label-Detection-Confidence 70).
+Train-Final-Model-On-All-Images = true and Balance-Labels-In-Training = true, their defaults
+(--training seed sets both false: the seed's training, on the 80 % split with every image weighing the same),
+and everything else at its default (Minimum-Label-Detection-Confidence 70).
 
 * **loop** — the product as a user runs it: every batch is uploaded to images_for_detection/; the serving
   version detects it and opens a human loop for each detection below Minimum-Label-Detection-Confidence; the
@@ -181,9 +181,9 @@ class Arm:
     def setup(self) -> None:
         for name, value in (("Minimum-Untrained-Images", "20"), ("Minimum-F1-Score", "0")):
             self.set_parameter(name, value)
-        if self.args.training == "recommended":
-            self.set_parameter("Train-Final-Model-On-All-Images", "true")
-            self.set_parameter("Balance-Labels-In-Training", "true")
+        options = "true" if self.args.training == "recommended" else "false"
+        self.set_parameter("Train-Final-Model-On-All-Images", options)
+        self.set_parameter("Balance-Labels-In-Training", options)
         if self.name == "loop":
             self.set_parameter("Human-Sampling-Interval", str(self.args.sampling_interval))
             if self.args.threshold is not None:
@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the loop arm's Minimum-F1-Score once v1 serves (default: the product's default)")
     parser.add_argument("--random-draws", type=int, default=3, help="random-selection runs to average")
     parser.add_argument("--training", choices=["recommended", "seed"], default="recommended",
-                        help="recommended: Train-Final-Model-On-All-Images and Balance-Labels-In-Training true; "
-                             "seed: both at their defaults (false), the seed's training")
+                        help="recommended: Train-Final-Model-On-All-Images and Balance-Labels-In-Training true "
+                             "(their defaults); seed: both false, the seed's training")
     parser.add_argument("--arms", nargs="+", default=["loop", "random", "full"], choices=["loop", "random", "full"])
     parser.add_argument("--limit-batches", type=int, default=0, help="stream only this many batches (smoke runs)")
     parser.add_argument("--sequential", action="store_true", help="one arm at a time (default: side by side)")

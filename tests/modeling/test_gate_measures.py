@@ -58,6 +58,9 @@ def test_each_stratum_needs_answers_in_proportion_to_its_traffic() -> None:
     # Most traffic reviewed (a young model): two sampling answers are enough for the confident tenth.
     assert production_estimate(right * 3, right, review_share=0.9).f1 == pytest.approx(1.0)
     assert production_estimate(right * 3, [], review_share=0.9).f1 is None
+    # A paired comparison may ask for fewer sampling answers.
+    assert production_estimate(right * 3, right, 0.5).f1 is None
+    assert production_estimate(right * 3, right, 0.5, min_audit=4).f1 == pytest.approx(1.0)
     # A stratum with no traffic needs no answers: nothing went to review, so the audit alone decides.
     only_audit = production_estimate([], [("a", "a"), ("b", "a")] * (MIN_AUDIT_ANSWERS // 2), review_share=0.0)
     assert only_audit.f1 == pytest.approx(weighted_f1(["a", "b"], ["a", "a"], [1, 1]))

@@ -65,8 +65,8 @@ def test_two_images_per_label_calibrate_when_trained_on_all(digits, embedder: Em
     assert final.head.meta["folds"] == 2 and "out-of-fold" in final.head.meta["calibration"]
 
 
-def test_options_are_parameters_off_by_default() -> None:
+def test_options_are_parameters_on_by_default() -> None:
     for name in (parameters.TRAIN_FINAL_MODEL_ON_ALL_IMAGES, parameters.BALANCE_LABELS_IN_TRAINING):
         spec = parameters.DEFINITIONS[name]
-        assert spec.kind == "bool" and spec.default == "false"
+        assert spec.kind == "bool" and spec.default == "true"
         assert parameters.validate(name, "TRUE") == "true"

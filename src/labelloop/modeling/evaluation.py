@@ -183,19 +183,20 @@ MIN_AUDIT_ANSWERS = 10
 
 
 def production_estimate(reviewed: Sequence[tuple[str, str]], audit: Sequence[tuple[str, str]],
-                        review_share: float) -> ProductionEstimate:
+                        review_share: float, *, min_audit: int = MIN_AUDIT_ANSWERS) -> ProductionEstimate:
     """Stratified F1 from (true, predicted) label pairs of both samples (see `ProductionEstimate`).
 
     No estimate (f1 None, `reason` says why) while a stratum has fewer images than MIN_REVIEWED_TEST_IMAGES /
-    MIN_AUDIT_ANSWERS times its share of traffic (rounded up): its error in the estimate scales with its share
+    `min_audit` times its share of traffic (rounded up): its error in the estimate scales with its share
     over the square root of its sample, so a stratum that carries little traffic needs few answers, one that
-    carries all of it the full number.
+    carries all of it the full number. A comparison of two versions on the same answers may ask for fewer
+    (`min_audit`): an answer both get right, or both wrong, cannot tip it.
     """
     if not 0 <= review_share <= 1:
         raise ValueError(f"review_share is a share of detections from 0 to 1, got {review_share}")
     counts = {"review_share": review_share, "reviewed_test_images": len(reviewed), "audit_answers": len(audit)}
     need_reviewed = math.ceil(MIN_REVIEWED_TEST_IMAGES * review_share)
-    need_audit = math.ceil(MIN_AUDIT_ANSWERS * (1 - review_share))
+    need_audit = math.ceil(min_audit * (1 - review_share))
     missing = []
     if len(reviewed) < need_reviewed:
         missing.append(f"{len(reviewed)} test image(s) from human review (needs {need_reviewed})")

@@ -30,6 +30,12 @@ from labelloop.modeling.evaluation import production_estimate
 from labelloop.modeling.models import ModelStatus
 from labelloop.parameters import service as parameters
 
+# Sampling answers a paired comparison needs, times the confident share of traffic (the absolute estimate
+# needs evaluation.MIN_AUDIT_ANSWERS): measured on load_digits, a young model sends most detections to review
+# and human sampling yields about one confident answer per 50 detections at interval 20; asking for 10 kept
+# the first model serving through five better versions.
+MIN_AUDIT_ANSWERS_COMPARED = 5
+
 
 @dataclass
 class Evidence:
@@ -120,7 +126,8 @@ def versus_serving(version: str, evidence: Evidence, head: Any) -> dict[str, Any
 
     def judged(reviewed: list[str], sampled: list[str]) -> Any:
         return production_estimate(list(zip(truth, reviewed, strict=True)),
-                                   list(zip(audit_labels, sampled, strict=True)), evidence.review_share)
+                                   list(zip(audit_labels, sampled, strict=True)), evidence.review_share,
+                                   min_audit=MIN_AUDIT_ANSWERS_COMPARED)
 
     new = judged([row["predicted"] for row in fresh], decide(head, audit_vectors))
     old = judged(decide(serving_head, [vectors[row["sha256"]] for row in fresh]), decide(serving_head, audit_vectors))

@@ -25,17 +25,18 @@ Pipeline (`train_head`):
    is slightly conservative (measured within ~7 % of the test-optimal T on load_digits, ECE ≈ 0.01–0.02).
    When a label has a single training image no fold can hold it out: T = 1 and the evaluation says so.
 6. **Evaluate** the calibrated head on the test split (`evaluation.evaluate`).
-7. **Final training on all images** (`final_on_all=True`; parameter `Train-Final-Model-On-All-Images`, off
-   by default): after step 6, steps 4–5 run once more on every usable image, training and test split, and
-   that head is the one returned (and deployed). The reported metrics stay those of step 6, an honest
-   held-out estimate of a model trained on 80 % of the data, so slightly pessimistic for the deployed one.
+7. **Final training on all images** (`final_on_all=True`; parameter `Train-Final-Model-On-All-Images`, on
+   by default; the argument's default here is off): after step 6, steps 4–5 run once more on every usable
+   image, training and test split, and that head is the one returned (and deployed). The reported metrics
+   stay those of step 6, an honest held-out estimate of a model trained on 80 % of the data, so slightly
+   pessimistic for the deployed one.
    Why: with the human loop, the labeled images are the ones the model was unsure of, the most informative
    there are, and the default split keeps a fifth of them out of the model for good; with 2 images per label
    the first model would learn from one (and could not be calibrated). Measured with
    bench/loop_simulation/offline.py (load_digits, 3 seeded plans, threshold 70): held-out macro-F1 of the
    loop's last version +0.010 to +0.015, of full supervision −0.006 to +0.009.
 
-**Label balance** (`balance_labels=True`; parameter `Balance-Labels-In-Training`, off by default): each
+**Label balance** (`balance_labels=True`; parameter `Balance-Labels-In-Training`, on by default): each
 label's images together weigh the same in the fit (row weight n / (labels · n_label)), instead of each image
 weighing the same. Human review sends the images the model is unsure of, so labels arrive in skewed numbers
 (the confusable ones often) and the softmax biases would learn that skew as a prior. Measured the same way,

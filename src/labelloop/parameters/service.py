@@ -107,16 +107,17 @@ DEFINITIONS: dict[str, Definition] = {
                    "Minutes between scheduled human sampling runs.", minimum=1),
         Definition(HUMAN_SAMPLING_INTERVAL, "int", "1000",
                    "Every n-th detection since sampling was enabled is sampled.", minimum=1),
-        Definition(TRAIN_FINAL_MODEL_ON_ALL_IMAGES, "bool", "false",
+        Definition(TRAIN_FINAL_MODEL_ON_ALL_IMAGES, "bool", "true",
                    "After a new version is evaluated on its test split, train it once more on every labeled "
                    "image (training and test split) and deploy that model. The F1 score and per-label metrics "
                    "stay those measured on the test split (a model trained on 80 % of the images), so they "
-                   "slightly understate the deployed model. Recommended with human review: the images people "
-                   "label are the most informative ones, and otherwise a fifth of them only ever test."),
-        Definition(BALANCE_LABELS_IN_TRAINING, "bool", "false",
-                   "Weigh every label the same when training, whatever its number of images. Recommended with "
-                   "human review: it sends the images the model is unsure of, so some labels get many more "
-                   "images than others, and without balance the model learns that skew as a preference."),
+                   "slightly understate the deployed model. On by default: with human review the images people "
+                   "label are the most informative ones, and otherwise a fifth of them only ever test "
+                   "(false: deploy the model trained on the training split, as Rekognition does)."),
+        Definition(BALANCE_LABELS_IN_TRAINING, "bool", "true",
+                   "Weigh every label the same when training, whatever its number of images. On by default: "
+                   "human review sends the images the model is unsure of, so some labels get many more images "
+                   "than others, and without balance the model learns that skew as a preference."),
         Definition(FOR_SYSTEM_USE_ONLY, "json", "{}",
                    "State the system keeps between runs (previous_trained_images, serving version).",
                    system_only=True),
