@@ -105,7 +105,28 @@ def estimate(evidence: Evidence, head: Any) -> dict[str, Any]:
     return production_estimate(reviewed, audit, evidence.review_share).to_dict()
 
 
-def versus_serving(version: str, evidence: Evidence, head: Any) -> dict[str, Any] | None:
+def _decisions_without(evidence: Evidence, fresh: list[dict[str, Any]], vectors: dict[str, np.ndarray],
+                       options: dict[str, Any]) -> list[str]:
+    """The new version's decisions on `fresh` test images from a model that has not trained on them but on
+    everything else it has: its deployed model did train on them when it trains on all images, and its
+    evaluated one (80 % of the images) would be compared with a serving model trained on all of its own."""
+    from labelloop.modeling.training import TrainingDataError, train_head
+
+    if not options.get("final_on_all"):  # the deployed model is the evaluated one: it never saw its test split
+        return [row["predicted"] for row in fresh]
+    left = {row["sha256"] for row in fresh}
+    usable, _ = service.trainable_entries([row for row in evidence.rows if row.get("split") in ("train", "test")
+                                           and row["sha256"] not in left])
+    embedder, cache = service.training_embedder()
+    try:
+        head = train_head(service.labeled_examples(usable), embedder, cache, final_on_all=True,
+                          balance_labels=bool(options.get("balance_labels"))).head
+    except TrainingDataError:  # without them a label has too few images: judge by the evaluated model
+        return [row["predicted"] for row in fresh]
+    return decide(head, [vectors[row["sha256"]] for row in fresh])
+
+
+def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[str, Any]) -> dict[str, Any] | None:
     """Both versions' production estimates on the same images, ones neither has trained on: the new version's
     test images from human review that the serving version never saw, and the human-sampling answers.
     None when no other version serves."""
@@ -129,7 +150,7 @@ def versus_serving(version: str, evidence: Evidence, head: Any) -> dict[str, Any
                                    list(zip(audit_labels, sampled, strict=True)), evidence.review_share,
                                    min_audit=MIN_AUDIT_ANSWERS_COMPARED)
 
-    new = judged([row["predicted"] for row in fresh], decide(head, audit_vectors))
+    new = judged(_decisions_without(evidence, fresh, vectors, options) if fresh else [], decide(head, audit_vectors))
     old = judged(decide(serving_head, [vectors[row["sha256"]] for row in fresh]), decide(serving_head, audit_vectors))
     return {"serving_version": name, "reviewed_test_images": len(fresh), "audit_answers": len(audit),
             "f1": new.to_dict()["f1"], "serving_f1": old.to_dict()["f1"], "reason": new.reason}
@@ -167,9 +188,10 @@ def f1_gate(version: str, run_id: str) -> dict[str, Any]:
         minimum = parameters.value(session, parameters.MINIMUM_F1_SCORE)
         row = service.get_version(session, version)
         f1, head = row.f1 or 0.0, service.head_from_bytes(row.head)
+        options = dict(row.evaluation.get("training_options") or {})
     evidence = gather(version)
     production = estimate(evidence, head)
-    compared = versus_serving(version, evidence, head)
+    compared = versus_serving(version, evidence, head, options)
     passed_on = _verdict(f1, minimum, production, compared)
     result = {"f1": f1, "minimum_f1": minimum, "production_estimate": production, "versus_serving": compared,
               "passed": passed_on is not None, "passed_on": passed_on}

@@ -410,18 +410,15 @@ def manifest_of(version: str) -> dict[str, Any]:
 def train_version(version: str, run_id: str) -> dict[str, Any]:
     """Train ``version`` on its manifest; TRAINING_COMPLETED with metrics, or TRAINING_FAILED saying why."""
     import json
-    from functools import partial
 
-    from labelloop.modeling.training import LabeledImage, TrainingDataError, train_head
+    from labelloop.modeling.training import TrainingDataError, train_head
     from labelloop.storage import service as storage
 
     row, manifest = _manifest(version)
     if row.head is not None:  # the step is being retried after it finished training
         return {"trained": True, "version": version, "f1": row.f1}
     usable, left_out = trainable_entries(manifest["images"])
-    examples = [LabeledImage(key=e["key"], label=e["label"], content_hash=e["sha256"],
-                             content=partial(lambda key: storage.get_object(key)[1], e["key"]))
-                for e in usable]
+    examples = labeled_examples(usable)
     with db.session() as session:
         options = {"final_on_all": parameters.value(session, parameters.TRAIN_FINAL_MODEL_ON_ALL_IMAGES),
                    "balance_labels": parameters.value(session, parameters.BALANCE_LABELS_IN_TRAINING)}
@@ -451,6 +448,17 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     return {"trained": True, "version": version, "f1": result.evaluation.f1,
             "images_embedded": result.images_embedded, "images_from_cache": result.images_from_cache,
             "rejected": result.rejected, "left_out_labels": left_out, "seconds": round(seconds, 3)}
+
+
+def labeled_examples(entries: list[dict[str, Any]]) -> list[Any]:
+    """Training examples of manifest entries; each image's bytes are read only if it must be embedded."""
+    from functools import partial
+
+    from labelloop.modeling.training import LabeledImage
+    from labelloop.storage import service as storage
+
+    return [LabeledImage(key=e["key"], label=e["label"], content_hash=e["sha256"],
+                         content=partial(lambda key: storage.get_object(key)[1], e["key"])) for e in entries]
 
 
 MIN_IMAGES_PER_LABEL = 2
