@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_ROW_ID", "Base", "close", "engine", "init", "session", "startup_lock", "text", "upgrade", "utcnow"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# The largest id either database can hold (a signed 64-bit integer): bounds every id a request may name.
-MAX_ROW_ID = 2**63 - 1
+# The largest id a table holds (ids are INTEGER columns, 32-bit in PostgreSQL): bounds every id a request names.
+MAX_ROW_ID = 2**31 - 1
 
 
 class Base(DeclarativeBase):
