@@ -46,11 +46,6 @@ class Evidence:
     review_share: float  # share of detections that went to human review
     audit: dict[str, tuple[str, np.ndarray]]  # content hash -> (human-sampling answer, embedding)
 
-    @property
-    def data_set(self) -> set[str]:
-        """Content hashes of every image in the version's data set."""
-        return {row["sha256"] for row in self.rows if row.get("sha256")}
-
     def test_rows(self) -> list[dict[str, Any]]:
         """The version's test images with its evaluated head's decision."""
         return [row for row in self.rows if row.get("split") == "test" and "predicted" in row]
