@@ -106,7 +106,7 @@ def test_gate_deploys_on_production_evidence_and_refuses_against_it(server: Serv
     compared = gate["versus_serving"]
     assert compared["serving_version"] == "v1" and compared["f1"] > compared["serving_f1"], compared
     v2 = wait_for_serving(server, api, "v2")
-    assert v2["evaluation"]["production_estimate"] == estimate
+    assert v2["evaluation"]["gate"]["production_estimate"] == estimate
     assert api.get("/models/v1").json()["status"] == "STOPPED"
 
     # Someone drops logos into the wrong folders: v3 learns to swap the two kinds. Every measure says so, the

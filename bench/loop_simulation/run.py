@@ -208,13 +208,14 @@ class Arm:
             return False
         version = output["version"]
         model = self.api.get(f"/models/{version}").json()
+        gate = model["evaluation"].get("gate")  # a version whose training failed never reached the gate
         if model["status"] == "TRAINING_FAILED" and model["f1"] is not None:  # refused by the F1 gate
             self.refused += 1
             score = self.score(version)
             self.refusals.append({"version": version, "after_batch": after_batch, "human_answers": self.human_answers,
                                   "macro_f1": round(score.macro_f1, 4), "server_f1": round(model["f1"], 4),
-                                  "production_f1": model["evaluation"].get("production_estimate", {}).get("f1"),
-                                  "versus_serving": model["evaluation"].get("gate", {}).get("versus_serving"),
+                                  "production_f1": gate["production_estimate"]["f1"],
+                                  "versus_serving": gate["versus_serving"],
                                   "serving_macro_f1": self.rows[-1].macro_f1 if self.rows else None})
         if model["status"] != "RUNNING":
             self.log(f"{version} is {model['status']} ({model['status_message']}); not serving")
@@ -226,8 +227,7 @@ class Arm:
                   macro_f1=round(score.macro_f1, 4), accuracy=round(score.accuracy, 4),
                   server_f1=round(model["f1"], 4) if model["f1"] is not None else None,
                   audit_answers=self.audit_answers, refused=self.refused,
-                  production_f1=(model["evaluation"].get("production_estimate") or {}).get("f1"),
-                  passed_on=(model["evaluation"].get("gate") or {}).get("passed_on"),
+                  production_f1=gate["production_estimate"]["f1"], passed_on=gate["passed_on"],
                   elapsed_s=round(time.perf_counter() - self.started, 1),
                   draw=self.draw if self.name == "random" else None, **(window or {}))
         self.rows.append(row)

@@ -80,8 +80,9 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
                         status_code=503, headers={"Retry-After": "5"})
 
 
-async def value_out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+async def value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
     """A value the database cannot hold (a number out of range, a NUL byte in text): the request's fault."""
+    log.warning("request value the database cannot hold", extra={"path": request.url.path, "error": repr(exc)[:500]})
     return JSONResponse({"detail": "a value in the request cannot be stored or searched for "
                          f"({type(getattr(exc, 'orig', exc)).__name__}); check numbers and text for odd values"},
                         status_code=422)

@@ -75,10 +75,11 @@ class Evaluation:
         return cls(**values)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
-    """Counts, rows = true label index, columns = predicted label index."""
-    matrix = np.zeros((n_labels, n_labels), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int,
+                     weights: np.ndarray | None = None) -> np.ndarray:
+    """Counts (or summed `weights`), rows = true label index, columns = predicted label index."""
+    matrix = np.zeros((n_labels, n_labels), dtype=np.int64 if weights is None else np.float64)
+    np.add.at(matrix, (y_true, y_pred), 1 if weights is None else weights)
     return matrix
 
 
@@ -86,12 +87,17 @@ def _safe_div(a: float, b: float) -> float:
     return float(a / b) if b else 0.0
 
 
-def _label_metrics(name: str, i: int, matrix: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> LabelMetrics:
+def _precision_recall_f1(matrix: np.ndarray, i: int) -> tuple[float, float, float]:
+    """Label i's precision, recall and F1 from a confusion matrix (0 where undefined)."""
     tp = matrix[i, i]
+    precision, recall = _safe_div(tp, matrix[:, i].sum()), _safe_div(tp, matrix[i, :].sum())
+    return precision, recall, _safe_div(2 * precision * recall, precision + recall)
+
+
+def _label_metrics(name: str, i: int, matrix: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> LabelMetrics:
     predicted = int(matrix[:, i].sum())
     support = int(matrix[i, :].sum())
-    precision, recall = _safe_div(tp, predicted), _safe_div(tp, support)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
+    precision, recall, f1 = _precision_recall_f1(matrix, i)
     assigned = conf[pred == i]
     threshold = float(assigned.min()) if assigned.size else None
     return LabelMetrics(name, precision, recall, f1, support, predicted, threshold)
@@ -140,13 +146,10 @@ def weighted_f1(truth: Sequence[str], predicted: Sequence[str], weights: Sequenc
     """Macro F1 over the labels in `truth`, from a confusion matrix in which each image counts its weight."""
     labels = sorted(set(truth) | set(predicted))
     index = {label: i for i, label in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)))
-    np.add.at(matrix, ([index[t] for t in truth], [index[p] for p in predicted]), np.asarray(weights, float))
-    scores = []
-    for label in sorted(set(truth)):
-        i = index[label]
-        precision, recall = _safe_div(matrix[i, i], matrix[:, i].sum()), _safe_div(matrix[i, i], matrix[i].sum())
-        scores.append(_safe_div(2 * precision * recall, precision + recall))
+    matrix = confusion_matrix(np.array([index[t] for t in truth], dtype=np.int64),
+                              np.array([index[p] for p in predicted], dtype=np.int64), len(labels),
+                              np.asarray(weights, dtype=np.float64))
+    scores = [_precision_recall_f1(matrix, index[label])[2] for label in sorted(set(truth))]
     return float(np.mean(scores)) if scores else 0.0
 
 

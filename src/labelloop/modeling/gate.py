@@ -192,7 +192,7 @@ def f1_gate(version: str, run_id: str) -> dict[str, Any]:
               "passed": passed_on is not None, "passed_on": passed_on}
     with db.session() as session:
         row = service.get_version(session, version)
-        row.evaluation = {**row.evaluation, "production_estimate": production, "gate": result}
+        row.evaluation = {**row.evaluation, "gate": result}
     if passed_on is None:
         service.change_status(version, ModelStatus.TRAINING_FAILED, _refusal(f1, minimum, production, compared),
                               run_id)

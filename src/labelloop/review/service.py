@@ -401,5 +401,5 @@ def review_evidence(limit: int = AUDIT_ANSWERS_USED) -> dict[str, Any]:
             HumanLoop.source == HumanLoopSource.SAMPLING, HumanLoop.status == HumanLoopStatus.COMPLETED,
             HumanLoop.answer_label.is_not(None), HumanLoop.answer_label != NONE_OF_THE_ABOVE)
             .order_by(HumanLoop.completed_at.desc(), HumanLoop.id.desc()).limit(limit))
-        return {"detections": detected, "review_share": min(1.0, reviewed / detected) if detected else 0.0,
+        return {"review_share": min(1.0, reviewed / detected) if detected else 0.0,
                 "reviewed_keys": set(copied), "audit": [(key, label) for key, label in audit]}
