@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from labelloop.console import plots
+from labelloop.web import plots
 from labelloop.detection.pages import parse_filters
 from labelloop.runs import graph
 from labelloop.runs.service import BRANCHES

@@ -159,12 +159,12 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
     from labelloop.runs.views import schedules_router
     from labelloop.sampling.views import router as sampling_router
     from labelloop.storage.views import router as storage_router
-    from labelloop.workforce.views import router as workforce_router
+    from labelloop.web.dependencies import router as workforce_router
 
     for router in (workforce_router, parameters_router, storage_router, runs_router, notifications_router,
                    modeling_router, schedules_router, detection_router, review_router, sampling_router):
         app.include_router(router)
-    from labelloop.workforce.pages import install as install_pages
+    from labelloop.web.pages import install as install_pages
 
     install_pages(app)  # sign-in, workforce admin and review portal pages
     from labelloop.console.pages import install as install_console

@@ -14,8 +14,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from labelloop import engine
-from labelloop.console import plots
-from labelloop.console.web import Operator
+from labelloop.web import plots
+from labelloop.web.pages import Operator
 from labelloop.detection import service as detection
 from labelloop.modeling import service as modeling
 from labelloop.notifications import service as notifications
@@ -27,8 +27,8 @@ from labelloop.runs.pages import STATUS_TAGS, describe
 from labelloop.sampling import service as sampling
 from labelloop.storage import service as storage
 from labelloop.storage.models import LABELED_FOLDER
-from labelloop.workforce.pages import render
-from labelloop.workforce.views import SessionDep
+from labelloop.web.pages import render
+from labelloop.web.dependencies import SessionDep
 
 router = APIRouter(include_in_schema=False)
 SCHEDULE_TITLES = {"training-check": "Training check", "human-sampling": "Human sampling"}

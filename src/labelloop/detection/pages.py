@@ -11,16 +11,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from labelloop.console import plots
-from labelloop.console.web import Operator, as_datetime, query
+from labelloop.web import plots
+from labelloop.web.pages import Operator
+from labelloop.web.format import as_datetime, query
 from labelloop.detection import service
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.detection.views import export_detections
 from labelloop.parameters import service as parameters
 from labelloop.review.models import NONE_OF_THE_ABOVE
 from labelloop.sampling import service as sampling
-from labelloop.workforce.pages import render
-from labelloop.workforce.views import SessionDep
+from labelloop.web.pages import render
+from labelloop.web.dependencies import SessionDep
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 100

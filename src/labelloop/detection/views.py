@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from labelloop.detection import service
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import SessionDep, require
+from labelloop.web.dependencies import SessionDep, require
 
 router = APIRouter(prefix="/api/v1/detections", tags=["detections"])
 Operator = Depends(require(Role.OPERATOR))

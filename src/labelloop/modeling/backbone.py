@@ -27,6 +27,8 @@ IMAGE_SIZE = 224
 EMBEDDING_DIM = 1280
 NUM_IMAGENET_CLASSES = 1000
 BN_EPS = 1e-3
+# Metadata key of the exported backbone ONNX file that holds its fingerprint (weights, export version, opset).
+FINGERPRINT_KEY = "labelloop_fingerprint"
 
 
 @dataclass(frozen=True)

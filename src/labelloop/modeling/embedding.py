@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labelloop.modeling.backbone import EMBEDDING_DIM
-from labelloop.modeling.export import FINGERPRINT_KEY, atomic_write_bytes
+from labelloop.files import atomic_write_bytes
+from labelloop.modeling.backbone import EMBEDDING_DIM, FINGERPRINT_KEY
 from labelloop.modeling.images import DEFAULT_MAX_PIXELS, ImageRejected, prepare, prepare_views
 
 DEFAULT_BATCH = 32

@@ -21,8 +21,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -31,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labelloop.modeling.backbone import EMBEDDING_DIM, IMAGE_SIZE, weights_path
+from labelloop.files import atomic_write_bytes, file_sha256
+from labelloop.modeling.backbone import EMBEDDING_DIM, FINGERPRINT_KEY, IMAGE_SIZE, weights_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -41,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPORT_VERSION = "1"
 OPSET = 17
 BACKBONE_FILENAME = "efficientnet_lite0.onnx"
-FINGERPRINT_KEY = "labelloop_fingerprint"
 VERIFY_ATOL = 1e-4
 NORM_EPS = 1e-12
 PREPROCESSING = "RGB, resize short side to 224 (bicubic), center crop 224, (x/255-0.5)/0.5, NCHW float32"
@@ -49,38 +47,6 @@ PREPROCESSING = "RGB, resize short side to 224 (bicubic), center crop 224, (x/25
 
 class ExportError(RuntimeError):
     """The exported ONNX file does not reproduce the torch model."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True, make_parents: bool = True) -> Path:
-    """Write `data` to `path` atomically: a temp file in the same folder, fsync, then os.replace.
-
-    `durable=False` skips the fsync (for caches, where a file lost in a crash is simply rebuilt).
-    """
-    path = Path(path)
-    if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def backbone_fingerprint(weights: str | Path | None = None) -> str:

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from labelloop.console import plots
-from labelloop.console.web import Operator
+from labelloop.web import plots
+from labelloop.web.pages import Operator
 from labelloop.modeling import flows, service
 from labelloop.modeling.models import ModelStatus, ModelVersion
 from labelloop.parameters import service as parameters
-from labelloop.workforce.pages import Form, PageDenied, render
-from labelloop.workforce.views import SessionDep
+from labelloop.web.pages import Form, PageDenied, render
+from labelloop.web.dependencies import SessionDep
 
 router = APIRouter(include_in_schema=False)
 STATUS_TAGS = {  # the tag colour of each status

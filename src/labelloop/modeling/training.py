@@ -62,9 +62,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from labelloop.files import atomic_write_bytes
 from labelloop.modeling.embedding import CachedEmbeddings, Embedder, EmbeddingCache, embed_cached
 from labelloop.modeling.evaluation import Evaluation, evaluate
-from labelloop.modeling.export import atomic_write_bytes
 from labelloop.modeling.images import VIEWS, content_hash
 
 TEST_FRACTION = 0.2

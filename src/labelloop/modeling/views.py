@@ -12,7 +12,7 @@ from labelloop.config import get_settings
 from labelloop.modeling import flows, service
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import SessionDep, require
+from labelloop.web.dependencies import SessionDep, require
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 Operator = Depends(require(Role.OPERATOR))

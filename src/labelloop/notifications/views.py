@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from labelloop.db import MAX_ROW_ID
 from labelloop.notifications import service
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import SessionDep, require
+from labelloop.web.dependencies import SessionDep, require
 
 router = APIRouter(prefix="/api/v1/notifications", tags=["notifications"])
 

@@ -11,12 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from labelloop.console.web import Operator, pretty_json
+from labelloop.web.pages import Operator
+from labelloop.web.format import pretty_json
 from labelloop.parameters import flows, service
 from labelloop.parameters.views import _history_entry as history_entry
 from labelloop.runs import service as runs
-from labelloop.workforce.pages import Form, PageDenied, render
-from labelloop.workforce.views import SessionDep
+from labelloop.web.pages import Form, PageDenied, render
+from labelloop.web.dependencies import SessionDep
 
 router = APIRouter(include_in_schema=False)
 RECENT_CHANGES = 25

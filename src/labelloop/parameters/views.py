@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from labelloop.parameters import flows, service
 from labelloop.parameters.models import ParameterChangeRead, ParameterRead, ParameterUpdate
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import SessionDep, require
+from labelloop.web.dependencies import SessionDep, require
 
 router = APIRouter(prefix="/api/v1/parameters", tags=["parameters"])
 Operator = Depends(require(Role.OPERATOR))

@@ -11,8 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from labelloop.review import flows, service
 from labelloop.review.models import NONE_OF_THE_ABOVE
 from labelloop.workforce.models import Role
-from labelloop.workforce.pages import Form, PageDenied, Visitor, page_role, render
-from labelloop.workforce.views import SessionDep
+from labelloop.web.pages import Form, PageDenied, Visitor, page_role, render
+from labelloop.web.dependencies import SessionDep
 
 router = APIRouter(include_in_schema=False)
 Reviewer = Annotated[Visitor, Depends(page_role(Role.WORKER, Role.OPERATOR))]

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from labelloop.review import flows, service
 from labelloop.review.models import HumanLoopStatus
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import SessionDep, require
+from labelloop.web.dependencies import SessionDep, require
 
 router = APIRouter(prefix="/api/v1", tags=["human loops"])
 Reviewer = Depends(require(Role.OPERATOR, Role.WORKER))

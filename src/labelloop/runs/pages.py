@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from labelloop.console.web import Operator, as_datetime, query
+from labelloop.web.pages import Operator
+from labelloop.web.format import as_datetime, query
 from labelloop.runs import graph, service
-from labelloop.workforce.pages import PageDenied, render
+from labelloop.web.pages import PageDenied, render
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from labelloop import engine
 from labelloop.runs import service
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import require
+from labelloop.web.dependencies import require
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 Operator = Depends(require(Role.OPERATOR))

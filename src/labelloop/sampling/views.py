@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from labelloop.sampling import flows, service
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import require
+from labelloop.web.dependencies import require
 
 router = APIRouter(prefix="/api/v1/sampling", tags=["sampling"])
 Operator = Depends(require(Role.OPERATOR))

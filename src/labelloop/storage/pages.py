@@ -14,11 +14,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from labelloop.config import get_settings
-from labelloop.console.web import Operator, OperatorApi, query
+from labelloop.web.pages import Operator, OperatorApi
+from labelloop.web.format import query
 from labelloop.storage import service
 from labelloop.storage.models import BUCKET_FOLDERS, DETECTION_FOLDER, LABELED_FOLDER, ObjectInfo
 from labelloop.storage.views import read_limited, safe_media_type
-from labelloop.workforce.pages import Form, PageDenied, render
+from labelloop.web.pages import Form, PageDenied, render
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)

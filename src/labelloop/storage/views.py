@@ -16,7 +16,7 @@ from labelloop.config import get_settings
 from labelloop.storage import service
 from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.views import require
+from labelloop.web.dependencies import require
 
 log = logging.getLogger(__name__)
 router = APIRouter()

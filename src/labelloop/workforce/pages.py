@@ -1,236 +1,50 @@
-"""Web pages: sign-in, sign-out, password change and the workforce admin; the session and CSRF checks every
-page uses.
-
-Sessions: a random cookie value (HttpOnly, SameSite=Lax, Secure when the public URL is https) whose SHA-256
-is a ``web_sessions`` row, so a session can be revoked; a new value at every sign-in (no session fixation).
-CSRF: every form carries the session's synchronizer token; the sign-in form, which has no session yet, uses a
-double-submit cookie instead. A POST without the right token gets 403 and changes nothing.
-"""
+"""Workforce pages: sign-in, sign-out, password change, and the admin's users, roles, tokens and teams."""
 
 from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 
 from labelloop.config import get_settings
+from labelloop.notifications.channels import send_email
+from labelloop.web.dependencies import SessionDep
+from labelloop.web.pages import (
+    CSRF_COOKIE,
+    PASSWORD_PAGE,
+    ROLE_HOME,
+    SESSION_COOKIE,
+    AdminPage,
+    Form,
+    MaybeVisitor,
+    PageDenied,
+    PageRedirect,
+    Visitor,
+    client_address,
+    form_text,
+    render,
+    safe_next,
+    secure_cookies,
+    set_session_cookie,
+    signed_in,
+    signed_in_any,
+)
 from labelloop.workforce import service
-from labelloop.workforce.models import Role, Team, User, WebSession
-from labelloop.workforce.views import SessionDep
+from labelloop.workforce.models import Role, Team, User
 
 log = logging.getLogger(__name__)
-
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-templates = Jinja2Templates(directory=WEB_DIR / "templates")
-SESSION_COOKIE = "labelloop_session"
-CSRF_COOKIE = "labelloop_csrf"
-PASSWORD_PAGE = "/account/password"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-ROLE_HOME = {Role.ADMIN.value: "/dashboard", Role.OPERATOR.value: "/dashboard", Role.WORKER.value: "/review",
-             Role.CONSUMER.value: "/account"}
-NOTICES = {
-    "signed-out": "You are signed out.",
-    "password-changed": "Your password is changed. Every other session and API token of yours has ended.",
-    "disabled": "The user is disabled; their sessions and API tokens have ended.",
-    "enabled": "The user is enabled again.",
-    "token-revoked": "The token is revoked.",
-    "team-created": "The team is created.",
-    "team-deleted": "The team is deleted; its users stay.",
-    "member-added": "The user is in the team.",
-    "member-removed": "The user is out of the team.",
-    "role-changed": "The role is changed.",
-}
-
 router = APIRouter(include_in_schema=False)
-
-
-# ── rendering and errors ─────────────────────────────────────────────────────
-
-
-@dataclass(frozen=True)
-class Account:
-    """What pages show of the signed-in user, copied out of the database session (error pages render after
-    it has closed)."""
-
-    username: str
-    role: str
-    email: str | None
-    must_change_password: bool
-
-
-@dataclass
-class Visitor:
-    """A signed-in browser: the user and their session."""
-
-    user: User
-    session: WebSession
-    account: Account
-    csrf_token: str
-
-
-class PageRedirect(Exception):
-    """Send the browser elsewhere (e.g. to sign in first)."""
-
-    def __init__(self, location: str):
-        super().__init__(location)
-        self.location = location
-
-
-class PageDenied(Exception):
-    """Show an error page with ``status_code`` and a message safe to show."""
-
-    def __init__(self, status_code: int, message: str):
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-
-
-def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200,
-           headers: dict[str, str] | None = None) -> HTMLResponse:
-    """A page from ``web/templates`` with the signed-in user, the CSRF token and the security headers."""
-    visitor: Visitor | None = getattr(request.state, "visitor", None)
-    notice = NOTICES.get(request.query_params.get("notice", ""))
-    values = {"user": visitor.account if visitor else None, "csrf_token": visitor.csrf_token if visitor else "",
-              "notice": notice, "Role": Role, **(context or {})}
-    return templates.TemplateResponse(request, name, values, status_code=status_code,
-                                      headers={**SECURITY_HEADERS, **(headers or {})})
-
-
-async def page_redirect(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PageRedirect)
-    return RedirectResponse(exc.location, status_code=303, headers={"Cache-Control": "no-store"})
-
-
-async def page_denied(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PageDenied)
-    return render(request, "error.html", {"status_code": exc.status_code, "message": exc.message},
-                  status_code=exc.status_code)
-
-
-def install(app: FastAPI) -> None:
-    """Add the web pages (sign-in, workforce, review portal) and their error pages to ``app``."""
-    from labelloop.review.pages import router as review_pages
-
-    app.add_exception_handler(PageRedirect, page_redirect)
-    app.add_exception_handler(PageDenied, page_denied)
-    app.include_router(router)
-    app.include_router(review_pages)
-
-
-def client_address(request: Request) -> str:
-    """The client's address as the server sees it (the proxy's, behind one that uvicorn does not trust)."""
-    return request.client.host if request.client else ""
-
-
-def safe_next(target: str | None) -> str | None:
-    """``target`` if it is a path on this site (never another site: no scheme, no ``//``, no backslash)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return None
-    if any(ord(c) < 32 for c in target):
-        return None
-    return target
 
 
 def portal_url() -> str:
     """The review portal's sign-in address, as workers are given it."""
     return f"{get_settings().public_url.rstrip('/')}/review"
-
-
-def _secure_cookies() -> bool:
-    return get_settings().public_url.startswith("https://")
-
-
-def set_session_cookie(response: Response, token: str) -> None:
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(service.SESSION_LIFETIME.total_seconds()), path="/",
-                        httponly=True, samesite="lax", secure=_secure_cookies())
-
-
-# ── dependencies: who is signed in, what role, a checked form ────────────────
-
-
-def current_visitor(request: Request, session: SessionDep) -> Visitor | None:
-    """The signed-in visitor, or None."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    try:
-        user, web_session = service.session_for_cookie(session, token)
-    except service.AuthError:
-        return None
-    visitor = Visitor(user, web_session, Account(user.username, user.role, user.email, user.must_change_password),
-                      web_session.csrf_token)
-    request.state.visitor = visitor
-    return visitor
-
-
-MaybeVisitor = Annotated[Visitor | None, Depends(current_visitor)]
-
-
-def _sign_in_first(request: Request) -> PageRedirect:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return PageRedirect(f"/sign-in?next={quote(target, safe='/')}")
-
-
-def signed_in_any(request: Request, visitor: MaybeVisitor) -> Visitor:
-    """Any signed-in visitor, even one who still has to change a temporary password."""
-    if visitor is None:
-        raise _sign_in_first(request)
-    return visitor
-
-
-def signed_in(request: Request, visitor: Annotated[Visitor, Depends(signed_in_any)]) -> Visitor:
-    """A signed-in visitor with a password of their own (else off to change it)."""
-    if visitor.user.must_change_password:
-        raise PageRedirect(PASSWORD_PAGE)
-    return visitor
-
-
-def page_role(*roles: Role) -> Any:
-    """A dependency letting through visitors with one of ``roles`` (admins always); others get a 403 page."""
-    allowed = {role.value for role in roles} | {Role.ADMIN.value}
-
-    def check(visitor: Annotated[Visitor, Depends(signed_in)]) -> Visitor:
-        if visitor.user.role not in allowed:
-            raise PageDenied(403, "Your role may not open this page.")
-        return visitor
-
-    return check
-
-
-async def checked_form(request: Request, visitor: Annotated[Visitor, Depends(signed_in_any)]) -> FormData:
-    """The posted form, once its CSRF token matches the session's synchronizer token (else a 403 page)."""
-    form = await request.form()
-    given = form.get("csrf_token")
-    if not isinstance(given, str) or not secrets.compare_digest(given.encode(), visitor.csrf_token.encode()):
-        raise PageDenied(403, "This form is not valid any more (it has no or a wrong security token). "
-                              "Go back, reload the page and send it again.")
-    return form
-
-
-AdminPage = Annotated[Visitor, Depends(page_role(Role.ADMIN))]
-Form = Annotated[FormData, Depends(checked_form)]
-
-
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
 
 
 # ── sign-in, sign-out, password ──────────────────────────────────────────────
@@ -242,7 +56,7 @@ def _sign_in_page(request: Request, next_path: str | None, error: str | None = N
     response = render(request, "sign_in.html", {"next": next_path or "", "error": error, "sign_in_csrf": csrf,
                                                 "username": username}, status_code=status_code, headers=headers)
     response.set_cookie(CSRF_COOKIE, csrf, path="/sign-in", httponly=True, samesite="strict",
-                        secure=_secure_cookies())
+                        secure=secure_cookies())
     return response
 
 
@@ -257,8 +71,8 @@ def sign_in_page(request: Request, visitor: MaybeVisitor, next: str | None = Non
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(request: Request, session: SessionDep) -> Response:
     form = await request.form()
-    next_path = safe_next(_text(form, "next"))
-    username, password = _text(form, "username"), form.get("password")
+    next_path = safe_next(form_text(form, "next"))
+    username, password = form_text(form, "username"), form.get("password")
     cookie, given = request.cookies.get(CSRF_COOKIE, ""), form.get("csrf_token")
     if not cookie or not isinstance(given, str) or not secrets.compare_digest(cookie.encode(), given.encode()):
         raise PageDenied(403, "The sign-in form is not valid any more (it has no or a wrong security token). "
@@ -312,7 +126,7 @@ def password_page(request: Request, _visitor: Annotated[Visitor, Depends(signed_
 @router.post(PASSWORD_PAGE, response_class=HTMLResponse)
 def change_password(request: Request, session: SessionDep, visitor: Annotated[Visitor, Depends(signed_in_any)],
                     form: Form) -> Response:
-    next_path = safe_next(_text(form, "next"))
+    next_path = safe_next(form_text(form, "next"))
     current, new, again = (form.get(name) for name in ("current_password", "new_password", "confirm_password"))
     error = None
     if not all(isinstance(value, str) and value for value in (current, new, again)):
@@ -357,8 +171,6 @@ def _email_password(user: User, secret: str, *, reset: bool) -> str | None:
     settings = get_settings()
     if not settings.smtp_host or not user.email:
         return None
-    from labelloop.notifications.channels import send_email
-
     what = "was reset" if reset else "was created"
     body = (f"Your labelloop account {what}.\n\nSign in at: {portal_url()}\nUsername: {user.username}\n"
             f"Temporary password: {secret}\n\nYou will be asked to choose your own password when you sign in.\n")
@@ -372,7 +184,7 @@ def _email_password(user: User, secret: str, *, reset: bool) -> str | None:
 
 @router.post("/workforce/users", response_class=HTMLResponse)
 def create_user(request: Request, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
-    values = {name: _text(form, name) for name in ("username", "email", "role", "team")}
+    values = {name: form_text(form, name) for name in ("username", "email", "role", "team")}
     try:
         user, secret = service.create_user(session, values["username"], values["role"] or Role.WORKER.value,
                                            email=values["email"] or None)
@@ -435,7 +247,7 @@ def enable_user(username: str, session: SessionDep, _admin: AdminPage, _form: Fo
 @router.post("/workforce/users/{username}/role")
 def change_role(request: Request, username: str, session: SessionDep, admin: AdminPage, form: Form) -> Response:
     subject = _user_or_404(session, username)
-    role = _text(form, "role")
+    role = form_text(form, "role")
     if role not in {r.value for r in Role}:
         return _user_page(request, session, subject, f"Role must be one of {', '.join(r.value for r in Role)}.", 422)
     if subject.id == admin.user.id and role != Role.ADMIN.value:
@@ -460,9 +272,9 @@ def reset_password(request: Request, username: str, session: SessionDep, admin: 
 @router.post("/workforce/users/{username}/tokens", response_class=HTMLResponse)
 def create_token(request: Request, username: str, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     subject = _user_or_404(session, username)
-    name = _text(form, "name") or "api"
+    name = form_text(form, "name") or "api"
     try:
-        days = int(_text(form, "days") or "0")
+        days = int(form_text(form, "days") or "0")
         if not 0 <= days <= 3650:
             raise ValueError
     except ValueError:
@@ -490,7 +302,7 @@ def revoke_token(username: str, token_id: int, session: SessionDep, _admin: Admi
 def join_team(request: Request, username: str, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     subject = _user_or_404(session, username)
     try:
-        service.add_to_team(session, service.get_team(session, _text(form, "team")), subject)
+        service.add_to_team(session, service.get_team(session, form_text(form, "team")), subject)
     except service.WorkforceError as exc:
         return _user_page(request, session, subject, str(exc).capitalize() + ".", 422)
     return _back_to_user(username, "member-added")
@@ -512,7 +324,7 @@ def teams_page(request: Request, session: SessionDep, _admin: AdminPage) -> Resp
 @router.post("/workforce/teams")
 def create_team(request: Request, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     try:
-        service.create_team(session, _text(form, "name"), _text(form, "description"))
+        service.create_team(session, form_text(form, "name"), form_text(form, "description"))
     except service.WorkforceError as exc:
         return _teams_page(request, session, str(exc).capitalize() + ".", 422)
     return RedirectResponse("/workforce/teams?notice=team-created", status_code=303)
@@ -529,7 +341,7 @@ def _team_or_404(session: SessionDep, team_id: int) -> Team:
 def add_member(request: Request, team_id: int, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     team = _team_or_404(session, team_id)
     try:
-        service.add_to_team(session, team, service.get_user(session, _text(form, "username")))
+        service.add_to_team(session, team, service.get_user(session, form_text(form, "username")))
     except service.WorkforceError as exc:
         return _teams_page(request, session, str(exc).capitalize() + ".", 422)
     return RedirectResponse("/workforce/teams?notice=member-added", status_code=303)
@@ -539,7 +351,7 @@ def add_member(request: Request, team_id: int, session: SessionDep, _admin: Admi
 def remove_member(team_id: int, username: str, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     team = _team_or_404(session, team_id)
     service.remove_from_team(session, team, _user_or_404(session, username))
-    back = safe_next(_text(form, "back")) or "/workforce/teams"
+    back = safe_next(form_text(form, "back")) or "/workforce/teams"
     return RedirectResponse(f"{back}?notice=member-removed", status_code=303)
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from labelloop import db
 from labelloop.config import get_settings
+from labelloop.web.dependencies import Admin, AnyUser, SessionDep
 from labelloop.workforce import service
 from labelloop.workforce.models import (
     ApiToken,
@@ -28,47 +26,6 @@ from labelloop.workforce.models import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["workforce"])
-bearer = HTTPBearer(auto_error=False)
-
-
-def get_session() -> Iterator[Session]:
-    """A database session for one request, committed at its end."""
-    with db.session() as session:
-        yield session
-
-
-# scope="function": the session commits before the response is sent, so a client never reads stale state.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-
-
-def current_user(session: SessionDep,
-                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
-    """The user behind the request's bearer token, or 401."""
-    if credentials is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "sign in first: send 'Authorization: Bearer <token>' "
-                            "with a token from POST /api/v1/auth/token",
-                            headers={"WWW-Authenticate": "Bearer"})
-    try:
-        return service.user_for_token(session, credentials.credentials)
-    except service.AuthError as exc:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-
-
-def require(*roles: Role) -> Callable[..., User]:
-    """A dependency that lets through only users with one of ``roles`` (admins always)."""
-    allowed = {role.value for role in roles} | {Role.ADMIN.value}
-
-    def check(user: Annotated[User, Depends(current_user)]) -> User:
-        if user.role not in allowed:
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                f"the {user.role} role may not do this; it needs: {', '.join(sorted(allowed))}")
-        return user
-
-    return check
-
-
-AnyUser = Annotated[User, Depends(current_user)]
-Admin = Annotated[User, Depends(require(Role.ADMIN))]
 
 
 async def _credentials(request: Request) -> TokenRequest:
