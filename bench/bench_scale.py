@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Postgres, S3Server, Server, Worker, server_env, wait_until  # noqa: E402
 from images import box_logo, smile_logo, unseen, upload_training_set  # noqa: E402
-from labelloop.storage.flows import event_id  # noqa: E402
+from labelloop.loop.routing import object_created_run_id as event_id  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scale"
 

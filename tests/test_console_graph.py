@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from labelloop.web import plots
 from labelloop.detection.pages import parse_filters
-from labelloop.runs import graph
-from labelloop.runs.service import BRANCHES
+from labelloop.loop import machines
+from labelloop.loop.machines import BRANCHES
+from labelloop.runs import drawing, graph
+from labelloop.web import plots
 
 TRAINING_STEPS = ["check_new_training", "notify_check", "create_manifest", "train_model", "evaluate_model",
                   "check_f1_gate", "start_new_version", "switch_endpoint", "stop_previous_version",
@@ -34,8 +35,8 @@ def outcomes(result: graph.Trace) -> dict[str, str | None]:
 
 
 def test_every_workflow_of_every_branch_has_a_machine_whose_states_are_laid_out_apart() -> None:
-    assert set(graph.BY_WORKFLOW) == set(BRANCHES)
-    for machine in graph.MACHINES:
+    assert set(machines.BY_WORKFLOW) == set(BRANCHES)
+    for machine in machines.MACHINES:
         assert machine.name in set(BRANCHES.values())
         cells = [(s.row, s.col) for s in machine.states]
         assert len(cells) == len(set(cells)), machine.name
@@ -55,7 +56,7 @@ def test_every_workflow_of_every_branch_has_a_machine_whose_states_are_laid_out_
 def test_training_run_that_deployed_passes_every_main_state() -> None:
     outputs = {"stop_previous_version": {"stopped": None}, "find_waiting_detections": {"detection_ids": []}}
     steps = [step(i + 1, name, outputs.get(name, {"ok": True})) for i, name in enumerate(TRAINING_STEPS)]
-    result = graph.trace(graph.TRAINING, run("training_check", steps, {
+    result = graph.trace(machines.TRAINING, run("training_check", steps, {
         "train": True, "training": {"trained": True}, "gate": {"passed": True}, "deployment": {}}))
     states = outcomes(result)
     assert states["stop_previous_version"] == "skipped", "nothing served before"
@@ -69,7 +70,7 @@ def test_training_run_that_deployed_passes_every_main_state() -> None:
 
 def test_training_check_without_enough_images_ends_at_no_training() -> None:
     steps = [step(1, "check_new_training", {"train": False}), step(2, "notify_check", 3)]
-    result = graph.trace(graph.TRAINING, run("scheduled_training_check", steps,
+    result = graph.trace(machines.TRAINING, run("scheduled_training_check", steps,
                                              {"train": False, "reason": "2 new labeled image(s); 10 needed"}))
     states = outcomes(result)
     assert states["should_train"] == "success" and states["no_training"] == "success"
@@ -82,7 +83,7 @@ def test_training_check_without_enough_images_ends_at_no_training() -> None:
 def test_f1_gate_failure_ends_at_the_fail_state() -> None:
     names = TRAINING_STEPS[:6]
     steps = [step(i + 1, name, {"ok": True}) for i, name in enumerate(names)]
-    result = graph.trace(graph.TRAINING, run("training_check", steps, {
+    result = graph.trace(machines.TRAINING, run("training_check", steps, {
         "train": True, "training": {"trained": True}, "gate": {"passed": False, "f1": 0.5, "minimum_f1": 0.8}}))
     states = outcomes(result)
     assert states["f1_passed"] == "success" and states["not_deployed"] == "error"
@@ -94,19 +95,19 @@ def test_f1_gate_failure_ends_at_the_fail_state() -> None:
 def test_a_failed_step_is_red_and_nothing_after_it_is_on_the_path() -> None:
     steps = [step(1, "check_new_training", {"train": True}), step(2, "notify_check", 1),
              step(3, "create_manifest", {"version": "v2"}), step(4, "train_model", None, error="MemoryError: boom")]
-    result = graph.trace(graph.TRAINING, run("training_check", steps, None, status="ERROR"))
+    result = graph.trace(machines.TRAINING, run("training_check", steps, None, status="ERROR"))
     states = outcomes(result)
     assert states["train_model"] == "error"
     assert states["trained"] is None and states["evaluate_model"] is None
     assert not any(states[s] for s in ("no_training", "training_failed", "not_deployed", "running"))
-    svg = str(graph.render_svg(result))
+    svg = str(drawing.render_svg(result))
     assert 'data-state="train_model" data-outcome="error"' in svg
 
 
 def test_a_run_in_flight_shows_its_next_task_running() -> None:
     steps = [step(1, "check_new_training", {"train": True}), step(2, "notify_check", 1),
              step(3, "create_manifest", {"version": "v2"})]
-    states = outcomes(graph.trace(graph.TRAINING, run("training_check", steps, None, status="PENDING")))
+    states = outcomes(graph.trace(machines.TRAINING, run("training_check", steps, None, status="PENDING")))
     assert states["should_train"] == "success", "decided from the path, the output is not written yet"
     assert states["train_model"] == "running"
     assert states["trained"] is None
@@ -115,10 +116,10 @@ def test_a_run_in_flight_shows_its_next_task_running() -> None:
 def test_parameter_change_with_and_without_a_training_check() -> None:
     base = [step(1, "read_parameters", {}), step(2, "apply_schedules", [{"schedule": "training-check"}]),
             step(3, "notify_change", 5)]
-    quiet = graph.trace(graph.PARAMETER_STORE, run("parameter_change", base, {"parameter": "X", "schedules": []}))
+    quiet = graph.trace(machines.PARAMETER_STORE, run("parameter_change", base, {"parameter": "X", "schedules": []}))
     assert outcomes(quiet)["training_check"] is None
     assert ("training_on", "applied") in quiet.taken and ("training_on", "training_check") not in quiet.taken
-    started = graph.trace(graph.PARAMETER_STORE, run(
+    started = graph.trace(machines.PARAMETER_STORE, run(
         "parameter_change", [*base, step(4, "training_check", None, child="p-v3-check")],
         {"parameter": "Enable-Automatic-Training", "training_check_run": "p-v3-check"}))
     assert outcomes(started)["training_check"] == "success"
@@ -127,12 +128,12 @@ def test_parameter_change_with_and_without_a_training_check() -> None:
 
 
 def test_object_created_for_training_data_and_for_detection() -> None:
-    data = graph.trace(graph.OBJECT_CREATED, run("object_created", [step(1, "route_object", {"branch": "x"})],
+    data = graph.trace(machines.OBJECT_CREATED, run("object_created", [step(1, "route_object", {"branch": "x"})],
                                                  {"branch": "training data", "label": "cat"}))
     assert outcomes(data)["training_data"] == "success" and outcomes(data)["record_detection_event"] is None
     steps = [step(1, "route_object", {}), step(2, "record_detection_event", {}), step(3, "detect_image", {}),
              step(4, "open_human_loop", None), step(5, "notify_detection", 7)]
-    detected = graph.trace(graph.OBJECT_CREATED, run("object_created", steps, {"branch": "detection"}))
+    detected = graph.trace(machines.OBJECT_CREATED, run("object_created", steps, {"branch": "detection"}))
     states = outcomes(detected)
     assert states["open_human_loop"] == "skipped", "confident: no loop"
     assert states["detected"] == "success" and states["training_data"] is None
@@ -141,18 +142,18 @@ def test_object_created_for_training_data_and_for_detection() -> None:
 def test_none_of_the_above_skips_the_copy_and_its_run() -> None:
     steps = [step(1, "copy_to_training_data", None), step(2, "write_loop_output", "a2i/x.json"),
              step(3, "record_answer_on_detection", {}), step(4, "notify_answer", 9)]
-    states = outcomes(graph.trace(graph.HUMAN_LOOP, run("apply_human_answer", steps, {})))
+    states = outcomes(graph.trace(machines.HUMAN_LOOP, run("apply_human_answer", steps, {})))
     assert states["copy_to_training_data"] == "skipped" and states["object_created"] == "skipped"
     assert states["completed"] == "success"
 
 
 def test_svg_is_well_formed_links_every_state_and_escapes_text() -> None:
-    result = graph.trace(graph.HUMAN_SAMPLING, run("human_sampling", [
+    result = graph.trace(machines.HUMAN_SAMPLING, run("human_sampling", [
         step(1, "sample_detections", {"sampled": []}), step(2, "notify_sampling", None),
         step(3, "<script>odd</script>", {})], {}))
-    svg = str(graph.render_svg(result))
+    svg = str(drawing.render_svg(result))
     xml.dom.minidom.parseString(svg)
-    for state in graph.HUMAN_SAMPLING.states:
+    for state in machines.HUMAN_SAMPLING.states:
         assert f'href="#state-{state.id}"' in svg
     assert "<script>" not in svg
     assert [s["name"] for s in result.unplaced_steps] == ["<script>odd</script>"]

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import LABELLOOP, Server, Worker, server_env, wait_until
 from images import box_logo, smile_logo
-from labelloop.storage.flows import event_id
+from labelloop.loop.routing import object_created_run_id as event_id
 
 pytestmark = pytest.mark.timeout(600)
 

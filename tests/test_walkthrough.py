@@ -18,10 +18,17 @@ def put(api: httpx.Client, key: str, data: bytes) -> dict:
 
 
 def detections_for(api: httpx.Client, keys: list[str]) -> list[dict]:
+    """The detection events of ``keys`` once each is DETECTED and its run (which opens any human loop after the
+    detection is recorded) has finished."""
     def done() -> list[dict] | None:
         events = {e["object_key"]: e for e in api.get("/detections", params={"limit": 1000}).json()}
         found = [events.get(key) for key in keys]
-        return found if all(e and e["status"] == "DETECTED" for e in found) else None
+        if not all(e and e["status"] == "DETECTED" for e in found):
+            return None
+        if not all(api.get(f"/runs/{e['run_id']}").json()["status"] == "SUCCESS" for e in found):
+            return None
+        events = {e["object_key"]: e for e in api.get("/detections", params={"limit": 1000}).json()}
+        return [events[key] for key in keys]
 
     return wait_until(done, 120, 0.25, f"detections of {len(keys)} images")
 

@@ -24,14 +24,14 @@ def database(tmp_path: Path) -> Iterator[None]:
 
 def fail(username: str, address: str, at) -> None:  # type: ignore[no-untyped-def]
     with db.session() as session:
-        service.record_failure(session, username, address, now=at)
+        service.record_failure(username, address, now=at, session=session)
 
 
 def waits(username: str, address: str, at) -> int | None:  # type: ignore[no-untyped-def]
     """Seconds the sign-in must wait, or None when it may go ahead."""
     with db.session() as session:
         try:
-            service.check_throttle(session, username, address, now=at)
+            service.check_throttle(username, address, now=at, session=session)
         except service.Throttled as exc:
             return exc.retry_after
     return None
@@ -69,7 +69,7 @@ def test_an_address_trying_many_usernames_waits(database: None) -> None:
 
 def test_sign_in_counts_only_wrong_passwords_and_a_success_clears_the_username(database: None) -> None:
     with db.session() as session:
-        service.create_user(session, "carol", "worker", password="carol-password", temporary=False)
+        service.create_user("carol", "worker", password="carol-password", temporary=False, session=session)
     for _ in range(service.USER_FREE_FAILURES - 1):
         with pytest.raises(service.AuthError, match="wrong username or password"):
             service.sign_in("carol", "nope", "198.51.100.1")

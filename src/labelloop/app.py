@@ -1,31 +1,57 @@
-"""The FastAPI application and process start-up shared by ``serve`` and ``worker``."""
+"""The FastAPI application, and the start-up and shutdown of the ``serve`` and ``worker`` processes."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import DataError, OperationalError
 
-from labelloop import __version__, db, engine
-from labelloop.config import Settings, get_settings
-from labelloop.modeling import service as modeling
+from labelloop import __version__, db, engine, logs
+from labelloop.config import Settings, configure, get_settings
+from labelloop.console.pages import router as console_pages
+from labelloop.detection.pages import router as detection_pages
+from labelloop.detection.views import router as detection_routes
+from labelloop.loop import actions, routing
+from labelloop.modeling import endpoint
 from labelloop.modeling.images import ImageRejected
+from labelloop.modeling.pages import router as modeling_pages
+from labelloop.modeling.serving import NoModelServing
+from labelloop.modeling.versions import ModelError, VersionNotFound
+from labelloop.modeling.views import router as modeling_routes
+from labelloop.notifications.views import router as notification_routes
 from labelloop.parameters import service as parameters
+from labelloop.parameters.pages import router as parameter_pages
+from labelloop.parameters.views import router as parameter_routes
 from labelloop.review import service as review
+from labelloop.review.pages import router as review_pages
+from labelloop.review.views import router as review_routes
+from labelloop.runs.pages import router as run_pages
 from labelloop.runs.service import RunNotFound
+from labelloop.runs.views import router as run_routes
+from labelloop.runs.views import schedules_router
+from labelloop.sampling.views import router as sampling_routes
 from labelloop.storage import service as storage
+from labelloop.storage.pages import router as storage_pages
+from labelloop.storage.views import router as storage_routes
+from labelloop.storage.watcher import DropFolderWatcher
+from labelloop.web.pages import WEB_DIR, install_error_pages, templates
 from labelloop.workforce import service as workforce
+from labelloop.workforce.pages import router as workforce_pages
+from labelloop.workforce.views import router as workforce_routes
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(__file__).parent / "web"
-templates = Jinja2Templates(directory=WEB_DIR / "templates")
+API_ROUTERS = (workforce_routes, parameter_routes, storage_routes, run_routes, notification_routes, modeling_routes,
+               schedules_router, detection_routes, review_routes, sampling_routes)
+PAGE_ROUTERS = (workforce_pages, review_pages, console_pages, storage_pages, parameter_pages, modeling_pages,
+                run_pages, detection_pages)
 
 
 def start(settings: Settings) -> str | None:
@@ -37,26 +63,77 @@ def start(settings: Settings) -> str | None:
     db.init(settings.app_database_url)
     storage.ensure_bucket()
     with db.session() as session:
-        created = parameters.ensure_defaults(session)
-        admin_password = workforce.ensure_admin(session, settings.admin_password)
-        review.template(session)  # created once here, not raced for by the first detections
+        created = parameters.ensure_defaults(session=session)
+        admin_password = workforce.ensure_admin(settings.admin_password, session=session)
+        review.template(session=session)  # created once here, not raced for by the first detections
     if created:
         log.info("parameters created with their defaults", extra={"count": created})
-    engine.start(settings)
-    from labelloop.parameters.flows import apply_schedules
-
-    with db.session() as session:
-        values = parameters.values(session)
-    for applied in apply_schedules(values):
+    engine.start(settings)  # every workflow is registered: labelloop.loop.routing is imported above
+    for applied in routing.apply_schedules_now():
         log.info("schedule in force", extra=applied)
+    actions.apply_recorded_answers()
     return admin_password
 
 
 def stop() -> None:
     """Stop the engine and the inference units, and close the database."""
     engine.stop()
-    modeling.close_serving()
+    endpoint.close_serving()
     db.close()
+
+
+def start_process(settings: Settings, role: str) -> tuple[Settings, str | None]:
+    """Give this process its executor id, then start it while no other process sharing the database starts.
+
+    Returns the settings in force and the admin's temporary password when this start created the admin.
+    """
+    if settings.executor_id is None:
+        settings = configure(**{name: getattr(settings, name) for name in settings.model_fields_set},
+                             executor_id=engine.new_executor_id(role))
+    settings.resolved_home.mkdir(parents=True, exist_ok=True)
+    with db.startup_lock(settings.app_database_url, settings.resolved_home / ".startup.lock"):
+        return settings, start(settings)
+
+
+def serve(settings: Settings) -> None:
+    """Run web pages, API and workers in this process until it is stopped (``labelloop serve``)."""
+    logs.setup(settings.log_level, settings.log_format)
+    settings, admin_password = start_process(settings, "serve")
+    _announce(settings, admin_password)
+    watcher = None
+    if settings.watch_folder is not None:
+        watcher = DropFolderWatcher(settings.watch_folder, store=_store_dropped)
+        watcher.start()
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level=settings.log_level.lower(), access_log=False)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        stop()
+
+
+def _store_dropped(key: str, data: bytes) -> None:
+    actions.store_object(key, data, source="drop folder")
+
+
+def _announce(settings: Settings, admin_password: str | None) -> None:
+    print(f"labelloop {settings.resolved_home} — http://{settings.host}:{settings.port}/", flush=True)
+    if admin_password:
+        print(f"Created user 'admin' with temporary password: {admin_password}", flush=True)
+        print("It is shown only this once; change it at first sign-in.", flush=True)
+
+
+def work(settings: Settings) -> None:
+    """Run workers only until SIGINT or SIGTERM (``labelloop worker``)."""
+    logs.setup(settings.log_level, settings.log_format)
+    settings, _ = start_process(settings, "worker")
+    print(f"labelloop worker {settings.executor_id} running on {settings.resolved_home}", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    stop()
 
 
 async def image_rejected(_request: Request, exc: Exception) -> JSONResponse:
@@ -104,9 +181,9 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(storage.ObjectNotFound, handler(404))
     app.add_exception_handler(RunNotFound, handler(404))
     app.add_exception_handler(workforce.WorkforceError, handler(422))
-    app.add_exception_handler(modeling.VersionNotFound, handler(404))
-    app.add_exception_handler(modeling.ModelError, handler(409))
-    app.add_exception_handler(modeling.NoModelServing, handler(409))
+    app.add_exception_handler(VersionNotFound, handler(404))
+    app.add_exception_handler(ModelError, handler(409))
+    app.add_exception_handler(NoModelServing, handler(409))
     app.add_exception_handler(ImageRejected, image_rejected)
     app.add_exception_handler(review.LoopNotFound, handler(404))
     app.add_exception_handler(review.ReviewError, handler(422))
@@ -150,26 +227,9 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
                   description="Continuous improvement of custom image-label models with humans in the loop.")
     _error_handlers(app)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
-    from labelloop.detection.views import router as detection_router
-    from labelloop.modeling.views import router as modeling_router
-    from labelloop.notifications.views import router as notifications_router
-    from labelloop.parameters.views import router as parameters_router
-    from labelloop.review.views import router as review_router
-    from labelloop.runs.views import router as runs_router
-    from labelloop.runs.views import schedules_router
-    from labelloop.sampling.views import router as sampling_router
-    from labelloop.storage.views import router as storage_router
-    from labelloop.web.dependencies import router as workforce_router
-
-    for router in (workforce_router, parameters_router, storage_router, runs_router, notifications_router,
-                   modeling_router, schedules_router, detection_router, review_router, sampling_router):
+    for router in API_ROUTERS + PAGE_ROUTERS:
         app.include_router(router)
-    from labelloop.web.pages import install as install_pages
-
-    install_pages(app)  # sign-in, workforce admin and review portal pages
-    from labelloop.console.pages import install as install_console
-
-    install_console(app)  # the operator console: dashboard, storage, parameters, models, runs, detections
+    install_error_pages(app)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

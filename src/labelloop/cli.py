@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from labelloop.client import Client, ClientError, save_token
-from labelloop.config import Settings, configure, get_settings
+from labelloop.config import configure, get_settings
 
 app = typer.Typer(help="labelloop: continuous improvement of custom image-label models with humans in the loop.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -79,23 +79,6 @@ QueuesOption = Annotated[str | None, typer.Option(
     "default all; '' or 'none': none (env LABELLOOP_QUEUES)")]
 
 
-def _start_process(settings: Settings, role: str) -> tuple[Settings, str | None]:
-    """Give this process its executor id, then start it while no other process sharing the database starts.
-
-    Returns the settings in force and the admin's temporary password when this start created the admin.
-    """
-    from labelloop import app as application
-    from labelloop import db
-    from labelloop.engine import new_executor_id
-
-    if settings.executor_id is None:
-        settings = configure(**{name: getattr(settings, name) for name in settings.model_fields_set},
-                             executor_id=new_executor_id(role))
-    settings.resolved_home.mkdir(parents=True, exist_ok=True)
-    with db.startup_lock(settings.app_database_url, settings.resolved_home / ".startup.lock"):
-        return settings, application.start(settings)
-
-
 @app.command()
 def serve(home: HomeOption = None, host: Annotated[str | None, typer.Option(help="Address to bind")] = None,
           port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
@@ -103,10 +86,7 @@ def serve(home: HomeOption = None, host: Annotated[str | None, typer.Option(help
           queues: QueuesOption = None,
           ) -> None:
     """Run the web UI, the API and the workers in one process."""
-    import uvicorn
-
-    from labelloop import app as application
-    from labelloop import logs
+    from labelloop import app as application  # the server stack loads only here: client commands stay quick
 
     settings = configure(home=home, host=host, port=port, watch_folder=watch, queues=queues)
     if "public_url" not in settings.model_fields_set:
@@ -116,34 +96,7 @@ def serve(home: HomeOption = None, host: Annotated[str | None, typer.Option(help
             reachable = f"[{reachable}]"
         settings = configure(home=home, host=host, port=port, watch_folder=watch, queues=queues,
                              public_url=f"http://{reachable}:{settings.port}")
-    logs.setup(settings.log_level, settings.log_format)
-    settings, admin_password = _start_process(settings, "serve")
-    _announce(settings, admin_password)
-    watcher = _start_watcher(settings)
-    try:
-        uvicorn.run(application.create_app(settings), host=settings.host, port=settings.port,
-                    log_level=settings.log_level.lower(), access_log=False)
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        application.stop()
-
-
-def _announce(settings: Settings, admin_password: str | None) -> None:
-    print(f"labelloop {settings.resolved_home} — http://{settings.host}:{settings.port}/", flush=True)
-    if admin_password:
-        print(f"Created user 'admin' with temporary password: {admin_password}", flush=True)
-        print("It is shown only this once; change it at first sign-in.", flush=True)
-
-
-def _start_watcher(settings: Settings) -> Any:
-    if settings.watch_folder is None:
-        return None
-    from labelloop.storage.watcher import DropFolderWatcher
-
-    watcher = DropFolderWatcher(settings.watch_folder)
-    watcher.start()
-    return watcher
+    application.serve(settings)
 
 
 @app.command()
@@ -153,21 +106,9 @@ def worker(home: HomeOption = None, queues: QueuesOption = None) -> None:
     Start as many as the work needs, on this machine or others sharing the PostgreSQL database and the S3
     bucket: they share the queues, and the runs of one that dies are taken over by the others.
     """
-    import signal
-    import threading
+    from labelloop import app as application  # the server stack loads only here: client commands stay quick
 
-    from labelloop import app as application
-    from labelloop import logs
-
-    settings = configure(home=home, queues=queues)
-    logs.setup(settings.log_level, settings.log_format)
-    settings, _ = _start_process(settings, "worker")
-    print(f"labelloop worker {settings.executor_id} running on {settings.resolved_home}", flush=True)
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    application.stop()
+    application.work(configure(home=home, queues=queues))
 
 
 # ── client commands ──────────────────────────────────────────────────────────

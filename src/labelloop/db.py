@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, NullPool, TypeDecorator, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from labelloop.config import with_driver
+from labelloop.config import get_settings, with_driver
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,6 @@ def init(url: str, pool_size: int | None = None) -> Engine:
     if _engine is not None:
         _engine.dispose()
     if pool_size is None:
-        from labelloop.config import get_settings
-
         pool_size = get_settings().database_pool_size
     _engine = make_engine(url, pool_size)
     upgrade(_engine)

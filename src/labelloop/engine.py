@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import inspect
@@ -15,12 +16,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from croniter import croniter
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
+from dbos._utils import GlobalParams
+from sqlalchemy import NullPool, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from labelloop.config import Settings, with_driver
+from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ APP_NAME = "labelloop"
 _launched = False
 _queues: dict[str, Queue] = {}
 _liveness: Liveness | None = None
+# Every recorded step and workflow by name (the run graph checks its states against these).
+STEPS: dict[str, Callable[..., Any]] = {}
+WORKFLOWS: dict[str, Callable[..., Any]] = {}
 
 
 def new_executor_id(role: str) -> str:
@@ -48,8 +58,8 @@ def new_executor_id(role: str) -> str:
 def start(settings: Settings, role: str = "serve") -> None:
     """Launch DBOS on the configured system database and declare labelloop's queues.
 
-    Every module that defines workflows must be imported first, so a restarted process can recover
-    the runs that were in flight when the last one stopped.
+    Every module that defines workflows (``labelloop.loop.routing``) must be imported first, so a restarted
+    process can recover the runs that were in flight when the last one stopped.
 
     Each process has its own executor id (``LABELLOOP_EXECUTOR_ID``, or a new one at every start) and
     holds a lock named after it while it runs: a PostgreSQL advisory lock, or a file lock beside a SQLite
@@ -58,8 +68,8 @@ def start(settings: Settings, role: str = "serve") -> None:
     is free (its process is gone) and hands them back to their queues, where any process takes them up.
     """
     global _launched, _liveness
-    import labelloop.flows  # noqa: F401  (registers every workflow)
-
+    if not WORKFLOWS:
+        raise RuntimeError("no workflow is registered: import labelloop.loop.routing before starting the engine")
     listen = _listened_queues(settings.queues)
     executor_id = settings.executor_id or new_executor_id(role)
     liveness = Liveness.for_url(settings.engine_database_url, executor_id)
@@ -156,8 +166,6 @@ class Liveness:
     def for_url(url: str, executor_id: str) -> Liveness:
         """The lock kind that fits the system database at ``url``."""
         if url.startswith("sqlite"):
-            from sqlalchemy import make_url
-
             database = make_url(url).database or "workflows.db"
             return FileLiveness(executor_id, Path(database + ".executors"))
         return PostgresLiveness(executor_id, url)
@@ -202,8 +210,6 @@ class Liveness:
 
     def check(self) -> dict[str, int]:
         """Recover the PENDING runs of each executor whose lock this process can take."""
-        from dbos._utils import GlobalParams
-
         self.keep_alive()
         pending = DBOS.list_workflows(status="PENDING", load_input=False, load_output=False)
         owners: dict[str, set[str]] = {}
@@ -251,9 +257,6 @@ class PostgresLiveness(Liveness):
         return int.from_bytes(digest[:8], "big", signed=True)
 
     def _run(self, sql: str, executor: str) -> Any:
-        from sqlalchemy import text
-        from sqlalchemy.exc import DBAPIError
-
         with self._lock:
             for attempt in range(2):
                 try:
@@ -267,10 +270,6 @@ class PostgresLiveness(Liveness):
             return None
 
     def _connect(self) -> None:
-        from sqlalchemy import NullPool, create_engine, text
-
-        from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES
-
         if self._engine is None:
             self._engine = create_engine(with_driver(self.url), poolclass=NullPool, connect_args={
                 "application_name": f"labelloop executor {self.executor_id}"[:63], "connect_timeout": 10,
@@ -335,8 +334,6 @@ class FileLiveness(Liveness):
         return self.folder / f"{safe}-{hashlib.sha256(executor.encode()).hexdigest()[:8]}.lock"
 
     def _try(self, executor: str) -> Any:
-        import fcntl
-
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = self._path(executor).open("a+b")
         try:
@@ -373,8 +370,6 @@ class FileLiveness(Liveness):
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -394,6 +389,11 @@ def enqueue(queue_name: str, workflow: Callable[..., Any], *args: Any, workflow_
     return handle.get_workflow_id()
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether a run with this id was ever started."""
+    return DBOS.get_workflow_status(run_id) is not None
+
+
 def jsonable(value: Any) -> Any:
     """``value`` reduced to JSON types (datetimes and other objects become strings)."""
     if isinstance(value, BaseException):
@@ -406,8 +406,9 @@ def step(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], 
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
+        step_name = name or fn.__name__
 
-        @DBOS.step(name=name or fn.__name__, **options)
+        @DBOS.step(name=step_name, **options)
         def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
             return {"input": _bound(signature, args, kwargs), "output": fn(*args, **kwargs)}
 
@@ -415,7 +416,19 @@ def step(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], 
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             return recorded(*args, **kwargs)["output"]
 
+        STEPS[step_name] = call
         return call
+
+    return wrap
+
+
+def workflow(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A DBOS workflow named ``name`` (its runs are recorded under that name)."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        registered = DBOS.workflow(name=name)(fn)
+        WORKFLOWS[name] = registered
+        return registered
 
     return wrap
 
@@ -487,10 +500,6 @@ def schedule_status(name: str) -> dict[str, Any] | None:
 
 def next_fire_time(cron: str) -> str:
     """When a six-field cron fires next (UTC, ISO 8601)."""
-    from datetime import UTC, datetime
-
-    from croniter import croniter
-
     return croniter(cron, datetime.now(UTC), second_at_beginning=True).get_next(datetime).isoformat()
 
 

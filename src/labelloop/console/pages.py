@@ -10,47 +10,32 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from labelloop import engine
-from labelloop.web import plots
-from labelloop.web.pages import Operator
 from labelloop.detection import service as detection
-from labelloop.modeling import service as modeling
+from labelloop.loop import routing
+from labelloop.modeling import dataset, versions
 from labelloop.notifications import service as notifications
 from labelloop.parameters import service as parameters
 from labelloop.review import service as review
 from labelloop.review.models import HumanLoopSource, HumanLoopStatus
 from labelloop.runs import service as runs
-from labelloop.runs.pages import STATUS_TAGS, describe
+from labelloop.runs.pages import as_listed
 from labelloop.sampling import service as sampling
-from labelloop.storage import service as storage
-from labelloop.storage.models import LABELED_FOLDER
-from labelloop.web.pages import render
+from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
+from labelloop.web.pages import Operator, render
 
 router = APIRouter(include_in_schema=False)
-SCHEDULE_TITLES = {"training-check": "Training check", "human-sampling": "Human sampling"}
+SCHEDULE_TITLES = {schedule.name: schedule.title for schedule in routing.SCHEDULES}
 RECENT = 8
-
-
-def install(app: FastAPI) -> None:
-    """Add the console's pages: dashboard, storage, parameters, models, runs and detections."""
-    from labelloop.detection.pages import router as detection_pages
-    from labelloop.modeling.pages import router as modeling_pages
-    from labelloop.parameters.pages import router as parameter_pages
-    from labelloop.runs.pages import router as run_pages
-    from labelloop.storage.pages import router as storage_pages
-
-    for pages in (router, storage_pages, parameter_pages, modeling_pages, run_pages, detection_pages):
-        app.include_router(pages)
 
 
 def images_per_label() -> list[tuple[str, int]]:
     """How many training images each label folder holds, most first."""
-    counts = Counter(storage.label_of(info.key) for info in storage.list_objects(LABELED_FOLDER))
-    counts.pop(None, None)
+    counts = Counter(label for _, label, _ in dataset.labeled_objects())
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -65,18 +50,17 @@ def schedules() -> list[dict[str, Any]]:
 
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard(request: Request, session: SessionDep, _visitor: Operator) -> Response:
-    serving = modeling.serving_version(session)
-    versions = modeling.list_versions(session)
+    serving = versions.serving_version(session=session)
+    listed = versions.list_versions(session=session)
     labels = images_per_label()
-    decision = modeling.check_new_training("schedule (as the next scheduled check would see it)")
-    values = parameters.values(session)
-    open_loops = review.list_loops(session, status=HumanLoopStatus.IN_PROGRESS, limit=5000)
+    decision = dataset.check_new_training("schedule (as the next scheduled check would see it)")
+    values = parameters.values(session=session)
+    open_loops = review.list_loops(status=HumanLoopStatus.IN_PROGRESS, limit=5000, session=session)
     by_source = Counter(loop.source for loop in open_loops)
-    recent_runs = [{**run, "what": describe(run), "tag": STATUS_TAGS.get(run["status"], "neutral")}
-                   for run in runs.list_runs(limit=RECENT)]
+    recent_runs = [as_listed(run) for run in runs.list_runs(limit=RECENT)]
     untrained, minimum = decision["untrained_images"], decision["minimum_untrained_images"]
     return render(request, "console/dashboard.html", {
-        "serving": serving, "latest": versions[0] if versions else None,
+        "serving": serving, "latest": listed[0] if listed else None,
         "labels_plot": plots.bar_chart(labels, label="Training images per label", width=560) if labels else None,
         "labels": labels, "labeled_total": sum(n for _, n in labels), "decision": decision,
         "untrained": untrained, "minimum": minimum,
@@ -85,5 +69,6 @@ def dashboard(request: Request, session: SessionDep, _visitor: Operator) -> Resp
         "open_loops": len(open_loops), "from_detection": by_source.get(HumanLoopSource.DETECTION, 0),
         "from_sampling": by_source.get(HumanLoopSource.SAMPLING, 0),
         "oldest_loops": sorted(open_loops, key=lambda loop: loop.id)[:5],
-        "detections": detection.count_events(session), "agreement": sampling.summary(),
-        "runs": recent_runs, "notifications": notifications.feed(session, limit=RECENT), "section": "dashboard"})
+        "detections": detection.count_events(session=session), "agreement": sampling.summary(),
+        "runs": recent_runs, "notifications": notifications.feed(limit=RECENT, session=session),
+                                                                 "section": "dashboard"})

@@ -11,17 +11,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from labelloop.web import plots
-from labelloop.web.pages import Operator
-from labelloop.web.format import as_datetime, query
 from labelloop.detection import service
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.detection.views import export_detections
 from labelloop.parameters import service as parameters
 from labelloop.review.models import NONE_OF_THE_ABOVE
 from labelloop.sampling import service as sampling
-from labelloop.web.pages import render
+from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
+from labelloop.web.format import as_datetime, query
+from labelloop.web.pages import Operator, render
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 100
@@ -110,12 +109,12 @@ def agreement_plot(summary: dict[str, Any]) -> Any:
 def detections_page(request: Request, session: SessionDep, _visitor: Operator, page: int = 1) -> Response:
     filters, given, errors = parse_filters(dict(request.query_params))
     page = max(page, 1)
-    events = service.list_events(session, **filters, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
-    everything = service.list_events(session, **filters, limit=PLOT_LIMIT)
-    threshold = parameters.value(session, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE)
+    events = service.list_events(**filters, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE, session=session)
+    everything = service.list_events(**filters, limit=PLOT_LIMIT, session=session)
+    threshold = parameters.value(parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE, session=session)
     confidences = [e.confidence for e in everything if e.confidence is not None]
     summary = sampling.summary()
-    labels = service.labels_seen(session)
+    labels = service.labels_seen(session=session)
     return render(request, "console/detections.html", {
         "events": events[:PAGE_SIZE], "given": given, "errors": errors, "labels": labels,
         "answers": [*labels, NONE_OF_THE_ABOVE] if NONE_OF_THE_ABOVE not in labels else labels,

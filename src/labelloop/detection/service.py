@@ -13,7 +13,11 @@ from sqlalchemy.orm import Session
 
 from labelloop import db
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling import endpoint
+from labelloop.modeling.images import ImageRejected
+from labelloop.modeling.serving import NoModelServing
 from labelloop.parameters import service as parameters
+from labelloop.storage import service as storage
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ def as_dict(event: DetectionEvent) -> dict[str, Any]:
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
     """The detection event of this object (created once; the same key and ETag give the same event)."""
     with db.session() as session:
-        existing = _event_for(session, key, etag)
+        existing = _event_for(key, etag, session=session)
         if existing is not None:
             return as_dict(existing)
         event = DetectionEvent(request_id=str(uuid.uuid4()), object_key=key, etag=etag, run_id=run_id,
@@ -40,21 +44,17 @@ def record_arrival(key: str, etag: str, run_id: str | None, source: str = "uploa
             session.flush()
         except IntegrityError:  # another worker recorded it first
             session.rollback()
-            return as_dict(_event_for(session, key, etag))
+            return as_dict(_event_for(key, etag, session=session))
         return as_dict(event)
 
 
-def _event_for(session: Session, key: str, etag: str) -> DetectionEvent | None:
+def _event_for(key: str, etag: str, *, session: Session) -> DetectionEvent | None:
     return session.scalar(select(DetectionEvent).where(DetectionEvent.object_key == key,
                                                        DetectionEvent.etag == etag))
 
 
 def detect_event(event_id: int) -> dict[str, Any]:
     """Run the serving model on the event's image and record the answer (once; a repeat returns it)."""
-    from labelloop.modeling import service as modeling
-    from labelloop.modeling.images import ImageRejected
-    from labelloop.storage import service as storage
-
     with db.session() as session:
         event = session.get(DetectionEvent, event_id)
         if event.status == DetectionStatus.DETECTED:
@@ -62,12 +62,12 @@ def detect_event(event_id: int) -> dict[str, Any]:
         key = event.object_key
     try:
         _, data = storage.get_object(key)
-        inputs = modeling.prepare_image(data)
+        inputs = endpoint.prepare_image(data)
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return _reject(event_id, str(exc))
     try:
-        version, results = modeling.detect_inputs(inputs)
-    except modeling.NoModelServing as exc:
+        version, results = endpoint.detect_inputs(inputs)
+    except NoModelServing as exc:
         return _wait(event_id, str(exc))
     return _record(event_id, version, results[0])
 
@@ -89,7 +89,7 @@ def _wait(event_id: int, reason: str) -> dict[str, Any]:
 
 def _record(event_id: int, version: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
     with db.session() as session:
-        values = parameters.values(session)
+        values = parameters.values(session=session)
         event = session.get(DetectionEvent, event_id)
         event.status, event.status_message = DetectionStatus.DETECTED, ""
         event.detected_at = db.utcnow()
@@ -116,7 +116,7 @@ def waiting_event_ids() -> list[int]:
             DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL).order_by(DetectionEvent.id)))
 
 
-def list_events(session: Session, *, label: str | None = None, min_confidence: float | None = None,
+def list_events(*, session: Session, label: str | None = None, min_confidence: float | None = None,
                 max_confidence: float | None = None, sampled: bool | None = None, human_label: str | None = None,
                 answered: bool | None = None, since: datetime | None = None, until: datetime | None = None,
                 status: str | None = None, limit: int = 500, offset: int = 0) -> list[DetectionEvent]:
@@ -140,12 +140,12 @@ def list_events(session: Session, *, label: str | None = None, min_confidence: f
     return list(session.scalars(query))
 
 
-def count_events(session: Session) -> int:
+def count_events(*, session: Session) -> int:
     """How many detection events there are."""
     return session.scalar(select(func.count(DetectionEvent.id))) or 0
 
 
-def labels_seen(session: Session) -> list[str]:
+def labels_seen(*, session: Session) -> list[str]:
     """Every label the model or a reviewer gave a detection, sorted (for the detection log's filters)."""
     model = session.scalars(select(DetectionEvent.label).where(DetectionEvent.label.is_not(None)).distinct())
     human = session.scalars(select(DetectionEvent.human_label).where(DetectionEvent.human_label.is_not(None))

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from labelloop.detection import service
-from labelloop.workforce.models import Role, User
 from labelloop.web.dependencies import SessionDep, require
+from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1/detections", tags=["detections"])
 Operator = Depends(require(Role.OPERATOR))
@@ -35,7 +35,7 @@ def _filters(label: str | None = None, min_confidence: float | None = Query(None
 def list_detections(session: SessionDep, filters: dict[str, Any] = Depends(_filters),
                     _: User = Operator) -> list[dict[str, Any]]:
     """Detection events, newest first, filtered by label, confidence range, sampled, human answer, date."""
-    return [service.as_dict(event) for event in service.list_events(session, **filters)]
+    return [service.as_dict(event) for event in service.list_events(**filters, session=session)]
 
 
 @router.get("/export.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
@@ -45,7 +45,7 @@ def export_detections(session: SessionDep, filters: dict[str, Any] = Depends(_fi
     out = io.StringIO()
     writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    for event in service.list_events(session, **filters):
+    for event in service.list_events(**filters, session=session):
         writer.writerow(service.as_dict(event))
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="detections.csv"'})

@@ -25,10 +25,15 @@ from typing import Any
 import numpy as np
 
 from labelloop import db
-from labelloop.modeling import service
+from labelloop.modeling import dataset
+from labelloop.modeling.embedding import embed_cached
+from labelloop.modeling.endpoint import training_embedder
 from labelloop.modeling.evaluation import production_estimate
-from labelloop.modeling.models import ModelStatus
+from labelloop.modeling.images import content_hash
+from labelloop.modeling.training import TrainingDataError, train_head
+from labelloop.modeling.versions import get_version, head_of, serving_version
 from labelloop.parameters import service as parameters
+from labelloop.storage import service as storage
 
 # Sampling answers a paired comparison needs, times the confident share of traffic (the absolute estimate
 # needs evaluation.MIN_AUDIT_ANSWERS): measured on load_digits, a young model sends most detections to review
@@ -53,23 +58,17 @@ class Evidence:
 
 def _embeddings(sources: dict[str, Any]) -> dict[str, np.ndarray]:
     """Embeddings by content hash (from the cache; images that do not decode are left out)."""
-    from labelloop.modeling.embedding import embed_cached
-
     if not sources:
         return {}
-    embedder, cache = service.training_embedder()
+    embedder, cache = training_embedder()
     vectors = embed_cached(embedder, cache, sources)
     return {digest: vectors.get(digest) for digest in sources if digest not in vectors.rejected}
 
 
-def gather(version: str) -> Evidence:
-    """The version's manifest and the human answers (answers about images in its data set are left out)."""
-    from labelloop.modeling.images import content_hash
-    from labelloop.review import service as review
-    from labelloop.storage import service as storage
-
-    found = review.review_evidence()
-    rows = service.manifest_of(version)["images"]
+def gather(version: str, found: dict[str, Any]) -> Evidence:
+    """The version's manifest and the human answers in ``found`` (what human review knows, as
+    ``review.service.review_evidence`` gives it); answers about images in its data set are left out."""
+    rows = dataset.manifest_of(version)["images"]
     known = {row["sha256"] for row in rows if row.get("sha256")}
     answers: dict[str, tuple[str, bytes]] = {}
     for key, label in found["audit"]:
@@ -105,16 +104,14 @@ def _decisions_without(evidence: Evidence, fresh: list[dict[str, Any]], vectors:
     """The new version's decisions on `fresh` test images from a model that has not trained on them but on
     everything else it has: its deployed model did train on them when it trains on all images, and its
     evaluated one (80 % of the images) would be compared with a serving model trained on all of its own."""
-    from labelloop.modeling.training import TrainingDataError, train_head
-
     if not options.get("final_on_all"):  # the deployed model is the evaluated one: it never saw its test split
         return [row["predicted"] for row in fresh]
     left = {row["sha256"] for row in fresh}
-    usable, _ = service.trainable_entries([row for row in evidence.rows if row.get("split") in ("train", "test")
+    usable, _ = dataset.trainable_entries([row for row in evidence.rows if row.get("split") in ("train", "test")
                                            and row["sha256"] not in left])
-    embedder, cache = service.training_embedder()
+    embedder, cache = training_embedder()
     try:
-        head = train_head(service.labeled_examples(usable), embedder, cache, final_on_all=True,
+        head = train_head(dataset.labeled_examples(usable), embedder, cache, final_on_all=True,
                           balance_labels=bool(options.get("balance_labels"))).head
     except TrainingDataError:  # without them a label has too few images: judge by the evaluated model
         return [row["predicted"] for row in fresh]
@@ -125,14 +122,12 @@ def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[st
     """Both versions' production estimates on the same images, ones neither has trained on: the new version's
     test images from human review that the serving version never saw, and the human-sampling answers.
     None when no other version serves."""
-    from labelloop.storage import service as storage
-
     with db.session() as session:
-        serving = service.serving_version(session)
+        serving = serving_version(session=session)
         if serving is None or serving.version == version or serving.head is None:
             return None
-        name, serving_head = serving.version, service.head_from_bytes(serving.head)
-    seen = {row["sha256"] for row in service.manifest_of(name)["images"] if row.get("sha256")}
+        name, serving_head = serving.version, head_of(serving)
+    seen = {row["sha256"] for row in dataset.manifest_of(name)["images"] if row.get("sha256")}
     fresh = [row for row in evidence.test_rows() if row["key"] in evidence.reviewed_keys and row["sha256"] not in seen]
     vectors = _embeddings({row["sha256"]: (lambda key=row["key"]: storage.get_object(key)[1]) for row in fresh})
     fresh = [row for row in fresh if row["sha256"] in vectors]
@@ -176,24 +171,18 @@ def _refusal(f1: float, minimum: float, production: dict[str, Any], compared: di
     return message + "; the version is kept but not deployed"
 
 
-def f1_gate(version: str, run_id: str) -> dict[str, Any]:
-    """Pass or refuse `version` (see the module docstring); a refused version is TRAINING_FAILED, metrics
-    kept. The three measures are stored in its evaluation under "gate"."""
+def judge(version: str, found: dict[str, Any]) -> dict[str, Any]:
+    """The gate's verdict on `version` (see the module docstring) from its metrics and the human answers in
+    `found`: every measure, whether it passed and on which, and the refusal message when it did not."""
     with db.session() as session:
-        minimum = parameters.value(session, parameters.MINIMUM_F1_SCORE)
-        row = service.get_version(session, version)
-        f1, head = row.f1 or 0.0, service.head_from_bytes(row.head)
+        minimum = parameters.value(parameters.MINIMUM_F1_SCORE, session=session)
+        row = get_version(version, session=session)
+        f1, head = row.f1 or 0.0, head_of(row)
         options = dict(row.evaluation.get("training_options") or {})
-    evidence = gather(version)
+    evidence = gather(version, found)
     production = estimate(evidence, head)
     compared = versus_serving(version, evidence, head, options)
     passed_on = _verdict(f1, minimum, production, compared)
-    result = {"f1": f1, "minimum_f1": minimum, "production_estimate": production, "versus_serving": compared,
-              "passed": passed_on is not None, "passed_on": passed_on}
-    with db.session() as session:
-        row = service.get_version(session, version)
-        row.evaluation = {**row.evaluation, "gate": result}
-    if passed_on is None:
-        service.change_status(version, ModelStatus.TRAINING_FAILED, _refusal(f1, minimum, production, compared),
-                              run_id)
-    return result
+    return {"f1": f1, "minimum_f1": minimum, "production_estimate": production, "versus_serving": compared,
+            "passed": passed_on is not None, "passed_on": passed_on,
+            "refusal": None if passed_on else _refusal(f1, minimum, production, compared)}

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from labelloop.web import plots
-from labelloop.web.pages import Operator
-from labelloop.modeling import flows, service
+from labelloop.loop import actions
+from labelloop.modeling import service, versions
 from labelloop.modeling.models import ModelStatus, ModelVersion
 from labelloop.parameters import service as parameters
-from labelloop.web.pages import Form, PageDenied, render
+from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
+from labelloop.web.pages import Form, Operator, PageDenied, render, sentence
 
 router = APIRouter(include_in_schema=False)
 STATUS_TAGS = {  # the tag colour of each status
@@ -34,13 +34,13 @@ ACTIONS = {
 
 def _version_or_404(session: Session, version: str) -> ModelVersion:
     try:
-        return service.get_version(session, version)
-    except service.VersionNotFound:
+        return versions.get_version(version, session=session)
+    except versions.VersionNotFound:
         raise PageDenied(404, f"There is no model version {version!r}.") from None
 
 
 def _can_deploy(row: ModelVersion) -> bool:
-    return row.head is not None and row.status in service.SERVABLE and row.status != ModelStatus.RUNNING.value
+    return row.head is not None and row.status in versions.SERVABLE and row.status != ModelStatus.RUNNING.value
 
 
 def _actions(row: ModelVersion, serving: ModelVersion | None) -> dict[str, Any]:
@@ -67,9 +67,9 @@ def _notice(request: Request, version: str) -> dict[str, str] | None:
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep, _visitor: Operator) -> Response:
-    rows = service.list_versions(session)
-    serving = service.serving_version(session)
-    minimum = parameters.value(session, parameters.MINIMUM_F1_SCORE)
+    rows = versions.list_versions(session=session)
+    serving = versions.serving_version(session=session)
+    minimum = parameters.value(parameters.MINIMUM_F1_SCORE, session=session)
     return render(request, "console/models.html", {
         "versions": [{"row": row, "tag": STATUS_TAGS.get(row.status, "neutral"), **_actions(row, serving)}
                      for row in rows],
@@ -93,7 +93,7 @@ def confusion(evaluation: dict[str, Any]) -> dict[str, Any] | None:
 @router.get("/models/{version}", response_class=HTMLResponse)
 def version_page(request: Request, version: str, session: SessionDep, _visitor: Operator) -> Response:
     row = _version_or_404(session, version)
-    serving = service.serving_version(session)
+    serving = versions.serving_version(session=session)
     evaluation = row.evaluation or {}
     per_label = evaluation.get("per_label") or []
     metrics_plot = plots.bar_chart([(m["label"], m["f1"]) for m in per_label], label=f"F1 per label of {row.version}",
@@ -102,29 +102,30 @@ def version_page(request: Request, version: str, session: SessionDep, _visitor: 
         "row": row, "tag": STATUS_TAGS.get(row.status, "neutral"), **_actions(row, serving), "serving": serving,
         "evaluation": evaluation, "per_label": per_label, "confusion": confusion(evaluation),
         "metrics_plot": metrics_plot, "notice_action": _notice(request, row.version),
-        "minimum_f1": parameters.value(session, parameters.MINIMUM_F1_SCORE), "section": "models"})
+        "minimum_f1": parameters.value(parameters.MINIMUM_F1_SCORE, session=session), "section": "models"})
 
 
 @router.post("/models/{version}/deploy")
 def deploy(version: str, session: SessionDep, visitor: Operator, _form: Form) -> Response:
     """Deploy (or roll back to) a trained version, blue-green, as ``POST /api/v1/models/{version}/deploy``."""
     row = _version_or_404(session, version)
-    if not _can_deploy(row):
-        raise PageDenied(409, f"Model version {version} is {row.status} and cannot be deployed; deployable versions "
-                              "have finished training (TRAINING_COMPLETED or STOPPED).")
-    serving = service.serving_version(session)
+    serving = versions.serving_version(session=session)
     action = "rollback" if serving is not None and row.id < serving.id else "deploy"
-    run_id = flows.start_deploy(version, visitor.user.username)
+    try:
+        run_id = actions.deploy_version(version, visitor.user.username, session=session)
+    except versions.ModelError as exc:
+        raise PageDenied(409, sentence(str(exc))) from None
     return RedirectResponse(f"/models/{quote(version)}?action={action}&run={quote(run_id)}", status_code=303)
 
 
 @router.post("/models/{version}/stop")
 def stop(version: str, session: SessionDep, visitor: Operator, _form: Form) -> Response:
     """Stop serving a version, as ``POST /api/v1/models/{version}/stop``."""
-    row = _version_or_404(session, version)
-    if row.status != ModelStatus.RUNNING.value:
-        raise PageDenied(409, f"Model version {version} is {row.status}, not RUNNING.")
-    run_id = flows.start_stop(version, visitor.user.username)
+    _version_or_404(session, version)
+    try:
+        run_id = actions.stop_version(version, visitor.user.username, session=session)
+    except versions.ModelError as exc:
+        raise PageDenied(409, sentence(str(exc))) from None
     return RedirectResponse(f"/models/{quote(version)}?action=stop&run={quote(run_id)}", status_code=303)
 
 
@@ -133,8 +134,8 @@ def export(version: str, session: SessionDep, _visitor: Operator) -> Response:
     """The whole model (backbone, head, softmax) as one ONNX file."""
     _version_or_404(session, version)
     try:
-        data = service.export_onnx(session, version)
-    except service.ModelError as exc:
+        data = service.export_onnx(version, session=session)
+    except versions.ModelError as exc:
         raise PageDenied(409, str(exc)) from None
     return Response(data, media_type="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="labelloop-model-{quote(version)}.onnx"',

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -188,8 +188,3 @@ class Serving:
         self._requests.put(_Request(inputs, future))
         return future
 
-
-def ranked(labels: list[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
-    """Every label with its confidence (0-100), best first."""
-    order = np.argsort(-probabilities, kind="stable")
-    return [{"name": labels[i], "confidence": round(float(probabilities[i]) * 100.0, 4)} for i in order]

@@ -9,10 +9,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from labelloop.config import get_settings
-from labelloop.modeling import flows, service
+from labelloop.loop import actions
+from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
-from labelloop.workforce.models import Role, User
 from labelloop.web.dependencies import SessionDep, require
+from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 Operator = Depends(require(Role.OPERATOR))
@@ -22,39 +23,31 @@ Detector = Depends(require(Role.OPERATOR, Role.CONSUMER))
 @router.post("/training/check", status_code=202)
 def check_training(user: User = Operator) -> dict[str, Any]:
     """Run the training check now; returns the run id."""
-    run_id = flows.start_training_check(f"requested by {user.username}")
-    return {"run_id": run_id}
+    return {"run_id": actions.check_training(user.username)}
 
 
 @router.get("/models", response_model=list[ModelVersionRead])
 def list_models(session: SessionDep, _: User = Operator) -> list[dict[str, Any]]:
     """Every model version, newest first, with status, F1 and image counts."""
-    return [service.describe(row) for row in service.list_versions(session)]
+    return [versions.describe(row) for row in versions.list_versions(session=session)]
 
 
 @router.get("/models/{version}", response_model=ModelVersionRead)
 def read_model(version: str, session: SessionDep, _: User = Operator) -> dict[str, Any]:
     """One model version with its per-label metrics and confusion matrix."""
-    return service.describe(service.get_version(session, version))
+    return versions.describe(versions.get_version(version, session=session))
 
 
 @router.post("/models/{version}/deploy", status_code=202)
 def deploy_model(version: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
     """Deploy (or roll back to) a trained version, blue-green; returns the run id."""
-    row = service.get_version(session, version)
-    if row.head is None or row.status not in service.SERVABLE:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"model version {version} is {row.status} and cannot be "
-                            "deployed; deployable versions have finished training")
-    return {"run_id": flows.start_deploy(version, user.username)}
+    return {"run_id": actions.deploy_version(version, user.username, session=session)}
 
 
 @router.post("/models/{version}/stop", status_code=202)
 def stop_model(version: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
     """Stop serving a version; returns the run id."""
-    row = service.get_version(session, version)
-    if row.status != "RUNNING":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"model version {version} is {row.status}, not RUNNING")
-    return {"run_id": flows.start_stop(version, user.username)}
+    return {"run_id": actions.stop_version(version, user.username, session=session)}
 
 
 @router.get("/models/{version}/export", response_class=Response,
@@ -62,7 +55,7 @@ def stop_model(version: str, session: SessionDep, user: User = Operator) -> dict
 def export_model(version: str, session: SessionDep, format: str = Query("onnx", pattern="^onnx$"),
                  _: User = Operator) -> Response:
     """The whole model (backbone + head + softmax) as one ONNX file; label names in its metadata."""
-    data = service.export_onnx(session, version)
+    data = service.export_onnx(version, session=session)
     return Response(data, media_type="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="labelloop-model-{version}.onnx"'})
 
@@ -74,6 +67,6 @@ async def detect(file: UploadFile, request: Request, _: User = Detector) -> dict
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the image is larger than {limit} bytes")
-    inputs = await run_in_threadpool(service.prepare_image, data)
-    version, results = await run_in_threadpool(service.detect_inputs, inputs)
+    inputs = await run_in_threadpool(endpoint.prepare_image, data)
+    version, results = await run_in_threadpool(endpoint.detect_inputs, inputs)
     return {"model_version": version, "labels": results[0]}

@@ -53,7 +53,7 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
     error kept on the notification; the feed entry and the other channels are not affected.
     """
     with db.session() as session:
-        note = _existing(session, dedupe_key)
+        note = _existing(dedupe_key, session=session)
         if note is None:
             note = Notification(event_type=event_type, subject=subject[:300], message=message,
                                 object_key=object_key, model_version=model_version, label=label,
@@ -64,7 +64,7 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
                 session.flush()
             except IntegrityError:  # the same step, retried elsewhere, stored it a moment ago
                 session.rollback()
-                note = _existing(session, dedupe_key)
+                note = _existing(dedupe_key, session=session)
         if note.deliveries:
             return note.id  # a retried step: stored and delivered before
         fields = as_dict(note)
@@ -74,7 +74,7 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
     return fields["id"]
 
 
-def _existing(session: Session, dedupe_key: str | None) -> Notification | None:
+def _existing(dedupe_key: str | None, *, session: Session) -> Notification | None:
     if not dedupe_key:
         return None
     return session.scalar(select(Notification).where(Notification.dedupe_key == dedupe_key))
@@ -107,7 +107,7 @@ def _attempt(channel: str, fields: dict[str, Any], send: Any) -> str:
     return outcome
 
 
-def feed(session: Session, *, limit: int = 100, event_type: str | None = None,
+def feed(*, session: Session, limit: int = 100, event_type: str | None = None,
          after_id: int | None = None) -> list[Notification]:
     """The newest notifications first."""
     query = select(Notification).order_by(Notification.id.desc()).limit(limit)

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query
 
 from labelloop.db import MAX_ROW_ID
 from labelloop.notifications import service
-from labelloop.workforce.models import Role, User
 from labelloop.web.dependencies import SessionDep, require
+from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1/notifications", tags=["notifications"])
 
@@ -20,5 +20,5 @@ def list_notifications(session: SessionDep, limit: int = Query(100, ge=1, le=100
                        after_id: int | None = Query(None, ge=0, le=MAX_ROW_ID),
                        _: User = Depends(require(Role.OPERATOR))) -> list[dict[str, Any]]:
     """Notifications, newest first."""
-    return [service.as_dict(n) for n in service.feed(session, limit=limit, event_type=event_type,
-                                                     after_id=after_id)]
+    return [service.as_dict(n) for n in service.feed(limit=limit, event_type=event_type, after_id=after_id,
+            session=session)]

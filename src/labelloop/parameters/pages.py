@@ -11,13 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from labelloop.web.pages import Operator
-from labelloop.web.format import pretty_json
-from labelloop.parameters import flows, service
-from labelloop.parameters.views import _history_entry as history_entry
+from labelloop.loop import actions
+from labelloop.parameters import service
+from labelloop.parameters.views import history_entry
 from labelloop.runs import service as runs
-from labelloop.web.pages import Form, PageDenied, render
 from labelloop.web.dependencies import SessionDep
+from labelloop.web.format import pretty_json
+from labelloop.web.pages import Form, Operator, PageDenied, render
 
 router = APIRouter(include_in_schema=False)
 RECENT_CHANGES = 25
@@ -36,13 +36,13 @@ def history_entries(changes: list[Any]) -> list[dict[str, Any]]:
 
 def _rows(session: Session) -> list[dict[str, Any]]:
     rows = []
-    for row in service.list_all(session):
+    for row in service.list_all(session=session):
         described = service.describe(row)
         spec = service.DEFINITIONS[row.name]
         described["system_only"] = spec.system_only
         described["kind"] = {"bool": "boolean", "int": "whole number", "float": "number",
                              "json": "JSON"}[spec.kind]
-        described["changes"] = len(service.history(session, row.name, limit=1000))
+        described["changes"] = len(service.history(row.name, limit=1000, session=session))
         if spec.kind == "json":
             described["pretty"] = pretty_json(spec.parse(row.value))
         rows.append(described)
@@ -54,12 +54,12 @@ def _list_page(request: Request, session: Session, *, errors: dict[str, str] | N
     changed = request.query_params.get("changed")
     latest = None
     if changed in service.DEFINITIONS and not errors:
-        found = service.history(session, changed, limit=1)
+        found = service.history(changed, limit=1, session=session)
         latest = history_entries(found)[0] if found else None
     return render(request, "console/parameters.html", {
         "parameters": _rows(session), "errors": errors or {}, "values": values or {}, "latest": latest,
         "unchanged": request.query_params.get("unchanged") if not errors else None,
-        "recent": history_entries(service.history(session, limit=RECENT_CHANGES)),
+        "recent": history_entries(service.history(limit=RECENT_CHANGES, session=session)),
         "section": "parameters"}, status_code=status_code)
 
 
@@ -79,8 +79,8 @@ def _definition_or_404(name: str) -> service.Definition:
 def parameter_page(request: Request, name: str, session: SessionDep, _visitor: Operator) -> Response:
     spec = _definition_or_404(name)
     return render(request, "console/parameter.html", {
-        "parameter": {**service.describe(service.get(session, name)), "system_only": spec.system_only},
-        "history": history_entries(service.history(session, name, limit=1000)),
+        "parameter": {**service.describe(service.get(name, session=session)), "system_only": spec.system_only},
+        "history": history_entries(service.history(name, limit=1000, session=session)),
         "section": "parameters"})
 
 
@@ -92,20 +92,17 @@ def change_parameter(request: Request, name: str, session: SessionDep, visitor: 
     raw = raw if isinstance(raw, str) else ""
     back = form.get("back")
     try:
-        change = service.change(session, name, raw, changed_by=visitor.user.username)
+        applied = actions.change_parameter(name, raw, actor=visitor.user.username, session=session)
     except service.ParameterError as exc:
         session.rollback()
         message = str(exc)
         if back == "detail":
             return render(request, "console/parameter.html", {
-                "parameter": {**service.describe(service.get(session, name)), "system_only": spec.system_only},
-                "history": history_entries(service.history(session, name, limit=1000)),
+                "parameter": {**service.describe(service.get(name, session=session)), "system_only": spec.system_only},
+                "history": history_entries(service.history(name, limit=1000, session=session)),
                 "error": message, "value": raw, "section": "parameters"}, status_code=422)
         return _list_page(request, session, errors={name: message}, values={name: raw}, status_code=422)
     target = f"/parameters/{quote(name)}" if back == "detail" else "/parameters"
-    if change is None:
+    if not applied["changed"]:
         return RedirectResponse(f"{target}?unchanged={quote(name)}#param-{quote(name)}", status_code=303)
-    session.commit()
-    flows.start_change_run({"name": change.name, "version": change.version, "old_value": change.old_value,
-                            "new_value": change.new_value, "changed_by": change.changed_by})
     return RedirectResponse(f"{target}?changed={quote(name)}#param-{quote(name)}", status_code=303)

@@ -165,45 +165,46 @@ def validate(name: str, raw: object) -> str:
     return str(int(text)) if spec.kind == "int" else repr(float(text))
 
 
-def ensure_defaults(db: Session) -> int:
+def ensure_defaults(*, session: Session) -> int:
     """Create every parameter that does not exist yet with its default; returns how many were created."""
-    existing = set(db.scalars(select(Parameter.name)))
+    existing = set(session.scalars(select(Parameter.name)))
     missing = [spec for name, spec in DEFINITIONS.items() if name not in existing]
     for spec in missing:
-        db.add(Parameter(name=spec.name, value=spec.default, version=1, modified_by="system"))
-        db.add(ParameterChange(name=spec.name, version=1, old_value=None, new_value=spec.default,
+        session.add(Parameter(name=spec.name, value=spec.default, version=1, modified_by="system"))
+        session.add(ParameterChange(name=spec.name, version=1, old_value=None, new_value=spec.default,
                                changed_by="system"))
-    db.flush()
+    session.flush()
     return len(missing)
 
 
-def get(db: Session, name: str) -> Parameter:
+def get(name: str, *, session: Session) -> Parameter:
     """The stored parameter ``name``."""
     definition(name)
-    row = db.get(Parameter, name)
+    row = session.get(Parameter, name)
     if row is None:
         raise UnknownParameter(f"parameter {name!r} has not been created yet; start the server once")
     return row
 
 
-def value(db: Session, name: str) -> Any:
+def value(name: str, *, session: Session) -> Any:
     """The typed current value of ``name`` (bool, int, float or dict)."""
-    return definition(name).parse(get(db, name).value)
+    return definition(name).parse(get(name, session=session).value)
 
 
-def values(db: Session) -> dict[str, Any]:
+def values(*, session: Session) -> dict[str, Any]:
     """Every parameter's typed current value."""
-    rows = db.scalars(select(Parameter)).all()
+    rows = session.scalars(select(Parameter)).all()
     return {row.name: DEFINITIONS[row.name].parse(row.value) for row in rows if row.name in DEFINITIONS}
 
 
-def list_all(db: Session) -> list[Parameter]:
+def list_all(*, session: Session) -> list[Parameter]:
     """Every parameter in definition order."""
-    rows = {row.name: row for row in db.scalars(select(Parameter))}
+    rows = {row.name: row for row in session.scalars(select(Parameter))}
     return [rows[name] for name in DEFINITIONS if name in rows]
 
 
-def change(db: Session, name: str, raw: object, *, changed_by: str, system: bool = False) -> ParameterChange | None:
+def change(name: str, raw: object, *, session: Session, changed_by: str,
+           system: bool = False) -> ParameterChange | None:
     """Validate and store a new value of ``name``; returns the change, or ``None`` when the value is the same.
 
     ``For-System-Use-Only`` can only be written with ``system=True``.
@@ -212,7 +213,7 @@ def change(db: Session, name: str, raw: object, *, changed_by: str, system: bool
     if spec.system_only and not system:
         raise ParameterError(f"{name} is written by the system only")
     new_value = validate(name, raw)
-    row = get(db, name)
+    row = get(name, session=session)
     if row.value == new_value:
         return None
     old_value = row.value
@@ -222,30 +223,30 @@ def change(db: Session, name: str, raw: object, *, changed_by: str, system: bool
     row.modified_by = changed_by
     record = ParameterChange(name=name, version=row.version, old_value=old_value, new_value=new_value,
                              changed_by=changed_by, changed_at=row.last_modified)
-    db.add(record)
-    db.flush()
+    session.add(record)
+    session.flush()
     return record
 
 
-def history(db: Session, name: str | None = None, limit: int = 200) -> list[ParameterChange]:
+def history(name: str | None = None, limit: int = 200, *, session: Session) -> list[ParameterChange]:
     """Changes, newest first, of one parameter or of all."""
     query = select(ParameterChange).order_by(ParameterChange.id.desc()).limit(limit)
     if name is not None:
         definition(name)
         query = query.where(ParameterChange.name == name)
-    return list(db.scalars(query))
+    return list(session.scalars(query))
 
 
-def system_state(db: Session) -> dict[str, Any]:
+def system_state(*, session: Session) -> dict[str, Any]:
     """The ``For-System-Use-Only`` object."""
-    return value(db, FOR_SYSTEM_USE_ONLY)
+    return value(FOR_SYSTEM_USE_ONLY, session=session)
 
 
-def update_system_state(db: Session, **updates: Any) -> dict[str, Any]:
+def update_system_state(*, session: Session, **updates: Any) -> dict[str, Any]:
     """Merge ``updates`` into ``For-System-Use-Only`` and store it as a system change."""
-    state = system_state(db)
+    state = system_state(session=session)
     state.update(updates)
-    change(db, FOR_SYSTEM_USE_ONLY, json.dumps(state, sort_keys=True), changed_by="system", system=True)
+    change(FOR_SYSTEM_USE_ONLY, json.dumps(state, sort_keys=True), changed_by="system", system=True, session=session)
     return state
 
 

@@ -1,24 +1,24 @@
-"""Applying a human answer as a durable run: copy to training data, write the A2I output, record, notify."""
+"""The human-loop steps of the loop: open a loop for a detection, and apply an answer (copy to training data,
+write the A2I output, record it on the detection, notify); composed into workflows in
+``labelloop/loop/routing.py``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dbos import DBOS
-
 from labelloop import engine
+from labelloop.detection.service import needs_human_review
 from labelloop.notifications import service as notifications
 from labelloop.review import service
-from labelloop.storage.flows import fire_object_created
-from labelloop.storage.models import ObjectInfo
-
-APPLY_HUMAN_ANSWER = "apply_human_answer"
+from labelloop.review.models import HumanLoopSource
 
 
-def start_apply_answer(loop: dict[str, Any]) -> str:
-    """Queue the run that applies a loop's answer (once per loop); returns its run id."""
-    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, apply_human_answer, loop["name"],
-                          workflow_id=f"answer-{loop['name']}")
+@engine.step()
+def open_human_loop(detection: dict[str, Any]) -> dict[str, Any] | None:
+    """Below Minimum-Label-Detection-Confidence with Enable-A2I-Workflow on: open a human loop."""
+    if not needs_human_review(detection):
+        return None
+    return service.create_loop(detection["id"], HumanLoopSource.DETECTION)
 
 
 @engine.step()
@@ -49,16 +49,3 @@ def notify_answer(name: str, copied: str | None, recorded: dict[str, Any], run_i
         f"Human loop {name} was answered {recorded['human_label']!r}, which {verdict} the model's "
         f"{recorded['model_label']!r}.{where}", label=recorded["human_label"], status="Completed",
         run_id=run_id, dedupe_key=f"{run_id}:answered")
-
-
-@DBOS.workflow(name=APPLY_HUMAN_ANSWER)
-def apply_human_answer(name: str) -> dict[str, Any]:
-    """Apply a loop's first answer."""
-    copied_object = copy_to_training_data(name)
-    copied = copied_object["key"] if copied_object else None
-    if copied_object:  # the copy is new training data: its own "object created" run, started from here
-        fire_object_created(ObjectInfo(**copied_object), "human loop")
-    output = write_loop_output(name)
-    recorded = record_answer_on_detection(name)
-    notify_answer(name, copied, recorded, DBOS.workflow_id)
-    return {"loop": name, "copied_key": copied, "output_key": output, **recorded}

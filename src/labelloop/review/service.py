@@ -17,7 +17,11 @@ from sqlalchemy.orm import Session
 
 from labelloop import db
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling.images import decode_image
 from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
+from labelloop.storage import service as storage
+from labelloop.storage.models import LABELED_FOLDER
+from labelloop.storage.service import InvalidKey, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,6 @@ class AlreadyAnswered(Exception):
 
 def validate_label(label: str) -> str:
     """Return ``label`` if it can be a folder name under ``images_labeled_by_folder/``."""
-    from labelloop.storage.service import InvalidKey, validate_key
-
     cleaned = unicodedata.normalize("NFC", label.strip()) if isinstance(label, str) else ""
     if not cleaned:
         raise ReviewError("a label may not be empty")
@@ -59,7 +61,7 @@ def validate_label(label: str) -> str:
 # ── the task template ────────────────────────────────────────────────────────
 
 
-def template(session: Session) -> TaskTemplate:
+def template(*, session: Session) -> TaskTemplate:
     """The task template (created with defaults on first use)."""
     row = session.get(TaskTemplate, 1)
     if row is not None:
@@ -74,11 +76,11 @@ def template(session: Session) -> TaskTemplate:
     return session.get(TaskTemplate, 1, populate_existing=True)
 
 
-def update_template(session: Session, actor: str, *, extra_labels: list[str] | None = None,
+def update_template(actor: str, *, session: Session, extra_labels: list[str] | None = None,
                     short_instructions: str | None = None, full_instructions: str | None = None,
                     loop_lifetime_hours: int | None = None) -> TaskTemplate:
     """Change the template's extra labels, instructions or loop lifetime."""
-    row = template(session)
+    row = template(session=session)
     if extra_labels is not None:
         labels = [validate_label(label) for label in extra_labels]
         if NONE_OF_THE_ABOVE in labels:
@@ -96,19 +98,16 @@ def update_template(session: Session, actor: str, *, extra_labels: list[str] | N
     return row
 
 
-def label_choices(session: Session) -> list[str]:
+def label_choices(*, session: Session) -> list[str]:
     """Labels in the training data plus the template's extra labels (None of the Above is offered apart)."""
-    from labelloop.storage.models import LABELED_FOLDER
-    from labelloop.storage.service import backend
-
-    existing = {folder[len(LABELED_FOLDER):].rstrip("/") for folder in backend().folders(LABELED_FOLDER)}
-    return sorted(existing | set(template(session).extra_labels))
+    existing = {folder[len(LABELED_FOLDER):].rstrip("/") for folder in storage.backend().folders(LABELED_FOLDER)}
+    return sorted(existing | set(template(session=session).extra_labels))
 
 
-def describe_template(session: Session) -> dict[str, Any]:
+def describe_template(*, session: Session) -> dict[str, Any]:
     """The template as the API shows it."""
-    row = template(session)
-    return {"extra_labels": row.extra_labels, "label_choices": label_choices(session),
+    row = template(session=session)
+    return {"extra_labels": row.extra_labels, "label_choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "loop_lifetime_hours": row.loop_lifetime_hours,
             "updated_at": row.updated_at, "updated_by": row.updated_by}
@@ -131,7 +130,7 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         event = session.get(DetectionEvent, detection_id)
         if event.human_loop_name is not None:
             return None
-        lifetime = template(session).loop_lifetime_hours
+        lifetime = template(session=session).loop_lifetime_hours
         prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
         loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
                          detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
@@ -149,7 +148,7 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         return as_dict(loop)
 
 
-def get_loop(session: Session, name: str) -> HumanLoop:
+def get_loop(name: str, *, session: Session) -> HumanLoop:
     """The loop named ``name``."""
     loop = session.scalar(select(HumanLoop).where(HumanLoop.name == name))
     if loop is None:
@@ -157,7 +156,7 @@ def get_loop(session: Session, name: str) -> HumanLoop:
     return loop
 
 
-def expire_loops(session: Session) -> int:
+def expire_loops(*, session: Session) -> int:
     """Stop every open loop whose lifetime has passed; returns how many."""
     result = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
         HumanLoop.status == HumanLoopStatus.IN_PROGRESS, HumanLoop.expires_at < db.utcnow()).values(
@@ -165,10 +164,10 @@ def expire_loops(session: Session) -> int:
     return result.rowcount or 0
 
 
-def list_loops(session: Session, *, status: str | None = None, source: str | None = None,
-               limit: int = 500, offset: int = 0) -> list[HumanLoop]:
+def list_loops(*, session: Session, status: str | None = None, source: str | None = None, limit: int = 500,
+               offset: int = 0) -> list[HumanLoop]:
     """Loops, newest first."""
-    expire_loops(session)
+    expire_loops(session=session)
     query = select(HumanLoop).order_by(HumanLoop.id.desc()).limit(limit).offset(offset)
     if status:
         query = query.where(HumanLoop.status == status)
@@ -177,9 +176,9 @@ def list_loops(session: Session, *, status: str | None = None, source: str | Non
     return list(session.scalars(query))
 
 
-def lease_next(session: Session, worker: str, seconds: int = LEASE_SECONDS) -> HumanLoop | None:
+def lease_next(worker: str, seconds: int = LEASE_SECONDS, *, session: Session) -> HumanLoop | None:
     """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold)."""
-    expire_loops(session)
+    expire_loops(session=session)
     now = db.utcnow()
     held = session.scalar(select(HumanLoop).where(HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
                                                   HumanLoop.leased_by == worker, HumanLoop.lease_expires_at > now))
@@ -201,10 +200,10 @@ def lease_next(session: Session, worker: str, seconds: int = LEASE_SECONDS) -> H
 def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
     """Record the first answer to a loop (Completed); a later answer raises :class:`AlreadyAnswered`."""
     with db.session() as session:
-        loop = get_loop(session, name)
+        loop = get_loop(name, session=session)
         if label != NONE_OF_THE_ABOVE:
             label = validate_label(label)
-            choices = label_choices(session)
+            choices = label_choices(session=session)
             if label not in choices:
                 raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
                                   f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
@@ -230,27 +229,23 @@ def copy_key(loop_name: str, object_key: str, label: str) -> str:
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Copy an answered detection loop's image under its label's folder (nothing for None of the Above or
     sampling loops); returns the stored object. The caller fires its "object created" event."""
-    from labelloop.storage import service as storage
-
     with db.session() as session:
-        loop = get_loop(session, name)
+        loop = get_loop(name, session=session)
         if loop.answer_label in (None, NONE_OF_THE_ABOVE) or loop.source == HumanLoopSource.SAMPLING:
             return None
         key = copy_key(loop.name, loop.object_key, loop.answer_label)
         source_key = loop.object_key
     _, data = storage.get_object(source_key)
-    info = storage.put_object(key, data, source="human loop", fire=False)
+    info = storage.put_object(key, data, source="human loop")
     with db.session() as session:
-        get_loop(session, name).copied_key = key
+        get_loop(name, session=session).copied_key = key
     return info.model_dump(mode="json")
 
 
 def write_output(name: str) -> str:
     """Write the loop's output in A2I's shape to ``a2i-human-loop-data/`` and return its key."""
-    from labelloop.storage import service as storage
-
     with db.session() as session:
-        loop = get_loop(session, name)
+        loop = get_loop(name, session=session)
         day = loop.completed_at or db.utcnow()
         key = f"a2i-human-loop-data/{day:%Y/%m/%d}/{loop.name}/output.json"
         output = {
@@ -263,14 +258,14 @@ def write_output(name: str) -> str:
         }
     storage.put_object(key, json.dumps(output, indent=1, default=str).encode(), source="human loop")
     with db.session() as session:
-        get_loop(session, name).output_key = key
+        get_loop(name, session=session).output_key = key
     return key
 
 
 def record_on_detection(name: str) -> dict[str, Any]:
     """Write the answer onto the loop's detection event."""
     with db.session() as session:
-        loop = get_loop(session, name)
+        loop = get_loop(name, session=session)
         event = session.get(DetectionEvent, loop.detection_id)
         event.human_label, event.human_worker = loop.answer_label, loop.answered_by
         event.human_answered_at = loop.completed_at
@@ -278,9 +273,9 @@ def record_on_detection(name: str) -> dict[str, Any]:
                 "agrees": event.human_label == event.label}
 
 
-def stop_loop(session: Session, name: str, actor: str) -> HumanLoop:
+def stop_loop(name: str, actor: str, *, session: Session) -> HumanLoop:
     """Stop an open loop (it can no longer be answered)."""
-    loop = get_loop(session, name)
+    loop = get_loop(name, session=session)
     stopped = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
         HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
         status=HumanLoopStatus.STOPPED, status_message=f"stopped by {actor}", completed_at=db.utcnow()))
@@ -301,20 +296,18 @@ _IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
                 (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
 
 
-def open_task_count(session: Session) -> int:
+def open_task_count(*, session: Session) -> int:
     """How many tasks are waiting for an answer (InProgress and not past their lifetime), leased ones included.
 
     Counts without writing, so it is safe in a session that already holds loaded loops."""
-    from sqlalchemy import func
-
     return session.scalar(select(func.count()).select_from(HumanLoop).where(
         HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
         or_(HumanLoop.expires_at.is_(None), HumanLoop.expires_at >= db.utcnow()))) or 0
 
 
-def held_task(session: Session, name: str, worker: str) -> HumanLoop:
+def held_task(name: str, worker: str, *, session: Session) -> HumanLoop:
     """The open task ``name`` if ``worker`` holds its live lease, else :class:`LeaseNotHeld`."""
-    loop = get_loop(session, name)
+    loop = get_loop(name, session=session)
     now = db.utcnow()
     expires = loop.lease_expires_at
     if expires is not None and expires.tzinfo is None:
@@ -324,12 +317,12 @@ def held_task(session: Session, name: str, worker: str) -> HumanLoop:
     return loop
 
 
-def task_view(session: Session, loop: HumanLoop) -> dict[str, Any]:
+def task_view(loop: HumanLoop, *, session: Session) -> dict[str, Any]:
     """What the portal shows for a task. Sampling tasks leave out the model's guess, so reviewers are not
     biased by it."""
-    row = template(session)
+    row = template(session=session)
     show_guess = loop.source != HumanLoopSource.SAMPLING and loop.model_label is not None
-    return {"name": loop.name, "source": loop.source, "choices": label_choices(session),
+    return {"name": loop.name, "source": loop.source, "choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "lease_expires_at": loop.lease_expires_at,
             "model_label": loop.model_label if show_guess else None,
@@ -341,7 +334,7 @@ def answer_task(name: str, label: str, worker: str) -> dict[str, Any]:
 
     A worker whose lease ran out may still answer while nobody else has taken the task (first answer wins)."""
     with db.session() as session:
-        loop = get_loop(session, name)
+        loop = get_loop(name, session=session)
         lease_end = loop.lease_expires_at
         if lease_end is not None and lease_end.tzinfo is None:
             lease_end = lease_end.replace(tzinfo=db.utcnow().tzinfo)
@@ -350,7 +343,7 @@ def answer_task(name: str, label: str, worker: str) -> dict[str, Any]:
     return claim_answer(name, label, worker)
 
 
-def release_lease(session: Session, worker: str) -> int:
+def release_lease(worker: str, *, session: Session) -> int:
     """Give back every task ``worker`` holds (they stopped working); returns how many."""
     result = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
         HumanLoop.leased_by == worker, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
@@ -363,18 +356,14 @@ def task_image(name: str, worker: str) -> tuple[bytes, str]:
 
     PNG, JPEG, GIF, BMP and WebP are served as stored; any other format (TIFF …) is re-encoded as PNG after
     the same checks the model's decoder makes, so the response is always a plain image."""
-    from labelloop.storage import service as storage
-
     with db.session() as session:
-        key = held_task(session, name, worker).object_key
+        key = held_task(name, worker, session=session).object_key
     _, data = storage.get_object(key)
     for magic, media_type in _IMAGE_TYPES:
         if data.startswith(magic):
             return data, media_type
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return data, "image/webp"
-    from labelloop.modeling.images import decode_image
-
     buffer = io.BytesIO()
     decode_image(data).save(buffer, "PNG")
     return buffer.getvalue(), "image/png"

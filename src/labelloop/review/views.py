@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel
 
-from labelloop.review import flows, service
+from labelloop.loop import actions
+from labelloop.review import service
 from labelloop.review.models import HumanLoopStatus
-from labelloop.workforce.models import Role, User
 from labelloop.web.dependencies import SessionDep, require
+from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1", tags=["human loops"])
 Reviewer = Depends(require(Role.OPERATOR, Role.WORKER))
@@ -42,31 +43,30 @@ def list_loops(session: SessionDep, status_filter: str | None = Query(None, alia
                HumanLoopStatus.FAILED)
     if status_filter is not None and status_filter not in allowed:
         raise HTTPException(422, f"status must be one of {', '.join(allowed)}")
-    return [service.as_dict(loop) for loop in service.list_loops(session, status=status_filter, source=source,
-                                                                   limit=limit, offset=offset)]
+    return [service.as_dict(loop) for loop in service.list_loops(status=status_filter, source=source, limit=limit,
+            offset=offset, session=session)]
 
 
 @router.get("/human-loops/{name}")
 def read_loop(name: str, session: SessionDep, _: User = Reviewer) -> dict[str, Any]:
     """One human loop."""
-    return service.as_dict(service.get_loop(session, name))
+    return service.as_dict(service.get_loop(name, session=session))
 
 
 @router.post("/human-loops/{name}/answer")
 def answer_loop(name: str, body: Answer, user: User = Reviewer) -> dict[str, Any]:
     """A reviewer's answer: a label, or "None of the Above". The first answer wins; a second gets 409."""
     try:
-        loop = service.claim_answer(name, body.label, user.username)
+        return actions.answer_loop(name, body.label, user.username)
     except service.AlreadyAnswered as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return {**loop, "run_id": flows.start_apply_answer(loop)}
 
 
 @router.post("/human-loops/{name}/stop")
 def stop_loop(name: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
     """Stop an open loop."""
     try:
-        return service.as_dict(service.stop_loop(session, name, user.username))
+        return service.as_dict(service.stop_loop(name, user.username, session=session))
     except service.AlreadyAnswered as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
@@ -74,11 +74,11 @@ def stop_loop(name: str, session: SessionDep, user: User = Operator) -> dict[str
 @router.get("/task-template")
 def read_template(session: SessionDep, _: User = Reviewer) -> dict[str, Any]:
     """Label choices (training labels + extra labels), None of the Above, and the instructions."""
-    return service.describe_template(session)
+    return service.describe_template(session=session)
 
 
 @router.put("/task-template")
 def change_template(body: TemplateUpdate, session: SessionDep, user: User = Operator) -> dict[str, Any]:
     """Change the extra labels, the instructions or how long a loop stays open."""
-    service.update_template(session, user.username, **body.model_dump(exclude_none=True))
-    return service.describe_template(session)
+    service.update_template(user.username, **body.model_dump(exclude_none=True), session=session)
+    return service.describe_template(session=session)

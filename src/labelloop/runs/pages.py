@@ -8,21 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from labelloop.web.pages import Operator
+from labelloop.loop import machines
+from labelloop.runs import drawing, graph, service
 from labelloop.web.format import as_datetime, query
-from labelloop.runs import graph, service
-from labelloop.web.pages import PageDenied, render
+from labelloop.web.pages import Operator, PageDenied, render
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 STATUSES = ("SUCCESS", "ERROR", "PENDING", "ENQUEUED", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 STATUS_TAGS = {"SUCCESS": "on", "ERROR": "off", "PENDING": "wait", "ENQUEUED": "wait", "CANCELLED": "neutral",
                "MAX_RECOVERY_ATTEMPTS_EXCEEDED": "off", "DELAYED": "wait"}
-
-
-def branches() -> list[str]:
-    """The branches of the state machine, as the run list filters them."""
-    return sorted(set(service.BRANCHES.values()))
 
 
 def _first_arg(run: dict[str, Any]) -> Any:
@@ -62,20 +57,25 @@ def took(run: dict[str, Any]) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
+def as_listed(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as the run lists show it: its branch, what it was about, how long it took, its status tag."""
+    return {**machines.with_branch(run), "what": describe(run), "took": took(run),
+            "tag": STATUS_TAGS.get(run["status"], "neutral")}
+
+
 @router.get("/runs", response_class=HTMLResponse)
 def runs_page(request: Request, _visitor: Operator, branch: str = "", status: str = "", page: int = 1) -> Response:
-    if branch and branch not in branches():
-        raise PageDenied(422, f"There is no branch {branch!r}; the branches are {', '.join(branches())}.")
+    if branch and branch not in machines.branch_names():
+        raise PageDenied(422, f"There is no branch {branch!r}; the branches are {', '.join(machines.branch_names())}.")
     if status and status not in STATUSES:
         raise PageDenied(422, f"There is no run status {status!r}.")
     page = max(page, 1)
-    found = service.list_runs(limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE, branch=branch or None,
-                              status=status or None)
-    runs = [{**run, "what": describe(run), "took": took(run), "tag": STATUS_TAGS.get(run["status"], "neutral")}
-            for run in found[:PAGE_SIZE]]
+    found = service.list_runs(limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
+                              workflows=machines.workflows_of(branch) if branch else None, status=status or None)
+    runs = [as_listed(run) for run in found[:PAGE_SIZE]]
     params = {"branch": branch, "status": status}
     return render(request, "console/runs.html", {
-        "runs": runs, "branches": branches(), "statuses": STATUSES, "branch": branch, "status": status,
+        "runs": runs, "branches": machines.branch_names(), "statuses": STATUSES, "branch": branch, "status": status,
         "page": page, "newer": query(params, page=page - 1) if page > 1 else None,
         "older": query(params, page=page + 1) if len(found) > PAGE_SIZE else None, "section": "runs"})
 
@@ -83,10 +83,10 @@ def runs_page(request: Request, _visitor: Operator, branch: str = "", status: st
 @router.get("/runs/{run_id:path}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str, _visitor: Operator) -> Response:
     try:
-        run = service.get_run(run_id)
+        run = machines.with_branch(service.get_run(run_id))
     except service.RunNotFound:
         raise PageDenied(404, f"There is no run {run_id!r}.") from None
-    machine = graph.machine_for(run["name"])
+    machine = machines.machine_for(run["name"])
     trace = graph.trace(machine, run) if machine else None
     states = []
     if trace is not None:
@@ -98,6 +98,6 @@ def run_page(request: Request, run_id: str, _visitor: Operator) -> Response:
     return render(request, "console/run.html", {
         "run": run, "tag": STATUS_TAGS.get(run["status"], "neutral"), "what": describe(run), "took": took(run),
         "steps_took": steps_took,
-        "machine": machine, "trace": trace, "svg": graph.render_svg(trace) if trace else None, "states": states,
-        "outcome_words": graph.OUTCOME_WORDS, "failed_step": failed,
+        "machine": machine, "trace": trace, "svg": drawing.render_svg(trace) if trace else None, "states": states,
+        "outcome_words": drawing.OUTCOME_WORDS, "failed_step": failed,
         "children": [s for s in run["steps"] if s["child_run_id"]], "section": "runs"})

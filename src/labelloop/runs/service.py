@@ -9,20 +9,6 @@ from dbos import DBOS
 
 from labelloop.engine import jsonable
 
-# Which branch of the seed's state machine each workflow belongs to.
-BRANCHES: dict[str, str] = {
-    "parameter_change": "Parameter Store",
-    "training_check": "Training",
-    "scheduled_training_check": "Training",
-    "object_created": "Object Created",
-    "deploy_model_version": "Deployment",
-    "stop_model_version": "Deployment",
-    "detect_waiting_image": "Detection",
-    "apply_human_answer": "Human Loop",
-    "scheduled_human_sampling": "Human Sampling",
-    "human_sampling": "Human Sampling",
-}
-
 
 class RunNotFound(KeyError):
     """No run has this id."""
@@ -38,7 +24,6 @@ def _summary(status: Any) -> dict[str, Any]:
     return {
         "id": status.workflow_id,
         "name": status.name,
-        "branch": BRANCHES.get(status.name, status.name),
         "status": status.status,
         "created_at": _time(status.created_at),
         "updated_at": _time(status.updated_at),
@@ -53,13 +38,10 @@ def _summary(status: Any) -> dict[str, Any]:
     }
 
 
-def list_runs(*, limit: int = 50, offset: int = 0, branch: str | None = None,
+def list_runs(*, limit: int = 50, offset: int = 0, workflows: list[str] | None = None,
               status: str | None = None) -> list[dict[str, Any]]:
-    """Runs, newest first, optionally only one branch or status."""
-    names = [name for name, b in BRANCHES.items() if b == branch] if branch else None
-    if branch and not names:
-        raise ValueError(f"unknown branch {branch!r}; branches: {', '.join(sorted(set(BRANCHES.values())))}")
-    found = DBOS.list_workflows(sort_desc=True, limit=limit, offset=offset, name=names,
+    """Runs, newest first, optionally only those of some workflows or of one status."""
+    found = DBOS.list_workflows(sort_desc=True, limit=limit, offset=offset, name=workflows,
                                 status=status.upper() if status else None)
     return [_summary(run) for run in found]
 

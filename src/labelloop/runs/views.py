@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from labelloop import engine
+from labelloop.loop import machines
 from labelloop.runs import service
-from labelloop.workforce.models import Role, User
 from labelloop.web.dependencies import require
+from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 Operator = Depends(require(Role.OPERATOR))
@@ -20,15 +21,17 @@ def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0,
               branch: str | None = None, status: str | None = None, _: User = Operator) -> list[dict[str, Any]]:
     """Workflow runs, newest first, with status, times, input and output."""
     try:
-        return service.list_runs(limit=limit, offset=offset, branch=branch, status=status)
+        workflows = machines.workflows_of(branch) if branch else None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
+    return [machines.with_branch(run) for run in service.list_runs(limit=limit, offset=offset, workflows=workflows,
+                                                                    status=status)]
 
 
 @router.get("/{run_id}")
 def get_run(run_id: str, _: User = Operator) -> dict[str, Any]:
     """One run with each step's name, input, output, error and timing."""
-    return service.get_run(run_id)
+    return machines.with_branch(service.get_run(run_id))
 
 
 schedules_router = APIRouter(prefix="/api/v1/schedules", tags=["runs"])

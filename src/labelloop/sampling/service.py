@@ -11,12 +11,13 @@ from labelloop import db
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.parameters import service as parameters
 from labelloop.review.models import HumanLoopSource
+from labelloop.review.service import create_loop
 
 
-def sampling_start(session: Any) -> datetime:
+def sampling_start(*, session: Any) -> datetime:
     """Sample forward from when sampling (or its interval) was last changed, never backwards."""
-    enabled = parameters.get(session, parameters.ENABLE_AUTOMATIC_HUMAN_SAMPLING).last_modified
-    interval = parameters.get(session, parameters.HUMAN_SAMPLING_INTERVAL).last_modified
+    enabled = parameters.get(parameters.ENABLE_AUTOMATIC_HUMAN_SAMPLING, session=session).last_modified
+    interval = parameters.get(parameters.HUMAN_SAMPLING_INTERVAL, session=session).last_modified
     return max(enabled, interval)
 
 
@@ -27,13 +28,11 @@ def sample_detections() -> dict[str, Any]:
     remain. A detection that already has a loop (from low confidence) is marked but gets no second loop.
     Running it again finds the same detections, so it never samples twice.
     """
-    from labelloop.review.service import create_loop
-
     with db.session() as session:
-        if not parameters.value(session, parameters.ENABLE_AUTOMATIC_HUMAN_SAMPLING):
+        if not parameters.value(parameters.ENABLE_AUTOMATIC_HUMAN_SAMPLING, session=session):
             return {"sampled": [], "opened": [], "reason": "automatic human sampling is disabled"}
-        interval = parameters.value(session, parameters.HUMAN_SAMPLING_INTERVAL)
-        since = sampling_start(session)
+        interval = parameters.value(parameters.HUMAN_SAMPLING_INTERVAL, session=session)
+        since = sampling_start(session=session)
         ids = list(session.scalars(select(DetectionEvent.id).where(
             DetectionEvent.status == DetectionStatus.DETECTED, DetectionEvent.detected_at >= since)
             .order_by(DetectionEvent.detected_at, DetectionEvent.id)))

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from labelloop.sampling import flows, service
-from labelloop.workforce.models import Role, User
+from labelloop.loop import actions
+from labelloop.sampling import service
 from labelloop.web.dependencies import require
+from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1/sampling", tags=["sampling"])
 Operator = Depends(require(Role.OPERATOR))
@@ -17,7 +18,7 @@ Operator = Depends(require(Role.OPERATOR))
 @router.post("/run", status_code=202)
 def run_sampling(user: User = Operator) -> dict[str, Any]:
     """Run human sampling now; returns the run id."""
-    return {"run_id": flows.start_sampling(f"requested by {user.username}")}
+    return {"run_id": actions.run_sampling(user.username)}
 
 
 @router.get("/summary")

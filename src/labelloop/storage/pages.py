@@ -14,12 +14,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from labelloop.config import get_settings
-from labelloop.web.pages import Operator, OperatorApi
-from labelloop.web.format import query
+from labelloop.loop import actions
 from labelloop.storage import service
 from labelloop.storage.models import BUCKET_FOLDERS, DETECTION_FOLDER, LABELED_FOLDER, ObjectInfo
 from labelloop.storage.views import read_limited, safe_media_type
-from labelloop.web.pages import Form, PageDenied, render
+from labelloop.web.format import query
+from labelloop.web.pages import Form, Operator, OperatorApi, PageDenied, render
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -161,7 +161,7 @@ async def upload(key: str, request: Request, visitor: OperatorApi) -> ObjectInfo
                             "a training image needs a label folder: drop a folder (its name becomes the label) "
                             "or open a label's folder first")
     data = await read_limited(request, get_settings().max_upload_bytes)
-    return await run_in_threadpool(service.put_object, key, data, source="web", actor=visitor.user.username)
+    return await run_in_threadpool(actions.store_object, key, data, source="web", actor=visitor.user.username)
 
 
 @router.post("/storage/delete")

@@ -8,11 +8,13 @@ import mimetypes
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from labelloop.config import get_settings
 from labelloop.storage.backends.base import Backend, ObjectNotFound
 from labelloop.storage.backends.local import LocalBackend
+from labelloop.storage.backends.s3 import S3Backend, is_object_created
 from labelloop.storage.models import BUCKET_FOLDERS, DETECTION_FOLDER, LABELED_FOLDER, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -79,8 +81,6 @@ def _backend_for(url: str, endpoint_url: str | None = None, addressing_style: st
     if parsed.scheme == "file":
         return LocalBackend(Path(unquote(parsed.path)))
     if parsed.scheme == "s3":
-        from labelloop.storage.backends.s3 import S3Backend
-
         if not parsed.netloc or parsed.path.strip("/") or parsed.query:
             raise ValueError(f"unsupported storage URL {url!r}: name the bucket alone, as s3://BUCKET "
                              "(the keys are the bucket's folders)")
@@ -113,11 +113,8 @@ def fires_event(key: str) -> bool:
     return key.startswith(EVENT_PREFIXES)
 
 
-def put_object(key: str, data: bytes, *, source: str, actor: str = "system", fire: bool = True) -> ObjectInfo:
-    """Store an object and fire its "object created" event when it lies under an event folder.
-
-    Inside a workflow step pass ``fire=False`` and fire from the workflow itself (a step cannot start a run).
-    """
+def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
+    """Store an object (starting its "object created" run is the caller's: ``loop.actions.store_object``)."""
     validate_key(key)
     try:
         info = backend().put(key, data)
@@ -130,10 +127,6 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system", fir
     info.content_type = content_type(key)
     log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
                                      "actor": actor})
-    if fire and fires_event(key):
-        from labelloop.storage.flows import fire_object_created
-
-        fire_object_created(info, source)
     return info
 
 
@@ -167,6 +160,26 @@ def delete_object(key: str, *, actor: str = "system") -> bool:
 def content_type(key: str) -> str:
     """The media type guessed from a key's extension (``application/octet-stream`` if unknown)."""
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def created_object(record: dict[str, Any], bucket: str | None) -> tuple[ObjectInfo | None, str]:
+    """The stored object an S3 event notification record reports as created, or None and why it is passed
+    over (another event or bucket, a folder marker, outside the event folders, no longer there)."""
+    key = record["key"]
+    if not is_object_created(record["event"]):
+        return None, "not an ObjectCreated event"
+    if record["bucket"] != bucket:
+        return None, f"bucket {record['bucket']!r} is not labelloop's bucket {bucket!r}"
+    if not isinstance(key, str) or key.endswith("/"):
+        return None, "a folder marker, not an object"
+    if not fires_event(key):
+        return None, "not under images_for_detection/ or images_labeled_by_folder/"
+    try:
+        return head_object(key), ""
+    except InvalidKey as exc:
+        return None, f"invalid key: {exc}"
+    except ObjectNotFound:
+        return None, "no longer in the bucket"
 
 
 def label_of(key: str) -> str | None:

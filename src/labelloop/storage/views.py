@@ -13,10 +13,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from starlette.concurrency import run_in_threadpool
 
 from labelloop.config import get_settings
+from labelloop.loop import actions
 from labelloop.storage import service
+from labelloop.storage.backends.s3 import NotificationError, parse_notification
 from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
-from labelloop.workforce.models import Role, User
 from labelloop.web.dependencies import require
+from labelloop.workforce.models import Role, User
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -51,7 +53,7 @@ async def put_object(key: str, request: Request, user: User = Uploader) -> Objec
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"consumers may only upload under {DETECTION_FOLDER}")
     data = await read_limited(request, get_settings().max_upload_bytes)
     # Storing and queueing the event block (file system, workflow engine): keep them off the event loop.
-    return await run_in_threadpool(service.put_object, key, data, source="api", actor=user.username)
+    return await run_in_threadpool(actions.store_object, key, data, source="api", actor=user.username)
 
 
 @objects.get("", response_model=list[ObjectInfo])
@@ -119,8 +121,6 @@ async def s3_event_notification(request: Request) -> dict[str, Any]:
     if service.bucket_name() is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "the bucket is a local folder, not an S3 bucket: S3 event "
                                                       "notifications need LABELLOOP_STORAGE_URL=s3://BUCKET")
-    from labelloop.storage.backends.s3 import NotificationError, parse_notification
-
     data = await read_limited(request, MAX_NOTIFICATION_BYTES)
     try:
         body = json.loads(data)
@@ -130,51 +130,7 @@ async def s3_event_notification(request: Request) -> dict[str, Any]:
     if isinstance(body, dict) and body.get("Type") == "SubscriptionConfirmation":
         log.warning("SNS subscription to S3 events awaits confirmation: open its SubscribeURL",
                     extra={"subscribe_url": str(body.get("SubscribeURL"))[:500]})
-    return await run_in_threadpool(handle_records, records)
-
-
-def handle_records(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Start the "object created" run of each created object; say why any record was passed over."""
-    started: list[dict[str, Any]] = []
-    ignored: list[dict[str, Any]] = []
-    for record in records:
-        run, reason = _handle_record(record, service.bucket_name())
-        if run is not None:
-            started.append(run)
-        else:
-            ignored.append({"key": record["key"], "event": record["event"], "reason": reason})
-    log.info("S3 event notification", extra={"records": len(records), "started": len(started),
-                                             "ignored": len(ignored)})
-    return {"records": len(records), "started": started, "ignored": ignored}
-
-
-def _handle_record(record: dict[str, Any], bucket: str | None) -> tuple[dict[str, Any] | None, str]:
-    from dbos import DBOS
-
-    from labelloop.storage.backends.s3 import is_object_created
-    from labelloop.storage.flows import event_id, fire_object_created
-
-    key = record["key"]
-    if not is_object_created(record["event"]):
-        return None, "not an ObjectCreated event"
-    if record["bucket"] != bucket:
-        return None, f"bucket {record['bucket']!r} is not labelloop's bucket {bucket!r}"
-    if not isinstance(key, str) or key.endswith("/"):
-        return None, "a folder marker, not an object"
-    if not service.fires_event(key):
-        return None, "not under images_for_detection/ or images_labeled_by_folder/"
-    try:
-        info = service.head_object(key)
-    except service.InvalidKey as exc:
-        return None, f"invalid key: {exc}"
-    except service.ObjectNotFound:
-        return None, "no longer in the bucket"
-    run_id = event_id(info.key, info.etag)
-    existed = DBOS.get_workflow_status(run_id) is not None
-    fire_object_created(info, "s3 event")
-    # "replaced": the object changed since this event was sent; the run is for what is there now.
-    return {"key": key, "etag": info.etag, "run_id": run_id, "already_started": existed,
-            "replaced": bool(record["etag"]) and record["etag"] != info.etag}, ""
+    return await run_in_threadpool(actions.objects_created_in_bucket, records)
 
 
 router.include_router(objects)

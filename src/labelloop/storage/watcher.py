@@ -7,11 +7,10 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from watchfiles import Change, watch
-
-from labelloop.storage import service
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +18,15 @@ log = logging.getLogger(__name__)
 class DropFolderWatcher:
     """Watches ``folder``; ``folder/images_for_detection/a.jpg`` becomes object ``images_for_detection/a.jpg``.
 
-    A file is taken once its size has stopped changing, stored (which fires "object created" like any
-    upload) and then removed from the drop folder. A file that cannot be stored stays where it is and
-    the reason is logged. Only regular files are taken: a symbolic link is never followed (it could make
-    the server copy a file the dropper may not read into the bucket), and it stays where it is.
+    A file is taken once its size has stopped changing, handed to ``store(key, data)`` (the server's: it
+    fires "object created" like any upload) and then removed from the drop folder. A file that cannot be
+    stored stays where it is and the reason is logged. Only regular files are taken: a symbolic link is never
+    followed (it could make the server copy a file the dropper may not read into the bucket), and it stays
+    where it is.
     """
 
-    def __init__(self, folder: Path, settle_seconds: float = 0.5) -> None:
+    def __init__(self, folder: Path, store: Callable[[str, bytes], object], settle_seconds: float = 0.5) -> None:
+        self.store = store
         self.folder = folder.resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.settle_seconds = settle_seconds
@@ -78,7 +79,7 @@ class DropFolderWatcher:
     def _take(self, path: Path) -> bool:
         key = path.relative_to(self.folder).as_posix()
         try:
-            service.put_object(key, _read_regular_file(path), source="drop folder")
+            self.store(key, _read_regular_file(path))
         except Exception as exc:  # keep watching: this file stays in the folder, the reason is logged
             log.error("drop folder file not stored", extra={"file": str(path), "key": key, "error": repr(exc)})
             return False

@@ -34,7 +34,7 @@ def current_user(session: SessionDep,
                             "with a token from POST /api/v1/auth/token",
                             headers={"WWW-Authenticate": "Bearer"})
     try:
-        return service.user_for_token(session, credentials.credentials)
+        return service.user_for_token(credentials.credentials, session=session)
     except service.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 

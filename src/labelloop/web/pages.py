@@ -162,7 +162,7 @@ def current_visitor(request: Request, session: SessionDep) -> Visitor | None:
     if not token:
         return None
     try:
-        user, web_session = service.session_for_cookie(session, token)
+        user, web_session = service.session_for_cookie(token, session=session)
     except service.AuthError:
         return None
     visitor = Visitor(user, web_session, Account(user.username, user.role, user.email, user.must_change_password),
@@ -218,6 +218,12 @@ async def checked_form(request: Request, visitor: Annotated[Visitor, Depends(sig
 AdminPage = Annotated[Visitor, Depends(page_role(Role.ADMIN))]
 Operator = Annotated[Visitor, Depends(page_role(Role.OPERATOR))]
 Form = Annotated[FormData, Depends(checked_form)]
+
+
+def sentence(message: str) -> str:
+    """A service's message as a sentence for a page: capital first letter, full stop at the end."""
+    message = message.strip()
+    return message[:1].upper() + message[1:] + ("" if message.endswith((".", "!", "?")) else ".")
 
 
 def form_text(form: FormData, name: str) -> str:

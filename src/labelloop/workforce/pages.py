@@ -89,9 +89,10 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
         message = "Wrong username or password." if "wrong" in str(exc) else "This user is disabled."
         return _sign_in_page(request, next_path, message, 401, username)
     user = session.get(User, user_id)
-    token, _ = service.start_session(session, user, address=client_address(request),
+    token, _ = service.start_session(user, address=client_address(request),
                                      user_agent=request.headers.get("user-agent", ""),
-                                     replaces=request.cookies.get(SESSION_COOKIE))
+                                                                    replaces=request.cookies.get(SESSION_COOKIE),
+                                                                                                 session=session)
     log.info("signed in", extra={"user": user.username, "client": client_address(request)})
     if user.must_change_password:
         target = PASSWORD_PAGE + (f"?next={next_path}" if next_path else "")
@@ -105,7 +106,7 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
 
 @router.post("/sign-out")
 def sign_out(request: Request, session: SessionDep, _form: Form) -> Response:
-    service.end_session(session, request.cookies.get(SESSION_COOKIE, ""))
+    service.end_session(request.cookies.get(SESSION_COOKIE, ""), session=session)
     response = RedirectResponse("/sign-in?notice=signed-out", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -136,9 +137,8 @@ def change_password(request: Request, session: SessionDep, visitor: Annotated[Vi
     if error is None:
         user = session.get(User, visitor.user.id)
         try:
-            token = service.change_own_password(session, user, str(current), str(new),
-                                                address=client_address(request),
-                                                user_agent=request.headers.get("user-agent", ""))
+            token = service.change_own_password(user, str(current), str(new), address=client_address(request),
+                                                user_agent=request.headers.get("user-agent", ""), session=session)
         except service.WorkforceError as exc:
             error = str(exc).capitalize() + "."
     if error is not None:
@@ -156,8 +156,8 @@ def change_password(request: Request, session: SessionDep, visitor: Annotated[Vi
 def _users_page(request: Request, session: SessionDep, error: str | None = None, status_code: int = 200,
                 values: dict[str, str] | None = None) -> HTMLResponse:
     return render(request, "workforce/users.html", {
-        "users": service.list_users(session), "teams": service.list_teams(session),
-        "teams_by_user": service.teams_by_user(session), "portal_url": portal_url(), "roles": list(Role),
+        "users": service.list_users(session=session), "teams": service.list_teams(session=session),
+        "teams_by_user": service.teams_by_user(session=session), "portal_url": portal_url(), "roles": list(Role),
         "error": error, "values": values or {"role": Role.WORKER.value}}, status_code=status_code)
 
 
@@ -186,10 +186,10 @@ def _email_password(user: User, secret: str, *, reset: bool) -> str | None:
 def create_user(request: Request, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     values = {name: form_text(form, name) for name in ("username", "email", "role", "team")}
     try:
-        user, secret = service.create_user(session, values["username"], values["role"] or Role.WORKER.value,
-                                           email=values["email"] or None)
+        user, secret = service.create_user(values["username"], values["role"] or Role.WORKER.value,
+                                           email=values["email"] or None, session=session)
         if values["team"]:
-            service.add_to_team(session, service.get_team(session, values["team"]), user)
+            service.add_to_team(service.get_team(values["team"], session=session), user, session=session)
     except service.WorkforceError as exc:
         session.rollback()
         return _users_page(request, session, str(exc).capitalize() + ".", 422, values)
@@ -203,19 +203,19 @@ def create_user(request: Request, session: SessionDep, _admin: AdminPage, form: 
 
 def _user_or_404(session: SessionDep, username: str) -> User:
     try:
-        return service.get_user(session, username)
+        return service.get_user(username, session=session)
     except service.WorkforceError:
         raise PageDenied(404, f"There is no user named {username!r}.") from None
 
 
 def _user_page(request: Request, session: SessionDep, subject: User, error: str | None = None,
                status_code: int = 200) -> HTMLResponse:
-    names = service.teams_by_user(session).get(subject.id, [])
-    teams = service.list_teams(session)
+    names = service.teams_by_user(session=session).get(subject.id, [])
+    teams = service.list_teams(session=session)
     return render(request, "workforce/user.html", {
         "subject": subject, "roles": list(Role),
         "member_of": [t for t in teams if t.name in names], "other_teams": [t for t in teams if t.name not in names],
-        "tokens": [(row, service.token_state(row)) for row in service.user_tokens(session, subject)],
+        "tokens": [(row, service.token_state(row)) for row in service.user_tokens(subject, session=session)],
         "error": error}, status_code=status_code)
 
 
@@ -232,7 +232,7 @@ def _back_to_user(username: str, notice: str) -> RedirectResponse:
 def disable_user(request: Request, username: str, session: SessionDep, admin: AdminPage, _form: Form) -> Response:
     subject = _user_or_404(session, username)
     try:
-        service.set_disabled(session, subject, True, actor=admin.user)
+        service.set_disabled(subject, True, actor=admin.user, session=session)
     except service.WorkforceError as exc:
         return _user_page(request, session, subject, str(exc).capitalize() + ".", 422)
     return _back_to_user(username, "disabled")
@@ -240,7 +240,7 @@ def disable_user(request: Request, username: str, session: SessionDep, admin: Ad
 
 @router.post("/workforce/users/{username}/enable")
 def enable_user(username: str, session: SessionDep, _admin: AdminPage, _form: Form) -> Response:
-    service.set_disabled(session, _user_or_404(session, username), False)
+    service.set_disabled(_user_or_404(session, username), False, session=session)
     return _back_to_user(username, "enabled")
 
 
@@ -261,7 +261,7 @@ def reset_password(request: Request, username: str, session: SessionDep, admin: 
     subject = _user_or_404(session, username)
     if subject.id == admin.user.id:
         return _user_page(request, session, subject, "Change your own password on your account page.", 422)
-    secret = service.reset_password(session, subject)
+    secret = service.reset_password(subject, session=session)
     session.commit()
     return render(request, "workforce/secret.html", {
         "title": f"Password of {subject.username} reset", "subject": subject, "secret": secret,
@@ -282,7 +282,8 @@ def create_token(request: Request, username: str, session: SessionDep, _admin: A
                           422)
     if subject.disabled:
         return _user_page(request, session, subject, "A disabled user cannot get tokens.", 422)
-    token, _ = service.issue_token(session, subject, name=name[:100], ttl=timedelta(days=days) if days else None)
+    token, _ = service.issue_token(subject, name=name[:100], ttl=timedelta(days=days) if days else None,
+                                   session=session)
     session.commit()
     return render(request, "workforce/secret.html", {
         "title": f"API token for {subject.username}", "subject": subject, "secret": token,
@@ -292,7 +293,7 @@ def create_token(request: Request, username: str, session: SessionDep, _admin: A
 @router.post("/workforce/users/{username}/tokens/{token_id}/revoke")
 def revoke_token(username: str, token_id: int, session: SessionDep, _admin: AdminPage, _form: Form) -> Response:
     try:
-        service.revoke_token(session, _user_or_404(session, username), token_id)
+        service.revoke_token(_user_or_404(session, username), token_id, session=session)
     except service.WorkforceError as exc:
         raise PageDenied(404, str(exc).capitalize() + ".") from None
     return _back_to_user(username, "token-revoked")
@@ -302,7 +303,7 @@ def revoke_token(username: str, token_id: int, session: SessionDep, _admin: Admi
 def join_team(request: Request, username: str, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     subject = _user_or_404(session, username)
     try:
-        service.add_to_team(session, service.get_team(session, form_text(form, "team")), subject)
+        service.add_to_team(service.get_team(form_text(form, "team"), session=session), subject, session=session)
     except service.WorkforceError as exc:
         return _user_page(request, session, subject, str(exc).capitalize() + ".", 422)
     return _back_to_user(username, "member-added")
@@ -310,10 +311,10 @@ def join_team(request: Request, username: str, session: SessionDep, _admin: Admi
 
 def _teams_page(request: Request, session: SessionDep, error: str | None = None,
                 status_code: int = 200) -> HTMLResponse:
-    teams = service.list_teams(session)
+    teams = service.list_teams(session=session)
     return render(request, "workforce/teams.html", {
-        "teams": [(team, service.team_members(session, team)) for team in teams],
-        "users": service.list_users(session), "error": error}, status_code=status_code)
+        "teams": [(team, service.team_members(team, session=session)) for team in teams],
+        "users": service.list_users(session=session), "error": error}, status_code=status_code)
 
 
 @router.get("/workforce/teams", response_class=HTMLResponse)
@@ -324,7 +325,7 @@ def teams_page(request: Request, session: SessionDep, _admin: AdminPage) -> Resp
 @router.post("/workforce/teams")
 def create_team(request: Request, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     try:
-        service.create_team(session, form_text(form, "name"), form_text(form, "description"))
+        service.create_team(form_text(form, "name"), form_text(form, "description"), session=session)
     except service.WorkforceError as exc:
         return _teams_page(request, session, str(exc).capitalize() + ".", 422)
     return RedirectResponse("/workforce/teams?notice=team-created", status_code=303)
@@ -341,7 +342,7 @@ def _team_or_404(session: SessionDep, team_id: int) -> Team:
 def add_member(request: Request, team_id: int, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     team = _team_or_404(session, team_id)
     try:
-        service.add_to_team(session, team, service.get_user(session, form_text(form, "username")))
+        service.add_to_team(team, service.get_user(form_text(form, "username"), session=session), session=session)
     except service.WorkforceError as exc:
         return _teams_page(request, session, str(exc).capitalize() + ".", 422)
     return RedirectResponse("/workforce/teams?notice=member-added", status_code=303)
@@ -350,12 +351,12 @@ def add_member(request: Request, team_id: int, session: SessionDep, _admin: Admi
 @router.post("/workforce/teams/{team_id}/members/{username}/remove")
 def remove_member(team_id: int, username: str, session: SessionDep, _admin: AdminPage, form: Form) -> Response:
     team = _team_or_404(session, team_id)
-    service.remove_from_team(session, team, _user_or_404(session, username))
+    service.remove_from_team(team, _user_or_404(session, username), session=session)
     back = safe_next(form_text(form, "back")) or "/workforce/teams"
     return RedirectResponse(f"{back}?notice=member-removed", status_code=303)
 
 
 @router.post("/workforce/teams/{team_id}/delete")
 def delete_team(team_id: int, session: SessionDep, _admin: AdminPage, _form: Form) -> Response:
-    service.delete_team(session, _team_or_404(session, team_id))
+    service.delete_team(_team_or_404(session, team_id), session=session)
     return RedirectResponse("/workforce/teams?notice=team-deleted", status_code=303)

@@ -58,7 +58,7 @@ async def issue_token(request: Request, session: SessionDep) -> TokenResponse:
     except service.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     user = session.get(User, user_id)
-    token, row = service.issue_token(session, user, ttl=timedelta(hours=get_settings().token_ttl_hours))
+    token, row = service.issue_token(user, ttl=timedelta(hours=get_settings().token_ttl_hours), session=session)
     return TokenResponse(access_token=token, expires_at=row.expires_at, role=user.role,
                          must_change_password=user.must_change_password)
 
@@ -74,8 +74,8 @@ class PasswordChange(BaseModel):
 def change_own_password(body: PasswordChange, user: AnyUser, session: SessionDep) -> dict[str, str]:
     """Change your own password; every token you hold stops working."""
     try:
-        service.authenticate(session, user.username, body.current_password)
-        service.change_password(session, user, body.new_password)
+        service.authenticate(user.username, body.current_password, session=session)
+        service.change_password(user, body.new_password, session=session)
     except service.AuthError:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong") from None
     return {"status": "changed", "detail": "sign in again with the new password"}
@@ -90,14 +90,14 @@ def me(user: AnyUser) -> User:
 @router.get("/users", response_model=list[UserRead])
 def list_users(_: Admin, session: SessionDep) -> list[User]:
     """All users."""
-    return service.list_users(session)
+    return service.list_users(session=session)
 
 
 @router.post("/users", response_model=UserCreated, status_code=201)
 def create_user(body: UserCreate, _: Admin, session: SessionDep) -> dict[str, Any]:
     """Create a user with a role; the temporary password is shown once."""
-    user, secret = service.create_user(session, body.username, body.role, password=body.password,
-                                       email=body.email)
+    user, secret = service.create_user(body.username, body.role, password=body.password, email=body.email,
+                                       session=session)
     return {**UserRead.model_validate(user, from_attributes=True).model_dump(), "temporary_password": secret}
 
 

@@ -1,0 +1,114 @@
+"""What a user does, one entry per action, shared by the API views, the web pages, the CLI and the drop folder:
+store an object, answer a human loop, change a parameter, check for training, deploy or stop a version, run
+human sampling. Each validates, records, and starts the run that carries it out; views and pages only translate
+requests and answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labelloop import db, engine
+from labelloop.loop import routing
+from labelloop.modeling import service as models
+from labelloop.parameters import service as parameters
+from labelloop.review import service as reviews
+from labelloop.review.models import HumanLoop, HumanLoopStatus
+from labelloop.storage import service as storage
+from labelloop.storage.models import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+
+def store_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
+    """Store an object; under an event folder its "object created" run starts (once per key and ETag)."""
+    info = storage.put_object(key, data, source=source, actor=actor)
+    routing.fire_object_created(info, source)
+    return info
+
+
+def answer_loop(name: str, label: str, worker: str, *, held_lease: bool = False) -> dict[str, Any]:
+    """A reviewer's answer: recorded (first answer wins) and applied by its run, queued at once.
+
+    ``held_lease`` (the portal): refused when another reviewer now holds the task. Should the process stop
+    between the two, the answer is recorded and :func:`apply_recorded_answers` queues its run at the next start.
+    """
+    loop = (reviews.answer_task if held_lease else reviews.claim_answer)(name, label, worker)
+    return {**loop, "run_id": routing.start_apply_answer(loop["name"])}
+
+
+def apply_recorded_answers() -> list[str]:
+    """Queue the apply run of every answered loop whose answer was not applied (a crash between recording an
+    answer and queueing its run); the run id is the loop's, so a run already queued is not queued twice."""
+    with db.session() as session:
+        names = list(session.scalars(select(HumanLoop.name).where(
+            HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.output_key.is_(None))))
+    for name in names:
+        routing.start_apply_answer(name)
+    if names:
+        log.warning("queued the runs of answers not yet applied", extra={"loops": len(names)})
+    return names
+
+
+def change_parameter(name: str, raw: object, *, actor: str, session: Session) -> dict[str, Any]:
+    """Validate and store a parameter's new value, then start the run that applies it. Commits ``session``.
+
+    Returns ``{"changed": False}`` when the value is the same; a bad value raises ``ParameterError`` saying what
+    is allowed, and nothing changes.
+    """
+    change = parameters.change(name, raw, session=session, changed_by=actor)
+    if change is None:
+        return {"changed": False, "run_id": None}
+    session.commit()  # the run reads the new value
+    run_id = routing.start_change_run({"name": change.name, "version": change.version,
+                                       "old_value": change.old_value, "new_value": change.new_value,
+                                       "changed_by": change.changed_by})
+    return {"changed": True, "run_id": run_id, "version": change.version}
+
+
+def check_training(actor: str) -> str:
+    """Run the training check now; returns its run id."""
+    return routing.start_training_check(f"requested by {actor}")
+
+
+def deploy_version(version: str, actor: str, *, session: Session) -> str:
+    """Deploy (or roll back to) a trained version, blue-green; ``ModelError`` when it cannot be deployed."""
+    models.check_deployable(version, session=session)
+    return routing.start_deploy(version, actor)
+
+
+def stop_version(version: str, actor: str, *, session: Session) -> str:
+    """Stop serving the RUNNING version ``version``; ``ModelError`` when it is not RUNNING."""
+    models.check_stoppable(version, session=session)
+    return routing.start_stop(version, actor)
+
+
+def run_sampling(actor: str) -> str:
+    """Run human sampling now; returns its run id."""
+    return routing.start_sampling(f"requested by {actor}")
+
+
+def objects_created_in_bucket(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Start the "object created" run of each object an S3 event notification reports (exactly once per key
+    and ETag, as for an upload through the API); say why any record was passed over."""
+    bucket = storage.bucket_name()
+    started: list[dict[str, Any]] = []
+    ignored: list[dict[str, Any]] = []
+    for record in records:
+        info, reason = storage.created_object(record, bucket)
+        if info is None:
+            ignored.append({"key": record["key"], "event": record["event"], "reason": reason})
+            continue
+        run_id = routing.object_created_run_id(info.key, info.etag)
+        existed = engine.run_exists(run_id)
+        routing.fire_object_created(info, "s3 event")
+        # "replaced": the object changed since this event was sent; the run is for what is there now.
+        started.append({"key": info.key, "etag": info.etag, "run_id": run_id, "already_started": existed,
+                        "replaced": bool(record["etag"]) and record["etag"] != info.etag})
+    log.info("S3 event notification", extra={"records": len(records), "started": len(started),
+                                             "ignored": len(ignored)})
+    return {"records": len(records), "started": started, "ignored": ignored}

@@ -1,0 +1,316 @@
+"""The loop's routing: every workflow (the seed's state machine, branch by branch), what starts each one, the
+run id each gets, and the schedules that fire them.
+
+This is the one place that wires one domain's events to another domain's steps: an object created under
+``images_for_detection/`` runs the detection steps and opens a human loop; a deployed version detects the
+images that waited for it; an answered loop copies its image into the training data, which is a new object
+again. The domains' ``flows.py`` hold the recorded steps; this module imports them, never the other way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dbos import DBOS
+
+from labelloop import db, engine
+from labelloop.detection import flows as detection
+from labelloop.files import short_digest
+from labelloop.modeling import flows as modeling
+from labelloop.modeling import service as models
+from labelloop.parameters import flows as parameters_flows
+from labelloop.parameters import service as parameters
+from labelloop.review import flows as review
+from labelloop.review import service as reviews
+from labelloop.sampling import flows as sampling
+from labelloop.storage import service as storage
+from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+# Workflow names: what the run history and the run graph call each branch's runs.
+OBJECT_CREATED = "object_created"
+TRAINING_CHECK = "training_check"
+SCHEDULED_TRAINING_CHECK = "scheduled_training_check"
+DEPLOY_VERSION = "deploy_model_version"
+STOP_VERSION = "stop_model_version"
+DETECT_WAITING_IMAGE = "detect_waiting_image"
+APPLY_HUMAN_ANSWER = "apply_human_answer"
+PARAMETER_CHANGE = "parameter_change"
+HUMAN_SAMPLING = "human_sampling"
+SCHEDULED_HUMAN_SAMPLING = "scheduled_human_sampling"
+
+
+# ── run ids: the same event never starts two runs ────────────────────────────
+
+
+def object_created_run_id(key: str, etag: str) -> str:
+    """The run of the event for this content at this key: the same upload never runs twice."""
+    return f"object-created-{short_digest(key, etag)}"
+
+
+def answer_run_id(loop_name: str) -> str:
+    """The run that applies a loop's answer: one per loop."""
+    return f"answer-{loop_name}"
+
+
+def parameter_change_run_id(name: str, version: int) -> str:
+    """The run that applies one version of a parameter."""
+    return f"parameter-{name}-v{version}"
+
+
+def waiting_detection_run_id(event_id: int, model_version: str | None) -> str:
+    """The run that detects a waiting image with the version that now serves."""
+    return f"detect-waiting-{event_id}-{model_version}"
+
+
+def training_check_run_id(parent_run_id: str) -> str:
+    """The training check a parameter change starts (Enable-Automatic-Training switched to true)."""
+    return f"{parent_run_id}-check"
+
+
+# ── the "object created" event ───────────────────────────────────────────────
+
+
+def fire_object_created(info: ObjectInfo, source: str) -> str | None:
+    """Queue the "object created" run of a stored object under an event folder; returns its run id (None for
+    objects under other folders, which start nothing)."""
+    if not storage.fires_event(info.key):
+        return None
+    run_id = engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created,
+                            {"key": info.key, "etag": info.etag, "size": info.size, "source": source},
+                            workflow_id=object_created_run_id(info.key, info.etag))
+    log.info("object created event queued", extra={"key": info.key, "etag": info.etag, "run_id": run_id,
+                                                   "source": source})
+    return run_id
+
+
+@engine.step()
+def route_object(event: dict[str, Any]) -> dict[str, Any]:
+    """Decide which branch of the loop a new object feeds."""
+    key = event["key"]
+    if key.startswith(DETECTION_FOLDER):
+        return {"branch": "detection", "key": key}
+    return {"branch": "training data", "key": key, "label": storage.label_of(key)}
+
+
+def _detect(event_id: int, run_id: str) -> dict[str, Any]:
+    found = detection.detect_image(event_id)
+    loop = review.open_human_loop(found)
+    detection.notify_detection(found, loop, run_id)
+    return {"detection_id": event_id, "status": found["status"], "label": found["label"],
+            "confidence": found["confidence"], "model_version": found["model_version"],
+            "human_loop": loop["name"] if loop else None}
+
+
+@engine.workflow(OBJECT_CREATED)
+def object_created(event: dict[str, Any]) -> dict[str, Any]:
+    """One run per created object: detect it (images_for_detection/) or count it as training data."""
+    route = route_object(event)
+    if route["branch"] != "detection":
+        return route
+    recorded = detection.record_detection_event(event["key"], event["etag"], DBOS.workflow_id)
+    return {**route, **_detect(recorded["id"], DBOS.workflow_id)}
+
+
+@engine.workflow(DETECT_WAITING_IMAGE)
+def detect_waiting_image(event_id: int) -> dict[str, Any]:
+    """Detect an image that arrived while no model version was serving."""
+    return _detect(event_id, DBOS.workflow_id)
+
+
+def queue_waiting_detections() -> dict[str, Any]:
+    """Queue a detection run for every image still waiting for a model (called from a workflow)."""
+    waiting = detection.find_waiting_detections()
+    for event_id in waiting["detection_ids"]:
+        engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
+                       workflow_id=waiting_detection_run_id(event_id, waiting["model_version"]))
+    return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}
+
+
+# ── training and deployment ──────────────────────────────────────────────────
+
+
+@engine.step()
+def check_f1_gate(version: str, run_id: str) -> dict[str, Any]:
+    """Deploy only if the version is good enough or better than the serving one (modeling/gate.py), judged on
+    what human review knows about production traffic; otherwise it is TRAINING_FAILED with its metrics."""
+    return models.apply_f1_gate(version, run_id, reviews.review_evidence())
+
+
+def _deploy(version: str, run_id: str) -> dict[str, Any]:
+    started = modeling.start_new_version(version, run_id)
+    switched = modeling.switch_endpoint(version, run_id)
+    stopped = modeling.stop_previous_version(switched["previous"], run_id)
+    waiting = queue_waiting_detections()
+    return {"started": started, "switched": switched, "stopped": stopped, "waiting_detections": waiting}
+
+
+def _check_and_train(trigger: str) -> dict[str, Any]:
+    run_id = DBOS.workflow_id
+    decision = modeling.check_new_training(trigger)
+    modeling.notify_check(decision, run_id)
+    if not decision["train"]:
+        return decision
+    version = modeling.create_manifest(run_id)["version"]
+    trained = modeling.train_model(version, run_id)
+    if not trained["trained"]:
+        return {**decision, "version": version, "training": trained}
+    evaluation = modeling.evaluate_model(version)
+    gate = check_f1_gate(version, run_id)
+    result = {**decision, "version": version, "training": trained, "evaluation": evaluation, "gate": gate}
+    if not gate["passed"]:
+        return result
+    deployed = _deploy(version, run_id)
+    modeling.record_trained_images(version)
+    return {**result, "deployment": deployed}
+
+
+@engine.workflow(TRAINING_CHECK)
+def training_check(trigger: str) -> dict[str, Any]:
+    """Check for new training now (API, CLI, or Enable-Automatic-Training switched to true)."""
+    return _check_and_train(trigger)
+
+
+@engine.workflow(SCHEDULED_TRAINING_CHECK)
+def scheduled_training_check(scheduled_time: datetime, context: Any) -> dict[str, Any]:
+    """The training check on the Automatic-Training-Poll-Frequency schedule."""
+    return _check_and_train(f"schedule at {scheduled_time.isoformat()}")
+
+
+@engine.workflow(DEPLOY_VERSION)
+def deploy_model_version(version: str, actor: str) -> dict[str, Any]:
+    """Deploy (or roll back to) a trained version, blue-green."""
+    return {"actor": actor, **_deploy(version, DBOS.workflow_id)}
+
+
+@engine.workflow(STOP_VERSION)
+def stop_model_version(version: str, actor: str) -> dict[str, Any]:
+    """Stop serving a version."""
+    return {"actor": actor, **modeling.stop_previous_version(version, DBOS.workflow_id)}
+
+
+def start_training_check(trigger: str, run_id: str | None = None) -> str:
+    """Queue a training check (one runs at a time, across all workers); returns its run id."""
+    return engine.enqueue(engine.TRAINING_QUEUE, training_check, trigger, workflow_id=run_id)
+
+
+def start_deploy(version: str, actor: str) -> str:
+    """Queue a blue-green deployment of ``version`` (also how a roll back is done); returns the run id."""
+    return engine.enqueue(engine.TRAINING_QUEUE, deploy_model_version, version, actor)
+
+
+def start_stop(version: str, actor: str) -> str:
+    """Queue stopping ``version``; returns the run id."""
+    return engine.enqueue(engine.TRAINING_QUEUE, stop_model_version, version, actor)
+
+
+# ── human loops ──────────────────────────────────────────────────────────────
+
+
+@engine.workflow(APPLY_HUMAN_ANSWER)
+def apply_human_answer(name: str) -> dict[str, Any]:
+    """Apply a loop's answer: the copy is new training data, with its own "object created" run."""
+    copied_object = review.copy_to_training_data(name)
+    copied = copied_object["key"] if copied_object else None
+    if copied_object:
+        fire_object_created(ObjectInfo(**copied_object), "human loop")
+    output = review.write_loop_output(name)
+    recorded = review.record_answer_on_detection(name)
+    review.notify_answer(name, copied, recorded, DBOS.workflow_id)
+    return {"loop": name, "copied_key": copied, "output_key": output, **recorded}
+
+
+def start_apply_answer(loop_name: str) -> str:
+    """Queue the run that applies a loop's answer (once per loop: a second call returns the same run)."""
+    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, apply_human_answer, loop_name,
+                          workflow_id=answer_run_id(loop_name))
+
+
+# ── human sampling ───────────────────────────────────────────────────────────
+
+
+def _sample(trigger: str) -> dict[str, Any]:
+    result = sampling.sample_detections(trigger)
+    sampling.notify_sampling(result, DBOS.workflow_id)
+    return result
+
+
+@engine.workflow(HUMAN_SAMPLING)
+def human_sampling(trigger: str) -> dict[str, Any]:
+    """Human sampling on demand."""
+    return _sample(trigger)
+
+
+@engine.workflow(SCHEDULED_HUMAN_SAMPLING)
+def scheduled_human_sampling(scheduled_time: datetime, context: Any) -> dict[str, Any]:
+    """Human sampling on its schedule."""
+    return _sample(f"schedule at {scheduled_time.isoformat()}")
+
+
+def start_sampling(trigger: str) -> str:
+    """Queue a sampling run now; returns its run id."""
+    return engine.enqueue(engine.SAMPLING_QUEUE, human_sampling, trigger)
+
+
+# ── schedules, and the parameters that drive them ────────────────────────────
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule of the loop: the workflow it fires, on which queue, and the parameters that time it."""
+
+    name: str
+    title: str
+    workflow: Any
+    queue: str
+    every_minutes: str  # the parameter giving the period
+    enabled_by: str  # the parameter switching it on and off
+
+    @property
+    def parameters(self) -> set[str]:
+        return {self.every_minutes, self.enabled_by}
+
+
+SCHEDULES = (
+    Schedule("training-check", "Training check", scheduled_training_check, engine.TRAINING_QUEUE,
+             parameters.TRAINING_POLL_FREQUENCY, parameters.ENABLE_AUTOMATIC_TRAINING),
+    Schedule("human-sampling", "Human sampling", scheduled_human_sampling, engine.SAMPLING_QUEUE,
+             parameters.HUMAN_SAMPLING_FREQUENCY, parameters.ENABLE_AUTOMATIC_HUMAN_SAMPLING),
+)
+
+
+@engine.step()
+def apply_schedules(values: dict[str, Any], names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Make the schedules match ``values`` (only those the parameters ``names`` drive, if given)."""
+    return [engine.apply_schedule(s.name, s.workflow, values[s.every_minutes], values[s.enabled_by], s.queue)
+            for s in SCHEDULES if names is None or s.parameters.intersection(names)]
+
+
+def apply_schedules_now() -> list[dict[str, Any]]:
+    """Make the schedules match the parameters in force (at start-up)."""
+    with db.session() as session:
+        values = parameters.values(session=session)
+    return apply_schedules(values)
+
+
+@engine.workflow(PARAMETER_CHANGE)
+def parameter_change(change: dict[str, Any]) -> dict[str, Any]:
+    """Apply one accepted parameter change: re-time, pause or resume schedules; notify; check training."""
+    values = parameters_flows.read_parameters()
+    applied = apply_schedules(values, [change["name"]])
+    parameters_flows.notify_change(change, applied, DBOS.workflow_id)
+    result: dict[str, Any] = {"parameter": change["name"], "schedules": applied}
+    if change["name"] == parameters.ENABLE_AUTOMATIC_TRAINING and change["new_value"] == "true":
+        result["training_check_run"] = start_training_check("Enable-Automatic-Training switched to true",
+                                                            run_id=training_check_run_id(DBOS.workflow_id))
+    return result
+
+
+def start_change_run(change: dict[str, Any]) -> str:
+    """Queue the run that applies an accepted parameter change; returns its run id."""
+    return engine.enqueue(engine.PARAMETERS_QUEUE, parameter_change, change,
+                          workflow_id=parameter_change_run_id(change["name"], change["version"]))

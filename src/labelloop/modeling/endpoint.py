@@ -1,0 +1,153 @@
+"""This process's model runtime: the backbone ONNX file, the embedder training uses, and the serving endpoint
+(the version the database marks RUNNING, in memory, micro-batched)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelloop import db
+from labelloop.config import get_settings
+from labelloop.modeling.embedding import Embedder, EmbeddingCache
+from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, stored_fingerprint
+from labelloop.modeling.images import prepare
+from labelloop.modeling.predict import ranked
+from labelloop.modeling.serving import LoadedVersion, NoModelServing, Serving
+from labelloop.modeling.versions import ModelError, get_version, head_of, serving_version
+from labelloop.parameters import service as parameters
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NoModelServing", "backbone_path", "detect_inputs", "serving", "sync_serving", "training_embedder"]
+
+# ── the backbone file ────────────────────────────────────────────────────────
+
+
+def backbone_path() -> Path:
+    """The backbone ONNX file, built in a child process when missing or stale.
+
+    Torch is needed only to build the file; building it in a child process keeps torch (some 500 MB of
+    resident memory) out of the serving and training processes.
+    """
+    cache_dir = get_settings().cache_dir
+    path = backbone_onnx_path(cache_dir)
+    if stored_fingerprint(path) == backbone_fingerprint():
+        return path
+    log.info("building the backbone ONNX file", extra={"path": str(path)})
+    code = "import sys; from labelloop.modeling.export import ensure_backbone_onnx; ensure_backbone_onnx(sys.argv[1])"
+    finished = subprocess.run([sys.executable, "-c", code, str(cache_dir)], capture_output=True, text=True,
+                              check=False)
+    if finished.returncode != 0:
+        raise ModelError(f"could not build the backbone ONNX file: {finished.stderr.strip()[-2000:]}")
+    return path
+
+
+_embedder: Embedder | None = None
+_embedder_lock = threading.Lock()
+
+
+def training_embedder() -> tuple[Embedder, EmbeddingCache]:
+    """The backbone session and embedding cache this process trains with."""
+    global _embedder
+    with _embedder_lock:
+        if _embedder is None:
+            _embedder = Embedder(backbone_path())
+        return _embedder, EmbeddingCache.for_embedder(get_settings().cache_dir / "embeddings", _embedder)
+
+
+# ── serving in this process ──────────────────────────────────────────────────
+
+_serving: Serving | None = None
+_serving_lock = threading.Lock()
+_synced_at = 0.0
+_sync_lock = threading.Lock()
+SYNC_SECONDS = 1.0
+
+
+def serving() -> Serving:
+    """This process's model server (created on first use; builds the backbone ONNX file if missing)."""
+    global _serving
+    with _serving_lock:
+        if _serving is None:
+            path = backbone_path()
+            with db.session() as session:
+                units = parameters.value(parameters.MINIMUM_INFERENCE_UNITS, session=session)
+            _serving = Serving(lambda threads: Embedder(path, threads=threads), units=units)
+        return _serving
+
+
+def close_serving() -> None:
+    """Stop this process's inference units."""
+    global _serving
+    with _serving_lock:
+        if _serving is not None:
+            _serving.close()
+        _serving = None
+
+
+def load(version: str) -> LoadedVersion:
+    """Load and warm ``version`` in this process without switching to it."""
+    with db.session() as session:
+        head = head_of(get_version(version, session=session))
+    return serving().warm(version, head)
+
+
+def switch_to(version: str) -> None:
+    """Serve ``version`` here (loading it unless it already serves)."""
+    loaded = serving().active
+    if loaded is None or loaded.version != version:
+        serving().switch(load(version))
+
+
+def stop_serving(version: str) -> None:
+    """Stop serving ``version`` here, if it is what serves."""
+    active = serving().active
+    if active is not None and active.version == version:
+        serving().stop()
+
+
+def sync_serving(force: bool = False) -> str | None:
+    """Make this process serve what the database says is RUNNING (other processes may have switched).
+
+    Checked at most once a second on the request path; callers that arrive while a check loads a version
+    wait for it, so none of them is told that nothing serves. Returns the version now serving here.
+    """
+    global _synced_at
+    server = serving()
+    if not force and time.monotonic() - _synced_at < SYNC_SECONDS:
+        return server.active.version if server.active else None
+    with _sync_lock:
+        if not force and time.monotonic() - _synced_at < SYNC_SECONDS:
+            return server.active.version if server.active else None
+        with db.session() as session:
+            wanted = serving_version(session=session)
+            wanted_name = wanted.version if wanted else None
+            units = parameters.value(parameters.MINIMUM_INFERENCE_UNITS, session=session)
+        server.set_units(units)
+        active = server.active
+        if wanted_name is None and active is not None:
+            server.stop()
+        elif wanted_name is not None and (active is None or active.version != wanted_name):
+            server.switch(load(wanted_name))
+        _synced_at = time.monotonic()
+        return wanted_name
+
+
+def prepare_image(data: bytes) -> np.ndarray:
+    """Decode and preprocess one uploaded image into a 1×3×224×224 batch (raises ``ImageRejected``)."""
+    return prepare(data)[None, ...]
+
+
+def detect_inputs(inputs: np.ndarray) -> tuple[str, list[list[dict[str, Any]]]]:
+    """Detect preprocessed images (N×3×224×224): the version used and, per image, every label best first."""
+    sync_serving()
+    loaded, probabilities = serving().submit(inputs).result(timeout=120)
+    return loaded.version, [[{"name": name, "confidence": round(confidence, 4)}
+                             for name, confidence in ranked(loaded.labels, row)] for row in probabilities]
