@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from labelloop import engine
 from labelloop.detection.pages import parse_filters
 from labelloop.loop import machines
 from labelloop.loop.machines import BRANCHES
@@ -51,6 +52,18 @@ def test_every_workflow_of_every_branch_has_a_machine_whose_states_are_laid_out_
                     reachable.add(t.target)
                     todo.append(t.target)
         assert reachable == ids, machine.name
+
+
+def test_every_task_state_names_a_registered_step_or_workflow() -> None:
+    """Renaming a step or a workflow without its state breaks this test, not the run page."""
+    registered = set(engine.STEPS) | set(engine.WORKFLOWS)
+    assert set(BRANCHES) == set(engine.WORKFLOWS), "every workflow has a machine, every machine a workflow"
+    for machine in machines.MACHINES:
+        for state in machine.states:
+            if state.kind == graph.TASK:
+                assert set(state.step_names) <= registered, (machine.name, state.id)
+    renamed = graph.State("no_such_step", "Renamed")
+    assert not set(renamed.step_names) <= registered
 
 
 def test_training_run_that_deployed_passes_every_main_state() -> None:

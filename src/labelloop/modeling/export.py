@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labelloop.files import atomic_write_bytes, file_sha256
-from labelloop.modeling.backbone import EMBEDDING_DIM, FINGERPRINT_KEY, IMAGE_SIZE, weights_path
+from labelloop.modeling.backbone import EMBEDDING_DIM, FINGERPRINT_KEY, IMAGE_SIZE, load_backbone, weights_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -108,8 +108,6 @@ def export_backbone_onnx(
     out_path: str | Path, weights: str | Path | None = None, *, fingerprint: str | None = None
 ) -> Path:
     """Export, fold pads, verify against torch (1e-4), then write the file and its sidecar atomically."""
-    from labelloop.modeling.backbone import load_backbone
-
     out_path = Path(out_path)
     fingerprint = fingerprint or backbone_fingerprint(weights)
     model = load_backbone(weights)
