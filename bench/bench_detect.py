@@ -105,6 +105,13 @@ def metered(server_pid: int) -> Iterator[dict[str, Any]]:
     box["wall"] = time.perf_counter() - wall0
 
 
+def idle_cpu(pid: int, seconds: float) -> float:
+    """CPU seconds per second the server burns with no request at all."""
+    started, wall = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - started) / (time.perf_counter() - wall)
+
+
 # ── raw exported model ───────────────────────────────────────────────────────
 
 
@@ -402,7 +409,7 @@ def main() -> None:
                      LABELLOOP_SCHEDULER_POLLING_SECONDS="2.0")
     if args.server_src:
         env["PYTHONPATH"] = str(args.server_src.resolve())
-    server = Server(home=home, env=env).start()
+    server = Server(home=home, env=env).start(timeout=300)
     try:
         with server.client() as api:
             train(server, api)
@@ -411,6 +418,8 @@ def main() -> None:
         token = server.token()
         drive_sync(server, token, bodies, 8, 2.0)  # warm the serving path
         pid = server.process.pid
+        idle = idle_cpu(pid, 10.0)
+        print(f"idle server: {100 * idle:.1f} % of one core (queue and schedule polling, liveness checks)")
         rss_training = memory_mib(pid, "VmHWM")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
         rounds = []

@@ -67,13 +67,51 @@ def summarize(text: str, top: int = 12) -> str:
         return "no samples"
     lines = [f"{total} active samples (100 per second per busy thread)", "threads:"]
     lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in threads.most_common(8)]
+    lines.append("roles:")
+    lines.append(roles(text))
     lines.append("named costs (innermost matching frame):")
     lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in categories.most_common()]
     lines.append("inclusive (on the stack):")
     lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in inclusive.most_common(top)]
+    lines.append("labelloop's own functions (inclusive):")
+    ours = [(name, n) for name, n in inclusive.most_common() if "(labelloop/" in name]
+    lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in ours[:top]]
     lines.append("exclusive (innermost frame):")
     lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in exclusive.most_common(top)]
     return "\n".join(lines)
+
+
+def _thread_role(thread: str, names: list[str]) -> str:
+    """What a sample of the upload pipeline was doing: a step's own work, DBOS's records, HTTP, polling."""
+    if "dbos-executor" in thread:
+        if "step.<locals>.wrap.<locals>.recorded" in names:
+            below = names[names.index("step.<locals>.wrap.<locals>.recorded") + 1:]
+            return f"step's own work: {below[0] if below else '?'}"
+        if "SystemDatabase.update_workflow_outcome" in names:
+            return "DBOS: workflow outcome write"
+        if "invoke_step.<locals>.record_step_result" in names:
+            return "DBOS: step output write"
+        if any(name.startswith("invoke_step.<locals>.check") for name in names):
+            return "DBOS: step replay check"
+        return "DBOS: other, in the workflow thread"
+    for marker, role in (("AnyIO", "HTTP handlers in worker threads"), ("MainThread", "event loop (HTTP)"),
+                         ("queue-worker", "DBOS queue polling / dequeue"), ("inference-unit", "inference unit"),
+                         ("detect-prepare", "detect: decode + preprocess")):
+        if marker in thread:
+            return role
+    return "other threads"
+
+
+def roles(text: str) -> str:
+    """Share of samples per role (see `_thread_role`)."""
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            frames = _frames(stack)
+            counts[_thread_role(frames[0], [f.split(" (")[0] for f in frames[1:]])] += int(count_text)
+    total = sum(counts.values()) or 1
+    return "\n".join(f"  {100 * n / total:5.1f} %  {role}" for role, n in counts.most_common())
 
 
 def _category(frames: list[str]) -> str:
