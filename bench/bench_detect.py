@@ -295,33 +295,31 @@ def train(server: Server, api: httpx.Client) -> None:
 
 @contextmanager
 def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[None]:
-    """py-spy records the server while the block runs, twice: every active thread, and GIL holders only.
+    """py-spy records the server while the block runs (raw collapsed stacks in bench/out/profile/NAME.txt).
 
-    Raw collapsed stacks go to bench/out/profile/NAME.txt and NAME-gil.txt. The GIL-only profile is the
-    Python work (ONNX Runtime and SQLite release the GIL while they compute); the other also counts threads
-    in native code, and under CPU contention threads that are runnable but waiting for a core.
+    Samples are wall-clock samples of active threads: under CPU contention a thread that is runnable but
+    waiting for a core, or in SQLite waiting for its lock, counts too. (py-spy's ``--gil`` mode, which would
+    count Python work only, put 90 % of the samples on the idle queue pollers here: not used.)
     """
     if not enabled:
         yield
         return
     folder = OUT / "profile"
     folder.mkdir(parents=True, exist_ok=True)
-    outputs = {mode: folder / f"{name}{mode}.txt" for mode in ("", "-gil")}
-    recorders = {mode: subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--rate", "100",
-         "--threads", "--nonblocking", *(["--gil"] if mode else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for mode, out in outputs.items()}
+    out = folder / f"{name}.txt"
+    recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
+                                 "--rate", "100", "--threads", "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     try:
         yield
     finally:
-        for mode, recorder in recorders.items():
-            recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
-            _, err = recorder.communicate(timeout=60)
-            if not outputs[mode].is_file():
-                raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-2000:]}")
-            print(f"\n── profile: {name}{mode} ──")
-            print(summarize(outputs[mode].read_text()))
+        recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        _, err = recorder.communicate(timeout=60)
+        if not out.is_file():
+            raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-2000:]}")
+        print(f"\n── profile: {name} ──")
+        print(summarize(out.read_text()))
 
 
 # ── the run ──────────────────────────────────────────────────────────────────
@@ -409,8 +407,9 @@ def main() -> None:
                      LABELLOOP_SCHEDULER_POLLING_SECONDS="2.0")
     if args.server_src:
         env["PYTHONPATH"] = str(args.server_src.resolve())
-    server = Server(home=home, env=env).start(timeout=300)
+    server = Server(home=home, env=env)
     try:
+        server.start(timeout=300)
         with server.client() as api:
             train(server, api)
             model = OUT / "detect-model.onnx"

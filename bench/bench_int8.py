@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--eval", type=int, default=750)
     parser.add_argument("--variants", choices=["main", "all"], default="main")
+    parser.add_argument("--speed-only", action="store_true", help="skip the accuracy table")
     args = parser.parse_args()
     variants = VARIANTS if args.variants == "main" else VARIANTS + MORE_VARIANTS
     if args.quick:
@@ -195,8 +196,16 @@ def main() -> None:
     paths = {"fp32": fp32, **{v.name: build(v, fp32, calibration) for v in variants}}
     sessions = {name: session(path) for name, path in paths.items()}
 
+    if not args.speed_only:
+        accuracy(sessions, inputs, tasks, groups, len(calibration))
+    speed(sessions, inputs, args.rounds, args.seconds)
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+def accuracy(sessions: dict, inputs: np.ndarray, tasks: dict, groups: np.ndarray, calibrated: int) -> None:
+    """Agreement with fp32 and macro-F1 of heads, per variant."""
     reference_embedding, reference_logits = outputs(sessions["fp32"], inputs)
-    print(f"\naccuracy on {len(inputs)} crops of {len(set(groups))} photographs; {len(calibration)} calibration "
+    print(f"\naccuracy on {len(inputs)} crops of {len(set(groups))} photographs; {calibrated} calibration "
           "crops (other seed). scene: plant/landscape/object, whole photographs held out; photo: which of the "
           "photographs a crop comes from, crops held out. F1 = macro-F1 (own head: trained on the variant's "
           "embeddings; fp32 head: trained on fp32 embeddings, applied to the variant's)")
@@ -214,28 +223,30 @@ def main() -> None:
         print(f"{name:<46} {agree:>12.3f} {cosine.mean():>8.4f} {np.percentile(cosine, 1):>7.4f} {scene[0]:>8.3f} "
               f"{own[0]:>8.3f} {crossed[0]:>18.3f} {own[1]:>8.3f} {own[2]:>9}", flush=True)
 
-    print(f"\nspeed, images/s (both cores, {args.rounds} rounds of {args.seconds:.0f} s, fp32 and variants "
+
+def speed(sessions: dict, inputs: np.ndarray, rounds: int, seconds: float) -> None:
+    """images/s at batch 1, 8 and 32, fp32 and the variants alternated; speed-up within each round."""
+    print(f"\nspeed, images/s (both cores, {rounds} rounds of {seconds:.0f} s, fp32 and variants "
           "alternated; speed-up against fp32 in the same round, median)")
     speedups: dict[tuple[str, int], list[float]] = {}
     rates: dict[tuple[str, int], list[float]] = {}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for batch in (1, 8, 32):
-            base = rate(sessions["fp32"], inputs, batch, args.seconds)
+            base = rate(sessions["fp32"], inputs, batch, seconds)
             rates.setdefault(("fp32", batch), []).append(base)
-            for name in paths:
+            for name in sessions:
                 if name != "fp32":
-                    value = rate(sessions[name], inputs, batch, args.seconds)
+                    value = rate(sessions[name], inputs, batch, seconds)
                     rates.setdefault((name, batch), []).append(value)
                     speedups.setdefault((name, batch), []).append(value / base)
     print(f"{'model':<42} {'batch 1':>14} {'batch 8':>14} {'batch 32':>14}")
-    for name in paths:
+    for name in sessions:
         cells = []
         for batch in (1, 8, 32):
             value = statistics.median(rates[(name, batch)])
             ratio = statistics.median(speedups[(name, batch)]) if name != "fp32" else 1.0
             cells.append(f"{value:6.1f} ({ratio:4.2f}×)")
         print(f"{name:<42} " + " ".join(f"{c:>14}" for c in cells))
-    print(f"\nload average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
