@@ -39,8 +39,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     """ONNX Runtime options for a backbone session (CPU, ``threads`` intra-op threads).
 
     Intra-op threads do not spin while waiting for work: on a machine whose cores are shared (with the web
-    server's own threads, or with other processes) a spinning pool burns the CPU the other threads need, and at
-    small batches it cost 1.7-2× the CPU per image here (bench/bench_detect.py measures it).
+    server's own threads, or with other processes) a spinning pool burns the CPU the other threads need; here it
+    cost 1.6-1.9× the CPU per image at batch 1 to 32 (README, Performance).
     """
     import onnxruntime as ort
 

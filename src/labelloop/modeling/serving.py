@@ -5,10 +5,10 @@ split between them) and take requests from one queue; a unit takes every request
 so concurrent requests share one backbone run. It does not wait for more to arrive: requests that come while a
 batch runs form the next batch, and a lone request is not delayed. ``max_batch`` is 8: on this backbone, with a
 thread pool that does not spin, the CPU cost per image is about the same at batch 1, 8 and 32, while ONNX
-Runtime's memory arena keeps what the largest batch needed (some 240 MB more at 32 than at 8;
-bench/bench_detect.py measures both). A batch is served entirely by the version
-that was serving when the batch started: the switch replaces one reference under a lock, and a version is
-only put there after it has been loaded and has answered a warm-up batch.
+Runtime's memory arena keeps what the largest batch needed (some 240 MB more at 32 than at 8; see the README's
+Performance section). A batch is served entirely by the version that was serving when the batch started: the
+switch replaces one reference under a lock, and a version is only put there after it has been loaded and has
+answered a warm-up batch.
 """
 
 from __future__ import annotations
