@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-sqlite test-postgresql postgresql install install-test lint bench bench-scale chromium
+.PHONY: serve test test-sqlite test-postgresql postgresql install install-test lint bench bench-scale chromium \
+	bench-photos bench-detect bench-int8
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +54,16 @@ bench: install
 
 bench-scale: install-test postgresql
 	$(BIN)/python bench/bench_scale.py
+
+# Real photographs for the detection benchmarks: Debian's wallpaper packages (the photos among them, by name).
+bench-photos:
+	@test -d /usr/share/wallpapers/Path || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers)
+
+# Detection end to end against the raw exported model (sync API, upload pipeline, RSS); py-spy for --profile.
+bench-detect: install-test bench-photos
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/bench_detect.py
+
+bench-int8: install bench-photos
+	$(BIN)/python bench/bench_int8.py

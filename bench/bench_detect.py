@@ -1,20 +1,33 @@
-"""End-to-end detect throughput and latency against raw ONNX Runtime, per inference-unit count.
+"""Detection throughput end to end against the raw exported model, in one run: sync API, upload pipeline, RSS.
 
-    .venv/bin/python bench/bench_detect.py [--seconds 10] [--units 1 2]
+    .venv/bin/python bench/bench_detect.py [--quick] [--rounds 3] [--seconds 8] [--uploads 1000] [--profile]
 
-Starts a real `labelloop serve` (its own home in bench/out/detect-home), trains a tiny two-label model,
-then for each `Minimum-Inference-Units` value drives `POST /api/v1/detect` with 1, 8 and 32 concurrent
-clients (threads with keep-alive HTTP connections, a 224-px JPEG each) and reports images/s and latency
-percentiles. In the same run it measures the raw ONNX Runtime backbone at batch 32 (all cores), the
-reference the targets are stated against: end-to-end ≥ 70 % of raw, p50 with one client ≤ 50 ms, serving
-process peak RSS ≤ 1 GiB. Rekognition Custom Labels serves 5 transactions/s per inference unit; the last
-column puts ours beside that.
+Needs the real photographs of `make bench-photos`. Starts a real `labelloop serve` (home in
+bench/out/detect-home), trains a small model on real photos, downloads it (`GET /models/v1/export`) and, per
+round:
+
+1. **raw**: the exported ONNX file in ONNX Runtime in this process, both cores, preprocessed real photos, batch
+   1, 8 and 32 (the serving session options; batch 32 also with ONNX Runtime's default spinning thread pool,
+   and the faster of the two batch-32 figures is the reference);
+2. **sync**: ``POST /api/v1/detect`` (multipart, one ~320 px JPEG photo each) from 1, 8 and 32 client threads
+   with keep-alive connections, for ``--seconds`` each: images/s and p50/p95/p99 latency;
+3. **upload pipeline**: ``--uploads`` JPEG photos PUT to ``images_for_detection/`` by 4 client threads, timed
+   from the first PUT until the last of their detection events is DETECTED (polled through
+   ``GET /api/v1/detections``; the end is the last event's ``detected_at``);
+4. **raw** again.
+
+Every figure is also given as a ratio to raw batch 32 of the same round (mean of before and after). The
+clients run in this process, on the same 2 cores as the server: the table gives the CPU seconds each side
+used per image (server from /proc, clients from this process), so client overhead is visible, not hidden.
+Peak RSS of the serving process is read from /proc (VmHWM), reset after training so that it is the peak
+while serving. With ``--profile`` py-spy records the server during each end-to-end phase (raw stacks in
+bench/out/profile, a summary printed); profiled rounds are slower, use them for where the time goes only.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import http.client
 import os
 import shutil
 import statistics
@@ -22,104 +35,404 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import Server, server_env  # noqa: E402
-from images import smile_logo, upload_training_set  # noqa: E402
-from labelloop.modeling.embedding import Embedder  # noqa: E402
-from labelloop.modeling.export import ensure_backbone_onnx  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+from photos import uploads  # noqa: E402
+from profile_summary import summarize  # noqa: E402
+
+from conftest import Server, server_env, wait_until  # noqa: E402
+from labelloop.modeling.embedding import default_threads, session_options  # noqa: E402
+from labelloop.modeling.images import prepare  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 REKOGNITION_TPS_PER_UNIT = 5.0
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def jpeg_224() -> bytes:
-    image = Image.open(io.BytesIO(smile_logo(3, size=224))).convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+@dataclass
+class Row:
+    """One measured figure of a round."""
+
+    phase: str
+    rate: float  # images/s
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    server_cpu: float = float("nan")  # server CPU seconds per image
+    client_cpu: float = float("nan")  # this process's CPU seconds per image
+    note: str = ""
+
+    def percentile(self, q: int) -> float:
+        if len(self.latencies) < 3:
+            return float("nan")
+        return 1000 * statistics.quantiles(self.latencies, n=100)[q - 1]
 
 
-def raw_throughput(seconds: float) -> float:
-    embedder = Embedder(ensure_backbone_onnx(OUT / "cache"))
-    batch = np.random.default_rng(0).uniform(-1, 1, (32, 3, 224, 224)).astype(np.float32)
-    embedder.embed(batch)
-    done, started = 0, time.perf_counter()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory_mib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def metered(server_pid: int) -> Iterator[dict[str, Any]]:
+    """Time a phase and count both sides' CPU; the caller fills ``box['images']``, gets ``box['row']``."""
+    box: dict[str, Any] = {}
+    server0, client0, wall0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    yield box
+    images = max(1, box["images"])
+    row = box["row"]
+    row.server_cpu = (cpu_seconds(server_pid) - server0) / images
+    row.client_cpu = (time.process_time() - client0) / images
+    box["wall"] = time.perf_counter() - wall0
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    """CPU seconds per second the server burns with no request at all."""
+    started, wall = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - started) / (time.perf_counter() - wall)
+
+
+# ── raw exported model ───────────────────────────────────────────────────────
+
+
+def raw_session(path: Path, spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    if spinning:  # ONNX Runtime's own defaults, with the same thread count
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = default_threads()
+    else:
+        options = session_options(default_threads())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def raw_rate(session: Any, inputs: np.ndarray, batch: int, seconds: float) -> Row:
+    x = np.ascontiguousarray(inputs[:batch])
+    session.run(None, {"input": x})
+    done, client0, started = 0, time.process_time(), time.perf_counter()
+    latencies = []
     while time.perf_counter() - started < seconds:
-        embedder.embed(batch)
-        done += 32
-    return done / (time.perf_counter() - started)
+        began = time.perf_counter()
+        session.run(None, {"input": x})
+        latencies.append(time.perf_counter() - began)
+        done += batch
+    wall = time.perf_counter() - started
+    return Row(f"raw, batch {batch}", done / wall, latencies, client_cpu=(time.process_time() - client0) / done)
 
 
-def drive(server: Server, clients: int, seconds: float, image: bytes) -> tuple[float, list[float], int]:
+def raw_phase(model: Path, inputs: np.ndarray, seconds: float, when: str) -> dict[str, Row]:
+    rows = {}
+    session = raw_session(model, spinning=False)
+    for batch in (1, 8, 32):
+        rows[f"raw{batch}"] = raw_rate(session, inputs, batch, seconds)
+    spinning = raw_rate(raw_session(model, spinning=True), inputs, 32, seconds)
+    spinning.phase = "raw, batch 32, spinning pool"
+    rows["raw32spin"] = spinning
+    for row in rows.values():
+        row.phase += f" ({when})"
+    return rows
+
+
+# ── sync detect ──────────────────────────────────────────────────────────────
+
+
+class Connection:
+    """A keep-alive HTTP/1.1 connection with requests built once: the lightest client the standard library has.
+
+    httpx cost 5-16 ms of client CPU per request here, on the same two cores as the server; this costs well
+    under 1 ms (the table shows it), so the server gets the CPU a remote client would leave it.
+    """
+
+    def __init__(self, server: Server, token: str) -> None:
+        self.http = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        self.auth = f"Bearer {token}"
+
+    def send(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        self.http.request(method, path, body, {"Authorization": self.auth, "Content-Type": content_type})
+        response = self.http.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body with one ``file`` part, and its content type."""
+    boundary = uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n")
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def drive_sync(server: Server, token: str, bodies: list[tuple[bytes, str]], clients: int, seconds: float) -> Row:
     latencies: list[float] = []
-    errors = [0]
+    errors: list[str] = []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
-    def loop() -> None:
-        with server.client(token) as api:
+    def loop(offset: int) -> None:
+        connection = Connection(server, token)
+        i = offset
+        try:
             while time.perf_counter() < stop:
-                started = time.perf_counter()
-                response = api.post("/detect", files={"file": ("a.jpg", image, "image/jpeg")})
-                elapsed = time.perf_counter() - started
+                body, content_type = bodies[i % len(bodies)]
+                i += 1
+                began = time.perf_counter()
+                try:
+                    status, payload = connection.send("POST", "/api/v1/detect", body, content_type)
+                except (OSError, http.client.HTTPException) as exc:
+                    status, payload = 0, repr(exc).encode()
+                    connection.close()
+                    connection = Connection(server, token)
+                elapsed = time.perf_counter() - began
                 with lock:
-                    if response.status_code == 200:
+                    if status == 200:
                         latencies.append(elapsed)
                     else:
-                        errors[0] += 1
+                        errors.append(f"{status} {payload[:200]!r}")
+        finally:
+            connection.close()
 
-    token = server.token()
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    threads = [threading.Thread(target=loop, args=(k * 97,)) for k in range(clients)]
     began = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return len(latencies) / (time.perf_counter() - began), latencies, errors[0]
+    row = Row(f"sync detect, {clients} clients", len(latencies) / (time.perf_counter() - began), latencies,
+              len(errors))
+    if errors:
+        row.note = f"first error: {errors[0]}"
+    return row
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+# ── upload pipeline ──────────────────────────────────────────────────────────
+
+
+def detected_count(api: httpx.Client) -> int:
+    return len(api.get("/detections", params={"status": "DETECTED", "limit": 100_000}).json())
+
+
+def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str,
+             timeout: float) -> Row:
+    """PUT every photo to images_for_detection/ from 4 threads; images/s until the last one is DETECTED."""
+    with server.client(token) as api:
+        before = detected_count(api)
+    keys = [f"images_for_detection/{tag}/{name}.jpg" for name, _, _ in photos]
+    started_at = datetime.now().astimezone()
+    started = time.perf_counter()
+    failures: list[str] = []
+
+    def put(worker: int) -> None:
+        connection = Connection(server, token)
+        try:
+            for i in range(worker, len(photos), 4):
+                status, payload = connection.send("PUT", f"/api/v1/objects/{keys[i]}", photos[i][2], "image/jpeg")
+                if status != 201:
+                    failures.append(f"{keys[i]}: {status} {payload[:200]!r}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=put, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    put_seconds = time.perf_counter() - started
+    expected = before + len(photos) - len(failures)
+    with server.client(token) as api:
+        def all_detected() -> bool:
+            # One row when the expected number of DETECTED events exists: a cheap poll of the event log.
+            page = api.get("/detections", params={"status": "DETECTED", "offset": expected - 1, "limit": 1})
+            return bool(page.json())
+
+        wait_until(all_detected, timeout, 0.5, f"{len(photos)} detections")
+        events = [e for e in api.get("/detections", params={"limit": 100_000}).json()
+                  if e["object_key"].startswith(f"images_for_detection/{tag}/")]
+        loops = len(api.get("/human-loops", params={"limit": 100_000}).json())
+    detected = [e for e in events if e["status"] == "DETECTED"]
+    last = max(datetime.fromisoformat(e["detected_at"]) for e in detected)
+    seconds = (last - started_at).total_seconds()
+    errors = len(failures) + len(photos) - len(detected)
+    return Row(f"upload pipeline, 4 clients, {len(photos)} photos", len(detected) / seconds, errors=errors,
+               note=f"PUTs took {put_seconds:.1f} s; {loops} human loops open in all")
+
+
+# ── set-up ───────────────────────────────────────────────────────────────────
+
+
+def train(server: Server, api: httpx.Client) -> None:
+    """A two-label model on real photos (plant / landscape), deployed as v1."""
+    for name, scene, data in uploads(40, seed=1):
+        if scene in ("plant", "landscape"):
+            response = api.put(f"/objects/images_labeled_by_folder/{scene}/{name}.jpg", content=data)
+            response.raise_for_status()
+    run = server.wait_run(api.post("/training/check").json()["run_id"], timeout=900)
+    if run["status"] != "SUCCESS":
+        raise RuntimeError(f"training failed: {run}")
+    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 300, 0.5, "v1 RUNNING")
+
+
+@contextmanager
+def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[None]:
+    """py-spy records the server while the block runs (raw collapsed stacks in bench/out/profile/NAME.txt).
+
+    Samples are wall-clock samples of active threads: under CPU contention a thread that is runnable but
+    waiting for a core, or in SQLite waiting for its lock, counts too. (py-spy's ``--gil`` mode, which would
+    count Python work only, put 90 % of the samples on the idle queue pollers here: not used.)
+    """
+    if not enabled:
+        yield
+        return
+    folder = OUT / "profile"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.txt"
+    recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
+                                 "--rate", "100", "--threads", "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    try:
+        yield
+    finally:
+        recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        _, err = recorder.communicate(timeout=60)
+        if not out.is_file():
+            raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-2000:]}")
+        print(f"\n── profile: {name} ──")
+        print(summarize(out.read_text()))
+
+
+# ── the run ──────────────────────────────────────────────────────────────────
+
+
+def run_round(server: Server, token: str, model: Path, inputs: np.ndarray, bodies: list[tuple[bytes, str]],
+              photos: list[tuple[str, str, bytes]], args: argparse.Namespace, index: int) -> dict[str, Row]:
+    pid = server.process.pid
+    rows = raw_phase(model, inputs, args.raw_seconds, "before")
+    for clients in (1, 8, 32):
+        with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}"), \
+                metered(pid) as box:
+            row = drive_sync(server, token, bodies, clients, args.seconds)
+            box["images"], box["row"] = len(row.latencies), row
+        rows[f"sync{clients}"] = row
+    with profiled(args.profile, args.py_spy, pid, "upload"), metered(pid) as box:
+        row = pipeline(server, token, photos, f"round{index}", timeout=args.pipeline_timeout)
+        box["images"], box["row"] = len(photos), row
+    rows["upload"] = row
+    after = raw_phase(model, inputs, args.raw_seconds, "after")
+    rows.update({f"{key}_after": value for key, value in after.items()})
+    return rows
+
+
+def reference(rows: dict[str, Row]) -> float:
+    best = [max(rows[f"raw32{k}"].rate, rows[f"raw32spin{k}"].rate) for k in ("", "_after")]
+    return statistics.fmean(best)
+
+
+def raw_cpu(rows: dict[str, Row]) -> float:
+    """CPU seconds per image of raw batch 32 (mean of before and after)."""
+    return statistics.fmean(rows[key].client_cpu for key in ("raw32", "raw32_after"))
+
+
+def print_round(rows: dict[str, Row], ref: float, title: str) -> None:
+    cpu = raw_cpu(rows)
+    print(f"\n{title} — reference: raw batch 32 = {ref:.1f} images/s, {1000 * cpu:.1f} CPU ms/image "
+          "(mean of before and after)")
+    print(f"{'phase':<44} {'images/s':>9} {'× raw32':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'errors':>6} {'server CPU ms/img':>17} {'raw32 CPU / server CPU':>22} {'client CPU ms/img':>17}")
+    for row in rows.values():
+        print(f"{row.phase:<44} {row.rate:>9.1f} {row.rate / ref:>7.2f} {row.percentile(50):>7.1f} "
+              f"{row.percentile(95):>7.1f} {row.percentile(99):>7.1f} {row.errors:>6} "
+              f"{1000 * row.server_cpu:>17.1f} {cpu / row.server_cpu:>22.2f} {1000 * row.client_cpu:>17.1f}"
+              + (f"  {row.note}" if row.note else ""))
+
+
+def print_medians(rounds: list[dict[str, Row]]) -> None:
+    refs = [reference(rows) for rows in rounds]
+    print(f"\nmedians of {len(rounds)} rounds (ratios taken within each round, then the median)")
+    print(f"{'phase':<44} {'images/s':>9} {'× raw32':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    for key, first in rounds[0].items():
+        rate = statistics.median(r[key].rate for r in rounds)
+        ratio = statistics.median(r[key].rate / ref for r, ref in zip(rounds, refs, strict=True))
+        p = [statistics.median(r[key].percentile(q) for r in rounds) for q in (50, 95, 99)]
+        errors = sum(r[key].errors for r in rounds)
+        print(f"{first.phase:<44} {rate:>9.1f} {ratio:>7.2f} {p[0]:>7.1f} {p[1]:>7.1f} {p[2]:>7.1f} {errors:>6}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--units", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--quick", action="store_true", help="one short round: 3 s phases, 200 uploads")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--seconds", type=float, help="length of each sync-detect phase (8)")
+    parser.add_argument("--raw-seconds", type=float, help="length of each raw phase (4)")
+    parser.add_argument("--uploads", type=int, help="photos per upload-pipeline phase (1000)")
+    parser.add_argument("--pipeline-timeout", type=float, default=900.0)
+    parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
+    parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
+    defaults = {"rounds": 1, "seconds": 3.0, "raw_seconds": 2.0, "uploads": 200} if args.quick else \
+        {"rounds": 3, "seconds": 8.0, "raw_seconds": 4.0, "uploads": 1000}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; clients share them with the server")
+    photos = uploads(args.uploads * args.rounds)
+    bodies = [multipart(data) for _, _, data in photos[:args.uploads]]
+    inputs = np.stack([prepare(data) for _, _, data in photos[:32]])
     home = OUT / "detect-home"
     shutil.rmtree(home, ignore_errors=True)
-    server = Server(home=home, env=server_env(LABELLOOP_LOG_LEVEL="WARNING")).start()
+    # The server runs with the production defaults (the test suite polls queues and schedules faster).
+    env = server_env(LABELLOOP_LOG_LEVEL="WARNING", LABELLOOP_QUEUE_POLLING_SECONDS="0.2",
+                     LABELLOOP_SCHEDULER_POLLING_SECONDS="2.0")
+    if args.server_src:
+        env["PYTHONPATH"] = str(args.server_src.resolve())
+    server = Server(home=home, env=env)
     try:
+        server.start(timeout=300)
         with server.client() as api:
-            upload_training_set(api, 5)
-            server.wait_run(api.post("/training/check").json()["run_id"], timeout=600)
-        image = jpeg_224()
-        raw = raw_throughput(args.seconds)
-        print(f"raw ONNX Runtime backbone, batch 32, {os.cpu_count()} cores: {raw:.1f} images/s\n")
-        print(f"{'units':>5} {'clients':>7} {'images/s':>9} {'% of raw':>8} {'p50 ms':>7} {'p95 ms':>7} "
-              f"{'p99 ms':>7} {'errors':>6} {'img/s per unit':>14} {'Rekognition/unit':>16}")
-        for units in args.units:
-            with server.client() as api:
-                api.put("/parameters/Minimum-Inference-Units", json={"value": str(units)})
-            drive(server, 2, 2.0, image)  # the server picks the new unit count up and warms
-            for clients in (1, 8, 32):
-                rate, latencies, errors = drive(server, clients, args.seconds, image)
-                q = statistics.quantiles(latencies, n=100) if len(latencies) > 2 else [float("nan")] * 99
-                print(f"{units:>5} {clients:>7} {rate:>9.1f} {100 * rate / raw:>7.0f}% {1000 * q[49]:>7.1f} "
-                      f"{1000 * q[94]:>7.1f} {1000 * q[98]:>7.1f} {errors:>6} {rate / units:>14.1f} "
-                      f"{REKOGNITION_TPS_PER_UNIT:>16.1f}")
-        print(f"\nserving process peak RSS: {peak_rss_mib(server.process.pid):.0f} MiB (target ≤ 1024)")
+            train(server, api)
+            model = OUT / "detect-model.onnx"
+            model.write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
+        token = server.token()
+        drive_sync(server, token, bodies, 8, 2.0)  # warm the serving path
+        pid = server.process.pid
+        idle = idle_cpu(pid, 10.0)
+        print(f"idle server: {100 * idle:.1f} % of one core (queue and schedule polling, liveness checks)")
+        rss_training = memory_mib(pid, "VmHWM")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
+        rounds = []
+        for index in range(args.rounds):
+            batch = photos[index * args.uploads:(index + 1) * args.uploads]
+            rows = run_round(server, token, model, inputs, bodies, batch, args, index)
+            rounds.append(rows)
+            print_round(rows, reference(rows), f"round {index + 1}, load average {os.getloadavg()}")
+        if len(rounds) > 1:
+            print_medians(rounds)
+        print(f"\nserving process peak RSS while serving: {memory_mib(pid, 'VmHWM'):.0f} MiB (target ≤ 1024); "
+              f"peak including training: {rss_training:.0f} MiB; now {memory_mib(pid, 'VmRSS'):.0f} MiB")
+        print(f"Rekognition Custom Labels: {REKOGNITION_TPS_PER_UNIT:.0f} transactions/s per inference unit")
+        print(f"load average at end: {os.getloadavg()}")
     finally:
         server.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -199,6 +200,7 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
+        seed_backbone(Path(self.env.get("LABELLOOP_CACHE_FOLDER") or self.home / "cache"))
         if Postgres.mode == "postgresql" and "LABELLOOP_DATABASE_URL" not in self.env:
             # Several test servers may be up at once: keep each one's connections few (max_connections is 100).
             self.env = {"LABELLOOP_DATABASE_POOL_SIZE": "4", **self.env,
@@ -253,6 +255,28 @@ class Server:
                 return run if run["status"] in ("SUCCESS", "ERROR", "CANCELLED") else None
 
             return wait_until(finished, timeout, 0.2, f"run {run_id}")
+
+
+_BACKBONE = Path(os.environ.get("LABELLOOP_TEST_BACKBONE_FOLDER", f"/tmp/labelloop-test-backbone-{os.getuid()}"))
+
+
+def seed_backbone(cache: Path) -> None:
+    """Give a test server's cache the backbone ONNX file, built once per machine (hard links, else copies).
+
+    Each server would otherwise export it anew (torch, some 20-60 s of CPU); the build itself is covered by
+    tests/modeling/test_backbone.py, and a server still rebuilds a file whose fingerprint is stale.
+    """
+    from labelloop.modeling.export import BACKBONE_FILENAME, ensure_backbone_onnx
+
+    built = ensure_backbone_onnx(_BACKBONE)
+    cache.mkdir(parents=True, exist_ok=True)
+    for source in (built, built.with_name(built.name + ".json")):
+        target = cache / source.name.replace(built.name, BACKBONE_FILENAME)
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
 
 
 def server_env(**extra: str) -> dict[str, str]:

@@ -175,3 +175,28 @@ def test_blue_green_switch_drops_no_request(trained: Server) -> None:
             thread.join()
     assert failures == []
     assert versions == {"v1", "v2"}
+
+
+def test_many_concurrent_detects_all_answer(trained: Server) -> None:
+    """More requests in flight than database connections: a waiting request holds none, so none times out."""
+    images = [smile_logo(i) if i % 2 else box_logo(i) for i in range(40)]
+    answers: dict[int, tuple[int, str]] = {}
+    token = trained.token()
+    start = threading.Barrier(len(images))
+
+    def one(i: int) -> None:
+        with trained.client(token) as api:
+            start.wait()
+            response = api.post("/detect", files={"file": ("a.png", images[i])}, timeout=25)
+            answers[i] = (response.status_code, response.text)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == list(range(len(images)))
+    assert all(status == 200 for status, _ in answers.values()), [a for a in answers.values() if a[0] != 200][:3]
+    with trained.client(token) as api:  # each concurrent answer is the one a lone request gets
+        for i in (0, 1, 39):
+            assert __import__("json").loads(answers[i][1]) == detect(api, images[i])

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from labelloop import db
 from labelloop.config import get_settings
-from labelloop.modeling.embedding import Embedder, EmbeddingCache
+from labelloop.modeling.embedding import Embedder, EmbeddingCache, default_threads
 from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, stored_fingerprint
 from labelloop.modeling.images import prepare
 from labelloop.modeling.predict import ranked
@@ -145,9 +147,32 @@ def prepare_image(data: bytes) -> np.ndarray:
     return prepare(data)[None, ...]
 
 
+def labels_of(labels: list[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """Every label with its confidence (0–100), best first, as the API answers."""
+    return [{"name": name, "confidence": round(confidence, 4)} for name, confidence in ranked(labels, probabilities)]
+
+
 def detect_inputs(inputs: np.ndarray) -> tuple[str, list[list[dict[str, Any]]]]:
     """Detect preprocessed images (N×3×224×224): the version used and, per image, every label best first."""
     sync_serving()
     loaded, probabilities = serving().submit(inputs).result(timeout=120)
-    return loaded.version, [[{"name": name, "confidence": round(confidence, 4)}
-                             for name, confidence in ranked(loaded.labels, row)] for row in probabilities]
+    return loaded.version, [labels_of(loaded.labels, row) for row in probabilities]
+
+
+# Decoding runs on a pool as wide as the cores, not on the server's 40-thread pool: more concurrent decodes
+# than cores only add context switches and per-thread allocator memory.
+_PREPARE_POOL = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="detect-prepare")
+
+
+def _prepare_serving(data: bytes) -> np.ndarray:
+    """Decode and preprocess, and pick up a version switched by another process (blocking: run in a thread)."""
+    sync_serving()
+    return prepare_image(data)
+
+
+async def detect_upload(data: bytes) -> tuple[str, list[dict[str, Any]]]:
+    """Detect one uploaded image for an async caller: decoded on the prepare pool, then its batch awaited
+    without holding a thread. The version used and every label best first (raises ``ImageRejected``)."""
+    inputs = await asyncio.get_running_loop().run_in_executor(_PREPARE_POOL, _prepare_serving, data)
+    loaded, probabilities = await serving().infer(inputs)
+    return loaded.version, labels_of(loaded.labels, probabilities[0])

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from labelloop.config import get_settings
 from labelloop.loop import actions
@@ -61,12 +60,14 @@ def export_model(version: str, session: SessionDep, format: str = Query("onnx", 
 
 
 @router.post("/detect", response_model=DetectResponse)
-async def detect(file: UploadFile, request: Request, _: User = Detector) -> dict[str, Any]:
+async def detect(file: UploadFile, session: SessionDep, _: User = Detector) -> dict[str, Any]:
     """Detect labels in one image: every label with its confidence (0-100), best first, and the version."""
+    # Authenticated: end the request's transaction now, so that no database connection is held while the
+    # request waits for its batch (32 waiting requests used to exhaust the pool and time out).
+    session.commit()
     limit = get_settings().max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the image is larger than {limit} bytes")
-    inputs = await run_in_threadpool(endpoint.prepare_image, data)
-    version, results = await run_in_threadpool(endpoint.detect_inputs, inputs)
-    return {"model_version": version, "labels": results[0]}
+    version, labels = await endpoint.detect_upload(data)
+    return {"model_version": version, "labels": labels}

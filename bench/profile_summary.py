@@ -1,0 +1,129 @@
+"""Summarise py-spy's raw (collapsed-stack) output: where the server's active samples go.
+
+    python bench/profile_summary.py bench/out/profile/sync-8.txt
+
+Each line of the input is ``thread;frame;frame;... count`` (py-spy ``--format raw --threads``), idle samples
+left out by py-spy. Printed: samples per thread, the functions that hold most samples inclusively (anywhere on
+the stack) and exclusively (the innermost frame), and the share of a few named costs (`CATEGORIES`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+
+# Named costs, by the first matching frame from the innermost outwards (function name, file path).
+CATEGORIES: list[tuple[str, str]] = [
+    ("ONNX Runtime run", r"^run \(onnxruntime/"),
+    ("head (predict_proba)", r"predict_proba"),
+    ("JPEG decode (Pillow load)", r"^(load|load_prepare|load_read|decode) \(PIL/|_load \(labelloop/modeling/images"),
+    ("resize + to array", r"to_input|_to_array|^resize \(PIL/"),
+    ("image open / EXIF", r"^(open|exif_transpose|getexif|_open) \((PIL|labelloop)/"),
+    ("multipart parsing", r"multipart|formparsers|_get_form|UploadFile"),
+    ("DBOS bookkeeping", r"\(dbos/"),
+    ("SQLAlchemy / database", r"\((sqlalchemy|sqlite3|psycopg)/"),
+    ("storage (object put/get)", r"labelloop/storage/"),
+    ("JSON / pydantic", r"\((json|pydantic|pydantic_core)/|serialize_response|jsonable_encoder"),
+    ("HTTP server (uvicorn, h11, starlette)", r"\((uvicorn|h11|starlette|fastapi|httptools)/"),
+    ("asyncio loop", r"\(asyncio/"),
+    ("logging", r"\(logging/|labelloop/logs"),
+    ("thread pool / queue hand-off", r"\((concurrent|queue|threading)\.py|\(anyio/"),
+]
+
+
+def _frame(frame: str) -> str:
+    """``function (path:line)`` to ``function (package/module.py)``: lines merged, paths shortened."""
+    frame = re.sub(r":\d+\)$", ")", frame)
+    return re.sub(r"\((?:[^()]*/(?:site-packages|src|lib/python3\.\d+)/)", "(", frame)
+
+
+def _frames(stack: str) -> list[str]:
+    return [_frame(frame) for frame in stack.split(";")]
+
+
+def summarize(text: str, top: int = 12) -> str:
+    """A text report of one profile."""
+    inclusive: Counter[str] = Counter()
+    exclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = _frames(stack)
+        thread, frames = frames[0], frames[1:]
+        total += count
+        threads[re.sub(r"\d+", "N", thread)] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+        if frames:
+            exclusive[frames[-1]] += count
+        categories[_category(frames)] += count
+    if not total:
+        return "no samples"
+    lines = [f"{total} active samples (100 per second per busy thread)", "threads:"]
+    lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in threads.most_common(8)]
+    lines.append("roles:")
+    lines.append(roles(text))
+    lines.append("named costs (innermost matching frame):")
+    lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in categories.most_common()]
+    lines.append("inclusive (on the stack):")
+    lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in inclusive.most_common(top)]
+    lines.append("labelloop's own functions (inclusive):")
+    ours = [(name, n) for name, n in inclusive.most_common() if "(labelloop/" in name]
+    lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in ours[:top]]
+    lines.append("exclusive (innermost frame):")
+    lines += [f"  {100 * n / total:5.1f} %  {name}" for name, n in exclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def _thread_role(thread: str, names: list[str]) -> str:
+    """What a sample of the upload pipeline was doing: a step's own work, DBOS's records, HTTP, polling."""
+    if "dbos-executor" in thread:
+        if "step.<locals>.wrap.<locals>.recorded" in names:
+            below = names[names.index("step.<locals>.wrap.<locals>.recorded") + 1:]
+            return f"step's own work: {below[0] if below else '?'}"
+        if "SystemDatabase.update_workflow_outcome" in names:
+            return "DBOS: workflow outcome write"
+        if "invoke_step.<locals>.record_step_result" in names:
+            return "DBOS: step output write"
+        if any(name.startswith("invoke_step.<locals>.check") for name in names):
+            return "DBOS: step replay check"
+        return "DBOS: other, in the workflow thread"
+    for marker, role in (("AnyIO", "HTTP handlers in worker threads"), ("MainThread", "event loop (HTTP)"),
+                         ("queue-worker", "DBOS queue polling / dequeue"), ("inference-unit", "inference unit"),
+                         ("detect-prepare", "detect: decode + preprocess")):
+        if marker in thread:
+            return role
+    return "other threads"
+
+
+def roles(text: str) -> str:
+    """Share of samples per role (see `_thread_role`)."""
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            frames = _frames(stack)
+            counts[_thread_role(frames[0], [f.split(" (")[0] for f in frames[1:]])] += int(count_text)
+    total = sum(counts.values()) or 1
+    return "\n".join(f"  {100 * n / total:5.1f} %  {role}" for role, n in counts.most_common())
+
+
+def _category(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, pattern in CATEGORIES:
+            if re.search(pattern, frame):
+                return name
+    return "other"
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(f"── {path} ──")
+        with open(path) as handle:
+            print(summarize(handle.read()))

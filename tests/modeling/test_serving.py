@@ -1,0 +1,47 @@
+"""The micro-batcher: concurrent requests share backbone runs, never more than max_batch, answers unchanged."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from labelloop.modeling.embedding import Embedder
+from labelloop.modeling.serving import Serving
+
+
+class RecordingHead:
+    """A linear softmax head on the embedding that records the batch sizes it was given."""
+
+    labels = ["a", "b", "c"]
+
+    def __init__(self) -> None:
+        self.weights = np.random.default_rng(0).normal(size=(1280, 3)).astype(np.float32)
+        self.sizes: list[int] = []
+        self.lock = threading.Lock()
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.sizes.append(len(embeddings))
+        z = embeddings @ self.weights
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+
+def test_concurrent_requests_share_batches_of_at_most_max_batch(backbone_onnx: Path) -> None:
+    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=1, max_batch=8)
+    head = RecordingHead()
+    try:
+        serving.switch(serving.warm("v1", head))
+        head.sizes.clear()
+        inputs = np.random.default_rng(1).uniform(-1, 1, (24, 1, 3, 224, 224)).astype(np.float32)
+        futures = [serving.submit(x) for x in inputs]  # queued faster than the unit empties the queue
+        results = [future.result(timeout=120) for future in futures]
+        alone = serving.submit(inputs[5]).result(timeout=120)
+    finally:
+        serving.close()
+    assert sum(head.sizes[:-1]) == 24 and head.sizes[-1] == 1
+    assert max(head.sizes) <= 8 and len(head.sizes) - 1 < 24, head.sizes  # batched, capped
+    assert all(version.version == "v1" for version, _ in results)
+    np.testing.assert_allclose(results[5][1], alone[1], atol=1e-5)  # a batched answer is the lone answer
