@@ -129,3 +129,18 @@ def best_confident_share(o: Outcome, target: float = 0.05) -> float:
     right = np.cumsum(o.correct[order])
     ok = wrong / total <= target
     return float(right[ok].max() / max(1, o.correct.sum())) if ok.any() else 0.0
+
+
+def save_outcomes(outcomes: dict[str, Outcome], path: Path) -> None:
+    """Outcomes (for the plot) in one .npz, four arrays per name."""
+    arrays = {f"{name}|{field}": getattr(o, field) for name, o in outcomes.items()
+              for field in ("correct", "confidence", "weight", "is_open")}
+    np.savez(path, **arrays)
+
+
+def load_outcomes(path: Path) -> dict[str, Outcome]:
+    """Outcomes written by save_outcomes."""
+    with np.load(path, allow_pickle=False) as data:
+        names = sorted({key.split("|")[0] for key in data.files})
+        return {name: Outcome(*(data[f"{name}|{f}"] for f in ("correct", "confidence", "weight", "is_open")))
+                for name in names}

@@ -18,6 +18,9 @@ def _pct(value: float) -> str:
 
 def confidence_table(rows: list[dict[str, Any]], view: str, set_name: str, size: dict[str, int]) -> str:
     """Per recipe and task at its reported size: silent errors / confident share / open accepted / ECE."""
+    rows = [r for r in rows if r["view"] == view and r["set"] == set_name]
+    if not rows:
+        return "(not run)"
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     pick = {(r["recipe"], r["task"]): r for r in rows
             if r["view"] == view and r["set"] == set_name and r["k"] == size[r["task"]]}
@@ -39,6 +42,8 @@ def confidence_table(rows: list[dict[str, Any]], view: str, set_name: str, size:
 
 def feature_table(rows: list[dict[str, Any]], cost: dict[str, float]) -> str:
     """Closed-set macro-F1 per feature recipe, task and size, with its cost in Lite0 passes."""
+    if not rows:
+        return "(not run)"
     columns = list(dict.fromkeys((r["task"], r["k"]) for r in rows))
     by = {(r["recipe"], r["task"], r["k"]): r["macro_f1"] for r in rows}
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
@@ -67,18 +72,41 @@ def suspect_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge_and_write() -> None:
+    """Merge every results-PART-TASKS.json of OUT (the latest run of each) and write the report."""
+    result: dict[str, Any] = {"runs": [], "confidence": [], "features": [], "suspects": []}
+    plots: dict[str, metrics.Outcome] = {}
+    for path in sorted(OUT.glob("results-*-*.json")):
+        run = json.loads(path.read_text())
+        part = run["part"]
+        result["runs"].append({"part": part, "tasks": run["tasks"],
+                               "load_average_start": run[f"load_average_start_{part}"],
+                               "load_average_end": run[f"load_average_end_{part}"],
+                               "seconds": run[f"seconds_{part}"]})
+        for key in ("confidence", "features", "suspects"):
+            result[key] += run.get(key, [])
+        for key in ("speed_images_per_s", "cost"):
+            if key in run:
+                result[key] = run[key]
+        if path.with_suffix(".npz").is_file():
+            plots.update(metrics.load_outcomes(path.with_suffix(".npz")))
+    write(result, plots)
+
+
 def write(result: dict[str, Any], plots: dict[str, metrics.Outcome]) -> None:
     """results.json, results.md and reliability.png in bench/out/real_images/; prints the markdown."""
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(result, indent=1))
-    conf = result["confidence"]
+    conf = result.get("confidence", [])
     few = {"logos": 5, "objects": 5, "scenes": 5}
     more = {"logos": 5, "objects": 10, "scenes": 20}
-    speed = result["speed_images_per_s"]
+    speed = result.get("speed_images_per_s", {})
+    runs = [f"{run['part']} ({run['tasks']}): load average {run['load_average_start'][0]:.1f} at the start, "
+            f"{run['load_average_end'][0]:.1f} at the end, {run['seconds'] / 60:.0f} min"
+            for run in result.get("runs", [])]
     parts = [
-        f"Load average {result['load_average_start'][0]:.1f} at the start, {result['load_average_end'][0]:.1f} "
-        f"at the end; {result['seconds'] / 60:.0f} min. Backbone speed in the same run: "
-        + ", ".join(f"{name} {v:.0f} images/s" for name, v in speed.items()) + ".",
+        "; ".join(runs) + ". Backbone speed, measured in the features run: "
+        + ", ".join(f"{name} {v:.1f} images/s" for name, v in speed.items()) + ".",
         "### Open-set confidence, k = 5 images per label, centre crop",
         confidence_table(conf, "crop", "plain", few),
         "### Same, more images per label",
@@ -92,9 +120,9 @@ def write(result: dict[str, Any], plots: dict[str, metrics.Outcome]) -> None:
         "### Closed-set macro-F1 (Lite0, centre crop, product head)",
         closed_table(conf),
         "### Features: closed-set macro-F1 and backbone cost",
-        feature_table(result["features"], result["cost"]),
+        feature_table(result.get("features", []), result.get("cost", {})),
         "### Suspect-label finder (5 % of training labels flipped, out-of-fold predictions ≥ 70)",
-        suspect_table(result["suspects"]),
+        suspect_table(result.get("suspects", [])),
     ]
     text = "\n\n".join(parts) + "\n"
     (OUT / "results.md").write_text(text)

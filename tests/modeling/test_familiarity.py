@@ -38,16 +38,16 @@ def test_unseen_kinds_get_low_confidence_and_known_kinds_stay_confident(embedder
 def test_familiarity_is_the_nearest_training_image_and_is_saved_and_loaded(embedder: Embedder,
                                                                            cache: EmbeddingCache) -> None:
     head = _logo_head(embedder, cache)
-    # 5 training images per label (the 80/20 split of 6): every one is in the bank, unit length, labelled.
-    assert head.bank is not None and head.bank.shape == (10, 1280)
-    assert np.allclose(np.linalg.norm(head.bank, axis=1), 1.0, atol=1e-5)
-    assert sorted(np.bincount(head.bank_labels).tolist()) == [5, 5]
+    # 5 training images per label (the 80/20 split of 6): every one is in the bank, unit length, by label.
+    assert head.bank is not None and head.bank.shape == (2, 5, 1280)
+    assert np.allclose(np.linalg.norm(head.bank, axis=2), 1.0, atol=1e-5)
+    assert len({row.tobytes() for row in head.bank.reshape(10, 1280)}) == 10
     assert head.familiar_slope > 0  # more similar ⇒ more familiar
     x = embedder.embed_images([blend(1), unseen(2), smile_logo(3)])
     nearest = head.nearest_similarity(x)
-    cos = l2_normalize(x) @ head.bank.T.astype(np.float64)
     for k in range(2):
-        np.testing.assert_allclose(nearest[:, k], cos[:, head.bank_labels == k].max(axis=1), atol=1e-6)
+        cos = l2_normalize(x) @ head.bank[k].T.astype(np.float64)
+        np.testing.assert_allclose(nearest[:, k], cos.max(axis=1), atol=1e-6)
     loaded = Head.load(io.BytesIO(head.to_bytes()))
     assert np.allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-6)
     assert np.all(head.predict_proba(x).sum(axis=1) <= 1.0 + 1e-9)
@@ -73,3 +73,23 @@ def test_heads_saved_before_keep_their_centroid_rule_and_export(embedder: Embedd
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"input": np.stack([prepare(d) for d in data])})
     np.testing.assert_allclose(got, loaded.predict_proba(x), atol=1e-4, rtol=0)
+
+
+def test_labels_with_fewer_images_are_padded_with_their_own_and_export_alike(embedder: Embedder,
+                                                                             cache: EmbeddingCache,
+                                                                             backbone_onnx: Path,
+                                                                             tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    examples = [LabeledImage(f"a/{i}.png", "amazon_logo", smile_logo(i)) for i in range(7)]
+    examples += [LabeledImage(f"b/{i}.png", "aws_logo", box_logo(i)) for i in range(3)]
+    head = train_head(examples, embedder, cache, test_split=["a/6.png", "b/2.png"]).head
+    assert head.bank is not None and head.bank.shape == (2, 6, 1280)
+    short = {row.tobytes() for row in head.bank[1]}
+    assert len(short) == 2  # aws_logo's two training images, repeated to six rows
+    data = [smile_logo(50), box_logo(50), unseen(4)]
+    x = embedder.embed_images(data)
+    out = build_full_model_onnx(backbone_onnx, head, tmp_path / "padded.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": np.stack([prepare(d) for d in data])})
+    np.testing.assert_allclose(got, head.predict_proba(x), atol=1e-4, rtol=0)

@@ -341,19 +341,19 @@ def _centroid_nodes(head: Head) -> tuple[list, list]:
 
 def _nearest_nodes(head: Head) -> tuple[list, list]:
     """z = slope · (cosine to the nearest bank image of each label) + offset, as Head.familiarity: cosines
-    N×M, plus a labels×M mask (0 own, NO_MATCH other) broadcast to N×labels×M, max over M."""
+    N×(labels·R), reshaped N×labels×R, max over R."""
     from onnx import helper, numpy_helper
 
     assert head.bank is not None and head.familiar_offset is not None
-    inits = [numpy_helper.from_array(np.ascontiguousarray(head.bank.T, dtype=np.float32), "head_bank_t"),
-             numpy_helper.from_array(head.bank_mask(), "head_bank_mask"),
-             numpy_helper.from_array(np.array([1], dtype=np.int64), "head_unsqueeze_axes"),
+    labels, rows, dim = head.bank.shape
+    bank_t = np.ascontiguousarray(head.bank.reshape(labels * rows, dim).T, dtype=np.float32)
+    inits = [numpy_helper.from_array(bank_t, "head_bank_t"),
+             numpy_helper.from_array(np.array([-1, labels, rows], dtype=np.int64), "head_bank_shape"),
              numpy_helper.from_array(np.array(head.familiar_slope, dtype=np.float32), "head_familiar_slope"),
              numpy_helper.from_array(head.familiar_offset.astype(np.float32), "head_familiar_offset")]
     nodes = [helper.make_node("MatMul", ["head_z", "head_bank_t"], ["head_bank_cos"]),
-             helper.make_node("Unsqueeze", ["head_bank_cos", "head_unsqueeze_axes"], ["head_bank_cos3"]),
-             helper.make_node("Add", ["head_bank_cos3", "head_bank_mask"], ["head_bank_masked"]),
-             helper.make_node("ReduceMax", ["head_bank_masked"], ["head_nearest"], axes=[2], keepdims=0),
+             helper.make_node("Reshape", ["head_bank_cos", "head_bank_shape"], ["head_bank_cos3"]),
+             helper.make_node("ReduceMax", ["head_bank_cos3"], ["head_nearest"], axes=[2], keepdims=0),
              helper.make_node("Mul", ["head_nearest", "head_familiar_slope"], ["head_nearest_scaled"]),
              helper.make_node("Add", ["head_nearest_scaled", "head_familiar_offset"], ["head_familiar_z"])]
     return inits, nodes

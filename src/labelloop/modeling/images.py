@@ -17,7 +17,10 @@ Decoding (`decode_image`):
 Preprocessing (`to_input`), as DESIGN.md says: resize so the short side is 224 px with Pillow's antialiased
 **bicubic** filter, center crop 224×224, scale to [-1, 1] (mean 0.5, std 0.5), CHW float32. The crop is
 done in source coordinates (`resize(box=…)`), which is the same center crop without first materialising a
-huge intermediate image for extreme aspect ratios.
+huge intermediate image for extreme aspect ratios. `to_input(…, size=260)` gives Lite2's input.
+
+The `letterbox` view keeps the whole image (long side to the input size, padded with the mean colour of the
+image's border) instead of cropping its edges away; bench/real_images compares it with the centre crop.
 """
 
 from __future__ import annotations

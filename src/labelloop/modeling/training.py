@@ -55,8 +55,7 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -127,7 +126,9 @@ class Head:
     Familiarity answers "does this image look like the training images of this label at all?", which a
     closed-set softmax cannot: a picture of something never seen still gets ~100 % for whichever label it is
     least unlike. Per label j it is sigmoid(familiar_slope · s_j + familiar_offset_j), where s_j is the cosine
-    of the image to its **nearest training image of label j** (`bank`, unit rows, labelled by `bank_labels`).
+    of the image to its **nearest training image of label j**: `bank` is labels×R×1280, unit rows, each
+    label's training images (at most MAX_BANK_PER_LABEL), padded to R by repeating its own rows (a repeat does
+    not change a maximum, and the equal row count keeps the ONNX graph a reshape and a max).
     Slope and offsets are fitted on the training images alone (`_nearest_familiarity`): a logistic
     regression telling each image's similarity to the *other* images of its own label (leave-one-out) from
     the similarity of every other label's images to this label: the other labels are the only examples of
@@ -146,7 +147,6 @@ class Head:
     familiar_at: np.ndarray | None = None
     familiar_scale: np.ndarray | None = None
     bank: np.ndarray | None = None
-    bank_labels: np.ndarray | None = None
     familiar_slope: float = 0.0
     familiar_offset: np.ndarray | None = None
 
@@ -157,25 +157,19 @@ class Head:
         self.temperature = float(self.temperature)
         self.familiar_slope = float(self.familiar_slope)
         if self.bank is not None:
-            self.bank = np.asarray(self.bank, dtype=np.float32).reshape(-1, self.W.shape[1])
-            self.bank_labels = np.asarray(self.bank_labels, dtype=np.int64).reshape(len(self.bank))
+            self.bank = np.asarray(self.bank, dtype=np.float32).reshape(len(self.labels), -1, self.W.shape[1])
             self.familiar_offset = np.asarray(self.familiar_offset, dtype=np.float32).reshape(len(self.labels))
         if self.centroids is not None:
             self.centroids = np.asarray(self.centroids, dtype=np.float32).reshape(len(self.labels), -1)
             self.familiar_at = np.asarray(self.familiar_at, dtype=np.float32).reshape(len(self.labels))
             self.familiar_scale = np.asarray(self.familiar_scale, dtype=np.float32).reshape(len(self.labels))
 
-    def bank_mask(self) -> np.ndarray:
-        """labels×bank: 0 where the bank row belongs to the label, NO_MATCH elsewhere (as the ONNX export)."""
-        assert self.bank_labels is not None
-        own = self.bank_labels[None, :] == np.arange(len(self.labels))[:, None]
-        return np.where(own, 0.0, NO_MATCH).astype(np.float32)
-
     def nearest_similarity(self, embeddings: np.ndarray) -> np.ndarray:
-        """N×labels: cosine of each image to its nearest training image of each label (NO_MATCH-ish if none)."""
+        """N×labels: cosine of each image to its nearest training image of each label."""
         assert self.bank is not None
-        cos = (l2_normalize(embeddings) @ self.bank.T.astype(np.float64)).astype(np.float32)
-        return (cos[:, None, :] + self.bank_mask()[None, :, :]).max(axis=2).astype(np.float64)
+        labels, rows, dim = self.bank.shape
+        cos = l2_normalize(embeddings) @ self.bank.reshape(labels * rows, dim).T.astype(np.float64)
+        return cos.reshape(len(cos), labels, rows).max(axis=2)
 
     def familiarity(self, embeddings: np.ndarray) -> np.ndarray:
         """Per image and label, how much the image resembles that label's training images (0-1)."""
@@ -206,7 +200,7 @@ class Head:
         if self.centroids is not None:
             arrays.update(centroids=self.centroids, familiar_at=self.familiar_at, familiar_scale=self.familiar_scale)
         if self.bank is not None:
-            arrays.update(bank=self.bank, bank_labels=self.bank_labels, familiar_offset=self.familiar_offset)
+            arrays.update(bank=self.bank, familiar_offset=self.familiar_offset)
         np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
         return buffer.getvalue()
 
@@ -224,7 +218,7 @@ class Head:
         with np.load(source, allow_pickle=False) as npz:
             header = json.loads(str(npz["header"]))
             familiar = {name: npz[name] for name in ("centroids", "familiar_at", "familiar_scale", "bank",
-                                                     "bank_labels", "familiar_offset") if name in npz}
+                                                     "familiar_offset") if name in npz}
             return cls(labels=header["labels"], W=npz["W"], b=npz["b"], temperature=header["temperature"],
                        normalize=header["normalize"], meta=header.get("meta", {}),
                        familiar_slope=header.get("familiar_slope", 0.0), **familiar)
@@ -490,7 +484,7 @@ def _fit_head(design: _Design, labels: list[str], *, c_grid: Sequence[float], fo
     return Head(labels, coef, theta[d * len(labels):], t, True, meta, **familiar)
 
 
-NO_MATCH = -4.0  # below any cosine: a label's similarity when the image is compared with another label's image
+NO_MATCH = -4.0  # below any cosine: stands in for "no other image of this label"
 MAX_BANK_PER_LABEL = 256
 FAMILIAR_PENALTY = 1e-3
 
@@ -502,17 +496,19 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
     negatives the cosines of every other label's images to their nearest image of k; one logistic regression
     (shared slope, an offset per label, a small L2 penalty) separates them, each label's positives and negatives
     weighing half of its term (so familiarity is ½ where an image is as likely its label's as something
-    else's). The bank keeps at most MAX_BANK_PER_LABEL images per label (in content-hash order). Empty (no
-    familiarity factor) when no label has two training images.
+    else's). The bank keeps at most MAX_BANK_PER_LABEL images per label (in content-hash order), padded to
+    one row count by repeating each label's own rows. Empty (no familiarity factor) when no label has two
+    training images.
     """
     from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
 
     first = np.unique(design.group, return_index=True)[1]  # one row ('orig' view) per image
     x, y = design.x[first], design.y[first]
     keep = np.concatenate([np.flatnonzero(y == k)[:MAX_BANK_PER_LABEL] for k in range(n_labels)])
     bank, bank_y = x[keep], y[keep]
-    with _one_blas_thread():
-        cos = x @ bank.T
+    with threadpool_limits(limits=1, user_api="blas"):
+        cos = (x.astype(np.float32) @ bank.T.astype(np.float32)).astype(np.float64)
     cos[keep, np.arange(len(keep))] = NO_MATCH  # an image is not its own neighbour
     nearest = np.stack([np.where(bank_y[None, :] == k, cos, NO_MATCH).max(axis=1) for k in range(n_labels)], 1)
     terms = []
@@ -542,16 +538,9 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
     offsets = theta[1:].copy()
     if len(fitted) < n_labels:  # a label with one image: the typical offset of the others
         offsets[[k for k in range(n_labels) if k not in fitted]] = float(np.mean(offsets[sorted(fitted)]))
-    return {"bank": bank.astype(np.float32), "bank_labels": bank_y, "familiar_slope": float(theta[0]) / spread,
-            "familiar_offset": offsets}
-
-
-@contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+    rows = int(np.bincount(bank_y, minlength=n_labels).max())
+    padded = np.stack([bank[bank_y == k][np.arange(rows) % max(1, int(np.sum(bank_y == k)))] for k in range(n_labels)])
+    return {"bank": padded.astype(np.float32), "familiar_slope": float(theta[0]) / spread, "familiar_offset": offsets}
 
 
 def _resolve_digests(examples: Sequence[LabeledImage]) -> dict[str, str]:
