@@ -248,8 +248,9 @@ def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, tes
     top = proba.max(axis=1)
     if recipe.score is None:
         return pred, top
-    if recipe.score == "current":
-        return pred, head.predict_proba(test.embedding)[np.arange(len(pred)), pred]
+    if recipe.score == "current":  # the product itself: its label and confidence, best column of predict_proba
+        product = head.predict_proba(test.embedding)
+        return product.argmax(axis=1), product.max(axis=1)
     scorer = SCORERS[recipe.score](train, y, len(head.labels))
     familiarity = (contrast_familiarity(scorer) if recipe.conversion == "contrast"
                    else spread_familiarity(scorer, recipe.spreads))

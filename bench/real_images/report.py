@@ -40,6 +40,21 @@ def confidence_table(rows: list[dict[str, Any]], view: str, set_name: str, size:
     return "\n".join(lines)
 
 
+def ranking_table(rows: list[dict[str, Any]], size: dict[str, int]) -> str:
+    """Ranking quality, whatever the calibration: the share of right answers that an oracle threshold keeps
+    confident at a silent-error rate ≤ 5 % (centre crop, plain images)."""
+    rows = [r for r in rows if r["view"] == "crop" and r["set"] == "plain" and r["k"] == size[r["task"]]]
+    if not rows:
+        return "(not run)"
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    by = {(r["recipe"], r["task"]): r["best_confident"] for r in rows}
+    lines = ["| recipe | " + " | ".join(f"{t} (k={size[t]})" for t in tasks) + " |", "|---" * (1 + len(tasks)) + "|"]
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        lines.append(f"| {recipe} | " + " | ".join(
+            f"{_pct(by[(recipe, t)])}" if (recipe, t) in by else "—" for t in tasks) + " |")
+    return "\n".join(lines)
+
+
 def feature_table(rows: list[dict[str, Any]], cost: dict[str, float]) -> str:
     """Closed-set macro-F1 per feature recipe, task and size, with its cost in Lite0 passes."""
     if not rows:
@@ -76,7 +91,7 @@ def merge_and_write() -> None:
     """Merge every results-PART-TASKS.json of OUT (the latest run of each) and write the report."""
     result: dict[str, Any] = {"runs": [], "confidence": [], "features": [], "suspects": []}
     plots: dict[str, metrics.Outcome] = {}
-    for path in sorted(OUT.glob("results-*-*.json")):
+    for path in sorted(OUT.glob("results-*-*-seeds*.json")):
         run = json.loads(path.read_text())
         part = run["part"]
         result["runs"].append({"part": part, "tasks": run["tasks"],
@@ -117,6 +132,8 @@ def write(result: dict[str, Any], plots: dict[str, metrics.Outcome]) -> None:
         confidence_table(conf, "letterbox", "plain", few),
         "### Letterbox, pasted",
         confidence_table(conf, "letterbox", "pasted", {"logos": 5, "objects": 10, "scenes": 20}),
+        "### Ranking: % of right answers an oracle threshold keeps at silent errors ≤ 5 %",
+        ranking_table(conf, more),
         "### Closed-set macro-F1 (Lite0, centre crop, product head)",
         closed_table(conf),
         "### Features: closed-set macro-F1 and backbone cost",

@@ -289,7 +289,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"missing benchmark data, run `make bench-data` first: {missing[:5]}")
     started = time.perf_counter()
-    partial = OUT / f"results-{args.part}-{args.tasks.replace(',', '+')}.json"
+    partial = OUT / f"results-{args.part}-{args.tasks.replace(',', '+')}-seeds{args.seeds}.json"
     result: dict[str, Any] = {}
     plots: dict[str, metrics.Outcome] = {}
     found: Found = {}

@@ -487,6 +487,7 @@ def _fit_head(design: _Design, labels: list[str], *, c_grid: Sequence[float], fo
 NO_MATCH = -4.0  # below any cosine: stands in for "no other image of this label"
 MAX_BANK_PER_LABEL = 256
 FAMILIAR_PENALTY = 1e-3
+FAMILIAR_PRIOR = 0.5  # weight of a label's own images against the other labels' in the familiarity fit
 
 
 def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
@@ -525,10 +526,10 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
         slope, offsets = theta[0], theta[1:]
         value, grad = FAMILIAR_PENALTY * float(theta @ theta), 2 * FAMILIAR_PENALTY * theta
         for k, own, other in terms:
-            for scores, sign in ((own, -1.0), (other, 1.0)):
+            for scores, sign, share in ((own, -1.0, FAMILIAR_PRIOR), (other, 1.0, 1 - FAMILIAR_PRIOR)):
                 z = sign * (slope * scores + offsets[k])
-                value += float(np.mean(np.logaddexp(0.0, z))) / (2 * len(terms))
-                g = sign / (1 + np.exp(-z)) / (2 * len(terms) * len(scores))
+                value += share * float(np.mean(np.logaddexp(0.0, z))) / len(terms)
+                g = share * sign / (1 + np.exp(-z)) / (len(terms) * len(scores))
                 grad[0] += float(np.sum(g * scores))
                 grad[1 + k] += float(np.sum(g))
         return value, grad
