@@ -495,10 +495,13 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
 
     Per label k, positives are its images' cosines to their nearest *other* image of k (leave-one-out),
     negatives the cosines of every other label's images to their nearest image of k; one logistic regression
-    (shared slope, an offset per label, a small L2 penalty) separates them, each label's positives and negatives
-    weighing half of its term (so familiarity is ½ where an image is as likely its label's as something
-    else's). The bank keeps at most MAX_BANK_PER_LABEL images per label (in content-hash order), padded to
-    one row count by repeating each label's own rows. Empty (no familiarity factor) when no label has two
+    (shared slope, an offset per label, a small L2 penalty) separates them, each label's positives weighing
+    FAMILIAR_PRIOR of its term and its negatives the rest (at ½, familiarity is ½ where an image is as likely
+    its label's as something else's). ½ is the benchmark's choice: on a stream where half the images are of
+    kinds never trained on it gave the fewest silent errors and the lowest calibration error; a higher prior
+    trades silent errors for confident answers (bench/real_images/README.md, "prior"). The bank keeps at most
+    MAX_BANK_PER_LABEL images per label (in content-hash order), padded to one row count by repeating each
+    label's own rows. Empty (no familiarity factor) when no label has two
     training images.
     """
     from scipy.optimize import minimize
