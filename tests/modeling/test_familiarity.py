@@ -1,13 +1,22 @@
-"""Familiarity: images unlike any training image get low confidence instead of a confident wrong label."""
+"""Familiarity: images unlike any training image get low confidence instead of a confident wrong label.
+
+These use generated logos (tests/images.py) for speed and exact control; the behaviour on real photographs is
+pinned by test_real_images.py and measured by bench/real_images.
+"""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import numpy as np
 
 from images import blend, box_logo, smile_logo, unseen
 from labelloop.modeling.embedding import Embedder, EmbeddingCache
+from labelloop.modeling.export import build_full_model_onnx
+from labelloop.modeling.images import prepare
 from labelloop.modeling.predict import Predictor
-from labelloop.modeling.training import Head, LabeledImage, train_head
+from labelloop.modeling.training import HEAD_FORMAT, Head, LabeledImage, l2_normalize, train_head
 
 
 def _logo_head(embedder: Embedder, cache: EmbeddingCache) -> Head:
@@ -16,22 +25,71 @@ def _logo_head(embedder: Embedder, cache: EmbeddingCache) -> Head:
     return train_head(examples, embedder, cache).head
 
 
-def test_unseen_kinds_get_low_confidence_and_known_kinds_stay_high(embedder: Embedder,
-                                                                   cache: EmbeddingCache) -> None:
+def test_unseen_kinds_get_low_confidence_and_known_kinds_stay_confident(embedder: Embedder,
+                                                                        cache: EmbeddingCache) -> None:
     predictor = Predictor(embedder, _logo_head(embedder, cache))
     known = predictor.predict_bytes([smile_logo(40 + i) for i in range(4)] + [box_logo(40 + i) for i in range(4)])
     strangers = predictor.predict_bytes([unseen(i) for i in range(6)])
-    assert all(answer[0][1] >= 90 for answer in known), [a[0] for a in known]
+    assert all(answer[0][1] >= 70 for answer in known), [a[0] for a in known]
     assert [a[0][0] for a in known] == ["amazon_logo"] * 4 + ["aws_logo"] * 4
     assert all(answer[0][1] < 20 for answer in strangers), [a[0] for a in strangers]
 
 
-def test_familiarity_is_saved_and_loaded(embedder: Embedder, cache: EmbeddingCache, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_familiarity_is_the_nearest_training_image_and_is_saved_and_loaded(embedder: Embedder,
+                                                                           cache: EmbeddingCache) -> None:
     head = _logo_head(embedder, cache)
-    assert head.centroids is not None and head.centroids.shape == (2, 1280)
-    assert np.allclose(np.linalg.norm(head.centroids, axis=1), 1.0, atol=1e-5)
-    assert np.all(head.familiar_at < 1.0) and np.all(head.familiar_scale >= 0.03)
-    loaded = Head.load(__import__("io").BytesIO(head.to_bytes()))
+    # 5 training images per label (the 80/20 split of 6): every one is in the bank, unit length, by label.
+    assert head.bank is not None and head.bank.shape == (2, 5, 1280)
+    assert np.allclose(np.linalg.norm(head.bank, axis=2), 1.0, atol=1e-5)
+    assert len({row.tobytes() for row in head.bank.reshape(10, 1280)}) == 10
+    assert head.familiar_slope > 0  # more similar ⇒ more familiar
     x = embedder.embed_images([blend(1), unseen(2), smile_logo(3)])
+    nearest = head.nearest_similarity(x)
+    for k in range(2):
+        cos = l2_normalize(x) @ head.bank[k].T.astype(np.float64)
+        np.testing.assert_allclose(nearest[:, k], cos.max(axis=1), atol=1e-6)
+    loaded = Head.load(io.BytesIO(head.to_bytes()))
     assert np.allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-6)
     assert np.all(head.predict_proba(x).sum(axis=1) <= 1.0 + 1e-9)
+
+
+def test_heads_saved_before_keep_their_centroid_rule_and_export(embedder: Embedder, backbone_onnx: Path,
+                                                                 tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    assert HEAD_FORMAT == 2
+    rng = np.random.default_rng(3)
+    centroids = l2_normalize(rng.normal(size=(2, 1280)))
+    old = Head(["a", "b"], rng.normal(size=(2, 1280)) * 0.05, [0.1, -0.1], 1.3, True, {}, centroids,
+               familiar_at=[0.2, 0.3], familiar_scale=[0.05, 0.04])
+    loaded = Head.load(io.BytesIO(old.to_bytes()))
+    assert loaded.bank is None and loaded.centroids is not None
+    data = [smile_logo(1), unseen(3)]
+    x = embedder.embed_images(data)
+    cos = l2_normalize(x) @ centroids.T
+    expected = 1 / (1 + np.exp(-(cos - [0.2, 0.3]) / [0.05, 0.04]))
+    np.testing.assert_allclose(loaded.familiarity(x), expected, atol=1e-5)
+    out = build_full_model_onnx(backbone_onnx, loaded, tmp_path / "old.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": np.stack([prepare(d) for d in data])})
+    np.testing.assert_allclose(got, loaded.predict_proba(x), atol=1e-4, rtol=0)
+
+
+def test_labels_with_fewer_images_are_padded_with_their_own_and_export_alike(embedder: Embedder,
+                                                                             cache: EmbeddingCache,
+                                                                             backbone_onnx: Path,
+                                                                             tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    examples = [LabeledImage(f"a/{i}.png", "amazon_logo", smile_logo(i)) for i in range(7)]
+    examples += [LabeledImage(f"b/{i}.png", "aws_logo", box_logo(i)) for i in range(3)]
+    head = train_head(examples, embedder, cache, test_split=["a/6.png", "b/2.png"]).head
+    assert head.bank is not None and head.bank.shape == (2, 6, 1280)
+    short = {row.tobytes() for row in head.bank[1]}
+    assert len(short) == 2  # aws_logo's two training images, repeated to six rows
+    data = [smile_logo(50), box_logo(50), unseen(4)]
+    x = embedder.embed_images(data)
+    out = build_full_model_onnx(backbone_onnx, head, tmp_path / "padded.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": np.stack([prepare(d) for d in data])})
+    np.testing.assert_allclose(got, head.predict_proba(x), atol=1e-4, rtol=0)

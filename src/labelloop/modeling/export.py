@@ -253,7 +253,10 @@ def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
 
 
 def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
-    """embedding N×D → [L2 normalise] → Gemm (W/T, b/T) → Softmax [× familiarity] → probabilities N×L."""
+    """embedding N×D → [L2 normalise] → Gemm (W/T, b/T) → Softmax [× familiarity] → probabilities N×L.
+
+    Familiarity: sigmoid(slope · nearest-neighbour cosine + offset) for format-2 heads (`bank`), the centroid
+    rule for format-1 heads, as `Head.familiarity`."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -271,23 +274,53 @@ def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
                   helper.make_node("Div", [x, "head_norm_eps"], ["head_z"])]
         x = "head_z"
     nodes += [helper.make_node("Gemm", [x, "head_W", "head_b"], ["head_logits"], transB=1)]
-    if head.centroids is None:
+    if head.bank is None and head.centroids is None:
         nodes.append(helper.make_node("Softmax", ["head_logits"], ["probabilities"], axis=1))
-    else:  # confidence = softmax × sigmoid((cos(embedding, centroid) − at) / scale), as Head.predict_proba
+    else:
         if not head.normalize:
             raise ExportError("familiarity needs normalised embeddings")
-        inits += [numpy_helper.from_array(np.ascontiguousarray(head.centroids.T, dtype=np.float32), "head_centroids_t"),
-                  numpy_helper.from_array(head.familiar_at.astype(np.float32), "head_familiar_at"),
-                  numpy_helper.from_array(head.familiar_scale.astype(np.float32), "head_familiar_scale")]
-        nodes += [helper.make_node("Softmax", ["head_logits"], ["head_softmax"], axis=1),
-                  helper.make_node("MatMul", ["head_z", "head_centroids_t"], ["head_cos"]),
-                  helper.make_node("Sub", ["head_cos", "head_familiar_at"], ["head_cos_shift"]),
-                  helper.make_node("Div", ["head_cos_shift", "head_familiar_scale"], ["head_familiar_z"]),
+        inits_f, nodes_f = (_nearest_nodes(head) if head.bank is not None else _centroid_nodes(head))
+        inits += inits_f
+        nodes += [helper.make_node("Softmax", ["head_logits"], ["head_softmax"], axis=1), *nodes_f,
                   helper.make_node("Sigmoid", ["head_familiar_z"], ["head_familiarity"]),
                   helper.make_node("Mul", ["head_softmax", "head_familiarity"], ["probabilities"])]
     inp = helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["N", EMBEDDING_DIM])
     out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", len(head.labels)])
     return helper.make_graph(nodes, "head", [inp], [out], initializer=inits)
+
+
+def _centroid_nodes(head: Head) -> tuple[list, list]:
+    """Format-1 heads: z = (cos(embedding, centroid) − at) / scale, as Head.familiarity."""
+    from onnx import helper, numpy_helper
+
+    assert head.centroids is not None and head.familiar_at is not None and head.familiar_scale is not None
+    inits = [numpy_helper.from_array(np.ascontiguousarray(head.centroids.T, dtype=np.float32), "head_centroids_t"),
+             numpy_helper.from_array(head.familiar_at.astype(np.float32), "head_familiar_at"),
+             numpy_helper.from_array(head.familiar_scale.astype(np.float32), "head_familiar_scale")]
+    nodes = [helper.make_node("MatMul", ["head_z", "head_centroids_t"], ["head_cos"]),
+             helper.make_node("Sub", ["head_cos", "head_familiar_at"], ["head_cos_shift"]),
+             helper.make_node("Div", ["head_cos_shift", "head_familiar_scale"], ["head_familiar_z"])]
+    return inits, nodes
+
+
+def _nearest_nodes(head: Head) -> tuple[list, list]:
+    """z = slope · (cosine to the nearest bank image of each label) + offset, as Head.familiarity: cosines
+    N×(labels·R), reshaped N×labels×R, max over R."""
+    from onnx import helper, numpy_helper
+
+    assert head.bank is not None and head.familiar_offset is not None
+    labels, rows, dim = head.bank.shape
+    bank_t = np.ascontiguousarray(head.bank.reshape(labels * rows, dim).T, dtype=np.float32)
+    inits = [numpy_helper.from_array(bank_t, "head_bank_t"),
+             numpy_helper.from_array(np.array([-1, labels, rows], dtype=np.int64), "head_bank_shape"),
+             numpy_helper.from_array(np.array(head.familiar_slope, dtype=np.float32), "head_familiar_slope"),
+             numpy_helper.from_array(head.familiar_offset.astype(np.float32), "head_familiar_offset")]
+    nodes = [helper.make_node("MatMul", ["head_z", "head_bank_t"], ["head_bank_cos"]),
+             helper.make_node("Reshape", ["head_bank_cos", "head_bank_shape"], ["head_bank_cos3"]),
+             helper.make_node("ReduceMax", ["head_bank_cos3"], ["head_nearest"], axes=[2], keepdims=0),
+             helper.make_node("Mul", ["head_nearest", "head_familiar_slope"], ["head_nearest_scaled"]),
+             helper.make_node("Add", ["head_nearest_scaled", "head_familiar_offset"], ["head_familiar_z"])]
+    return inits, nodes
 
 
 def build_full_model_onnx(

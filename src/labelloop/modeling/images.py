@@ -17,7 +17,10 @@ Decoding (`decode_image`):
 Preprocessing (`to_input`), as DESIGN.md says: resize so the short side is 224 px with Pillow's antialiased
 **bicubic** filter, center crop 224×224, scale to [-1, 1] (mean 0.5, std 0.5), CHW float32. The crop is
 done in source coordinates (`resize(box=…)`), which is the same center crop without first materialising a
-huge intermediate image for extreme aspect ratios.
+huge intermediate image for extreme aspect ratios. `to_input(…, size=260)` gives Lite2's input.
+
+The `letterbox` view keeps the whole image (long side to the input size, padded with the mean colour of the
+image's border) instead of cropping its edges away; bench/real_images compares it with the centre crop.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 RESAMPLE = Image.Resampling.BICUBIC
 
 # Augmented views used at training time: name -> (crop fraction of the short side, x anchor, y anchor, flip).
+# A fraction of 0 is the letterbox view: the whole image, long side to the input size, padded (no crop).
 VIEWS: dict[str, tuple[float, float, float, bool]] = {
     "orig": (1.0, 0.5, 0.5, False),
     "flip": (1.0, 0.5, 0.5, True),
     "zoom": (0.8, 0.5, 0.5, False),
     "zoom_tl": (0.8, 0.0, 0.0, False),
     "zoom_br": (0.8, 1.0, 1.0, False),
+    "letterbox": (0.0, 0.5, 0.5, False),
+    "letterbox_flip": (0.0, 0.5, 0.5, True),
 }
 
 
@@ -179,14 +185,30 @@ def _to_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray((arr / 127.5 - 1.0).transpose(2, 0, 1))
 
 
-def to_input(image: Image.Image, view: str = "orig") -> np.ndarray:
-    """Preprocess an RGB image into a 3×224×224 float32 array in [-1, 1] (see module docstring).
+def letterbox(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
+    """The whole image, long side scaled to `size`, centred on a size×size canvas filled with the mean colour
+    of the image's border (white for a logo on white, a neutral tone for a photo): nothing is cropped away."""
+    width, height = image.size
+    scale = size / max(width, height)
+    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+    rgb = np.asarray(image, dtype=np.float64)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    fill = tuple(int(v) for v in np.rint(border.mean(axis=0)))
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(image.resize(inner, RESAMPLE), ((size - inner[0]) // 2, (size - inner[1]) // 2))
+    return canvas
+
+
+def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> np.ndarray:
+    """Preprocess an RGB image into a 3×size×size float32 array in [-1, 1] (see module docstring).
 
     `view` selects an augmented view from VIEWS ('orig' is the plain preprocessing used for serving).
     """
     fraction, ax, ay, flip = VIEWS[view]
-    box = _crop_box(image.size, fraction, ax, ay)
-    out = image.resize((INPUT_SIZE, INPUT_SIZE), RESAMPLE, box=box)
+    if fraction == 0:
+        out = letterbox(image, size)
+    else:
+        out = image.resize((size, size), RESAMPLE, box=_crop_box(image.size, fraction, ax, ay))
     if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return _to_array(out)
