@@ -1,4 +1,6 @@
 # Two set-up commands: `make serve` (install and run) and `make test` (install test tools and run every test).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,14 +12,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Shows what it installs (the first install takes a few minutes): pip prints each package as it goes.
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	@echo "==> Installing labelloop and its dependencies into $(VENV) (the first time takes a few minutes)"
+	@$(BIN)/pip install --disable-pip-version-check --no-warn-script-location -e . | \
+		grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully)'
+	@echo "==> labelloop is installed in $(VENV)"
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
+# `make serve PORT=9000` (or LABELLOOP_PORT=9000) to listen elsewhere; HOST=0.0.0.0 to listen on every address.
 serve: install
-	$(BIN)/labelloop serve
+	$(BIN)/labelloop serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 lint: install-test
 	$(BIN)/ruff check src tests bench
@@ -62,9 +69,11 @@ test-sqlite: install-test lint chromium postgresql test-images
 
 # The core suite again, every test server on its own PostgreSQL database. Left out: the ML unit tests (no
 # database), the browser tests (the pages call the services the API tests cover), the one-minute load and
-# fuzz runs, and the worker scale-out test (it runs on PostgreSQL in the first pass already).
+# fuzz runs, the worker scale-out test (it runs on PostgreSQL in the first pass already) and the in-process
+# training-data test (no server).
 PG_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_load.py --ignore=tests/test_fuzz.py \
-	--ignore=tests/test_web_portal.py --ignore=tests/test_console_web.py --ignore=tests/test_scale_workers.py
+	--ignore=tests/test_web_portal.py --ignore=tests/test_console_web.py --ignore=tests/test_scale_workers.py \
+	--ignore=tests/test_first_hour_web.py --ignore=tests/test_training_data.py
 test-postgresql: install-test postgresql
 	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --database=postgresql $(PG_LEFT_OUT)
 

@@ -48,6 +48,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/schedules"): OPERATORS,
     ("GET", "/api/v1/detections"): OPERATORS,
     ("GET", "/api/v1/detections/export.csv"): OPERATORS,
+    ("POST", "/api/v1/detections/redetect"): OPERATORS,
     ("GET", "/api/v1/human-loops"): REVIEWERS,
     ("GET", "/api/v1/human-loops/{name}"): REVIEWERS,
     ("POST", "/api/v1/human-loops/{name}/answer"): REVIEWERS,
@@ -119,6 +120,7 @@ PAGE_ALLOWED: dict[str, set[str]] = {
     "/sign-in": EVERYONE,
     "/account": SIGNED_IN,
     "/account/password": SIGNED_IN,
+    "/account/api": SIGNED_IN,
     "/workforce": ADMINS,
     "/workforce/users/{username}": ADMINS,
     "/workforce/teams": ADMINS,
@@ -126,9 +128,11 @@ PAGE_ALLOWED: dict[str, set[str]] = {
     "/review/work": REVIEWERS,
     "/review/tasks/{name}/image": NOBODY,  # only the reviewer holding the task's lease, tested in test_web_portal
     "/dashboard": OPERATORS,
+    "/dashboard/training-progress": OPERATORS,
     "/storage": OPERATORS,
     "/storage/thumbnail/{key:path}": OPERATORS,
     "/storage/download/{key:path}": OPERATORS,
+    "/storage/outcome/{run_id}": OPERATORS,
     "/parameters": OPERATORS,
     "/parameters/{name}": OPERATORS,
     "/models": OPERATORS,
@@ -140,7 +144,7 @@ PAGE_ALLOWED: dict[str, set[str]] = {
     "/detections/export.csv": OPERATORS,
 }
 PAGE_VALUES = {"username": "admin", "name": "Minimum-F1-Score", "key:path": "manifests/page.json",
-               "version": "v404", "run_id:path": "no-such-run"}
+               "version": "v404", "run_id:path": "no-such-run", "run_id": "no-such-run"}
 
 
 def _page_routes() -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from conftest import Server
+from images import smile_logo
 
 
 def test_token_by_form_and_json(shared_server: Server) -> None:
@@ -51,7 +52,7 @@ def test_roles_decide_what_each_user_may_do(shared_server: Server) -> None:
     assert status("worker", "GET", "/parameters") == 403
     assert status("worker", "PUT", "/parameters/Minimum-F1-Score", json={"value": "0.5"}) == 403
     assert status("consumer", "GET", "/objects") == 403
-    assert status("consumer", "PUT", "/objects/images_for_detection/c.png", content=b"x") == 201
+    assert status("consumer", "PUT", "/objects/images_for_detection/c.png", content=smile_logo(3)) == 201
     forbidden = status("consumer", "PUT", "/objects/images_labeled_by_folder/cat/c.png", content=b"x")
     assert forbidden == 403
     assert status("worker", "POST", "/training/check") == 403
@@ -86,5 +87,6 @@ def test_openapi_documents_every_route(shared_server: Server) -> None:
                      "/api/v1/parameters/{name}", "/api/v1/training/check", "/api/v1/runs", "/api/v1/runs/{run_id}",
                      "/api/v1/notifications", "/healthz"):
         assert expected in paths, expected
-    assert httpx.get(f"{shared_server.url}/").status_code == 200
-    assert "labelloop is up" in httpx.get(f"{shared_server.url}/").text
+    # "/" sends an anonymous visitor to sign in, where the server says it is up.
+    assert httpx.get(f"{shared_server.url}/", follow_redirects=True).status_code == 200
+    assert "labelloop is up" in httpx.get(f"{shared_server.url}/", follow_redirects=True).text

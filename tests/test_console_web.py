@@ -310,7 +310,7 @@ def test_bad_parameter_value_shows_the_message_then_a_good_one_shows_in_the_hist
     assert run["status"] == "SUCCESS"
     with page.expect_navigation():
         rows.nth(0).locator("a:has-text('open')").click()
-    assert page.inner_text("h1").startswith("parameter_change")
+    assert page.inner_text("h1").startswith("Parameter change")  # the run's name in the user's words
     assert page.get_attribute("a.state[data-state='notify_change']", "data-outcome") == "success"
     # Back to the default, so later checks see the loop as configured.
     assert api.put("/parameters/Minimum-Untrained-Images", json={"value": "10"}).status_code == 200

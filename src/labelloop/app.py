@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -42,7 +42,7 @@ from labelloop.storage import service as storage
 from labelloop.storage.pages import router as storage_pages
 from labelloop.storage.views import router as storage_routes
 from labelloop.storage.watcher import DropFolderWatcher
-from labelloop.web.pages import WEB_DIR, install_error_pages, templates
+from labelloop.web.pages import PASSWORD_PAGE, ROLE_HOME, WEB_DIR, MaybeVisitor, install_error_pages
 from labelloop.workforce import service as workforce
 from labelloop.workforce.pages import router as workforce_pages
 from labelloop.workforce.views import router as workforce_routes
@@ -99,14 +99,16 @@ def serve(settings: Settings) -> None:
     """Run web pages, API and workers in this process until it is stopped (``labelloop serve``)."""
     logs.setup(settings.log_level, settings.log_format)
     settings, admin_password = start_process(settings, "serve")
-    _announce(settings, admin_password)
     watcher = None
     if settings.watch_folder is not None:
         watcher = DropFolderWatcher(settings.watch_folder, store=_store_dropped)
         watcher.start()
+    # uvicorn's own start-up lines only at debug: the banner, printed once the port is bound, ends the start-up.
+    quiet = settings.log_level.upper() != "DEBUG"
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, access_log=False,
+                            log_level="warning" if quiet else "debug")
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=settings.log_level.lower(), access_log=False)
+        _BannerServer(config, banner(settings, admin_password)).run()
     finally:
         if watcher is not None:
             watcher.stop()
@@ -117,11 +119,36 @@ def _store_dropped(key: str, data: bytes) -> None:
     actions.store_object(key, data, source="drop folder")
 
 
-def _announce(settings: Settings, admin_password: str | None) -> None:
-    print(f"labelloop {settings.resolved_home} — http://{settings.host}:{settings.port}/", flush=True)
+class _BannerServer(uvicorn.Server):
+    """uvicorn's server, printing labelloop's banner once it listens (not before: the port may be taken)."""
+
+    def __init__(self, config: uvicorn.Config, text: str) -> None:
+        super().__init__(config)
+        self.text = text
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self.text, flush=True)
+
+
+def banner(settings: Settings, admin_password: str | None) -> str:
+    """The lines that end ``labelloop serve``'s start-up: where to open it, how to sign in, where data lives."""
+    url = settings.public_url.rstrip("/") + "/"
+    bound = f"http://{settings.host}:{settings.port}/"
+    lines = [f"labelloop {__version__} is running.",
+             f"  Open      {url}" + (f"  (listening on {bound})" if bound != url else "")]
     if admin_password:
-        print(f"Created user 'admin' with temporary password: {admin_password}", flush=True)
-        print("It is shown only this once; change it at first sign-in.", flush=True)
+        lines += [f"  Sign in   user admin, temporary password {admin_password}",
+                  "            shown only this once: you choose your own password at first sign-in"]
+    elif settings.admin_password:
+        lines.append("  Sign in   user admin, with the password in LABELLOOP_ADMIN_PASSWORD")
+    else:
+        lines.append("  Sign in   with your account (the admin user exists already)")
+    bucket = settings.bucket_url.removeprefix("file://")
+    lines += [f"  Data      {settings.resolved_home}", f"  Bucket    {bucket}", "  Stop      Ctrl+C"]
+    rule = "─" * max(len(line) for line in lines)
+    return "\n".join([rule, *lines, rule])
 
 
 def work(settings: Settings) -> None:
@@ -240,9 +267,21 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
             session.execute(db.text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def root(request: Request) -> HTMLResponse:
-        return templates.TemplateResponse(request, "index.html", {"version": __version__,
-                                                                  "home": str(settings.resolved_home)})
+    @app.get("/", include_in_schema=False)
+    def root(visitor: MaybeVisitor) -> Response:
+        """Anonymous visitors to sign-in; a signed-in one to their role's home (or to change a temporary
+        password first)."""
+        if visitor is None:
+            target = "/sign-in"
+        elif visitor.user.must_change_password:
+            target = PASSWORD_PAGE
+        else:
+            target = ROLE_HOME[visitor.user.role]
+        return RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(WEB_DIR / "static" / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     return app

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from labelloop.client import Client, ClientError, save_token
 from labelloop.config import configure, get_settings
@@ -30,7 +30,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(users_app, name="users")
 app.add_typer(training_app, name="training")
 models_app = typer.Typer(help="Model versions: list, show, deploy (or roll back), stop, export.", no_args_is_help=True)
-loops_app = typer.Typer(help="Human loops: list, answer, stop; the task template.", no_args_is_help=True)
+loops_app = typer.Typer(help="Human loops: list (any status), answer, stop; the task template.",
+                        no_args_is_help=True)
 sampling_app = typer.Typer(help="Human sampling: run now, agreement summary.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(loops_app, name="loops")
@@ -61,14 +62,40 @@ def _call(server: str | None, method: str, path: str, **kwargs: Any) -> Any:
         _fail(str(exc))
 
 
+# Columns holding ids a later command needs whole (run ids, parameter names, keys, versions, loop names).
+ID_COLUMNS = {"id", "name", "key", "object_key", "run_id", "version", "human_loop_name", "username", "file"}
+CELL_PADDING = 3  # rich's border and padding per column
+FEW_TEST_IMAGES = 30  # below this many test images an F1 is marked as a weak figure (as on the pages)
+
+
 def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
     if as_json or columns is None or not isinstance(data, list):
         console.print_json(json.dumps(data, default=str)) if not as_json else print(json.dumps(data, default=str))
         return
-    table = Table(*columns)
-    for row in data:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    console.print(table)
+    print_table([{c: row.get(c) for c in columns} for row in data], columns)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A table that never cuts an id: id columns keep their whole width (the table is printed wider than the
+    terminal if it must be), other columns wrap."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    # Other columns wrap, but never narrower than their heading (at most 12): no letter-by-letter columns.
+    least = [widths[i] if c in ID_COLUMNS else min(widths[i], max(6, min(len(c), 12))) for i, c in enumerate(columns)]
+    table = Table(*[Column(c, no_wrap=c in ID_COLUMNS, min_width=least[i], overflow="fold")
+                    for i, c in enumerate(columns)])
+    for line in cells:
+        table.add_row(*(escape(cell) for cell in line))
+    console.print(table, width=max(console.width, sum(least) + CELL_PADDING * len(columns) + 1), crop=False)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: numbers with four significant digits, nothing for None."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 # ── server processes ─────────────────────────────────────────────────────────
@@ -166,36 +193,112 @@ def upload_plan(paths: list[Path], prefix: str, missing: list[Path] | None = Non
 @app.command()
 def upload(paths: Annotated[list[Path], typer.Argument(help="Files or folders")],
            to: Annotated[str, typer.Option("--to", help="Folder in the bucket")] = "images_for_detection/",
+           wait: Annotated[int | None, typer.Option(help="Seconds to wait for the detections of images uploaded "
+                                                         "for detection (default 30; with --json 0: no wait)")] = None,
            server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Upload files or whole folders (a folder under images_labeled_by_folder/ keeps its name as the label).
 
-    Every file that can be uploaded is; the command exits with status 1 and names each file that could not be.
+    Lists each file's outcome: stored, unchanged (the same bytes were there), or refused and why (under
+    images_for_detection/ and images_labeled_by_folder/ only images are taken); for images uploaded for
+    detection, the label and confidence once detected. Every file that can be uploaded is; the command exits
+    with status 1 when any could not be.
     """
     missing: list[Path] = []
     plan = upload_plan(paths, to, missing)
     client = _client(server)
-    stored: list[Any] = []
-    failed: list[dict[str, str]] = [{"file": str(path), "key": "", "error": "no such file or folder"}
-                                    for path in missing]
+    outcomes: list[dict[str, Any]] = [{"file": str(path), "key": "", "outcome": "refused",
+                                       "reason": "no such file or folder"} for path in missing]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=errors, disable=as_json) as progress:
         task = progress.add_task("Uploading", total=len(plan))
         for file, key in plan:
-            try:
-                stored.append(client.request("PUT", f"/objects/{quote(key, safe='/')}", content=file.read_bytes()))
-            except (ClientError, OSError) as exc:
-                failed.append({"file": str(file), "key": key, "error": str(exc)})
+            outcomes.append(_upload_one(client, file, key))
             progress.advance(task)
+    wait = (0 if as_json else 30) if wait is None else wait
+    if wait > 0:
+        _wait_for_detections(client, outcomes, wait, quiet=as_json)
+    stored = [o for o in outcomes if o["outcome"] != "refused"]
     if as_json:
-        print(json.dumps({"stored": stored, "failed": failed}))
+        print(json.dumps({"stored": [o["object"] for o in stored],
+                          "failed": [{"file": o["file"], "key": o["key"], "error": o["reason"]}
+                                     for o in outcomes if o["outcome"] == "refused"],
+                          "outcomes": [{k: v for k, v in o.items() if k != "object"} for o in outcomes]},
+                         default=str))
     else:
         console.print(f"Uploaded {len(stored)} of {len(plan) + len(missing)} file(s) to {escape(to)}")
-        for failure in failed:
-            target = f" → {failure['key']!r}" if failure["key"] else ""
-            errors.print(f"[red]failed[/red] {escape(repr(failure['file']))}{escape(target)}: "
-                         f"{escape(failure['error'])}")
-    if failed:
+        for outcome in outcomes:  # one line each, the key whole: a script or a person finds it as it is
+            if outcome["outcome"] == "refused":  # on stderr, naming the file as it is (repr: no control chars)
+                target = f" → {outcome['key']!r}" if outcome["key"] else ""
+                errors.print(f"[red]failed[/red] {escape(repr(outcome['file']))}{escape(target)}: "
+                             f"{escape(_outcome_words(outcome))}")
+                continue
+            label = "[green]stored[/green]   " if outcome["outcome"] == "stored" else "unchanged"
+            console.print(f"{label} {escape(outcome['key'])}: {escape(_outcome_words(outcome))}", soft_wrap=True)
+        if any(o.get("unchanged") and o["key"].startswith("images_for_detection/") for o in outcomes):
+            console.print("Unchanged images are not detected again; to detect them with the serving version: "
+                          "labelloop redetect KEY…", soft_wrap=True)
+    if len(stored) < len(outcomes):
         raise typer.Exit(1)
+
+
+def _upload_one(client: Client, file: Path, key: str) -> dict[str, Any]:
+    """Upload one file: its outcome (stored, unchanged or refused with the reason) and the stored object."""
+    try:
+        stored = client.request("PUT", f"/objects/{quote(key, safe='/')}", content=file.read_bytes())
+    except (ClientError, OSError) as exc:
+        return {"file": str(file), "key": key, "outcome": "refused", "reason": str(exc)}
+    return {"file": str(file), "key": key, "outcome": "unchanged" if stored.get("unchanged") else "stored",
+            "unchanged": bool(stored.get("unchanged")), "run_id": stored.get("run_id"), "object": stored}
+
+
+def _wait_for_detections(client: Client, outcomes: list[dict[str, Any]], seconds: float, quiet: bool) -> None:
+    """Fill in each detection upload's result (label, confidence, human loop) as its run finishes."""
+    import time  # only this command waits
+
+    waiting = [o for o in outcomes if o.get("run_id") and o["key"].startswith("images_for_detection/")]
+    deadline = time.monotonic() + seconds
+    with Progress(TextColumn("Detecting"), BarColumn(), MofNCompleteColumn(), console=errors,
+                  disable=quiet or not waiting) as progress:
+        task = progress.add_task("Detecting", total=len(waiting))
+        while waiting and time.monotonic() < deadline:
+            for outcome in list(waiting):
+                try:
+                    run = client.request("GET", f"/runs/{quote(outcome['run_id'])}")
+                except ClientError:
+                    continue
+                if run["status"] in ("SUCCESS", "ERROR", "CANCELLED"):
+                    outcome["detection"] = _detection_of(run)
+                    waiting.remove(outcome)
+                    progress.advance(task)
+            if waiting:
+                time.sleep(0.5)
+    for outcome in waiting:
+        outcome["detection"] = {"status": "PENDING", "words": f"still detecting after {seconds:g} s: see "
+                                "labelloop detections"}
+
+
+def _detection_of(run: dict[str, Any]) -> dict[str, Any]:
+    """What a detection run found, in a few words and as fields."""
+    output = run.get("output") if isinstance(run.get("output"), dict) else {}
+    if run["status"] != "SUCCESS":
+        return {"status": run["status"], "words": f"the run ended {run['status']}: {run.get('error')}"}
+    status = output.get("status")
+    if status == "DETECTED":
+        loop = f", human loop {output['human_loop']}" if output.get("human_loop") else ""
+        words = f"{output['label']} {output['confidence']:.1f} (model {output['model_version']}{loop})"
+    elif status == "WAITING_FOR_MODEL":
+        words = "waiting for a model version to serve; detected as soon as one does"
+    else:
+        words = "not detected (see labelloop detections for the reason)"
+    return {"status": status, "label": output.get("label"), "confidence": output.get("confidence"),
+            "model_version": output.get("model_version"), "human_loop": output.get("human_loop"), "words": words}
+
+
+def _outcome_words(outcome: dict[str, Any]) -> str:
+    words = {"stored": "stored", "unchanged": "the same bytes were already stored, nothing changed",
+             "refused": str(outcome.get("reason"))}[outcome["outcome"]]
+    detection = outcome.get("detection")
+    return f"{words} · {detection['words']}" if detection else words
 
 
 @params_app.command("list")
@@ -277,10 +380,65 @@ def runs_show(run_id: str, server: ServerOption = None, as_json: JsonOption = Fa
 
 
 @training_app.command("check")
-def training_check(server: ServerOption = None, as_json: JsonOption = False) -> None:
-    """Run the training check now."""
+def training_check(wait: Annotated[bool, typer.Option(help="Wait for the outcome: trained and deployed, or why "
+                                                           "not")] = False,
+                   server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Run the training check now (with --wait: and print what came of it)."""
     data = _call(server, "POST", "/training/check")
-    print(json.dumps(data)) if as_json else console.print(f"Training check started: run {data['run_id']}")
+    if not wait:
+        print(json.dumps(data)) if as_json else console.print(f"Training check started: run {data['run_id']}")
+        return
+    if not as_json:
+        console.print(f"Training check started: run {data['run_id']}; waiting for its outcome…")
+    run = _wait_run(server, data["run_id"])
+    outcome = training_outcome(run)
+    if outcome.get("version") and outcome.get("trained"):
+        model = _call(server, "GET", f"/models/{quote(outcome['version'])}")
+        outcome["words"] = outcome["words"].replace("on its test split", f"on its test split ({test_size(model)})")
+    if as_json:
+        print(json.dumps({"run_id": data["run_id"], "status": run["status"], **outcome}, default=str))
+    else:
+        console.print(outcome["words"], soft_wrap=True)
+    if run["status"] != "SUCCESS":
+        raise typer.Exit(1)
+
+
+def test_size(model: dict[str, Any]) -> str:
+    """An F1's test-set size and 95 % interval, in words ("3 test images, 95 % interval 0.21–1.00; few")."""
+    evaluation = model.get("evaluation") or {}
+    words = f"{model.get('test_images')} test image(s)"
+    interval = evaluation.get("f1_interval")
+    if interval:
+        words += f", 95 % interval {interval[0]:.2f}–{interval[1]:.2f}"
+    if (model.get("test_images") or 0) < FEW_TEST_IMAGES:
+        words += "; too few to trust the figure: add labeled images"
+    return words
+
+
+def training_outcome(run: dict[str, Any]) -> dict[str, Any]:
+    """What a training check came to: no training and why, or the version trained, its F1 and the gate."""
+    output = run.get("output") if isinstance(run.get("output"), dict) else {}
+    if run["status"] != "SUCCESS":
+        return {"trained": False, "words": f"The training check ended {run['status']}: {run.get('error')}"}
+    if not output.get("train"):
+        return {"trained": False, "words": f"No training: {output.get('reason')}."}
+    version, training = output.get("version"), output.get("training") or {}
+    if not training.get("trained"):
+        return {"trained": False, "version": version, "words": f"Training {version} failed: {training.get('reason')}"}
+    gate = output.get("gate") or {}
+    f1 = training.get("f1")
+    words = f"Trained {version}: F1 {f1:.3f} on its test split" if f1 is not None else f"Trained {version}"
+    if gate.get("passed"):
+        words += f"; the F1 gate passed ({gate.get('passed_on')})"
+        words += f"; {version} is RUNNING." if output.get("deployment") else "."
+    else:
+        estimate = gate.get("production_estimate") or {}
+        estimated = (f"production estimate {estimate['f1']:.3f}" if estimate.get("f1") is not None
+                     else f"no production estimate ({estimate.get('reason', 'no human answers yet')})")
+        words += (f"; the F1 gate refused it (below Minimum-F1-Score {gate.get('minimum_f1')}; {estimated}). "
+                  f"It is kept, not deployed; the serving version keeps serving (labelloop models show {version}).")
+    return {"trained": True, "version": version, "f1": f1, "gate_passed": bool(gate.get("passed")),
+            "deployed": "deployment" in output, "words": words}
 
 
 @app.command()
@@ -321,8 +479,9 @@ def models_show(version: str, server: ServerOption = None, as_json: JsonOption =
     if as_json:
         print(json.dumps(model, default=str))
         return
-    console.print(f"[bold]{model['version']}[/bold] {model['status']} — F1 {model['f1']} "
-                  f"({model['train_images']} train / {model['test_images']} test images)")
+    f1 = f"{model['f1']:.3f} ({test_size(model)})" if model.get("f1") is not None else "—"
+    console.print(f"[bold]{model['version']}[/bold] {model['status']} — F1 {f1}; {model['train_images']} train / "
+                  f"{model['test_images']} test images", soft_wrap=True)
     _print((model.get("evaluation") or {}).get("per_label", []), False,
            ["label", "precision", "recall", "f1", "support", "threshold"])
 
@@ -392,6 +551,37 @@ def detect(files: Annotated[list[Path], typer.Argument(help="Image files")], ser
 
 
 @app.command()
+def redetect(keys: Annotated[list[str], typer.Argument(help="Stored images or folders (ending in /) under "
+                                                          "images_for_detection/")],
+             wait: Annotated[bool, typer.Option(help="Wait for the new detections and list them")] = True,
+             server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Detect stored images again with the serving version: each gets a new detection event that points to its
+    earlier one (uploading the same bytes again does not detect them again)."""
+    started = _call(server, "POST", "/detections/redetect", json={"keys": keys})
+    if not wait:
+        print(json.dumps(started)) if as_json else console.print(
+            f"Re-detecting {started['images']} image(s): run {started['run_id']}")
+        return
+    parent = _wait_run(server, started["run_id"])
+    if parent["status"] != "SUCCESS":
+        _fail(f"re-detection {parent['status']}: {parent['error']}")
+    output = parent["output"]
+    results = []
+    for run_id in output.get("runs", []):
+        run = _wait_run(server, run_id)
+        found = _detection_of(run)
+        results.append({"key": (run.get("output") or {}).get("key", ""), "run_id": run_id, **found})
+    results += [{"key": item["key"], "status": "SKIPPED", "words": f"skipped: {item['reason']}"}
+                for item in output.get("skipped", [])]
+    if as_json:
+        print(json.dumps({"run_id": started["run_id"], "model_version": output.get("model_version"),
+                          "results": results}, default=str))
+        return
+    console.print(f"Re-detected {len(output.get('runs', []))} image(s) with {output.get('model_version')}")
+    print_table([{"key": r["key"], "outcome": r["words"]} for r in results], ["key", "outcome"])
+
+
+@app.command()
 def detections(label: str | None = None, sampled: bool | None = None, limit: int = 50,
                csv: Annotated[Path | None, typer.Option(help="Write the log as CSV to this file")] = None,
                server: ServerOption = None, as_json: JsonOption = False) -> None:
@@ -405,12 +595,34 @@ def detections(label: str | None = None, sampled: bool | None = None, limit: int
            ["id", "object_key", "label", "confidence", "model_version", "human_loop_name", "human_label"])
 
 
+LOOP_STATUSES = ("InProgress", "Completed", "Stopped", "Failed")
+
+
+StatusOption = Annotated[str, typer.Option(help="InProgress, Completed, Stopped, Failed, or all")]
+SourceOption = Annotated[str | None, typer.Option(help='"Detection", "Human Sampling" or "Label Audit"')]
+
+
 @loops_app.command("list")
-def loops_list(status: str | None = "InProgress", server: ServerOption = None, as_json: JsonOption = False) -> None:
-    """Human loops (default: the open ones)."""
-    query = {"status": status} if status else {}
+def loops_list(status: StatusOption = "InProgress", source: SourceOption = None, server: ServerOption = None,
+               as_json: JsonOption = False) -> None:
+    """Human loops (default: the open ones; --status all: every loop whatever its status)."""
+    query: dict[str, str] = {}
+    if status.lower() != "all":
+        named = {s.lower(): s for s in LOOP_STATUSES}.get(status.lower())
+        if named is None:
+            _fail(f"unknown status {status!r}: use one of {', '.join(LOOP_STATUSES)} or all")
+        query["status"] = named
+    if source:
+        query["source"] = source
     _print(_call(server, "GET", "/human-loops", params=query), as_json,
            ["name", "source", "status", "object_key", "answer_label"])
+
+
+@loops_app.command("stop")
+def loops_stop(name: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Stop an open human loop (its task leaves the review queue)."""
+    stopped = _call(server, "POST", f"/human-loops/{quote(name)}/stop")
+    print(json.dumps(stopped, default=str)) if as_json else console.print(f"{name}: {stopped.get('status')}")
 
 
 @loops_app.command("answer")

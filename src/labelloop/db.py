@@ -121,7 +121,7 @@ def upgrade(engine: Engine) -> None:
             _wait_for_lock(connection, "pg_try_advisory_xact_lock", MIGRATION_LOCK)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-    log.info("database migrated", extra={"url": engine.url.render_as_string(hide_password=True)})
+    log.debug("database migrated", extra={"url": engine.url.render_as_string(hide_password=True)})
 
 
 def _wait_for_lock(connection: Any, function: str, key: int, poll_seconds: float = 0.2) -> None:

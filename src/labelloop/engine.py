@@ -83,21 +83,8 @@ def start(settings: Settings, role: str = "serve") -> None:
         "sys_db_pool_size": 2 * settings.database_pool_size,
     }
     try:
-        DBOS(config=config)
-        if listen is not None:
-            DBOS.listen_queues(listen)
-        DBOS.launch()
-        poll = settings.queue_polling_seconds
-        _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
-                                                           polling_interval_sec=poll)
-        # One training at a time across every worker process.
-        _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1,
-                                                      polling_interval_sec=poll)
-        # Parameter changes are applied one at a time, in the order they were made.
-        _queues[PARAMETERS_QUEUE] = DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1,
-                                                        polling_interval_sec=poll)
-        _queues[SAMPLING_QUEUE] = DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1,
-                                                      polling_interval_sec=poll)
+        with _startup_chatter_at_debug():
+            _launch(config, listen, settings.queue_polling_seconds)
     except BaseException:
         liveness.close()
         raise
@@ -107,6 +94,47 @@ def start(settings: Settings, role: str = "serve") -> None:
     log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url),
                                                "executor_id": executor_id,
                                                "queues": "all" if listen is None else (listen or "none")})
+
+
+class _DebugLevel(logging.Filter):
+    """Turns a logger's INFO records into DEBUG ones, dropped unless the root logger shows DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def _startup_chatter_at_debug() -> Any:
+    """DBOS's start-up lines (some 80 schema migrations, queue registrations) at debug level, so a start
+    ends with labelloop's own banner instead of them; warnings and errors still show."""
+    chatter = logging.getLogger("dbos")
+    quiet = _DebugLevel()
+    chatter.addFilter(quiet)
+    try:
+        yield
+    finally:
+        chatter.removeFilter(quiet)
+
+
+def _launch(config: DBOSConfig, listen: list[str] | None, poll: float) -> None:
+    """Create and launch DBOS, then declare labelloop's queues."""
+    DBOS(config=config)
+    if listen is not None:
+        DBOS.listen_queues(listen)
+    DBOS.launch()
+    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
+                                                       polling_interval_sec=poll)
+    # One training at a time across every worker process.
+    _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1,
+                                                  polling_interval_sec=poll)
+    # Parameter changes are applied one at a time, in the order they were made.
+    _queues[PARAMETERS_QUEUE] = DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1,
+                                                    polling_interval_sec=poll)
+    _queues[SAMPLING_QUEUE] = DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1,
+                                                  polling_interval_sec=poll)
 
 
 def _listened_queues(names: list[str] | None) -> list[str] | None:
@@ -387,6 +415,12 @@ def enqueue(queue_name: str, workflow: Callable[..., Any], *args: Any, workflow_
         with SetWorkflowID(workflow_id):
             handle = queue(queue_name).enqueue(workflow, *args, **kwargs)
     return handle.get_workflow_id()
+
+
+def run_status(run_id: str) -> str | None:
+    """A run's status (PENDING, ENQUEUED, SUCCESS, ERROR …), or None when there is no such run."""
+    found = DBOS.get_workflow_status(run_id)
+    return found.status if found is not None else None
 
 
 def run_exists(run_id: str) -> bool:

@@ -2,7 +2,7 @@
 
 from labelloop.db import Base
 from labelloop.detection.models import DetectionEvent
-from labelloop.modeling.models import ModelVersion
+from labelloop.modeling.models import ModelVersion, UnusableImage
 from labelloop.notifications.models import Notification
 from labelloop.parameters.models import Parameter, ParameterChange
 from labelloop.review.models import HumanLoop, TaskTemplate
@@ -11,4 +11,4 @@ from labelloop.workforce.models import ApiToken, User
 metadata = Base.metadata
 
 __all__ = ["ApiToken", "DetectionEvent", "HumanLoop", "ModelVersion", "Notification", "Parameter",
-           "ParameterChange", "TaskTemplate", "User", "metadata"]
+           "ParameterChange", "TaskTemplate", "UnusableImage", "User", "metadata"]

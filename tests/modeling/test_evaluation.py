@@ -7,7 +7,7 @@ import json
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from labelloop.modeling.evaluation import Evaluation, evaluate
+from labelloop.modeling.evaluation import Evaluation, evaluate, wilson_interval
 
 LABELS = ["cat", "dog", "fox"]
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
@@ -52,3 +52,21 @@ def test_calibration_stats_and_json_round_trip() -> None:
     data = json.loads(result.to_json(model_version="3"))
     assert data["model_version"] == "3" and data["f1"] == result.f1
     assert Evaluation.from_dict(data) == result
+
+
+def test_small_test_sets_get_wide_intervals_that_narrow_with_more_images() -> None:
+    # "F1 1.000" from 3 test images, one per label: the interval says how little that shows.
+    few = evaluate(["a", "b", "c"], [0, 1, 2], np.eye(3))
+    assert few.f1 == 1.0 and few.test_images == 3
+    assert few.f1_interval[1] == 1.0 and few.f1_interval[0] < 0.3
+    assert few.accuracy_interval[0] < 0.5 and "Wilson" in few.interval_method
+    # The same perfect score on 300 images: a narrow interval.
+    many = evaluate(["a", "b", "c"], np.repeat([0, 1, 2], 100), np.repeat(np.eye(3), 100, axis=0))
+    assert many.f1_interval[0] > 0.9
+    # Each label: Wilson for precision and recall, F1 over TP + ½(FP + FN).
+    mixed = evaluate(["a", "b"], [0, 0, 0, 1], np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=float))
+    a = mixed.label("a")
+    assert a.support == 3 and a.recall_interval == wilson_interval(2, 3)
+    assert a.precision_interval == wilson_interval(2, 2)
+    assert a.f1_interval == wilson_interval(2, 2 + 0.5) and a.f1_interval[0] <= a.f1 <= a.f1_interval[1]
+    assert wilson_interval(0, 0) is None

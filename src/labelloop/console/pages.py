@@ -11,9 +11,11 @@ from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.orm import Session
 
 from labelloop import engine
+from labelloop.console import first_hour
 from labelloop.detection import service as detection
 from labelloop.loop import routing
 from labelloop.modeling import dataset, versions
@@ -33,12 +35,6 @@ SCHEDULE_TITLES = {schedule.name: schedule.title for schedule in routing.SCHEDUL
 RECENT = 8
 
 
-def images_per_label() -> list[tuple[str, int]]:
-    """How many training images each label folder holds, most first."""
-    counts = Counter(label for _, label, _ in dataset.labeled_objects())
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-
-
 def schedules() -> list[dict[str, Any]]:
     """The training and sampling schedules, with a title each."""
     found = []
@@ -52,8 +48,9 @@ def schedules() -> list[dict[str, Any]]:
 def dashboard(request: Request, session: SessionDep, _visitor: Operator) -> Response:
     serving = versions.serving_version(session=session)
     listed = versions.list_versions(session=session)
-    labels = images_per_label()
-    decision = dataset.check_new_training("schedule (as the next scheduled check would see it)")
+    data = dataset.training_data()
+    labels = data.per_label()  # trainable images only: nothing untrainable is counted
+    decision = dataset.check_new_training("schedule (as the next scheduled check would see it)", data)
     values = parameters.values(session=session)
     open_loops = review.list_loops(status=HumanLoopStatus.IN_PROGRESS, limit=5000, session=session)
     by_source = Counter(loop.source for loop in open_loops)
@@ -71,4 +68,19 @@ def dashboard(request: Request, session: SessionDep, _visitor: Operator) -> Resp
         "oldest_loops": sorted(open_loops, key=lambda loop: loop.id)[:5],
         "detections": detection.count_events(session=session), "agreement": sampling.summary(),
         "runs": recent_runs, "notifications": notifications.feed(limit=RECENT, session=session),
-                                                                 "section": "dashboard"})
+        **_first_hour(data, session=session), "section": "dashboard"})
+
+
+def _first_hour(data: dataset.TrainingData, *, session: Session) -> dict[str, Any]:
+    """The dashboard's getting-started checklist, training progress and training-data problems."""
+    steps = first_hour.checklist(data, session=session)
+    return {"checklist": steps, "checklist_done": sum(step.done for step in steps),
+            "training_progress": first_hour.training_progress(session=session),
+            "problems": first_hour.problems(data)}
+
+
+@router.get("/dashboard/training-progress")
+def training_progress(session: SessionDep, _visitor: Operator) -> JSONResponse:
+    """The training in progress, for the dashboard's live indicator (``{"training": false}`` when none)."""
+    found = first_hour.training_progress(session=session)
+    return JSONResponse(found or {"training": False}, headers={"Cache-Control": "no-store"})

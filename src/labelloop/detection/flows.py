@@ -18,6 +18,18 @@ def record_detection_event(key: str, etag: str, run_id: str) -> dict[str, Any]:
 
 
 @engine.step()
+def plan_redetection(keys: list[str]) -> dict[str, Any]:
+    """The serving version, and the latest detection event of each stored image to detect again."""
+    return service.plan_redetection(keys, sync_serving(force=True))
+
+
+@engine.step()
+def record_redetection_event(previous_event_id: int, run_id: str) -> dict[str, Any]:
+    """Log a new detection event for the image of ``previous_event_id``, pointing back to it (once per run)."""
+    return service.record_redetection(previous_event_id, run_id)
+
+
+@engine.step()
 def detect_image(event_id: int) -> dict[str, Any]:
     """Run the serving model version on the image."""
     return service.detect_event(event_id)

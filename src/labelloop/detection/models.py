@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labelloop.db import Base, UTCDateTime, utcnow
@@ -23,7 +23,10 @@ class DetectionEvent(Base):
     """One detection: the image, the model's answer, and (later) a human's answer."""
 
     __tablename__ = "detection_events"
-    __table_args__ = (UniqueConstraint("object_key", "etag", name="uq_detection_object"),)
+    # One event per uploaded content at a key (its first arrival); re-detections add events pointing back.
+    __table_args__ = (Index("uq_detection_first_arrival", "object_key", "etag", unique=True,
+                            sqlite_where=text("previous_event_id IS NULL"),
+                            postgresql_where=text("previous_event_id IS NULL")),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
@@ -46,3 +49,6 @@ class DetectionEvent(Base):
     human_worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
     human_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # A re-detection (the same stored image detected again, e.g. by a newer version) points to the event it
+    # repeats; None for the event of the upload itself.
+    previous_event_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)

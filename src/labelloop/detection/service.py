@@ -27,7 +27,8 @@ def as_dict(event: DetectionEvent) -> dict[str, Any]:
     return {column: getattr(event, column) for column in (
         "id", "request_id", "created_at", "detected_at", "object_key", "etag", "source", "status",
         "status_message", "model_version", "label", "confidence", "labels", "threshold", "human_review_enabled",
-        "sampled", "human_loop_name", "human_label", "human_worker", "human_answered_at", "run_id")}
+        "sampled", "human_loop_name", "human_label", "human_worker", "human_answered_at", "run_id",
+        "previous_event_id")}
 
 
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
@@ -49,8 +50,67 @@ def record_arrival(key: str, etag: str, run_id: str | None, source: str = "uploa
 
 
 def _event_for(key: str, etag: str, *, session: Session) -> DetectionEvent | None:
+    """The event of this content's arrival at this key (not a re-detection of it)."""
     return session.scalar(select(DetectionEvent).where(DetectionEvent.object_key == key,
-                                                       DetectionEvent.etag == etag))
+                                                       DetectionEvent.etag == etag,
+                                                       DetectionEvent.previous_event_id.is_(None)))
+
+
+def event_of_run(run_id: str, *, session: Session) -> DetectionEvent | None:
+    """The detection event a run recorded (an upload's "object created" run, or a re-detection)."""
+    return session.scalar(select(DetectionEvent).where(DetectionEvent.run_id == run_id)
+                          .order_by(DetectionEvent.id.desc()).limit(1))
+
+
+def latest_event_for(key: str, *, session: Session) -> DetectionEvent | None:
+    """The newest detection event of the object now stored at ``key`` (its arrival or a re-detection)."""
+    return session.scalar(select(DetectionEvent).where(DetectionEvent.object_key == key)
+                          .order_by(DetectionEvent.id.desc()).limit(1))
+
+
+def plan_redetection(keys: list[str], model_version: str | None) -> dict[str, Any]:
+    """Which events to repeat: each key's newest event for its current content; the others are skipped with
+    the reason. Nothing is planned while no version serves."""
+    if model_version is None:
+        return {"model_version": None, "previous_event_ids": [],
+                "skipped": [{"key": key, "reason": "no model version serves"} for key in keys]}
+    planned, skipped = [], []
+    with db.session() as session:
+        for key in keys:
+            try:
+                etag = storage.head_object(key).etag
+            except (storage.ObjectNotFound, storage.InvalidKey):
+                skipped.append({"key": key, "reason": "no longer stored"})
+                continue
+            latest = latest_event_for(key, session=session)
+            if latest is None or latest.etag != etag:
+                skipped.append({"key": key, "reason": "its upload has no detection yet: it is detected as it "
+                                "arrives"})
+                continue
+            planned.append(latest.id)
+    return {"model_version": model_version, "previous_event_ids": planned, "skipped": skipped}
+
+
+def record_redetection(previous_event_id: int, run_id: str) -> dict[str, Any]:
+    """A new event for the image of ``previous_event_id`` that points back to it (one per run: a retried step
+    finds the event it made). The human answer already given for the image, if any, carries over, so the
+    image is not sent to a reviewer again."""
+    with db.session() as session:
+        existing = session.scalar(select(DetectionEvent).where(DetectionEvent.run_id == run_id,
+                                                               DetectionEvent.previous_event_id.is_not(None)))
+        if existing is not None:
+            return as_dict(existing)
+        earlier = session.get(DetectionEvent, previous_event_id)
+        event = DetectionEvent(request_id=str(uuid.uuid4()), object_key=earlier.object_key, etag=earlier.etag,
+                               run_id=run_id, source="re-detection", previous_event_id=earlier.id,
+                               status=DetectionStatus.WAITING_FOR_MODEL, status_message="detecting again",
+                               human_loop_name=earlier.human_loop_name, human_label=earlier.human_label,
+                               human_worker=earlier.human_worker, human_answered_at=earlier.human_answered_at)
+        session.add(event)
+        session.flush()
+        log.info("detection repeated", extra={"key": event.object_key, "previous_event": earlier.id,
+                                              "event": event.id})
+        return as_dict(event)
 
 
 def detect_event(event_id: int) -> dict[str, Any]:
@@ -110,10 +170,11 @@ def needs_human_review(event: dict[str, Any]) -> bool:
 
 
 def waiting_event_ids() -> list[int]:
-    """Detections still waiting for a model, oldest first."""
+    """Detections still waiting for a model, oldest first (a re-detection in flight is its own run's)."""
     with db.session() as session:
         return list(session.scalars(select(DetectionEvent.id).where(
-            DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL).order_by(DetectionEvent.id)))
+            DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL,
+            DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id)))
 
 
 def list_events(*, session: Session, label: str | None = None, min_confidence: float | None = None,

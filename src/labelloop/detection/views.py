@@ -9,8 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from labelloop.detection import service
+from labelloop.loop import actions
 from labelloop.web.dependencies import SessionDep, require
 from labelloop.workforce.models import Role, User
 
@@ -19,6 +22,12 @@ Operator = Depends(require(Role.OPERATOR))
 COLUMNS = ["id", "request_id", "created_at", "detected_at", "object_key", "etag", "status", "model_version",
            "label", "confidence", "threshold", "human_review_enabled", "sampled", "human_loop_name", "human_label",
            "human_worker", "human_answered_at"]
+
+
+class RedetectRequest(BaseModel):
+    """What to detect again: stored images or folders (ending in ``/``) under images_for_detection/."""
+
+    keys: list[str] = Field(min_length=1, max_length=10000)
 
 
 def _filters(label: str | None = None, min_confidence: float | None = Query(None, ge=0, le=100),
@@ -49,3 +58,10 @@ def export_detections(session: SessionDep, filters: dict[str, Any] = Depends(_fi
         writer.writerow(service.as_dict(event))
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="detections.csv"'})
+
+
+@router.post("/redetect", status_code=202)
+async def redetect(request: RedetectRequest, session: SessionDep, user: User = Operator) -> dict[str, Any]:
+    """Detect stored images again with the serving version; each gets a new detection event that points to its
+    previous one (``previous_event_id``). Returns the run id and how many images it detects."""
+    return await run_in_threadpool(actions.redetect_images, request.keys, user.username, session=session)

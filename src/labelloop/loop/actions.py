@@ -1,7 +1,7 @@
 """What a user does, one entry per action, shared by the API views, the web pages, the CLI and the drop folder:
 store an object, answer a human loop, change a parameter, check for training, deploy or stop a version, run
-human sampling. Each validates, records, and starts the run that carries it out; views and pages only translate
-requests and answers.
+human sampling, detect stored images again. Each validates, records, and starts the run that carries it out;
+views and pages only translate requests and answers.
 """
 
 from __future__ import annotations
@@ -15,20 +15,68 @@ from sqlalchemy.orm import Session
 from labelloop import db, engine
 from labelloop.loop import routing
 from labelloop.modeling import service as models
+from labelloop.modeling.images import check_image
 from labelloop.parameters import service as parameters
 from labelloop.review import service as reviews
 from labelloop.review.models import HumanLoop, HumanLoopStatus
 from labelloop.storage import service as storage
-from labelloop.storage.models import ObjectInfo
+from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
 
 log = logging.getLogger(__name__)
 
 
+REDETECT_HOW = ("to detect it again with the serving version, re-detect it: the storage page's Re-detect, "
+                "`labelloop redetect KEY` or POST /api/v1/detections/redetect")
+
+
 def store_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
-    """Store an object; under an event folder its "object created" run starts (once per key and ETag)."""
+    """Store an object; under an event folder its "object created" run starts (once per key and ETag).
+
+    Under an event folder only images are taken, judged by their content: anything else raises
+    ``ImageRejected`` with the reason and nothing is stored. The same bytes stored again change nothing (the
+    answer says so and, for an image for detection, how to detect it again)."""
+    if storage.fires_event(key):
+        check_image(data)
     info = storage.put_object(key, data, source=source, actor=actor)
-    routing.fire_object_created(info, source)
-    return info
+    run_id = routing.fire_object_created(info, source)
+    message = None
+    if info.unchanged:
+        message = "the same bytes are already stored at this key: nothing changed"
+        if key.startswith(DETECTION_FOLDER):
+            message += f" and no new detection runs; {REDETECT_HOW}"
+    return info.model_copy(update={"run_id": run_id, "message": message})
+
+
+def redetect_images(keys: list[str], actor: str, *, session: Session) -> dict[str, Any]:
+    """Detect stored images again with the serving version (``keys``: objects or folders, ending in ``/``,
+    under images_for_detection/); each gets a new detection event pointing to its previous one.
+
+    ``ModelError`` when no version serves; ``InvalidKey`` for a key outside images_for_detection/ or not
+    stored, so nothing starts on a mistaken request."""
+    if models.serving_version(session=session) is None:
+        raise models.ModelError("no model version serves: deploy one first, then re-detect")
+    objects = resolve_detection_images(keys)
+    run_id = routing.start_redetection(objects, actor)
+    log.info("re-detection requested", extra={"images": len(objects), "run_id": run_id, "actor": actor})
+    return {"run_id": run_id, "images": len(objects), "keys": objects}
+
+
+def resolve_detection_images(keys: list[str]) -> list[str]:
+    """The stored images that ``keys`` name: each key itself, or every object under a folder key."""
+    if not keys:
+        raise storage.InvalidKey("name at least one image or folder under images_for_detection/")
+    found: dict[str, None] = {}
+    for key in keys:
+        if not key.startswith(DETECTION_FOLDER):
+            raise storage.InvalidKey(f"{key!r} is not under {DETECTION_FOLDER}: only images for detection "
+                                     "are detected again")
+        if key.endswith("/"):
+            found.update((info.key, None) for info in storage.list_objects(key) if not info.key.endswith("/"))
+        else:
+            found[storage.head_object(key).key] = None
+    if not found:
+        raise storage.InvalidKey(f"no stored image under {', '.join(keys)}")
+    return list(found)
 
 
 def answer_loop(name: str, label: str, worker: str, *, held_lease: bool = False) -> dict[str, Any]:

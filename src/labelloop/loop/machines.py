@@ -8,7 +8,7 @@ Tails two branches share (deploying a version, detecting an image) are built onc
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -188,6 +188,34 @@ DETECTION = Machine(
     transitions=_chain("start", *DETECTION_IDS, "detected"),
 )
 
+REDETECTION = Machine(
+    "Detection", (routing.REDETECT_IMAGES,),
+    description="Detect stored images again with the serving version (an operator's request).",
+    states=(
+        State("start", "Re-detect requested", START, 0, note="From the storage page, the CLI or the API."),
+        State("plan_redetection", "Find each image's latest detection", row=1,
+              note="Nothing is planned while no version serves."),
+        State(routing.DETECT_IMAGE_AGAIN, "Detect each image again", row=2,
+              note="One run per image: a new detection event pointing to the previous one.",
+              skipped_if=lambda out: not get(out, "previous_event_ids")),
+        State("queued", "Queued", SUCCEED, 3),
+    ),
+    transitions=_chain("start", "plan_redetection", routing.DETECT_IMAGE_AGAIN, "queued"),
+)
+
+DETECTION_AGAIN = Machine(
+    "Detection", (routing.DETECT_IMAGE_AGAIN,),
+    description="Detect one stored image again: a new detection event that points to the previous one.",
+    states=(
+        State("start", "Re-detect image", START, 0),
+        State("record_redetection_event", "Record new detection event", row=1,
+              note="It points to the previous event; a human answer already given carries over."),
+        *_rows(DETECTION_STATES, 2),
+        State("detected", "Detection done", SUCCEED, 5),
+    ),
+    transitions=_chain("start", "record_redetection_event", *DETECTION_IDS, "detected"),
+)
+
 DEPLOYMENT = Machine(
     "Deployment", (routing.DEPLOY_VERSION,),
     description="Deploy or roll back to a trained version, blue-green.",
@@ -240,11 +268,55 @@ HUMAN_SAMPLING = Machine(
     transitions=_chain("start", "sample_detections", "notify_sampling", "sampled"),
 )
 
-MACHINES: tuple[Machine, ...] = (TRAINING, PARAMETER_STORE, OBJECT_CREATED, DETECTION, DEPLOYMENT, STOP,
-                                 HUMAN_LOOP, HUMAN_SAMPLING)
+MACHINES: tuple[Machine, ...] = (TRAINING, PARAMETER_STORE, OBJECT_CREATED, DETECTION, REDETECTION, DETECTION_AGAIN,
+                                 DEPLOYMENT, STOP, HUMAN_LOOP, HUMAN_SAMPLING)
 BY_WORKFLOW: dict[str, Machine] = {name: machine for machine in MACHINES for name in machine.workflows}
-# Which branch of the seed's state machine each workflow belongs to (the run list's filter).
+# The machine (by name) that draws each workflow's runs.
 BRANCHES: dict[str, str] = {name: machine.name for name, machine in BY_WORKFLOW.items()}
+
+# ── branches: what the run list calls each run, and how it filters them ──────
+
+DETECTION_BRANCH = "Detection"
+TRAINING_DATA_BRANCH = "Training data"
+# "Object Created" is one workflow serving two branches: an image for detection or a training image. Its run
+# id prefix (routing.object_created_run_id) tells which; "Object Created" itself stays a filter for both.
+OBJECT_CREATED_BRANCHES = {routing.DETECTION_RUN_PREFIX: DETECTION_BRANCH,
+                           routing.TRAINING_DATA_RUN_PREFIX: TRAINING_DATA_BRANCH}
+
+
+@dataclass(frozen=True)
+class BranchFilter:
+    """The runs of a branch: these workflows, and (where one workflow serves two branches) these run ids."""
+
+    workflows: tuple[str, ...]
+    id_prefixes: tuple[str, ...] | None = None
+
+
+BRANCH_FILTERS: dict[str, BranchFilter] = {
+    "Training": BranchFilter((routing.TRAINING_CHECK, routing.SCHEDULED_TRAINING_CHECK)),
+    "Parameter Store": BranchFilter((routing.PARAMETER_CHANGE,)),
+    DETECTION_BRANCH: BranchFilter(
+        (routing.OBJECT_CREATED, routing.DETECT_WAITING_IMAGE, routing.REDETECT_IMAGES, routing.DETECT_IMAGE_AGAIN),
+        (routing.DETECTION_RUN_PREFIX, routing.WAITING_RUN_PREFIX, routing.REDETECT_RUN_PREFIX,
+         routing.AGAIN_RUN_PREFIX)),
+    TRAINING_DATA_BRANCH: BranchFilter((routing.OBJECT_CREATED,), (routing.TRAINING_DATA_RUN_PREFIX,)),
+    "Deployment": BranchFilter((routing.DEPLOY_VERSION, routing.STOP_VERSION)),
+    "Human Loop": BranchFilter((routing.APPLY_HUMAN_ANSWER,)),
+    "Human Sampling": BranchFilter((routing.HUMAN_SAMPLING, routing.SCHEDULED_HUMAN_SAMPLING)),
+}
+# Accepted as a filter (earlier versions listed it), not offered: every "object created" run, either branch.
+LEGACY_FILTERS = {"Object Created": BranchFilter((routing.OBJECT_CREATED,))}
+
+# What a run is called in the lists and on its page: the user's words, not the workflow's function name.
+RUN_TITLES = {
+    routing.TRAINING_CHECK: "Training check", routing.SCHEDULED_TRAINING_CHECK: "Scheduled training check",
+    routing.PARAMETER_CHANGE: "Parameter change", routing.DEPLOY_VERSION: "Deploy model version",
+    routing.STOP_VERSION: "Stop model version", routing.DETECT_WAITING_IMAGE: "Detect image that waited for a model",
+    routing.REDETECT_IMAGES: "Re-detect images", routing.DETECT_IMAGE_AGAIN: "Re-detect image",
+    routing.APPLY_HUMAN_ANSWER: "Apply reviewer's answer", routing.HUMAN_SAMPLING: "Human sampling",
+    routing.SCHEDULED_HUMAN_SAMPLING: "Scheduled human sampling", routing.OBJECT_CREATED: "Object created",
+}
+OBJECT_CREATED_TITLES = {DETECTION_BRANCH: "Detect uploaded image", TRAINING_DATA_BRANCH: "Training image added"}
 
 
 def machine_for(workflow: str) -> Machine | None:
@@ -253,18 +325,44 @@ def machine_for(workflow: str) -> Machine | None:
 
 
 def branch_names() -> list[str]:
-    """The branches, sorted, as the run list filters them."""
-    return sorted(set(BRANCHES.values()))
+    """The branches, sorted, as the run list offers them."""
+    return sorted(BRANCH_FILTERS)
+
+
+def branch_filter(branch: str) -> BranchFilter:
+    """How to find a branch's runs; ``ValueError`` naming the branches when there is none of that name."""
+    found = BRANCH_FILTERS.get(branch) or LEGACY_FILTERS.get(branch)
+    if found is None:
+        raise ValueError(f"unknown branch {branch!r}; branches: {', '.join(branch_names())}")
+    return found
 
 
 def workflows_of(branch: str) -> list[str]:
     """The workflows of a branch; ``ValueError`` naming the branches when there is none of that name."""
-    names = [name for name, found in BRANCHES.items() if found == branch]
-    if not names:
-        raise ValueError(f"unknown branch {branch!r}; branches: {', '.join(branch_names())}")
-    return names
+    return list(branch_filter(branch).workflows)
+
+
+def branch_of(run: dict[str, Any]) -> str:
+    """The branch a run belongs to (for an "object created" run, by its id: detection or training data)."""
+    if run["name"] == routing.OBJECT_CREATED:
+        for prefix, branch in OBJECT_CREATED_BRANCHES.items():
+            if str(run.get("id", "")).startswith(prefix):
+                return branch
+        return "Object Created"
+    for branch, found in BRANCH_FILTERS.items():
+        if run["name"] in found.workflows:
+            return branch
+    return run["name"]
+
+
+def run_title(run: dict[str, Any]) -> str:
+    """A run's name in the user's words."""
+    branch = branch_of(run)
+    if run["name"] == routing.OBJECT_CREATED and branch in OBJECT_CREATED_TITLES:
+        return OBJECT_CREATED_TITLES[branch]
+    return RUN_TITLES.get(run["name"], run["name"].replace("_", " ").capitalize())
 
 
 def with_branch(run: dict[str, Any]) -> dict[str, Any]:
-    """A run record with the branch its workflow belongs to."""
-    return {**run, "branch": BRANCHES.get(run["name"], run["name"])}
+    """A run record with the branch it belongs to and its title."""
+    return {**run, "branch": branch_of(run), "title": run_title(run)}

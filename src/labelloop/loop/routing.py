@@ -10,6 +10,7 @@ again. The domains' ``flows.py`` hold the recorded steps; this module imports th
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from dbos import DBOS
 from labelloop import db, engine
 from labelloop.detection import flows as detection
 from labelloop.files import short_digest
+from labelloop.modeling import dataset
 from labelloop.modeling import flows as modeling
 from labelloop.modeling import service as models
 from labelloop.parameters import flows as parameters_flows
@@ -42,14 +44,25 @@ APPLY_HUMAN_ANSWER = "apply_human_answer"
 PARAMETER_CHANGE = "parameter_change"
 HUMAN_SAMPLING = "human_sampling"
 SCHEDULED_HUMAN_SAMPLING = "scheduled_human_sampling"
+REDETECT_IMAGES = "redetect_images"
+DETECT_IMAGE_AGAIN = "detect_image_again"
+
+# Run id prefixes: the run list filters a branch by them where one workflow serves two branches.
+DETECTION_RUN_PREFIX = "detection-"
+TRAINING_DATA_RUN_PREFIX = "training-data-"
+WAITING_RUN_PREFIX = "detect-waiting-"
+AGAIN_RUN_PREFIX = "detect-again-"
+REDETECT_RUN_PREFIX = "redetect-"
 
 
 # ── run ids: the same event never starts two runs ────────────────────────────
 
 
 def object_created_run_id(key: str, etag: str) -> str:
-    """The run of the event for this content at this key: the same upload never runs twice."""
-    return f"object-created-{short_digest(key, etag)}"
+    """The run of the event for this content at this key: the same upload never runs twice. An image for
+    detection and a training image get different prefixes, so the run list can tell the branches apart."""
+    prefix = DETECTION_RUN_PREFIX if key.startswith(DETECTION_FOLDER) else TRAINING_DATA_RUN_PREFIX
+    return f"{prefix}{short_digest(key, etag)}"
 
 
 def answer_run_id(loop_name: str) -> str:
@@ -64,7 +77,12 @@ def parameter_change_run_id(name: str, version: int) -> str:
 
 def waiting_detection_run_id(event_id: int, model_version: str | None) -> str:
     """The run that detects a waiting image with the version that now serves."""
-    return f"detect-waiting-{event_id}-{model_version}"
+    return f"{WAITING_RUN_PREFIX}{event_id}-{model_version}"
+
+
+def detect_again_run_id(previous_event_id: int, model_version: str | None) -> str:
+    """The run that detects an image again with ``model_version``, repeating detection event ``previous_event_id``."""
+    return f"{AGAIN_RUN_PREFIX}{previous_event_id}-{model_version}"
 
 
 def training_check_run_id(parent_run_id: str) -> str:
@@ -94,7 +112,12 @@ def route_object(event: dict[str, Any]) -> dict[str, Any]:
     key = event["key"]
     if key.startswith(DETECTION_FOLDER):
         return {"branch": "detection", "key": key}
-    return {"branch": "training data", "key": key, "label": storage.label_of(key)}
+    route = {"branch": "training data", "key": key, "label": storage.label_of(key)}
+    if event.get("source") == "s3 event":  # uploads through labelloop were checked before they were stored
+        problem = dataset.check_stored_image(key, event["etag"])
+        if problem:
+            route.update(usable=False, reason=problem)
+    return route
 
 
 def _detect(event_id: int, run_id: str) -> dict[str, Any]:
@@ -129,6 +152,35 @@ def queue_waiting_detections() -> dict[str, Any]:
         engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
                        workflow_id=waiting_detection_run_id(event_id, waiting["model_version"]))
     return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}
+
+
+# ── re-detection: stored images detected again with the serving version ──────
+
+
+@engine.workflow(REDETECT_IMAGES)
+def redetect_images(request: dict[str, Any]) -> dict[str, Any]:
+    """Detect stored images again with the serving version: one child run per image, each a new detection
+    event pointing to the image's latest one (so the history of answers is kept)."""
+    plan = detection.plan_redetection(request["keys"])
+    runs = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_image_again, event_id,
+                           workflow_id=detect_again_run_id(event_id, plan["model_version"]))
+            for event_id in plan["previous_event_ids"]]
+    return {"actor": request["actor"], "model_version": plan["model_version"], "queued": len(runs), "runs": runs,
+            "skipped": plan["skipped"]}
+
+
+@engine.workflow(DETECT_IMAGE_AGAIN)
+def detect_image_again(previous_event_id: int) -> dict[str, Any]:
+    """One image detected again: a new detection event that points to ``previous_event_id``."""
+    recorded = detection.record_redetection_event(previous_event_id, DBOS.workflow_id)
+    return {"key": recorded["object_key"], "previous_detection_id": previous_event_id,
+            **_detect(recorded["id"], DBOS.workflow_id)}
+
+
+def start_redetection(keys: list[str], actor: str) -> str:
+    """Queue the re-detection of ``keys`` (stored images under images_for_detection/); returns the run id."""
+    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, redetect_images, {"keys": keys, "actor": actor},
+                          workflow_id=f"{REDETECT_RUN_PREFIX}{uuid.uuid4().hex[:12]}")
 
 
 # ── training and deployment ──────────────────────────────────────────────────

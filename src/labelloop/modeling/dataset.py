@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from labelloop import db
-from labelloop.modeling.images import content_hash
-from labelloop.modeling.models import ModelStatus
+from labelloop.modeling.images import ImageRejected, check_image, content_hash
+from labelloop.modeling.models import ModelStatus, UnusableImage
 from labelloop.modeling.training import LabeledImage
 from labelloop.modeling.versions import get_version, latest_version
 from labelloop.parameters import service as parameters
@@ -20,6 +27,7 @@ from labelloop.storage.models import LABELED_FOLDER
 # A label a reviewer has just introduced often has one image; it should not stop the other labels from
 # training. It joins once it has this many distinct images (one to train on, one to test on).
 MIN_IMAGES_PER_LABEL = 2
+log = logging.getLogger(__name__)
 
 
 def labeled_objects() -> list[tuple[str, str, str]]:
@@ -36,43 +44,152 @@ def dataset_digest(images: list[tuple[str, str, str]]) -> str:
     return digest.hexdigest()
 
 
-def check_new_training(trigger: str) -> dict[str, Any]:
-    """The seed's check: automatic training on (for scheduled checks), and enough new labeled images.
+@dataclass
+class TrainingData:
+    """What training would use now: the trainable (key, label, etag) triples, and what it leaves out and why."""
 
-    A data set that already failed the F1 gate unchanged is not trained again.
+    images: list[tuple[str, str, str]]
+    left_out_labels: dict[str, str] = field(default_factory=dict)  # label -> reason and what to do
+    unusable: list[dict[str, str]] = field(default_factory=list)  # {key, label, reason, found_by}
+    labeled: int = 0  # images that are images, in every label (those of left-out labels included)
+
+    def per_label(self) -> list[tuple[str, int]]:
+        """Trainable images per label, most first."""
+        counts = Counter(label for _, label, _ in self.images)
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def left_out_reason(distinct: int, label: str) -> str:
+    """Why a label with ``distinct`` images cannot train, and what to do about it."""
+    return (f"{distinct} distinct image(s); a label needs {MIN_IMAGES_PER_LABEL} to be trained: add more images "
+            f"to {LABELED_FOLDER}{label}/ or remove that folder")
+
+
+def unusable_images(*, session: Session) -> dict[tuple[str, str], UnusableImage]:
+    """Training images found unusable, by (key, ETag)."""
+    return {(row.object_key, row.etag): row for row in session.scalars(select(UnusableImage))}
+
+
+def record_unusable(key: str, etag: str, reason: str, found_by: str) -> None:
+    """Remember that this content at this key cannot train (once; the first reason found stays)."""
+    with db.session() as session:
+        if session.scalar(select(UnusableImage.id).where(UnusableImage.object_key == key,
+                                                         UnusableImage.etag == etag)) is not None:
+            return
+        session.add(UnusableImage(object_key=key, etag=etag, reason=reason[:2000], found_by=found_by))
+        try:
+            session.flush()
+        except IntegrityError:  # recorded by another run a moment ago
+            session.rollback()
+            return
+    log.warning("training image unusable", extra={"key": key, "etag": etag, "reason": reason,
+                                                  "found_by": found_by})
+
+
+def training_data() -> TrainingData:
+    """The labeled images training would use now: known-unusable images and labels with too few distinct
+    images (by ETag) left out, each with the reason. Reads the listing and one table, never the images."""
+    with db.session() as session:
+        known = {pair: (row.reason, row.found_by) for pair, row in unusable_images(session=session).items()}
+    usable, unusable = [], []
+    for key, label, etag in labeled_objects():
+        if (key, etag) in known:
+            reason, found_by = known[(key, etag)]
+            unusable.append({"key": key, "label": label, "reason": reason, "found_by": found_by})
+        else:
+            usable.append((key, label, etag))
+    distinct: dict[str, set[str]] = {}
+    for _, label, etag in usable:
+        distinct.setdefault(label, set()).add(etag)
+    left_out = {label: left_out_reason(len(etags), label) for label, etags in distinct.items()
+                if len(etags) < MIN_IMAGES_PER_LABEL}
+    return TrainingData([t for t in usable if t[1] not in left_out], left_out, unusable, len(usable))
+
+
+def check_new_training(trigger: str, data: TrainingData | None = None) -> dict[str, Any]:
+    """The seed's check: automatic training on (for scheduled checks), and enough new trainable images.
+
+    Only images that can train count (not the unusable ones, not those of labels left out). The trainable set
+    of the newest version, unchanged, is not trained again, whatever became of that version. ``data``: the
+    training data when the caller has read it already.
     """
     with db.session() as session:
         enabled = parameters.value(parameters.ENABLE_AUTOMATIC_TRAINING, session=session)
         minimum = parameters.value(parameters.MINIMUM_UNTRAINED_IMAGES, session=session)
         previous = int(parameters.system_state(session=session).get("previous_trained_images", 0))
         last = latest_version(session=session)
-        last_failed = last.dataset_digest if last and last.status == ModelStatus.TRAINING_FAILED.value else None
-    images = labeled_objects()
-    untrained = len(images) - previous
-    decision = {"trigger": trigger, "automatic_training_enabled": enabled, "labeled_images": len(images),
-                "labels": sorted({label for _, label, _ in images}), "previous_trained_images": previous,
-                "untrained_images": untrained, "minimum_untrained_images": minimum}
+        last_digest = last.dataset_digest if last is not None else None
+        last_name, last_failed = (last.version, last.status == ModelStatus.TRAINING_FAILED.value) if last else ("", 0)
+    data = data or training_data()
+    untrained = len(data.images) - previous
+    decision = {"trigger": trigger, "automatic_training_enabled": enabled, "labeled_images": data.labeled,
+                "trainable_images": len(data.images),
+                "labels": sorted({label for _, label, _ in data.images}), "previous_trained_images": previous,
+                "untrained_images": untrained, "minimum_untrained_images": minimum,
+                "left_out_labels": data.left_out_labels, "unusable_images": len(data.unusable)}
     if not enabled and trigger.startswith("schedule"):
         return {**decision, "train": False, "reason": "automatic training is disabled"}
     if untrained < minimum:
         return {**decision, "train": False,
                 "reason": f"{untrained} new labeled image(s) since the last training; {minimum} needed"}
-    if last_failed and last_failed == dataset_digest(images):
-        return {**decision, "train": False, "reason": "these images already trained a version that failed the "
-                f"F1 gate ({last.version}); add or relabel images first"}
+    if last_digest and last_digest == dataset_digest(data.images):
+        if last_failed:
+            return {**decision, "train": False, "reason": "these images already trained a version that failed "
+                    f"the F1 gate ({last_name}); add or relabel images first", "unchanged_since": last_name}
+        return {**decision, "train": False, "unchanged_since": last_name,
+                "reason": f"the trainable images are exactly those {last_name} was trained on: no new version "
+                          "(add or relabel images to train one)"}
     return {**decision, "train": True, "reason": f"{untrained} new labeled images ≥ {minimum}"}
 
 
 def write_manifest(version: str, run_id: str) -> dict[str, Any]:
-    """Write ``manifests/<version>.json``: every labeled image with its label, content hash and ETag."""
-    entries, triples = [], []
+    """Write ``manifests/<version>.json``: every labeled image with its label, content hash and ETag.
+
+    Each image's header is checked as it is read: one that is not an image is marked ``rejected`` with the
+    reason (and remembered as unusable). The digest and count are those of the trainable images."""
+    with db.session() as session:
+        known = {pair: row.reason for pair, row in unusable_images(session=session).items()}
+    entries = []
     for key, label, _ in labeled_objects():
         info, data = storage.get_object(key)
-        entries.append({"key": key, "label": label, "sha256": content_hash(data), "etag": info.etag})
-        triples.append((key, label, info.etag))
+        entry = {"key": key, "label": label, "sha256": content_hash(data), "etag": info.etag}
+        problem = known.get((key, info.etag)) or image_problem(data)
+        if problem:
+            record_unusable(key, info.etag, problem, "training")
+            entry.update(split="rejected", reason=problem)
+        entries.append(entry)
     key = f"manifests/{version}.json"
     store_manifest(key, {"version": version, "created_by_run": run_id, "images": entries})
-    return {"manifest_key": key, "entries": entries, "dataset_digest": dataset_digest(triples)}
+    usable, _ = trainable_entries(entries)
+    return {"manifest_key": key, "entries": entries, "trainable": len(usable),
+            "dataset_digest": entries_digest(usable)}
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why these bytes cannot be a training image (from the header), or None."""
+    try:
+        check_image(data)
+    except ImageRejected as exc:
+        return exc.reason
+    return None
+
+
+def check_stored_image(key: str, etag: str) -> str | None:
+    """Check a training image that arrived without labelloop seeing it (an S3 event): why it cannot train, or
+    None. An unusable one is remembered, so it is not counted as training data."""
+    try:
+        info, data = storage.get_object(key)
+    except storage.ObjectNotFound:
+        return None
+    problem = image_problem(data)
+    if problem:
+        record_unusable(key, info.etag if info.etag else etag, problem, "arrival check")
+    return problem
+
+
+def entries_digest(entries: list[dict[str, Any]]) -> str:
+    """The data set digest of manifest entries (as :func:`dataset_digest` of their key, label and ETag)."""
+    return dataset_digest([(e["key"], e["label"], e["etag"]) for e in entries])
 
 
 def store_manifest(key: str, manifest: dict[str, Any]) -> None:
@@ -103,11 +220,12 @@ def _object_bytes(key: str) -> bytes:
 
 
 def trainable_entries(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Manifest entries of labels with enough distinct images, and why the other labels were left out."""
+    """Manifest entries that can train (not rejected, of labels with enough distinct images), and why the
+    other labels were left out."""
+    usable = [e for e in entries if e.get("split") != "rejected"]
     distinct: dict[str, set[str]] = {}
-    for entry in entries:
+    for entry in usable:
         distinct.setdefault(entry["label"], set()).add(entry["sha256"])
-    left_out = {label: f"{len(hashes)} distinct image(s); a label needs {MIN_IMAGES_PER_LABEL} to be trained"
+    left_out = {label: left_out_reason(len(hashes), label)
                 for label, hashes in distinct.items() if len(hashes) < MIN_IMAGES_PER_LABEL}
-    return [e for e in entries if e["label"] not in left_out], left_out
-
+    return [e for e in usable if e["label"] not in left_out], left_out

@@ -206,15 +206,23 @@ def _read(source: Source) -> bytes:
 
 
 def embed_cached(embedder: Embedder, cache: EmbeddingCache, sources: Mapping[str, Source],
-                 views: Sequence[str] = ("orig",), batch_size: int = DEFAULT_BATCH) -> CachedEmbeddings:
+                 views: Sequence[str] = ("orig",), batch_size: int = DEFAULT_BATCH,
+                 progress: Callable[[int, int], None] | None = None) -> CachedEmbeddings:
     """Embeddings for each content hash in `sources` and each view, embedding only what the cache lacks.
 
     `sources` maps content hash -> bytes or a zero-argument loader (called only for images that must be
     embedded, so a retrain reads no bytes of cached images). Images that fail to decode are reported in
     `rejected` instead of raising. Pipelined: the next batch is decoded and the previous one written to the
-    cache while ONNX Runtime embeds the current one.
+    cache while ONNX Runtime embeds the current one. `progress(done, total)` is told after each batch how
+    many of the images are done (embedded, found in the cache or rejected).
     """
     result = CachedEmbeddings()
+    embedded: set[str] = set()
+
+    def report() -> None:
+        if progress is not None:
+            progress(len(result.cached_digests) + len(embedded) + len(result.rejected), len(sources))
+
     batches = _pending_batches(embedder, cache, sources, views, batch_size, result)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="embed-pipeline") as pool:
         upcoming = pool.submit(next, batches, None)
@@ -225,8 +233,11 @@ def embed_cached(embedder: Embedder, cache: EmbeddingCache, sources: Mapping[str
             entries = [(digest, view, vector) for (digest, view, _), vector in zip(batch, vectors, strict=True)]
             result.vectors.update({(digest, view): vector for digest, view, vector in entries})
             writes.append(pool.submit(cache.put_many, entries))
+            embedded.update(digest for digest, _, _ in batch)
+            report()
         for write in writes:
             write.result()
+    report()
     return result
 
 

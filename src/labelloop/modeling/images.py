@@ -160,6 +160,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """The format of ``data`` if it is an image labelloop reads, judged by its content (never its name) from
+    the header alone, without decoding pixels; else :class:`ImageRejected` saying why."""
+    image = _open(data, max_pixels)
+    try:
+        return str(image.format)
+    finally:
+        image.close()
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode uploaded bytes into an upright 8-bit RGB image, or raise ImageRejected with a reason."""
     image = _open(data, max_pixels)

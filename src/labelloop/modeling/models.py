@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labelloop.db import Base, UTCDateTime, utcnow
@@ -56,6 +56,23 @@ class ModelVersion(Base):
     evaluation_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     dataset_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # While it trains: {"phase", "done", "total", "started_at", "updated_at"} (the dashboard's progress bar).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class UnusableImage(Base):
+    """A training image found unusable (not an image, undecodable): not counted as training data while this
+    content (ETag) stays at this key. Found at upload through the S3 event route, or by training."""
+
+    __tablename__ = "unusable_images"
+    __table_args__ = (UniqueConstraint("object_key", "etag", name="uq_unusable_image"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    object_key: Mapped[str] = mapped_column(String(1024))
+    etag: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    found_by: Mapped[str] = mapped_column(String(64))
+    found_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ModelVersionRead(BaseModel):

@@ -90,6 +90,19 @@ def confusion(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     return {"labels": labels, "rows": rows}
 
 
+def left_out_of(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What a version's training left out: labels with too few images, and images that could not train."""
+    rejected = evaluation.get("rejected_images")
+    if rejected is None:  # versions trained before rejected images were recorded with their label
+        rejected = [{"key": key, "label": "", "reason": reason} for key, reason in
+                    (evaluation.get("rejected") or {}).items()]
+    unusable = [{**item, "todo": "delete it or replace it with a JPEG, PNG, GIF, WebP, BMP or TIFF image",
+                 "folder": item["key"].rsplit("/", 1)[0] + "/"} for item in rejected]
+    left_out = sorted((evaluation.get("left_out_labels") or {}).items())
+    return {"left_out": left_out, "unusable": unusable, "unusable_total": len(unusable),
+            "any": bool(left_out or unusable)}
+
+
 @router.get("/models/{version}", response_class=HTMLResponse)
 def version_page(request: Request, version: str, session: SessionDep, _visitor: Operator) -> Response:
     row = _version_or_404(session, version)
@@ -100,6 +113,7 @@ def version_page(request: Request, version: str, session: SessionDep, _visitor: 
                                    value_format="{:.3f}", width=540) if per_label else None
     return render(request, "console/model.html", {
         "row": row, "tag": STATUS_TAGS.get(row.status, "neutral"), **_actions(row, serving), "serving": serving,
+        "problems": left_out_of(evaluation),
         "evaluation": evaluation, "per_label": per_label, "confusion": confusion(evaluation),
         "metrics_plot": metrics_plot, "notice_action": _notice(request, row.version),
         "minimum_f1": parameters.value(parameters.MINIMUM_F1_SCORE, session=session), "section": "models"})

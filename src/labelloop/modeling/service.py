@@ -50,11 +50,36 @@ def create_version_with_manifest(run_id: str) -> dict[str, Any]:
         session.flush()
         version = row.version
     written = dataset.write_manifest(version, run_id)
-    entries = written["entries"]
-    change_status(version, ModelStatus.TRAINING_IN_PROGRESS, f"training on {len(entries)} images", run_id,
-                  manifest_key=written["manifest_key"], image_count=len(entries),
-                  dataset_digest=written["dataset_digest"], labels=sorted({e["label"] for e in entries}))
-    return {"version": version, "manifest_key": written["manifest_key"], "images": len(entries)}
+    usable, _ = dataset.trainable_entries(written["entries"])
+    images = [e for e in written["entries"] if e.get("split") != "rejected"]  # labeled images that are images
+    change_status(version, ModelStatus.TRAINING_IN_PROGRESS, f"training on {len(usable)} images", run_id,
+                  manifest_key=written["manifest_key"], image_count=len(images),
+                  dataset_digest=written["dataset_digest"], labels=sorted({e["label"] for e in usable}),
+                  progress={"phase": "starting", "done": 0, "total": len(usable),
+                            "started_at": db.utcnow().isoformat()})
+    return {"version": version, "manifest_key": written["manifest_key"], "images": len(usable)}
+
+
+class ProgressWriter:
+    """Writes a training's progress onto its version row (at most every ``every_s`` seconds, and at each new
+    phase), where the dashboard reads it while the version trains."""
+
+    def __init__(self, version: str, every_s: float = 1.0) -> None:
+        self.version = version
+        self.every_s = every_s
+        self.started_at = db.utcnow().isoformat()
+        self._phase: str | None = None
+        self._written = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase == self._phase and now - self._written < self.every_s and done < total:
+            return
+        self._phase, self._written = phase, now
+        with db.session() as session:
+            get_version(self.version, session=session).progress = {
+                "phase": phase, "done": done, "total": total, "started_at": self.started_at,
+                "updated_at": db.utcnow().isoformat()}
 
 
 def train_version(version: str, run_id: str) -> dict[str, Any]:
@@ -70,28 +95,51 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     embedder, cache = endpoint.training_embedder()
     started = time.perf_counter()
     try:
-        result = train_head(dataset.labeled_examples(usable), embedder, cache, **options)
+        result = train_head(dataset.labeled_examples(usable), embedder, cache, **options,
+                            progress=ProgressWriter(version))
     except TrainingDataError as exc:
-        change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow())
+        change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow(),
+                      progress=None)
         return {"trained": False, "version": version, "reason": str(exc)}
     seconds = time.perf_counter() - started
+    rejected = _rejected_images(manifest["images"], result.rejected)
+    used = [e for e in usable if e["key"] not in result.rejected]
     evaluation = {**result.evaluation.to_dict(), "left_out_labels": left_out, "training_options": options,
                   "deployed_model_trained_on": "training and test split" if options["final_on_all"]
                   else "training split"}
     excluded = [{**e, "split": "left out", "reason": left_out[e["label"]]} for e in manifest["images"]
                 if e["label"] in left_out]
-    dataset.store_manifest(row.manifest_key, {**manifest, "images": result.manifest() + excluded})
+    dataset.store_manifest(row.manifest_key, {**manifest, "images": result.manifest() + excluded + [
+        e for e in manifest["images"] if e.get("split") == "rejected"]})
     note = f"; left out {', '.join(sorted(left_out))} (too few images)" if left_out else ""
+    if rejected:
+        note += f"; {len(rejected)} unusable image(s) left out"
     if options["final_on_all"]:
         note += f"; then trained on all {len(result.train_keys) + len(result.test_keys)} images"
     change_status(version, ModelStatus.TRAINING_COMPLETED, f"F1 {result.evaluation.f1:.3f} on "
                   f"{len(result.test_keys)} test images{note}", run_id, head=result.head.to_bytes(),
-                  evaluation={**evaluation, "rejected": result.rejected, "timings": result.timings},
+                  evaluation={**evaluation, "rejected": result.rejected, "rejected_images": rejected,
+                              "timings": result.timings},
                   f1=result.evaluation.f1, labels=result.head.labels, train_images=len(result.train_keys),
-                  test_images=len(result.test_keys), training_seconds=seconds, training_ended_at=db.utcnow())
+                  test_images=len(result.test_keys), training_seconds=seconds, training_ended_at=db.utcnow(),
+                  dataset_digest=dataset.entries_digest(used), progress=None)
     return {"trained": True, "version": version, "f1": result.evaluation.f1,
             "images_embedded": result.images_embedded, "images_from_cache": result.images_from_cache,
             "rejected": result.rejected, "left_out_labels": left_out, "seconds": round(seconds, 3)}
+
+
+def _rejected_images(entries: list[dict[str, Any]], decoder: dict[str, str]) -> list[dict[str, str]]:
+    """Every image of the manifest that could not train, with the reason: rejected at its header when the
+    manifest was written, or by the decoder in training (those are remembered as unusable too)."""
+    found = []
+    for entry in entries:
+        reason = entry.get("reason") if entry.get("split") == "rejected" else decoder.get(entry["key"])
+        if reason is None:
+            continue
+        if entry["key"] in decoder:
+            dataset.record_unusable(entry["key"], entry["etag"], reason, "training")
+        found.append({"key": entry["key"], "label": entry["label"], "reason": reason})
+    return found
 
 
 def write_evaluation(version: str) -> dict[str, Any]:
@@ -121,9 +169,11 @@ def apply_f1_gate(version: str, run_id: str, found: dict[str, Any]) -> dict[str,
 
 
 def record_trained_images(version: str) -> dict[str, Any]:
-    """Store this version's image count as ``previous_trained_images``."""
+    """Store how many images this version trained on (training and test split, not those left out) as
+    ``previous_trained_images``: the training check counts new trainable images against it."""
     with db.session() as session:
-        count = get_version(version, session=session).image_count
+        row = get_version(version, session=session)
+        count = row.train_images + row.test_images
         parameters.update_system_state(session=session, previous_trained_images=count, last_trained_version=version)
     return {"previous_trained_images": count}
 

@@ -555,16 +555,21 @@ def _resolve_digests(examples: Sequence[LabeledImage]) -> dict[str, str]:
     return {e.key: e.digest() for e in examples}
 
 
+# progress(phase, done, total): where a training stands, e.g. ("embedding", 40, 120); see train_head.
+Progress = Callable[[str, int, int], None]
+
+
 def _embed(examples: Sequence[LabeledImage], digests: dict[str, str], embedder: Embedder,
-           cache: EmbeddingCache, views: Sequence[str]) -> CachedEmbeddings:
+           cache: EmbeddingCache, views: Sequence[str], progress: Progress | None = None) -> CachedEmbeddings:
     sources = {digests[e.key]: e.content for e in examples}
-    return embed_cached(embedder, cache, sources, views)
+    told = None if progress is None else lambda done, total: progress("embedding", done, total)
+    return embed_cached(embedder, cache, sources, views, progress=told)
 
 
 def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: EmbeddingCache, *, seed: int = 0,
                test_split: Collection[str] | None = None, augment: Sequence[str] = (),
                c_grid: Sequence[float] = DEFAULT_C_GRID, folds: int = DEFAULT_FOLDS, balance_labels: bool = False,
-               final_on_all: bool = False) -> TrainingResult:
+               final_on_all: bool = False, progress: Progress | None = None) -> TrainingResult:
     """Train and evaluate a head on labeled images (see the module docstring for each step).
 
     `test_split`: object keys of an explicit test set (default: the automatic 80/20 split).
@@ -572,6 +577,8 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     `balance_labels`: weigh every label the same in the fit, whatever its number of images.
     `final_on_all`: after the evaluation, train the returned head again on every image (training and test
     split); the evaluation stays that of the head trained on the training split.
+    `progress(phase, done, total)`: told as it goes ("embedding" with images done of total, then "fitting",
+    "evaluating" and, with `final_on_all`, "training on all images").
     Raises TrainingDataError when the data cannot train a model; images that fail to decode are left
     out and listed in `result.rejected`.
     """
@@ -584,7 +591,7 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
         raise ValueError(f"c_grid needs at least one positive C, got {list(c_grid)}")
     digests = _resolve_digests(examples)
     validate_examples(examples, digests)
-    vectors = _embed(examples, digests, embedder, cache, ("orig",))
+    vectors = _embed(examples, digests, embedder, cache, ("orig",), progress)
     rejected = {e.key: vectors.rejected[digests[e.key]] for e in examples if digests[e.key] in vectors.rejected}
     usable = [e for e in examples if e.key not in rejected]
     validate_examples(usable, digests, f" after leaving out {len(rejected)} unreadable image(s)" if rejected else "")
@@ -592,6 +599,8 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     if len(views) > 1:
         vectors.update(_embed(split.train + (split.test if final_on_all else []), digests, embedder, cache, views))
     embedded_at = time.perf_counter()
+    if progress is not None:
+        progress("fitting", 0, 0)
     labels = sorted({e.label for e in usable})
     index = {label: i for i, label in enumerate(labels)}
     design = _design(split.train, digests, vectors, index, views, balance_labels)
@@ -599,11 +608,15 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
             "balance_labels": balance_labels, "trained_on": "training split"}
     head = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
     fitted_at = time.perf_counter()
+    if progress is not None:
+        progress("evaluating", 0, 0)
     evaluation, decisions = _evaluate(head, split.test, digests, vectors, index, started, len(split.train))
     evaluated_at = time.perf_counter()
     timings = {"embed_s": embedded_at - started, "fit_s": fitted_at - embedded_at,
                "evaluate_s": evaluated_at - fitted_at}
     if final_on_all:
+        if progress is not None:
+            progress("training on all images", 0, 0)
         every = _design([*split.train, *split.test], digests, vectors, index, views, balance_labels)
         head = _fit_head(every, labels, c_grid=c_grid, folds=folds, seed=seed,
                          meta={**meta, "trained_on": "training and test split",

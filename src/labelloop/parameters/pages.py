@@ -59,7 +59,7 @@ def _list_page(request: Request, session: Session, *, errors: dict[str, str] | N
     return render(request, "console/parameters.html", {
         "parameters": _rows(session), "errors": errors or {}, "values": values or {}, "latest": latest,
         "unchanged": request.query_params.get("unchanged") if not errors else None,
-        "recent": history_entries(service.history(limit=RECENT_CHANGES, session=session)),
+        "recent": history_entries(service.history(limit=RECENT_CHANGES, session=session, include_system=False)),
         "section": "parameters"}, status_code=status_code)
 
 

@@ -89,15 +89,23 @@ DEFINITIONS: dict[str, Definition] = {
         Definition(TRAINING_POLL_FREQUENCY, "int", "720",
                    "Minutes between scheduled training checks.", minimum=1),
         Definition(MINIMUM_UNTRAINED_IMAGES, "int", "10",
-                   "Labeled images that must be added since the last successful training before the "
-                   "next training starts.", minimum=1),
+                   "Labeled images that must be added since the last successful training before the next "
+                   "training starts. Only images that can train count (not unusable files, not the images of "
+                   "labels left out for too few images); a training check never trains again on exactly the "
+                   "images the newest version was trained on.", minimum=1),
         Definition(MINIMUM_F1_SCORE, "float", "0.8",
-                   "A new model version is deployed only if its F1 score on the test split reaches this.",
+                   "The F1 gate: a new model version is deployed when its F1 on its own test split reaches "
+                   "this, or its production estimate does (F1 on human answers: its test images from human "
+                   "review and the human-sampling answers, weighted by how much traffic goes to review), or "
+                   "it does at least as well as the serving version on answers neither has trained on. "
+                   "Otherwise it is TRAINING_FAILED and the serving version keeps serving.",
                    minimum=0.0, maximum=1.0),
         Definition(MINIMUM_INFERENCE_UNITS, "int", "1",
-                   "Inference workers that serve the model.", minimum=1, maximum=64),
+                   "Inference units (backbone sessions sharing one request queue) in each process that serves "
+                   "the model.", minimum=1, maximum=64),
         Definition(MINIMUM_LABEL_DETECTION_CONFIDENCE, "float", "70.0",
-                   "Detections below this confidence (0-100) go to human review.",
+                   "Detections below this confidence (0-100) go to human review while Enable-A2I-Workflow "
+                   "is true.",
                    minimum=0.0, maximum=100.0),
         Definition(ENABLE_A2I_WORKFLOW, "bool", "true",
                    "Create a human loop for detections below the minimum confidence."),
@@ -106,7 +114,8 @@ DEFINITIONS: dict[str, Definition] = {
         Definition(HUMAN_SAMPLING_FREQUENCY, "int", "720",
                    "Minutes between scheduled human sampling runs.", minimum=1),
         Definition(HUMAN_SAMPLING_INTERVAL, "int", "1000",
-                   "Every n-th detection since sampling was enabled is sampled.", minimum=1),
+                   "Every n-th detection since this parameter or Enable-Automatic-Human-Sampling was last "
+                   "changed is sampled (forward only, never the detections before).", minimum=1),
         Definition(TRAIN_FINAL_MODEL_ON_ALL_IMAGES, "bool", "true",
                    "After a new version is evaluated on its test split, train it once more on every labeled "
                    "image (training and test split) and deploy that model. The F1 score and per-label metrics "
@@ -228,9 +237,13 @@ def change(name: str, raw: object, *, session: Session, changed_by: str,
     return record
 
 
-def history(name: str | None = None, limit: int = 200, *, session: Session) -> list[ParameterChange]:
-    """Changes, newest first, of one parameter or of all."""
+def history(name: str | None = None, limit: int = 200, *, session: Session,
+            include_system: bool = True) -> list[ParameterChange]:
+    """Changes, newest first, of one parameter or of all (``include_system=False``: not the system's own
+    For-System-Use-Only state)."""
     query = select(ParameterChange).order_by(ParameterChange.id.desc()).limit(limit)
+    if not include_system:
+        query = query.where(ParameterChange.name != FOR_SYSTEM_USE_ONLY)
     if name is not None:
         definition(name)
         query = query.where(ParameterChange.name == name)

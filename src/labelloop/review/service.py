@@ -381,7 +381,8 @@ def review_evidence(limit: int = AUDIT_ANSWERS_USED) -> dict[str, Any]:
     """
     with db.session() as session:
         detected = session.scalar(select(func.count()).select_from(DetectionEvent)
-                                  .where(DetectionEvent.status == DetectionStatus.DETECTED)) or 0
+                                  .where(DetectionEvent.status == DetectionStatus.DETECTED,
+                                         DetectionEvent.previous_event_id.is_(None))) or 0  # arrivals only
         reviewed = session.scalar(select(func.count()).select_from(HumanLoop)
                                   .where(HumanLoop.source == HumanLoopSource.DETECTION)) or 0
         copied = session.scalars(select(HumanLoop.copied_key).where(

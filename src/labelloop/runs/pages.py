@@ -45,6 +45,13 @@ def describe(run: dict[str, Any]) -> str:
         return f"version {first}"
     if name == "detect_waiting_image" and first is not None:
         return f"detection event {first}"
+    if name == "redetect_images" and isinstance(first, dict):
+        keys = first.get("keys") or []
+        return f"{len(keys)} image(s) by {first.get('actor')}" + (f" — with {output['model_version']}"
+                                                                   if output.get("model_version") else "")
+    if name == "detect_image_again" and first is not None:
+        return f"repeats detection event {first}" + (f" — {output['label']} ({output['confidence']:.1f})"
+                                                     if output.get("label") else "")
     if name == "apply_human_answer" and first is not None:
         return f"loop {first}"
     return ""
@@ -65,13 +72,18 @@ def as_listed(run: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/runs", response_class=HTMLResponse)
 def runs_page(request: Request, _visitor: Operator, branch: str = "", status: str = "", page: int = 1) -> Response:
-    if branch and branch not in machines.branch_names():
-        raise PageDenied(422, f"There is no branch {branch!r}; the branches are {', '.join(machines.branch_names())}.")
+    try:
+        chosen = machines.branch_filter(branch) if branch else None
+    except ValueError:
+        raise PageDenied(422, f"There is no branch {branch!r}; the branches are "
+                              f"{', '.join(machines.branch_names())}.") from None
     if status and status not in STATUSES:
         raise PageDenied(422, f"There is no run status {status!r}.")
     page = max(page, 1)
     found = service.list_runs(limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
-                              workflows=machines.workflows_of(branch) if branch else None, status=status or None)
+                              workflows=list(chosen.workflows) if chosen else None,
+                              id_prefixes=list(chosen.id_prefixes) if chosen and chosen.id_prefixes else None,
+                              status=status or None)
     runs = [as_listed(run) for run in found[:PAGE_SIZE]]
     params = {"branch": branch, "status": status}
     return render(request, "console/runs.html", {

@@ -39,10 +39,10 @@ def _summary(status: Any) -> dict[str, Any]:
 
 
 def list_runs(*, limit: int = 50, offset: int = 0, workflows: list[str] | None = None,
-              status: str | None = None) -> list[dict[str, Any]]:
-    """Runs, newest first, optionally only those of some workflows or of one status."""
+              id_prefixes: list[str] | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    """Runs, newest first, optionally only those of some workflows, run id prefixes or one status."""
     found = DBOS.list_workflows(sort_desc=True, limit=limit, offset=offset, name=workflows,
-                                status=status.upper() if status else None)
+                                workflow_id_prefix=id_prefixes, status=status.upper() if status else None)
     return [_summary(run) for run in found]
 
 

@@ -21,11 +21,12 @@ def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0,
               branch: str | None = None, status: str | None = None, _: User = Operator) -> list[dict[str, Any]]:
     """Workflow runs, newest first, with status, times, input and output."""
     try:
-        workflows = machines.workflows_of(branch) if branch else None
+        found = machines.branch_filter(branch) if branch else None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    return [machines.with_branch(run) for run in service.list_runs(limit=limit, offset=offset, workflows=workflows,
-                                                                    status=status)]
+    return [machines.with_branch(run) for run in service.list_runs(
+        limit=limit, offset=offset, workflows=list(found.workflows) if found else None,
+        id_prefixes=list(found.id_prefixes) if found and found.id_prefixes else None, status=status)]
 
 
 @router.get("/{run_id}")

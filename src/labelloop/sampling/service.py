@@ -34,7 +34,8 @@ def sample_detections() -> dict[str, Any]:
         interval = parameters.value(parameters.HUMAN_SAMPLING_INTERVAL, session=session)
         since = sampling_start(session=session)
         ids = list(session.scalars(select(DetectionEvent.id).where(
-            DetectionEvent.status == DetectionStatus.DETECTED, DetectionEvent.detected_at >= since)
+            DetectionEvent.status == DetectionStatus.DETECTED, DetectionEvent.detected_at >= since,
+            DetectionEvent.previous_event_id.is_(None))  # re-detections are not new traffic
             .order_by(DetectionEvent.detected_at, DetectionEvent.id)))
         chosen = ids[interval - 1::interval]
         newly = []

@@ -22,3 +22,7 @@ class ObjectInfo(BaseModel):
     etag: str
     last_modified: datetime
     content_type: str | None = None
+    # Set on an upload: the same bytes were already stored at this key, so nothing changed (no new run).
+    unchanged: bool = False
+    message: str | None = None
+    run_id: str | None = None  # the "object created" run an upload under an event folder started

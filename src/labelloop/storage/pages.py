@@ -10,16 +10,22 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from labelloop import engine
 from labelloop.config import get_settings
+from labelloop.detection import service as detections
+from labelloop.detection.models import DetectionStatus
 from labelloop.loop import actions
+from labelloop.modeling import versions
 from labelloop.storage import service
 from labelloop.storage.models import BUCKET_FOLDERS, DETECTION_FOLDER, LABELED_FOLDER, ObjectInfo
-from labelloop.storage.views import read_limited, safe_media_type
+from labelloop.storage.views import read_limited, safe_media_type, stored_response
+from labelloop.web.dependencies import SessionDep
 from labelloop.web.format import query
-from labelloop.web.pages import Form, Operator, OperatorApi, PageDenied, render
+from labelloop.web.pages import Form, Operator, OperatorApi, PageDenied, form_text, render, sentence
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -81,8 +87,8 @@ def folder_view(prefix: str) -> dict[str, Any]:
 
 
 @router.get("/storage", response_class=HTMLResponse)
-def browse(request: Request, _visitor: Operator, prefix: str = "", page: int = 1, uploaded: int | None = None,
-           deleted: str | None = None) -> Response:
+def browse(request: Request, session: SessionDep, _visitor: Operator, prefix: str = "", page: int = 1,
+           uploaded: int | None = None, deleted: str | None = None) -> Response:
     prefix = _prefix_or_400(prefix)
     view = folder_view(prefix)
     files = view["files"]
@@ -99,7 +105,51 @@ def browse(request: Request, _visitor: Operator, prefix: str = "", page: int = 1
         "page_query": lambda number: query({"prefix": prefix}, page=number),
         "help": FOLDER_HELP.get(top), "label": label, "labeled_root": prefix == LABELED_FOLDER,
         "uploaded": uploaded, "deleted": deleted, "max_upload_bytes": get_settings().max_upload_bytes,
-        "section": "storage"})
+        **_redetection(request, prefix, session=session), "section": "storage"})
+
+
+def _redetection(request: Request, prefix: str, *, session: Session) -> dict[str, Any]:
+    """Whether this folder offers Re-detect (images for detection, a version serving), and the notice of one
+    just requested."""
+    serving = versions.serving_version(session=session)
+    run, count = request.query_params.get("redetect_run"), request.query_params.get("redetected")
+    notice = {"run": run, "count": count, "version": serving.version if serving else None} if run else None
+    return {"can_redetect": prefix.startswith(DETECTION_FOLDER), "serving_version": serving.version if serving
+            else None, "redetect_notice": notice}
+
+
+@router.post("/storage/redetect")
+def redetect(session: SessionDep, visitor: Operator, form: Form) -> Response:
+    """Detect the chosen images (or the whole folder) again with the serving version, as
+    ``POST /api/v1/detections/redetect``."""
+    selected = form_text(form, "scope") == "selected"
+    keys = [key for key in form.getlist("keys") if isinstance(key, str) and key] if selected else []
+    folder = form_text(form, "prefix") or DETECTION_FOLDER
+    if selected and not keys:
+        raise PageDenied(422, "Select the images to detect again first (or re-detect the whole folder).")
+    try:
+        started = actions.redetect_images(keys or [folder], visitor.user.username, session=session)
+    except versions.ModelError as exc:
+        raise PageDenied(409, sentence(str(exc))) from None
+    except (service.InvalidKey, service.ObjectNotFound) as exc:
+        raise PageDenied(400, sentence(str(exc.args[0]) if exc.args else str(exc))) from None
+    return RedirectResponse("/storage" + query({"prefix": folder}, redetect_run=started["run_id"],
+                                               redetected=started["images"]), status_code=303)
+
+
+@router.get("/storage/outcome/{run_id}")
+def upload_outcome(run_id: str, session: SessionDep, _visitor: Operator) -> JSONResponse:
+    """What became of an upload for detection (the storage page's list asks until it is known): the label and
+    confidence, a human loop, or why it was not detected."""
+    event = detections.event_of_run(run_id, session=session)
+    if event is None:
+        return JSONResponse({"known": False}, headers={"Cache-Control": "no-store"})
+    finished = engine.run_status(run_id) in ("SUCCESS", "ERROR", "CANCELLED")
+    found = {"known": event.status != DetectionStatus.WAITING_FOR_MODEL or finished,
+             "status": event.status, "label": event.label, "confidence": event.confidence,
+             "model_version": event.model_version, "human_loop": event.human_loop_name,
+             "message": event.status_message}
+    return JSONResponse(found, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/storage/thumbnail/{key:path}")
@@ -153,7 +203,7 @@ def download(key: str, _visitor: Operator) -> Response:
 
 
 @router.put("/storage/objects/{key:path}", status_code=201)
-async def upload(key: str, request: Request, visitor: OperatorApi) -> ObjectInfo:
+async def upload(key: str, request: Request, visitor: OperatorApi) -> Response:
     """Store the raw body at ``key`` (the page's uploader calls this with the session and its CSRF header)."""
     service.validate_key(key)
     if key.startswith(LABELED_FOLDER) and service.label_of(key) is None:
@@ -161,7 +211,8 @@ async def upload(key: str, request: Request, visitor: OperatorApi) -> ObjectInfo
                             "a training image needs a label folder: drop a folder (its name becomes the label) "
                             "or open a label's folder first")
     data = await read_limited(request, get_settings().max_upload_bytes)
-    return await run_in_threadpool(actions.store_object, key, data, source="web", actor=visitor.user.username)
+    info = await run_in_threadpool(actions.store_object, key, data, source="web", actor=visitor.user.username)
+    return stored_response(info)
 
 
 @router.post("/storage/delete")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import mimetypes
 import unicodedata
@@ -114,8 +115,15 @@ def fires_event(key: str) -> bool:
 
 
 def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
-    """Store an object (starting its "object created" run is the caller's: ``loop.actions.store_object``)."""
+    """Store an object (starting its "object created" run is the caller's: ``loop.actions.store_object``).
+
+    The same bytes already stored at ``key`` are not written again: the answer says ``unchanged``.
+    """
     validate_key(key)
+    existing = _same_content(key, data)
+    if existing is not None:
+        log.info("object unchanged", extra={"key": key, "etag": existing.etag, "source": source, "actor": actor})
+        return existing.model_copy(update={"unchanged": True, "content_type": content_type(key)})
     try:
         info = backend().put(key, data)
     except OSError as exc:
@@ -127,6 +135,17 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
     info.content_type = content_type(key)
     log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
                                      "actor": actor})
+    return info
+
+
+def _same_content(key: str, data: bytes) -> ObjectInfo | None:
+    """The stored object at ``key`` if it holds exactly ``data`` (same size and MD5 ETag), else None."""
+    try:
+        info = backend().head(key)
+    except ObjectNotFound:
+        return None
+    if info.size != len(data) or info.etag != hashlib.md5(data, usedforsecurity=False).hexdigest():
+        return None
     return info
 
 

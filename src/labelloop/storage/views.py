@@ -44,16 +44,27 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 @objects.put("/{key:path}", response_model=ObjectInfo, status_code=201,
+             responses={200: {"model": ObjectInfo, "description": "The same bytes were already stored: unchanged"}},
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-async def put_object(key: str, request: Request, user: User = Uploader) -> ObjectInfo:
-    """Store the raw request body at ``key``; under an event folder this starts an "object created" run."""
+async def put_object(key: str, request: Request, user: User = Uploader) -> Response:
+    """Store the raw request body at ``key``; under an event folder this starts an "object created" run.
+
+    Under images_for_detection/ and images_labeled_by_folder/ only images are taken (by content, not name):
+    anything else gets 415 with the reason. The same bytes again: 200 with ``unchanged`` and a message."""
     service.validate_key(key)
     if user.role == Role.CONSUMER.value and not key.startswith(DETECTION_FOLDER):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"consumers may only upload under {DETECTION_FOLDER}")
     data = await read_limited(request, get_settings().max_upload_bytes)
     # Storing and queueing the event block (file system, workflow engine): keep them off the event loop.
-    return await run_in_threadpool(actions.store_object, key, data, source="api", actor=user.username)
+    info = await run_in_threadpool(actions.store_object, key, data, source="api", actor=user.username)
+    return stored_response(info)
+
+
+def stored_response(info: ObjectInfo) -> Response:
+    """201 for a new object; 200 when the same bytes were already there (nothing changed; ``message`` says so)."""
+    return Response(info.model_dump_json(), media_type="application/json",
+                    status_code=status.HTTP_200_OK if info.unchanged else status.HTTP_201_CREATED)
 
 
 @objects.get("", response_model=list[ObjectInfo])

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
+from labelloop import __version__
 from labelloop.config import get_settings
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.format import FILTERS
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
 templates.env.filters.update(FILTERS)
+templates.env.globals["version"] = __version__
 SESSION_COOKIE = "labelloop_session"
 CSRF_COOKIE = "labelloop_csrf"
 PASSWORD_PAGE = "/account/password"
@@ -44,8 +46,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+API_PAGE = "/account/api"
 ROLE_HOME = {Role.ADMIN.value: "/dashboard", Role.OPERATOR.value: "/dashboard", Role.WORKER.value: "/review",
-             Role.CONSUMER.value: "/account"}
+             Role.CONSUMER.value: API_PAGE}
 CSRF_HEADER = "X-CSRF-Token"
 CONSOLE_ROLES = {Role.OPERATOR.value, Role.ADMIN.value}
 NOTICES = {
@@ -59,6 +62,7 @@ NOTICES = {
     "member-added": "The user is in the team.",
     "member-removed": "The user is out of the team.",
     "role-changed": "The role is changed.",
+    "own-token-revoked": "Your token is revoked: requests with it are refused from now on.",
 }
 
 # ── rendering and errors ─────────────────────────────────────────────────────

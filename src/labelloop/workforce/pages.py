@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +16,7 @@ from labelloop.config import get_settings
 from labelloop.notifications.channels import send_email
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.pages import (
+    API_PAGE,
     CSRF_COOKIE,
     PASSWORD_PAGE,
     ROLE_HOME,
@@ -115,6 +116,50 @@ def sign_out(request: Request, session: SessionDep, _form: Form) -> Response:
 @router.get("/account", response_class=HTMLResponse)
 def account(request: Request, visitor: Annotated[Visitor, Depends(signed_in)]) -> Response:
     return render(request, "account.html", {"home": ROLE_HOME[visitor.user.role]})
+
+
+# ── API access: your own tokens and how to call the detect API (consumers' home) ─────────────────────
+
+
+def _api_page(request: Request, session: SessionDep, visitor: Visitor, status_code: int = 200,
+              **context: Any) -> HTMLResponse:
+    tokens = [(row, service.token_state(row)) for row in service.user_tokens(visitor.user, session=session)]
+    return render(request, "account_api.html", {
+        "tokens": tokens, "server": get_settings().public_url.rstrip("/"),
+        "suggested_name": f"api-{len(tokens) + 1}", **context}, status_code=status_code)
+
+
+@router.get(API_PAGE, response_class=HTMLResponse)
+def api_page(request: Request, session: SessionDep, visitor: Annotated[Visitor, Depends(signed_in)]) -> Response:
+    return _api_page(request, session, visitor)
+
+
+@router.post(f"{API_PAGE}/tokens", response_class=HTMLResponse)
+def create_own_token(request: Request, session: SessionDep, visitor: Annotated[Visitor, Depends(signed_in)],
+                     form: Form) -> Response:
+    """A new API token for yourself, shown once on the page."""
+    name = (form_text(form, "name") or "api")[:100]
+    try:
+        days = int(form_text(form, "days") or "0")
+        if not 0 <= days <= 3650:
+            raise ValueError
+    except ValueError:
+        return _api_page(request, session, visitor, 422,
+                         error="Days must be a whole number from 0 (never expires) to 3650.")
+    token, _ = service.issue_token(visitor.user, name=name, ttl=timedelta(days=days) if days else None,
+                                   session=session)
+    session.commit()
+    return _api_page(request, session, visitor, 201, new_token=token, new_token_name=name)
+
+
+@router.post(f"{API_PAGE}/tokens/{{token_id}}/revoke")
+def revoke_own_token(token_id: int, session: SessionDep, visitor: Annotated[Visitor, Depends(signed_in)],
+                     _form: Form) -> Response:
+    try:
+        service.revoke_token(visitor.user, token_id, session=session)
+    except service.WorkforceError:
+        raise PageDenied(404, "You have no such token.") from None
+    return RedirectResponse(f"{API_PAGE}?notice=own-token-revoked", status_code=303)
 
 
 @router.get(PASSWORD_PAGE, response_class=HTMLResponse)

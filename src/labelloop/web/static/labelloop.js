@@ -192,6 +192,7 @@ function setUpUploader() {
     return { item, state };
   };
 
+  // Resolves with {info} for a stored (or unchanged) object, or {problem} saying why it was not stored.
   const upload = (entry, onProgress) => new Promise((resolve) => {
     const request = new XMLHttpRequest();
     request.open("PUT", `/storage/objects/${encodeKey(prefix + entry.path)}`);
@@ -199,12 +200,17 @@ function setUpUploader() {
     request.setRequestHeader("Content-Type", "application/octet-stream");
     request.upload.addEventListener("progress", (event) => onProgress(event.loaded));
     request.addEventListener("load", () => {
-      if (request.status === 201) { resolve(null); return; }
+      if (request.status === 201 || request.status === 200) {
+        let info = {};
+        try { info = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
+        resolve({ info });
+        return;
+      }
       let reason = `error ${request.status}`;
       try { reason = JSON.parse(request.responseText).detail || reason; } catch (_) { /* not JSON */ }
-      resolve(typeof reason === "string" ? reason : JSON.stringify(reason));
+      resolve({ problem: typeof reason === "string" ? reason : JSON.stringify(reason) });
     });
-    request.addEventListener("error", () => resolve("the connection failed"));
+    request.addEventListener("error", () => resolve({ problem: "the connection failed" }));
     request.send(entry.file);
   });
 
@@ -242,6 +248,7 @@ function setUpUploader() {
     };
     show();
     const rows = accepted.map((entry) => row(entry.path));
+    const outcomes = [];
     let nextIndex = 0;
     const worker = async () => {
       while (nextIndex < accepted.length) {
@@ -249,20 +256,25 @@ function setUpUploader() {
         const entry = accepted[index];
         const { item, state } = rows[index];
         state.textContent = "0%";
-        const problem = await upload(entry, (bytes) => {
+        const outcome = await upload(entry, (bytes) => {
           loaded.set(index, bytes);
           state.textContent = `${Math.round((100 * bytes) / (entry.file.size || 1))}%`;
           show();
         });
         loaded.set(index, entry.file.size);
-        if (problem) {
+        if (outcome.problem) {
           failed += 1;
           item.classList.add("failed");
-          state.textContent = problem;
+          state.textContent = outcome.problem;
         } else {
           done += 1;
           item.classList.add("done");
-          state.textContent = "done";
+          state.textContent = outcomeText(outcome.info);
+          outcomes.push({ path: entry.path, key: outcome.info.key, unchanged: !!outcome.info.unchanged,
+                          run: outcome.info.run_id || null });
+          if (outcome.info.run_id && outcome.info.key.startsWith("images_for_detection/")) {
+            followDetection(outcome.info.run_id, state);
+          }
         }
         show();
       }
@@ -270,11 +282,32 @@ function setUpUploader() {
     await Promise.all([worker(), worker(), worker(), worker()]);
     busy = false;
     if (!failed && done) {
+      // The listing reloads with the new objects; it shows each file's outcome again from here.
+      try {
+        sessionStorage.setItem(OUTCOMES_KEY, JSON.stringify({ prefix, outcomes }));
+      } catch (_) { /* storage full or off: the listing still shows the objects */ }
       window.location.assign(`/storage?prefix=${encodeURIComponent(prefix)}&uploaded=${done}`);
     } else {
       summary.textContent = `${done} uploaded, ${failed} not uploaded. See the reasons below.`;
     }
   };
+
+  // After the reload that follows an upload: the per-file outcomes again, detections filled in as they come.
+  const shown = (() => {
+    try { return JSON.parse(sessionStorage.getItem(OUTCOMES_KEY) || "null"); } catch (_) { return null; }
+  })();
+  sessionStorage.removeItem(OUTCOMES_KEY);
+  if (shown && shown.prefix === prefix && new URLSearchParams(window.location.search).has("uploaded")) {
+    status.hidden = false;
+    summary.textContent = `${shown.outcomes.length} ${shown.outcomes.length === 1 ? "file" : "files"}: each one's outcome.`;
+    bar.hidden = true;
+    for (const outcome of shown.outcomes) {
+      const { item, state } = row(outcome.path);
+      item.classList.add("done");
+      state.textContent = outcomeText(outcome);
+      if (outcome.run && outcome.key.startsWith("images_for_detection/")) followDetection(outcome.run, state);
+    }
+  }
 
   const fromInput = (input) => {
     input.addEventListener("change", () => {
@@ -320,6 +353,48 @@ function setUpUploader() {
   });
 }
 
+// ── upload outcomes (first hour): what happened to each file ──────────────────────────────────────────
+const OUTCOMES_KEY = "labelloop-upload-outcomes";
+
+function outcomeText(info) {
+  if (info.unchanged) {
+    return info.key && info.key.startsWith("images_for_detection/")
+      ? "unchanged: these bytes were already stored, no new detection (use Re-detect to detect it again)"
+      : "unchanged: these bytes were already stored";
+  }
+  return info.key && info.key.startsWith("images_for_detection/") ? "stored · detecting…" : "stored";
+}
+
+// Ask what the detection of an upload found until it is known (about a minute at most), and say it.
+function followDetection(runId, state) {
+  const prefixText = state.textContent.startsWith("unchanged") ? `${state.textContent} · ` : "stored · ";
+  let tries = 0;
+  const ask = async () => {
+    tries += 1;
+    try {
+      const response = await fetch(`/storage/outcome/${encodeURIComponent(runId)}`, { credentials: "same-origin" });
+      const found = response.ok ? await response.json() : { known: false };
+      if (found.known) {
+        state.textContent = prefixText + detectionText(found);
+        state.parentElement.dataset.detected = found.status;
+        return;
+      }
+    } catch (_) { /* try again */ }
+    if (tries < 60) setTimeout(ask, 1000);
+    else state.textContent = `${prefixText}still detecting: see the Detections page`;
+  };
+  ask();
+}
+
+function detectionText(found) {
+  if (found.status === "DETECTED") {
+    const loop = found.human_loop ? " · sent to a reviewer" : "";
+    return `${found.label} ${Number(found.confidence).toFixed(1)} (model ${found.model_version})${loop}`;
+  }
+  if (found.status === "WAITING_FOR_MODEL") return "waiting for a model version to serve";
+  return `not detected: ${found.message}`;
+}
+
 // The run page: clicking a state shows its step's input, output, error and timing beside the graph, without
 // scrolling away from it (without the script, the link's #state-… target shows it just the same).
 function setUpInspector() {
@@ -355,4 +430,39 @@ function setUpInspector() {
   });
   window.addEventListener("hashchange", fromHash);
   fromHash();
+}
+
+// ── dashboard (first hour): the live progress of a training in progress ──────────────────────────────
+document.addEventListener("DOMContentLoaded", setUpTrainingProgress);
+
+function setUpTrainingProgress() {
+  const box = document.getElementById("training-progress");
+  if (!box) return;
+  const field = (id) => document.getElementById(id);
+  const seconds = (s) => (s < 90 ? `${Math.round(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
+  let training = !box.hidden;
+  const poll = async () => {
+    let found = null;
+    try {
+      const response = await fetch(box.dataset.url, { credentials: "same-origin" });
+      if (response.ok && (response.headers.get("content-type") || "").includes("json")) found = await response.json();
+    } catch (_) { /* the server may be restarting: ask again */ }
+    if (found && found.training) {
+      training = true;
+      box.hidden = false;
+      field("progress-version").textContent = found.version;
+      field("progress-phase").textContent = found.phase;
+      field("progress-count").textContent = `${found.done} of ${found.total} images embedded`;
+      field("progress-elapsed").textContent = `${seconds(found.elapsed_s)} elapsed`;
+      const bar = field("progress-bar");
+      bar.max = found.total || 1;
+      const before = found.phase === "starting" || found.phase === "writing the manifest";
+      bar.value = before ? 0 : found.embedding ? found.done : found.total;
+    } else if (found && training) {
+      window.location.reload();  // it finished: the page shows the new version
+      return;
+    }
+    setTimeout(poll, training ? 1500 : 2500);
+  };
+  setTimeout(poll, training ? 1500 : 2500);
 }
