@@ -90,6 +90,9 @@ class Settings(BaseSettings):
                                                          description="URLs that get every notification as JSON")
     webhook_timeout_seconds: float = 10.0
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0, description=(
+        "Largest body of any request that is not an image upload, and of any upload without credentials"))
+    max_json_depth: int = Field(default=32, gt=0, description="Deepest nesting of arrays and objects in JSON bodies")
     token_ttl_hours: int = Field(default=24 * 30, gt=0)
 
     @field_validator("notify_email", "webhook_urls", "queues", mode="before")
