@@ -171,3 +171,47 @@ def test_eight_concurrent_huge_pngs_keep_the_server_under_2_gib(server: Server) 
     peak = _peak_rss_mib(server.process.pid)
     print(f"\npeak RSS before the huge images {before:.0f} MiB, after {peak:.0f} MiB")
     assert peak < 2048, f"peak RSS {peak:.0f} MiB"
+
+
+def test_guessing_the_current_password_is_throttled(shared_server: Server) -> None:
+    token = shared_server.user_token("guesser", "worker", "guesser-password-1")
+    codes = []
+    with shared_server.client(token) as api:
+        for i in range(7):  # was: unlimited guesses at full speed
+            codes.append(api.post("/auth/password", json={"current_password": f"guess-{i}-password",
+                                                          "new_password": "another-password-1"}).status_code)
+        assert codes[:5] == [403] * 5 and codes[-1] == 429, codes
+        same = shared_server.user_token("sameagain", "worker", "same-password-1")
+    with shared_server.client(same) as api:
+        refused = api.post("/auth/password", json={"current_password": "same-password-1",
+                                                   "new_password": "same-password-1"})
+        assert refused.status_code == 422 and "differs from the current one" in refused.json()["detail"]
+
+
+def test_a_disabled_account_answers_the_same_for_any_password(shared_server: Server) -> None:
+    shared_server.user_token("leaver", "worker", "leaver-password-1")
+    browser = _signed_in_browser(shared_server)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/workforce/users/leaver").text)
+    assert token is not None
+    assert browser.post("/workforce/users/leaver/disable", data={"csrf_token": token.group(1)}).status_code == 200
+    url = f"{shared_server.url}/api/v1/auth/token"
+    right = httpx.post(url, data={"username": "leaver", "password": "leaver-password-1"})
+    wrong = httpx.post(url, data={"username": "leaver", "password": "not-the-password"})
+    assert right.status_code == wrong.status_code == 401
+    assert right.json() == wrong.json() == {"detail": "wrong username or password"}  # was: "disabled" if right
+
+
+def test_docs_work_offline_and_every_answer_refuses_framing(shared_server: Server) -> None:
+    docs = httpx.get(f"{shared_server.url}/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    assert docs.headers["x-frame-options"] == "DENY"
+    policy = docs.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+    for asset in re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', docs.text):
+        assert httpx.get(f"{shared_server.url}{asset}").status_code == 200, asset
+    assert "swagger-ui-bundle.js" in docs.text
+    root = httpx.get(f"{shared_server.url}/")  # was: neither header
+    assert root.status_code == 303 and root.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in root.headers["content-security-policy"]
+    api = httpx.get(f"{shared_server.url}/api/v1/parameters")
+    assert api.status_code == 401 and api.headers["x-frame-options"] == "DENY"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import re
@@ -11,9 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 
 import numpy as np
+import swagger_ui_bundle
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -46,7 +50,15 @@ from labelloop.storage.pages import router as storage_pages
 from labelloop.storage.views import MAX_NOTIFICATION_BYTES
 from labelloop.storage.views import router as storage_routes
 from labelloop.storage.watcher import DropFolderWatcher
-from labelloop.web.pages import PASSWORD_PAGE, ROLE_HOME, SESSION_COOKIE, WEB_DIR, MaybeVisitor, install_error_pages
+from labelloop.web.pages import (
+    PASSWORD_PAGE,
+    ROLE_HOME,
+    SECURITY_HEADERS,
+    SESSION_COOKIE,
+    WEB_DIR,
+    MaybeVisitor,
+    install_error_pages,
+)
 from labelloop.workforce import service as workforce
 from labelloop.workforce.pages import router as workforce_pages
 from labelloop.workforce.views import router as workforce_routes
@@ -357,6 +369,43 @@ class RequestLimits:
         await send({"type": "http.response.body", "body": body})
 
 
+# Every answer that sets no policy of its own may not be framed or sniffed (the API's JSON, redirects, /docs).
+DEFAULT_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                   (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'")]
+DOCS_ASSETS = "/docs-assets"
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+class DefaultSecurityHeaders:
+    """Adds ``DEFAULT_HEADERS`` to responses that have no Content-Security-Policy of their own."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))  # type: ignore[call-overload]
+                if not any(name.lower() == b"content-security-policy" for name, _ in headers):
+                    message["headers"] = headers + DEFAULT_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def swagger_page(app: FastAPI) -> HTMLResponse:
+    """Swagger UI from labelloop's own files (no CDN), under a policy allowing only its one inline script."""
+    page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url="/favicon.ico")
+    html = bytes(page.body).decode()
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+                      for script in INLINE_SCRIPT.findall(html))
+    policy = (f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+              "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    return HTMLResponse(html, headers={**SECURITY_HEADERS, "Content-Security-Policy": policy})
+
+
 def _openapi(app: FastAPI) -> dict:
     """The OpenAPI document, saying what labelloop really sends: a 4xx ``detail`` is a message in words,
     or FastAPI's list of field errors when the request does not match its schema."""
@@ -386,16 +435,23 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
             if manage_lifecycle:
                 stop()
 
-    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Continuous improvement of custom image-label models with humans in the loop.")
     _error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(DefaultSecurityHeaders)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     for router in API_ROUTERS + PAGE_ROUTERS:
         app.include_router(router)
     install_error_pages(app)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The API's interactive documentation (Swagger UI), served from this server's own files."""
+        return swagger_page(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
