@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -22,9 +23,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from croniter import croniter
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
+from dbos._error import DBOSMaxStepRetriesExceeded
 from dbos._utils import GlobalParams
 from sqlalchemy import NullPool, create_engine, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from labelloop.config import Settings, with_driver
 from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES
@@ -435,20 +438,64 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+# A step that meets a transient error (see `transient`) is tried again after 0.5, 1, 2 and 4 s; one that
+# still fails, or fails for another reason, fails its run with the reason (ERROR), which frees its queue.
+STEP_RETRIES = {"retries_allowed": True, "max_attempts": 5, "interval_seconds": 0.5, "backoff_rate": 2.0}
+# Storage client errors worth another try (botocore's names, matched by name: the engine imports no storage).
+TRANSIENT_ERROR_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
+TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
+TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
+                    errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE}
+
+
+class StepFailed(Exception):
+    """A step that met transient errors on every try; the message names the step and its last error."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` may pass if the step is tried again shortly: a database that is locked, busy, out
+    of pooled connections or whose connection dropped, or storage that timed out or asked to slow down.
+    A full disk, a bad input or a bug is not (its run ends ERROR at once, with the reason)."""
+    if isinstance(error, (OperationalError, InterfaceError, SQLAlchemyTimeoutError)):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if any(kind.__name__ in TRANSIENT_ERROR_NAMES for kind in type(error).__mro__):
+        return True
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES:
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
+
+
+def _log_retry(error: BaseException) -> bool:
+    retry = transient(error)
+    log.warning("step failed" + (", trying again" if retry else " for good"),
+                extra={"error": repr(error)[:500], "retry": retry})
+    return retry
+
+
 def step(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """A DBOS step that also records its input, so the run history shows input, output, error and timing."""
+    """A DBOS step that also records its input, so the run history shows input, output, error and timing.
+
+    Transient errors are retried with backoff (``STEP_RETRIES``, ``transient``); ``options`` override."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
         step_name = name or fn.__name__
 
-        @DBOS.step(name=step_name, **options)
+        @DBOS.step(name=step_name, **{**STEP_RETRIES, "should_retry": _log_retry, **options})
         def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
             return {"input": _bound(signature, args, kwargs), "output": fn(*args, **kwargs)}
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            return recorded(*args, **kwargs)["output"]
+            try:
+                return recorded(*args, **kwargs)["output"]
+            except DBOSMaxStepRetriesExceeded as exc:  # the run's error says what went wrong, not just "retries"
+                last = exc.errors[-1] if exc.errors else None
+                raise StepFailed(f"step {step_name} failed {exc.max_retries} times, the last time with: "
+                                 f"{str(last)[:500] or type(last).__name__}") from last
 
         STEPS[step_name] = call
         return call
