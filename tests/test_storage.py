@@ -115,8 +115,12 @@ def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> Non
 
         runs = wait_until(all_done, 30, message="object created runs")
         assert sorted(r["input"]["args"][0]["key"] for r in runs) == sorted(keys)
-        detail = api.get(f"/runs/{runs[0]['id']}").json()
-        assert detail["steps"][0]["name"] == "route_object"
+        by_key = {r["input"]["args"][0]["key"]: r["id"] for r in runs}
+        detail = api.get(f"/runs/{by_key[keys[0]]}").json()
+        assert [step["name"] for step in detail["steps"]] == ["route_object"]
+        # An image for detection: one recorded step logs its event, detects it and notifies.
+        detail = api.get(f"/runs/{by_key['images_for_detection/q.png']}").json()
+        assert [step["name"] for step in detail["steps"]] == ["detect_uploaded_image"]
         branches = {r["input"]["args"][0]["key"]: r["output"]["branch"] for r in runs}
         assert branches["images_for_detection/q.png"] == "detection"
         assert branches[keys[0]] == "training data"
