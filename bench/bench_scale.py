@@ -143,8 +143,11 @@ def run_setup(name: str, workers: int, args: argparse.Namespace, s3: S3Server | 
     home = OUT / name.replace(" ", "-").replace(",", "")
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
+    # Each process may open 4 × LABELLOOP_DATABASE_POOL_SIZE + 1 connections (application pool and its overflow,
+    # the workflow engine's pool, the executor lock): at the default 10, a web process and 4 workers would need
+    # about 200, twice PostgreSQL's default max_connections of 100.
     common = {"LABELLOOP_LOG_LEVEL": "WARNING", "LABELLOOP_CACHE_FOLDER": str(OUT / "cache"),
-              "LABELLOOP_QUEUE_POLLING_SECONDS": "0.1"}
+              "LABELLOOP_QUEUE_POLLING_SECONDS": "0.1", "LABELLOOP_DATABASE_POOL_SIZE": str(args.pool_size)}
     processes: list[Server | Worker] = []
     pool: list[Worker] = []
     try:
@@ -189,6 +192,7 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds per set-up (median reported)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts on PostgreSQL")
+    parser.add_argument("--pool-size", type=int, default=3, help="LABELLOOP_DATABASE_POOL_SIZE of every process")
     parser.add_argument("--s3", action="store_true", help="PostgreSQL set-ups use a loopback S3 bucket")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the embedded SQLite set-up")
     args = parser.parse_args()
@@ -204,6 +208,7 @@ def main() -> None:
         for name, workers in setups:
             print(f"… {name}", file=sys.stderr, flush=True)
             rows.append(run_setup(name, workers, args, s3))
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
     finally:
         if s3 is not None:
             s3.stop()
