@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 
 import pytest
 from PIL import Image
@@ -96,6 +97,16 @@ def test_upload_over_the_limit_is_413(make_server) -> None:  # type: ignore[no-u
         response = api.put("/objects/images_for_detection/big.png", content=b"x" * 5000)
         assert response.status_code == 413
         assert api.get("/objects", params={"prefix": "images_for_detection/"}).json() == []
+
+
+def test_the_sqlite_workflow_records_are_in_wal_mode(shared_server: Server) -> None:
+    """Each recorded step is a commit: in SQLite's default journal mode that is several fsyncs and a lock that
+    blocks readers, which capped the upload pipeline; the engine opens its SQLite database in WAL."""
+    database = shared_server.home / "workflows.db"
+    if not database.exists():
+        pytest.skip("the workflow records are on PostgreSQL in this run")
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> None:
