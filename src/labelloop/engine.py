@@ -25,7 +25,7 @@ from croniter import croniter
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
 from dbos._error import DBOSMaxStepRetriesExceeded
 from dbos._utils import GlobalParams
-from sqlalchemy import NullPool, create_engine, make_url, text
+from sqlalchemy import Engine, NullPool, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
@@ -42,6 +42,9 @@ TRAINING_QUEUE = "training"
 PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
+# Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
+# able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
+OBJECT_EVENTS_CONCURRENCY = 16
 APP_NAME = "labelloop"
 
 _launched = False
@@ -85,6 +88,9 @@ def start(settings: Settings, role: str = "serve") -> None:
         "executor_id": executor_id,
         "sys_db_pool_size": 2 * settings.database_pool_size,
     }
+    if settings.engine_database_url.startswith("sqlite"):
+        config["system_database_engine"] = sqlite_system_engine(settings.engine_database_url,
+                                                                2 * settings.database_pool_size)
     try:
         with _startup_chatter_at_debug():
             _launch(config, listen, settings.queue_polling_seconds)
@@ -97,6 +103,25 @@ def start(settings: Settings, role: str = "serve") -> None:
     log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url),
                                                "executor_id": executor_id,
                                                "queues": "all" if listen is None else (listen or "none")})
+
+
+def sqlite_system_engine(url: str, pool_size: int) -> Engine:
+    """The engine of a SQLite system database: DBOS's own connection settings (IMMEDIATE transactions, a long
+    busy timeout, foreign keys) plus write-ahead logging with ``synchronous=NORMAL``, as the application
+    database has. DBOS leaves SQLite in rollback-journal mode, where every recorded step is several fsyncs
+    and readers block writers; in WAL a commit survives a killed process (not a power cut before the next
+    checkpoint), which is what recovery needs, at a fraction of the cost."""
+    engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection: Any, _record: Any) -> None:
+        connection.isolation_level = "IMMEDIATE"
+        connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
 
 
 class _DebugLevel(logging.Filter):
@@ -128,7 +153,8 @@ def _launch(config: DBOSConfig, listen: list[str] | None, poll: float) -> None:
     if listen is not None:
         DBOS.listen_queues(listen)
     DBOS.launch()
-    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
+    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE,
+                                                       worker_concurrency=OBJECT_EVENTS_CONCURRENCY,
                                                        polling_interval_sec=poll)
     # One training at a time across every worker process.
     _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1,
