@@ -345,6 +345,11 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
+def take_task(client: httpx.Client) -> httpx.Response:
+    """*Start working*: lease a task (POST) and follow to the page showing it."""
+    return client.post("/review/work", data={"csrf_token": csrf_of(client.get("/review").text)})
+
+
 def test_two_workers_never_get_the_same_task_and_only_the_holder_sees_its_image(portal: Server) -> None:
     api = portal.client()
     stop_open_loops(api)
@@ -353,11 +358,12 @@ def test_two_workers_never_get_the_same_task_and_only_the_holder_sees_its_image(
                                          "password": "lease-password"}).status_code == 201
     loops = detection_loops(api, {f"images_for_detection/lease-{i}.png": uncertain(7 + i) for i in range(2)})
     one, two = web_client(portal, "lease1", "lease-password"), web_client(portal, "lease2", "lease-password")
-    first, second = one.get("/review/work"), two.get("/review/work")
+    assert "data-task" not in one.get("/review/work").text, "a GET never leases a task"
+    first, second = take_task(one), take_task(two)
     task1 = re.search(r'data-task="([^"]+)"', first.text).group(1)
     task2 = re.search(r'data-task="([^"]+)"', second.text).group(1)
     assert {task1, task2} == set(loops) and task1 != task2
-    assert re.search(r'data-task="([^"]+)"', one.get("/review/work").text).group(1) == task1, "a lease is kept"
+    assert re.search(r'data-task="([^"]+)"', take_task(one).text).group(1) == task1, "a lease is kept"
 
     image = one.get(f"/review/tasks/{task1}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
@@ -375,6 +381,6 @@ def test_two_workers_never_get_the_same_task_and_only_the_holder_sees_its_image(
     assert "No tasks left" in answered.text, "the only other task is held by the second worker"
     # Stop working gives the held task back, and the first worker gets it.
     two.post("/review/stop", data={"csrf_token": csrf_of(second.text)})
-    assert re.search(r'data-task="([^"]+)"', one.get("/review/work").text).group(1) == task2
+    assert re.search(r'data-task="([^"]+)"', take_task(one).text).group(1) == task2
     for client in (one, two):
         client.close()

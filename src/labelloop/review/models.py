@@ -25,6 +25,7 @@ class HumanLoopSource:
 
     DETECTION = "Detection"
     SAMPLING = "Human Sampling"
+    LABEL_AUDIT = "Label Audit"
 
 
 NONE_OF_THE_ABOVE = "None of the Above"
@@ -39,8 +40,12 @@ class HumanLoop(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     source: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=HumanLoopStatus.IN_PROGRESS, index=True)
-    detection_id: Mapped[int] = mapped_column(ForeignKey("detection_events.id"), unique=True, index=True)
+    # None for a Label Audit loop: it reviews a training image, not a detection.
+    detection_id: Mapped[int | None] = mapped_column(ForeignKey("detection_events.id"), unique=True, index=True,
+                                                     nullable=True)
     object_key: Mapped[str] = mapped_column(String(1024))
+    # The content the loop is about (pinned when it opens): the reviewer sees it and only it is copied.
+    object_etag: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     model_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     model_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -48,11 +53,16 @@ class HumanLoop(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     answer_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     answered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     output_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     copied_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # Each undo starts a new round, so the answer of the next round gets a run of its own.
+    answer_round: Mapped[int] = mapped_column(Integer, default=0)
+    apply_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     task: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status_message: Mapped[str] = mapped_column(Text, default="")
 
@@ -67,5 +77,7 @@ class TaskTemplate(Base):
     short_instructions: Mapped[str] = mapped_column(Text, default="Choose the label that fits the image best.")
     full_instructions: Mapped[str] = mapped_column(Text, default="")
     loop_lifetime_hours: Mapped[int] = mapped_column(Integer, default=24 * 7)
+    # A2I's TaskTimeLimitInSeconds: how long a reviewer holds a task before it returns to the queue.
+    task_time_limit_seconds: Mapped[int] = mapped_column(Integer, default=3600)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64), default="system")

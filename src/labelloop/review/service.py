@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -16,16 +17,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labelloop import db
+from labelloop.config import get_settings
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
 from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
 from labelloop.storage import service as storage
-from labelloop.storage.models import LABELED_FOLDER
+from labelloop.storage.models import HUMAN_LOOP_FOLDER, LABELED_FOLDER, ObjectInfo
 from labelloop.storage.service import InvalidKey, validate_key
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 300
+# Where a Label Audit answered None of the Above moves the image: out of the training data, kept for a person.
+AUDIT_REMOVED_FOLDER = "label-audit-removed/"
 MAX_LABEL_LENGTH = 100
 _FORBIDDEN_IN_LABEL = re.compile(r"[/\\:*?\"<>|]")
 
@@ -40,6 +43,14 @@ class LoopNotFound(KeyError):
 
 class AlreadyAnswered(Exception):
     """The loop was answered (or stopped) before; the first answer wins."""
+
+
+class LeaseNotHeld(ReviewError):
+    """The worker does not hold this task's lease (it expired and went to someone else, or never was theirs)."""
+
+
+class ImageChanged(ReviewError):
+    """The object at the loop's key is no longer the content the loop was opened for."""
 
 
 def validate_label(label: str) -> str:
@@ -78,8 +89,9 @@ def template(*, session: Session) -> TaskTemplate:
 
 def update_template(actor: str, *, session: Session, extra_labels: list[str] | None = None,
                     short_instructions: str | None = None, full_instructions: str | None = None,
-                    loop_lifetime_hours: int | None = None) -> TaskTemplate:
-    """Change the template's extra labels, instructions or loop lifetime."""
+                    loop_lifetime_hours: int | None = None,
+                    task_time_limit_seconds: int | None = None) -> TaskTemplate:
+    """Change the template's extra labels, instructions, loop lifetime or task time limit."""
     row = template(session=session)
     if extra_labels is not None:
         labels = [validate_label(label) for label in extra_labels]
@@ -94,6 +106,10 @@ def update_template(actor: str, *, session: Session, extra_labels: list[str] | N
         if not 1 <= loop_lifetime_hours <= 24 * 365:
             raise ReviewError("a human loop lives from 1 hour to 8760 hours (a year)")
         row.loop_lifetime_hours = loop_lifetime_hours
+    if task_time_limit_seconds is not None:
+        if not 30 <= task_time_limit_seconds <= 8 * 3600:
+            raise ReviewError("a task time limit is from 30 to 28800 seconds (8 hours), as A2I allows")
+        row.task_time_limit_seconds = task_time_limit_seconds
     row.updated_at, row.updated_by = db.utcnow(), actor
     return row
 
@@ -110,18 +126,31 @@ def describe_template(*, session: Session) -> dict[str, Any]:
     return {"extra_labels": row.extra_labels, "label_choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "loop_lifetime_hours": row.loop_lifetime_hours,
-            "updated_at": row.updated_at, "updated_by": row.updated_by}
+            "task_time_limit_seconds": row.task_time_limit_seconds, "updated_at": row.updated_at,
+            "updated_by": row.updated_by}
 
 
 # ── loops ────────────────────────────────────────────────────────────────────
 
 
-def as_dict(loop: HumanLoop) -> dict[str, Any]:
-    """A human loop as the API shows it."""
-    return {column: getattr(loop, column) for column in (
-        "name", "source", "status", "object_key", "model_version", "model_label", "model_confidence",
-        "created_at", "expires_at", "completed_at", "answer_label", "answered_by", "output_key", "copied_key",
+GUESS_FIELDS = ("model_version", "model_label", "model_confidence")
+
+
+def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
+    """A human loop as the API shows it; ``reviewer_view`` (a worker asking) leaves out the model's guess on
+    audit loops, as the portal does."""
+    shown = {column: getattr(loop, column) for column in (
+        "name", "source", "status", "object_key", "object_etag", *GUESS_FIELDS, "created_at", "expires_at",
+        "completed_at", "answer_label", "answered_by", "answer_round", "output_key", "copied_key", "applied_at",
         "status_message")} | {"detection_id": loop.detection_id}
+    return for_reviewer(shown) if reviewer_view else shown
+
+
+def for_reviewer(shown: dict[str, Any]) -> dict[str, Any]:
+    """A loop as :func:`as_dict` shows it, without the model's guess unless it is a detection loop."""
+    if shown["source"] == HumanLoopSource.DETECTION:
+        return shown
+    return shown | dict.fromkeys(GUESS_FIELDS)
 
 
 def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
@@ -134,7 +163,7 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
         loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
                          detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
-                         model_label=event.label, model_confidence=event.confidence,
+                         model_label=event.label, model_confidence=event.confidence, object_etag=event.etag,
                          expires_at=db.utcnow() + timedelta(hours=lifetime),
                          task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
         session.add(loop)
@@ -146,6 +175,54 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         event.human_loop_name = loop.name
         log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
         return as_dict(loop)
+
+
+def open_label_audit_loops(keys: list[str], actor: str, *, session: Session) -> list[dict[str, Any]]:
+    """Send training images (``images_labeled_by_folder/<label>/…``) back to review as "Label Audit" loops;
+    a key with an open audit loop gets no second one. The answer moves the image (see
+    :func:`apply_label_audit`). Returns the new loops; :class:`ReviewError` names a key that cannot be audited."""
+    lifetime = template(session=session).loop_lifetime_hours
+    opened = []
+    for key in dict.fromkeys(keys):
+        label = storage.label_of(key)
+        if label is None or key.endswith("/"):
+            raise ReviewError(f"{key!r} is not a training image: a Label Audit reviews an image under "
+                              f"{LABELED_FOLDER}<label>/")
+        try:
+            info = storage.head_object(key)
+        except storage.ObjectNotFound:
+            raise ReviewError(f"{key!r} is not stored") from None
+        if session.scalar(select(HumanLoop.id).where(
+                HumanLoop.object_key == key, HumanLoop.source == HumanLoopSource.LABEL_AUDIT,
+                HumanLoop.status == HumanLoopStatus.IN_PROGRESS)) is not None:
+            continue
+        loop = HumanLoop(name=f"label-audit-{uuid.uuid4().hex[:12]}", source=HumanLoopSource.LABEL_AUDIT,
+                         object_key=key, object_etag=info.etag, model_label=label,
+                         expires_at=db.utcnow() + timedelta(hours=lifetime),
+                         task={"taskObject": key, "trainingLabel": label, "requestedBy": actor})
+        session.add(loop)
+        session.flush()
+        opened.append(as_dict(loop))
+    log.info("label audit loops opened", extra={"requested": len(keys), "opened": len(opened), "actor": actor})
+    return opened
+
+
+def correct_answer(name: str, label: str, actor: str, *, session: Session) -> HumanLoop:
+    """An operator corrects an applied answer: the loop gets the new label in a new round, whose run moves the
+    training copy (or removes it for None of the Above), rewrites the output and the detection's answer."""
+    loop = get_loop(name, session=session)
+    label = checked_answer(label, session=session)
+    if loop.status != HumanLoopStatus.COMPLETED or loop.applied_at is None:
+        raise ReviewError(f"human loop {name} is {loop.status}, not applied yet: only applied answers are "
+                          "corrected (its reviewer can undo an answer in its undo window)")
+    if label == loop.answer_label:
+        raise ReviewError(f"human loop {name} is answered {label!r} already")
+    previous = loop.answer_label
+    loop.answer_label, loop.answer_round = label, loop.answer_round + 1
+    loop.applied_at, loop.apply_started_at = None, db.utcnow()  # no undo window for a correction
+    loop.status_message = f"corrected by {actor} from {previous!r} to {label!r}"
+    log.info("answer corrected", extra={"loop": name, "from": previous, "to": label, "actor": actor})
+    return loop
 
 
 def get_loop(name: str, *, session: Session) -> HumanLoop:
@@ -176,14 +253,22 @@ def list_loops(*, session: Session, status: str | None = None, source: str | Non
     return list(session.scalars(query))
 
 
-def lease_next(worker: str, seconds: int = LEASE_SECONDS, *, session: Session) -> HumanLoop | None:
-    """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold)."""
+def held_by(worker: str, *, session: Session) -> HumanLoop | None:
+    """The open task ``worker`` holds a live lease on, if any."""
+    return session.scalar(select(HumanLoop).where(HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+                                                  HumanLoop.leased_by == worker,
+                                                  HumanLoop.lease_expires_at > db.utcnow()))
+
+
+def lease_next(worker: str, *, session: Session) -> HumanLoop | None:
+    """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold), for the task
+    template's time limit; a lease past it returns the task to the queue."""
     expire_loops(session=session)
-    now = db.utcnow()
-    held = session.scalar(select(HumanLoop).where(HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-                                                  HumanLoop.leased_by == worker, HumanLoop.lease_expires_at > now))
+    held = held_by(worker, session=session)
     if held is not None:
         return held
+    now = db.utcnow()
+    seconds = template(session=session).task_time_limit_seconds
     for candidate in session.scalars(select(HumanLoop.id).where(
             HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
             or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).order_by(HumanLoop.id).limit(20)):
@@ -191,32 +276,109 @@ def lease_next(worker: str, seconds: int = LEASE_SECONDS, *, session: Session) -
         taken = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
             HumanLoop.id == candidate, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
             or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(
-            leased_by=worker, lease_expires_at=now + timedelta(seconds=seconds)))
+            leased_by=worker, leased_at=now, lease_expires_at=now + timedelta(seconds=seconds)))
         if taken.rowcount:
             return session.get(HumanLoop, candidate, populate_existing=True)
     return None
 
 
+def checked_answer(label: str, *, session: Session) -> str:
+    """``label`` as an answer: None of the Above, or one of the task's label choices."""
+    if label == NONE_OF_THE_ABOVE:
+        return label
+    label = validate_label(label)
+    choices = label_choices(session=session)
+    if label not in choices:
+        raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
+                          f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
+    return label
+
+
 def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
-    """Record the first answer to a loop (Completed); a later answer raises :class:`AlreadyAnswered`."""
+    """Record a reviewer's answer: the loop becomes Completed (first answer wins).
+
+    Refused (:class:`LeaseNotHeld`) while another reviewer holds the task's live lease. The same answer sent
+    again by the same reviewer (a retry after a lost response) returns the recorded loop, so a retry never
+    loses an answer; any other later answer raises :class:`AlreadyAnswered`."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        if label != NONE_OF_THE_ABOVE:
-            label = validate_label(label)
-            choices = label_choices(session=session)
-            if label not in choices:
-                raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
-                                  f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
+        label = checked_answer(label, session=session)
+        now = db.utcnow()
         claimed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
-            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
-            status=HumanLoopStatus.COMPLETED, answer_label=label, answered_by=worker, completed_at=db.utcnow(),
-            leased_by=None, lease_expires_at=None))
-        if not claimed.rowcount:
-            session.refresh(loop)
-            raise AlreadyAnswered(f"human loop {name} is {loop.status} already"
-                                  + (f" (answered {loop.answer_label!r})" if loop.answer_label else ""))
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.leased_by == worker, HumanLoop.lease_expires_at <= now))
+            .values(status=HumanLoopStatus.COMPLETED, answer_label=label, answered_by=worker, completed_at=now,
+                    leased_by=None, lease_expires_at=None))
         session.refresh(loop)
-        return as_dict(loop)
+        if claimed.rowcount:
+            log.info("human loop answered", extra={"loop": name, "label": label, "worker": worker,
+                                                   "round": loop.answer_round})
+            return as_dict(loop)
+        if loop.status == HumanLoopStatus.COMPLETED and (loop.answered_by, loop.answer_label) == (worker, label):
+            return as_dict(loop)
+        if loop.status == HumanLoopStatus.IN_PROGRESS:
+            raise LeaseNotHeld(f"the task {name} is held by another reviewer; answer the tasks you hold "
+                               "(POST /review/work or the portal gives you one)")
+        raise AlreadyAnswered(f"human loop {name} is {loop.status} already"
+                              + (f" (answered {loop.answer_label!r})" if loop.answer_label else ""))
+
+
+def undo_last_answer(worker: str, *, session: Session) -> HumanLoop:
+    """Take back ``worker``'s last answer while its run has not started applying it (within the undo
+    window): the loop is open again, held by ``worker``, in a new round. Otherwise :class:`ReviewError`."""
+    window = get_settings().undo_seconds
+    now = db.utcnow()
+    loop = session.scalar(select(HumanLoop).where(
+        HumanLoop.answered_by == worker, HumanLoop.status == HumanLoopStatus.COMPLETED)
+        .order_by(HumanLoop.completed_at.desc(), HumanLoop.id.desc()).limit(1))
+    if loop is None:
+        raise ReviewError("you have no answer to undo")
+    release_lease(worker, session=session)
+    undone = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+        HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.answered_by == worker,
+        HumanLoop.apply_started_at.is_(None), HumanLoop.completed_at > now - timedelta(seconds=window)).values(
+        status=HumanLoopStatus.IN_PROGRESS, answer_label=None, answered_by=None, completed_at=None,
+        answer_round=HumanLoop.answer_round + 1, leased_by=worker, leased_at=now,
+        lease_expires_at=now + timedelta(seconds=template(session=session).task_time_limit_seconds)))
+    if not undone.rowcount:
+        raise ReviewError(f"too late to undo your answer to {loop.name} ({loop.answer_label!r}): answers can be "
+                          f"undone for {window:g} s, before they are applied; an operator can still correct it")
+    session.refresh(loop)
+    log.info("answer undone", extra={"loop": loop.name, "worker": worker, "round": loop.answer_round})
+    return loop
+
+
+# ── applying an answer (the steps of the apply run) ──────────────────────────
+
+
+def undo_seconds_left(name: str, answer_round: int) -> float:
+    """How long the answer of ``answer_round`` can still be undone (0 when it was undone or the window passed)."""
+    with db.session() as session:
+        loop = get_loop(name, session=session)
+        if loop.answer_round != answer_round or loop.completed_at is None:
+            return 0.0
+        elapsed = (db.utcnow() - loop.completed_at).total_seconds()
+        return max(0.0, get_settings().undo_seconds - elapsed)
+
+
+def begin_apply(name: str, answer_round: int) -> bool:
+    """Mark the answer of ``answer_round`` as being applied (no undo from now on); False when it was undone."""
+    with db.session() as session:
+        loop = get_loop(name, session=session)
+        session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.answer_round == answer_round,
+            HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.apply_started_at.is_(None)).values(
+            apply_started_at=db.utcnow()))
+        session.refresh(loop)
+        return (loop.answer_round == answer_round and loop.status == HumanLoopStatus.COMPLETED
+                and loop.apply_started_at is not None)
+
+
+def unapplied_answers(*, session: Session) -> list[tuple[str, int]]:
+    """(name, round) of every answered loop whose answer is not applied yet."""
+    return [(name, answer_round) for name, answer_round in session.execute(
+        select(HumanLoop.name, HumanLoop.answer_round).where(
+            HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.applied_at.is_(None)))]
 
 
 def copy_key(loop_name: str, object_key: str, label: str) -> str:
@@ -226,36 +388,175 @@ def copy_key(loop_name: str, object_key: str, label: str) -> str:
     return f"images_labeled_by_folder/{label}/humanLoopName-{loop_name}-{unique}-{original}"[:1024]
 
 
+def pinned_content(key: str, etag: str | None) -> bytes:
+    """The object at ``key`` if it is still the content ``etag`` names; :class:`ImageChanged` if it was replaced."""
+    info, data = storage.get_object(key)
+    found = info.etag if etag and "-" in etag else hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if etag and found != etag:
+        raise ImageChanged(f"the image at {key} was replaced after its human loop opened (ETag {etag} then, "
+                           f"{found} now); the answer is kept but not applied to other content")
+    return data
+
+
+def _note(name: str, message: str) -> None:
+    with db.session() as session:
+        get_loop(name, session=session).status_message = message
+    log.warning("answer not applied to the training data", extra={"loop": name, "reason": message})
+
+
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
-    """Copy an answered detection loop's image under its label's folder (nothing for None of the Above or
-    sampling loops); returns the stored object. The caller fires its "object created" event."""
+    """Put an answered loop's image where its answer says. Detection loops: one copy under the label's folder
+    (none for None of the Above or sampling loops); a corrected answer moves that copy, never adds a second.
+    Label Audit loops: the training image itself moves (:func:`apply_label_audit`). Only the content the loop
+    was opened for is used. Returns the new training object; the caller fires its "object created" event."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        if loop.answer_label in (None, NONE_OF_THE_ABOVE) or loop.source == HumanLoopSource.SAMPLING:
+        session.expunge(loop)
+    if loop.source == HumanLoopSource.LABEL_AUDIT:
+        return apply_label_audit(loop)
+    if loop.source == HumanLoopSource.SAMPLING:
+        return None
+    wanted = None if loop.answer_label in (None, NONE_OF_THE_ABOVE) else \
+        copy_key(loop.name, loop.object_key, loop.answer_label)
+    previous = loop.copied_key
+    if wanted is None:
+        if previous:
+            storage.delete_object(previous, actor=f"human loop {name}")
+        _set_copied_key(name, None)
+        return None
+    if previous == wanted and _holds(wanted, loop.object_etag):  # a retry after the copy was made
+        info = storage.head_object(wanted)
+    elif previous:
+        info = _move(name, previous, wanted, loop.object_etag)
+    else:
+        try:
+            info = storage.put_object(wanted, pinned_content(loop.object_key, loop.object_etag),
+                                      source="human loop")
+        except (ImageChanged, storage.ObjectNotFound) as exc:
+            _note(name, f"not copied to the training data: {exc}")
             return None
-        key = copy_key(loop.name, loop.object_key, loop.answer_label)
-        source_key = loop.object_key
-    _, data = storage.get_object(source_key)
-    info = storage.put_object(key, data, source="human loop")
-    with db.session() as session:
-        get_loop(name, session=session).copied_key = key
+    if info is None:
+        return None
+    _set_copied_key(name, info.key)
     return info.model_dump(mode="json")
 
 
-def write_output(name: str) -> str:
-    """Write the loop's output in A2I's shape to ``a2i-human-loop-data/`` and return its key."""
+def _set_copied_key(name: str, key: str | None) -> None:
+    with db.session() as session:
+        get_loop(name, session=session).copied_key = key
+
+
+def audit_destination(loop: HumanLoop) -> str:
+    """Where a Label Audit answer puts the training image: its answered label's folder (where it is, when the
+    answer is the label it had), or ``label-audit-removed/`` for None of the Above."""
+    relative = loop.object_key[len(LABELED_FOLDER):]
+    if loop.answer_label == NONE_OF_THE_ABOVE:
+        return AUDIT_REMOVED_FOLDER + relative
+    if loop.answer_label == storage.label_of(loop.object_key):
+        return loop.object_key
+    return f"{LABELED_FOLDER}{loop.answer_label}/{relative.split('/', 1)[-1]}"
+
+
+def apply_label_audit(loop: HumanLoop) -> dict[str, Any] | None:
+    """Move an audited training image to where its answer says (never a second copy); returns the image as a
+    new training object, or ``None`` (kept where it is, or moved out of the training data)."""
+    target = audit_destination(loop)
+    current = loop.copied_key or loop.object_key  # a corrected answer moves it from where the last one put it
+    if target == current:
+        _record_move(loop.name, current, f"kept at {current}: the answer is the label it has")
+        return None
+    info = _move(loop.name, current, target, loop.object_etag)
+    if info is None:
+        return None
+    _record_move(loop.name, info.key, f"moved from {current} to {info.key}")
+    return info.model_dump(mode="json") if info.key.startswith(LABELED_FOLDER) else None
+
+
+def _move(name: str, source: str, target: str, etag: str | None) -> ObjectInfo | None:
+    """Move the pinned content from ``source`` to ``target`` (or beside it, named after the loop, when another
+    image is there); a retry finds the move it made before. ``None`` when the content is gone or replaced."""
+    folder, file_name = target.rsplit("/", 1)
+    candidates = (target, f"{folder}/labelAudit-{name}-{file_name}")
+    for candidate in candidates:
+        if _holds(candidate, etag) and not _holds(source, etag):
+            return storage.head_object(candidate)
+    try:
+        data = pinned_content(source, etag)
+    except (ImageChanged, storage.ObjectNotFound) as exc:
+        _note(name, f"not moved: {exc}")
+        return None
+    taken = _exists(target) and not _holds(target, etag)
+    info = storage.put_object(candidates[taken], data, source="human loop")
+    storage.delete_object(source, actor=f"human loop {name}")
+    return info
+
+
+def _exists(key: str) -> bool:
+    try:
+        storage.head_object(key)
+    except storage.ObjectNotFound:
+        return False
+    return True
+
+
+def _holds(key: str, etag: str | None) -> bool:
+    try:
+        return storage.head_object(key).etag == etag
+    except storage.ObjectNotFound:
+        return False
+
+
+def _record_move(name: str, key: str, message: str) -> None:
     with db.session() as session:
         loop = get_loop(name, session=session)
-        day = loop.completed_at or db.utcnow()
-        key = f"a2i-human-loop-data/{day:%Y/%m/%d}/{loop.name}/output.json"
-        output = {
-            "humanLoopName": loop.name,
-            "inputContent": {**loop.task, "source": loop.source, "modelLabel": loop.model_label,
-                             "modelConfidence": loop.model_confidence, "modelVersion": loop.model_version},
-            "humanAnswers": [{"answerContent": {"crowd-image-classifier": {"label": loop.answer_label}},
-                              "submissionTime": day.isoformat(), "workerId": loop.answered_by}],
-            "humanLoopStatus": loop.status,
-        }
+        loop.copied_key, loop.status_message = key, message
+    log.info("label audit applied", extra={"loop": name, "key": key, "outcome": message})
+
+
+def flow_definition_arn() -> str:
+    """The ARN A2I would give the review flow, in labelloop's local account."""
+    return f"arn:aws:sagemaker:local:000000000000:flow-definition/{get_settings().flow_definition_name}"
+
+
+def output_key(loop: HumanLoop) -> str:
+    """A2I's output path: flow definition name, the loop's creation time to the second, the loop's name."""
+    return (f"{HUMAN_LOOP_FOLDER}{get_settings().flow_definition_name}/{loop.created_at:%Y/%m/%d/%H/%M/%S}/"
+            f"{loop.name}/output.json")
+
+
+def output_record(loop: HumanLoop, request_id: str | None) -> dict[str, Any]:
+    """The loop's output in A2I's shape (plus labelloop's fields in ``inputContent``)."""
+    accepted = loop.leased_at if loop.leased_at and loop.completed_at and loop.leased_at <= loop.completed_at \
+        else loop.completed_at
+    submitted = loop.completed_at or db.utcnow()
+    answers = [] if loop.answer_label is None else [{
+        "acceptanceTime": (accepted or submitted).isoformat(), "submissionTime": submitted.isoformat(),
+        "timeSpentInSeconds": round((submitted - (accepted or submitted)).total_seconds(), 3),
+        "workerId": loop.answered_by,
+        "workerMetadata": {"identityData": {"identityProviderType": "labelloop", "issuer": "labelloop",
+                                            "sub": loop.answered_by}},
+        "answerContent": {"crowd-image-classifier": {"label": loop.answer_label}}}]
+    return {
+        "flowDefinitionArn": flow_definition_arn(),
+        "humanLoopName": loop.name,
+        "inputContent": {
+            "taskObject": f"s3://{storage.bucket_name() or get_settings().local_bucket_name}/{loop.object_key}",
+            "initialValue": loop.model_label, "initialConfidence": loop.model_confidence,
+            "detectLabelRequestId": request_id, "objectKey": loop.object_key, "objectEtag": loop.object_etag,
+            "source": loop.source, "modelLabel": loop.model_label, "modelConfidence": loop.model_confidence,
+            "modelVersion": loop.model_version},
+        "humanAnswers": answers,
+        "humanLoopStatus": loop.status,
+    }
+
+
+def write_output(name: str) -> str:
+    """Write the loop's output in A2I's shape and at A2I's path under ``a2i-human-loop-data/``; returns its key."""
+    with db.session() as session:
+        loop = get_loop(name, session=session)
+        event = session.get(DetectionEvent, loop.detection_id) if loop.detection_id is not None else None
+        key = output_key(loop)
+        output = output_record(loop, event.request_id if event else None)
     storage.put_object(key, json.dumps(output, indent=1, default=str).encode(), source="human loop")
     with db.session() as session:
         get_loop(name, session=session).output_key = key
@@ -263,10 +564,14 @@ def write_output(name: str) -> str:
 
 
 def record_on_detection(name: str) -> dict[str, Any]:
-    """Write the answer onto the loop's detection event."""
+    """Write the answer onto the loop's detection event (Label Audit loops have none) and mark it applied."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        event = session.get(DetectionEvent, loop.detection_id)
+        loop.applied_at = db.utcnow()
+        event = session.get(DetectionEvent, loop.detection_id) if loop.detection_id is not None else None
+        if event is None:
+            return {"detection_id": None, "human_label": loop.answer_label, "model_label": loop.model_label,
+                    "agrees": loop.answer_label == loop.model_label}
         event.human_label, event.human_worker = loop.answer_label, loop.answered_by
         event.human_answered_at = loop.completed_at
         return {"detection_id": event.id, "human_label": event.human_label, "model_label": event.label,
@@ -286,10 +591,6 @@ def stop_loop(name: str, actor: str, *, session: Session) -> HumanLoop:
 
 
 # ── the review portal (one task at a time, leased) ───────────────────────────
-
-
-class LeaseNotHeld(ReviewError):
-    """The worker does not hold this task's lease (it expired and went to someone else, or never was theirs)."""
 
 
 _IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
@@ -321,26 +622,12 @@ def task_view(loop: HumanLoop, *, session: Session) -> dict[str, Any]:
     """What the portal shows for a task. Sampling tasks leave out the model's guess, so reviewers are not
     biased by it."""
     row = template(session=session)
-    show_guess = loop.source != HumanLoopSource.SAMPLING and loop.model_label is not None
+    show_guess = loop.source == HumanLoopSource.DETECTION and loop.model_label is not None  # audits unbiased
     return {"name": loop.name, "source": loop.source, "choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "lease_expires_at": loop.lease_expires_at,
             "model_label": loop.model_label if show_guess else None,
             "model_confidence": loop.model_confidence if show_guess else None}
-
-
-def answer_task(name: str, label: str, worker: str) -> dict[str, Any]:
-    """A portal answer: refused when someone else now holds the task's lease, else as :func:`claim_answer`.
-
-    A worker whose lease ran out may still answer while nobody else has taken the task (first answer wins)."""
-    with db.session() as session:
-        loop = get_loop(name, session=session)
-        lease_end = loop.lease_expires_at
-        if lease_end is not None and lease_end.tzinfo is None:
-            lease_end = lease_end.replace(tzinfo=db.utcnow().tzinfo)
-        if loop.leased_by not in (None, worker) and lease_end is not None and lease_end > db.utcnow():
-            raise LeaseNotHeld(f"the task {name} went to another reviewer after your lease ran out")
-    return claim_answer(name, label, worker)
 
 
 def release_lease(worker: str, *, session: Session) -> int:
@@ -352,13 +639,15 @@ def release_lease(worker: str, *, session: Session) -> int:
 
 
 def task_image(name: str, worker: str) -> tuple[bytes, str]:
-    """The image of a task ``worker`` holds, with an image content type a browser shows.
+    """The image of a task ``worker`` holds, with an image content type a browser shows; only the content the
+    loop was opened for (:class:`ImageChanged` if the key now holds another).
 
     PNG, JPEG, GIF, BMP and WebP are served as stored; any other format (TIFF …) is re-encoded as PNG after
     the same checks the model's decoder makes, so the response is always a plain image."""
     with db.session() as session:
-        key = held_task(name, worker, session=session).object_key
-    _, data = storage.get_object(key)
+        loop = held_task(name, worker, session=session)
+        key, etag = loop.object_key, loop.object_etag
+    data = pinned_content(key, etag)
     for magic, media_type in _IMAGE_TYPES:
         if data.startswith(magic):
             return data, media_type

@@ -1,4 +1,4 @@
-"""Human loop routes: list, answer (first answer wins), stop; the task template."""
+"""Human loop routes: list, answer (first answer wins), undo, correct, stop, Label Audit; the task template."""
 
 from __future__ import annotations
 
@@ -31,35 +31,68 @@ class TemplateUpdate(BaseModel):
     short_instructions: str | None = None
     full_instructions: str | None = None
     loop_lifetime_hours: int | None = None
+    task_time_limit_seconds: int | None = None
+
+
+class LabelAudit(BaseModel):
+    """Body of ``POST /human-loops/label-audit``: training image keys to send back to review."""
+
+    keys: list[str]
+
+
+def _reviewer_view(user: User) -> bool:
+    """Workers see what the portal shows: no model guess on audit loops."""
+    return user.role == Role.WORKER
 
 
 @router.get("/human-loops")
 def list_loops(session: SessionDep, status_filter: str | None = Query(None, alias="status"),
                source: str | None = None, limit: int = Query(500, ge=1, le=5000),
                offset: int = Query(0, ge=0, le=1_000_000_000),
-               _: User = Reviewer) -> list[dict[str, Any]]:
-    """Human loops, newest first: name, source ("Detection" or "Human Sampling"), object_key, status."""
+               user: User = Reviewer) -> list[dict[str, Any]]:
+    """Human loops, newest first: name, source ("Detection", "Human Sampling" or "Label Audit"), object_key,
+    status; for workers without the model's guess on audit loops."""
     allowed = (HumanLoopStatus.IN_PROGRESS, HumanLoopStatus.COMPLETED, HumanLoopStatus.STOPPED,
                HumanLoopStatus.FAILED)
     if status_filter is not None and status_filter not in allowed:
         raise HTTPException(422, f"status must be one of {', '.join(allowed)}")
-    return [service.as_dict(loop) for loop in service.list_loops(status=status_filter, source=source, limit=limit,
-            offset=offset, session=session)]
+    return [service.as_dict(loop, reviewer_view=_reviewer_view(user)) for loop in service.list_loops(
+            status=status_filter, source=source, limit=limit, offset=offset, session=session)]
 
 
 @router.get("/human-loops/{name}")
-def read_loop(name: str, session: SessionDep, _: User = Reviewer) -> dict[str, Any]:
+def read_loop(name: str, session: SessionDep, user: User = Reviewer) -> dict[str, Any]:
     """One human loop."""
-    return service.as_dict(service.get_loop(name, session=session))
+    return service.as_dict(service.get_loop(name, session=session), reviewer_view=_reviewer_view(user))
 
 
 @router.post("/human-loops/{name}/answer")
 def answer_loop(name: str, body: Answer, user: User = Reviewer) -> dict[str, Any]:
-    """A reviewer's answer: a label, or "None of the Above". The first answer wins; a second gets 409."""
+    """A reviewer's answer: a label, or "None of the Above". The first answer wins; a second gets 409, as does
+    an answer to a task another reviewer holds. The same answer sent again (a retry) is the same answer."""
     try:
-        return actions.answer_loop(name, body.label, user.username)
-    except service.AlreadyAnswered as exc:
+        loop = actions.answer_loop(name, body.label, user.username)
+    except (service.AlreadyAnswered, service.LeaseNotHeld) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return service.for_reviewer(loop) if _reviewer_view(user) else loop
+
+
+@router.post("/human-loops/undo")
+def undo_answer(session: SessionDep, user: User = Reviewer) -> dict[str, Any]:
+    """Take back your last answer while it waits out its undo window (422 once it is being applied)."""
+    return actions.undo_answer(user.username, session=session)
+
+
+@router.post("/human-loops/label-audit", status_code=status.HTTP_201_CREATED)
+def open_label_audits(body: LabelAudit, session: SessionDep, user: User = Operator) -> list[dict[str, Any]]:
+    """Send training images back to review as "Label Audit" loops; the answer moves the image."""
+    return actions.open_label_audits(body.keys, user.username, session=session)
+
+
+@router.post("/human-loops/{name}/correct")
+def correct_answer(name: str, body: Answer, session: SessionDep, user: User = Operator) -> dict[str, Any]:
+    """Correct an applied answer: the training copy moves (or goes, for None of the Above); never a second."""
+    return actions.correct_answer(name, body.label, user.username, session=session)
 
 
 @router.post("/human-loops/{name}/stop")
