@@ -153,7 +153,10 @@ def test_undo_in_the_window_then_correction_moves_the_one_copy(review_server: Se
                      if e["human_loop_name"] == name)
         assert event["human_label"] == label
         output = json.loads(api.get(f"/objects/{loop['output_key']}").content)
-        assert output["humanAnswers"][0]["answerContent"]["crowd-image-classifier"]["label"] == label
+        assert output["consolidatedAnswer"]["crowd-image-classifier"]["label"] == label
+        assert [a["answerContent"]["crowd-image-classifier"]["label"] for a in output["humanAnswers"]] == [
+            "amazon_logo", label], "the reviewer's answer is kept; the correction comes last"
+        assert output["humanAnswers"][-1]["workerMetadata"]["answerKind"] == "correction"
     assert "corrected by admin" in loop["status_message"]
     portal.close()
     api.close()
@@ -227,3 +230,69 @@ def test_a2i_output_reads_as_a2i_documents_it(review_server: Server) -> None:
     assert accepted <= submitted
     assert answer["timeSpentInSeconds"] == pytest.approx((submitted - accepted).total_seconds(), abs=0.01)
     api.close()
+
+
+def new_worker(server: Server, api: httpx.Client, name: str) -> httpx.Client:
+    """A worker account with its own password, and an API client for it."""
+    assert api.post("/users", json={"username": name, "role": "worker", "password": "first-password-1"}
+                    ).status_code == 201
+    with server.client(server.token(name, "first-password-1")) as worker:
+        worker.post("/auth/password", json={"current_password": "first-password-1",
+                                            "new_password": "own-password-1"}).raise_for_status()
+    return worker_api(server, name)
+
+
+def test_several_reviewers_per_task_consolidate_escalate_and_break_ties_by_reliability(
+        review_server: Server) -> None:
+    api = review_server.client()
+    for loop in api.get("/human-loops", params={"status": "InProgress"}).json():
+        api.post(f"/human-loops/{loop['name']}/stop")
+    for bad, reason in (({"Detection": 10}, "from 1 to 9"), ({"Detection": 0}, "from 1 to 9"),
+                        ({"Nope": 2}, "unknown loop source")):
+        refused = api.put("/task-template", json={"reviewers_per_task": bad})
+        assert refused.status_code == 422 and reason in refused.json()["detail"], refused.text
+    template = api.put("/task-template", json={"reviewers_per_task": {"Detection": 3}, "min_agreement": 0.5})
+    assert template.json()["reviewers_per_task"] == {"Detection": 3, "Human Sampling": 1, "Label Audit": 1}
+    rita, ravi = worker_api(review_server, "rita"), worker_api(review_server, "ravi")
+    rosa, rudi = new_worker(review_server, api, "rosa"), new_worker(review_server, api, "rudi")
+    loops = list(detection_loops(api, {f"images_for_detection/three-{i}.png": uncertain(90 + i) for i in range(2)}))
+    portal = web_client(review_server, "rita", "own-password-1")
+    page = take_task(portal)
+    agreed = re.search(r'data-task="([^"]+)"', page.text).group(1)
+    [split] = set(loops) - {agreed}
+    after = portal.post(f"/review/tasks/{agreed}", data={"csrf_token": csrf_of(page.text), "label": "aws_logo"})
+    assert f'data-task="{split}"' in after.text, "the next task, never the one just answered"
+    loop = api.get(f"/human-loops/{agreed}").json()
+    assert loop["status"] == "InProgress" and [a["worker"] for a in loop["answers"]] == ["rita"]
+    assert rita.get(f"/human-loops/{agreed}").json()["answers"] is None, "reviewers do not see others' answers"
+    twice = rita.post(f"/human-loops/{agreed}/answer", json={"label": "amazon_logo"})
+    assert twice.status_code == 409 and "answered human loop" in twice.json()["detail"]
+    portal.post("/review/stop", data={"csrf_token": csrf_of(after.text)})
+    assert ravi.post(f"/human-loops/{agreed}/answer", json={"label": "aws_logo"}).json()["status"] == "InProgress"
+    assert rosa.post(f"/human-loops/{agreed}/answer", json={"label": "amazon_logo"}).json()["status"] == "Completed"
+    loop = applied(api, agreed)
+    assert loop["answer_label"] == "aws_logo" and len(loop["answers"]) == 3
+    assert "consolidated from 3 answers" in loop["status_message"]
+    copies = [k for k in keys_under(api, "images_labeled_by_folder/") if f"humanLoopName-{agreed}-" in k]
+    assert copies == [loop["copied_key"]] and copies[0].startswith("images_labeled_by_folder/aws_logo/")
+    output = json.loads(api.get(f"/objects/{loop['output_key']}").content)
+    assert [a["workerId"] for a in output["humanAnswers"]] == ["rita", "ravi", "rosa"]
+
+    # Three different answers: 1 in 3 agree, below one half: a fourth reviewer is asked, and decides.
+    for worker, label in ((rita, "aws_logo"), (ravi, "amazon_logo"), (rosa, NOTA)):
+        assert worker.post(f"/human-loops/{split}/answer", json={"label": label}).status_code == 200
+    loop = api.get(f"/human-loops/{split}").json()
+    assert loop["status"] == "InProgress" and loop["required_answers"] == 4 and "escalated" in loop["status_message"]
+    assert rudi.post(f"/human-loops/{split}/answer", json={"label": "amazon_logo"}).json()["status"] == "Completed"
+    assert applied(api, split)["answer_label"] == "amazon_logo"
+
+    # A tie between two reviewers goes to the one who agreed more often with final labels: rita (1 of 2 so
+    # far) over rosa (0 of 2).
+    api.put("/task-template", json={"reviewers_per_task": {"Detection": 2}}).raise_for_status()
+    [tie] = detection_loops(api, {"images_for_detection/tie.png": uncertain(99)})
+    assert rosa.post(f"/human-loops/{tie}/answer", json={"label": "amazon_logo"}).status_code == 200
+    assert rita.post(f"/human-loops/{tie}/answer", json={"label": "aws_logo"}).status_code == 200
+    assert applied(api, tie)["answer_label"] == "aws_logo"
+    api.put("/task-template", json={"reviewers_per_task": {"Detection": 1}, "min_agreement": 0.6})
+    for client in (api, rita, ravi, rosa, rudi, portal):
+        client.close()

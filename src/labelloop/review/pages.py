@@ -11,7 +11,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.review import service
-from labelloop.review.models import NONE_OF_THE_ABOVE
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.pages import Form, PageDenied, Visitor, page_role, render
 from labelloop.workforce.models import Role
@@ -71,7 +70,7 @@ def answer(name: str, session: SessionDep, visitor: Reviewer, form: Form) -> Res
         raise PageDenied(422, str(exc)) from None
     service.lease_next(visitor.user.username, session=session)
     session.commit()
-    shown = label if label == NONE_OF_THE_ABOVE else loop["answer_label"]
+    shown = next(a["label"] for a in loop["answers"] if a["worker"] == visitor.user.username)  # as recorded
     return RedirectResponse(f"/review/work?saved={quote(shown)}", status_code=303)
 
 

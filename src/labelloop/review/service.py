@@ -9,6 +9,7 @@ import logging
 import re
 import unicodedata
 import uuid
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,16 @@ from labelloop import db
 from labelloop.config import get_settings
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
-from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
+from labelloop.review.models import (
+    MAX_REVIEWERS,
+    NONE_OF_THE_ABOVE,
+    AnswerKind,
+    HumanAnswer,
+    HumanLoop,
+    HumanLoopSource,
+    HumanLoopStatus,
+    TaskTemplate,
+)
 from labelloop.storage import service as storage
 from labelloop.storage.models import HUMAN_LOOP_FOLDER, LABELED_FOLDER, ObjectInfo
 from labelloop.storage.service import InvalidKey, validate_key
@@ -90,8 +100,10 @@ def template(*, session: Session) -> TaskTemplate:
 def update_template(actor: str, *, session: Session, extra_labels: list[str] | None = None,
                     short_instructions: str | None = None, full_instructions: str | None = None,
                     loop_lifetime_hours: int | None = None,
-                    task_time_limit_seconds: int | None = None) -> TaskTemplate:
-    """Change the template's extra labels, instructions, loop lifetime or task time limit."""
+                    task_time_limit_seconds: int | None = None, reviewers_per_task: dict[str, int] | None = None,
+                    min_agreement: float | None = None) -> TaskTemplate:
+    """Change the template's extra labels, instructions, loop lifetime, task time limit, reviewers per task (by
+    loop source) or the agreement a consolidated label needs."""
     row = template(session=session)
     if extra_labels is not None:
         labels = [validate_label(label) for label in extra_labels]
@@ -110,8 +122,35 @@ def update_template(actor: str, *, session: Session, extra_labels: list[str] | N
         if not 30 <= task_time_limit_seconds <= 8 * 3600:
             raise ReviewError("a task time limit is from 30 to 28800 seconds (8 hours), as A2I allows")
         row.task_time_limit_seconds = task_time_limit_seconds
+    if reviewers_per_task is not None:
+        row.reviewers_per_task = checked_reviewers(reviewers_per_task)
+    if min_agreement is not None:
+        if not 0.5 <= min_agreement <= 1.0:
+            raise ReviewError("min_agreement is the share of answers the majority label needs: 0.5 to 1.0")
+        row.min_agreement = min_agreement
     row.updated_at, row.updated_by = db.utcnow(), actor
     return row
+
+
+SOURCES = (HumanLoopSource.DETECTION, HumanLoopSource.SAMPLING, HumanLoopSource.LABEL_AUDIT)
+
+
+def checked_reviewers(reviewers: dict[str, int]) -> dict[str, int]:
+    """``reviewers`` (loop source → distinct reviewers per task) if every source is known and every number is
+    1-9, as Ground Truth allows; else :class:`ReviewError` saying what is allowed."""
+    unknown = sorted(set(reviewers) - set(SOURCES))
+    if unknown:
+        raise ReviewError(f"unknown loop source(s) {', '.join(unknown)}; the sources are {', '.join(SOURCES)}")
+    for source, count in reviewers.items():
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REVIEWERS:
+            raise ReviewError(f"reviewers per task for {source!r} must be a whole number from 1 to "
+                              f"{MAX_REVIEWERS}, not {count!r}")
+    return dict(reviewers)
+
+
+def reviewers_for(source: str, *, session: Session) -> int:
+    """Distinct reviewers a new loop of ``source`` asks for (the template's number, default 1)."""
+    return template(session=session).reviewers_per_task.get(source, 1)
 
 
 def label_choices(*, session: Session) -> list[str]:
@@ -126,7 +165,9 @@ def describe_template(*, session: Session) -> dict[str, Any]:
     return {"extra_labels": row.extra_labels, "label_choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "loop_lifetime_hours": row.loop_lifetime_hours,
-            "task_time_limit_seconds": row.task_time_limit_seconds, "updated_at": row.updated_at,
+            "task_time_limit_seconds": row.task_time_limit_seconds,
+            "reviewers_per_task": {source: row.reviewers_per_task.get(source, 1) for source in SOURCES},
+            "min_agreement": row.min_agreement, "updated_at": row.updated_at,
             "updated_by": row.updated_by}
 
 
@@ -142,12 +183,16 @@ def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
     shown = {column: getattr(loop, column) for column in (
         "name", "source", "status", "object_key", "object_etag", *GUESS_FIELDS, "created_at", "expires_at",
         "completed_at", "answer_label", "answered_by", "answer_round", "output_key", "copied_key", "applied_at",
-        "status_message")} | {"detection_id": loop.detection_id}
+        "status_message", "required_answers")} | {"detection_id": loop.detection_id, "answers": [
+        {"worker": a.worker, "label": a.label, "kind": a.kind, "submitted_at": a.submitted_at}
+        for a in loop.answers]}
     return for_reviewer(shown) if reviewer_view else shown
 
 
 def for_reviewer(shown: dict[str, Any]) -> dict[str, Any]:
-    """A loop as :func:`as_dict` shows it, without the model's guess unless it is a detection loop."""
+    """A loop as :func:`as_dict` shows it to a reviewer: without the others' answers, and without the model's
+    guess unless it is a detection loop."""
+    shown = shown | {"answers": None}
     if shown["source"] == HumanLoopSource.DETECTION:
         return shown
     return shown | dict.fromkeys(GUESS_FIELDS)
@@ -164,6 +209,7 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
                          detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
                          model_label=event.label, model_confidence=event.confidence, object_etag=event.etag,
+                         required_answers=reviewers_for(source, session=session),
                          expires_at=db.utcnow() + timedelta(hours=lifetime),
                          task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
         session.add(loop)
@@ -198,6 +244,7 @@ def open_label_audit_loops(keys: list[str], actor: str, *, session: Session) -> 
             continue
         loop = HumanLoop(name=f"label-audit-{uuid.uuid4().hex[:12]}", source=HumanLoopSource.LABEL_AUDIT,
                          object_key=key, object_etag=info.etag, model_label=label,
+                         required_answers=reviewers_for(HumanLoopSource.LABEL_AUDIT, session=session),
                          expires_at=db.utcnow() + timedelta(hours=lifetime),
                          task={"taskObject": key, "trainingLabel": label, "requestedBy": actor})
         session.add(loop)
@@ -217,7 +264,13 @@ def correct_answer(name: str, label: str, actor: str, *, session: Session) -> Hu
                           "corrected (its reviewer can undo an answer in its undo window)")
     if label == loop.answer_label:
         raise ReviewError(f"human loop {name} is answered {label!r} already")
-    previous = loop.answer_label
+    previous, now = loop.answer_label, db.utcnow()
+    mine = next((a for a in loop.answers if a.worker == actor), None)
+    if mine is None:
+        loop.answers.append(HumanAnswer(worker=actor, label=label, kind=AnswerKind.CORRECTION, accepted_at=now,
+                                        submitted_at=now))
+    else:  # an operator who reviewed it, or corrects it again: their answer becomes the correction
+        mine.label, mine.kind, mine.submitted_at = label, AnswerKind.CORRECTION, now
     loop.answer_label, loop.answer_round = label, loop.answer_round + 1
     loop.applied_at, loop.apply_started_at = None, db.utcnow()  # no undo window for a correction
     loop.status_message = f"corrected by {actor} from {previous!r} to {label!r}"
@@ -269,13 +322,14 @@ def lease_next(worker: str, *, session: Session) -> HumanLoop | None:
         return held
     now = db.utcnow()
     seconds = template(session=session).task_time_limit_seconds
-    for candidate in session.scalars(select(HumanLoop.id).where(
-            HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).order_by(HumanLoop.id).limit(20)):
-        # Conditional update: two reviewers racing for the same task cannot both win it.
+    answered = select(HumanAnswer.id).where(HumanAnswer.loop_id == HumanLoop.id, HumanAnswer.worker == worker)
+    free = (HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now), ~answered.exists())
+    for candidate in session.scalars(select(HumanLoop.id).where(*free).order_by(HumanLoop.id).limit(20)):
+        # Conditional update: two reviewers racing for the same task cannot both win it; nobody gets a task
+        # they answered.
         taken = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
-            HumanLoop.id == candidate, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(
+            HumanLoop.id == candidate, *free).values(
             leased_by=worker, leased_at=now, lease_expires_at=now + timedelta(seconds=seconds)))
         if taken.rowcount:
             return session.get(HumanLoop, candidate, populate_existing=True)
@@ -295,7 +349,9 @@ def checked_answer(label: str, *, session: Session) -> str:
 
 
 def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
-    """Record a reviewer's answer: the loop becomes Completed (first answer wins).
+    """Record a reviewer's answer. The loop stays open until its required number of distinct reviewers answered,
+    then it is Completed with their consolidated label (:func:`consolidate`), or asks one more reviewer when
+    they disagree beyond the template's ``min_agreement`` (up to 9).
 
     Refused (:class:`LeaseNotHeld`) while another reviewer holds the task's live lease. The same answer sent
     again by the same reviewer (a retry after a lost response) returns the recorded loop, so a retry never
@@ -304,46 +360,119 @@ def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
         loop = get_loop(name, session=session)
         label = checked_answer(label, session=session)
         now = db.utcnow()
-        claimed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+        accepted = loop.leased_at if loop.leased_by == worker else None
+        # Taking the slot also locks the loop's row, so answers to one loop are counted one at a time.
+        took = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
             HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
             or_(HumanLoop.leased_by.is_(None), HumanLoop.leased_by == worker, HumanLoop.lease_expires_at <= now))
-            .values(status=HumanLoopStatus.COMPLETED, answer_label=label, answered_by=worker, completed_at=now,
-                    leased_by=None, lease_expires_at=None))
+            .values(leased_by=None, lease_expires_at=None))
         session.refresh(loop)
-        if claimed.rowcount:
-            log.info("human loop answered", extra={"loop": name, "label": label, "worker": worker,
-                                                   "round": loop.answer_round})
-            return as_dict(loop)
-        if loop.status == HumanLoopStatus.COMPLETED and (loop.answered_by, loop.answer_label) == (worker, label):
-            return as_dict(loop)
-        if loop.status == HumanLoopStatus.IN_PROGRESS:
-            raise LeaseNotHeld(f"the task {name} is held by another reviewer; answer the tasks you hold "
-                               "(POST /review/work or the portal gives you one)")
-        raise AlreadyAnswered(f"human loop {name} is {loop.status} already"
-                              + (f" (answered {loop.answer_label!r})" if loop.answer_label else ""))
+        session.expire(loop, ["answers"])
+        mine = next((a for a in loop.answers if a.worker == worker), None)
+        if mine is not None:
+            if (mine.label, mine.kind) == (label, AnswerKind.REVIEW):
+                return as_dict(loop)
+            raise AlreadyAnswered(f"you answered human loop {name} already ({mine.label!r}); an operator can "
+                                  "correct an answer once it is applied")
+        if not took.rowcount:
+            if loop.status == HumanLoopStatus.IN_PROGRESS:
+                raise LeaseNotHeld(f"the task {name} is held by another reviewer; answer the tasks you hold "
+                                   "(POST /review/work or the portal gives you one)")
+            raise AlreadyAnswered(f"human loop {name} is {loop.status} already"
+                                  + (f" (answered {loop.answer_label!r})" if loop.answer_label else ""))
+        loop.answers.append(HumanAnswer(worker=worker, label=label, kind=AnswerKind.REVIEW, accepted_at=accepted or now,
+                                        submitted_at=now))
+        _complete_if_answered(loop, worker, now, session=session)
+        log.info("human loop answered", extra={"loop": name, "label": label, "worker": worker,
+                                               "status": loop.status, "round": loop.answer_round})
+        return as_dict(loop)
+
+
+def _complete_if_answered(loop: HumanLoop, worker: str, now: Any, *, session: Session) -> None:
+    """Complete ``loop`` with its consolidated label once enough reviewers answered, or escalate it."""
+    reviews = [a for a in loop.answers if a.kind == AnswerKind.REVIEW]
+    if len(reviews) < loop.required_answers:
+        return
+    label, share = consolidate(reviews, session=session)
+    needed = template(session=session).min_agreement
+    if share < needed and loop.required_answers < MAX_REVIEWERS:
+        loop.required_answers += 1
+        loop.status_message = (f"escalated: {share:.0%} of {len(reviews)} answers agree, {needed:.0%} needed; "
+                               f"one more reviewer asked")
+        log.info("human loop escalated", extra={"loop": loop.name, "answers": len(reviews), "agreement": share})
+        return
+    loop.status, loop.answer_label, loop.answered_by, loop.completed_at = (
+        HumanLoopStatus.COMPLETED, label, worker, now)
+    if len(reviews) > 1:
+        loop.status_message = f"consolidated from {len(reviews)} answers ({share:.0%} agree)"
+
+
+def consolidate(answers: list[HumanAnswer], *, session: Session) -> tuple[str, float]:
+    """The loop's label by majority vote, a tie going to the label whose reviewers are more reliable
+    (:func:`reviewer_reliability`), then the first in alphabetical order; returns it with the share of answers
+    that gave it."""
+    counts = Counter(a.label for a in answers)
+    top = max(counts.values())
+    tied = sorted(label for label, count in counts.items() if count == top)
+    if len(tied) > 1:
+        reliability = reviewer_reliability([a.worker for a in answers], session=session)
+        weight = {label: sum(reliability[a.worker] for a in answers if a.label == label) for label in tied}
+        tied.sort(key=lambda label: -weight[label])
+    return tied[0], top / len(answers)
+
+
+def reviewer_reliability(workers: list[str], *, session: Session) -> dict[str, float]:
+    """Each reviewer's agreement with the final label of the loops they answered, smoothed as
+    (agreed + 1) / (answered + 2): the one-coin Dawid–Skene estimate of accuracy, taken against the
+    consolidated (or operator-corrected) labels rather than iterated, which is enough to break ties."""
+    tally = {worker: [0, 0] for worker in workers}
+    for worker, answer, final in session.execute(
+            select(HumanAnswer.worker, HumanAnswer.label, HumanLoop.answer_label)
+            .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id)
+            .where(HumanAnswer.worker.in_(workers), HumanAnswer.kind == AnswerKind.REVIEW,
+                   HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.answer_label.is_not(None))):
+        tally[worker][0] += answer == final
+        tally[worker][1] += 1
+    return {worker: (agreed + 1) / (answered + 2) for worker, (agreed, answered) in tally.items()}
 
 
 def undo_last_answer(worker: str, *, session: Session) -> HumanLoop:
-    """Take back ``worker``'s last answer while its run has not started applying it (within the undo
-    window): the loop is open again, held by ``worker``, in a new round. Otherwise :class:`ReviewError`."""
+    """Take back ``worker``'s last answer within the undo window, while no run has started applying it: the
+    answer is removed and the task is theirs again (a Completed loop reopens in a new round). Otherwise
+    :class:`ReviewError`."""
     window = get_settings().undo_seconds
     now = db.utcnow()
-    loop = session.scalar(select(HumanLoop).where(
-        HumanLoop.answered_by == worker, HumanLoop.status == HumanLoopStatus.COMPLETED)
-        .order_by(HumanLoop.completed_at.desc(), HumanLoop.id.desc()).limit(1))
-    if loop is None:
+    too_late = ReviewError(f"too late to undo: answers can be undone for {window:g} s, before they are applied; "
+                           "an operator can still correct an applied answer")
+    mine = session.scalar(select(HumanAnswer).where(HumanAnswer.worker == worker,
+                                                    HumanAnswer.kind == AnswerKind.REVIEW)
+                          .order_by(HumanAnswer.submitted_at.desc(), HumanAnswer.id.desc()).limit(1))
+    if mine is None:
         raise ReviewError("you have no answer to undo")
+    if mine.submitted_at <= now - timedelta(seconds=window):
+        raise too_late
+    loop = session.get(HumanLoop, mine.loop_id)
     release_lease(worker, session=session)
-    undone = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
-        HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.answered_by == worker,
-        HumanLoop.apply_started_at.is_(None), HumanLoop.completed_at > now - timedelta(seconds=window)).values(
-        status=HumanLoopStatus.IN_PROGRESS, answer_label=None, answered_by=None, completed_at=None,
-        answer_round=HumanLoop.answer_round + 1, leased_by=worker, leased_at=now,
-        lease_expires_at=now + timedelta(seconds=template(session=session).task_time_limit_seconds)))
-    if not undone.rowcount:
-        raise ReviewError(f"too late to undo your answer to {loop.name} ({loop.answer_label!r}): answers can be "
-                          f"undone for {window:g} s, before they are applied; an operator can still correct it")
+    lease = {"leased_by": worker, "leased_at": now,
+             "lease_expires_at": now + timedelta(seconds=template(session=session).task_time_limit_seconds)}
+    if loop.status == HumanLoopStatus.COMPLETED:
+        changed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.COMPLETED,
+            HumanLoop.apply_started_at.is_(None)).values(
+            status=HumanLoopStatus.IN_PROGRESS, answer_label=None, answered_by=None, completed_at=None,
+            answer_round=HumanLoop.answer_round + 1, **lease))
+    elif loop.status == HumanLoopStatus.IN_PROGRESS:  # other reviewers still to answer
+        changed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(**lease))
+    else:
+        raise too_late
+    if loop.status == HumanLoopStatus.COMPLETED and not changed.rowcount:
+        raise too_late
+    session.delete(mine)
+    session.flush()
     session.refresh(loop)
+    session.expire(loop, ["answers"])
     log.info("answer undone", extra={"loop": loop.name, "worker": worker, "round": loop.answer_round})
     return loop
 
@@ -525,17 +654,20 @@ def output_key(loop: HumanLoop) -> str:
 
 
 def output_record(loop: HumanLoop, request_id: str | None) -> dict[str, Any]:
-    """The loop's output in A2I's shape (plus labelloop's fields in ``inputContent``)."""
-    accepted = loop.leased_at if loop.leased_at and loop.completed_at and loop.leased_at <= loop.completed_at \
-        else loop.completed_at
-    submitted = loop.completed_at or db.utcnow()
-    answers = [] if loop.answer_label is None else [{
-        "acceptanceTime": (accepted or submitted).isoformat(), "submissionTime": submitted.isoformat(),
-        "timeSpentInSeconds": round((submitted - (accepted or submitted)).total_seconds(), 3),
-        "workerId": loop.answered_by,
-        "workerMetadata": {"identityData": {"identityProviderType": "labelloop", "issuer": "labelloop",
-                                            "sub": loop.answered_by}},
-        "answerContent": {"crowd-image-classifier": {"label": loop.answer_label}}}]
+    """The loop's output in A2I's shape: every answer in ``humanAnswers`` (an operator's correction last, marked
+    in its ``workerMetadata``), labelloop's fields in ``inputContent`` and the label that counts in
+    ``consolidatedAnswer``."""
+    answers = []
+    for answer in loop.answers:
+        accepted = min(answer.accepted_at or answer.submitted_at, answer.submitted_at)
+        answers.append({
+            "acceptanceTime": accepted.isoformat(), "submissionTime": answer.submitted_at.isoformat(),
+            "timeSpentInSeconds": round((answer.submitted_at - accepted).total_seconds(), 3),
+            "workerId": answer.worker,
+            "workerMetadata": {"identityData": {"identityProviderType": "labelloop", "issuer": "labelloop",
+                                                "sub": answer.worker}, "answerKind": answer.kind},
+            "answerContent": {"crowd-image-classifier": {"label": answer.label}}})
+    answers.sort(key=lambda entry: entry["workerMetadata"]["answerKind"] == AnswerKind.CORRECTION)
     return {
         "flowDefinitionArn": flow_definition_arn(),
         "humanLoopName": loop.name,
@@ -544,8 +676,9 @@ def output_record(loop: HumanLoop, request_id: str | None) -> dict[str, Any]:
             "initialValue": loop.model_label, "initialConfidence": loop.model_confidence,
             "detectLabelRequestId": request_id, "objectKey": loop.object_key, "objectEtag": loop.object_etag,
             "source": loop.source, "modelLabel": loop.model_label, "modelConfidence": loop.model_confidence,
-            "modelVersion": loop.model_version},
+            "modelVersion": loop.model_version, "requiredAnswers": loop.required_answers},
         "humanAnswers": answers,
+        "consolidatedAnswer": {"crowd-image-classifier": {"label": loop.answer_label}},
         "humanLoopStatus": loop.status,
     }
 

@@ -32,6 +32,8 @@ class TemplateUpdate(BaseModel):
     full_instructions: str | None = None
     loop_lifetime_hours: int | None = None
     task_time_limit_seconds: int | None = None
+    reviewers_per_task: dict[str, int] | None = None
+    min_agreement: float | None = None
 
 
 class LabelAudit(BaseModel):
