@@ -65,7 +65,7 @@ def test_answers_survive_sigkill_cycles_under_twelve_reviewers(make_server, data
     is applied exactly once: its copy (none for None of the Above), its output and its detection's answer."""
     env = {"LABELLOOP_DATABASE_URL": request.getfixturevalue("postgres_database")} if database == "postgresql" \
         else {}
-    server = make_server(**env)
+    server = make_server(LABELLOOP_ANSWER_SWEEP_MINUTES="1", **env)
     with server.client() as api:
         upload_training_set(api, 5)
         server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)

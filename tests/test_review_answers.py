@@ -3,6 +3,8 @@ Label Audit loops, and A2I's output read as A2I's documentation describes it."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server, server_env, wait_until
+from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import box_logo, smile_logo
 from test_web_portal import csrf_of, detection_loops, sampling_loop, take_task, uncertain, web_client
 
@@ -229,6 +231,13 @@ def test_a2i_output_reads_as_a2i_documents_it(review_server: Server) -> None:
     accepted, submitted = (datetime.fromisoformat(answer[f]) for f in ("acceptanceTime", "submissionTime"))
     assert accepted <= submitted
     assert answer["timeSpentInSeconds"] == pytest.approx((submitted - accepted).total_seconds(), abs=0.01)
+
+    # The detection CSV carries the seed's DynamoDB column names too, so its analytics keep working.
+    rows = list(csv.DictReader(io.StringIO(api.get("/detections/export.csv", params={"limit": 1000}).text)))
+    [row] = [row for row in rows if row["HumanLoopName"] == name]
+    assert (row["DetectLabelRequestId"], row["S3ObjectKey"], row["HumanLabel"], row["CopiedS3ObjectKey"]) == (
+        event["request_id"], key, "aws_logo", loop["copied_key"])
+    assert float(row["DetectedConfidenceLevel"]) == pytest.approx(event["confidence"])
     api.close()
 
 
@@ -296,3 +305,30 @@ def test_several_reviewers_per_task_consolidate_escalate_and_break_ties_by_relia
     api.put("/task-template", json={"reviewers_per_task": {"Detection": 1}, "min_agreement": 0.6})
     for client in (api, rita, ravi, rosa, rudi, portal):
         client.close()
+
+
+def test_reviewer_metrics_show_who_agrees_and_an_admin_pauses_in_one_click(review_server: Server) -> None:
+    api = review_server.client()
+    if "rosa" not in {m["reviewer"] for m in api.get("/reviewers/metrics").json()}:
+        test_several_reviewers_per_task_consolidate_escalate_and_break_ties_by_reliability(review_server)
+    metrics = {m["reviewer"]: m for m in api.get("/reviewers/metrics").json()}
+    assert metrics["rosa"]["answered"] >= 3 and metrics["rosa"]["agreement"] < metrics["rita"]["agreement"]
+    assert metrics["rita"]["median_seconds"] is not None and metrics["rita"]["days"][0]["answered"] >= 1
+    rows = list(csv.DictReader(io.StringIO(api.get("/reviewers/metrics.csv").text)))
+    assert {"rita", "rosa"} <= {row["reviewer"] for row in rows} and set(rows[0]) >= {"day", "agreement"}
+
+    admin = web_client(review_server, "admin", ADMIN_PASSWORD)
+    page = admin.get("/reviewers")
+    assert page.status_code == 200 and "<svg" in page.text
+    assert re.search(r'<tr class="warn" data-reviewer="rosa">', page.text), "rosa is below 80 %"
+    paused = admin.post("/reviewers/rosa/pause", data={"csrf_token": csrf_of(page.text)})
+    assert paused.url.path == "/reviewers" and "<strong>paused</strong>" in paused.text
+    [name] = detection_loops(api, {"images_for_detection/paused.png": uncertain(120)})
+    with worker_api(review_server, "rosa") as rosa:
+        refused = rosa.post(f"/human-loops/{name}/answer", json={"label": "aws_logo"})
+        assert refused.status_code == 403 and "paused" in refused.json()["detail"]
+        assert "data-task" not in take_task(web_client(review_server, "rosa", "own-password-1")).text
+        assert api.post("/reviewers/rosa/resume").json()["paused"] == []
+        assert rosa.post(f"/human-loops/{name}/answer", json={"label": "aws_logo"}).status_code == 200
+    admin.close()
+    api.close()

@@ -60,7 +60,8 @@ def inbox() -> Iterator[tuple[Inbox, int]]:
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory, inbox: tuple[Inbox, int]) -> Iterator[Server]:
     """A server with SMTP configured and a model serving (trained on two labels)."""
-    env = server_env(LABELLOOP_SMTP_HOST="127.0.0.1", LABELLOOP_SMTP_PORT=str(inbox[1]))
+    env = server_env(LABELLOOP_SMTP_HOST="127.0.0.1", LABELLOOP_SMTP_PORT=str(inbox[1]),
+                     LABELLOOP_UNDO_SECONDS="15")  # time for a browser under load to press "u"
     server = Server(home=tmp_path_factory.mktemp("portal") / "home", env=env).start()
     try:
         with server.client() as api:
@@ -245,6 +246,15 @@ def test_admin_creates_worker_who_labels_tasks_with_the_keyboard(portal: Server,
         with worker.expect_navigation():
             worker.keyboard.press("Enter")
         assert f"Saved: {answers[name]}" in worker.inner_text("main")
+        if index == 0:  # "u" takes the answer back: the same task again, then answered again
+            with worker.expect_navigation():
+                worker.keyboard.press("u")
+            assert worker.get_attribute(".task", "data-task") == name
+            assert "Answer taken back" in worker.inner_text("main")
+            worker.keyboard.press(key)
+            with worker.expect_navigation():
+                worker.keyboard.press("Enter")
+            assert f"Saved: {answers[name]}" in worker.inner_text("main")
     worker.set_viewport_size(DESKTOP)
     assert worker.inner_text("h1") == "No tasks left"
     shot(worker, "10-no-tasks-left")

@@ -110,5 +110,7 @@ class TaskTemplate(Base):
     reviewers_per_task: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     # The share of answers the majority label needs; below it the loop asks one more reviewer (up to 9).
     min_agreement: Mapped[float] = mapped_column(Float, default=0.6)
+    # Reviewers an admin paused from review (they get no task and their answers are refused).
+    paused_reviewers: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64), default="system")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from labelloop import db
 from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.review import service
+from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.pages import Form, PageDenied, Visitor, page_role, render
 from labelloop.workforce.models import Role
@@ -82,6 +85,30 @@ def undo(session: SessionDep, visitor: Reviewer, _form: Form) -> Response:
     except service.ReviewError:
         return RedirectResponse("/review/work?problem=too-late", status_code=303)
     return RedirectResponse(f"/review/work?undone={quote(loop['name'])}", status_code=303)
+
+
+Watcher = Annotated[Visitor, Depends(page_role(Role.OPERATOR))]
+Admin = Annotated[Visitor, Depends(page_role(Role.ADMIN))]
+LOW_AGREEMENT = 0.8  # rows below it are marked, so an admin sees whom to pause
+
+
+@router.get("/reviewers", response_class=HTMLResponse)
+def reviewers(request: Request, session: SessionDep, visitor: Watcher) -> Response:
+    """Reviewer metrics: a chart of agreement, a table per reviewer (and per day), pause or resume."""
+    metrics = service.reviewer_metrics(since=db.utcnow() - timedelta(days=30), session=session)
+    chart = plots.bar_chart([(m["reviewer"], 100 * m["agreement"]) for m in metrics if m["agreement"] is not None],
+                            label="Agreement with the final label, last 30 days", unit=" %",
+                            value_format="{:.0f}")
+    return render(request, "review/reviewers.html", {
+        "metrics": metrics, "chart": chart, "low": LOW_AGREEMENT,
+        "can_pause": visitor.user.role == Role.ADMIN})
+
+
+@router.post("/reviewers/{username}/pause")
+def pause(username: str, session: SessionDep, visitor: Admin, form: Form) -> Response:
+    """Pause (or, with ``resume``, resume) a reviewer in one click."""
+    service.set_paused(username, form.get("resume") is None, visitor.user.username, session=session)
+    return RedirectResponse("/reviewers", status_code=303)
 
 
 @router.get("/review/tasks/{name}/image")

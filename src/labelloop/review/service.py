@@ -11,6 +11,7 @@ import unicodedata
 import uuid
 from collections import Counter
 from datetime import timedelta
+from statistics import median
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -34,6 +35,7 @@ from labelloop.review.models import (
 from labelloop.storage import service as storage
 from labelloop.storage.models import HUMAN_LOOP_FOLDER, LABELED_FOLDER, ObjectInfo
 from labelloop.storage.service import InvalidKey, validate_key
+from labelloop.workforce.models import User
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class AlreadyAnswered(Exception):
 
 class LeaseNotHeld(ReviewError):
     """The worker does not hold this task's lease (it expired and went to someone else, or never was theirs)."""
+
+
+class ReviewerPaused(ReviewError):
+    """An admin paused this reviewer from review."""
 
 
 class ImageChanged(ReviewError):
@@ -278,6 +284,16 @@ def correct_answer(name: str, label: str, actor: str, *, session: Session) -> Hu
     return loop
 
 
+def copied_keys(names: list[str], *, session: Session) -> dict[str, str | None]:
+    """Where each named loop's answer put its image in the training data (the seed's CopiedS3ObjectKey)."""
+    found: dict[str, str | None] = {}
+    for start in range(0, len(names), 500):
+        rows = session.execute(select(HumanLoop.name, HumanLoop.copied_key).where(
+            HumanLoop.name.in_(names[start:start + 500])))
+        found.update((name, key) for name, key in rows)  # a Result has keys(): not a mapping to update from
+    return found
+
+
 def get_loop(name: str, *, session: Session) -> HumanLoop:
     """The loop named ``name``."""
     loop = session.scalar(select(HumanLoop).where(HumanLoop.name == name))
@@ -317,6 +333,8 @@ def lease_next(worker: str, *, session: Session) -> HumanLoop | None:
     """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold), for the task
     template's time limit; a lease past it returns the task to the queue."""
     expire_loops(session=session)
+    if worker in template(session=session).paused_reviewers:
+        return None
     held = held_by(worker, session=session)
     if held is not None:
         return held
@@ -359,6 +377,8 @@ def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
     with db.session() as session:
         loop = get_loop(name, session=session)
         label = checked_answer(label, session=session)
+        if worker in template(session=session).paused_reviewers:
+            raise ReviewerPaused(f"{worker} is paused from review by an admin; the answer was not recorded")
         now = db.utcnow()
         accepted = loop.leased_at if loop.leased_by == worker else None
         # Taking the slot also locks the loop's row, so answers to one loop are counted one at a time.
@@ -789,6 +809,55 @@ def task_image(name: str, worker: str) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     decode_image(data).save(buffer, "PNG")
     return buffer.getvalue(), "image/png"
+
+
+# ── reviewer metrics, and pausing a reviewer ─────────────────────────────────
+
+
+def set_paused(username: str, paused: bool, actor: str, *, session: Session) -> list[str]:
+    """Pause ``username`` from review (no tasks, answers refused; the task they hold goes back) or resume them;
+    returns the paused reviewers."""
+    if session.scalar(select(User.id).where(User.username == username)) is None:
+        raise ReviewError(f"there is no user {username!r}")
+    row = template(session=session)
+    names = set(row.paused_reviewers)
+    names = names | {username} if paused else names - {username}
+    row.paused_reviewers = sorted(names)
+    if paused:
+        release_lease(username, session=session)
+    log.info("reviewer paused" if paused else "reviewer resumed", extra={"reviewer": username, "actor": actor})
+    return row.paused_reviewers
+
+
+def reviewer_metrics(*, session: Session, since: Any = None) -> list[dict[str, Any]]:
+    """Per reviewer, overall and per day (UTC): tasks answered, median seconds per task (lease to answer),
+    agreement with the loop's final label (consolidated or corrected), the same on Human Sampling audits, and
+    whether they are paused."""
+    query = (select(HumanAnswer.worker, HumanAnswer.label, HumanAnswer.accepted_at, HumanAnswer.submitted_at,
+                    HumanLoop.source, HumanLoop.status, HumanLoop.answer_label)
+             .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id).where(HumanAnswer.kind == AnswerKind.REVIEW))
+    if since is not None:
+        query = query.where(HumanAnswer.submitted_at >= since)
+    groups: dict[str, dict[str, list[Any]]] = {}
+    for row in session.execute(query):
+        groups.setdefault(row.worker, {}).setdefault(f"{row.submitted_at:%Y-%m-%d}", []).append(row)
+    paused = set(template(session=session).paused_reviewers)
+    return [{"reviewer": worker, "paused": worker in paused, **_tally([r for rows in days.values() for r in rows]),
+             "days": [{"day": day, **_tally(rows)} for day, rows in sorted(days.items())]}
+            for worker, days in sorted(groups.items())]
+
+
+def _tally(rows: list[Any]) -> dict[str, Any]:
+    seconds = list((r.submitted_at - (r.accepted_at or r.submitted_at)).total_seconds() for r in rows)
+    final = [r for r in rows if r.status == HumanLoopStatus.COMPLETED and r.answer_label is not None]
+    audits = [r for r in final if r.source == HumanLoopSource.SAMPLING]
+
+    def share(subset: list[Any]) -> float | None:
+        return round(sum(r.label == r.answer_label for r in subset) / len(subset), 4) if subset else None
+
+    return {"answered": len(rows), "median_seconds": round(median(seconds), 1) if seconds else None,
+            "decided": len(final), "agreement": share(final), "audits": len(audits),
+            "audit_agreement": share(audits)}
 
 
 AUDIT_ANSWERS_USED = 500

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import Response
 from pydantic import BaseModel
 
+from labelloop import db
 from labelloop.loop import actions
 from labelloop.review import service
 from labelloop.review.models import HumanLoopStatus
@@ -16,6 +21,9 @@ from labelloop.workforce.models import Role, User
 router = APIRouter(prefix="/api/v1", tags=["human loops"])
 Reviewer = Depends(require(Role.OPERATOR, Role.WORKER))
 Operator = Depends(require(Role.OPERATOR))
+Admin = Depends(require(Role.ADMIN))
+METRIC_COLUMNS = ["reviewer", "day", "answered", "median_seconds", "decided", "agreement", "audits",
+                  "audit_agreement", "paused"]
 
 
 class Answer(BaseModel):
@@ -76,6 +84,8 @@ def answer_loop(name: str, body: Answer, user: User = Reviewer) -> dict[str, Any
         loop = actions.answer_loop(name, body.label, user.username)
     except (service.AlreadyAnswered, service.LeaseNotHeld) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except service.ReviewerPaused as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     return service.for_reviewer(loop) if _reviewer_view(user) else loop
 
 
@@ -117,3 +127,37 @@ def change_template(body: TemplateUpdate, session: SessionDep, user: User = Oper
     """Change the extra labels, the instructions or how long a loop stays open."""
     service.update_template(user.username, **body.model_dump(exclude_none=True), session=session)
     return service.describe_template(session=session)
+
+
+@router.get("/reviewers/metrics")
+def reviewer_metrics(session: SessionDep, days: int = Query(30, ge=1, le=3660),
+                     _: User = Operator) -> list[dict[str, Any]]:
+    """Per reviewer, overall and per day, over the last ``days``: tasks answered, median seconds per task,
+    agreement with the final label and on Human Sampling audits, paused or not."""
+    return service.reviewer_metrics(since=db.utcnow() - timedelta(days=days), session=session)
+
+
+@router.get("/reviewers/metrics.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def reviewer_metrics_csv(session: SessionDep, days: int = Query(30, ge=1, le=3660),
+                         _: User = Operator) -> Response:
+    """The same metrics as CSV, one row per reviewer and day."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for reviewer in service.reviewer_metrics(since=db.utcnow() - timedelta(days=days), session=session):
+        for day in reviewer["days"]:
+            writer.writerow({**day, "reviewer": reviewer["reviewer"], "paused": reviewer["paused"]})
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="reviewer-metrics.csv"'})
+
+
+@router.post("/reviewers/{username}/pause")
+def pause_reviewer(username: str, session: SessionDep, user: User = Admin) -> dict[str, Any]:
+    """Pause a reviewer from review: no tasks, answers refused, the held task goes back to the queue."""
+    return {"paused": service.set_paused(username, True, user.username, session=session)}
+
+
+@router.post("/reviewers/{username}/resume")
+def resume_reviewer(username: str, session: SessionDep, user: User = Admin) -> dict[str, Any]:
+    """Let a paused reviewer review again."""
+    return {"paused": service.set_paused(username, False, user.username, session=session)}
