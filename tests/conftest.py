@@ -295,7 +295,8 @@ def server_env(**extra: str) -> dict[str, str]:
     """The environment for a test server: the admin password set, other LABELLOOP_ settings cleared."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
     env.update({"LABELLOOP_ADMIN_PASSWORD": ADMIN_PASSWORD, "LABELLOOP_LOG_FORMAT": "json",
-                "LABELLOOP_SCHEDULER_POLLING_SECONDS": "0.5", "LABELLOOP_QUEUE_POLLING_SECONDS": "0.1"})
+                "LABELLOOP_SCHEDULER_POLLING_SECONDS": "0.5", "LABELLOOP_QUEUE_POLLING_SECONDS": "0.1",
+                "LABELLOOP_UNDO_SECONDS": "1"})  # answers are applied 1 s after they are sent
     env.update(extra)
     return env
 

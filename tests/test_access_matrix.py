@@ -53,6 +53,13 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/human-loops/{name}"): REVIEWERS,
     ("POST", "/api/v1/human-loops/{name}/answer"): REVIEWERS,
     ("POST", "/api/v1/human-loops/{name}/stop"): OPERATORS,
+    ("POST", "/api/v1/human-loops/{name}/correct"): OPERATORS,
+    ("POST", "/api/v1/human-loops/undo"): REVIEWERS,
+    ("POST", "/api/v1/human-loops/label-audit"): OPERATORS,
+    ("GET", "/api/v1/reviewers/metrics"): OPERATORS,
+    ("GET", "/api/v1/reviewers/metrics.csv"): OPERATORS,
+    ("POST", "/api/v1/reviewers/{username}/pause"): ADMINS,
+    ("POST", "/api/v1/reviewers/{username}/resume"): ADMINS,
     ("GET", "/api/v1/task-template"): REVIEWERS,
     ("PUT", "/api/v1/task-template"): OPERATORS,
     ("POST", "/api/v1/sampling/run"): OPERATORS,
@@ -62,8 +69,8 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
 
 # Bodies that make an allowed call succeed where an empty body could not tell "allowed" from "refused".
 BODIES = {("POST", "/api/v1/auth/token"): {"json": {"username": "admin", "password": ADMIN_PASSWORD}}}
-PATH_VALUES = {"token_id": "999999", "name": "Minimum-F1-Score", "key": "images_for_detection/matrix.png",
-               "run_id": "no-such-run", "version": "v404"}
+PATH_VALUES = {"username": "matrix-nobody", "token_id": "999999", "name": "Minimum-F1-Score",
+               "key": "images_for_detection/matrix.png", "run_id": "no-such-run", "version": "v404"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +130,7 @@ PAGE_ALLOWED: dict[str, set[str]] = {
     "/workforce/teams": ADMINS,
     "/review": REVIEWERS,
     "/review/work": REVIEWERS,
+    "/reviewers": OPERATORS,
     "/review/tasks/{name}/image": NOBODY,  # only the reviewer holding the task's lease, tested in test_web_portal
     "/dashboard": OPERATORS,
     "/dashboard/training-progress": OPERATORS,

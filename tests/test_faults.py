@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from conftest import Server, wait_until
+from conftest import wait_until
 from images import blend, upload_training_set
 
 pytestmark = pytest.mark.timeout(600)
@@ -47,36 +51,116 @@ def test_full_disk_fails_that_upload_clearly_and_the_rest_keeps_working(make_ser
         assert f"manifests/blob_{len(stored)}.bin" not in listed
 
 
-def test_kill_while_answers_are_applied_copies_each_exactly_once(server: Server) -> None:
+KILL_LOOPS = 200
+KILL_REVIEWERS = 12
+KILL_CYCLES = 8
+LABELS = ("amazon_logo", "aws_logo", "None of the Above")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_answers_survive_sigkill_cycles_under_twelve_reviewers(make_server, database: str,  # type: ignore[no-untyped-def]
+                                                                request: pytest.FixtureRequest) -> None:
+    """12 reviewers answer 200 loops through the API, retrying what a dead server did not answer, while the
+    server is SIGKILLed 8 times (each time 25 answers after the last start). Every answer the server accepted
+    is applied exactly once: its copy (none for None of the Above), its output and its detection's answer."""
+    env = {"LABELLOOP_DATABASE_URL": request.getfixturevalue("postgres_database")} if database == "postgresql" \
+        else {}
+    server = make_server(LABELLOOP_ANSWER_SWEEP_MINUTES="1", **env)
     with server.client() as api:
         upload_training_set(api, 5)
         server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
-        api.put("/parameters/Minimum-Label-Detection-Confidence", json={"value": "100"})
-        keys = [f"images_for_detection/fault_{i}.png" for i in range(12)]
-        for i, key in enumerate(keys):
-            api.put(f"/objects/{key}", content=blend(40 + i))
-        loops = wait_until(lambda: (found := api.get("/human-loops", params={"status": "InProgress"}).json())
-                           and len(found) == len(keys) and found, 120, 0.25, "a loop per image")
-        answered = {}
-        for loop in loops:
-            label = "amazon_logo" if len(answered) % 2 else "aws_logo"
-            assert api.post(f"/human-loops/{loop['name']}/answer", json={"label": label}).status_code == 200
-            answered[loop["name"]] = label
-    server.kill()
-    server.start()
-    with server.client() as api:
-        def applied() -> bool:
-            loops = [api.get(f"/human-loops/{name}").json() for name in answered]
-            recorded = {e["human_loop_name"] for e in api.get("/detections", params={"answered": True}).json()}
-            return all(loop["output_key"] and loop["copied_key"] for loop in loops) and recorded >= set(answered)
+        api.put("/parameters/Minimum-Label-Detection-Confidence", json={"value": "100"}).raise_for_status()
+        for i in range(KILL_LOOPS):
+            assert api.put(f"/objects/images_for_detection/kill_{i}.png", content=blend(i, 96)).status_code == 201
+        wait_until(lambda: len(api.get("/human-loops", params={"status": "InProgress", "limit": 1000}).json())
+                   == KILL_LOOPS, 240, 1, f"{KILL_LOOPS} loops")
+        tokens = []
+        for i in range(KILL_REVIEWERS):
+            name = f"reviewer{i}"
+            api.post("/users", json={"username": name, "role": "worker", "password": "first-password-1"})
+            with server.client(server.token(name, "first-password-1")) as worker:
+                worker.post("/auth/password", json={"current_password": "first-password-1",
+                                                    "new_password": "own-password-1"}).raise_for_status()
+            tokens.append(server.token(name, "own-password-1"))
 
-        wait_until(applied, 120, 0.5, "every answer applied after the restart")
+    accepted: dict[str, tuple[str, str]] = {}  # loop → (reviewer, label) the server answered 200 to
+    lock, done = threading.Lock(), threading.Event()
+
+    refused_retries: dict[str, tuple[str, str]] = {}  # a retry the server said 409 to
+
+    def answer(worker: httpx.Client, name: str, label: str, reviewer: str) -> int:
+        """Send one answer until a live server answers it (a retry sends the same answer)."""
+        retried = False
+        while not done.is_set():
+            try:
+                response = worker.post(f"/human-loops/{name}/answer", json={"label": label})
+            except httpx.HTTPError:
+                retried = True
+                time.sleep(0.2)
+                continue
+            if response.status_code < 500:
+                if retried and response.status_code == 409:
+                    refused_retries[name] = (reviewer, label)
+                return response.status_code
+            retried = True
+            time.sleep(0.2)
+        return 0
+
+    def review(index: int) -> None:
+        rng = random.Random(index)
+        with server.client(tokens[index]) as worker:
+            worker.timeout = httpx.Timeout(10)
+            while not done.is_set():
+                try:
+                    open_loops = worker.get("/human-loops", params={"status": "InProgress", "limit": 50}).json()
+                except (httpx.HTTPError, ValueError):
+                    time.sleep(0.2)
+                    continue
+                if not isinstance(open_loops, list) or not open_loops:
+                    time.sleep(0.2)
+                    continue
+                name, label = rng.choice(open_loops)["name"], rng.choice(LABELS)
+                if answer(worker, name, label, f"reviewer{index}") == 200:
+                    with lock:
+                        accepted[name] = (f"reviewer{index}", label)
+
+    reviewers = [threading.Thread(target=review, args=(i,)) for i in range(KILL_REVIEWERS)]
+    for thread in reviewers:
+        thread.start()
+    try:
+        for cycle in range(KILL_CYCLES):
+            wait_until(lambda cycle=cycle: len(accepted) >= (cycle + 1) * KILL_LOOPS // KILL_CYCLES - 5, 120, 0.05,
+                       f"answers before kill {cycle + 1}")
+            server.kill()
+            server.start()
+        wait_until(lambda: len(accepted) == KILL_LOOPS, 120, 0.2, "every loop answered")
+    finally:
+        done.set()
+        for thread in reviewers:
+            thread.join()
+
+    with server.client() as api:
+        def unapplied() -> list[str]:
+            loops = api.get("/human-loops", params={"status": "Completed", "limit": 1000}).json()
+            return [loop["name"] for loop in loops if not loop["applied_at"]] if len(loops) == KILL_LOOPS else ["?"]
+
+        wait_until(lambda: not unapplied(), 180, 1, "every answer applied")
+        loops = {loop["name"]: loop for loop in api.get("/human-loops", params={"limit": 1000}).json()}
         labeled = [o["key"] for o in api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json()]
-        for name, label in answered.items():
-            copies = [key for key in labeled if f"humanLoopName-{name}-" in key]
-            assert len(copies) == 1 and copies[0].startswith(f"images_labeled_by_folder/{label}/"), (name, copies)
-        events = {e["human_loop_name"]: e for e in api.get("/detections", params={"answered": True}).json()}
-        assert {name: events[name]["human_label"] for name in answered} == answered
+        events = {e["human_loop_name"]: e for e in api.get("/detections", params={"answered": True,
+                                                                                  "limit": 1000}).json()}
+        outputs = {o["key"] for o in api.get("/objects", params={"prefix": "a2i-human-loop-data/"}).json()}
+    lost = {name: want for name, want in accepted.items()
+            if (loops[name]["answered_by"], loops[name]["answer_label"]) != want}
+    assert not lost, f"{len(lost)} accepted answers lost or changed: {list(lost.items())[:5]}"
+    told_409 = [name for name, mine in refused_retries.items()
+                if (loops[name]["answered_by"], loops[name]["answer_label"]) == mine]
+    assert not told_409, f"answers recorded, yet their retry was told 409: {told_409[:5]}"
+    for name, (_, label) in accepted.items():
+        copies = [key for key in labeled if f"humanLoopName-{name}-" in key]
+        assert copies == ([] if label == "None of the Above" else [loops[name]["copied_key"]]), (name, copies)
+        assert not copies or copies[0].startswith(f"images_labeled_by_folder/{label}/")
+        assert events[name]["human_label"] == label and loops[name]["output_key"] in outputs, name
 
 
 def test_database_connections_killed_under_requests_fail_cleanly_and_recover(make_server,  # type: ignore[no-untyped-def]

@@ -60,7 +60,8 @@ def inbox() -> Iterator[tuple[Inbox, int]]:
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory, inbox: tuple[Inbox, int]) -> Iterator[Server]:
     """A server with SMTP configured and a model serving (trained on two labels)."""
-    env = server_env(LABELLOOP_SMTP_HOST="127.0.0.1", LABELLOOP_SMTP_PORT=str(inbox[1]))
+    env = server_env(LABELLOOP_SMTP_HOST="127.0.0.1", LABELLOOP_SMTP_PORT=str(inbox[1]),
+                     LABELLOOP_UNDO_SECONDS="15")  # time for a browser under load to press "u"
     server = Server(home=tmp_path_factory.mktemp("portal") / "home", env=env).start()
     try:
         with server.client() as api:
@@ -245,6 +246,15 @@ def test_admin_creates_worker_who_labels_tasks_with_the_keyboard(portal: Server,
         with worker.expect_navigation():
             worker.keyboard.press("Enter")
         assert f"Saved: {answers[name]}" in worker.inner_text("main")
+        if index == 0:  # "u" takes the answer back: the same task again, then answered again
+            with worker.expect_navigation():
+                worker.keyboard.press("u")
+            assert worker.get_attribute(".task", "data-task") == name
+            assert "Answer taken back" in worker.inner_text("main")
+            worker.keyboard.press(key)
+            with worker.expect_navigation():
+                worker.keyboard.press("Enter")
+            assert f"Saved: {answers[name]}" in worker.inner_text("main")
     worker.set_viewport_size(DESKTOP)
     assert worker.inner_text("h1") == "No tasks left"
     shot(worker, "10-no-tasks-left")
@@ -345,6 +355,11 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
+def take_task(client: httpx.Client) -> httpx.Response:
+    """*Start working*: lease a task (POST) and follow to the page showing it."""
+    return client.post("/review/work", data={"csrf_token": csrf_of(client.get("/review").text)})
+
+
 def test_two_workers_never_get_the_same_task_and_only_the_holder_sees_its_image(portal: Server) -> None:
     api = portal.client()
     stop_open_loops(api)
@@ -353,11 +368,12 @@ def test_two_workers_never_get_the_same_task_and_only_the_holder_sees_its_image(
                                          "password": "lease-password"}).status_code == 201
     loops = detection_loops(api, {f"images_for_detection/lease-{i}.png": uncertain(7 + i) for i in range(2)})
     one, two = web_client(portal, "lease1", "lease-password"), web_client(portal, "lease2", "lease-password")
-    first, second = one.get("/review/work"), two.get("/review/work")
+    assert "data-task" not in one.get("/review/work").text, "a GET never leases a task"
+    first, second = take_task(one), take_task(two)
     task1 = re.search(r'data-task="([^"]+)"', first.text).group(1)
     task2 = re.search(r'data-task="([^"]+)"', second.text).group(1)
     assert {task1, task2} == set(loops) and task1 != task2
-    assert re.search(r'data-task="([^"]+)"', one.get("/review/work").text).group(1) == task1, "a lease is kept"
+    assert re.search(r'data-task="([^"]+)"', take_task(one).text).group(1) == task1, "a lease is kept"
 
     image = one.get(f"/review/tasks/{task1}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
@@ -375,6 +391,6 @@ def test_two_workers_never_get_the_same_task_and_only_the_holder_sees_its_image(
     assert "No tasks left" in answered.text, "the only other task is held by the second worker"
     # Stop working gives the held task back, and the first worker gets it.
     two.post("/review/stop", data={"csrf_token": csrf_of(second.text)})
-    assert re.search(r'data-task="([^"]+)"', one.get("/review/work").text).group(1) == task2
+    assert re.search(r'data-task="([^"]+)"', take_task(one).text).group(1) == task2
     for client in (one, two):
         client.close()

@@ -88,6 +88,7 @@ def start(settings: Settings) -> str | None:
     for applied in routing.apply_schedules_now():
         log.info("schedule in force", extra=applied)
     actions.apply_recorded_answers()
+    log.info("schedule in force", extra=routing.schedule_answer_sweep(settings.answer_sweep_minutes))
     return admin_password
 
 

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         "Largest body of any request that is not an image upload, and of any upload without credentials"))
     max_json_depth: int = Field(default=32, gt=0, description="Deepest nesting of arrays and objects in JSON bodies")
     token_ttl_hours: int = Field(default=24 * 30, gt=0)
+    # Review
+    undo_seconds: float = Field(default=10.0, ge=0, le=600, description="How long a reviewer can undo an "
+                                "answer before it is applied (0: no undo)")
+    answer_sweep_minutes: int = Field(default=5, ge=1, le=1440, description="How often recorded answers not "
+                                      "yet applied (a stop between answer and run) are looked for")
+    flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
+                                      max_length=63, description="The review flow's name in A2I output paths")
+    local_bucket_name: str = Field(default="labelloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                                   description="The bucket name in s3:// URIs of A2I output for local storage")
 
     @field_validator("notify_email", "webhook_urls", "queues", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labelloop.detection import service
 from labelloop.loop import actions
+from labelloop.review import service as reviews
 from labelloop.web.dependencies import SessionDep, require
 from labelloop.workforce.models import Role, User
 
@@ -22,6 +23,13 @@ Operator = Depends(require(Role.OPERATOR))
 COLUMNS = ["id", "request_id", "created_at", "detected_at", "object_key", "etag", "status", "model_version",
            "label", "confidence", "threshold", "human_review_enabled", "sampled", "human_loop_name", "human_label",
            "human_worker", "human_answered_at"]
+# The seed's DynamoDB column names, as aliases of the columns above, so the seed's analytics keep working.
+SEED_ALIASES = {"DetectLabelRequestId": "request_id", "DetectionTimestamp": "detected_at",
+                "S3ObjectKey": "object_key", "S3ObjectETag": "etag", "ModelVersion": "model_version",
+                "DetectedLabel": "label", "DetectedConfidenceLevel": "confidence",
+                "ConfidenceThreshold": "threshold", "HumanReviewEnabled": "human_review_enabled",
+                "Sampled": "sampled", "HumanLoopName": "human_loop_name", "HumanLabel": "human_label",
+                "CopiedS3ObjectKey": "copied_key"}
 
 
 class RedetectRequest(BaseModel):
@@ -64,10 +72,14 @@ def export_detections(session: SessionDep, filters: dict[str, Any] = Depends(_fi
                       _: User = Operator) -> Response:
     """The same filtered log as CSV."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(out, [*COLUMNS, *SEED_ALIASES], extrasaction="ignore")
     writer.writeheader()
-    for event in service.list_events(**filters, session=session):
-        writer.writerow({column: spreadsheet_safe(value) for column, value in service.as_dict(event).items()})
+    events = [service.as_dict(event) for event in service.list_events(**filters, session=session)]
+    copied = reviews.copied_keys([e["human_loop_name"] for e in events if e["human_loop_name"]], session=session)
+    for event in events:
+        event["copied_key"] = copied.get(event["human_loop_name"])
+        row = event | {alias: event[column] for alias, column in SEED_ALIASES.items()}
+        writer.writerow({column: spreadsheet_safe(value) for column, value in row.items()})
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="detections.csv"'})
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labelloop import db, engine
+from labelloop import engine
 from labelloop.loop import routing
 from labelloop.modeling import service as models
 from labelloop.modeling.images import check_image
 from labelloop.parameters import service as parameters
 from labelloop.review import service as reviews
-from labelloop.review.models import HumanLoop, HumanLoopStatus
+from labelloop.review.models import HumanLoopStatus
 from labelloop.storage import service as storage
 from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
 
@@ -79,27 +78,46 @@ def resolve_detection_images(keys: list[str]) -> list[str]:
     return list(found)
 
 
-def answer_loop(name: str, label: str, worker: str, *, held_lease: bool = False) -> dict[str, Any]:
-    """A reviewer's answer: recorded (first answer wins) and applied by its run, queued at once.
+def answer_loop(name: str, label: str, worker: str) -> dict[str, Any]:
+    """A reviewer's answer: recorded, and its run queued at once; the run waits out the undo window, then
+    applies it. Refused while another reviewer holds the task (``LeaseNotHeld``).
 
-    ``held_lease`` (the portal): refused when another reviewer now holds the task. Should the process stop
-    between the two, the answer is recorded and :func:`apply_recorded_answers` queues its run at the next start.
-    """
-    loop = (reviews.answer_task if held_lease else reviews.claim_answer)(name, label, worker)
-    return {**loop, "run_id": routing.start_apply_answer(loop["name"])}
+    The recorded answer is the durable point: should the process stop before its run is queued, the answer
+    sweep (at start and on a schedule, :func:`routing.apply_recorded_answers`) queues it, and the same answer
+    sent again by the same reviewer is taken as the same answer (no 409 on a retry)."""
+    loop = reviews.claim_answer(name, label, worker)
+    if loop["status"] != HumanLoopStatus.COMPLETED:  # waiting for more reviewers
+        return {**loop, "run_id": None}
+    return {**loop, "run_id": routing.start_apply_answer(loop["name"], loop["answer_round"])}
+
+
+def undo_answer(worker: str, *, session: Session) -> dict[str, Any]:
+    """Take back ``worker``'s last answer within its undo window (``ReviewError`` when too late): the task is
+    theirs again. Commits ``session``."""
+    loop = reviews.undo_last_answer(worker, session=session)
+    session.commit()
+    return reviews.as_dict(loop, reviewer_view=True)
+
+
+def correct_answer(name: str, label: str, actor: str, *, session: Session) -> dict[str, Any]:
+    """An operator's correction of an applied answer: recorded, then its run moves the training copy (never a
+    second one) and rewrites the output and the detection's answer. Commits ``session``."""
+    loop = reviews.correct_answer(name, label, actor, session=session)
+    session.commit()
+    return {**reviews.as_dict(loop), "run_id": routing.start_apply_answer(loop.name, loop.answer_round)}
+
+
+def open_label_audits(keys: list[str], actor: str, *, session: Session) -> list[dict[str, Any]]:
+    """Send training images back to review as "Label Audit" loops (see
+    ``review.service.open_label_audit_loops``). Commits ``session``."""
+    opened = reviews.open_label_audit_loops(keys, actor, session=session)
+    session.commit()
+    return opened
 
 
 def apply_recorded_answers() -> list[str]:
-    """Queue the apply run of every answered loop whose answer was not applied (a crash between recording an
-    answer and queueing its run); the run id is the loop's, so a run already queued is not queued twice."""
-    with db.session() as session:
-        names = list(session.scalars(select(HumanLoop.name).where(
-            HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.output_key.is_(None))))
-    for name in names:
-        routing.start_apply_answer(name)
-    if names:
-        log.warning("queued the runs of answers not yet applied", extra={"loops": len(names)})
-    return names
+    """Queue the run of every recorded answer not yet applied (at start-up); see ``routing``."""
+    return routing.apply_recorded_answers()
 
 
 def change_parameter(name: str, raw: object, *, actor: str, session: Session) -> dict[str, Any]:

@@ -41,6 +41,7 @@ DEPLOY_VERSION = "deploy_model_version"
 STOP_VERSION = "stop_model_version"
 DETECT_WAITING_IMAGE = "detect_waiting_image"
 APPLY_HUMAN_ANSWER = "apply_human_answer"
+ANSWER_SWEEP = "scheduled_answer_sweep"
 PARAMETER_CHANGE = "parameter_change"
 HUMAN_SAMPLING = "human_sampling"
 SCHEDULED_HUMAN_SAMPLING = "scheduled_human_sampling"
@@ -65,9 +66,10 @@ def object_created_run_id(key: str, etag: str) -> str:
     return f"{prefix}{short_digest(key, etag)}"
 
 
-def answer_run_id(loop_name: str) -> str:
-    """The run that applies a loop's answer: one per loop."""
-    return f"answer-{loop_name}"
+def answer_run_id(loop_name: str, answer_round: int = 0) -> str:
+    """The run that applies a loop's answer: one per loop and answer round (an undo or a correction starts a
+    new round)."""
+    return f"answer-{loop_name}" if answer_round == 0 else f"answer-{loop_name}-r{answer_round}"
 
 
 def parameter_change_run_id(name: str, version: int) -> str:
@@ -291,8 +293,14 @@ def start_stop(version: str, actor: str) -> str:
 
 
 @engine.workflow(APPLY_HUMAN_ANSWER)
-def apply_human_answer(name: str) -> dict[str, Any]:
-    """Apply a loop's answer: the copy is new training data, with its own "object created" run."""
+def apply_human_answer(name: str, answer_round: int = 0) -> dict[str, Any]:
+    """Apply a loop's answer once its undo window has passed: the copy is new training data, with its own
+    "object created" run."""
+    wait = review.undo_seconds_left(name, answer_round)
+    if wait > 0:
+        DBOS.sleep(wait)  # durable: a restart sleeps only what is left
+    if not review.begin_apply(name, answer_round):
+        return {"loop": name, "round": answer_round, "undone": True}
     copied_object = review.copy_to_training_data(name)
     copied = copied_object["key"] if copied_object else None
     if copied_object:
@@ -300,13 +308,61 @@ def apply_human_answer(name: str) -> dict[str, Any]:
     output = review.write_loop_output(name)
     recorded = review.record_answer_on_detection(name)
     review.notify_answer(name, copied, recorded, DBOS.workflow_id)
-    return {"loop": name, "copied_key": copied, "output_key": output, **recorded}
+    return {"loop": name, "round": answer_round, "copied_key": copied, "output_key": output, **recorded}
 
 
-def start_apply_answer(loop_name: str) -> str:
-    """Queue the run that applies a loop's answer (once per loop: a second call returns the same run)."""
-    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, apply_human_answer, loop_name,
-                          workflow_id=answer_run_id(loop_name))
+def start_apply_answer(loop_name: str, answer_round: int = 0, run_id: str | None = None) -> str:
+    """Queue the run that applies a loop's answer (once per loop and round: a second call returns the same run)."""
+    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, apply_human_answer, loop_name, answer_round,
+                          workflow_id=run_id or answer_run_id(loop_name, answer_round))
+
+
+APPLY_RETRIES = 3
+FAILED_RUN = ("ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
+
+
+@engine.step()
+def answers_to_apply() -> list[dict[str, Any]]:
+    """Every answer recorded but not applied whose run is missing (a stop between recording the answer and
+    queueing its run) or failed (retried up to ``APPLY_RETRIES`` times under new run ids): what to queue."""
+    with db.session() as session:
+        unapplied = reviews.unapplied_answers(session=session)
+    wanted = []
+    for name, answer_round in unapplied:
+        first = answer_run_id(name, answer_round)
+        for run_id in (first, *(f"{first}-retry-{n}" for n in range(1, APPLY_RETRIES + 1))):
+            status = engine.run_status(run_id)
+            if status is None:
+                wanted.append({"loop": name, "round": answer_round, "run_id": run_id})
+            if status not in FAILED_RUN:
+                break
+        else:
+            log.error("an answer could not be applied after retries", extra={"loop": name, "run_id": first})
+    return wanted
+
+
+def apply_recorded_answers() -> list[str]:
+    """Queue the apply run of every answer recorded but not applied (see :func:`answers_to_apply`); at
+    start-up and on the answer sweep's schedule. Returns the loops queued."""
+    wanted = answers_to_apply()
+    for item in wanted:
+        start_apply_answer(item["loop"], item["round"], item["run_id"])
+    if wanted:
+        log.warning("queued the runs of answers not yet applied", extra={
+            "loops": len(wanted), "runs": [item["run_id"] for item in wanted][:20]})
+    return [item["loop"] for item in wanted]
+
+
+@engine.workflow(ANSWER_SWEEP)
+def scheduled_answer_sweep(scheduled_time: datetime, context: Any) -> dict[str, Any]:
+    """The answer sweep's schedule: no recorded answer stays unapplied, even where no process restarts."""
+    return {"queued": apply_recorded_answers()}
+
+
+def schedule_answer_sweep(every_minutes: int) -> dict[str, Any]:
+    """Keep the answer sweep on its schedule (at start-up)."""
+    return engine.apply_schedule("answer-sweep", scheduled_answer_sweep, every_minutes, True,
+                                 engine.OBJECT_EVENTS_QUEUE)
 
 
 # ── human sampling ───────────────────────────────────────────────────────────

@@ -22,8 +22,21 @@ def open_human_loop(detection: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @engine.step()
+def undo_seconds_left(name: str, answer_round: int) -> float:
+    """How long the reviewer can still undo this answer (the run waits that long before applying it)."""
+    return service.undo_seconds_left(name, answer_round)
+
+
+@engine.step()
+def begin_apply(name: str, answer_round: int) -> bool:
+    """From here on the answer is applied and cannot be undone; False when it was undone."""
+    return service.begin_apply(name, answer_round)
+
+
+@engine.step()
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
-    """Copy the image under its label's folder (not for None of the Above or sampling loops)."""
+    """Copy the image under its label's folder (not for None of the Above or sampling loops); a Label Audit
+    moves the training image; a correction moves the copy."""
     return service.copy_to_training_data(name)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from labelloop.db import Base, UTCDateTime, utcnow
 
@@ -25,9 +25,33 @@ class HumanLoopSource:
 
     DETECTION = "Detection"
     SAMPLING = "Human Sampling"
+    LABEL_AUDIT = "Label Audit"
 
 
 NONE_OF_THE_ABOVE = "None of the Above"
+MAX_REVIEWERS = 9  # Ground Truth's limit of workers per task
+
+
+class AnswerKind:
+    """Who gave an answer: a reviewer in the portal or API, or an operator correcting the loop's label."""
+
+    REVIEW = "review"
+    CORRECTION = "correction"
+
+
+class HumanAnswer(Base):
+    """One person's answer to a human loop; every answer is kept (the loop's label is their consolidation)."""
+
+    __tablename__ = "human_answers"
+    __table_args__ = (UniqueConstraint("loop_id", "worker", name="uq_human_answers_loop_worker"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    loop_id: Mapped[int] = mapped_column(ForeignKey("human_loops.id"), index=True)
+    worker: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16), default=AnswerKind.REVIEW)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class HumanLoop(Base):
@@ -39,8 +63,12 @@ class HumanLoop(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     source: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=HumanLoopStatus.IN_PROGRESS, index=True)
-    detection_id: Mapped[int] = mapped_column(ForeignKey("detection_events.id"), unique=True, index=True)
+    # None for a Label Audit loop: it reviews a training image, not a detection.
+    detection_id: Mapped[int | None] = mapped_column(ForeignKey("detection_events.id"), unique=True, index=True,
+                                                     nullable=True)
     object_key: Mapped[str] = mapped_column(String(1024))
+    # The content the loop is about (pinned when it opens): the reviewer sees it and only it is copied.
+    object_etag: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     model_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     model_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -48,13 +76,22 @@ class HumanLoop(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     leased_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     answer_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     answered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     output_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     copied_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # Each undo starts a new round, so the answer of the next round gets a run of its own.
+    answer_round: Mapped[int] = mapped_column(Integer, default=0)
+    apply_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     task: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status_message: Mapped[str] = mapped_column(Text, default="")
+    # How many distinct reviewers must answer (the template's number for the source; escalation adds one).
+    required_answers: Mapped[int] = mapped_column(Integer, default=1)
+    answers: Mapped[list[HumanAnswer]] = relationship(order_by=HumanAnswer.id, lazy="selectin",
+                                                      cascade="all, delete-orphan")
 
 
 class TaskTemplate(Base):
@@ -67,5 +104,13 @@ class TaskTemplate(Base):
     short_instructions: Mapped[str] = mapped_column(Text, default="Choose the label that fits the image best.")
     full_instructions: Mapped[str] = mapped_column(Text, default="")
     loop_lifetime_hours: Mapped[int] = mapped_column(Integer, default=24 * 7)
+    # A2I's TaskTimeLimitInSeconds: how long a reviewer holds a task before it returns to the queue.
+    task_time_limit_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+    # Distinct reviewers per task, by loop source (1-9; a source not named gets 1).
+    reviewers_per_task: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # The share of answers the majority label needs; below it the loop asks one more reviewer (up to 9).
+    min_agreement: Mapped[float] = mapped_column(Float, default=0.6)
+    # Reviewers an admin paused from review (they get no task and their answers are refused).
+    paused_reviewers: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64), default="system")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import uuid
+from collections import Counter
 from datetime import timedelta
+from statistics import median
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -14,15 +17,27 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labelloop import db, labels
+from labelloop.config import get_settings
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
-from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
+from labelloop.review.models import (
+    MAX_REVIEWERS,
+    NONE_OF_THE_ABOVE,
+    AnswerKind,
+    HumanAnswer,
+    HumanLoop,
+    HumanLoopSource,
+    HumanLoopStatus,
+    TaskTemplate,
+)
 from labelloop.storage import service as storage
-from labelloop.storage.models import LABELED_FOLDER
+from labelloop.storage.models import HUMAN_LOOP_FOLDER, LABELED_FOLDER, ObjectInfo
+from labelloop.workforce.models import User
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 300
+# Where a Label Audit answered None of the Above moves the image: out of the training data, kept for a person.
+AUDIT_REMOVED_FOLDER = "label-audit-removed/"
 
 
 class ReviewError(ValueError):
@@ -35,6 +50,18 @@ class LoopNotFound(KeyError):
 
 class AlreadyAnswered(Exception):
     """The loop was answered (or stopped) before; the first answer wins."""
+
+
+class LeaseNotHeld(ReviewError):
+    """The worker does not hold this task's lease (it expired and went to someone else, or never was theirs)."""
+
+
+class ReviewerPaused(ReviewError):
+    """An admin paused this reviewer from review."""
+
+
+class ImageChanged(ReviewError):
+    """The object at the loop's key is no longer the content the loop was opened for."""
 
 
 def validate_label(label: str) -> str:
@@ -65,8 +92,11 @@ def template(*, session: Session) -> TaskTemplate:
 
 def update_template(actor: str, *, session: Session, extra_labels: list[str] | None = None,
                     short_instructions: str | None = None, full_instructions: str | None = None,
-                    loop_lifetime_hours: int | None = None) -> TaskTemplate:
-    """Change the template's extra labels, instructions or loop lifetime."""
+                    loop_lifetime_hours: int | None = None,
+                    task_time_limit_seconds: int | None = None, reviewers_per_task: dict[str, int] | None = None,
+                    min_agreement: float | None = None) -> TaskTemplate:
+    """Change the template's extra labels, instructions, loop lifetime, task time limit, reviewers per task (by
+    loop source) or the agreement a consolidated label needs."""
     row = template(session=session)
     if extra_labels is not None:
         row.extra_labels = _extra_labels(extra_labels)
@@ -78,6 +108,16 @@ def update_template(actor: str, *, session: Session, extra_labels: list[str] | N
         if not 1 <= loop_lifetime_hours <= 24 * 365:
             raise ReviewError("a human loop lives from 1 hour to 8760 hours (a year)")
         row.loop_lifetime_hours = loop_lifetime_hours
+    if task_time_limit_seconds is not None:
+        if not 30 <= task_time_limit_seconds <= 8 * 3600:
+            raise ReviewError("a task time limit is from 30 to 28800 seconds (8 hours), as A2I allows")
+        row.task_time_limit_seconds = task_time_limit_seconds
+    if reviewers_per_task is not None:
+        row.reviewers_per_task = checked_reviewers(reviewers_per_task)
+    if min_agreement is not None:
+        if not 0.5 <= min_agreement <= 1.0:
+            raise ReviewError("min_agreement is the share of answers the majority label needs: 0.5 to 1.0")
+        row.min_agreement = min_agreement
     row.updated_at, row.updated_by = db.utcnow(), actor
     return row
 
@@ -98,6 +138,27 @@ def _extra_labels(given: list[str]) -> list[str]:
     return sorted(set(chosen))
 
 
+SOURCES = (HumanLoopSource.DETECTION, HumanLoopSource.SAMPLING, HumanLoopSource.LABEL_AUDIT)
+
+
+def checked_reviewers(reviewers: dict[str, int]) -> dict[str, int]:
+    """``reviewers`` (loop source → distinct reviewers per task) if every source is known and every number is
+    1-9, as Ground Truth allows; else :class:`ReviewError` saying what is allowed."""
+    unknown = sorted(set(reviewers) - set(SOURCES))
+    if unknown:
+        raise ReviewError(f"unknown loop source(s) {', '.join(unknown)}; the sources are {', '.join(SOURCES)}")
+    for source, count in reviewers.items():
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REVIEWERS:
+            raise ReviewError(f"reviewers per task for {source!r} must be a whole number from 1 to "
+                              f"{MAX_REVIEWERS}, not {count!r}")
+    return dict(reviewers)
+
+
+def reviewers_for(source: str, *, session: Session) -> int:
+    """Distinct reviewers a new loop of ``source`` asks for (the template's number, default 1)."""
+    return template(session=session).reviewers_per_task.get(source, 1)
+
+
 def label_choices(*, session: Session) -> list[str]:
     """Labels in the training data plus the template's extra labels (None of the Above is offered apart)."""
     existing = {folder[len(LABELED_FOLDER):].rstrip("/") for folder in storage.backend().folders(LABELED_FOLDER)}
@@ -110,18 +171,37 @@ def describe_template(*, session: Session) -> dict[str, Any]:
     return {"extra_labels": row.extra_labels, "label_choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "loop_lifetime_hours": row.loop_lifetime_hours,
-            "updated_at": row.updated_at, "updated_by": row.updated_by}
+            "task_time_limit_seconds": row.task_time_limit_seconds,
+            "reviewers_per_task": {source: row.reviewers_per_task.get(source, 1) for source in SOURCES},
+            "min_agreement": row.min_agreement, "updated_at": row.updated_at,
+            "updated_by": row.updated_by}
 
 
 # ── loops ────────────────────────────────────────────────────────────────────
 
 
-def as_dict(loop: HumanLoop) -> dict[str, Any]:
-    """A human loop as the API shows it."""
-    return {column: getattr(loop, column) for column in (
-        "name", "source", "status", "object_key", "model_version", "model_label", "model_confidence",
-        "created_at", "expires_at", "completed_at", "answer_label", "answered_by", "output_key", "copied_key",
-        "status_message")} | {"detection_id": loop.detection_id}
+GUESS_FIELDS = ("model_version", "model_label", "model_confidence")
+
+
+def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
+    """A human loop as the API shows it; ``reviewer_view`` (a worker asking) leaves out the model's guess on
+    audit loops, as the portal does."""
+    shown = {column: getattr(loop, column) for column in (
+        "name", "source", "status", "object_key", "object_etag", *GUESS_FIELDS, "created_at", "expires_at",
+        "completed_at", "answer_label", "answered_by", "answer_round", "output_key", "copied_key", "applied_at",
+        "status_message", "required_answers")} | {"detection_id": loop.detection_id, "answers": [
+        {"worker": a.worker, "label": a.label, "kind": a.kind, "submitted_at": a.submitted_at}
+        for a in loop.answers]}
+    return for_reviewer(shown) if reviewer_view else shown
+
+
+def for_reviewer(shown: dict[str, Any]) -> dict[str, Any]:
+    """A loop as :func:`as_dict` shows it to a reviewer: without the others' answers, and without the model's
+    guess unless it is a detection loop."""
+    shown = shown | {"answers": None}
+    if shown["source"] == HumanLoopSource.DETECTION:
+        return shown
+    return shown | dict.fromkeys(GUESS_FIELDS)
 
 
 def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
@@ -134,7 +214,8 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
         loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
                          detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
-                         model_label=event.label, model_confidence=event.confidence,
+                         model_label=event.label, model_confidence=event.confidence, object_etag=event.etag,
+                         required_answers=reviewers_for(source, session=session),
                          expires_at=db.utcnow() + timedelta(hours=lifetime),
                          task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
         session.add(loop)
@@ -146,6 +227,71 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         event.human_loop_name = loop.name
         log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
         return as_dict(loop)
+
+
+def open_label_audit_loops(keys: list[str], actor: str, *, session: Session) -> list[dict[str, Any]]:
+    """Send training images (``images_labeled_by_folder/<label>/…``) back to review as "Label Audit" loops;
+    a key with an open audit loop gets no second one. The answer moves the image (see
+    :func:`apply_label_audit`). Returns the new loops; :class:`ReviewError` names a key that cannot be audited."""
+    lifetime = template(session=session).loop_lifetime_hours
+    opened = []
+    for key in dict.fromkeys(keys):
+        label = storage.label_of(key)
+        if label is None or key.endswith("/"):
+            raise ReviewError(f"{key!r} is not a training image: a Label Audit reviews an image under "
+                              f"{LABELED_FOLDER}<label>/")
+        try:
+            info = storage.head_object(key)
+        except storage.ObjectNotFound:
+            raise ReviewError(f"{key!r} is not stored") from None
+        if session.scalar(select(HumanLoop.id).where(
+                HumanLoop.object_key == key, HumanLoop.source == HumanLoopSource.LABEL_AUDIT,
+                HumanLoop.status == HumanLoopStatus.IN_PROGRESS)) is not None:
+            continue
+        loop = HumanLoop(name=f"label-audit-{uuid.uuid4().hex[:12]}", source=HumanLoopSource.LABEL_AUDIT,
+                         object_key=key, object_etag=info.etag, model_label=label,
+                         required_answers=reviewers_for(HumanLoopSource.LABEL_AUDIT, session=session),
+                         expires_at=db.utcnow() + timedelta(hours=lifetime),
+                         task={"taskObject": key, "trainingLabel": label, "requestedBy": actor})
+        session.add(loop)
+        session.flush()
+        opened.append(as_dict(loop))
+    log.info("label audit loops opened", extra={"requested": len(keys), "opened": len(opened), "actor": actor})
+    return opened
+
+
+def correct_answer(name: str, label: str, actor: str, *, session: Session) -> HumanLoop:
+    """An operator corrects an applied answer: the loop gets the new label in a new round, whose run moves the
+    training copy (or removes it for None of the Above), rewrites the output and the detection's answer."""
+    loop = get_loop(name, session=session)
+    label = checked_answer(label, session=session)
+    if loop.status != HumanLoopStatus.COMPLETED or loop.applied_at is None:
+        raise ReviewError(f"human loop {name} is {loop.status}, not applied yet: only applied answers are "
+                          "corrected (its reviewer can undo an answer in its undo window)")
+    if label == loop.answer_label:
+        raise ReviewError(f"human loop {name} is answered {label!r} already")
+    previous, now = loop.answer_label, db.utcnow()
+    mine = next((a for a in loop.answers if a.worker == actor), None)
+    if mine is None:
+        loop.answers.append(HumanAnswer(worker=actor, label=label, kind=AnswerKind.CORRECTION, accepted_at=now,
+                                        submitted_at=now))
+    else:  # an operator who reviewed it, or corrects it again: their answer becomes the correction
+        mine.label, mine.kind, mine.submitted_at = label, AnswerKind.CORRECTION, now
+    loop.answer_label, loop.answer_round = label, loop.answer_round + 1
+    loop.applied_at, loop.apply_started_at = None, db.utcnow()  # no undo window for a correction
+    loop.status_message = f"corrected by {actor} from {previous!r} to {label!r}"
+    log.info("answer corrected", extra={"loop": name, "from": previous, "to": label, "actor": actor})
+    return loop
+
+
+def copied_keys(names: list[str], *, session: Session) -> dict[str, str | None]:
+    """Where each named loop's answer put its image in the training data (the seed's CopiedS3ObjectKey)."""
+    found: dict[str, str | None] = {}
+    for start in range(0, len(names), 500):
+        rows = session.execute(select(HumanLoop.name, HumanLoop.copied_key).where(
+            HumanLoop.name.in_(names[start:start + 500])))
+        found.update((name, key) for name, key in rows)  # a Result has keys(): not a mapping to update from
+    return found
 
 
 def get_loop(name: str, *, session: Session) -> HumanLoop:
@@ -176,47 +322,212 @@ def list_loops(*, session: Session, status: str | None = None, source: str | Non
     return list(session.scalars(query))
 
 
-def lease_next(worker: str, seconds: int = LEASE_SECONDS, *, session: Session) -> HumanLoop | None:
-    """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold)."""
+def held_by(worker: str, *, session: Session) -> HumanLoop | None:
+    """The open task ``worker`` holds a live lease on, if any."""
+    return session.scalar(select(HumanLoop).where(HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+                                                  HumanLoop.leased_by == worker,
+                                                  HumanLoop.lease_expires_at > db.utcnow()))
+
+
+def lease_next(worker: str, *, session: Session) -> HumanLoop | None:
+    """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold), for the task
+    template's time limit; a lease past it returns the task to the queue."""
     expire_loops(session=session)
-    now = db.utcnow()
-    held = session.scalar(select(HumanLoop).where(HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-                                                  HumanLoop.leased_by == worker, HumanLoop.lease_expires_at > now))
+    if worker in template(session=session).paused_reviewers:
+        return None
+    held = held_by(worker, session=session)
     if held is not None:
         return held
-    for candidate in session.scalars(select(HumanLoop.id).where(
-            HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).order_by(HumanLoop.id).limit(20)):
-        # Conditional update: two reviewers racing for the same task cannot both win it.
+    now = db.utcnow()
+    seconds = template(session=session).task_time_limit_seconds
+    answered = select(HumanAnswer.id).where(HumanAnswer.loop_id == HumanLoop.id, HumanAnswer.worker == worker)
+    free = (HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now), ~answered.exists())
+    for candidate in session.scalars(select(HumanLoop.id).where(*free).order_by(HumanLoop.id).limit(20)):
+        # Conditional update: two reviewers racing for the same task cannot both win it; nobody gets a task
+        # they answered.
         taken = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
-            HumanLoop.id == candidate, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(
-            leased_by=worker, lease_expires_at=now + timedelta(seconds=seconds)))
+            HumanLoop.id == candidate, *free).values(
+            leased_by=worker, leased_at=now, lease_expires_at=now + timedelta(seconds=seconds)))
         if taken.rowcount:
             return session.get(HumanLoop, candidate, populate_existing=True)
     return None
 
 
+def checked_answer(label: str, *, session: Session) -> str:
+    """``label`` as an answer: None of the Above, or one of the task's label choices."""
+    if label == NONE_OF_THE_ABOVE:
+        return label
+    label = validate_label(label)
+    choices = label_choices(session=session)
+    if label not in choices:
+        raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
+                          f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
+    return label
+
+
 def claim_answer(name: str, label: str, worker: str) -> dict[str, Any]:
-    """Record the first answer to a loop (Completed); a later answer raises :class:`AlreadyAnswered`."""
+    """Record a reviewer's answer. The loop stays open until its required number of distinct reviewers answered,
+    then it is Completed with their consolidated label (:func:`consolidate`), or asks one more reviewer when
+    they disagree beyond the template's ``min_agreement`` (up to 9).
+
+    Refused (:class:`LeaseNotHeld`) while another reviewer holds the task's live lease. The same answer sent
+    again by the same reviewer (a retry after a lost response) returns the recorded loop, so a retry never
+    loses an answer; any other later answer raises :class:`AlreadyAnswered`."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        if label != NONE_OF_THE_ABOVE:
-            label = validate_label(label)
-            choices = label_choices(session=session)
-            if label not in choices:
-                raise ReviewError(f"{label!r} is not one of the task's labels: {', '.join(choices)} "
-                                  f"(or {NONE_OF_THE_ABOVE}); an operator can add labels to the task template")
-        claimed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
-            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
-            status=HumanLoopStatus.COMPLETED, answer_label=label, answered_by=worker, completed_at=db.utcnow(),
-            leased_by=None, lease_expires_at=None))
-        if not claimed.rowcount:
-            session.refresh(loop)
+        label = checked_answer(label, session=session)
+        if worker in template(session=session).paused_reviewers:
+            raise ReviewerPaused(f"{worker} is paused from review by an admin; the answer was not recorded")
+        now = db.utcnow()
+        accepted = loop.leased_at if loop.leased_by == worker else None
+        # Taking the slot also locks the loop's row, so answers to one loop are counted one at a time.
+        took = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.leased_by == worker, HumanLoop.lease_expires_at <= now))
+            .values(leased_by=None, lease_expires_at=None))
+        session.refresh(loop)
+        session.expire(loop, ["answers"])
+        mine = next((a for a in loop.answers if a.worker == worker), None)
+        if mine is not None:
+            if (mine.label, mine.kind) == (label, AnswerKind.REVIEW):
+                return as_dict(loop)
+            raise AlreadyAnswered(f"you answered human loop {name} already ({mine.label!r}); an operator can "
+                                  "correct an answer once it is applied")
+        if not took.rowcount:
+            if loop.status == HumanLoopStatus.IN_PROGRESS:
+                raise LeaseNotHeld(f"the task {name} is held by another reviewer; answer the tasks you hold "
+                                   "(POST /review/work or the portal gives you one)")
             raise AlreadyAnswered(f"human loop {name} is {loop.status} already"
                                   + (f" (answered {loop.answer_label!r})" if loop.answer_label else ""))
-        session.refresh(loop)
+        loop.answers.append(HumanAnswer(worker=worker, label=label, kind=AnswerKind.REVIEW, accepted_at=accepted or now,
+                                        submitted_at=now))
+        _complete_if_answered(loop, worker, now, session=session)
+        log.info("human loop answered", extra={"loop": name, "label": label, "worker": worker,
+                                               "status": loop.status, "round": loop.answer_round})
         return as_dict(loop)
+
+
+def _complete_if_answered(loop: HumanLoop, worker: str, now: Any, *, session: Session) -> None:
+    """Complete ``loop`` with its consolidated label once enough reviewers answered, or escalate it."""
+    reviews = [a for a in loop.answers if a.kind == AnswerKind.REVIEW]
+    if len(reviews) < loop.required_answers:
+        return
+    label, share = consolidate(reviews, session=session)
+    needed = template(session=session).min_agreement
+    if share < needed and loop.required_answers < MAX_REVIEWERS:
+        loop.required_answers += 1
+        loop.status_message = (f"escalated: {share:.0%} of {len(reviews)} answers agree, {needed:.0%} needed; "
+                               f"one more reviewer asked")
+        log.info("human loop escalated", extra={"loop": loop.name, "answers": len(reviews), "agreement": share})
+        return
+    loop.status, loop.answer_label, loop.answered_by, loop.completed_at = (
+        HumanLoopStatus.COMPLETED, label, worker, now)
+    if len(reviews) > 1:
+        loop.status_message = f"consolidated from {len(reviews)} answers ({share:.0%} agree)"
+
+
+def consolidate(answers: list[HumanAnswer], *, session: Session) -> tuple[str, float]:
+    """The loop's label by majority vote, a tie going to the label whose reviewers are more reliable
+    (:func:`reviewer_reliability`), then the first in alphabetical order; returns it with the share of answers
+    that gave it."""
+    counts = Counter(a.label for a in answers)
+    top = max(counts.values())
+    tied = sorted(label for label, count in counts.items() if count == top)
+    if len(tied) > 1:
+        reliability = reviewer_reliability([a.worker for a in answers], session=session)
+        weight = {label: sum(reliability[a.worker] for a in answers if a.label == label) for label in tied}
+        tied.sort(key=lambda label: -weight[label])
+    return tied[0], top / len(answers)
+
+
+def reviewer_reliability(workers: list[str], *, session: Session) -> dict[str, float]:
+    """Each reviewer's agreement with the final label of the loops they answered, smoothed as
+    (agreed + 1) / (answered + 2): the one-coin Dawid–Skene estimate of accuracy, taken against the
+    consolidated (or operator-corrected) labels rather than iterated, which is enough to break ties."""
+    tally = {worker: [0, 0] for worker in workers}
+    for worker, answer, final in session.execute(
+            select(HumanAnswer.worker, HumanAnswer.label, HumanLoop.answer_label)
+            .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id)
+            .where(HumanAnswer.worker.in_(workers), HumanAnswer.kind == AnswerKind.REVIEW,
+                   HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.answer_label.is_not(None))):
+        tally[worker][0] += answer == final
+        tally[worker][1] += 1
+    return {worker: (agreed + 1) / (answered + 2) for worker, (agreed, answered) in tally.items()}
+
+
+def undo_last_answer(worker: str, *, session: Session) -> HumanLoop:
+    """Take back ``worker``'s last answer within the undo window, while no run has started applying it: the
+    answer is removed and the task is theirs again (a Completed loop reopens in a new round). Otherwise
+    :class:`ReviewError`."""
+    window = get_settings().undo_seconds
+    now = db.utcnow()
+    too_late = ReviewError(f"too late to undo: answers can be undone for {window:g} s, before they are applied; "
+                           "an operator can still correct an applied answer")
+    mine = session.scalar(select(HumanAnswer).where(HumanAnswer.worker == worker,
+                                                    HumanAnswer.kind == AnswerKind.REVIEW)
+                          .order_by(HumanAnswer.submitted_at.desc(), HumanAnswer.id.desc()).limit(1))
+    if mine is None:
+        raise ReviewError("you have no answer to undo")
+    if mine.submitted_at <= now - timedelta(seconds=window):
+        raise too_late
+    loop = session.get(HumanLoop, mine.loop_id)
+    release_lease(worker, session=session)
+    lease = {"leased_by": worker, "leased_at": now,
+             "lease_expires_at": now + timedelta(seconds=template(session=session).task_time_limit_seconds)}
+    if loop.status == HumanLoopStatus.COMPLETED:
+        changed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.COMPLETED,
+            HumanLoop.apply_started_at.is_(None)).values(
+            status=HumanLoopStatus.IN_PROGRESS, answer_label=None, answered_by=None, completed_at=None,
+            answer_round=HumanLoop.answer_round + 1, **lease))
+    elif loop.status == HumanLoopStatus.IN_PROGRESS:  # other reviewers still to answer
+        changed = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now)).values(**lease))
+    else:
+        raise too_late
+    if loop.status == HumanLoopStatus.COMPLETED and not changed.rowcount:
+        raise too_late
+    session.delete(mine)
+    session.flush()
+    session.refresh(loop)
+    session.expire(loop, ["answers"])
+    log.info("answer undone", extra={"loop": loop.name, "worker": worker, "round": loop.answer_round})
+    return loop
+
+
+# ── applying an answer (the steps of the apply run) ──────────────────────────
+
+
+def undo_seconds_left(name: str, answer_round: int) -> float:
+    """How long the answer of ``answer_round`` can still be undone (0 when it was undone or the window passed)."""
+    with db.session() as session:
+        loop = get_loop(name, session=session)
+        if loop.answer_round != answer_round or loop.completed_at is None:
+            return 0.0
+        elapsed = (db.utcnow() - loop.completed_at).total_seconds()
+        return max(0.0, get_settings().undo_seconds - elapsed)
+
+
+def begin_apply(name: str, answer_round: int) -> bool:
+    """Mark the answer of ``answer_round`` as being applied (no undo from now on); False when it was undone."""
+    with db.session() as session:
+        loop = get_loop(name, session=session)
+        session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+            HumanLoop.id == loop.id, HumanLoop.answer_round == answer_round,
+            HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.apply_started_at.is_(None)).values(
+            apply_started_at=db.utcnow()))
+        session.refresh(loop)
+        return (loop.answer_round == answer_round and loop.status == HumanLoopStatus.COMPLETED
+                and loop.apply_started_at is not None)
+
+
+def unapplied_answers(*, session: Session) -> list[tuple[str, int]]:
+    """(name, round) of every answered loop whose answer is not applied yet."""
+    return [(name, answer_round) for name, answer_round in session.execute(
+        select(HumanLoop.name, HumanLoop.answer_round).where(
+            HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.applied_at.is_(None)))]
 
 
 def copy_key(loop_name: str, object_key: str, label: str) -> str:
@@ -226,36 +537,179 @@ def copy_key(loop_name: str, object_key: str, label: str) -> str:
     return f"images_labeled_by_folder/{label}/humanLoopName-{loop_name}-{unique}-{original}"[:1024]
 
 
+def pinned_content(key: str, etag: str | None) -> bytes:
+    """The object at ``key`` if it is still the content ``etag`` names; :class:`ImageChanged` if it was replaced."""
+    info, data = storage.get_object(key)
+    found = info.etag if etag and "-" in etag else hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if etag and found != etag:
+        raise ImageChanged(f"the image at {key} was replaced after its human loop opened (ETag {etag} then, "
+                           f"{found} now); the answer is kept but not applied to other content")
+    return data
+
+
+def _note(name: str, message: str) -> None:
+    with db.session() as session:
+        get_loop(name, session=session).status_message = message
+    log.warning("answer not applied to the training data", extra={"loop": name, "reason": message})
+
+
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
-    """Copy an answered detection loop's image under its label's folder (nothing for None of the Above or
-    sampling loops); returns the stored object. The caller fires its "object created" event."""
+    """Put an answered loop's image where its answer says. Detection loops: one copy under the label's folder
+    (none for None of the Above or sampling loops); a corrected answer moves that copy, never adds a second.
+    Label Audit loops: the training image itself moves (:func:`apply_label_audit`). Only the content the loop
+    was opened for is used. Returns the new training object; the caller fires its "object created" event."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        if loop.answer_label in (None, NONE_OF_THE_ABOVE) or loop.source == HumanLoopSource.SAMPLING:
+        session.expunge(loop)
+    if loop.source == HumanLoopSource.LABEL_AUDIT:
+        return apply_label_audit(loop)
+    if loop.source == HumanLoopSource.SAMPLING:
+        return None
+    wanted = None if loop.answer_label in (None, NONE_OF_THE_ABOVE) else \
+        copy_key(loop.name, loop.object_key, loop.answer_label)
+    previous = loop.copied_key
+    if wanted is None:
+        if previous:
+            storage.delete_object(previous, actor=f"human loop {name}")
+        _set_copied_key(name, None)
+        return None
+    if previous == wanted and _holds(wanted, loop.object_etag):  # a retry after the copy was made
+        info = storage.head_object(wanted)
+    elif previous:
+        info = _move(name, previous, wanted, loop.object_etag)
+    else:
+        try:
+            info = storage.put_object(wanted, pinned_content(loop.object_key, loop.object_etag),
+                                      source="human loop")
+        except (ImageChanged, storage.ObjectNotFound) as exc:
+            _note(name, f"not copied to the training data: {exc}")
             return None
-        key = copy_key(loop.name, loop.object_key, loop.answer_label)
-        source_key = loop.object_key
-    _, data = storage.get_object(source_key)
-    info = storage.put_object(key, data, source="human loop")
-    with db.session() as session:
-        get_loop(name, session=session).copied_key = key
+    if info is None:
+        return None
+    _set_copied_key(name, info.key)
     return info.model_dump(mode="json")
 
 
-def write_output(name: str) -> str:
-    """Write the loop's output in A2I's shape to ``a2i-human-loop-data/`` and return its key."""
+def _set_copied_key(name: str, key: str | None) -> None:
+    with db.session() as session:
+        get_loop(name, session=session).copied_key = key
+
+
+def audit_destination(loop: HumanLoop) -> str:
+    """Where a Label Audit answer puts the training image: its answered label's folder (where it is, when the
+    answer is the label it had), or ``label-audit-removed/`` for None of the Above."""
+    relative = loop.object_key[len(LABELED_FOLDER):]
+    if loop.answer_label == NONE_OF_THE_ABOVE:
+        return AUDIT_REMOVED_FOLDER + relative
+    if loop.answer_label == storage.label_of(loop.object_key):
+        return loop.object_key
+    return f"{LABELED_FOLDER}{loop.answer_label}/{relative.split('/', 1)[-1]}"
+
+
+def apply_label_audit(loop: HumanLoop) -> dict[str, Any] | None:
+    """Move an audited training image to where its answer says (never a second copy); returns the image as a
+    new training object, or ``None`` (kept where it is, or moved out of the training data)."""
+    target = audit_destination(loop)
+    current = loop.copied_key or loop.object_key  # a corrected answer moves it from where the last one put it
+    if target == current:
+        _record_move(loop.name, current, f"kept at {current}: the answer is the label it has")
+        return None
+    info = _move(loop.name, current, target, loop.object_etag)
+    if info is None:
+        return None
+    _record_move(loop.name, info.key, f"moved from {current} to {info.key}")
+    return info.model_dump(mode="json") if info.key.startswith(LABELED_FOLDER) else None
+
+
+def _move(name: str, source: str, target: str, etag: str | None) -> ObjectInfo | None:
+    """Move the pinned content from ``source`` to ``target`` (or beside it, named after the loop, when another
+    image is there); a retry finds the move it made before. ``None`` when the content is gone or replaced."""
+    folder, file_name = target.rsplit("/", 1)
+    candidates = (target, f"{folder}/labelAudit-{name}-{file_name}")
+    for candidate in candidates:
+        if _holds(candidate, etag) and not _holds(source, etag):
+            return storage.head_object(candidate)
+    try:
+        data = pinned_content(source, etag)
+    except (ImageChanged, storage.ObjectNotFound) as exc:
+        _note(name, f"not moved: {exc}")
+        return None
+    taken = _exists(target) and not _holds(target, etag)
+    info = storage.put_object(candidates[taken], data, source="human loop")
+    storage.delete_object(source, actor=f"human loop {name}")
+    return info
+
+
+def _exists(key: str) -> bool:
+    try:
+        storage.head_object(key)
+    except storage.ObjectNotFound:
+        return False
+    return True
+
+
+def _holds(key: str, etag: str | None) -> bool:
+    try:
+        return storage.head_object(key).etag == etag
+    except storage.ObjectNotFound:
+        return False
+
+
+def _record_move(name: str, key: str, message: str) -> None:
     with db.session() as session:
         loop = get_loop(name, session=session)
-        day = loop.completed_at or db.utcnow()
-        key = f"a2i-human-loop-data/{day:%Y/%m/%d}/{loop.name}/output.json"
-        output = {
-            "humanLoopName": loop.name,
-            "inputContent": {**loop.task, "source": loop.source, "modelLabel": loop.model_label,
-                             "modelConfidence": loop.model_confidence, "modelVersion": loop.model_version},
-            "humanAnswers": [{"answerContent": {"crowd-image-classifier": {"label": loop.answer_label}},
-                              "submissionTime": day.isoformat(), "workerId": loop.answered_by}],
-            "humanLoopStatus": loop.status,
-        }
+        loop.copied_key, loop.status_message = key, message
+    log.info("label audit applied", extra={"loop": name, "key": key, "outcome": message})
+
+
+def flow_definition_arn() -> str:
+    """The ARN A2I would give the review flow, in labelloop's local account."""
+    return f"arn:aws:sagemaker:local:000000000000:flow-definition/{get_settings().flow_definition_name}"
+
+
+def output_key(loop: HumanLoop) -> str:
+    """A2I's output path: flow definition name, the loop's creation time to the second, the loop's name."""
+    return (f"{HUMAN_LOOP_FOLDER}{get_settings().flow_definition_name}/{loop.created_at:%Y/%m/%d/%H/%M/%S}/"
+            f"{loop.name}/output.json")
+
+
+def output_record(loop: HumanLoop, request_id: str | None) -> dict[str, Any]:
+    """The loop's output in A2I's shape: every answer in ``humanAnswers`` (an operator's correction last, marked
+    in its ``workerMetadata``), labelloop's fields in ``inputContent`` and the label that counts in
+    ``consolidatedAnswer``."""
+    answers = []
+    for answer in loop.answers:
+        accepted = min(answer.accepted_at or answer.submitted_at, answer.submitted_at)
+        answers.append({
+            "acceptanceTime": accepted.isoformat(), "submissionTime": answer.submitted_at.isoformat(),
+            "timeSpentInSeconds": round((answer.submitted_at - accepted).total_seconds(), 3),
+            "workerId": answer.worker,
+            "workerMetadata": {"identityData": {"identityProviderType": "labelloop", "issuer": "labelloop",
+                                                "sub": answer.worker}, "answerKind": answer.kind},
+            "answerContent": {"crowd-image-classifier": {"label": answer.label}}})
+    answers.sort(key=lambda entry: entry["workerMetadata"]["answerKind"] == AnswerKind.CORRECTION)
+    return {
+        "flowDefinitionArn": flow_definition_arn(),
+        "humanLoopName": loop.name,
+        "inputContent": {
+            "taskObject": f"s3://{storage.bucket_name() or get_settings().local_bucket_name}/{loop.object_key}",
+            "initialValue": loop.model_label, "initialConfidence": loop.model_confidence,
+            "detectLabelRequestId": request_id, "objectKey": loop.object_key, "objectEtag": loop.object_etag,
+            "source": loop.source, "modelLabel": loop.model_label, "modelConfidence": loop.model_confidence,
+            "modelVersion": loop.model_version, "requiredAnswers": loop.required_answers},
+        "humanAnswers": answers,
+        "consolidatedAnswer": {"crowd-image-classifier": {"label": loop.answer_label}},
+        "humanLoopStatus": loop.status,
+    }
+
+
+def write_output(name: str) -> str:
+    """Write the loop's output in A2I's shape and at A2I's path under ``a2i-human-loop-data/``; returns its key."""
+    with db.session() as session:
+        loop = get_loop(name, session=session)
+        event = session.get(DetectionEvent, loop.detection_id) if loop.detection_id is not None else None
+        key = output_key(loop)
+        output = output_record(loop, event.request_id if event else None)
     storage.put_object(key, json.dumps(output, indent=1, default=str).encode(), source="human loop")
     with db.session() as session:
         get_loop(name, session=session).output_key = key
@@ -263,10 +717,14 @@ def write_output(name: str) -> str:
 
 
 def record_on_detection(name: str) -> dict[str, Any]:
-    """Write the answer onto the loop's detection event."""
+    """Write the answer onto the loop's detection event (Label Audit loops have none) and mark it applied."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        event = session.get(DetectionEvent, loop.detection_id)
+        loop.applied_at = db.utcnow()
+        event = session.get(DetectionEvent, loop.detection_id) if loop.detection_id is not None else None
+        if event is None:
+            return {"detection_id": None, "human_label": loop.answer_label, "model_label": loop.model_label,
+                    "agrees": loop.answer_label == loop.model_label}
         event.human_label, event.human_worker = loop.answer_label, loop.answered_by
         event.human_answered_at = loop.completed_at
         return {"detection_id": event.id, "human_label": event.human_label, "model_label": event.label,
@@ -286,10 +744,6 @@ def stop_loop(name: str, actor: str, *, session: Session) -> HumanLoop:
 
 
 # ── the review portal (one task at a time, leased) ───────────────────────────
-
-
-class LeaseNotHeld(ReviewError):
-    """The worker does not hold this task's lease (it expired and went to someone else, or never was theirs)."""
 
 
 _IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
@@ -321,26 +775,12 @@ def task_view(loop: HumanLoop, *, session: Session) -> dict[str, Any]:
     """What the portal shows for a task. Sampling tasks leave out the model's guess, so reviewers are not
     biased by it."""
     row = template(session=session)
-    show_guess = loop.source != HumanLoopSource.SAMPLING and loop.model_label is not None
+    show_guess = loop.source == HumanLoopSource.DETECTION and loop.model_label is not None  # audits unbiased
     return {"name": loop.name, "source": loop.source, "choices": label_choices(session=session),
             "none_of_the_above": NONE_OF_THE_ABOVE, "short_instructions": row.short_instructions,
             "full_instructions": row.full_instructions, "lease_expires_at": loop.lease_expires_at,
             "model_label": loop.model_label if show_guess else None,
             "model_confidence": loop.model_confidence if show_guess else None}
-
-
-def answer_task(name: str, label: str, worker: str) -> dict[str, Any]:
-    """A portal answer: refused when someone else now holds the task's lease, else as :func:`claim_answer`.
-
-    A worker whose lease ran out may still answer while nobody else has taken the task (first answer wins)."""
-    with db.session() as session:
-        loop = get_loop(name, session=session)
-        lease_end = loop.lease_expires_at
-        if lease_end is not None and lease_end.tzinfo is None:
-            lease_end = lease_end.replace(tzinfo=db.utcnow().tzinfo)
-        if loop.leased_by not in (None, worker) and lease_end is not None and lease_end > db.utcnow():
-            raise LeaseNotHeld(f"the task {name} went to another reviewer after your lease ran out")
-    return claim_answer(name, label, worker)
 
 
 def release_lease(worker: str, *, session: Session) -> int:
@@ -352,13 +792,15 @@ def release_lease(worker: str, *, session: Session) -> int:
 
 
 def task_image(name: str, worker: str) -> tuple[bytes, str]:
-    """The image of a task ``worker`` holds, with an image content type a browser shows.
+    """The image of a task ``worker`` holds, with an image content type a browser shows; only the content the
+    loop was opened for (:class:`ImageChanged` if the key now holds another).
 
     PNG, JPEG, GIF, BMP and WebP are served as stored; any other format (TIFF …) is re-encoded as PNG after
     the same checks the model's decoder makes, so the response is always a plain image."""
     with db.session() as session:
-        key = held_task(name, worker, session=session).object_key
-    _, data = storage.get_object(key)
+        loop = held_task(name, worker, session=session)
+        key, etag = loop.object_key, loop.object_etag
+    data = pinned_content(key, etag)
     for magic, media_type in _IMAGE_TYPES:
         if data.startswith(magic):
             return data, media_type
@@ -367,6 +809,55 @@ def task_image(name: str, worker: str) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     decode_image(data).save(buffer, "PNG")
     return buffer.getvalue(), "image/png"
+
+
+# ── reviewer metrics, and pausing a reviewer ─────────────────────────────────
+
+
+def set_paused(username: str, paused: bool, actor: str, *, session: Session) -> list[str]:
+    """Pause ``username`` from review (no tasks, answers refused; the task they hold goes back) or resume them;
+    returns the paused reviewers."""
+    if session.scalar(select(User.id).where(User.username == username)) is None:
+        raise ReviewError(f"there is no user {username!r}")
+    row = template(session=session)
+    names = set(row.paused_reviewers)
+    names = names | {username} if paused else names - {username}
+    row.paused_reviewers = sorted(names)
+    if paused:
+        release_lease(username, session=session)
+    log.info("reviewer paused" if paused else "reviewer resumed", extra={"reviewer": username, "actor": actor})
+    return row.paused_reviewers
+
+
+def reviewer_metrics(*, session: Session, since: Any = None) -> list[dict[str, Any]]:
+    """Per reviewer, overall and per day (UTC): tasks answered, median seconds per task (lease to answer),
+    agreement with the loop's final label (consolidated or corrected), the same on Human Sampling audits, and
+    whether they are paused."""
+    query = (select(HumanAnswer.worker, HumanAnswer.label, HumanAnswer.accepted_at, HumanAnswer.submitted_at,
+                    HumanLoop.source, HumanLoop.status, HumanLoop.answer_label)
+             .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id).where(HumanAnswer.kind == AnswerKind.REVIEW))
+    if since is not None:
+        query = query.where(HumanAnswer.submitted_at >= since)
+    groups: dict[str, dict[str, list[Any]]] = {}
+    for row in session.execute(query):
+        groups.setdefault(row.worker, {}).setdefault(f"{row.submitted_at:%Y-%m-%d}", []).append(row)
+    paused = set(template(session=session).paused_reviewers)
+    return [{"reviewer": worker, "paused": worker in paused, **_tally([r for rows in days.values() for r in rows]),
+             "days": [{"day": day, **_tally(rows)} for day, rows in sorted(days.items())]}
+            for worker, days in sorted(groups.items())]
+
+
+def _tally(rows: list[Any]) -> dict[str, Any]:
+    seconds = list((r.submitted_at - (r.accepted_at or r.submitted_at)).total_seconds() for r in rows)
+    final = [r for r in rows if r.status == HumanLoopStatus.COMPLETED and r.answer_label is not None]
+    audits = [r for r in final if r.source == HumanLoopSource.SAMPLING]
+
+    def share(subset: list[Any]) -> float | None:
+        return round(sum(r.label == r.answer_label for r in subset) / len(subset), 4) if subset else None
+
+    return {"answered": len(rows), "median_seconds": round(median(seconds), 1) if seconds else None,
+            "decided": len(final), "agreement": share(final), "audits": len(audits),
+            "audit_agreement": share(audits)}
 
 
 AUDIT_ANSWERS_USED = 500

@@ -1,12 +1,17 @@
-"""Human loop routes: list, answer (first answer wins), stop; the task template."""
+"""Human loop routes: list, answer (first answer wins), undo, correct, stop, Label Audit; the task template."""
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import Response
 from pydantic import BaseModel
 
+from labelloop import db
 from labelloop.loop import actions
 from labelloop.review import service
 from labelloop.review.models import HumanLoopStatus
@@ -16,6 +21,9 @@ from labelloop.workforce.models import Role, User
 router = APIRouter(prefix="/api/v1", tags=["human loops"])
 Reviewer = Depends(require(Role.OPERATOR, Role.WORKER))
 Operator = Depends(require(Role.OPERATOR))
+Admin = Depends(require(Role.ADMIN))
+METRIC_COLUMNS = ["reviewer", "day", "answered", "median_seconds", "decided", "agreement", "audits",
+                  "audit_agreement", "paused"]
 
 
 class Answer(BaseModel):
@@ -31,35 +39,72 @@ class TemplateUpdate(BaseModel):
     short_instructions: str | None = None
     full_instructions: str | None = None
     loop_lifetime_hours: int | None = None
+    task_time_limit_seconds: int | None = None
+    reviewers_per_task: dict[str, int] | None = None
+    min_agreement: float | None = None
+
+
+class LabelAudit(BaseModel):
+    """Body of ``POST /human-loops/label-audit``: training image keys to send back to review."""
+
+    keys: list[str]
+
+
+def _reviewer_view(user: User) -> bool:
+    """Workers see what the portal shows: no model guess on audit loops."""
+    return user.role == Role.WORKER
 
 
 @router.get("/human-loops")
 def list_loops(session: SessionDep, status_filter: str | None = Query(None, alias="status"),
                source: str | None = None, limit: int = Query(500, ge=1, le=5000),
                offset: int = Query(0, ge=0, le=1_000_000_000),
-               _: User = Reviewer) -> list[dict[str, Any]]:
-    """Human loops, newest first: name, source ("Detection" or "Human Sampling"), object_key, status."""
+               user: User = Reviewer) -> list[dict[str, Any]]:
+    """Human loops, newest first: name, source ("Detection", "Human Sampling" or "Label Audit"), object_key,
+    status; for workers without the model's guess on audit loops."""
     allowed = (HumanLoopStatus.IN_PROGRESS, HumanLoopStatus.COMPLETED, HumanLoopStatus.STOPPED,
                HumanLoopStatus.FAILED)
     if status_filter is not None and status_filter not in allowed:
         raise HTTPException(422, f"status must be one of {', '.join(allowed)}")
-    return [service.as_dict(loop) for loop in service.list_loops(status=status_filter, source=source, limit=limit,
-            offset=offset, session=session)]
+    return [service.as_dict(loop, reviewer_view=_reviewer_view(user)) for loop in service.list_loops(
+            status=status_filter, source=source, limit=limit, offset=offset, session=session)]
 
 
 @router.get("/human-loops/{name}")
-def read_loop(name: str, session: SessionDep, _: User = Reviewer) -> dict[str, Any]:
+def read_loop(name: str, session: SessionDep, user: User = Reviewer) -> dict[str, Any]:
     """One human loop."""
-    return service.as_dict(service.get_loop(name, session=session))
+    return service.as_dict(service.get_loop(name, session=session), reviewer_view=_reviewer_view(user))
 
 
 @router.post("/human-loops/{name}/answer")
 def answer_loop(name: str, body: Answer, user: User = Reviewer) -> dict[str, Any]:
-    """A reviewer's answer: a label, or "None of the Above". The first answer wins; a second gets 409."""
+    """A reviewer's answer: a label, or "None of the Above". The first answer wins; a second gets 409, as does
+    an answer to a task another reviewer holds. The same answer sent again (a retry) is the same answer."""
     try:
-        return actions.answer_loop(name, body.label, user.username)
-    except service.AlreadyAnswered as exc:
+        loop = actions.answer_loop(name, body.label, user.username)
+    except (service.AlreadyAnswered, service.LeaseNotHeld) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except service.ReviewerPaused as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+    return service.for_reviewer(loop) if _reviewer_view(user) else loop
+
+
+@router.post("/human-loops/undo")
+def undo_answer(session: SessionDep, user: User = Reviewer) -> dict[str, Any]:
+    """Take back your last answer while it waits out its undo window (422 once it is being applied)."""
+    return actions.undo_answer(user.username, session=session)
+
+
+@router.post("/human-loops/label-audit", status_code=status.HTTP_201_CREATED)
+def open_label_audits(body: LabelAudit, session: SessionDep, user: User = Operator) -> list[dict[str, Any]]:
+    """Send training images back to review as "Label Audit" loops; the answer moves the image."""
+    return actions.open_label_audits(body.keys, user.username, session=session)
+
+
+@router.post("/human-loops/{name}/correct")
+def correct_answer(name: str, body: Answer, session: SessionDep, user: User = Operator) -> dict[str, Any]:
+    """Correct an applied answer: the training copy moves (or goes, for None of the Above); never a second."""
+    return actions.correct_answer(name, body.label, user.username, session=session)
 
 
 @router.post("/human-loops/{name}/stop")
@@ -82,3 +127,37 @@ def change_template(body: TemplateUpdate, session: SessionDep, user: User = Oper
     """Change the extra labels, the instructions or how long a loop stays open."""
     service.update_template(user.username, **body.model_dump(exclude_none=True), session=session)
     return service.describe_template(session=session)
+
+
+@router.get("/reviewers/metrics")
+def reviewer_metrics(session: SessionDep, days: int = Query(30, ge=1, le=3660),
+                     _: User = Operator) -> list[dict[str, Any]]:
+    """Per reviewer, overall and per day, over the last ``days``: tasks answered, median seconds per task,
+    agreement with the final label and on Human Sampling audits, paused or not."""
+    return service.reviewer_metrics(since=db.utcnow() - timedelta(days=days), session=session)
+
+
+@router.get("/reviewers/metrics.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def reviewer_metrics_csv(session: SessionDep, days: int = Query(30, ge=1, le=3660),
+                         _: User = Operator) -> Response:
+    """The same metrics as CSV, one row per reviewer and day."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for reviewer in service.reviewer_metrics(since=db.utcnow() - timedelta(days=days), session=session):
+        for day in reviewer["days"]:
+            writer.writerow({**day, "reviewer": reviewer["reviewer"], "paused": reviewer["paused"]})
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="reviewer-metrics.csv"'})
+
+
+@router.post("/reviewers/{username}/pause")
+def pause_reviewer(username: str, session: SessionDep, user: User = Admin) -> dict[str, Any]:
+    """Pause a reviewer from review: no tasks, answers refused, the held task goes back to the queue."""
+    return {"paused": service.set_paused(username, True, user.username, session=session)}
+
+
+@router.post("/reviewers/{username}/resume")
+def resume_reviewer(username: str, session: SessionDep, user: User = Admin) -> dict[str, Any]:
+    """Let a paused reviewer review again."""
+    return {"paused": service.set_paused(username, False, user.username, session=session)}

@@ -466,3 +466,16 @@ function setUpTrainingProgress() {
   };
   setTimeout(poll, training ? 1500 : 2500);
 }
+
+// Review portal: "u" takes back the last answer while its undo window is open (the form is there only then).
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "u" || event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement ||
+      target instanceof HTMLSelectElement) return;
+  const form = document.getElementById("undo-form");
+  if (form) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
