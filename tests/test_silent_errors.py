@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ADMIN_PASSWORD, Server, wait_until
+from images import smile_logo, upload_training_set
 from labelloop import db
 from labelloop.detection import service
 from labelloop.detection import silent_errors as silent
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.models import ModelVersion
 from labelloop.parameters import service as parameters
+from test_console_web import signed_in_client
 
 
 def test_the_bound_is_exact_clopper_pearson_and_covers_the_truth() -> None:
@@ -75,7 +78,8 @@ def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
     assert silent.audit_rate(cold) == 1.0
     first = route(93.0, cold)
     assert first.rule == silent.Rule.AUDIT and first.to_review and "no answered audit" in first.reason
-    assert silent.audit_rate(estimate([], opened=60)) == pytest.approx(0.25)
+    assert silent.audit_rate(estimate([], opened=19)) == 1.0, "a new version's first 20 are all audited"
+    assert silent.audit_rate(estimate([], opened=79)) == pytest.approx(0.25)
     assert silent.audit_rate(estimate([], opened=10_000)) == silent.MINIMUM_RATE_ABOVE_TARGET
     clean = [audit("a", 90, False)] * 59
     assert silent.audit_rate(estimate(clean)) == silent.STEADY_RATE
@@ -161,3 +165,43 @@ def test_label_assumed_thresholds_route_when_the_option_is_on(database: None) ->
     assert by_label.reason == "confidence 80.0 is below a's assumed threshold 83"
     assert decide(detected("b", 80.0)).rule == silent.Rule.AUTO_ACCEPTED, "no assumed threshold: the global one"
     assert decide(detected("b", 60.0)).rule == silent.Rule.BELOW_CONFIDENCE
+
+
+@pytest.mark.timeout(600)
+def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server) -> None:
+    api = server.client()
+    upload_training_set(api, 5)
+    check = server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+    assert check["status"] == "SUCCESS", check
+    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 120, 0.25, "v1 RUNNING")
+    keys = [f"images_for_detection/confident-{i}.png" for i in range(6)]
+    for i, key in enumerate(keys):
+        assert api.put(f"/objects/{key}", content=smile_logo(100 + i)).status_code == 201
+    events = wait_until(lambda: (found := {e["object_key"]: e for e in api.get("/detections").json()
+                                           if e["object_key"] in keys and e["human_loop_name"]})
+                        and len(found) == len(keys) and found, 120, 0.25, "six audited detections")
+    for event in events.values():  # cold start: each confident detection of a new version is audited
+        assert event["confidence"] >= 70 and event["routing_rule"] == "audit" and event["sampled"], event
+        assert event["review_reason"].startswith("audited (1 in 1): auto-accepted: no answered audit of v1")
+    loops = [api.get(f"/human-loops/{e['human_loop_name']}").json() for e in events.values()]
+    assert {loop["source"] for loop in loops} == {"Human Sampling"}
+    labeled = len(api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json())
+    for i, loop in enumerate(loops):  # two reviewers' answers say the model was wrong
+        answer = api.post(f"/human-loops/{loop['name']}/answer", json={"label": "aws_logo" if i < 2 else "amazon_logo"})
+        assert server.wait_run(answer.json()["run_id"])["status"] == "SUCCESS"
+    assert len(api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json()) == labeled, \
+        "audit answers are never training data"
+    report = api.get("/sampling/silent-errors").json()
+    bound = round(100 * silent.upper_bound(2, 6), 2)
+    assert (report["model_version"], report["target"], report["overall"]["audits"]) == ("v1", 5.0, 6)
+    assert (report["overall"]["wrong"], report["overall"]["upper_bound"]) == (2, bound)
+    assert report["per_label"]["amazon_logo"]["audits"] == 6 and report["above_target"]
+    assert report["sentence"] == f"auto-accepted: ≤ {bound:.1f} % wrong, 95 % confidence, from 6 audits"
+    assert [p["audits"] for p in report["history"]] == [1, 2, 3, 4, 5, 6]
+    assert {r["label"] for r in report["routing"]} == {"amazon_logo", "aws_logo"}
+    assert api.get("/sampling/silent-errors", params={"version": "v9"}).status_code == 404
+    with signed_in_client(server, "admin", ADMIN_PASSWORD) as client:
+        for path in ("/dashboard", "/models/v1"):
+            page = client.get(path).text
+            assert report["sentence"] in page and "Silent errors of v1 by audits answered" in page, path
+        assert "Who sees a detection" in client.get("/parameters").text

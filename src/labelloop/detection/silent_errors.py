@@ -2,9 +2,10 @@
 rule that keeps it under Maximum-Silent-Error-Rate.
 
 * **Audits.** While the target is on (and Enable-A2I-Workflow is true), a random share of the detections at or
-  above the confidence threshold go to a human as "Human Sampling" loops: every one while the serving version
-  has no audit yet (cold start), ``COLD_AUDITS / (COLD_AUDITS + audits opened)`` of them (never under
-  ``MINIMUM_RATE_ABOVE_TARGET``) while the bound is above the target, ``STEADY_RATE`` once it is at or below.
+  above the confidence threshold go to a human as "Human Sampling" loops while the bound is above the target
+  or unknown: every one of a new version's first ``COLD_AUDITS`` (cold start), then ``COLD_AUDITS / (audits
+  opened + 1)`` of them (never under ``MINIMUM_RATE_ABOVE_TARGET``); ``STEADY_RATE`` once the bound is at or
+  below the target.
   The draw is a hash of the detection's request id, so a repeated step draws the same. Audits are never
   training data.
 * **The estimate**, per serving version: the answered audits (and the seed's every-n-th sampling answers) of
@@ -51,6 +52,17 @@ class Rule:
     REVIEW_OFF = "review-off"  # Enable-A2I-Workflow is false
 
 
+RULE_MEANINGS = {  # what each rule does, in the user's words (the parameters page lists them)
+    Rule.BELOW_CONFIDENCE: "below Minimum-Label-Detection-Confidence: a 'Detection' loop, as the seed routes",
+    Rule.BELOW_LABEL_THRESHOLD: "below its label's assumed threshold (Use-Label-Assumed-Thresholds true): a "
+                                "'Detection' loop",
+    Rule.AUDIT: "drawn at random to audit the auto-accepted detections (Maximum-Silent-Error-Rate above 0): a "
+                "'Human Sampling' loop, never training data",
+    Rule.BELOW_RAISED_THRESHOLD: "below the threshold silent-error control raised for a label whose audits "
+                                 "bound its silent errors above Maximum-Silent-Error-Rate: a 'Detection' loop",
+    Rule.AUTO_ACCEPTED: "at or above every threshold and not drawn for audit: no human sees it",
+    Rule.REVIEW_OFF: "Enable-A2I-Workflow is false: no human sees it",
+}
 TO_REVIEW = {Rule.BELOW_CONFIDENCE, Rule.BELOW_LABEL_THRESHOLD, Rule.BELOW_RAISED_THRESHOLD, Rule.AUDIT}
 
 
@@ -169,7 +181,7 @@ def audit_rate(found: Estimate) -> float:
         return 0.0
     if not found.above_target:
         return STEADY_RATE
-    return max(MINIMUM_RATE_ABOVE_TARGET, COLD_AUDITS / (COLD_AUDITS + found.audits_opened))
+    return max(MINIMUM_RATE_ABOVE_TARGET, min(1.0, COLD_AUDITS / (found.audits_opened + 1)))
 
 
 def raised_threshold(label: str, audits: list[Audit], target: float) -> float | None:

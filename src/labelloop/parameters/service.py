@@ -136,8 +136,8 @@ DEFINITIONS: dict[str, Definition] = {
                    "without one use Minimum-Label-Detection-Confidence. Off by default, as the seed routes."),
         Definition(MAXIMUM_SILENT_ERROR_RATE, "float", "5.0",
                    "Of the detections no human reviews (auto-accepted), at most this percentage may be wrong. "
-                   "labelloop audits auto-accepted detections as 'Human Sampling' loops (every one at first "
-                   "for a new version, fewer as answers come in, 1 in 50 once the 95 % upper bound is at or "
+                   "labelloop audits auto-accepted detections as 'Human Sampling' loops (all of a new "
+                   "version's first 20, then fewer, 1 in 50 once the 95 % upper bound is at or "
                    "below this target) and, for a label whose audits show it above the target, raises the "
                    "confidence below which its detections go to review ('Detection' loops). Audit answers are "
                    "never training data. 0 turns it off: only the seed's rules apply.",
