@@ -52,10 +52,7 @@ def test_a_label_with_confident_mistakes_gets_a_raised_threshold_that_comes_down
 
 
 def estimate(audits: list[silent.Audit], target: float = 5.0, opened: int | None = None) -> silent.Estimate:
-    labels = {a.label for a in audits}
-    return silent.Estimate("v1", target, silent.Bound.of(audits),
-                           {label: silent.Bound.of([a for a in audits if a.label == label]) for label in labels},
-                           len(audits) if opened is None else opened)
+    return silent.estimate_from("v1", target, audits, len(audits) if opened is None else opened)
 
 
 def route(confidence: float, found: silent.Estimate, audits: list[silent.Audit] = (), *, label: str = "a",
@@ -200,6 +197,27 @@ def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server
     assert [p["audits"] for p in report["history"]] == [1, 2, 3, 4, 5, 6]
     assert {r["label"] for r in report["routing"]} == {"amazon_logo", "aws_logo"}
     assert api.get("/sampling/silent-errors", params={"version": "v9"}).status_code == 404
+    # Opted in, an audit answer that corrects the model becomes training data; one that agrees does not.
+    assert api.put("/parameters/Train-On-Audit-Corrections", json={"value": "true"}).status_code == 200
+    more = ["images_for_detection/corrected.png", "images_for_detection/agreed.png"]
+    for i, key in enumerate(more):
+        assert api.put(f"/objects/{key}", content=smile_logo(200 + i)).status_code == 201
+    audited = wait_until(lambda: (found := {e["object_key"]: e for e in api.get("/detections").json()
+                                            if e["object_key"] in more and e["human_loop_name"]})
+                         and len(found) == 2 and found, 120, 0.25, "two more audits")
+    copies = {}
+    for key, label in zip(more, ("aws_logo", "amazon_logo"), strict=True):
+        name = audited[key]["human_loop_name"]
+        answer = api.post(f"/human-loops/{name}/answer", json={"label": label})
+        assert server.wait_run(answer.json()["run_id"])["status"] == "SUCCESS"
+        copies[key] = api.get(f"/human-loops/{name}").json()["copied_key"]
+    assert copies[more[0]].startswith("images_labeled_by_folder/aws_logo/humanLoopName-sampling-")
+    assert copies[more[1]] is None
+    # Both still judge v1, which never trained on them, where they fell in its auto-accepted stream (at or above
+    # the threshold in force, which the first audits' mistakes may have raised for amazon_logo).
+    accepted = [audited[key]["confidence"] >= audited[key]["threshold"] for key in more]
+    overall = api.get("/sampling/silent-errors").json()["overall"]
+    assert (overall["audits"], overall["wrong"]) == (6 + sum(accepted), 2 + accepted[0])
     with signed_in_client(server, "admin", ADMIN_PASSWORD) as client:
         for path in ("/dashboard", "/models/v1"):
             page = client.get(path).text

@@ -187,12 +187,14 @@ def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Sess
     """Who sees this detection, and why (see ``silent_errors``)."""
     base, base_name = base_threshold(event.label, event.model_version, values, session=session)
     target = values.get(parameters.MAXIMUM_SILENT_ERROR_RATE, 0.0)
+    if event.previous_event_id is not None:  # a re-detection is not new traffic: it is never audited
+        target = 0.0
     review = bool(event.human_review_enabled)
-    if target <= 0 or not review or event.confidence < base:  # the seed's rule alone decides
-        found, audits = silent_errors.Estimate(event.model_version, target, silent_errors.Bound.of([])), []
-    else:
+    audits, opened = [], 0
+    if target > 0 and review and event.confidence >= base:  # otherwise the seed's rule alone decides
         audits = silent_errors.audits_of(event.model_version, session=session)
-        found = silent_errors.estimate(event.model_version, target, session=session)
+        opened = silent_errors.audits_opened(event.model_version, session=session)
+    found = silent_errors.estimate_from(event.model_version, target, audits, opened)
     return silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
                                review=review, found=found, audits=audits)
 

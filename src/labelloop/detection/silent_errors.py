@@ -6,8 +6,8 @@ rule that keeps it under Maximum-Silent-Error-Rate.
   or unknown: every one of a new version's first ``COLD_AUDITS`` (cold start), then ``COLD_AUDITS / (audits
   opened + 1)`` of them (never under ``MINIMUM_RATE_ABOVE_TARGET``); ``STEADY_RATE`` once the bound is at or
   below the target.
-  The draw is a hash of the detection's request id, so a repeated step draws the same. Audits are never
-  training data.
+  The draw is a hash of the detection's request id, so a repeated step draws the same. Audits are not
+  training data, except answers that correct the model with Train-On-Audit-Corrections on.
 * **The estimate**, per serving version: the answered audits (and the seed's every-n-th sampling answers) of
   detections that were auto-accepted or would have been (confidence at or above the threshold in force for
   them); an answer other than the model's label, *None of the Above* included, is a silent error. The bound is
@@ -57,7 +57,8 @@ RULE_MEANINGS = {  # what each rule does, in the user's words (the parameters pa
     Rule.BELOW_LABEL_THRESHOLD: "below its label's assumed threshold (Use-Label-Assumed-Thresholds true): a "
                                 "'Detection' loop",
     Rule.AUDIT: "drawn at random to audit the auto-accepted detections (Maximum-Silent-Error-Rate above 0): a "
-                "'Human Sampling' loop, never training data",
+                "'Human Sampling' loop, training data only when it corrects the model and "
+                "Train-On-Audit-Corrections is true",
     Rule.BELOW_RAISED_THRESHOLD: "below the threshold silent-error control raised for a label whose audits "
                                  "bound its silent errors above Maximum-Silent-Error-Rate: a 'Detection' loop",
     Rule.AUTO_ACCEPTED: "at or above every threshold and not drawn for audit: no human sees it",
@@ -158,11 +159,17 @@ def estimate(version: str | None, target: float, *, session: Session) -> Estimat
     """The silent-error estimate of ``version`` (audits of auto-accepted detections only)."""
     if version is None:
         return Estimate(None, target, Bound.of([]))
-    accepted = [audit for audit in audits_of(version, session=session) if audit.auto_accepted]
+    return estimate_from(version, target, audits_of(version, session=session),
+                         audits_opened(version, session=session))
+
+
+def estimate_from(version: str, target: float, audits: list[Audit], opened: int) -> Estimate:
+    """The estimate from a version's answered ``audits`` (those of auto-accepted detections count) and the
+    number of audits ``opened`` so far."""
+    accepted = [audit for audit in audits if audit.auto_accepted]
     labels = sorted({audit.label for audit in accepted})
     return Estimate(version, target, Bound.of(accepted),
-                    {label: Bound.of([a for a in accepted if a.label == label]) for label in labels},
-                    audits_opened(version, session=session))
+                    {label: Bound.of([a for a in accepted if a.label == label]) for label in labels}, opened)
 
 
 def history(version: str, *, session: Session) -> list[dict[str, Any]]:

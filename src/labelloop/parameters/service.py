@@ -28,6 +28,7 @@ TRAIN_FINAL_MODEL_ON_ALL_IMAGES = "Train-Final-Model-On-All-Images"
 BALANCE_LABELS_IN_TRAINING = "Balance-Labels-In-Training"
 USE_LABEL_ASSUMED_THRESHOLDS = "Use-Label-Assumed-Thresholds"
 MAXIMUM_SILENT_ERROR_RATE = "Maximum-Silent-Error-Rate"
+TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
 FOR_SYSTEM_USE_ONLY = "For-System-Use-Only"
 
 _INT = re.compile(r"^[+]?\d+$")
@@ -140,8 +141,15 @@ DEFINITIONS: dict[str, Definition] = {
                    "version's first 20, then fewer, 1 in 50 once the 95 % upper bound is at or "
                    "below this target) and, for a label whose audits show it above the target, raises the "
                    "confidence below which its detections go to review ('Detection' loops). Audit answers are "
-                   "never training data. 0 turns it off: only the seed's rules apply.",
+                   "training data only with Train-On-Audit-Corrections. 0 turns it off: only the seed's rules "
+                   "apply.",
                    minimum=0.0, maximum=50.0),
+        Definition(TRAIN_ON_AUDIT_CORRECTIONS, "bool", "false",
+                   "Copy the answers of 'Human Sampling' loops (audits) that disagree with the model into the "
+                   "training data, like answers to 'Detection' loops: the mistakes audits catch are the most "
+                   "valuable examples there are. The silent-error estimate stays honest (an audit judges only "
+                   "the version that made the detection; the F1 gate leaves out answers about images a "
+                   "version trained on). Off by default: audits are never training data."),
         Definition(FOR_SYSTEM_USE_ONLY, "json", "{}",
                    "State the system keeps between runs (previous_trained_images, serving version).",
                    system_only=True),

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from labelloop import db
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
+from labelloop.parameters import service as parameters
 from labelloop.review.models import NONE_OF_THE_ABOVE, HumanLoop, HumanLoopSource, HumanLoopStatus, TaskTemplate
 from labelloop.storage import service as storage
 from labelloop.storage.models import LABELED_FOLDER
@@ -227,11 +228,14 @@ def copy_key(loop_name: str, object_key: str, label: str) -> str:
 
 
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
-    """Copy an answered detection loop's image under its label's folder (nothing for None of the Above or
-    sampling loops); returns the stored object. The caller fires its "object created" event."""
+    """Copy an answered detection loop's image under its label's folder (nothing for None of the Above, nor
+    for sampling loops unless Train-On-Audit-Corrections is on and the answer disagrees with the model);
+    returns the stored object. The caller fires its "object created" event."""
     with db.session() as session:
         loop = get_loop(name, session=session)
-        if loop.answer_label in (None, NONE_OF_THE_ABOVE) or loop.source == HumanLoopSource.SAMPLING:
+        if loop.answer_label in (None, NONE_OF_THE_ABOVE):
+            return None
+        if loop.source == HumanLoopSource.SAMPLING and not teaches(loop, session=session):
             return None
         key = copy_key(loop.name, loop.object_key, loop.answer_label)
         source_key = loop.object_key
@@ -240,6 +244,14 @@ def copy_to_training_data(name: str) -> dict[str, Any] | None:
     with db.session() as session:
         get_loop(name, session=session).copied_key = key
     return info.model_dump(mode="json")
+
+
+def teaches(loop: HumanLoop, *, session: Session) -> bool:
+    """Whether a sampling loop's answer becomes training data: one that caught the model wrong, with
+    Train-On-Audit-Corrections on. The estimates stay honest: an audit judges only the version that made the
+    detection, and the F1 gate leaves out answers about images a version trained on."""
+    return (loop.answer_label != loop.model_label
+            and parameters.value(parameters.TRAIN_ON_AUDIT_CORRECTIONS, session=session))
 
 
 def write_output(name: str) -> str:
