@@ -84,9 +84,6 @@ def test_gate_deploys_on_production_evidence_and_refuses_against_it(server: Serv
     wait_for_serving(server, api, "v1")
     set_parameter(server, api, "Human-Sampling-Interval", "1")
     set_parameter(server, api, "Minimum-F1-Score", str(MINIMUM))
-    # The seed's routing: silent-error control would send the new kinds' confident mistakes to review as
-    # training data (raised thresholds), which is not the evidence this test sets up for the gate.
-    set_parameter(server, api, "Maximum-Silent-Error-Rate", "0")
     assert api.put("/task-template", json={"extra_labels": list(NEW_KINDS)}).status_code == 200
     seen = [detect_and_review(server, api, batch, clean=3, new=6) for batch in range(5)]
     reviewed, audited = sum(s["reviewed"] for s in seen), sum(s["audited"] for s in seen)
