@@ -45,6 +45,33 @@ def test_threshold_is_lowest_confidence_assigned_to_the_label() -> None:
     assert never.f1 == 1.0, "labels without test images are left out of the macro average"
 
 
+def test_assumed_threshold_is_where_each_labels_f1_is_best() -> None:
+    result = evaluate(LABELS, Y_TRUE, PROBA)
+    # cat: answers 0.90 ✓, 0.60 ✓, 0.45 ✗ of 3 cats; cutting at 0.60 drops the false alarm: F1 2·2/(2+3).
+    assert (result.label("cat").assumed_threshold, result.label("cat").assumed_threshold_f1) == (0.60, 0.8)
+    assert (result.label("dog").assumed_threshold, result.label("dog").assumed_threshold_f1) == (0.80, 0.6667)
+    assert (result.label("fox").assumed_threshold, result.label("fox").assumed_threshold_f1) == (0.80, 1.0)
+    never = evaluate(LABELS, np.array([0, 1]), np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]))
+    assert never.label("fox").assumed_threshold is None
+
+
+def test_assumed_threshold_matches_a_search_over_every_cut_off() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    proba = rng.dirichlet(np.ones(3), 300) + np.eye(3)[y] * rng.uniform(0, 0.6, (300, 1))
+    proba = np.round(proba / proba.sum(1, keepdims=True), 2)  # rounded: ties at a cut-off are kept together
+    result = evaluate(LABELS, y, proba)
+    pred, conf = proba.argmax(1), proba.max(1)
+    for i, name in enumerate(LABELS):
+        cuts = sorted(set(conf[pred == i]))
+        scores = {cut: f1_score(y == i, (pred == i) & (conf >= cut), zero_division=0) for cut in cuts}
+        best = max(scores.values())
+        lowest_best = min(cut for cut, score in scores.items() if np.isclose(score, best))
+        metrics = result.label(name)
+        assert metrics.assumed_threshold == lowest_best and np.isclose(metrics.assumed_threshold_f1, best, atol=1e-4)
+        assert metrics.assumed_threshold_f1 >= round(metrics.f1, 4)
+
+
 def test_calibration_stats_and_json_round_trip() -> None:
     result = evaluate(LABELS, Y_TRUE, PROBA, calibration={"temperature": 0.7})
     assert result.calibration["temperature"] == 0.7

@@ -68,7 +68,15 @@ def dashboard(request: Request, session: SessionDep, _visitor: Operator) -> Resp
         "oldest_loops": sorted(open_loops, key=lambda loop: loop.id)[:5],
         "detections": detection.count_events(session=session), "agreement": sampling.summary(),
         "runs": recent_runs, "notifications": notifications.feed(limit=RECENT, session=session),
-        **_first_hour(data, session=session), "section": "dashboard"})
+        **_first_hour(data, session=session), **_silent_errors(serving), "section": "dashboard"})
+
+
+def _silent_errors(serving: Any) -> dict[str, Any]:
+    """The serving version's silent-error estimate and its plot."""
+    if serving is None:
+        return {"silent": None, "silent_plot": None}
+    report = sampling.silent_error_report(serving.version)
+    return {"silent": report, "silent_plot": plots.silent_error_chart(report, width=420)}
 
 
 def _first_hour(data: dataset.TrainingData, *, session: Session) -> dict[str, Any]:

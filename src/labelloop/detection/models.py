@@ -49,6 +49,9 @@ class DetectionEvent(Base):
     human_worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
     human_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Which rule sent the detection to a human, or let it through (silent_errors.Rule), and why, in words.
+    routing_rule: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # A re-detection (the same stored image detected again, e.g. by a newer version) points to the event it
     # repeats; None for the event of the upload itself.
     previous_event_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)

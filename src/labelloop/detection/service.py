@@ -12,9 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labelloop import db
+from labelloop.detection import silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling import endpoint
 from labelloop.modeling.images import ImageRejected
+from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.serving import NoModelServing
 from labelloop.parameters import service as parameters
 from labelloop.storage import service as storage
@@ -28,7 +30,7 @@ def as_dict(event: DetectionEvent) -> dict[str, Any]:
         "id", "request_id", "created_at", "detected_at", "object_key", "etag", "source", "status",
         "status_message", "model_version", "label", "confidence", "labels", "threshold", "human_review_enabled",
         "sampled", "human_loop_name", "human_label", "human_worker", "human_answered_at", "run_id",
-        "previous_event_id")}
+        "previous_event_id", "routing_rule", "review_reason")}
 
 
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
@@ -156,17 +158,60 @@ def _record(event_id: int, version: str, labels: list[dict[str, Any]]) -> dict[s
         event.model_version = version
         event.labels = labels
         event.label, event.confidence = labels[0]["name"], labels[0]["confidence"]
-        event.threshold = values[parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE]
         event.human_review_enabled = values[parameters.ENABLE_A2I_WORKFLOW]
+        decided = decide_route(event, values, session=session)
+        event.threshold, event.routing_rule, event.review_reason = decided.threshold, decided.rule, decided.reason
+        event.sampled = event.sampled or decided.rule == silent_errors.Rule.AUDIT
         log.info("image detected", extra={"key": event.object_key, "version": version, "label": event.label,
-                                          "confidence": event.confidence})
+                                          "confidence": event.confidence, "routing_rule": decided.rule,
+                                          "review_reason": decided.reason})
         return as_dict(event)
 
 
+def base_threshold(label: str, version: str, values: dict[str, Any], *, session: Session) -> tuple[float, str]:
+    """The threshold of the routing rule in force for ``label`` (0–100) and its name: the label's assumed
+    threshold on ``version``'s test split with Use-Label-Assumed-Thresholds on (when it has one), otherwise
+    Minimum-Label-Detection-Confidence."""
+    minimum = values[parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE]
+    if not values.get(parameters.USE_LABEL_ASSUMED_THRESHOLDS):
+        return minimum, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE
+    evaluation = session.scalar(select(ModelVersion.evaluation).where(ModelVersion.version == version)) or {}
+    assumed = next((m.get("assumed_threshold") for m in evaluation.get("per_label") or [] if m["label"] == label),
+                   None)
+    if assumed is None:
+        return minimum, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE
+    return round(100 * assumed, 2), f"{label}'s assumed threshold"
+
+
+def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Session) -> silent_errors.Route:
+    """Who sees this detection, and why (see ``silent_errors``)."""
+    base, base_name = base_threshold(event.label, event.model_version, values, session=session)
+    target = values.get(parameters.MAXIMUM_SILENT_ERROR_RATE, 0.0)
+    if event.previous_event_id is not None:  # a re-detection is not new traffic: it is never audited
+        target = 0.0
+    review = bool(event.human_review_enabled)
+    audits, opened = [], 0
+    if target > 0 and review and event.confidence >= base:  # otherwise the seed's rule alone decides
+        audits = silent_errors.audits_of(event.model_version, session=session)
+        opened = silent_errors.audits_opened(event.model_version, session=session)
+    found = silent_errors.estimate_from(event.model_version, target, audits, opened)
+    return silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
+                               review=review, found=found, audits=audits)
+
+
 def needs_human_review(event: dict[str, Any]) -> bool:
-    """Below the minimum confidence with the A2I workflow enabled."""
-    return (event["status"] == DetectionStatus.DETECTED and event["human_review_enabled"]
-            and event["confidence"] < event["threshold"])
+    """Whether the routing rule sends the detection to a human (events recorded before routing rules: below
+    the minimum confidence with the A2I workflow enabled)."""
+    if event["status"] != DetectionStatus.DETECTED:
+        return False
+    if event.get("routing_rule"):
+        return event["routing_rule"] in silent_errors.TO_REVIEW
+    return event["human_review_enabled"] and event["confidence"] < event["threshold"]
+
+
+def is_audit(event: dict[str, Any]) -> bool:
+    """Whether silent-error control chose the detection as an audit (a "Human Sampling" loop)."""
+    return event.get("routing_rule") == silent_errors.Rule.AUDIT
 
 
 def waiting_event_ids() -> list[int]:

@@ -18,6 +18,11 @@
   bounds (conservative). Not a bootstrap: with every test image right a bootstrap gives [1, 1], which is
   exactly the false certainty to avoid. Each figure's test-set size is beside it (`support`, `predicted`,
   `test_images`). "F1 1.000" from 3 test images of 3 labels reads 0.21–1.00.
+* `assumed_threshold` per label — the confidence (0–1) at which the label's F1 on the test split is best when
+  only answers at or above it count as the label (those below go to a human, so they are neither a hit nor a
+  false alarm of the model): Rekognition Custom Labels' "assumed threshold" in its routing sense. Ties go to
+  the lowest such confidence (the most answers kept); `assumed_threshold_f1` is the F1 there. The option
+  Use-Label-Assumed-Thresholds routes detections by it instead of Minimum-Label-Detection-Confidence.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class LabelMetrics:
     precision_interval: list[float] | None = None  # Wilson, over the `predicted` images given this label
     recall_interval: list[float] | None = None  # Wilson, over the `support` images of this label
     f1_interval: list[float] | None = None  # Wilson, over TP + ½(FP + FN) (see f1_wilson_interval)
+    assumed_threshold: float | None = None  # confidence (0–1) at which its F1 is best (see assumed_threshold)
+    assumed_threshold_f1: float | None = None
 
 
 @dataclass
@@ -109,16 +116,35 @@ def _precision_recall_f1(matrix: np.ndarray, i: int) -> tuple[float, float, floa
     return precision, recall, _safe_div(2 * precision * recall, precision + recall)
 
 
-def _label_metrics(name: str, i: int, matrix: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> LabelMetrics:
+def _label_metrics(name: str, i: int, matrix: np.ndarray, pred: np.ndarray, conf: np.ndarray,
+                   y: np.ndarray) -> LabelMetrics:
     predicted = int(matrix[:, i].sum())
     support = int(matrix[i, :].sum())
     precision, recall, f1 = _precision_recall_f1(matrix, i)
     assigned = conf[pred == i]
     threshold = float(assigned.min()) if assigned.size else None
     tp = int(matrix[i, i])
+    assumed, assumed_f1 = assumed_threshold(assigned, y[pred == i] == i, support)
     return LabelMetrics(name, precision, recall, f1, support, predicted, threshold,
                         precision_interval=wilson_interval(tp, predicted), recall_interval=wilson_interval(tp, support),
-                        f1_interval=f1_wilson_interval(tp, predicted - tp, support - tp) if support else None)
+                        f1_interval=f1_wilson_interval(tp, predicted - tp, support - tp) if support else None,
+                        assumed_threshold=assumed, assumed_threshold_f1=assumed_f1)
+
+
+def assumed_threshold(confidences: np.ndarray, correct: np.ndarray, support: int) -> tuple[float | None, float | None]:
+    """The cut-off (0–1) among ``confidences`` of the test images given a label at which the label's F1 is
+    best, counting only answers at or above it (``correct``: whether each was right; ``support``: test images
+    whose true label it is), and that F1. Ties go to the lowest cut-off; (None, None) without answers."""
+    if confidences.size == 0:
+        return None, None
+    order = np.argsort(-confidences, kind="stable")
+    ranked, hits = confidences[order], np.cumsum(correct[order])
+    kept = np.arange(1, ranked.size + 1)  # answers at or above each cut-off, most confident first
+    scores = 2 * hits / (kept + support)  # F1 = 2TP / (2TP + FP + FN) = 2TP / (kept + support)
+    last_of_value = np.append(ranked[1:] != ranked[:-1], True)  # a cut-off keeps every answer of its value
+    scores = np.where(last_of_value, scores, -1.0)
+    best = int(np.flatnonzero(scores == scores.max())[-1])
+    return float(ranked[best]), round(float(scores[best]), 4)
 
 
 def wilson_interval(successes: float, n: float, z: float = Z_95) -> list[float] | None:
@@ -171,7 +197,7 @@ def evaluate(labels: Sequence[str], y_true: Sequence[int] | np.ndarray, proba: n
     proba = np.asarray(proba, dtype=np.float64).reshape(len(y), len(labels))
     pred, conf = proba.argmax(axis=1), proba.max(axis=1)
     matrix = confusion_matrix(y, pred, len(labels))
-    per_label = [_label_metrics(name, i, matrix, pred, conf) for i, name in enumerate(labels)]
+    per_label = [_label_metrics(name, i, matrix, pred, conf, y) for i, name in enumerate(labels)]
     measured = [m.f1 for m in per_label if m.support > 0]
     return Evaluation(
         labels=list(labels),

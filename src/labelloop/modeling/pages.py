@@ -14,6 +14,7 @@ from labelloop.loop import actions
 from labelloop.modeling import service, versions
 from labelloop.modeling.models import ModelStatus, ModelVersion
 from labelloop.parameters import service as parameters
+from labelloop.sampling import service as sampling
 from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.pages import Form, Operator, PageDenied, render, sentence
@@ -103,6 +104,12 @@ def left_out_of(evaluation: dict[str, Any]) -> dict[str, Any]:
             "any": bool(left_out or unusable)}
 
 
+def silent_errors(version: str) -> dict[str, Any]:
+    """The version's silent-error estimate and its plot, for the model page and the dashboard."""
+    report = sampling.silent_error_report(version)
+    return {"silent": report, "silent_plot": plots.silent_error_chart(report, width=760)}
+
+
 @router.get("/models/{version}", response_class=HTMLResponse)
 def version_page(request: Request, version: str, session: SessionDep, _visitor: Operator) -> Response:
     row = _version_or_404(session, version)
@@ -116,7 +123,7 @@ def version_page(request: Request, version: str, session: SessionDep, _visitor: 
         "problems": left_out_of(evaluation),
         "evaluation": evaluation, "per_label": per_label, "confusion": confusion(evaluation),
         "metrics_plot": metrics_plot, "notice_action": _notice(request, row.version),
-        "audit_notice": _audit_notice(request),
+        "audit_notice": _audit_notice(request), **silent_errors(row.version),
         "minimum_f1": parameters.value(parameters.MINIMUM_F1_SCORE, session=session), "section": "models"})
 
 

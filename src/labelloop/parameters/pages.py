@@ -11,10 +11,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
+from labelloop.detection import silent_errors
 from labelloop.loop import actions
 from labelloop.parameters import service
 from labelloop.parameters.views import history_entry
 from labelloop.runs import service as runs
+from labelloop.sampling import service as sampling
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.format import pretty_json
 from labelloop.web.pages import Form, Operator, PageDenied, render
@@ -60,6 +62,7 @@ def _list_page(request: Request, session: Session, *, errors: dict[str, str] | N
         "parameters": _rows(session), "errors": errors or {}, "values": values or {}, "latest": latest,
         "unchanged": request.query_params.get("unchanged") if not errors else None,
         "recent": history_entries(service.history(limit=RECENT_CHANGES, session=session, include_system=False)),
+        "rules": silent_errors.RULE_MEANINGS, "silent": sampling.silent_error_report(),
         "section": "parameters"}, status_code=status_code)
 
 

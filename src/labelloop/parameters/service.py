@@ -26,6 +26,9 @@ HUMAN_SAMPLING_FREQUENCY = "Automatic-Human-Sampling-Frequency"
 HUMAN_SAMPLING_INTERVAL = "Human-Sampling-Interval"
 TRAIN_FINAL_MODEL_ON_ALL_IMAGES = "Train-Final-Model-On-All-Images"
 BALANCE_LABELS_IN_TRAINING = "Balance-Labels-In-Training"
+USE_LABEL_ASSUMED_THRESHOLDS = "Use-Label-Assumed-Thresholds"
+MAXIMUM_SILENT_ERROR_RATE = "Maximum-Silent-Error-Rate"
+TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
 FOR_SYSTEM_USE_ONLY = "For-System-Use-Only"
 
 _INT = re.compile(r"^[+]?\d+$")
@@ -127,6 +130,26 @@ DEFINITIONS: dict[str, Definition] = {
                    "Weigh every label the same when training, whatever its number of images. On by default: "
                    "human review sends the images the model is unsure of, so some labels get many more images "
                    "than others, and without balance the model learns that skew as a preference."),
+        Definition(USE_LABEL_ASSUMED_THRESHOLDS, "bool", "false",
+                   "Route a detection to human review when its confidence is below its label's own assumed "
+                   "threshold (the confidence at which the label's F1 on the serving version's test split is "
+                   "best, shown on the model page) instead of Minimum-Label-Detection-Confidence; labels "
+                   "without one use Minimum-Label-Detection-Confidence. Off by default, as the seed routes."),
+        Definition(MAXIMUM_SILENT_ERROR_RATE, "float", "5.0",
+                   "Of the detections no human reviews (auto-accepted), at most this percentage may be wrong. "
+                   "labelloop audits auto-accepted detections as 'Human Sampling' loops (all of a new "
+                   "version's first 20, then fewer, 1 in 50 once the 95 % upper bound is at or "
+                   "below this target) and, for a label whose audits show it above the target, raises the "
+                   "confidence below which its detections go to review ('Detection' loops). Audit answers are "
+                   "training data only with Train-On-Audit-Corrections. 0 turns it off: only the seed's rules "
+                   "apply.",
+                   minimum=0.0, maximum=50.0),
+        Definition(TRAIN_ON_AUDIT_CORRECTIONS, "bool", "false",
+                   "Copy the answers of 'Human Sampling' loops (audits) that disagree with the model into the "
+                   "training data, like answers to 'Detection' loops: the mistakes audits catch are the most "
+                   "valuable examples there are. The silent-error estimate stays honest (an audit judges only "
+                   "the version that made the detection; the F1 gate leaves out answers about images a "
+                   "version trained on). Off by default: audits are never training data."),
         Definition(FOR_SYSTEM_USE_ONLY, "json", "{}",
                    "State the system keeps between runs (previous_trained_images, serving version).",
                    system_only=True),

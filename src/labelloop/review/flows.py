@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from labelloop import engine
-from labelloop.detection.service import needs_human_review
+from labelloop.detection.service import is_audit, needs_human_review
 from labelloop.notifications import service as notifications
 from labelloop.review import service
 from labelloop.review.models import HumanLoopSource
@@ -15,10 +15,12 @@ from labelloop.review.models import HumanLoopSource
 
 @engine.step()
 def open_human_loop(detection: dict[str, Any]) -> dict[str, Any] | None:
-    """Below Minimum-Label-Detection-Confidence with Enable-A2I-Workflow on: open a human loop."""
+    """Open a human loop when the detection's routing rule sends it to a human: an audit of silent-error
+    control as "Human Sampling", any other (below a confidence threshold) as "Detection"."""
     if not needs_human_review(detection):
         return None
-    return service.create_loop(detection["id"], HumanLoopSource.DETECTION)
+    source = HumanLoopSource.SAMPLING if is_audit(detection) else HumanLoopSource.DETECTION
+    return service.create_loop(detection["id"], source)
 
 
 @engine.step()

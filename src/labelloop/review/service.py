@@ -20,6 +20,7 @@ from labelloop import db, labels
 from labelloop.config import get_settings
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
+from labelloop.parameters import service as parameters
 from labelloop.review.models import (
     MAX_REVIEWERS,
     NONE_OF_THE_ABOVE,
@@ -555,15 +556,17 @@ def _note(name: str, message: str) -> None:
 
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Put an answered loop's image where its answer says. Detection loops: one copy under the label's folder
-    (none for None of the Above or sampling loops); a corrected answer moves that copy, never adds a second.
+    (none for None of the Above; none for sampling loops unless Train-On-Audit-Corrections is on and the answer
+    disagrees with the model); a corrected answer moves that copy, never adds a second.
     Label Audit loops: the training image itself moves (:func:`apply_label_audit`). Only the content the loop
     was opened for is used. Returns the new training object; the caller fires its "object created" event."""
     with db.session() as session:
         loop = get_loop(name, session=session)
+        learns = loop.source != HumanLoopSource.SAMPLING or teaches(loop, session=session)
         session.expunge(loop)
     if loop.source == HumanLoopSource.LABEL_AUDIT:
         return apply_label_audit(loop)
-    if loop.source == HumanLoopSource.SAMPLING:
+    if not learns:
         return None
     wanted = None if loop.answer_label in (None, NONE_OF_THE_ABOVE) else \
         copy_key(loop.name, loop.object_key, loop.answer_label)
@@ -588,6 +591,14 @@ def copy_to_training_data(name: str) -> dict[str, Any] | None:
         return None
     _set_copied_key(name, info.key)
     return info.model_dump(mode="json")
+
+
+def teaches(loop: HumanLoop, *, session: Session) -> bool:
+    """Whether a sampling loop's answer becomes training data: one that caught the model wrong, with
+    Train-On-Audit-Corrections on. The estimates stay honest: an audit judges only the version that made the
+    detection, and the F1 gate leaves out answers about images a version trained on."""
+    return (loop.answer_label != loop.model_label
+            and parameters.value(parameters.TRAIN_ON_AUDIT_CORRECTIONS, session=session))
 
 
 def _set_copied_key(name: str, key: str | None) -> None:

@@ -8,7 +8,10 @@ from typing import Any
 from sqlalchemy import select
 
 from labelloop import db
+from labelloop.detection import silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.detection.service import base_threshold
+from labelloop.modeling import versions
 from labelloop.parameters import service as parameters
 from labelloop.review.models import HumanLoopSource
 from labelloop.review.service import create_loop
@@ -72,3 +75,35 @@ def summary() -> dict[str, Any]:
     return {"answers": total, "agreements": agreements,
             "agreement_rate": agreements / total if total else None,
             "per_label": rated(per_label), "per_day": rated(per_day)}
+
+
+HISTORY_POINTS = 40
+
+
+def silent_error_report(version: str | None = None) -> dict[str, Any]:
+    """The silent-error estimate of ``version`` (default: the serving one) against Maximum-Silent-Error-Rate,
+    with the bound after each answered audit (at most HISTORY_POINTS points, evenly spaced) and, per label,
+    the thresholds its detections are routed by now."""
+    with db.session() as session:
+        values = parameters.values(session=session)
+        if version is None:
+            serving = versions.serving_version(session=session)
+            version = serving.version if serving is not None else None
+        else:
+            versions.get_version(version, session=session)  # VersionNotFound names it
+        target = values[parameters.MAXIMUM_SILENT_ERROR_RATE]
+        found = silent_errors.estimate(version, target, session=session)
+        points = silent_errors.history(version, session=session) if version else []
+        audits = silent_errors.audits_of(version, session=session) if version else []
+        labels = list(versions.get_version(version, session=session).labels or []) if version else []
+        routing = []
+        for label in labels:
+            base, base_name = base_threshold(label, version, values, session=session)
+            raised = silent_errors.raised_threshold(label, audits, target) if target > 0 else None
+            routing.append({"label": label, "base_threshold": base, "base_rule": base_name,
+                            "raised_threshold": raised, "threshold": max(base, raised or 0.0)})
+    step = max(1, len(points) // HISTORY_POINTS)
+    shown = points[step - 1::step] if points else []
+    if points and shown[-1] is not points[-1]:
+        shown.append(points[-1])
+    return {**found.to_dict(), "history": shown, "routing": routing}

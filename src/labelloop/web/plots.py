@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from markupsafe import Markup, escape
 
@@ -268,3 +269,19 @@ def stacked_bars(x_labels: Sequence[str], series: Sequence[tuple[str, Sequence[f
         parts.append(_legend(names, width)[0])
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def silent_error_chart(report: dict[str, Any], *, width: int = WIDTH) -> Markup:
+    """The silent-error bound of a version after each answered audit, with the observed rate and the target
+    (``report`` as ``sampling.service.silent_error_report`` gives it)."""
+    points = report["history"]
+    label = f"Silent errors of {report['model_version'] or 'the serving version'} by audits answered"
+    if not points:
+        return empty(label, "No answered audit yet.", width=width)
+    target = report["target"]
+    return line_chart([str(p["audits"]) for p in points],
+                      [("95 % upper bound", [p["upper_bound"] for p in points]),
+                       ("observed", [round(100 * p["wrong"] / p["audits"], 2) for p in points])],
+                      label=label, y_min=0, y_format="{:.0f}", y_title="% wrong",
+                      reference=(target, f"target {target:g} %") if target > 0 else None,
+                      value_format="{:.1f} %", width=width)

@@ -1,0 +1,277 @@
+"""Silent-error control on real photographs: the seed's fixed rule against Maximum-Silent-Error-Rate 5 % and 2 %.
+
+    .venv/bin/python -m bench.loop_simulation.silent [--task scenes|logos|objects] [--seeds 0 1 2] \
+        [--batch-size 100] [--publish]
+
+Data (--task): the real-image benchmark's **scenes** task (bench/real_images: crops of 18 real photographs, one label
+each; the test crops come from the part of each photo no training crop touches) with its **open set** (crops of
+photographs never trained on, about a tenth of the stream: whatever label the model gives them is wrong), or
+its **logos** (21 applications' icons as drawn by different themes; open set: 240 applications never trained
+on) or **objects** (Tux Paint's photo stamps, 5 labels; open set: other kinds of things). v1 is
+trained on 2 crops per label; the rest of the training pool and the open set arrive in seeded random order, in
+batches. The held-out test crops score macro-F1.
+
+It runs in one process, as `offline.py` does: `train_head` trains each version (the product's defaults:
+balanced labels, final model on all images) and `Head.predict_proba` gives the detections' confidences, on
+embeddings from the product's backbone; **every routing decision is `labelloop.detection.silent_errors.route`**,
+the function the server's detection step calls, with the audits of the serving version as the server would
+have them (`estimate_from`, `raised_threshold`, `audit_rate`). The simulated reviewer answers every loop
+truthfully (None of the Above for an open-set image). Detection loops' answers become training data; audit
+answers do not. A new version trains after a batch that brought ≥ Minimum-Untrained-Images (10) new labels.
+
+Per arm, per version: detections, the true silent-error rate of the auto-accepted ones, the bound labelloop
+showed at the end of the version (from its answered audits), whether the bound covered the truth (the true
+rate of the detections that were auto-accepted or would have been: audited ones included), the share sent to
+humans, human answers so far (labels plus audits) and held-out macro-F1. Outputs:
+bench/out/loop_simulation/silent-TASK.{json,md,svg}; --publish copies the table and plot to
+docs/silent_errors_TASK.{md,svg}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from bench.real_images.data import Item, logo_task, object_task, scene_task
+from sklearn.metrics import f1_score
+
+from labelloop.detection import silent_errors as silent
+from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached
+from labelloop.modeling.export import ensure_backbone_onnx
+from labelloop.modeling.images import content_hash
+from labelloop.modeling.training import Head, LabeledImage, train_head
+from labelloop.web import plots
+
+from .run import DOCS, OUT
+
+THRESHOLD = 70.0  # Minimum-Label-Detection-Confidence, the seed's default
+MIN_UNTRAINED = 10  # Minimum-Untrained-Images, the seed's default
+ARMS = {"fixed rule": 0.0, "target 5 %": 5.0, "target 2 %": 2.0}
+TASKS = {"scenes": scene_task, "logos": logo_task, "objects": object_task}
+NONE_OF_THE_ABOVE = "None of the Above"
+
+
+@dataclass
+class World:
+    """The scenes task with an embedding per image."""
+
+    labels: list[str]
+    pool: list[Item]
+    holdout: list[Item]
+    open_set: list[Item]
+    embedder: Embedder
+    cache: EmbeddingCache
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def x(self, items: list[Item]) -> np.ndarray:
+        return np.stack([self.vectors[item.key] for item in items])
+
+    def train(self, labeled: list[Item], seed: int) -> Head:
+        examples = [LabeledImage(f"images_labeled_by_folder/{i.label}/{i.key.replace('/', '_')}", i.label,
+                                 i.load, self.digests[i.key]) for i in labeled]
+        return train_head(examples, self.embedder, self.cache, seed=seed, balance_labels=True,
+                          final_on_all=True).head
+
+    def macro_f1(self, head: Head) -> float:
+        predicted = [head.labels[i] for i in head.predict_proba(self.x(self.holdout)).argmax(1)]
+        return float(f1_score([i.label for i in self.holdout], predicted, average="macro"))
+
+
+def world(name: str) -> World:
+    task = TASKS[name](0)
+    embedder = Embedder(ensure_backbone_onnx(OUT / "cache"))
+    cache = EmbeddingCache.for_embedder(OUT / "offline-embeddings", embedder)
+    pool = [item for label in task.labels for item in task.pool[label]]
+    found = World(task.labels, pool, task.test, task.open, embedder, cache)
+    items = pool + task.test + task.open
+    started = time.perf_counter()
+    sources = {}
+    for item in items:
+        data = item.load()
+        found.digests[item.key] = content_hash(data)
+        sources[found.digests[item.key]] = data
+    got = embed_cached(embedder, cache, sources)
+    found.vectors = {item.key: got.get(found.digests[item.key]) for item in items}
+    print(f"{name}: {len(pool)} pool, {len(task.test)} held out, {len(task.open)} open-set crops embedded in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    return found
+
+
+@dataclass
+class Version:
+    """One version's life in one arm."""
+
+    arm: str
+    seed: int
+    version: int
+    macro_f1: float
+    human_answers_before: int  # labels + audits answered before it served
+    detections: int = 0
+    auto_accepted: int = 0
+    silent_errors: int = 0
+    would_accept: int = 0  # auto-accepted or audited at or above the threshold in force
+    would_accept_wrong: int = 0
+    to_humans: int = 0
+    audits: int = 0
+    labels_given: int = 0
+    bound: float | None = None  # percent, the bound shown at the end of the version
+
+    @property
+    def true_rate(self) -> float | None:
+        return 100 * self.silent_errors / self.auto_accepted if self.auto_accepted else None
+
+    @property
+    def covered(self) -> bool | None:
+        if self.bound is None or not self.would_accept:
+            return None
+        return self.bound >= 100 * self.would_accept_wrong / self.would_accept
+
+    def row(self) -> dict[str, Any]:
+        return {**asdict(self), "true_rate": self.true_rate, "covered": self.covered,
+                "human_share": self.to_humans / self.detections if self.detections else None}
+
+
+def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int) -> list[Version]:
+    """One arm over one seeded stream: the versions it served."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Item]] = {}
+    for item in w.pool:
+        by_label.setdefault(item.label, []).append(item)
+    labeled = [by_label[label][i] for label in w.labels for i in rng.permutation(len(by_label[label]))[:2]]
+    first = {item.key for item in labeled}
+    rest = [i for i in w.pool if i.key not in first] + w.open_set
+    stream = [rest[i] for i in rng.permutation(len(rest))]
+    known = set(w.labels)
+    head, answers, untrained = w.train(labeled, seed), 0, 0
+    versions = [Version(arm, seed, 1, w.macro_f1(head), 0)]
+    audits: list[silent.Audit] = []
+    for start in range(0, len(stream), batch_size):
+        batch = stream[start:start + batch_size]
+        current = versions[-1]
+        proba = head.predict_proba(w.x(batch))
+        for item, p in zip(batch, proba, strict=True):
+            label, confidence = head.labels[int(p.argmax())], float(100 * p.max())
+            found = silent.estimate_from(f"v{current.version}", target, audits, current.audits)
+            routed = silent.route(label, confidence, f"{seed}-{arm}-{item.key}", base=THRESHOLD,
+                                  base_name=silent.MINIMUM_CONFIDENCE, review=True, found=found, audits=audits)
+            wrong = item.label != label  # an open-set crop is always wrong
+            current.detections += 1
+            if routed.to_review:
+                current.to_humans += 1
+                answers += 1
+            if routed.rule == silent.Rule.AUDIT:
+                current.audits += 1
+                audits.append(silent.Audit(label, confidence, wrong, confidence >= routed.threshold))
+            elif routed.to_review and item.label in known:
+                labeled.append(item)
+                current.labels_given += 1
+                untrained += 1
+            if routed.rule == silent.Rule.AUTO_ACCEPTED:
+                current.auto_accepted += 1
+                current.silent_errors += wrong
+            if routed.rule == silent.Rule.AUTO_ACCEPTED or (routed.rule == silent.Rule.AUDIT
+                                                            and confidence >= routed.threshold):
+                current.would_accept += 1
+                current.would_accept_wrong += wrong
+        current.bound = silent.estimate_from("v", target, audits, current.audits).overall.upper_bound
+        if untrained >= MIN_UNTRAINED:
+            head, untrained, audits = w.train(labeled, seed), 0, []
+            versions.append(Version(arm, seed, current.version + 1, w.macro_f1(head), answers))
+    return versions
+
+
+def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
+    """One arm over every seed: totals and medians."""
+    mine = [r for r in rows if r["arm"] == arm]
+    seeds = sorted({r["seed"] for r in mine})
+
+    def per_seed(key: str) -> list[float]:
+        return [sum(r[key] for r in mine if r["seed"] == s) for s in seeds]
+
+    auto, wrong = per_seed("auto_accepted"), per_seed("silent_errors")
+    detections, humans = per_seed("detections"), per_seed("to_humans")
+    cold_done = [r for r in mine if r["audits"] >= silent.COLD_AUDITS]
+    judged = [r["covered"] for r in mine if r["covered"] is not None]
+    last = [max((r for r in mine if r["seed"] == s), key=lambda r: r["version"]) for s in seeds]
+    return {"arm": arm, "seeds": len(seeds), "versions": float(np.median([len([r for r in mine if r["seed"] == s])
+                                                                          for s in seeds])),
+            "true_rate": float(np.median([100 * w / a if a else 0.0 for w, a in zip(wrong, auto, strict=True)])),
+            "true_rate_after_cold": (100 * sum(r["silent_errors"] for r in cold_done)
+                                     / max(1, sum(r["auto_accepted"] for r in cold_done))) if cold_done else None,
+            "human_share": float(np.median([h / d for h, d in zip(humans, detections, strict=True)])),
+            "human_answers": float(np.median(humans)),
+            "final_macro_f1": float(np.median([r["macro_f1"] for r in last])),
+            "coverage": float(np.mean(judged)) if judged else None, "covered_versions": len(judged),
+            "last_bound": float(np.median([r["bound"] for r in last if r["bound"] is not None]))
+            if any(r["bound"] is not None for r in last) else None}
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{result['task']} task ({result['open_share']:.0%} of the stream open-set), threshold 70, seeds "
+             f"{result['seeds']}, batch {result['batch_size']}; medians over seeds unless said.", "",
+             "| rule | true silent-error rate of auto-accepted | after cold start (pooled) | bound shown, last version "
+             "| bound covers truth (versions) | sent to humans | human answers | final macro-F1 | versions |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in result["summary"]:
+        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % | {_fmt(s['true_rate_after_cold'], '{:.1f} %')} "
+                     f"| {_fmt(s['last_bound'], '≤ {:.1f} %')} "
+                     f"| {_fmt(s['coverage'], '{:.0%}')} ({s['covered_versions']}) | {s['human_share']:.0%} "
+                     f"| {s['human_answers']:.0f} | {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict[str, Any]], seed: int) -> str:
+    """True silent-error rate of each version's auto-accepted detections, per arm, for one seed."""
+    mine = [r for r in rows if r["seed"] == seed]
+    count = max(r["version"] for r in mine)
+    series = [(arm, [next((r["true_rate"] for r in mine if r["arm"] == arm and r["version"] == v), None)
+                     for v in range(1, count + 1)]) for arm in ARMS]
+    series += [(f"bound shown, {arm}", [next((r["bound"] for r in mine if r["arm"] == arm and r["version"] == v),
+                                             None) for v in range(1, count + 1)]) for arm in list(ARMS)[1:]]
+    return str(plots.line_chart([f"v{v}" for v in range(1, count + 1)], series,
+                                label=f"True silent-error rate of auto-accepted detections by version (seed {seed})",
+                                y_min=0, y_format="{:.0f}", y_title="% wrong", reference=(5.0, "5 %"),
+                                value_format="{:.1f} %", width=900))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", choices=sorted(TASKS), default="scenes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--publish", action="store_true")
+    args = parser.parse_args()
+    w = world(args.task)
+    rows = []
+    for seed in args.seeds:
+        for arm, target in ARMS.items():
+            started = time.perf_counter()
+            versions = run_arm(w, arm, target, seed, args.batch_size)
+            rows += [v.row() for v in versions]
+            print(f"seed {seed} {arm}: {len(versions)} versions in {time.perf_counter() - started:.0f} s", flush=True)
+    result = {"task": args.task, "seeds": args.seeds, "batch_size": args.batch_size,
+              "open_share": len(w.open_set) / (len(w.pool) - 2 * len(w.labels) + len(w.open_set)),
+              "summary": [summary(rows, arm) for arm in ARMS], "rows": rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = f"silent-{args.task}"
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (OUT / f"{name}.md").write_text(table(result))
+    (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))
+    print(table(result))
+    if args.publish:
+        for suffix in ("md", "svg"):
+            shutil.copy(OUT / f"{name}.{suffix}", DOCS / f"silent_errors_{args.task}.{suffix}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Silent-error control: how often an auto-accepted detection is wrong, measured by audits, and the routing
+rule that keeps it under Maximum-Silent-Error-Rate.
+
+* **Audits.** While the target is on (and Enable-A2I-Workflow is true), a random share of the detections at or
+  above the confidence threshold go to a human as "Human Sampling" loops while the bound is above the target
+  or unknown: every one of a new version's first ``COLD_AUDITS`` (cold start), then ``COLD_AUDITS / (audits
+  opened + 1)`` of them (never under ``MINIMUM_RATE_ABOVE_TARGET``); ``STEADY_RATE`` once the bound is at or
+  below the target.
+  The draw is a hash of the detection's request id, so a repeated step draws the same. Audits are not
+  training data, except answers that correct the model with Train-On-Audit-Corrections on.
+* **The estimate**, per serving version: the answered audits (and the seed's every-n-th sampling answers) of
+  detections that were auto-accepted or would have been (confidence at or above the threshold in force for
+  them); an answer other than the model's label, *None of the Above* included, is a silent error. The bound is
+  the **exact one-sided Clopper–Pearson** upper limit at 95 % (``beta.ppf(0.95, k + 1, n - k)``): it never
+  understates the rate, whatever n, which the normal approximation does for small n and rates near 0. Per label
+  the same, on that label's audits. An audit judges only the version that made the detection, so a version
+  trained on an answer is never judged by it.
+* **Acting.** For a label whose audits put the bound above the target, detections below a raised threshold
+  go to review as "Detection" loops: the lowest audited confidence above which the label's audits bound the
+  rate at or below the target, or else just above the most confident wrong audit. Audits keep coming from the
+  whole range at or above the base threshold, so as answers accumulate the raised threshold comes down again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scipy.stats import beta
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from labelloop.detection.models import DetectionEvent, DetectionStatus
+
+CONFIDENCE_LEVEL = 0.95
+COLD_AUDITS = 20
+MINIMUM_RATE_ABOVE_TARGET = 0.1
+STEADY_RATE = 0.02
+MIN_AUDITS_TO_RAISE = 5
+MINIMUM_CONFIDENCE = "Minimum-Label-Detection-Confidence"  # the seed's rule, by the name of its parameter
+
+
+class Rule:
+    """Which rule routed a detection (stored on the event as ``routing_rule``)."""
+
+    AUTO_ACCEPTED = "auto-accepted"
+    BELOW_CONFIDENCE = "below-confidence"  # the seed's global Minimum-Label-Detection-Confidence
+    BELOW_LABEL_THRESHOLD = "below-label-threshold"  # the label's assumed threshold (Use-Label-Assumed-Thresholds)
+    BELOW_RAISED_THRESHOLD = "below-raised-threshold"  # raised by silent-error control for the label
+    AUDIT = "audit"  # a random audit of the auto-accepted stream ("Human Sampling" loop)
+    REVIEW_OFF = "review-off"  # Enable-A2I-Workflow is false
+
+
+RULE_MEANINGS = {  # what each rule does, in the user's words (the parameters page lists them)
+    Rule.BELOW_CONFIDENCE: "below Minimum-Label-Detection-Confidence: a 'Detection' loop, as the seed routes",
+    Rule.BELOW_LABEL_THRESHOLD: "below its label's assumed threshold (Use-Label-Assumed-Thresholds true): a "
+                                "'Detection' loop",
+    Rule.AUDIT: "drawn at random to audit the auto-accepted detections (Maximum-Silent-Error-Rate above 0): a "
+                "'Human Sampling' loop, training data only when it corrects the model and "
+                "Train-On-Audit-Corrections is true",
+    Rule.BELOW_RAISED_THRESHOLD: "below the threshold silent-error control raised for a label whose audits "
+                                 "bound its silent errors above Maximum-Silent-Error-Rate: a 'Detection' loop",
+    Rule.AUTO_ACCEPTED: "at or above every threshold and not drawn for audit: no human sees it",
+    Rule.REVIEW_OFF: "Enable-A2I-Workflow is false: no human sees it",
+}
+TO_REVIEW = {Rule.BELOW_CONFIDENCE, Rule.BELOW_LABEL_THRESHOLD, Rule.BELOW_RAISED_THRESHOLD, Rule.AUDIT}
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One answered audit of a detection the version made."""
+
+    label: str
+    confidence: float
+    wrong: bool
+    auto_accepted: bool  # at or above the threshold in force when it was detected
+
+
+@dataclass
+class Bound:
+    """Silent errors among audits: count, point rate and the one-sided upper bound (percent)."""
+
+    audits: int
+    wrong: int
+    rate: float | None
+    upper_bound: float | None
+
+    @classmethod
+    def of(cls, audits: list[Audit]) -> Bound:
+        """The bound from these audits."""
+        wrong = sum(audit.wrong for audit in audits)
+        bound = upper_bound(wrong, len(audits))
+        return cls(len(audits), wrong, round(100 * wrong / len(audits), 2) if audits else None,
+                   None if bound is None else round(100 * bound, 2))
+
+
+@dataclass
+class Estimate:
+    """A version's silent-error estimate against the target, overall and per label."""
+
+    model_version: str | None
+    target: float  # percent; 0 when silent-error control is off
+    overall: Bound
+    per_label: dict[str, Bound] = field(default_factory=dict)
+    audits_opened: int = 0
+    confidence_level: float = CONFIDENCE_LEVEL
+    method: str = "exact one-sided Clopper–Pearson upper bound (beta.ppf(0.95, k + 1, n − k))"
+
+    @property
+    def above_target(self) -> bool:
+        """Whether the bound is unknown or above the target (so more goes to humans)."""
+        return self.overall.upper_bound is None or self.overall.upper_bound > self.target
+
+    @property
+    def sentence(self) -> str:
+        """"auto-accepted: ≤ 3.1 % wrong, 95 % confidence, from 212 audits" (or why there is none yet)."""
+        if self.overall.upper_bound is None:
+            return f"auto-accepted: no answered audit of {self.model_version or 'a serving version'} yet"
+        return (f"auto-accepted: ≤ {self.overall.upper_bound:.1f} % wrong, {100 * CONFIDENCE_LEVEL:g} % "
+                f"confidence, from {self.overall.audits} audits")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as the API shows it."""
+        return {**asdict(self), "above_target": self.above_target, "sentence": self.sentence,
+                "audit_rate": audit_rate(self)}
+
+
+def upper_bound(wrong: int, audits: int, level: float = CONFIDENCE_LEVEL) -> float | None:
+    """Exact one-sided Clopper–Pearson upper bound (0–1) of a rate seen ``wrong`` times in ``audits``; None
+    without audits."""
+    if audits <= 0:
+        return None
+    if wrong >= audits:
+        return 1.0
+    return float(beta.ppf(level, wrong + 1, audits - wrong))
+
+
+def audits_of(version: str, *, session: Session) -> list[Audit]:
+    """The answered audits of detections ``version`` made, oldest answer first (re-detections left out)."""
+    rows = session.execute(select(DetectionEvent.label, DetectionEvent.confidence, DetectionEvent.threshold,
+                                  DetectionEvent.human_label, DetectionEvent.routing_rule).where(
+        DetectionEvent.model_version == version, DetectionEvent.status == DetectionStatus.DETECTED,
+        DetectionEvent.previous_event_id.is_(None), DetectionEvent.sampled.is_(True),
+        DetectionEvent.human_label.is_not(None),
+        DetectionEvent.routing_rule.in_([Rule.AUDIT, Rule.AUTO_ACCEPTED, Rule.BELOW_RAISED_THRESHOLD]))
+        .order_by(DetectionEvent.human_answered_at, DetectionEvent.id))
+    return [Audit(label, confidence, human != label, confidence >= (threshold or 0.0))
+            for label, confidence, threshold, human, _ in rows]
+
+
+def audits_opened(version: str, *, session: Session) -> int:
+    """How many audits of ``version``'s detections were opened (answered or not)."""
+    return session.scalar(select(func.count(DetectionEvent.id)).where(
+        DetectionEvent.model_version == version, DetectionEvent.routing_rule == Rule.AUDIT)) or 0
+
+
+def estimate(version: str | None, target: float, *, session: Session) -> Estimate:
+    """The silent-error estimate of ``version`` (audits of auto-accepted detections only)."""
+    if version is None:
+        return Estimate(None, target, Bound.of([]))
+    return estimate_from(version, target, audits_of(version, session=session),
+                         audits_opened(version, session=session))
+
+
+def estimate_from(version: str, target: float, audits: list[Audit], opened: int) -> Estimate:
+    """The estimate from a version's answered ``audits`` (those of auto-accepted detections count) and the
+    number of audits ``opened`` so far."""
+    accepted = [audit for audit in audits if audit.auto_accepted]
+    labels = sorted({audit.label for audit in accepted})
+    return Estimate(version, target, Bound.of(accepted),
+                    {label: Bound.of([a for a in accepted if a.label == label]) for label in labels}, opened)
+
+
+def history(version: str, *, session: Session) -> list[dict[str, Any]]:
+    """The bound after each answered audit of auto-accepted detections, oldest first (for the plot)."""
+    accepted = [audit for audit in audits_of(version, session=session) if audit.auto_accepted]
+    points, wrong = [], 0
+    for n, audit in enumerate(accepted, start=1):
+        wrong += audit.wrong
+        points.append({"audits": n, "wrong": wrong, "upper_bound": round(100 * upper_bound(wrong, n), 2)})
+    return points
+
+
+def audit_rate(found: Estimate) -> float:
+    """The share of would-be auto-accepted detections to audit now (0 while the target is off)."""
+    if found.target <= 0:
+        return 0.0
+    if not found.above_target:
+        return STEADY_RATE
+    return max(MINIMUM_RATE_ABOVE_TARGET, min(1.0, COLD_AUDITS / (found.audits_opened + 1)))
+
+
+def raised_threshold(label: str, audits: list[Audit], target: float) -> float | None:
+    """The confidence (0–100) below which ``label``'s detections go to review because its audits bound the
+    silent-error rate above ``target``; None when they do not (or too few audits to say)."""
+    mine = sorted((a for a in audits if a.label == label), key=lambda a: -a.confidence)
+    if len(mine) < MIN_AUDITS_TO_RAISE or not any(a.wrong for a in mine):
+        return None
+    if 100 * upper_bound(sum(a.wrong for a in mine), len(mine)) <= target:
+        return None
+    wrong, candidates = 0, []
+    for n, audit in enumerate(mine, start=1):  # most confident first: each cut keeps audits ≥ its confidence
+        wrong += audit.wrong
+        if 100 * upper_bound(wrong, n) <= target:
+            candidates.append(audit.confidence)
+    if candidates:
+        return min(candidates)
+    return min(100.0, max(a.confidence for a in mine if a.wrong) + 0.01)
+
+
+def draw(request_id: str) -> float:
+    """A number in [0, 1) fixed by the request id: whether a detection is audited does not change on retry."""
+    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / 2 ** 64
+
+
+@dataclass(frozen=True)
+class Route:
+    """The routing decision of one detection: the rule, the threshold in force (0–100) and why, in words."""
+
+    rule: str
+    threshold: float
+    reason: str
+
+    @property
+    def to_review(self) -> bool:
+        """Whether a human sees it."""
+        return self.rule in TO_REVIEW
+
+
+def route(label: str, confidence: float, request_id: str, *, base: float, base_name: str, review: bool,
+          found: Estimate, audits: list[Audit]) -> Route:
+    """Decide who sees a detection: ``base`` is the threshold of the seed's rule (or the label's assumed
+    threshold, named ``base_name``), ``found`` the serving version's estimate and ``audits`` its audits."""
+    if not review:
+        return Route(Rule.REVIEW_OFF, base, "Enable-A2I-Workflow is false: no detection goes to human review")
+    if confidence < base:
+        rule = Rule.BELOW_CONFIDENCE if base_name == MINIMUM_CONFIDENCE else Rule.BELOW_LABEL_THRESHOLD
+        return Route(rule, base, f"confidence {confidence:.1f} is below {base_name} {base:g}")
+    raised = raised_threshold(label, audits, found.target) if found.target > 0 else None
+    threshold = max(base, raised or 0.0)
+    rate = audit_rate(found)
+    if draw(request_id) < rate:
+        return Route(Rule.AUDIT, threshold, f"audited (1 in {1 / rate:.0f}): {found.sentence} of "
+                     f"{found.model_version}, target {found.target:g} %")
+    if confidence < threshold:
+        bound = found.per_label.get(label)
+        shown = f"≤ {bound.upper_bound:.1f} % wrong from {bound.audits} audits" if bound and bound.audits else \
+            "audits found it wrong"
+        return Route(Rule.BELOW_RAISED_THRESHOLD, threshold,
+                     f"confidence {confidence:.1f} is below {threshold:.1f}, the threshold silent-error control "
+                     f"set for {label} ({shown}; target {found.target:g} %)")
+    return Route(Rule.AUTO_ACCEPTED, threshold, f"confidence {confidence:.1f} is at or above {threshold:g}")

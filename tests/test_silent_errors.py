@@ -1,0 +1,225 @@
+"""Silent-error control: the exact bound, the routing rules a detection can meet, on a real (SQLite) database
+migrated to head."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ADMIN_PASSWORD, Server, wait_until
+from images import smile_logo, upload_training_set
+from labelloop import db
+from labelloop.detection import service
+from labelloop.detection import silent_errors as silent
+from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling.models import ModelVersion
+from labelloop.parameters import service as parameters
+from test_console_web import signed_in_client
+
+
+def test_the_bound_is_exact_clopper_pearson_and_covers_the_truth() -> None:
+    assert silent.upper_bound(0, 0) is None
+    assert silent.upper_bound(5, 5) == 1.0
+    # 0 wrong of n: 1 - 0.05^(1/n); 59 clean audits are the fewest that put the bound under 5 %.
+    assert silent.upper_bound(0, 59) == pytest.approx(1 - 0.05 ** (1 / 59))
+    assert silent.upper_bound(0, 59) < 0.05 < silent.upper_bound(0, 58)
+    assert silent.upper_bound(3, 100) == pytest.approx(0.0757, abs=1e-4)
+    rng = np.random.default_rng(7)
+    for rate, n in ((0.03, 40), (0.1, 200), (0.01, 500)):
+        covered = [silent.upper_bound(int(k), n) >= rate for k in rng.binomial(n, rate, 2000)]
+        assert np.mean(covered) >= 0.95, (rate, n)
+
+
+def audit(label: str, confidence: float, wrong: bool) -> silent.Audit:
+    return silent.Audit(label, confidence, wrong, True)
+
+
+def test_a_label_with_confident_mistakes_gets_a_raised_threshold_that_comes_down_with_evidence() -> None:
+    few = [audit("a", 80, True)] + [audit("a", 95, False)] * 3
+    assert silent.raised_threshold("a", few, 5.0) is None, "too few audits to act on"
+    mistakes = [audit("a", 80, True), audit("a", 86, True)] + [audit("a", 90 + i / 10, False) for i in range(8)]
+    raised = silent.raised_threshold("a", mistakes, 5.0)
+    assert raised == pytest.approx(86.01), "just above the most confident mistake while no cut-off meets 5 %"
+    assert silent.raised_threshold("b", mistakes, 5.0) is None, "another label is not touched"
+    # Sixty clean audits above 90 bound the rate there under 5 %: the threshold comes down to them.
+    evidence = mistakes + [audit("a", 91 + i / 10, False) for i in range(60)]
+    assert silent.raised_threshold("a", evidence, 5.0) == pytest.approx(90.0)
+    assert silent.raised_threshold("a", [audit("a", 75, False)] * 30, 5.0) is None, "nothing wrong, nothing raised"
+
+
+def estimate(audits: list[silent.Audit], target: float = 5.0, opened: int | None = None) -> silent.Estimate:
+    return silent.estimate_from("v1", target, audits, len(audits) if opened is None else opened)
+
+
+def route(confidence: float, found: silent.Estimate, audits: list[silent.Audit] = (), *, label: str = "a",
+          request_id: str | None = None, review: bool = True) -> silent.Route:
+    return silent.route(label, confidence, request_id or str(uuid.uuid4()), base=70.0,
+                        base_name=silent.MINIMUM_CONFIDENCE, review=review, found=found, audits=list(audits))
+
+
+def request_drawing(at_least: float) -> str:
+    """A request id whose audit draw is at least ``at_least`` (so it is not audited at a lower rate)."""
+    return next(rid for i in range(1000) if silent.draw(rid := f"request-{i}") >= at_least)
+
+
+def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
+    cold = estimate([])
+    below = route(55.0, cold)
+    assert (below.rule, below.threshold, below.to_review) == (silent.Rule.BELOW_CONFIDENCE, 70.0, True)
+    assert below.reason == "confidence 55.0 is below Minimum-Label-Detection-Confidence 70"
+    # A new version is cold: every detection at or above the threshold is audited until answers come in.
+    assert silent.audit_rate(cold) == 1.0
+    first = route(93.0, cold)
+    assert first.rule == silent.Rule.AUDIT and first.to_review and "no answered audit" in first.reason
+    assert silent.audit_rate(estimate([], opened=19)) == 1.0, "a new version's first 20 are all audited"
+    assert silent.audit_rate(estimate([], opened=79)) == pytest.approx(0.25)
+    assert silent.audit_rate(estimate([], opened=10_000)) == silent.MINIMUM_RATE_ABOVE_TARGET
+    clean = [audit("a", 90, False)] * 59
+    assert silent.audit_rate(estimate(clean)) == silent.STEADY_RATE
+    assert estimate(clean).sentence == "auto-accepted: ≤ 5.0 % wrong, 95 % confidence, from 59 audits"
+    # Off: the seed's rule alone, nothing audited.
+    assert silent.audit_rate(estimate([], target=0.0)) == 0.0
+    assert route(93.0, estimate([], target=0.0)).rule == silent.Rule.AUTO_ACCEPTED
+    assert route(55.0, cold, review=False).rule == silent.Rule.REVIEW_OFF
+    # A label with confident mistakes: below its raised threshold goes to review, above it passes.
+    mistakes = [audit("a", 80, True), audit("a", 86, True)] + [audit("a", 90 + i / 10, False) for i in range(8)]
+    found = estimate(mistakes, opened=100)
+    quiet = request_drawing(silent.audit_rate(found))
+    raised = route(85.0, found, mistakes, request_id=quiet)
+    assert raised.rule == silent.Rule.BELOW_RAISED_THRESHOLD and raised.threshold == pytest.approx(86.01)
+    assert "threshold silent-error control set for a" in raised.reason
+    assert route(99.0, found, mistakes, request_id=quiet).rule == silent.Rule.AUTO_ACCEPTED
+    assert route(85.0, found, mistakes, label="b", request_id=quiet).rule == silent.Rule.AUTO_ACCEPTED
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[None]:
+    db.init(f"sqlite:///{tmp_path / 'app.db'}")
+    with db.session() as session:
+        parameters.ensure_defaults(session=session)
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["a", "b"], evaluation={"per_label": [
+            {"label": "a", "assumed_threshold": 0.83}, {"label": "b", "assumed_threshold": None}]}))
+    yield
+    db.close()
+
+
+def detected(label: str, confidence: float, *, request_id: str | None = None) -> DetectionEvent:
+    return DetectionEvent(request_id=request_id or str(uuid.uuid4()), object_key=f"images_for_detection/{uuid.uuid4()}",
+                          etag=uuid.uuid4().hex, status=DetectionStatus.DETECTED, model_version="v1", label=label,
+                          confidence=confidence, human_review_enabled=True)
+
+
+def decide(event: DetectionEvent) -> silent.Route:
+    with db.session() as session:
+        values = parameters.values(session=session)
+        session.add(event)
+        session.flush()
+        return service.decide_route(event, values, session=session)
+
+
+def answered_audits(label: str, confidence: float, answers: list[str]) -> None:
+    with db.session() as session:
+        for answer in answers:
+            event = detected(label, confidence)
+            event.routing_rule, event.threshold, event.sampled = silent.Rule.AUDIT, 70.0, True
+            event.human_label, event.human_answered_at = answer, db.utcnow()
+            session.add(event)
+
+
+def test_the_estimate_counts_answered_audits_of_auto_accepted_detections_per_version(database: None) -> None:
+    assert parameters.DEFINITIONS[parameters.MAXIMUM_SILENT_ERROR_RATE].default == "5.0", "on by default"
+    assert decide(detected("a", 93.0)).rule == silent.Rule.AUDIT, "cold start: audited"
+    assert decide(detected("a", 50.0)).rule == silent.Rule.BELOW_CONFIDENCE
+    answered_audits("a", 95.0, ["a"] * 60)
+    answered_audits("b", 90.0, ["b"] * 8 + ["None of the Above", "a"])  # None of the Above is a silent error too
+    with db.session() as session:
+        found = silent.estimate("v1", 5.0, session=session)
+        assert (found.overall.audits, found.overall.wrong) == (70, 2)
+        assert found.overall.upper_bound == pytest.approx(100 * silent.upper_bound(2, 70), abs=0.01)
+        assert (found.per_label["a"].wrong, found.per_label["b"].wrong) == (0, 2)
+        assert found.per_label["a"].upper_bound < 5.0 < found.per_label["b"].upper_bound
+        assert silent.estimate("v2", 5.0, session=session).overall.audits == 0, "an audit judges its own version"
+        points = silent.history("v1", session=session)
+        assert len(points) == 70 and points[-1]["wrong"] == 2
+    event = detected("b", 89.0, request_id=request_drawing(0.5))
+    routed = decide(event)
+    assert routed.rule == silent.Rule.BELOW_RAISED_THRESHOLD and routed.threshold == pytest.approx(90.01)
+    assert service.needs_human_review({**service.as_dict(event), "routing_rule": routed.rule})
+
+
+def test_label_assumed_thresholds_route_when_the_option_is_on(database: None) -> None:
+    with db.session() as session:
+        parameters.change(parameters.MAXIMUM_SILENT_ERROR_RATE, "0", changed_by="test", session=session)
+    assert decide(detected("a", 80.0)).rule == silent.Rule.AUTO_ACCEPTED, "the seed's rule: 80 ≥ 70"
+    with db.session() as session:
+        parameters.change(parameters.USE_LABEL_ASSUMED_THRESHOLDS, "true", changed_by="test", session=session)
+    by_label = decide(detected("a", 80.0))
+    assert (by_label.rule, by_label.threshold) == (silent.Rule.BELOW_LABEL_THRESHOLD, 83.0)
+    assert by_label.reason == "confidence 80.0 is below a's assumed threshold 83"
+    assert decide(detected("b", 80.0)).rule == silent.Rule.AUTO_ACCEPTED, "no assumed threshold: the global one"
+    assert decide(detected("b", 60.0)).rule == silent.Rule.BELOW_CONFIDENCE
+
+
+@pytest.mark.timeout(600)
+def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server) -> None:
+    api = server.client()
+    upload_training_set(api, 5)
+    check = server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+    assert check["status"] == "SUCCESS", check
+    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 120, 0.25, "v1 RUNNING")
+    keys = [f"images_for_detection/confident-{i}.png" for i in range(6)]
+    for i, key in enumerate(keys):
+        assert api.put(f"/objects/{key}", content=smile_logo(100 + i)).status_code == 201
+    events = wait_until(lambda: (found := {e["object_key"]: e for e in api.get("/detections").json()
+                                           if e["object_key"] in keys and e["human_loop_name"]})
+                        and len(found) == len(keys) and found, 120, 0.25, "six audited detections")
+    for event in events.values():  # cold start: each confident detection of a new version is audited
+        assert event["confidence"] >= 70 and event["routing_rule"] == "audit" and event["sampled"], event
+        assert event["review_reason"].startswith("audited (1 in 1): auto-accepted: no answered audit of v1")
+    loops = [api.get(f"/human-loops/{e['human_loop_name']}").json() for e in events.values()]
+    assert {loop["source"] for loop in loops} == {"Human Sampling"}
+    labeled = len(api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json())
+    for i, loop in enumerate(loops):  # two reviewers' answers say the model was wrong
+        answer = api.post(f"/human-loops/{loop['name']}/answer", json={"label": "aws_logo" if i < 2 else "amazon_logo"})
+        assert server.wait_run(answer.json()["run_id"])["status"] == "SUCCESS"
+    assert len(api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json()) == labeled, \
+        "audit answers are never training data"
+    report = api.get("/sampling/silent-errors").json()
+    bound = round(100 * silent.upper_bound(2, 6), 2)
+    assert (report["model_version"], report["target"], report["overall"]["audits"]) == ("v1", 5.0, 6)
+    assert (report["overall"]["wrong"], report["overall"]["upper_bound"]) == (2, bound)
+    assert report["per_label"]["amazon_logo"]["audits"] == 6 and report["above_target"]
+    assert report["sentence"] == f"auto-accepted: ≤ {bound:.1f} % wrong, 95 % confidence, from 6 audits"
+    assert [p["audits"] for p in report["history"]] == [1, 2, 3, 4, 5, 6]
+    assert {r["label"] for r in report["routing"]} == {"amazon_logo", "aws_logo"}
+    assert api.get("/sampling/silent-errors", params={"version": "v9"}).status_code == 404
+    # Opted in, an audit answer that corrects the model becomes training data; one that agrees does not.
+    assert api.put("/parameters/Train-On-Audit-Corrections", json={"value": "true"}).status_code == 200
+    more = ["images_for_detection/corrected.png", "images_for_detection/agreed.png"]
+    for i, key in enumerate(more):
+        assert api.put(f"/objects/{key}", content=smile_logo(200 + i)).status_code == 201
+    audited = wait_until(lambda: (found := {e["object_key"]: e for e in api.get("/detections").json()
+                                            if e["object_key"] in more and e["human_loop_name"]})
+                         and len(found) == 2 and found, 120, 0.25, "two more audits")
+    copies = {}
+    for key, label in zip(more, ("aws_logo", "amazon_logo"), strict=True):
+        name = audited[key]["human_loop_name"]
+        answer = api.post(f"/human-loops/{name}/answer", json={"label": label})
+        assert server.wait_run(answer.json()["run_id"])["status"] == "SUCCESS"
+        copies[key] = api.get(f"/human-loops/{name}").json()["copied_key"]
+    assert copies[more[0]].startswith("images_labeled_by_folder/aws_logo/humanLoopName-sampling-")
+    assert copies[more[1]] is None
+    # Both still judge v1, which never trained on them, where they fell in its auto-accepted stream (at or above
+    # the threshold in force, which the first audits' mistakes may have raised for amazon_logo).
+    accepted = [audited[key]["confidence"] >= audited[key]["threshold"] for key in more]
+    overall = api.get("/sampling/silent-errors").json()["overall"]
+    assert (overall["audits"], overall["wrong"]) == (6 + sum(accepted), 2 + accepted[0])
+    with signed_in_client(server, "admin", ADMIN_PASSWORD) as client:
+        for path in ("/dashboard", "/models/v1"):
+            page = client.get(path).text
+            assert report["sentence"] in page and "Silent errors of v1 by audits answered" in page, path
+        assert "Who sees a detection" in client.get("/parameters").text
