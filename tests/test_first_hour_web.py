@@ -253,3 +253,35 @@ def transparent_logo() -> bytes:
 def test_the_dashboard_screenshot_for_the_readme(hour: Server, page: Page) -> None:
     page.goto(f"{hour.url}/dashboard")
     snap(page, "11-dashboard-later", "first-hour-dashboard.png")
+
+
+def test_an_operator_corrects_an_applied_answer_and_the_copy_moves(hour: Server, page: Page) -> None:
+    with hour.client() as api:
+        assert api.put("/objects/images_for_detection/to-correct.png", content=unseen(71)).status_code == 201
+        loop = wait_until(lambda: next((loop for loop in api.get("/human-loops", params={"status": "InProgress"})
+                                        .json() if loop["object_key"].endswith("to-correct.png")), None),
+                          60, 0.25, "a loop for to-correct.png")
+        answered = api.post(f"/human-loops/{loop['name']}/answer", json={"label": "amazon_logo"})
+        assert answered.status_code == 200, answered.text
+        assert hour.wait_run(answered.json()["run_id"])["status"] == "SUCCESS"
+        first_copy = api.get(f"/human-loops/{loop['name']}").json()["copied_key"]
+        assert first_copy.startswith("images_labeled_by_folder/amazon_logo/"), first_copy
+
+    page.goto(f"{hour.url}/detections")
+    if "/sign-in" in page.url:  # run on its own: the module's first test signs in otherwise
+        sign_in(page, "admin", ADMIN_PASSWORD)
+    row = page.locator("#detections tr", has_text="to-correct.png")
+    row.locator("details.correct summary").click()
+    row.locator("select[name=label]").select_option("aws_logo")
+    with page.expect_navigation():
+        row.locator("button:has-text('Correct')").click()
+    assert "corrected to aws_logo" in page.inner_text("#corrected-notice")
+    assert page.locator("#detections tr", has_text="to-correct.png").count() == 1  # the log is still unfiltered
+    snap(page, "12-correction")
+    with hour.client() as api:
+        moved = wait_until(lambda: (lambda shown: shown if shown["applied_at"] and shown["copied_key"] and
+                                    "/aws_logo/" in shown["copied_key"] else None)(
+            api.get(f"/human-loops/{loop['name']}").json()), 60, 0.5, "the copy moved")
+        keys = [info["key"] for info in api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json()]
+        assert moved["copied_key"] in keys and first_copy not in keys  # moved, never a second copy
+        assert sum(key.endswith("to-correct.png") for key in keys) == 1

@@ -7,20 +7,23 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from labelloop.detection import service
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.detection.views import export_detections
+from labelloop.loop import actions
 from labelloop.parameters import service as parameters
+from labelloop.review import service as reviews
 from labelloop.review.models import NONE_OF_THE_ABOVE
 from labelloop.sampling import service as sampling
 from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.format import as_datetime, query
-from labelloop.web.pages import Operator, render
+from labelloop.web.pages import Form, Operator, PageDenied, form_text, render, sentence
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 100
@@ -126,7 +129,28 @@ def detections_page(request: Request, session: SessionDep, _visitor: Operator, p
                                      y_title="detections", reference=(threshold, f"minimum {threshold:g}"),
                                      width=PLOT_WIDTH),
         "per_day": per_label_per_day(everything), "agreement": agreement_plot(summary), "summary": summary,
-        "threshold": threshold, "section": "detections"})
+        "threshold": threshold, "section": "detections", "label_choices": reviews.label_choices(session=session),
+        "none_of_the_above": NONE_OF_THE_ABOVE, "corrected": _corrected_notice(request)})
+
+
+def _corrected_notice(request: Request) -> dict[str, str] | None:
+    loop, label, run = (request.query_params.get(name) for name in ("corrected", "corrected_to", "run"))
+    return {"loop": loop, "label": label or "", "run": run} if loop and run else None
+
+
+@router.post("/detections/correct")
+def correct(session: SessionDep, visitor: Operator, form: Form) -> Response:
+    """Correct a reviewer's applied answer, as ``POST /api/v1/human-loops/{name}/correct``: the one training
+    copy moves to the new label's folder (or goes, for None of the Above)."""
+    name, label = form_text(form, "loop"), form_text(form, "label")
+    try:
+        corrected = actions.correct_answer(name, label, visitor.user.username, session=session)
+    except reviews.LoopNotFound:
+        raise PageDenied(404, f"There is no human loop named {name!r}.") from None
+    except reviews.ReviewError as exc:
+        raise PageDenied(409, sentence(str(exc))) from None
+    return RedirectResponse(f"/detections?corrected={quote(name)}&corrected_to={quote(label)}"
+                            f"&run={quote(corrected['run_id'])}#log-title", status_code=303)
 
 
 @router.get("/detections/export.csv")
