@@ -88,6 +88,7 @@ def start(settings: Settings) -> str | None:
     for applied in routing.apply_schedules_now():
         log.info("schedule in force", extra=applied)
     actions.apply_recorded_answers()
+    routing.retry_stranded_detections()
     return admin_password
 
 
