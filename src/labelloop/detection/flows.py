@@ -62,3 +62,8 @@ def notify_detection(detection: dict[str, Any], loop: dict[str, Any] | None, run
 def find_waiting_detections() -> dict[str, Any]:
     """The images still waiting for a model, and the version now serving them."""
     return {"model_version": sync_serving(force=True), "detection_ids": service.waiting_event_ids()}
+
+
+def waiting_events() -> list[tuple[int, str | None]]:
+    """(id, run id) of each detection still waiting for a model (not a step: read by the start-up sweep)."""
+    return service.waiting_events()

@@ -222,6 +222,15 @@ def waiting_event_ids() -> list[int]:
             DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id)))
 
 
+def waiting_events() -> list[tuple[int, str | None]]:
+    """(id, run id) of each first-arrival detection still waiting for a model, oldest first."""
+    with db.session() as session:
+        rows = session.execute(select(DetectionEvent.id, DetectionEvent.run_id).where(
+            DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL,
+            DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id))
+        return [(event_id, run_id) for event_id, run_id in rows]
+
+
 def list_events(*, session: Session, label: str | None = None, min_confidence: float | None = None,
                 max_confidence: float | None = None, sampled: bool | None = None, human_label: str | None = None,
                 answered: bool | None = None, since: datetime | None = None, until: datetime | None = None,

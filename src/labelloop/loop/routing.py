@@ -183,6 +183,37 @@ def queue_waiting_detections() -> dict[str, Any]:
     return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}
 
 
+STRANDED_RETRIES = 3
+IN_FLIGHT = ("PENDING", "ENQUEUED")
+
+
+def retry_stranded_detections() -> list[str]:
+    """Queue a new detection run for every image still WAITING_FOR_MODEL although a version serves and no run
+    of it is in flight (its run failed, or ended before recording the answer): an image never waits for a
+    model that is there. At most ``STRANDED_RETRIES`` such runs per image and version; returns the run ids."""
+    with db.session() as session:
+        serving = models.serving_version(session=session)
+        version = serving.version if serving is not None else None
+    if version is None:
+        return []
+    queued = []
+    for event_id, first_run in detection.waiting_events():
+        base = waiting_detection_run_id(event_id, version)
+        tried = [base, *(f"{base}-retry-{n}" for n in range(1, STRANDED_RETRIES + 1))]
+        statuses = [engine.run_status(run_id) for run_id in (first_run, *tried) if run_id]
+        if any(state in IN_FLIGHT for state in statuses):
+            continue
+        free = next((run_id for run_id in tried if engine.run_status(run_id) is None), None)
+        if free is None:
+            log.error("detection still waiting after its retries", extra={"detection_id": event_id,
+                                                                          "model_version": version})
+            continue
+        queued.append(engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id, workflow_id=free))
+    if queued:
+        log.warning("detections left waiting while a version serves queued again", extra={"runs": queued})
+    return queued
+
+
 # ── re-detection: stored images detected again with the serving version ──────
 
 

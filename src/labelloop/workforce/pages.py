@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -90,10 +91,10 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
     except service.AuthError as exc:
         return _sign_in_page(request, next_path, sentence(str(exc)), 401, username)
     user = session.get(User, user_id)
-    token, _ = service.start_session(user, address=client_address(request),
-                                     user_agent=request.headers.get("user-agent", ""),
-                                                                    replaces=request.cookies.get(SESSION_COOKIE),
-                                                                                                 session=session)
+    # A write: off the event loop, where waiting for SQLite's write lock stalled every request for 30 s.
+    token, _ = await run_in_threadpool(partial(service.start_session, user, address=client_address(request),
+                                               user_agent=request.headers.get("user-agent", ""),
+                                               replaces=request.cookies.get(SESSION_COOKIE), session=session))
     log.info("signed in", extra={"user": user.username, "client": client_address(request)})
     if user.must_change_password:
         target = PASSWORD_PAGE + (f"?next={next_path}" if next_path else "")

@@ -58,7 +58,9 @@ async def issue_token(request: Request, session: SessionDep) -> TokenResponse:
     except service.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     user = session.get(User, user_id)
-    token, row = service.issue_token(user, ttl=timedelta(hours=get_settings().token_ttl_hours), session=session)
+    # A write: off the event loop, where waiting for SQLite's write lock stalled every request for 30 s.
+    token, row = await run_in_threadpool(service.issue_token, user, session=session,
+                                         ttl=timedelta(hours=get_settings().token_ttl_hours))
     return TokenResponse(access_token=token, expires_at=row.expires_at, role=user.role,
                          must_change_password=user.must_change_password)
 
