@@ -11,7 +11,7 @@ from playwright.sync_api import Browser
 from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import smile_logo, upload_training_set
 from test_console_web import images_loaded, sign_in
-from web import DESKTOP
+from web import DESKTOP, shot
 
 pytestmark = pytest.mark.timeout(600)
 MISLABELED = [f"images_labeled_by_folder/aws_logo/misfiled_{i}.png" for i in range(2)]
@@ -53,6 +53,7 @@ def test_the_model_page_shows_them_and_sends_them_to_review(trained: Server, bro
     assert rows.count() == 2
     assert "amazon_logo" in rows.first.inner_text() and "aws_logo" in rows.first.inner_text()
     wait_until(lambda: images_loaded(page, "#suspects img"), 20, 0.2, "suspect thumbnails")
+    shot(page, "model-suspect-labels")
     with page.expect_navigation():
         page.click("#send-suspects")
     assert "2 Label Audit loop(s) opened" in page.inner_text("#audit-notice")
