@@ -267,6 +267,19 @@ HUMAN_LOOP = Machine(
                        "record_answer_on_detection", "notify_answer", "completed"),
 )
 
+ANSWER_SWEEP = Machine(
+    "Human Loop", (routing.ANSWER_SWEEP,),
+    description="The answer sweep: queue the apply run of every answer recorded but not applied (or whose run "
+                "failed), so no answer stays unapplied even where no process restarts.",
+    states=(
+        State("start", "Answer sweep", START, 0, note="Every LABELLOOP_ANSWER_SWEEP_MINUTES; also at every start."),
+        State("answers_to_apply", "Find answers not applied", row=1,
+              note="Their apply runs are queued under the loop's run id (a retry's after a failure)."),
+        State("swept", "Done", SUCCEED, 2),
+    ),
+    transitions=_chain("start", "answers_to_apply", "swept"),
+)
+
 HUMAN_SAMPLING = Machine(
     "Human Sampling", (routing.HUMAN_SAMPLING, routing.SCHEDULED_HUMAN_SAMPLING),
     description="Mark every Human-Sampling-Interval-th detection and open its human loop.",
@@ -281,7 +294,7 @@ HUMAN_SAMPLING = Machine(
 )
 
 MACHINES: tuple[Machine, ...] = (TRAINING, PARAMETER_STORE, OBJECT_CREATED, DETECTION, REDETECTION, DETECTION_AGAIN,
-                                 DEPLOYMENT, STOP, HUMAN_LOOP, HUMAN_SAMPLING)
+                                 DEPLOYMENT, STOP, HUMAN_LOOP, ANSWER_SWEEP, HUMAN_SAMPLING)
 BY_WORKFLOW: dict[str, Machine] = {name: machine for machine in MACHINES for name in machine.workflows}
 # The machine (by name) that draws each workflow's runs.
 BRANCHES: dict[str, str] = {name: machine.name for name, machine in BY_WORKFLOW.items()}

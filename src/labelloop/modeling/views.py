@@ -14,7 +14,7 @@ from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
-from labelloop.web.dependencies import SessionDep, bearer, current_user, require
+from labelloop.web.dependencies import SessionDep, bearer, current_user, require, token_user
 from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
@@ -24,7 +24,7 @@ _may_detect = require(Role.OPERATOR, Role.CONSUMER)
 
 def _authorize_detect(credentials: HTTPAuthorizationCredentials | None) -> User:
     with db.session() as session:
-        return _may_detect(current_user(session, credentials))
+        return _may_detect(current_user(token_user(session, credentials)))
 
 
 async def detector(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
