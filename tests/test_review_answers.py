@@ -327,7 +327,8 @@ def test_reviewer_metrics_show_who_agrees_and_an_admin_pauses_in_one_click(revie
     with worker_api(review_server, "rosa") as rosa:
         refused = rosa.post(f"/human-loops/{name}/answer", json={"label": "aws_logo"})
         assert refused.status_code == 403 and "paused" in refused.json()["detail"]
-        assert "data-task" not in take_task(web_client(review_server, "rosa", "own-password-1")).text
+        waiting = take_task(web_client(review_server, "rosa", "own-password-1")).text
+        assert "data-task" not in waiting and "An admin paused you from review" in waiting
         assert api.post("/reviewers/rosa/resume").json()["paused"] == []
         assert rosa.post(f"/human-loops/{name}/answer", json={"label": "aws_logo"}).status_code == 200
     admin.close()
