@@ -329,7 +329,7 @@ def run_round(server: Server, token: str, model: Path, inputs: np.ndarray, bodie
               photos: list[tuple[str, str, bytes]], args: argparse.Namespace, index: int) -> dict[str, Row]:
     pid = server.process.pid
     rows = raw_phase(model, inputs, args.raw_seconds, "before")
-    for clients in (1, 8, 32):
+    for clients in () if args.no_sync else (1, 8, 32):
         with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}"), \
                 metered(pid) as box:
             row = drive_sync(server, token, bodies, clients, args.seconds)
@@ -387,6 +387,7 @@ def main() -> None:
     parser.add_argument("--raw-seconds", type=float, help="length of each raw phase (4)")
     parser.add_argument("--uploads", type=int, help="photos per upload-pipeline phase (1000)")
     parser.add_argument("--pipeline-timeout", type=float, default=900.0)
+    parser.add_argument("--no-sync", action="store_true", help="skip the sync-detect phases (pipeline work)")
     parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
     parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))

@@ -237,6 +237,18 @@ class Server:
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
 
+    def user_token(self, username: str, role: str, password: str = "own-password-for-tests") -> str:
+        """A token of a new user of ``role`` who has replaced the temporary password with ``password`` (a
+        temporary password opens only ``POST /auth/password`` and ``GET /me`` on the API)."""
+        with self.client() as admin:
+            created = admin.post("/users", json={"username": username, "role": role})
+            assert created.status_code == 201, created.text
+        temporary = created.json()["temporary_password"]
+        with self.client(self.token(username, temporary)) as api:
+            changed = api.post("/auth/password", json={"current_password": temporary, "new_password": password})
+            assert changed.status_code == 200, changed.text
+        return self.token(username, password)
+
     def client(self, token: str | None = None) -> httpx.Client:
         if token is None:
             self.admin_token = self.admin_token or self.token()

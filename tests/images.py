@@ -70,3 +70,11 @@ def blend(seed: int, size: int = 160) -> bytes:
     right = Image.open(io.BytesIO(box_logo(seed, size))).convert("RGB")
     left.paste(right.crop((size // 2, 0, size, size)), (size // 2, 0))
     return encode(left)
+
+
+def huge_rgba_png(side: int = 8000) -> bytes:
+    """A side×side RGBA PNG that compresses to a few hundred KB yet costs side² × 4 bytes to decode: the
+    lowest role's cheapest memory attack."""
+    image = Image.new("RGBA", (side, side), (200, 30, 30, 128))
+    ImageDraw.Draw(image).ellipse((side // 8, side // 8, side * 7 // 8, side * 7 // 8), fill=(20, 200, 20, 255))
+    return encode(image)

@@ -83,11 +83,8 @@ def matrix_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 def _tokens(server: Server) -> dict[str, str | None]:
     tokens: dict[str, str | None] = {"anonymous": None, "admin": server.token()}
-    with server.client() as admin:
-        for role in ("worker", "consumer", "operator"):
-            password = admin.post("/users", json={"username": f"m-{role}", "role": role}).json()[
-                "temporary_password"]
-            tokens[role] = server.token(f"m-{role}", password)
+    for role in ("worker", "consumer", "operator"):
+        tokens[role] = server.user_token(f"m-{role}", role)
     return tokens
 
 

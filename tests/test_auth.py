@@ -39,7 +39,16 @@ def test_roles_decide_what_each_user_may_do(shared_server: Server) -> None:
             assert created.status_code == 201, created.text
             password = created.json()["temporary_password"]
             assert created.json()["must_change_password"] is True
-            tokens[role] = shared_server.token(f"{role}1", password)
+            temporary = shared_server.token(f"{role}1", password)
+            with shared_server.client(temporary) as api:  # a temporary password opens nothing else on the API
+                refused = api.get("/parameters")
+                assert refused.status_code == 403 and "temporary password" in refused.json()["detail"]
+                assert api.get("/me").status_code == 200
+                assert api.post("/auth/password", json={"current_password": password,
+                                                        "new_password": password}).status_code == 422
+                assert api.post("/auth/password", json={"current_password": password,
+                                                        "new_password": f"{role}-own-password"}).status_code == 200
+            tokens[role] = shared_server.token(f"{role}1", f"{role}-own-password")
         assert admin.post("/users", json={"username": "operator1", "role": "worker"}).status_code == 422
         assert admin.post("/users", json={"username": "x", "role": "pilot"}).status_code == 422
 

@@ -152,6 +152,23 @@ def test_object_created_for_training_data_and_for_detection() -> None:
     assert states["detected"] == "success" and states["training_data"] is None
 
 
+def test_a_detection_recorded_as_one_step_passes_each_of_its_parts() -> None:
+    """Uploads are detected in one recorded step (routing.detect_uploaded_image): the graph still shows the
+    route, the event, the detection, the loop (opened or skipped) and the notification."""
+    done = {"event": {"id": 4}, "detection": {"id": 4}, "notification": 7}
+    for loop, expected in ((None, "skipped"), ({"name": "detection-4-ab"}, "success")):
+        steps = [step(1, "detect_uploaded_image", {**done, "human_loop": loop})]
+        states = outcomes(graph.trace(machines.OBJECT_CREATED, run("object_created", steps,
+                                                                   {"branch": "detection"})))
+        assert states["open_human_loop"] == expected
+        assert all(states[s] == "success" for s in ("route_object", "record_detection_event", "detect_image",
+                                                    "notify_detection", "detected"))
+        assert states["training_data"] is None
+    waiting = [step(1, "detect_and_notify", {**done, "human_loop": None})]
+    states = outcomes(graph.trace(machines.DETECTION, run("detect_waiting_image", waiting, {})))
+    assert states["detect_image"] == "success" and states["open_human_loop"] == "skipped"
+
+
 def test_none_of_the_above_skips_the_copy_and_its_run() -> None:
     steps = [step(1, "copy_to_training_data", None), step(2, "write_loop_output", "a2i/x.json"),
              step(3, "record_answer_on_detection", {}), step(4, "notify_answer", 9)]

@@ -110,9 +110,10 @@ def test_gate_deploys_on_production_evidence_and_refuses_against_it(server: Serv
     assert api.get("/models/v1").json()["status"] == "STOPPED"
 
     # Someone drops logos into the wrong folders: v3 learns to swap the two kinds. Every measure says so, the
-    # comparison with v2 on images neither trained on too: v3 is refused and v2 keeps serving.
+    # comparison with v2 on images neither trained on too: v3 is refused and v2 keeps serving. (The traffic
+    # brings only kinds v2 knows: with a kind new to v2 among it, v3 would rightly win the comparison on that.)
     for batch in (5, 6):
-        detect_and_review(server, api, batch, clean=6, new=12, kind="circle_logo")
+        detect_and_review(server, api, batch, clean=6, new=12)
     for i in range(30):
         put(api, f"images_labeled_by_folder/aws_logo/misfiled_smile_{i}.png", smile_logo(900 + i))
         put(api, f"images_labeled_by_folder/amazon_logo/misfiled_box_{i}.png", box_logo(900 + i))

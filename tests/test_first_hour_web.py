@@ -9,16 +9,18 @@ dashboard and portal ones are also copied to ``docs/`` (the README shows them).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw, ImageStat
 from playwright.sync_api import Browser, BrowserContext, Page
 
 from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
-from images import smile_logo, unseen, upload_training_set
+from images import encode, smile_logo, unseen, upload_training_set
 from web import DESKTOP, SCREENSHOTS, shot
 
 pytestmark = pytest.mark.timeout(600)
@@ -176,7 +178,7 @@ def test_training_progress_live_and_what_cannot_train(hour: Server, page: Page) 
     assert "lonely_logo" in page.inner_text("#left-out-labels")
     assert page.locator("#training-progress").is_hidden()
     run_id = hour.client().post("/training/check").json()["run_id"]
-    page.wait_for_selector("#training-progress:not([hidden])", timeout=60000)
+    page.wait_for_selector("#training-progress:not([hidden])", timeout=180000)  # the check queues first
     assert page.inner_text("#progress-version") == "v2"
     snap(page, "06-training-progress")
     assert hour.wait_run(run_id, timeout=300)["status"] == "SUCCESS"
@@ -218,7 +220,7 @@ def test_consumers_land_on_their_api_page_and_workers_on_the_portal(hour: Server
     consumer.context.close()
 
     with hour.client() as api:  # an image the model never saw: low confidence, a task for the reviewer
-        assert api.put("/objects/images_for_detection/for-rita.png", content=unseen(64)).status_code == 201
+        assert api.put("/objects/images_for_detection/for-rita.png", content=transparent_logo()).status_code == 201
         wait_until(lambda: api.get("/human-loops", params={"status": "InProgress"}).json(), 60, 0.25, "a loop")
     worker = browser.new_context(viewport=DESKTOP).new_page()
     worker.goto(f"{hour.url}/")
@@ -228,7 +230,24 @@ def test_consumers_land_on_their_api_page_and_workers_on_the_portal(hour: Server
         worker.click("#start-working")
     worker.wait_for_function("() => document.getElementById('task-image').naturalWidth > 0")
     snap(worker, "10-portal", "first-hour-portal.png")
+    # What is transparent in an image shows the stage behind it: a light checkerboard, so the dark lettering of a
+    # transparent logo stays readable (the old dark stage averaged about 50 of 255). The image is hidden to
+    # read the stage alone, whichever task came first.
+    worker.eval_on_selector("#task-image", "image => { image.style.visibility = 'hidden'; }")
+    stage = Image.open(io.BytesIO(worker.locator("#stage").screenshot())).convert("L")
+    assert ImageStat.Stat(stage).mean[0] > 180, ImageStat.Stat(stage).mean
+    assert len(stage.crop((0, 0, 64, 64)).getcolors(256) or ()) >= 2  # the checkerboard's two greys, not one
     worker.context.close()
+
+
+def transparent_logo() -> bytes:
+    """A transparent PNG with dark lettering and a few circles: unlike the logos the model learned."""
+    image = Image.new("RGBA", (200, 160), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    for x, y, r in ((40, 40, 18), (150, 50, 14), (100, 120, 22)):
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(30, 90, 40, 255))
+    draw.text((60, 70), "dark lettering", fill=(25, 25, 25, 255))
+    return encode(image)
 
 
 def test_the_dashboard_screenshot_for_the_readme(hour: Server, page: Page) -> None:

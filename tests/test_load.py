@@ -1,4 +1,5 @@
-"""A bounded load test on loopback: the detect API and the review portal at the same time, no errors allowed."""
+"""A bounded load test on loopback: the detect API, uploads for detection (each a run, and often a human loop)
+and the review portal at the same time, 14 clients, no errors allowed (`--postgres` runs it on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from functools import partial
 import httpx
 import pytest
 
-from conftest import Server, wait_until
+from conftest import ADMIN_PASSWORD, Postgres, Server, wait_until
 from images import blend, box_logo, upload_training_set
 
 LOAD_SECONDS = float(os.environ.get("LABELLOOP_LOAD_SECONDS", "60"))
-DETECT_CLIENTS = 4
-REVIEWERS = 3
+DETECT_CLIENTS = 6
+UPLOADERS = 4
+REVIEWERS = 4
 pytestmark = pytest.mark.timeout(LOAD_SECONDS + 420)
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 TASK = re.compile(r'action="/review/tasks/([^"]+)"')
@@ -48,7 +50,8 @@ def test_detect_and_review_under_load_for_a_minute(server: Server) -> None:
         wait_until(lambda: len(api.get("/human-loops", params={"status": "InProgress"}).json()) >= 100, 180, 0.5,
                    "human loops to review")
     reviewers = [_reviewer(server, f"loader{i}") for i in range(REVIEWERS)]
-    latencies: dict[str, list[float]] = {"detect": [], "review page": [], "review image": [], "review answer": []}
+    latencies: dict[str, list[float]] = {"detect": [], "upload": [], "sign-in": [], "review page": [],
+                                         "review image": [], "review answer": []}
     errors: list[str] = []
     lock = threading.Lock()
     stop = time.monotonic() + LOAD_SECONDS
@@ -67,6 +70,21 @@ def test_detect_and_review_under_load_for_a_minute(server: Server) -> None:
             while time.monotonic() < stop:
                 timed("detect", lambda: api.post("/detect", files={"file": ("a.png", box_logo(7))}))
 
+    def upload_loop(uploader: int) -> None:
+        """Upload new images for detection; a fresh token (a sign-in) every 10 uploads."""
+        count = 0
+        while time.monotonic() < stop:
+            signed_in = timed("sign-in", lambda: httpx.post(f"{server.url}/api/v1/auth/token", timeout=60, data={
+                "username": "admin", "password": ADMIN_PASSWORD}))
+            if signed_in.status_code != 200:  # counted as an error by timed(); try again
+                continue
+            with server.client(signed_in.json()["access_token"]) as api:
+                for _ in range(10):
+                    count += 1
+                    key = f"/objects/images_for_detection/up_{uploader}_{count}.png"
+                    data = blend(20_000 + 1000 * uploader + count)
+                    timed("upload", lambda: api.put(key, content=data))  # noqa: B023 (called at once)
+
     def review_loop(browser: httpx.Client) -> None:
         while time.monotonic() < stop:
             page = timed("review page", lambda: browser.get("/review/work"))
@@ -84,16 +102,18 @@ def test_detect_and_review_under_load_for_a_minute(server: Server) -> None:
             timed("review answer", partial(browser.post, url, data=form, follow_redirects=False))
 
     threads = [threading.Thread(target=detect_loop) for _ in range(DETECT_CLIENTS)]
+    threads += [threading.Thread(target=upload_loop, args=(i,)) for i in range(UPLOADERS)]
     threads += [threading.Thread(target=review_loop, args=(browser,)) for browser in reviewers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    print(f"\nload for {LOAD_SECONDS:.0f}s: {DETECT_CLIENTS} detect clients + {REVIEWERS} reviewers")
+    print(f"\nload for {LOAD_SECONDS:.0f}s on {Postgres.mode}: {DETECT_CLIENTS} detect clients + {UPLOADERS} "
+          f"uploaders + {REVIEWERS} reviewers; load average {os.getloadavg()[0]:.1f}")
     for kind, values in latencies.items():
         if len(values) > 2:
             q = statistics.quantiles(values, n=100)
             print(f"  {kind:<14} {len(values):>6} requests  p50 {1000 * q[49]:7.1f} ms  p95 {1000 * q[94]:7.1f} ms  "
                   f"p99 {1000 * q[98]:7.1f} ms")
     assert errors == [], errors[:10]
-    assert len(latencies["detect"]) > 20 and len(latencies["review answer"]) > 10
+    assert len(latencies["detect"]) > 20 and len(latencies["review answer"]) > 10 and len(latencies["upload"]) > 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 
 import pytest
 from PIL import Image
@@ -98,6 +99,16 @@ def test_upload_over_the_limit_is_413(make_server) -> None:  # type: ignore[no-u
         assert api.get("/objects", params={"prefix": "images_for_detection/"}).json() == []
 
 
+def test_the_sqlite_workflow_records_are_in_wal_mode(shared_server: Server) -> None:
+    """Each recorded step is a commit: in SQLite's default journal mode that is several fsyncs and a lock that
+    blocks readers, which capped the upload pipeline; the engine opens its SQLite database in WAL."""
+    database = shared_server.home / "workflows.db"
+    if not database.exists():
+        pytest.skip("the workflow records are on PostgreSQL in this run")
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> None:
     with shared_server.client() as api:
         keys = [f"images_labeled_by_folder/circle/{i}.png" for i in range(3)] + ["images_for_detection/q.png"]
@@ -115,8 +126,12 @@ def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> Non
 
         runs = wait_until(all_done, 30, message="object created runs")
         assert sorted(r["input"]["args"][0]["key"] for r in runs) == sorted(keys)
-        detail = api.get(f"/runs/{runs[0]['id']}").json()
-        assert detail["steps"][0]["name"] == "route_object"
+        by_key = {r["input"]["args"][0]["key"]: r["id"] for r in runs}
+        detail = api.get(f"/runs/{by_key[keys[0]]}").json()
+        assert [step["name"] for step in detail["steps"]] == ["route_object"]
+        # An image for detection: one recorded step logs its event, detects it and notifies.
+        detail = api.get(f"/runs/{by_key['images_for_detection/q.png']}").json()
+        assert [step["name"] for step in detail["steps"]] == ["detect_uploaded_image"]
         branches = {r["input"]["args"][0]["key"]: r["output"]["branch"] for r in runs}
         assert branches["images_for_detection/q.png"] == "detection"
         assert branches[keys[0]] == "training data"

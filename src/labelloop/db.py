@@ -80,7 +80,10 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     """
     url = with_driver(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A SQLite connection is a file handle: the pool may be wide (SQLAlchemy's 5 + 10 ran out under 14
+        # clients, and requests waited 30 s for a connection); writers still take turns on the file's lock.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=2 * pool_size, max_overflow=2 * pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -22,9 +23,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from croniter import croniter
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
+from dbos._error import DBOSMaxStepRetriesExceeded
 from dbos._utils import GlobalParams
-from sqlalchemy import NullPool, create_engine, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, NullPool, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from labelloop.config import Settings, with_driver
 from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES
@@ -39,6 +42,9 @@ TRAINING_QUEUE = "training"
 PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
+# Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
+# able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
+OBJECT_EVENTS_CONCURRENCY = 16
 APP_NAME = "labelloop"
 
 _launched = False
@@ -82,6 +88,9 @@ def start(settings: Settings, role: str = "serve") -> None:
         "executor_id": executor_id,
         "sys_db_pool_size": 2 * settings.database_pool_size,
     }
+    if settings.engine_database_url.startswith("sqlite"):
+        config["system_database_engine"] = sqlite_system_engine(settings.engine_database_url,
+                                                                2 * settings.database_pool_size)
     try:
         with _startup_chatter_at_debug():
             _launch(config, listen, settings.queue_polling_seconds)
@@ -94,6 +103,25 @@ def start(settings: Settings, role: str = "serve") -> None:
     log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url),
                                                "executor_id": executor_id,
                                                "queues": "all" if listen is None else (listen or "none")})
+
+
+def sqlite_system_engine(url: str, pool_size: int) -> Engine:
+    """The engine of a SQLite system database: DBOS's own connection settings (IMMEDIATE transactions, a long
+    busy timeout, foreign keys) plus write-ahead logging with ``synchronous=NORMAL``, as the application
+    database has. DBOS leaves SQLite in rollback-journal mode, where every recorded step is several fsyncs
+    and readers block writers; in WAL a commit survives a killed process (not a power cut before the next
+    checkpoint), which is what recovery needs, at a fraction of the cost."""
+    engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection: Any, _record: Any) -> None:
+        connection.isolation_level = "IMMEDIATE"
+        connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
 
 
 class _DebugLevel(logging.Filter):
@@ -125,7 +153,8 @@ def _launch(config: DBOSConfig, listen: list[str] | None, poll: float) -> None:
     if listen is not None:
         DBOS.listen_queues(listen)
     DBOS.launch()
-    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE, worker_concurrency=4,
+    _queues[OBJECT_EVENTS_QUEUE] = DBOS.register_queue(OBJECT_EVENTS_QUEUE,
+                                                       worker_concurrency=OBJECT_EVENTS_CONCURRENCY,
                                                        polling_interval_sec=poll)
     # One training at a time across every worker process.
     _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1,
@@ -435,20 +464,64 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+# A step that meets a transient error (see `transient`) is tried again after 0.5, 1, 2 and 4 s; one that
+# still fails, or fails for another reason, fails its run with the reason (ERROR), which frees its queue.
+STEP_RETRIES = {"retries_allowed": True, "max_attempts": 5, "interval_seconds": 0.5, "backoff_rate": 2.0}
+# Storage client errors worth another try (botocore's names, matched by name: the engine imports no storage).
+TRANSIENT_ERROR_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
+TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
+TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
+                    errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE}
+
+
+class StepFailed(Exception):
+    """A step that met transient errors on every try; the message names the step and its last error."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` may pass if the step is tried again shortly: a database that is locked, busy, out
+    of pooled connections or whose connection dropped, or storage that timed out or asked to slow down.
+    A full disk, a bad input or a bug is not (its run ends ERROR at once, with the reason)."""
+    if isinstance(error, (OperationalError, InterfaceError, SQLAlchemyTimeoutError)):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if any(kind.__name__ in TRANSIENT_ERROR_NAMES for kind in type(error).__mro__):
+        return True
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES:
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
+
+
+def _log_retry(error: BaseException) -> bool:
+    retry = transient(error)
+    log.warning("step failed" + (", trying again" if retry else " for good"),
+                extra={"error": repr(error)[:500], "retry": retry})
+    return retry
+
+
 def step(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """A DBOS step that also records its input, so the run history shows input, output, error and timing."""
+    """A DBOS step that also records its input, so the run history shows input, output, error and timing.
+
+    Transient errors are retried with backoff (``STEP_RETRIES``, ``transient``); ``options`` override."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
         step_name = name or fn.__name__
 
-        @DBOS.step(name=step_name, **options)
+        @DBOS.step(name=step_name, **{**STEP_RETRIES, "should_retry": _log_retry, **options})
         def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
             return {"input": _bound(signature, args, kwargs), "output": fn(*args, **kwargs)}
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            return recorded(*args, **kwargs)["output"]
+            try:
+                return recorded(*args, **kwargs)["output"]
+            except DBOSMaxStepRetriesExceeded as exc:  # the run's error says what went wrong, not just "retries"
+                last = exc.errors[-1] if exc.errors else None
+                raise StepFailed(f"step {step_name} failed {exc.max_retries} times, the last time with: "
+                                 f"{str(last)[:500] or type(last).__name__}") from last
 
         STEPS[step_name] = call
         return call

@@ -55,6 +55,18 @@ def list_detections(session: SessionDep, filters: dict[str, Any] = Depends(_filt
     return [service.as_dict(event) for event in service.list_events(**filters, session=session)]
 
 
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): such text is prefixed with "'".
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: text a spreadsheet would take for a formula (``=1+1``, ``@SUM(…)``) gets a
+    leading ``'`` so it shows as text; numbers and other values are unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 @router.get("/export.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def export_detections(session: SessionDep, filters: dict[str, Any] = Depends(_filters),
                       _: User = Operator) -> Response:
@@ -66,7 +78,8 @@ def export_detections(session: SessionDep, filters: dict[str, Any] = Depends(_fi
     copied = reviews.copied_keys([e["human_loop_name"] for e in events if e["human_loop_name"]], session=session)
     for event in events:
         event["copied_key"] = copied.get(event["human_loop_name"])
-        writer.writerow(event | {alias: event[column] for alias, column in SEED_ALIASES.items()})
+        row = event | {alias: event[column] for alias, column in SEED_ALIASES.items()}
+        writer.writerow({column: spreadsheet_safe(value) for column, value in row.items()})
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="detections.csv"'})
 

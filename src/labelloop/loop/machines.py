@@ -81,12 +81,22 @@ DEPLOY_STATES = (
 )
 DEPLOY_IDS = tuple(state.id for state in DEPLOY_STATES)
 
-# Detecting one image (routing._detect).
+# Detecting one image: one recorded step (routing.detect_and_notify, or routing.detect_uploaded_image for an
+# upload, which also logs the event) whose output holds each part; the per-part step names are those of runs
+# recorded before the parts were merged into one step.
+DETECTING_STEPS = ("detect_and_notify", "detect_uploaded_image")
+
+
+def _no_loop(out: Any) -> bool:
+    return out is None or (isinstance(out, dict) and "detection" in out and out.get("human_loop") is None)
+
+
 DETECTION_STATES = (
-    State("detect_image", "Detect image", note="Top label and confidence from the serving version."),
-    State("open_human_loop", "Open human loop", skipped_if=lambda out: out is None,
+    State("detect_image", "Detect image", note="Top label and confidence from the serving version.",
+          steps=("detect_image", *DETECTING_STEPS)),
+    State("open_human_loop", "Open human loop", skipped_if=_no_loop, steps=("open_human_loop", *DETECTING_STEPS),
           note="Below Minimum-Label-Detection-Confidence with Enable-A2I-Workflow on."),
-    State("notify_detection", "Notify: detection result"),
+    State("notify_detection", "Notify: detection result", steps=("notify_detection", *DETECTING_STEPS)),
 )
 DETECTION_IDS = tuple(state.id for state in DETECTION_STATES)
 
@@ -158,14 +168,16 @@ OBJECT_CREATED = Machine(
     description="A new object under images_for_detection/ or images_labeled_by_folder/.",
     states=(
         State("start", "Object created", START, 0, note="An upload, S3 event or drop-folder file."),
-        State("route_object", "Route object", row=1),
+        State("route_object", "Route object", row=1, steps=("route_object", "detect_uploaded_image"),
+              note="An image for detection is routed by its key, in the step that detects it."),
         State("is_detection", "For detection?", CHOICE, 2, explain=_route_reason,
               decide=lambda out: _pick(out.get("branch") == "detection" if out.get("branch") else None,
                                        "record_detection_event", "training_data")),
         State("training_data", "Training data", SUCCEED, 2, 1,
               reached_if=lambda out: out.get("branch") == "training data",
               note="Counted by the next training check."),
-        State("record_detection_event", "Record detection event", row=3),
+        State("record_detection_event", "Record detection event", row=3,
+              steps=("record_detection_event", "detect_uploaded_image")),
         *_rows(DETECTION_STATES, 4),
         State("detected", "Detection done", SUCCEED, 7, reached_if=lambda out: out.get("branch") == "detection"),
     ),

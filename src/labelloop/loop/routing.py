@@ -108,43 +108,70 @@ def fire_object_created(info: ObjectInfo, source: str) -> str | None:
     return run_id
 
 
-@engine.step()
-def route_object(event: dict[str, Any]) -> dict[str, Any]:
-    """Decide which branch of the loop a new object feeds."""
+def _route(event: dict[str, Any]) -> dict[str, Any]:
+    """Which branch of the loop a new object feeds (decided from the event alone, so not a step of its own)."""
     key = event["key"]
     if key.startswith(DETECTION_FOLDER):
         return {"branch": "detection", "key": key}
-    route = {"branch": "training data", "key": key, "label": storage.label_of(key)}
+    return {"branch": "training data", "key": key, "label": storage.label_of(key)}
+
+
+@engine.step()
+def route_object(event: dict[str, Any]) -> dict[str, Any]:
+    """Decide which branch of the loop a new object feeds; a training image from an S3 event is checked."""
+    route = _route(event)
     if event.get("source") == "s3 event":  # uploads through labelloop were checked before they were stored
-        problem = dataset.check_stored_image(key, event["etag"])
+        problem = dataset.check_stored_image(route["key"], event["etag"])
         if problem:
             route.update(usable=False, reason=problem)
     return route
 
 
-def _detect(event_id: int, run_id: str) -> dict[str, Any]:
+def _detect_now(event_id: int, run_id: str) -> dict[str, Any]:
+    """Detect, open a human loop if needed, notify: the work of one detection, run inside one recorded step
+    (the steps it calls run there as plain functions, each idempotent, so a retried step repeats nothing)."""
     found = detection.detect_image(event_id)
     loop = review.open_human_loop(found)
-    detection.notify_detection(found, loop, run_id)
-    return {"detection_id": event_id, "status": found["status"], "label": found["label"],
+    notification = detection.notify_detection(found, loop, run_id)
+    return {"detection": found, "human_loop": loop, "notification": notification}
+
+
+@engine.step()
+def detect_and_notify(event_id: int, run_id: str) -> dict[str, Any]:
+    """Detect a recorded detection event with the serving version, open a human loop if it needs one, notify.
+    One recorded step: concurrent runs' images share the serving micro-batches."""
+    return _detect_now(event_id, run_id)
+
+
+@engine.step()
+def detect_uploaded_image(key: str, etag: str, run_id: str) -> dict[str, Any]:
+    """An image arrived for detection: log its detection event (once per key and ETag), then
+    :func:`detect_and_notify` it, all in one recorded step."""
+    recorded = detection.record_detection_event(key, etag, run_id)
+    return {"event": recorded, **_detect_now(recorded["id"], run_id)}
+
+
+def _summary(done: dict[str, Any]) -> dict[str, Any]:
+    found, loop = done["detection"], done["human_loop"]
+    return {"detection_id": found["id"], "status": found["status"], "label": found["label"],
             "confidence": found["confidence"], "model_version": found["model_version"],
             "human_loop": loop["name"] if loop else None}
 
 
 @engine.workflow(OBJECT_CREATED)
 def object_created(event: dict[str, Any]) -> dict[str, Any]:
-    """One run per created object: detect it (images_for_detection/) or count it as training data."""
-    route = route_object(event)
-    if route["branch"] != "detection":
-        return route
-    recorded = detection.record_detection_event(event["key"], event["etag"], DBOS.workflow_id)
-    return {**route, **_detect(recorded["id"], DBOS.workflow_id)}
+    """One run per created object: detect it (images_for_detection/) or count it as training data. An image
+    for detection is one recorded step (its route needs no step: the key decides it)."""
+    if event["key"].startswith(DETECTION_FOLDER):
+        done = detect_uploaded_image(event["key"], event["etag"], DBOS.workflow_id)
+        return {**_route(event), **_summary(done)}
+    return route_object(event)
 
 
 @engine.workflow(DETECT_WAITING_IMAGE)
 def detect_waiting_image(event_id: int) -> dict[str, Any]:
     """Detect an image that arrived while no model version was serving."""
-    return _detect(event_id, DBOS.workflow_id)
+    return _summary(detect_and_notify(event_id, DBOS.workflow_id))
 
 
 def queue_waiting_detections() -> dict[str, Any]:
@@ -176,7 +203,7 @@ def detect_image_again(previous_event_id: int) -> dict[str, Any]:
     """One image detected again: a new detection event that points to ``previous_event_id``."""
     recorded = detection.record_redetection_event(previous_event_id, DBOS.workflow_id)
     return {"key": recorded["object_key"], "previous_detection_id": previous_event_id,
-            **_detect(recorded["id"], DBOS.workflow_id)}
+            **_summary(detect_and_notify(recorded["id"], DBOS.workflow_id))}
 
 
 def start_redetection(keys: list[str], actor: str) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from labelloop import db
+from labelloop import db, labels
 from labelloop.modeling.images import ImageRejected, check_image, content_hash
 from labelloop.modeling.models import ModelStatus, UnusableImage
 from labelloop.modeling.training import LabeledImage
@@ -86,13 +86,37 @@ def record_unusable(key: str, etag: str, reason: str, found_by: str) -> None:
                                                   "found_by": found_by})
 
 
+def label_names(folders: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The label each folder under images_labeled_by_folder/ trains as, by the one label rule
+    (``labelloop.labels``): NFC, and folders that differ only in letter case or normalisation merged into
+    the first of them in sorted order (with a warning); and the folders that cannot be labels, with why."""
+    names: dict[str, str] = {}
+    invalid: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for folder in sorted(folders):
+        try:
+            label = labels.check_label(folder)
+        except labels.InvalidLabel as exc:
+            invalid[folder] = f"{exc}; rename the folder {LABELED_FOLDER}{folder}/"
+            continue
+        names[folder] = first.setdefault(labels.identity(label), label)
+        if names[folder] != folder:
+            log.warning("label folder trains as another label", extra={"folder": folder, "label": names[folder]})
+    return names, invalid
+
+
 def training_data() -> TrainingData:
     """The labeled images training would use now: known-unusable images and labels with too few distinct
     images (by ETag) left out, each with the reason. Reads the listing and one table, never the images."""
     with db.session() as session:
         known = {pair: (row.reason, row.found_by) for pair, row in unusable_images(session=session).items()}
     usable, unusable = [], []
-    for key, label, etag in labeled_objects():
+    found = labeled_objects()
+    names, invalid = label_names({label for _, label, _ in found})
+    for key, folder, etag in found:
+        label = names.get(folder, folder)
+        if folder in invalid:
+            continue
         if (key, etag) in known:
             reason, found_by = known[(key, etag)]
             unusable.append({"key": key, "label": label, "reason": reason, "found_by": found_by})
@@ -102,7 +126,7 @@ def training_data() -> TrainingData:
     for _, label, etag in usable:
         distinct.setdefault(label, set()).add(etag)
     left_out = {label: left_out_reason(len(etags), label) for label, etags in distinct.items()
-                if len(etags) < MIN_IMAGES_PER_LABEL}
+                if len(etags) < MIN_IMAGES_PER_LABEL} | invalid
     return TrainingData([t for t in usable if t[1] not in left_out], left_out, unusable, len(usable))
 
 

@@ -9,6 +9,10 @@ Decoding (`decode_image`):
   single pixel is decoded, so a decompression bomb costs nothing; Pillow's own DecompressionBombError and
   DecompressionBombWarning are turned into `ImageRejected` too (so a `max_pixels` above Pillow's
   `Image.MAX_IMAGE_PIXELS`, about 89 megapixels, is capped there);
+* memory is bounded: the pixels × bytes per pixel Pillow will hold are checked against `MAX_DECODE_BYTES`
+  before decoding; a large image (over `LARGE_DECODE_BYTES`) is decoded only while it holds one of
+  `CONCURRENT_LARGE_DECODES` places, and is reduced (`Image.reduce`, JPEG in the DCT domain with `draft`) to
+  at least `2 × INPUT_SIZE` on its short side at once, before any copy (orientation, mode conversion) is made;
 * EXIF orientation is applied (`ImageOps.exif_transpose`);
 * every mode becomes RGB: alpha (RGBA, LA, PA, palette with transparency) is composited on white,
   16-/32-bit integer greyscale ('I;16*', 'I') is scaled from 0–65535 to 0–255, float ('F') is clipped
@@ -27,7 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,6 +43,19 @@ INPUT_SIZE = 224
 DEFAULT_MAX_PIXELS = 64_000_000
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 RESAMPLE = Image.Resampling.BICUBIC
+# What decoding one image may materialise, and from what size a decode is "large": at most
+# CONCURRENT_LARGE_DECODES of those run at once in a process, whatever the number of requests, so 8 concurrent
+# 64-megapixel RGBA PNGs cost 2 × 256 MB at their peak, not 8 × 1.2 GB.
+MAX_DECODE_BYTES = 256 * 1024 * 1024
+LARGE_DECODE_BYTES = 32 * 1024 * 1024
+CONCURRENT_LARGE_DECODES = 2
+_large_decodes = threading.BoundedSemaphore(CONCURRENT_LARGE_DECODES)
+# Pillow holds a large image in blocks of this size. At its default (16 MiB) glibc serves them from per-thread
+# heaps that keep the memory after the image is freed, so 16 large decodes on 8 threads grew the peak RSS by
+# 3.7 GB; blocks above glibc's largest mmap threshold (32 MiB) are mapped and given back (+0.76 GB).
+Image.core.set_block_size(64 * 1024 * 1024)
+# Bytes per pixel in Pillow's memory (RGB is stored in 4 bytes, like RGBA); modes not listed count as 4.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 # Augmented views used at training time: name -> (crop fraction of the short side, x anchor, y anchor, flip).
 # A fraction of 0 is the letterbox view: the whole image, long side to the input size, padded (no crop).
@@ -104,17 +124,53 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _load(image: Image.Image) -> Image.Image:
-    """Decode the first frame's pixels, turning every decoder failure into ImageRejected."""
+def decoded_bytes(image: Image.Image) -> int:
+    """The bytes Pillow will allocate to hold ``image``'s pixels (from its header: nothing decoded)."""
+    return image.width * image.height * _PIXEL_BYTES.get(image.mode, 4)
+
+
+@contextmanager
+def _decode_place(image: Image.Image) -> Iterator[None]:
+    """Refuse an image whose pixels would exceed the budget; hold one of the few large-decode places for a
+    large one while it is decoded and reduced."""
+    size = decoded_bytes(image)
+    if size > MAX_DECODE_BYTES:
+        raise ImageRejected(f"image too large to decode: {image.width}×{image.height} in mode {image.mode} needs "
+                            f"{size / 2**20:,.0f} MiB, the limit is {MAX_DECODE_BYTES / 2**20:,.0f} MiB")
+    if size <= LARGE_DECODE_BYTES:
+        yield
+        return
+    with _large_decodes:
+        yield
+
+
+def _reduced(image: Image.Image, short_side: int) -> Image.Image:
+    """A large image shrunk by an integer factor so its short side stays ≥ ``short_side`` (small ones as they are)."""
+    factor = min(image.size) // short_side
+    if factor < 2 or decoded_bytes(image) <= LARGE_DECODE_BYTES:
+        return image
+    smaller = image.reduce(factor)
+    smaller.info = image.info  # keeps the EXIF orientation and transparency
+    image.close()
+    return smaller
+
+
+def _load(image: Image.Image, short_side: int = 2 * INPUT_SIZE) -> Image.Image:
+    """Decode the first frame's pixels within the memory budget, reduced to about ``short_side`` when large,
+    turning every decoder failure into ImageRejected."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to refuse the pixels
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.seek(0)
             if image.format in ("JPEG", "MPO"):
-                # DCT-domain downscale for big photos: decode at ≥ 2× the input size, much faster.
-                image.draft(None, (2 * INPUT_SIZE, 2 * INPUT_SIZE))
-            image.load()
+                # DCT-domain downscale for big photos: decode at ≥ short_side, much faster and smaller.
+                image.draft(None, (short_side, short_side))
+            with _decode_place(image):
+                image.load()
+                image = _reduced(image, short_side)
+    except ImageRejected:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"image too large (decompression bomb protection): {exc}") from None
     except Exception as exc:
@@ -170,10 +226,13 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
         image.close()
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode uploaded bytes into an upright 8-bit RGB image, or raise ImageRejected with a reason."""
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 short_side: int = 2 * INPUT_SIZE) -> Image.Image:
+    """Decode uploaded bytes into an upright 8-bit RGB image, or raise ImageRejected with a reason.
+
+    A large image comes back reduced by an integer factor, its short side still ≥ ``short_side``."""
     image = _open(data, max_pixels)
-    image = _load(image)
+    image = _load(image, short_side)
     _check_size(image.size, max_pixels)
     try:
         return to_rgb(image)

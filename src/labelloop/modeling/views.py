@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
 
+from labelloop import db
 from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
-from labelloop.web.dependencies import SessionDep, require
+from labelloop.web.dependencies import SessionDep, bearer, current_user, require
 from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 Operator = Depends(require(Role.OPERATOR))
-Detector = Depends(require(Role.OPERATOR, Role.CONSUMER))
+_may_detect = require(Role.OPERATOR, Role.CONSUMER)
+
+
+def _authorize_detect(credentials: HTTPAuthorizationCredentials | None) -> User:
+    with db.session() as session:
+        return _may_detect(current_user(session, credentials))
+
+
+async def detector(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+    """The caller of ``POST /detect`` (401/403 as on every route), checked in one short session on one worker
+    thread: the request then holds no database connection while it waits for its batch, and costs one thread
+    hop instead of one per dependency (session, token, role)."""
+    return await run_in_threadpool(_authorize_detect, credentials)
 
 
 @router.post("/training/check", status_code=202)
@@ -43,6 +58,19 @@ def deploy_model(version: str, session: SessionDep, user: User = Operator) -> di
     return {"run_id": actions.deploy_version(version, user.username, session=session)}
 
 
+@router.get("/models/{version}/suspect-labels")
+def read_suspect_labels(version: str, session: SessionDep, _: User = Operator) -> list[dict[str, Any]]:
+    """Training images whose folder label the version's training confidently disagreed with, surest first."""
+    return service.suspect_labels(version, session=session)
+
+
+@router.post("/models/{version}/label-audit")
+def send_suspects_to_review(version: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
+    """Send the version's suspect training labels to human review as "Label Audit" loops (one per image,
+    none for an image already in review or no longer stored)."""
+    return actions.audit_suspect_labels(version, user.username, session=session)
+
+
 @router.post("/models/{version}/stop", status_code=202)
 def stop_model(version: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
     """Stop serving a version; returns the run id."""
@@ -60,11 +88,8 @@ def export_model(version: str, session: SessionDep, format: str = Query("onnx", 
 
 
 @router.post("/detect", response_model=DetectResponse)
-async def detect(file: UploadFile, session: SessionDep, _: User = Detector) -> dict[str, Any]:
+async def detect(file: UploadFile, _: User = Depends(detector)) -> dict[str, Any]:
     """Detect labels in one image: every label with its confidence (0-100), best first, and the version."""
-    # Authenticated: end the request's transaction now, so that no database connection is held while the
-    # request waits for its batch (32 waiting requests used to exhaust the pool and time out).
-    session.commit()
     limit = get_settings().max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:

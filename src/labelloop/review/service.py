@@ -6,8 +6,6 @@ import hashlib
 import io
 import json
 import logging
-import re
-import unicodedata
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -18,7 +16,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from labelloop import db
+from labelloop import db, labels
 from labelloop.config import get_settings
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
@@ -34,15 +32,12 @@ from labelloop.review.models import (
 )
 from labelloop.storage import service as storage
 from labelloop.storage.models import HUMAN_LOOP_FOLDER, LABELED_FOLDER, ObjectInfo
-from labelloop.storage.service import InvalidKey, validate_key
 from labelloop.workforce.models import User
 
 log = logging.getLogger(__name__)
 
 # Where a Label Audit answered None of the Above moves the image: out of the training data, kept for a person.
 AUDIT_REMOVED_FOLDER = "label-audit-removed/"
-MAX_LABEL_LENGTH = 100
-_FORBIDDEN_IN_LABEL = re.compile(r"[/\\:*?\"<>|]")
 
 
 class ReviewError(ValueError):
@@ -70,19 +65,11 @@ class ImageChanged(ReviewError):
 
 
 def validate_label(label: str) -> str:
-    """Return ``label`` if it can be a folder name under ``images_labeled_by_folder/``."""
-    cleaned = unicodedata.normalize("NFC", label.strip()) if isinstance(label, str) else ""
-    if not cleaned:
-        raise ReviewError("a label may not be empty")
-    if len(cleaned) > MAX_LABEL_LENGTH:
-        raise ReviewError(f"a label has at most {MAX_LABEL_LENGTH} characters")
-    if _FORBIDDEN_IN_LABEL.search(cleaned) or cleaned.startswith("."):
-        raise ReviewError("a label may not contain / \\ : * ? \" < > | or start with '.'")
+    """Return ``label`` as the one label rule writes it (``labelloop.labels.check_label``), else ReviewError."""
     try:
-        validate_key(f"images_labeled_by_folder/{cleaned}/x")
-    except InvalidKey as exc:
-        raise ReviewError(f"label {cleaned!r} is not allowed: {exc}") from None
-    return cleaned
+        return labels.check_label(label)
+    except labels.InvalidLabel as exc:
+        raise ReviewError(str(exc)) from None
 
 
 # ── the task template ────────────────────────────────────────────────────────
@@ -112,10 +99,7 @@ def update_template(actor: str, *, session: Session, extra_labels: list[str] | N
     loop source) or the agreement a consolidated label needs."""
     row = template(session=session)
     if extra_labels is not None:
-        labels = [validate_label(label) for label in extra_labels]
-        if NONE_OF_THE_ABOVE in labels:
-            raise ReviewError(f"{NONE_OF_THE_ABOVE!r} is always offered; it is not a label")
-        row.extra_labels = sorted(set(labels))
+        row.extra_labels = _extra_labels(extra_labels)
     if short_instructions is not None:
         row.short_instructions = short_instructions.strip()[:500]
     if full_instructions is not None:
@@ -136,6 +120,22 @@ def update_template(actor: str, *, session: Session, extra_labels: list[str] | N
         row.min_agreement = min_agreement
     row.updated_at, row.updated_by = db.utcnow(), actor
     return row
+
+
+def _extra_labels(given: list[str]) -> list[str]:
+    """The template's extra labels under the one label rule, none a case-only twin of a trained label or of
+    another one given."""
+    known = [folder[len(LABELED_FOLDER):].rstrip("/") for folder in storage.backend().folders(LABELED_FOLDER)]
+    chosen: list[str] = []
+    for name in given:
+        try:
+            label = labels.check_new_label(name, known + chosen)
+        except labels.InvalidLabel as exc:
+            raise ReviewError(str(exc)) from None
+        if label == NONE_OF_THE_ABOVE:
+            raise ReviewError(f"{NONE_OF_THE_ABOVE!r} is always offered; it is not a label")
+        chosen.append(label)
+    return sorted(set(chosen))
 
 
 SOURCES = (HumanLoopSource.DETECTION, HumanLoopSource.SAMPLING, HumanLoopSource.LABEL_AUDIT)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from labelloop import labels
 from labelloop.config import get_settings
 from labelloop.storage.backends.base import Backend, ObjectNotFound
 from labelloop.storage.backends.local import LocalBackend
@@ -120,6 +121,7 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
     The same bytes already stored at ``key`` are not written again: the answer says ``unchanged``.
     """
     validate_key(key)
+    key = labeled_key(key)
     existing = _same_content(key, data)
     if existing is not None:
         log.info("object unchanged", extra={"key": key, "etag": existing.etag, "source": source, "actor": actor})
@@ -136,6 +138,26 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
     log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
                                      "actor": actor})
     return info
+
+
+def labeled_key(key: str) -> str:
+    """``key`` with its label folder under ``images_labeled_by_folder/`` written as the label it stands for
+    (NFC, no surrounding spaces: ``café`` from macOS joins ``café``, with a warning in the log), else
+    :class:`InvalidKey`: a folder name that cannot be a label, or one that differs from an existing label
+    only in letter case (``Red`` beside ``red``). Keys outside that folder are returned as they are."""
+    folder = label_of(key)
+    if folder is None:
+        return key
+    existing = [name[len(LABELED_FOLDER):].rstrip("/") for name in backend().folders(LABELED_FOLDER)]
+    try:
+        label = labels.check_new_label(folder, existing)
+    except labels.InvalidLabel as exc:
+        raise InvalidKey(f"the folder under {LABELED_FOLDER} names the label: {exc}") from None
+    if label == folder:
+        return key
+    merged = LABELED_FOLDER + label + key[len(LABELED_FOLDER) + len(folder):]
+    log.warning("label folder name written as its label", extra={"key": key, "stored_as": merged, "label": label})
+    return merged
 
 
 def _same_content(key: str, data: bytes) -> ObjectInfo | None:

@@ -172,6 +172,7 @@ def current_visitor(request: Request, session: SessionDep) -> Visitor | None:
     visitor = Visitor(user, web_session, Account(user.username, user.role, user.email, user.must_change_password),
                       web_session.csrf_token)
     request.state.visitor = visitor
+    session.commit()  # no database connection held while a form or an upload is read (see current_user)
     return visitor
 
 

@@ -32,6 +32,7 @@ from labelloop.web.pages import (
     render,
     safe_next,
     secure_cookies,
+    sentence,
     set_session_cookie,
     signed_in,
     signed_in_any,
@@ -87,8 +88,7 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
         return _sign_in_page(request, next_path, f"Too many failed sign-ins. Try again in {exc.retry_after} "
                              "seconds.", 429, username, headers={"Retry-After": str(exc.retry_after)})
     except service.AuthError as exc:
-        message = "Wrong username or password." if "wrong" in str(exc) else "This user is disabled."
-        return _sign_in_page(request, next_path, message, 401, username)
+        return _sign_in_page(request, next_path, sentence(str(exc)), 401, username)
     user = session.get(User, user_id)
     token, _ = service.start_session(user, address=client_address(request),
                                      user_agent=request.headers.get("user-agent", ""),
@@ -184,7 +184,7 @@ def change_password(request: Request, session: SessionDep, visitor: Annotated[Vi
         try:
             token = service.change_own_password(user, str(current), str(new), address=client_address(request),
                                                 user_agent=request.headers.get("user-agent", ""), session=session)
-        except service.WorkforceError as exc:
+        except (service.WorkforceError, service.Throttled) as exc:
             error = str(exc).capitalize() + "."
     if error is not None:
         return render(request, "password.html", {"next": next_path or "", "error": error,

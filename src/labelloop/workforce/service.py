@@ -73,20 +73,6 @@ def create_user(username: str, role: Role | str, *, session: Session, password: 
     return user, secret
 
 
-def authenticate(username: str, password: str, *, session: Session) -> User:
-    """The user whose password matches, or :class:`AuthError`."""
-    user = session.scalar(select(User).where(User.username == username))
-    try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
-    except (VerificationError, InvalidHashError):
-        raise AuthError("wrong username or password") from None
-    if user is None:
-        raise AuthError("wrong username or password")
-    if user.disabled:
-        raise AuthError("this user is disabled")
-    return user
-
-
 def change_password(user: User, new_password: str, *, session: Session) -> None:
     """Set a new password chosen by the user; earlier tokens and browser sessions stop working."""
     check_password_rules(new_password)
@@ -230,17 +216,27 @@ def revoke_user_sessions(user: User, *, session: Session, keep: WebSession | Non
     return len(rows)
 
 
-def change_own_password(user: User, current_password: str, new_password: str, *,
-                        session: Session, address: str = "", user_agent: str = "") -> str:
-    """A signed-in user changes their password: every session and token they hold ends, and a fresh session
-    is started for this browser; returns its cookie value."""
+def set_own_password(user: User, current_password: str, new_password: str, *, address: str,
+                     session: Session) -> None:
+    """A signed-in user replaces their password, naming the current one: wrong guesses count towards the
+    sign-in throttle (:class:`Throttled`), the new password must differ from it, and every session and token
+    of the user ends."""
     try:
-        authenticate(user.username, current_password, session=session)
+        sign_in(user.username, current_password, address)
+    except Throttled:
+        raise
     except AuthError:
         raise WorkforceError("the current password is wrong") from None
     if current_password == new_password:
         raise WorkforceError("choose a new password that differs from the current one")
     change_password(user, new_password, session=session)
+
+
+def change_own_password(user: User, current_password: str, new_password: str, *,
+                        session: Session, address: str = "", user_agent: str = "") -> str:
+    """A signed-in user changes their password: every session and token they hold ends, and a fresh session
+    is started for this browser; returns its cookie value."""
+    set_own_password(user, current_password, new_password, address=address, session=session)
     token, _ = start_session(user, address=address, user_agent=user_agent, session=session)
     return token
 
@@ -326,11 +322,11 @@ def sign_in(username: str, password: str, address: str) -> int:
             wrong = user is None
         except (VerificationError, InvalidHashError):
             wrong = True
-        if not wrong:
+        if not wrong and not user.disabled:
             clear_failures(username, session=session)
-            if user.disabled:
-                raise AuthError("this user is disabled")
             return user.id
+        if not wrong:  # the same answer as a wrong password: no oracle for a disabled account's password
+            log.warning("sign-in refused: the user is disabled", extra={"user": username[:64], "client": address})
     with db.session() as session:
         record_failure(username, address, session=session)
     log.warning("sign-in failed", extra={"user": username[:64], "client": address})

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labelloop import db
 from labelloop.config import get_settings
-from labelloop.web.dependencies import Admin, AnyUser, SessionDep
+from labelloop.web.dependencies import Admin, AnyUser, PasswordChanger, SessionDep
 from labelloop.workforce import service
 from labelloop.workforce.models import (
     ApiToken,
@@ -71,18 +71,24 @@ class PasswordChange(BaseModel):
 
 
 @router.post("/auth/password")
-def change_own_password(body: PasswordChange, user: AnyUser, session: SessionDep) -> dict[str, str]:
-    """Change your own password; every token you hold stops working."""
+def change_own_password(body: PasswordChange, request: Request, user: PasswordChanger,
+                        session: SessionDep) -> dict[str, str]:
+    """Change your own password (the only call a temporary password allows besides ``GET /me``); every token
+    you hold stops working. Wrong current passwords are throttled like sign-ins (429 with ``Retry-After``)."""
     try:
-        service.authenticate(user.username, body.current_password, session=session)
-        service.change_password(user, body.new_password, session=session)
-    except service.AuthError:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong") from None
+        service.set_own_password(user, body.current_password, body.new_password, session=session,
+                                 address=request.client.host if request.client else "")
+    except service.Throttled as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc),
+                            headers={"Retry-After": str(exc.retry_after)}) from None
+    except service.WorkforceError as exc:
+        code = status.HTTP_403_FORBIDDEN if "wrong" in str(exc) else status.HTTP_422_UNPROCESSABLE_CONTENT
+        raise HTTPException(code, str(exc)) from None
     return {"status": "changed", "detail": "sign in again with the new password"}
 
 
 @router.get("/me", response_model=UserRead)
-def me(user: AnyUser) -> User:
+def me(user: PasswordChanger) -> User:
     """The signed-in user."""
     return user
 

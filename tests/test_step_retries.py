@@ -1,0 +1,84 @@
+"""Runs always end: a step that meets a transient database error is tried again with backoff and the run
+succeeds; a step that fails for another reason, or keeps failing, ends its run ERROR with the reason."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from labelloop.engine import transient
+
+SCRIPT = textwrap.dedent("""
+    import sqlite3, sys
+    from dbos import DBOS
+    from sqlalchemy.exc import OperationalError
+    from labelloop import engine
+
+    tries = {"flaky": 0, "broken": 0, "locked": 0}
+    LOCKED = OperationalError("UPDATE detection_events", {}, sqlite3.OperationalError("database is locked"))
+
+    @engine.step()
+    def flaky() -> str:
+        tries["flaky"] += 1
+        if tries["flaky"] < 3:
+            raise LOCKED
+        return "done"
+
+    @engine.step()
+    def broken() -> str:
+        tries["broken"] += 1
+        raise ValueError("a bug, not worth retrying")
+
+    @engine.step()
+    def locked() -> str:
+        tries["locked"] += 1
+        raise LOCKED
+
+    @DBOS.workflow()
+    def run(which: str) -> str:
+        return {"flaky": flaky, "broken": broken, "locked": locked}[which]()
+
+    engine.STEP_RETRIES["interval_seconds"] = 0.05
+    DBOS(config={"name": "retries", "system_database_url": f"sqlite:///{sys.argv[1]}/system.sqlite"})
+    DBOS.launch()
+    for which in ("flaky", "broken", "locked"):
+        handle = DBOS.start_workflow(run, which)
+        try:
+            result = handle.get_result()
+        except Exception as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        print(f"{which}|{tries[which]}|{handle.get_status().status}|{result}")
+    DBOS.destroy()
+""")
+
+
+def test_steps_retry_transient_errors_and_runs_always_end(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {line.split("|")[0]: line.split("|")[1:] for line in done.stdout.splitlines() if "|" in line}
+    assert runs["flaky"] == ["3", "SUCCESS", "done"]  # was: ERROR at the first "database is locked"
+    assert runs["broken"] == ["1", "ERROR", "ValueError: a bug, not worth retrying"]
+    tries, status, reason = runs["locked"]
+    assert (tries, status) == ("5", "ERROR")
+    assert reason.startswith("StepFailed: step locked failed 5 times") and "database is locked" in reason
+
+
+@pytest.mark.parametrize(("error", "retried"), [
+    (OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")), True),
+    (PoolTimeout("QueuePool limit of size 5 overflow 10 reached"), True),
+    (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), False),
+    (ValueError("bad input"), False),
+    (KeyError("bug"), False),
+])
+def test_which_errors_are_transient(error: BaseException, retried: bool) -> None:
+    assert transient(error) is retried
