@@ -44,6 +44,8 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/models/{version}/deploy"): OPERATORS,
     ("POST", "/api/v1/models/{version}/stop"): OPERATORS,
     ("GET", "/api/v1/models/{version}/export"): OPERATORS,
+    ("GET", "/api/v1/models/{version}/suspect-labels"): OPERATORS,
+    ("POST", "/api/v1/models/{version}/label-audit"): OPERATORS,
     ("POST", "/api/v1/detect"): DETECTORS,
     ("GET", "/api/v1/schedules"): OPERATORS,
     ("GET", "/api/v1/detections"): OPERATORS,
