@@ -327,8 +327,29 @@ def test_reviewer_metrics_show_who_agrees_and_an_admin_pauses_in_one_click(revie
     with worker_api(review_server, "rosa") as rosa:
         refused = rosa.post(f"/human-loops/{name}/answer", json={"label": "aws_logo"})
         assert refused.status_code == 403 and "paused" in refused.json()["detail"]
-        assert "data-task" not in take_task(web_client(review_server, "rosa", "own-password-1")).text
+        waiting = take_task(web_client(review_server, "rosa", "own-password-1")).text
+        assert "data-task" not in waiting and "An admin paused you from review" in waiting
         assert api.post("/reviewers/rosa/resume").json()["paused"] == []
         assert rosa.post(f"/human-loops/{name}/answer", json={"label": "aws_logo"}).status_code == 200
     admin.close()
     api.close()
+
+
+def test_a_lease_lasts_the_task_time_limit_then_the_task_returns_to_the_queue(review_server: Server) -> None:
+    api = review_server.client()
+    for loop in api.get("/human-loops", params={"status": "InProgress"}).json():
+        api.post(f"/human-loops/{loop['name']}/stop")
+    refused = api.put("/task-template", json={"task_time_limit_seconds": 10})
+    assert refused.status_code == 422 and "30 to 28800" in refused.json()["detail"]
+    assert api.put("/task-template", json={"task_time_limit_seconds": 30}).json()["task_time_limit_seconds"] == 30
+    [name] = detection_loops(api, {"images_for_detection/time-limit.png": uncertain(130)})
+    rita, ravi = (web_client(review_server, who, "own-password-1") for who in ("rita", "ravi"))
+    assert f'data-task="{name}"' in take_task(rita).text
+    loop = api.get(f"/human-loops/{name}").json()
+    held = datetime.fromisoformat(loop["lease_expires_at"]) - datetime.fromisoformat(loop["leased_at"])
+    assert loop["leased_by"] == "rita" and held.total_seconds() == pytest.approx(30, abs=1)
+    assert "data-task" not in take_task(ravi).text, "held by rita for 30 s"
+    wait_until(lambda: f'data-task="{name}"' in take_task(ravi).text, 60, 2, "the task back in the queue")
+    api.put("/task-template", json={"task_time_limit_seconds": 3600}).raise_for_status()
+    for client in (api, rita, ravi):
+        client.close()

@@ -41,7 +41,8 @@ def work(request: Request, session: SessionDep, visitor: Reviewer, saved: str | 
     context = {"saved": saved, "undone": undone, "problem": MESSAGES.get(problem or ""),
                "left": service.open_task_count(session=session), "undo_seconds": get_settings().undo_seconds}
     if loop is None:
-        return render(request, "review/empty.html", context)
+        paused = visitor.user.username in service.template(session=session).paused_reviewers
+        return render(request, "review/empty.html", {**context, "paused": paused})
     task = service.task_view(loop, session=session)
     return render(request, "review/task.html", {**context, "task": task,
                                                "image_url": f"/review/tasks/{quote(loop.name)}/image"})

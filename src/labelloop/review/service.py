@@ -190,7 +190,8 @@ def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
     shown = {column: getattr(loop, column) for column in (
         "name", "source", "status", "object_key", "object_etag", *GUESS_FIELDS, "created_at", "expires_at",
         "completed_at", "answer_label", "answered_by", "answer_round", "output_key", "copied_key", "applied_at",
-        "status_message", "required_answers")} | {"detection_id": loop.detection_id, "answers": [
+        "status_message", "required_answers", "leased_by", "leased_at", "lease_expires_at")} | {
+        "detection_id": loop.detection_id, "answers": [
         {"worker": a.worker, "label": a.label, "kind": a.kind, "submitted_at": a.submitted_at}
         for a in loop.answers]}
     return for_reviewer(shown) if reviewer_view else shown
@@ -199,7 +200,7 @@ def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
 def for_reviewer(shown: dict[str, Any]) -> dict[str, Any]:
     """A loop as :func:`as_dict` shows it to a reviewer: without the others' answers, and without the model's
     guess unless it is a detection loop."""
-    shown = shown | {"answers": None}
+    shown = shown | {"answers": None, "leased_by": None}
     if shown["source"] == HumanLoopSource.DETECTION:
         return shown
     return shown | dict.fromkeys(GUESS_FIELDS)
