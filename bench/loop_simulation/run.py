@@ -15,6 +15,10 @@ Train-Final-Model-On-All-Images = true and Balance-Labels-In-Training = true, th
 (--training seed sets both false: the seed's training, on the 80 % split with every image weighing the same),
 and everything else at its default (Minimum-Label-Detection-Confidence 70).
 
+Deterministic: one seed gives one table (issue 19). Training is deterministic (tests/modeling/test_determinism.py),
+each step waits for what it started (the training check for its run, each detection for its run, answers for
+their copies), and the images that human sampling will pick are uploaded alone (`Arm.detect_in_order`).
+
 * **loop** — the product as a user runs it: every batch is uploaded to images_for_detection/; the serving
   version detects it and opens a human loop for each detection below Minimum-Label-Detection-Confidence; the
   simulated reviewer answers every open loop with the true label (wrong, uniformly, with --error-rate), which
@@ -49,6 +53,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from labelloop.loop.routing import object_created_run_id
 
 from .data import ROOT, Digit, Plan, make_plan
 from .scoring import HoldoutScorer
@@ -134,6 +140,7 @@ class Arm:
         self.labeled = 0
         self.started = time.perf_counter()
         self.truth: dict[str, str] = {}
+        self.detections_made = 0  # images uploaded for detection so far (the sampling interval counts them)
 
     # ── plumbing ──────────────────────────────────────────────────────────
 
@@ -242,14 +249,37 @@ class Arm:
 
     # ── the loop arm ──────────────────────────────────────────────────────
 
-    def detections(self, keys: list[str]) -> list[dict[str, Any]]:
-        def done() -> list[dict[str, Any]] | None:  # the newest events are this batch's
-            listed = self.api.get("/detections", params={"limit": 2 * len(keys) + 10}).json()
-            events = {e["object_key"]: e for e in listed}
-            found = [events.get(key) for key in keys]
-            return found if all(e and e["status"] in ("DETECTED", "REJECTED") for e in found) else None
+    def detect(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        """Upload images for detection side by side and wait until each one's run has ended (its detection
+        logged and its human loop, if any, opened); returns the runs' outputs."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(4) as pool:
+            stored = list(pool.map(lambda item: self.api.put(f"/objects/{item[0]}", content=item[1]), items))
+        runs = []
+        for response in stored:
+            assert response.status_code == 201, response.text
+            info = response.json()
+            runs.append(self.server.wait_run(object_created_run_id(info["key"], info["etag"]), timeout=600))
+        return [run.get("output") or {} for run in runs]
 
-        return wait_until(done, 600, 0.5, f"detections of {len(keys)} images")
+    def detect_in_order(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        """Detect a batch so that human sampling picks the same images in every run of a seed.
+
+        Sampling marks every N-th detection in detection order (N = Human-Sampling-Interval), and images
+        uploaded together are detected in whatever order the workers reach them; so each image that will be
+        an N-th detection is uploaded alone, after the images before it were detected and before those after
+        it. The others go side by side (their order within a chunk changes nothing).
+        """
+        events, chunk = [], []
+        for item in items:
+            self.detections_made += 1
+            if self.detections_made % self.args.sampling_interval == 0:
+                events += self.detect(chunk) + self.detect([item])
+                chunk = []
+            else:
+                chunk.append(item)
+        return events + self.detect(chunk)
 
     def answer_open(self, source: str) -> int:
         loops = self.api.get("/human-loops", params={"status": "InProgress", "source": source,
@@ -263,8 +293,7 @@ class Arm:
     def loop_batch(self, number: int, batch: list[Digit], streamed: int, window: dict[str, Any]) -> int:
         keys = [f"{DETECT}/{d.name}" for d in batch]
         self.truth.update({key: d.label for key, d in zip(keys, batch, strict=True)})
-        self.put_many(list(zip(keys, [d.png for d in batch], strict=True)))
-        events = self.detections(keys)
+        events = self.detect_in_order([(key, d.png) for key, d in zip(keys, batch, strict=True)])
         sent = self.answer_open("Detection")
         self.human_answers += sent
         self.labeled += sent

@@ -54,7 +54,13 @@ class Data:
 
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0) -> training.Head:
-    """The product's head (C and T from out-of-fold logits; centroid familiarity) on embeddings x."""
+    """The product's head (C and T from out-of-fold logits; nearest-neighbour familiarity) on embeddings x."""
+    return fit_with_out_of_fold(x, y, labels, seed)[0]
+
+
+def fit_with_out_of_fold(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0
+                         ) -> tuple[training.Head, np.ndarray | None]:
+    """The product's head and its calibrated out-of-fold probabilities (rows in x's order)."""
     n = len(y)
     design = training._Design(training.l2_normalize(x), y, np.ones(n), np.arange(n))
     return training._fit_head(design, labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,

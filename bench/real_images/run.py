@@ -29,8 +29,9 @@ import numpy as np
 from bench.real_images import metrics
 from bench.real_images.data import OUT, TASKS, Task, missing_sources
 from bench.real_images.features import Features, backbone_speed, extract
-from bench.real_images.recipes import Data, Recipe, fit_classifier, predict
+from bench.real_images.recipes import Data, Recipe, fit_classifier, fit_with_out_of_fold, predict
 
+from labelloop.modeling import training
 from labelloop.modeling.backbone import LITE0, LITE2, Variant
 
 PRODUCT = "labelloop now (Head.predict_proba)"
@@ -230,8 +231,8 @@ def costs(speed: dict[str, float]) -> dict[str, float]:
 
 
 def run_suspects(prepared: Prepared, k: int, share: float = 0.05, seed: int = 0) -> dict[str, Any]:
-    """Flip `share` of the training labels; flag images whose out-of-fold prediction confidently disagrees
-    (another label at ≥ 70 after calibration); precision and recall of the flags."""
+    """Flip `share` of the training labels; flag images as the product does (`training.suspect_labels`: the
+    training's calibrated out-of-fold prediction names another label at ≥ 70); precision and recall."""
     task = prepared.task
     keys, y = draw(task, k, seed)
     rng = np.random.default_rng([seed, 5])
@@ -242,28 +243,15 @@ def run_suspects(prepared: Prepared, k: int, share: float = 0.05, seed: int = 0)
     for i in flipped:
         noisy[i] = (y[i] + 1 + rng.integers(n_labels - 1)) % n_labels
     x = prepared.data(LITE0.name, "crop", keys, with_map=False).embedding
-    folds = 5
-    fold = rng.permutation(len(y)) % folds
-    flagged = np.zeros(len(y), dtype=bool)
-    for f in range(folds):
-        held = fold == f
-        head = fit_classifier(x[~held], noisy[~held], task.labels, seed=seed)
-        proba = training_proba(head, x[held])
-        pred = proba.argmax(axis=1)
-        flagged[held] = (pred != noisy[held]) & (proba.max(axis=1) >= metrics.THRESHOLD)
+    _, oof = fit_with_out_of_fold(x, noisy, task.labels, seed=seed)
+    flagged = np.zeros(len(y), dtype=bool) if oof is None else (
+        (oof.argmax(axis=1) != noisy) & (oof.max(axis=1) >= training.SUSPECT_CONFIDENCE))
     truth = np.zeros(len(y), dtype=bool)
     truth[flipped] = True
     found = int((flagged & truth).sum())
     return {"task": task.name, "seed": seed, "k": k, "images": len(y), "flipped": int(truth.sum()),
             "flagged": int(flagged.sum()), "found": found,
             "precision": found / max(1, int(flagged.sum())), "recall": found / int(truth.sum())}
-
-
-def training_proba(head: Any, x: np.ndarray) -> np.ndarray:
-    """Calibrated softmax of a head (no familiarity factor: a suspect is judged among the known labels)."""
-    from labelloop.modeling.training import softmax
-
-    return softmax(head.logits(x))
 
 
 # ── main ──────────────────────────────────────────────────────────────────────────────────────────────

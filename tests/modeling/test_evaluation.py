@@ -87,9 +87,12 @@ def test_small_test_sets_get_wide_intervals_that_narrow_with_more_images() -> No
     assert few.f1 == 1.0 and few.test_images == 3
     assert few.f1_interval[1] == 1.0 and few.f1_interval[0] < 0.3
     assert few.accuracy_interval[0] < 0.5 and "Wilson" in few.interval_method
+    caution = few.to_dict()["caution"]  # the figure says how little it shows, in the API and evaluation JSON
+    assert caution.startswith("F1 from 3 test images: its 95 % interval is 0.") and "–1.00" in caution
     # The same perfect score on 300 images: a narrow interval.
     many = evaluate(["a", "b", "c"], np.repeat([0, 1, 2], 100), np.repeat(np.eye(3), 100, axis=0))
     assert many.f1_interval[0] > 0.9
+    assert many.to_dict()["caution"] is None
     # Each label: Wilson for precision and recall, F1 over TP + ½(FP + FN).
     mixed = evaluate(["a", "b"], [0, 0, 0, 1], np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=float))
     a = mixed.label("a")

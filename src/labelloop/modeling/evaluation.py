@@ -59,6 +59,9 @@ class LabelMetrics:
     assumed_threshold_f1: float | None = None
 
 
+FEW_TEST_IMAGES = 30  # below this, an F1 comes with a caution (the pages mark it "few test images" too)
+
+
 @dataclass
 class Evaluation:
     """A model version's evaluation; `to_json()` is what goes to `evaluation/<version>.json`."""
@@ -80,9 +83,20 @@ class Evaluation:
         """The metrics of one label by name."""
         return next(m for m in self.per_label if m.label == name)
 
+    def caution(self) -> str | None:
+        """What a reader must know before quoting the F1: set when the test split is small (fewer than
+        FEW_TEST_IMAGES images), else None."""
+        if self.test_images >= FEW_TEST_IMAGES:
+            return None
+        plural = "" if self.test_images == 1 else "s"
+        interval = (f" its 95 % interval is {self.f1_interval[0]:.2f}–{self.f1_interval[1]:.2f}, and"
+                    if self.f1_interval else "")
+        return (f"F1 from {self.test_images} test image{plural}:{interval} the model on new images may be far "
+                "from it; add labeled images for a firmer figure.")
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return asdict(self)
+        """Plain JSON-able dict, with `caution` (see `caution`)."""
+        return {**asdict(self), "caution": self.caution()}
 
     def to_json(self, **extra: Any) -> str:
         """JSON text; `extra` keys (e.g. model_version, created_at) are added at the top level."""

@@ -124,6 +124,7 @@ def version_page(request: Request, version: str, session: SessionDep, _visitor: 
         "evaluation": evaluation, "per_label": per_label, "confusion": confusion(evaluation),
         "metrics_plot": metrics_plot, "notice_action": _notice(request, row.version),
         **silent_errors(row.version),
+        "audit_notice": _audit_notice(request),
         "minimum_f1": parameters.value(parameters.MINIMUM_F1_SCORE, session=session), "section": "models"})
 
 
@@ -138,6 +139,26 @@ def deploy(version: str, session: SessionDep, visitor: Operator, _form: Form) ->
     except versions.ModelError as exc:
         raise PageDenied(409, sentence(str(exc))) from None
     return RedirectResponse(f"/models/{quote(version)}?action={action}&run={quote(run_id)}", status_code=303)
+
+
+def _audit_notice(request: Request) -> str | None:
+    opened, skipped = request.query_params.get("audit_opened"), request.query_params.get("audit_skipped")
+    if opened is None:
+        return None
+    note = f"{opened} Label Audit loop(s) opened for reviewers."
+    if skipped != "0":
+        note += f" {skipped} image(s) passed over (already in review or no longer stored)."
+    return note
+
+
+@router.post("/models/{version}/label-audit")
+def label_audit(version: str, session: SessionDep, visitor: Operator, _form: Form) -> Response:
+    """Send the version's suspect training labels to review, as ``POST /api/v1/models/{version}/label-audit``."""
+    _version_or_404(session, version)
+    sent = actions.audit_suspect_labels(version, visitor.user.username, session=session)
+    skipped = sent["suspects"] - len(sent["opened"])
+    return RedirectResponse(f"/models/{quote(version)}?audit_opened={len(sent['opened'])}&audit_skipped={skipped}"
+                            "#suspect-labels", status_code=303)
 
 
 @router.post("/models/{version}/stop")

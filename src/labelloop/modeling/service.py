@@ -105,6 +105,7 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     rejected = _rejected_images(manifest["images"], result.rejected)
     used = [e for e in usable if e["key"] not in result.rejected]
     evaluation = {**result.evaluation.to_dict(), "left_out_labels": left_out, "training_options": options,
+                  "suspect_labels": result.suspects,
                   "deployed_model_trained_on": "training and test split" if options["final_on_all"]
                   else "training split"}
     excluded = [{**e, "split": "left out", "reason": left_out[e["label"]]} for e in manifest["images"]
@@ -262,3 +263,9 @@ def export_onnx(version: str, *, session: Session) -> bytes:
         out = Path(folder) / "model.onnx"
         build_full_model_onnx(backbone, head, out, model_version=version)
         return out.read_bytes()
+
+
+def suspect_labels(version: str, *, session: Session) -> list[dict[str, Any]]:
+    """The training images whose folder label ``version``'s training confidently disagreed with (key, label,
+    predicted, confidence), surest first; ``VersionNotFound`` for an unknown version."""
+    return list((get_version(version, session=session).evaluation or {}).get("suspect_labels") or [])

@@ -25,8 +25,11 @@ Pipeline (`train_head`):
    is slightly conservative (measured within ~7 % of the test-optimal T on load_digits, ECE ≈ 0.01–0.02).
    When a label has a single training image no fold can hold it out: T = 1 and the evaluation says so.
 6. **Evaluate** the calibrated head on the test split (`evaluation.evaluate`).
-7. **Final training on all images** (`final_on_all=True`; parameter `Train-Final-Model-On-All-Images`, on
-   by default; the argument's default here is off): after step 6, steps 4–5 run once more on every usable
+7. **Suspect training labels** (`suspect_labels`): the out-of-fold probabilities of step 5 come from models
+   that did not train on the image; where another label gets ≥ 70 the image is listed as a suspect (a wrong
+   folder, or an odd image), for an operator to send to review as "Label Audit" loops.
+8. **Final training on all images** (`final_on_all=True`; parameter `Train-Final-Model-On-All-Images`, on
+   by default; the argument's default here is off): after step 6, steps 4, 5 and 7 run once more on every usable
    image, training and test split, and that head is the one returned (and deployed). The reported metrics
    stay those of step 6, an honest held-out estimate of a model trained on 80 % of the data, so slightly
    pessimistic for the deployed one.
@@ -370,6 +373,8 @@ class TrainingResult:
     timings: dict[str, float] = field(default_factory=dict)
     # test image key -> (label, confidence 0-100) the evaluated head decided: what the F1 gate compares
     test_decisions: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # training images whose folder label the out-of-fold model confidently disagrees with (`suspect_labels`)
+    suspects: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def train_keys(self) -> list[str]:
@@ -401,6 +406,7 @@ class _Design:
     y: np.ndarray
     weight: np.ndarray
     group: np.ndarray
+    images: list[tuple[str, str]] = field(default_factory=list)  # (content hash, label) of each group
 
 
 def _design(train: Sequence[LabeledImage], digests: dict[str, str], vectors: CachedEmbeddings,
@@ -422,7 +428,7 @@ def _design(train: Sequence[LabeledImage], digests: dict[str, str], vectors: Cac
         images = np.bincount(np.array([index[label] for _, label in pairs]), minlength=len(index))
         present = int(np.count_nonzero(images))
         weight *= len(pairs) / (present * images[y])
-    return _Design(l2_normalize(np.stack(rows)), y, weight, np.array(groups))
+    return _Design(l2_normalize(np.stack(rows)), y, weight, np.array(groups), pairs)
 
 
 def _folds(design: _Design, k: int, seed: int) -> np.ndarray:
@@ -439,8 +445,9 @@ def _folds(design: _Design, k: int, seed: int) -> np.ndarray:
 
 
 def _cross_validate(design: _Design, n_labels: int, k: int, c_grid: Sequence[float], seed: int
-                    ) -> tuple[float, float, dict[str, Any], np.ndarray | None]:
-    """Pick C by calibrated out-of-fold log-loss; returns (C, T, report, warm start θ)."""
+                    ) -> tuple[float, float, dict[str, Any], np.ndarray | None, np.ndarray]:
+    """Pick C by calibrated out-of-fold log-loss; returns (C, T, report, warm start θ, the chosen C's
+    calibrated out-of-fold probabilities: one row per image, in group order)."""
     fold_of_group = _folds(design, k, seed)
     row_fold = fold_of_group[design.group]
     first = np.unique(design.group, return_index=True)[1]  # the first view ('orig') of each image
@@ -459,18 +466,22 @@ def _cross_validate(design: _Design, n_labels: int, k: int, c_grid: Sequence[flo
         report[f"C={c:g}"] = {"oof_nll": nll, "temperature": t,
                               "oof_accuracy": float(np.mean(oof.argmax(1) == y))}
         if best is None or nll < best[2]:
-            best = (c, t, nll, theta)
+            best = (c, t, nll, theta, softmax(oof / t))
     assert best is not None
-    return best[0], best[1], report, best[3]
+    return best[0], best[1], report, best[3], best[4]
 
 
 def _fit_head(design: _Design, labels: list[str], *, c_grid: Sequence[float], folds: int, seed: int,
-              meta: dict[str, Any]) -> Head:
-    """Cross-validate C and T on the training rows, then fit the final head on all of them."""
+              meta: dict[str, Any]) -> tuple[Head, np.ndarray | None]:
+    """Cross-validate C and T on the training rows, then fit the final head on all of them.
+
+    Returns the head and the calibrated out-of-fold probabilities of its images (one row per image, in
+    group order; None when no fold could hold a label out)."""
     per_label = np.bincount(design.y[np.unique(design.group, return_index=True)[1]], minlength=len(labels))
     k = int(min(folds, per_label.min()))
+    oof = None
     if k >= 2:
-        c, t, report, theta0 = _cross_validate(design, len(labels), k, c_grid, seed)
+        c, t, report, theta0, oof = _cross_validate(design, len(labels), k, c_grid, seed)
         method = f"temperature scaling on {k}-fold out-of-fold logits of the training split"
     else:
         c, t, report, theta0 = max(c_grid), 1.0, {}, None
@@ -481,7 +492,7 @@ def _fit_head(design: _Design, labels: list[str], *, c_grid: Sequence[float], fo
     familiar = _nearest_familiarity(design, len(labels))
     meta = {**meta, "C": c, "folds": k, "calibration": method, "cv": report,
             "familiarity": "nearest training image" if familiar else "none: no label has two training images"}
-    return Head(labels, coef, theta[d * len(labels):], t, True, meta, **familiar)
+    return Head(labels, coef, theta[d * len(labels):], t, True, meta, **familiar), oof
 
 
 NO_MATCH = -4.0  # below any cosine: stands in for "no other image of this label"
@@ -547,6 +558,33 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
     return {"bank": padded.astype(np.float32), "familiar_slope": float(theta[0]) / spread, "familiar_offset": offsets}
 
 
+SUSPECT_CONFIDENCE = 0.7  # the default Minimum-Label-Detection-Confidence: "the model is sure"
+
+
+def suspect_labels(design: _Design, oof: np.ndarray | None, labels: list[str], examples: Sequence[LabeledImage],
+                   digests: dict[str, str], at: float = SUSPECT_CONFIDENCE) -> list[dict[str, Any]]:
+    """Training images whose folder label the model confidently disagrees with: a mislabeled or odd image.
+
+    `oof` holds each image's calibrated out-of-fold probabilities (from a model that did not train on it, the
+    cross-validation that chose C and T, so they cost nothing extra); an image is a suspect when another label
+    gets at least `at`. One entry per object key (every key of a duplicated image), the surest first:
+    key, label (its folder), predicted, confidence (0-100). Measured on real photos (bench/real_images,
+    5 % of the labels flipped): README "Suspect labels".
+    """
+    if oof is None:
+        return []
+    keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for example in examples:
+        keys[(digests[example.key], example.label)].append(example.key)
+    found = []
+    for (digest, label), proba in zip(design.images, oof, strict=True):
+        guess = int(proba.argmax())
+        if labels[guess] != label and proba[guess] >= at:
+            found += [{"key": key, "label": label, "predicted": labels[guess],
+                       "confidence": round(float(proba[guess]) * 100, 2)} for key in sorted(keys[(digest, label)])]
+    return sorted(found, key=lambda s: (-s["confidence"], s["key"]))
+
+
 def _resolve_digests(examples: Sequence[LabeledImage]) -> dict[str, str]:
     keys = Counter(e.key for e in examples)
     duplicated = [key for key, n in keys.items() if n > 1]
@@ -606,7 +644,8 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     design = _design(split.train, digests, vectors, index, views, balance_labels)
     meta = {"views": list(views), "seed": seed, "backbone_fingerprint": embedder.fingerprint,
             "balance_labels": balance_labels, "trained_on": "training split"}
-    head = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
+    head, oof = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
+    suspects_of = (design, oof)
     fitted_at = time.perf_counter()
     if progress is not None:
         progress("evaluating", 0, 0)
@@ -618,14 +657,15 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
         if progress is not None:
             progress("training on all images", 0, 0)
         every = _design([*split.train, *split.test], digests, vectors, index, views, balance_labels)
-        head = _fit_head(every, labels, c_grid=c_grid, folds=folds, seed=seed,
-                         meta={**meta, "trained_on": "training and test split",
-                               "evaluated_head": {"C": head.meta["C"], "temperature": head.temperature}})
+        head, oof = _fit_head(every, labels, c_grid=c_grid, folds=folds, seed=seed,
+                              meta={**meta, "trained_on": "training and test split",
+                                    "evaluated_head": {"C": head.meta["C"], "temperature": head.temperature}})
+        suspects_of = (every, oof)
         timings["final_fit_s"] = time.perf_counter() - evaluated_at
     timings["total_s"] = time.perf_counter() - started
     evaluation.training_time_s = timings["total_s"]
     return TrainingResult(head, split, evaluation, digests, vectors.embedded, vectors.from_cache, rejected, timings,
-                          decisions)
+                          decisions, suspect_labels(*suspects_of, labels, usable, digests))
 
 
 def _evaluate(head: Head, test: Sequence[LabeledImage], digests: dict[str, str], vectors: CachedEmbeddings,

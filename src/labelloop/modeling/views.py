@@ -43,6 +43,19 @@ def deploy_model(version: str, session: SessionDep, user: User = Operator) -> di
     return {"run_id": actions.deploy_version(version, user.username, session=session)}
 
 
+@router.get("/models/{version}/suspect-labels")
+def read_suspect_labels(version: str, session: SessionDep, _: User = Operator) -> list[dict[str, Any]]:
+    """Training images whose folder label the version's training confidently disagreed with, surest first."""
+    return service.suspect_labels(version, session=session)
+
+
+@router.post("/models/{version}/label-audit")
+def send_suspects_to_review(version: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
+    """Send the version's suspect training labels to human review as "Label Audit" loops (one per image,
+    none for an image already in review or no longer stored)."""
+    return actions.audit_suspect_labels(version, user.username, session=session)
+
+
 @router.post("/models/{version}/stop", status_code=202)
 def stop_model(version: str, session: SessionDep, user: User = Operator) -> dict[str, Any]:
     """Stop serving a version; returns the run id."""

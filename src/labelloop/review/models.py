@@ -25,6 +25,7 @@ class HumanLoopSource:
 
     DETECTION = "Detection"
     SAMPLING = "Human Sampling"
+    LABEL_AUDIT = "Label Audit"  # a training image whose folder label the model doubts (no detection)
 
 
 NONE_OF_THE_ABOVE = "None of the Above"
@@ -39,7 +40,8 @@ class HumanLoop(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     source: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=HumanLoopStatus.IN_PROGRESS, index=True)
-    detection_id: Mapped[int] = mapped_column(ForeignKey("detection_events.id"), unique=True, index=True)
+    detection_id: Mapped[int | None] = mapped_column(ForeignKey("detection_events.id"), unique=True, index=True,
+                                                     nullable=True)
     object_key: Mapped[str] = mapped_column(String(1024))
     model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     model_label: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -149,6 +149,35 @@ def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
         return as_dict(loop)
 
 
+def open_label_audit_loops(keys: list[str], actor: str, *, session: Session) -> list[dict[str, Any]]:
+    """Send training images (``images_labeled_by_folder/<label>/…``) back to review as "Label Audit" loops;
+    a key with an open audit loop gets no second one. Returns the new loops; :class:`ReviewError` names a key
+    that cannot be audited. (Minimal version: the review domain applies the answers.)"""
+    lifetime = template(session=session).loop_lifetime_hours
+    opened = []
+    for key in dict.fromkeys(keys):
+        label = storage.label_of(key)
+        if label is None or key.endswith("/"):
+            raise ReviewError(f"{key!r} is not a training image: a Label Audit reviews an image under "
+                              f"{LABELED_FOLDER}<label>/")
+        try:
+            storage.head_object(key)
+        except storage.ObjectNotFound:
+            raise ReviewError(f"{key!r} is not stored") from None
+        if session.scalar(select(HumanLoop.id).where(
+                HumanLoop.object_key == key, HumanLoop.source == HumanLoopSource.LABEL_AUDIT,
+                HumanLoop.status == HumanLoopStatus.IN_PROGRESS)) is not None:
+            continue
+        loop = HumanLoop(name=f"label-audit-{uuid.uuid4().hex[:12]}", source=HumanLoopSource.LABEL_AUDIT,
+                         object_key=key, model_label=label, expires_at=db.utcnow() + timedelta(hours=lifetime),
+                         task={"taskObject": key, "trainingLabel": label, "requestedBy": actor})
+        session.add(loop)
+        session.flush()
+        opened.append(as_dict(loop))
+    log.info("label audit loops opened", extra={"requested": len(keys), "opened": len(opened), "actor": actor})
+    return opened
+
+
 def get_loop(name: str, *, session: Session) -> HumanLoop:
     """The loop named ``name``."""
     loop = session.scalar(select(HumanLoop).where(HumanLoop.name == name))

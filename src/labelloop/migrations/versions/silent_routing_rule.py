@@ -1,7 +1,7 @@
 """detection events say which rule routed them and why
 
 Revision ID: silent_routing_rule
-Revises: fh_redetect_progress_unusable
+Revises: ql_label_audit_loops
 Create Date: 2026-12-05 16:50:00
 
 * ``detection_events.routing_rule``: the rule that sent the detection to a human (below the confidence
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'silent_routing_rule'
-down_revision: str | None = 'fh_redetect_progress_unusable'
+down_revision: str | None = 'ql_label_audit_loops'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
