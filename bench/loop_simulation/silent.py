@@ -249,26 +249,36 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), default="scenes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--cold-audits", type=int, default=silent.COLD_AUDITS,
+                        help="audit policy under trial: a new version's audits at rate 1")
+    parser.add_argument("--floor", type=float, default=silent.MINIMUM_RATE_ABOVE_TARGET,
+                        help="audit policy under trial: the lowest audit rate while the bound is above the target")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
+    # The policy is the product's module constants; a trial sets them for this process only.
+    trial = (args.cold_audits, args.floor) != (silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET)
+    silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET = args.cold_audits, args.floor
     w = world(args.task)
     rows = []
     for seed in args.seeds:
-        for arm, target in ARMS.items():
+        for arm in args.arms:
+            target = ARMS[arm]
             started = time.perf_counter()
             versions = run_arm(w, arm, target, seed, args.batch_size)
             rows += [v.row() for v in versions]
             print(f"seed {seed} {arm}: {len(versions)} versions in {time.perf_counter() - started:.0f} s", flush=True)
     result = {"task": args.task, "seeds": args.seeds, "batch_size": args.batch_size,
               "open_share": len(w.open_set) / (len(w.pool) - 2 * len(w.labels) + len(w.open_set)),
-              "summary": [summary(rows, arm) for arm in ARMS], "rows": rows}
+              "cold_audits": args.cold_audits, "floor": args.floor,
+              "summary": [summary(rows, arm) for arm in args.arms], "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"silent-{args.task}"
+    name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}" if trial else "")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
     (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))
     print(table(result))
-    if args.publish:
+    if args.publish and not trial:
         for suffix in ("md", "svg"):
             shutil.copy(OUT / f"{name}.{suffix}", DOCS / f"silent_errors_{args.task}.{suffix}")
 
