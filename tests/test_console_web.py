@@ -471,9 +471,14 @@ def test_detections_filters_plots_and_csv_export(console: Server, page: Page) ->
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [int(r["id"]) for r in rows] == [e["id"] for e in wanted]
     assert {r["label"] for r in rows} == {"amazon_logo"} and all(float(r["confidence"]) >= 50 for r in rows)
-    assert list(rows[0]) == ["id", "request_id", "created_at", "detected_at", "object_key", "etag", "status",
-                             "model_version", "label", "confidence", "threshold", "human_review_enabled", "sampled",
-                             "human_loop_name", "human_label", "human_worker", "human_answered_at"]
+    columns = list(rows[0])
+    assert columns[:19] == ["id", "request_id", "created_at", "detected_at", "object_key", "etag", "status",
+                            "model_version", "label", "confidence", "threshold", "human_review_enabled", "sampled",
+                            "human_loop_name", "human_label", "human_worker", "human_answered_at", "routing_rule",
+                            "review_reason"]
+    # Then the seed's DynamoDB column names, as aliases (its analytics keep working).
+    assert {"DetectLabelRequestId", "S3ObjectKey", "DetectedConfidenceLevel", "HumanLabel"} <= set(columns[19:])
+    assert all(r["S3ObjectKey"] == r["object_key"] and r["routing_rule"] for r in rows)
 
     # Sampled and answered: the sampled loops' detections.
     page.goto(f"{console.url}/detections?sampled=yes&answer=answered")
