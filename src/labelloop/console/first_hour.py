@@ -20,6 +20,9 @@ from labelloop.storage.models import DETECTION_FOLDER, LABELED_FOLDER
 from labelloop.workforce.models import Role, User
 
 UNUSABLE_SHOWN = 20
+# A training that ended this recently is still reported to the dashboard: one on a few cached images ends in
+# under a second, between two of the page's polls, and the page must still learn that a new version exists.
+RECENTLY_ENDED_SECONDS = 60
 WHAT_TO_DO_UNUSABLE = ("delete it, or put a JPEG, PNG, GIF, WebP, BMP or TIFF image in its place; it is left out "
                        "of training until then")
 
@@ -82,6 +85,25 @@ def training_progress(*, session: Session) -> dict[str, Any] | None:
     return {"training": True, "version": row.version, "phase": phase, "done": done, "total": total,
             "embedding": phase == "embedding", "images": row.image_count,
             "elapsed_s": round((db.utcnow() - started).total_seconds(), 1), "run_id": row.run_id}
+
+
+def recently_trained(*, session: Session) -> dict[str, Any] | None:
+    """The newest version if its training ended in the last ``RECENTLY_ENDED_SECONDS`` (``finished``, with its
+    status and training time), so a dashboard that missed a short training still shows it and reloads."""
+    row = newest_version(session=session)
+    if row is None or row.training_ended_at is None:
+        return None
+    ended = row.training_ended_at if row.training_ended_at.tzinfo else \
+        row.training_ended_at.replace(tzinfo=db.utcnow().tzinfo)
+    if (db.utcnow() - ended).total_seconds() > RECENTLY_ENDED_SECONDS:
+        return None
+    return {"training": False, "finished": True, "version": row.version, "status": row.status,
+            "training_seconds": row.training_seconds, "images": row.image_count, "run_id": row.run_id}
+
+
+def newest_version(*, session: Session) -> ModelVersion | None:
+    """The newest model version, whatever its status."""
+    return session.scalar(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1))
 
 
 def _moment(value: Any) -> datetime | None:

@@ -84,11 +84,13 @@ def _first_hour(data: dataset.TrainingData, *, session: Session) -> dict[str, An
     steps = first_hour.checklist(data, session=session)
     return {"checklist": steps, "checklist_done": sum(step.done for step in steps),
             "training_progress": first_hour.training_progress(session=session),
+            "newest_version": getattr(first_hour.newest_version(session=session), "version", ""),
             "problems": first_hour.problems(data)}
 
 
 @router.get("/dashboard/training-progress")
 def training_progress(session: SessionDep, _visitor: Operator) -> JSONResponse:
-    """The training in progress, for the dashboard's live indicator (``{"training": false}`` when none)."""
-    found = first_hour.training_progress(session=session)
+    """The training in progress, for the dashboard's live indicator; else a training that ended a moment ago
+    (``finished``); else ``{"training": false}``."""
+    found = first_hour.training_progress(session=session) or first_hour.recently_trained(session=session)
     return JSONResponse(found or {"training": False}, headers={"Cache-Control": "no-store"})

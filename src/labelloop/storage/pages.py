@@ -17,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 from labelloop import engine
 from labelloop.config import get_settings
 from labelloop.detection import service as detections
-from labelloop.detection.models import DetectionStatus
 from labelloop.loop import actions
 from labelloop.modeling import versions
 from labelloop.modeling.images import decode_image
@@ -145,8 +144,10 @@ def upload_outcome(run_id: str, session: SessionDep, _visitor: Operator) -> JSON
     event = detections.event_of_run(run_id, session=session)
     if event is None:
         return JSONResponse({"known": False}, headers={"Cache-Control": "no-store"})
+    # Known once its run has ended: the run records the detection, then opens the human loop (a moment later,
+    # in the same step), so a detected event alone may not say yet whether a reviewer gets it.
     finished = engine.run_status(run_id) in ("SUCCESS", "ERROR", "CANCELLED")
-    found = {"known": event.status != DetectionStatus.WAITING_FOR_MODEL or finished,
+    found = {"known": finished,
              "status": event.status, "label": event.label, "confidence": event.confidence,
              "model_version": event.model_version, "human_loop": event.human_loop_name,
              "message": event.status_message}

@@ -458,6 +458,17 @@ function setUpTrainingProgress() {
       bar.max = found.total || 1;
       const before = found.phase === "starting" || found.phase === "writing the manifest";
       bar.value = before ? 0 : found.embedding ? found.done : found.total;
+    } else if (found && found.finished && found.version !== box.dataset.newest) {
+      // A training that ended between two polls (a few cached images train in under a second): say so, then
+      // reload to show the new version.
+      box.hidden = false;
+      field("progress-version").textContent = found.version;
+      field("progress-phase").textContent = `${found.status}`;
+      field("progress-count").textContent = `${found.images} images`;
+      field("progress-elapsed").textContent = `trained in ${seconds(found.training_seconds || 0)}`;
+      field("progress-bar").value = field("progress-bar").max;
+      setTimeout(() => window.location.reload(), 1500);
+      return;
     } else if (found && training) {
       window.location.reload();  // it finished: the page shows the new version
       return;
