@@ -16,7 +16,8 @@ CHANGES = {
     "Enable-Automatic-Human-Sampling": "false",  # pauses the sampling schedule
     "Minimum-Untrained-Images": "42",
 }
-SCHEDULES = {"training-check": ("0 0 */4 * * *", "ACTIVE"), "human-sampling": ("0 0 */12 * * *", "PAUSED")}
+SCHEDULES = {"training-check": ("0 0 */4 * * *", "ACTIVE"), "human-sampling": ("0 0 */12 * * *", "PAUSED"),
+             "answer-sweep": ("0 */5 * * * *", "ACTIVE")}  # no recorded answer stays unapplied
 
 
 def png(seed: int) -> bytes:
@@ -102,7 +103,8 @@ def test_everything_survives_sigterm_and_sigkill(make_server) -> None:
         with server.client(token) as api:  # the token issued before the restart still works
             assert_kept(before, state(api))
         assert startup_schedule_actions(server, log_offset) == {"training-check": ["unchanged"],
-                                                                "human-sampling": ["unchanged"]}, \
+                                                                "human-sampling": ["unchanged"],
+                                                                "answer-sweep": ["unchanged"]}, \
             "the engine kept the schedules; the start did not have to re-create them"
 
 
