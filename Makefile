@@ -70,10 +70,13 @@ test-sqlite: install-test lint chromium postgresql test-images
 # The core suite again, every test server on its own PostgreSQL database. Left out: the ML unit tests (no
 # database), the browser tests (the pages call the services the API tests cover), the one-minute load and
 # fuzz runs, the worker scale-out test (it runs on PostgreSQL in the first pass already) and the in-process
-# training-data test (no server), and the answer kill test (the first pass runs it on both databases already).
+# training-data test (no server), the answer kill test (the first pass runs it on both databases already), the
+# F1 gate's two-minute loop (model logic over the same queries) and the memory and offline-docs checks (no
+# database in what they measure).
 PG_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_load.py --ignore=tests/test_fuzz.py \
 	--ignore=tests/test_web_portal.py --ignore=tests/test_console_web.py --ignore=tests/test_scale_workers.py \
-	--ignore=tests/test_first_hour_web.py --ignore=tests/test_training_data.py \
+	--ignore=tests/test_first_hour_web.py --ignore=tests/test_training_data.py --ignore=tests/test_f1_gate.py \
+	--ignore=tests/test_abuse.py --ignore=tests/test_docs_web.py \
 	-k "not test_answers_survive_sigkill_cycles"
 test-postgresql: install-test postgresql
 	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --database=postgresql $(PG_LEFT_OUT)

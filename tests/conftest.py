@@ -287,6 +287,8 @@ def seed_backbone(cache: Path) -> None:
         if not target.exists():
             try:
                 os.link(source, target)
+            except FileExistsError:  # a server sharing this cache, started beside this one, linked it just now
+                pass
             except OSError:
                 shutil.copyfile(source, target)
 
