@@ -153,20 +153,12 @@ def stop_version(version: str, actor: str, *, session: Session) -> str:
     return routing.start_stop(version, actor)
 
 
-def _stored(key: str) -> bool:
-    try:
-        storage.head_object(key)
-    except storage.ObjectNotFound:
-        return False
-    return True
-
-
 def audit_suspect_labels(version: str, actor: str, *, session: Session) -> dict[str, Any]:
     """Send a version's suspect training labels (its training's out-of-fold predictions confidently name
     another label) to human review as "Label Audit" loops. Images no longer stored (moved or deleted since)
     are passed over and listed; ``VersionNotFound`` for an unknown version."""
     suspects = models.suspect_labels(version, session=session)
-    stored = [s["key"] for s in suspects if _stored(s["key"])]
+    stored = [s["key"] for s in suspects if storage.object_exists(s["key"])]
     opened = reviews.open_label_audit_loops(stored, actor, session=session)
     gone = sorted({s["key"] for s in suspects} - set(stored))
     log.info("suspect labels sent to review", extra={"version": version, "actor": actor, "suspects": len(suspects),

@@ -646,18 +646,10 @@ def _move(name: str, source: str, target: str, etag: str | None) -> ObjectInfo |
     except (ImageChanged, storage.ObjectNotFound) as exc:
         _note(name, f"not moved: {exc}")
         return None
-    taken = _exists(target) and not _holds(target, etag)
+    taken = storage.object_exists(target) and not _holds(target, etag)
     info = storage.put_object(candidates[taken], data, source="human loop")
     storage.delete_object(source, actor=f"human loop {name}")
     return info
-
-
-def _exists(key: str) -> bool:
-    try:
-        storage.head_object(key)
-    except storage.ObjectNotFound:
-        return False
-    return True
 
 
 def _holds(key: str, etag: str | None) -> bool:

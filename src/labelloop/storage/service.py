@@ -185,6 +185,15 @@ def head_object(key: str) -> ObjectInfo:
     return backend().head(key)
 
 
+def object_exists(key: str) -> bool:
+    """Whether an object is stored at ``key``."""
+    try:
+        head_object(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 def list_objects(prefix: str = "") -> list[ObjectInfo]:
     """Objects under ``prefix`` sorted by key."""
     return backend().list(validate_prefix(prefix))
