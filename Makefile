@@ -61,11 +61,22 @@ postgresql:
 		for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done) || \
 		(echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1)
 
-# Every test twice: on the embedded default (SQLite), then with each test server on a fresh PostgreSQL database.
-test: test-sqlite test-postgresql
+# Every test twice, both passes at once (the tests mostly wait on their servers, so two passes share two cores
+# well): on the embedded default (SQLite), and with each test server on a fresh PostgreSQL database. Each line
+# of output starts with its pass; the exit status fails when either pass fails. `make test-sqlite` or
+# `make test-postgresql` runs one pass alone.
+SQLITE_PASS = LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest --basetemp=/tmp/labelloop-tests-sqlite
+POSTGRESQL_PASS = LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --basetemp=/tmp/labelloop-tests-postgresql --database=postgresql $(PG_LEFT_OUT)
+test: install-test lint chromium postgresql test-images
+	@echo "==> Two test passes at once: [sqlite] and [postgresql] (about 20 minutes)"
+	@( $(SQLITE_PASS) 2>&1 | sed -u 's/^/[sqlite] /' ) & sqlite=$$!; \
+	( $(POSTGRESQL_PASS) 2>&1 | sed -u 's/^/[postgresql] /' ) & postgresql=$$!; \
+	wait $$sqlite; sqlite_status=$$?; wait $$postgresql; postgresql_status=$$?; \
+	echo "==> SQLite pass exit status $$sqlite_status, PostgreSQL pass exit status $$postgresql_status"; \
+	test $$sqlite_status = 0 -a $$postgresql_status = 0
 
 test-sqlite: install-test lint chromium postgresql test-images
-	LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest
+	$(SQLITE_PASS)
 
 # The core suite again, every test server on its own PostgreSQL database. Left out: the ML unit tests (no
 # database), the browser tests (the pages call the services the API tests cover), the one-minute load and
@@ -79,7 +90,7 @@ PG_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_load.py --ignore=test
 	--ignore=tests/test_abuse.py --ignore=tests/test_docs_web.py \
 	-k "not test_answers_survive_sigkill_cycles"
 test-postgresql: install-test postgresql
-	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --database=postgresql $(PG_LEFT_OUT)
+	$(POSTGRESQL_PASS)
 
 bench: install
 	$(BIN)/python bench/bench_embedding.py
