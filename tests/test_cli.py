@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import ADMIN_PASSWORD, LABELLOOP, Server
+from conftest import ADMIN_PASSWORD, LABELLOOP, Server, wait_until
 
 LABELED = "images_labeled_by_folder/"
 
@@ -191,3 +191,45 @@ def test_login_saves_a_token_that_later_commands_use(shared_server: Server, tmp_
     after = run_cli(env, "params", "get", "Enable-Automatic-Training")
     assert after.returncode == 0, after.stderr
     assert after.stdout.strip() in ("true", "false")
+
+
+def test_loops_audit_undo_and_correct(make_server: Any, tmp_path: Path) -> None:
+    """`loops audit` opens Label Audit loops; `loops undo` takes the last answer back within its window;
+    `loops correct` moves an applied answer's image to the corrected label; `models suspects` names a bad version."""
+    server = make_server(LABELLOOP_UNDO_SECONDS="8")
+    env = cli_env(server, tmp_path / "config", server.token())
+    cat, dog = f"{LABELED}cat/one.png", f"{LABELED}dog/two.png"
+    with server.client() as api:
+        for n, key in enumerate((cat, dog, f"{LABELED}cat/three.png", f"{LABELED}dog/four.png")):
+            assert api.put(f"/objects/{key}", content=png(tmp_path / f"{n}.png", n)).status_code in (200, 201)
+
+    opened = run_cli(env, "loops", "audit", cat, dog, "--json")
+    assert opened.returncode == 0, opened.stderr
+    loops = {loop["object_key"]: loop["name"] for loop in json.loads(opened.stdout)}
+    assert sorted(loops) == [cat, dog] and all(n.startswith("label-audit-") for n in loops.values())
+
+    assert run_cli(env, "loops", "answer", loops[cat], "dog").returncode == 0  # applied after 8 s: corrected below
+    assert run_cli(env, "loops", "answer", loops[dog], "cat").returncode == 0
+    undone = run_cli(env, "loops", "undo")
+    assert undone.returncode == 0, undone.stderr
+    assert f"{loops[dog]}: answer taken back" in undone.stdout
+    with server.client() as api:
+        assert api.get(f"/human-loops/{loops[dog]}").json()["status"] == "InProgress"
+        moved = f"{LABELED}dog/one.png"
+        def server_keys() -> set[str]:
+            return set(keys_under(server, LABELED))
+
+        wait_until(lambda: moved in server_keys(), 60, 0.3, "the applied answer moving the image to dog/")
+
+        corrected = run_cli(env, "loops", "correct", loops[cat], "cat")
+        assert corrected.returncode == 0, corrected.stderr
+        assert f"{loops[cat]}: corrected to cat" in corrected.stdout
+        wait_until(lambda: cat in server_keys() and moved not in server_keys(), 60, 0.3,
+                   "the correction moving it back to cat/")
+        assert api.get(f"/human-loops/{loops[dog]}").json()["status"] == "InProgress", "the undone loop stays open"
+
+    late = run_cli(env, "loops", "undo")
+    assert late.returncode == 1 and late.stderr.strip(), "nothing left to undo: a clear error"
+    unknown = run_cli(env, "models", "suspects", "v404")
+    assert unknown.returncode == 1 and "v404" in unknown.stderr
+

@@ -29,8 +29,9 @@ app.add_typer(objects_app, name="objects")
 app.add_typer(runs_app, name="runs")
 app.add_typer(users_app, name="users")
 app.add_typer(training_app, name="training")
-models_app = typer.Typer(help="Model versions: list, show, deploy (or roll back), stop, export.", no_args_is_help=True)
-loops_app = typer.Typer(help="Human loops: list (any status), answer, stop; the task template.",
+models_app = typer.Typer(help="Model versions: list, show, suspects, deploy (or roll back), stop, export.",
+                         no_args_is_help=True)
+loops_app = typer.Typer(help="Human loops: list (any status), answer, undo, correct, audit, stop; the task template.",
                         no_args_is_help=True)
 sampling_app = typer.Typer(help="Human sampling: run now, agreement summary.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -486,6 +487,24 @@ def models_show(version: str, server: ServerOption = None, as_json: JsonOption =
            ["label", "precision", "recall", "f1", "support", "threshold"])
 
 
+@models_app.command("suspects")
+def models_suspects(version: str, send: Annotated[bool, typer.Option(
+                        "--send", help='Send them to review as "Label Audit" loops')] = False,
+                    server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Training images whose folder label the version's training confidently disagreed with; --send opens
+    a "Label Audit" loop for each one still stored."""
+    if send:
+        sent = _call(server, "POST", f"/models/{quote(version)}/label-audit")
+        if as_json:
+            print(json.dumps(sent, default=str))
+            return
+        console.print(f"{version}: {len(sent['opened'])} of {sent['suspects']} suspect(s) sent to review "
+                      f"({sent['already_open']} already in review, {len(sent['no_longer_stored'])} no longer stored)")
+        return
+    _print(_call(server, "GET", f"/models/{quote(version)}/suspect-labels"), as_json,
+           ["key", "label", "predicted", "confidence"])
+
+
 def _wait_run(server: str | None, run_id: str) -> dict[str, Any]:
     import time
 
@@ -630,6 +649,31 @@ def loops_answer(name: str, label: str, server: ServerOption = None) -> None:
     """Answer a human loop with a label or "None of the Above"."""
     answer = _call(server, "POST", f"/human-loops/{quote(name)}/answer", json={"label": label})
     console.print(f"{name}: {answer['answer_label']} (run {answer['run_id']})")
+
+
+@loops_app.command("undo")
+def loops_undo(server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Take back your last answer while its undo window lasts (the task is yours again)."""
+    loop = _call(server, "POST", "/human-loops/undo")
+    print(json.dumps(loop, default=str)) if as_json else console.print(f"{loop['name']}: answer taken back")
+
+
+@loops_app.command("correct")
+def loops_correct(name: str, label: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Correct an applied answer (operators): the training copy moves to LABEL, or goes for None of the Above."""
+    corrected = _call(server, "POST", f"/human-loops/{quote(name)}/correct", json={"label": label})
+    if as_json:
+        print(json.dumps(corrected, default=str))
+        return
+    console.print(f"{name}: corrected to {label} (run {corrected['run_id']})")
+
+
+@loops_app.command("audit")
+def loops_audit(keys: Annotated[list[str], typer.Argument(help="Training images (images_labeled_by_folder/…)")],
+                server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Send training images back to review as "Label Audit" loops; the answer moves or keeps each image."""
+    _print(_call(server, "POST", "/human-loops/label-audit", json={"keys": keys}), as_json,
+           ["name", "source", "status", "object_key"])
 
 
 @loops_app.command("template")
