@@ -175,6 +175,11 @@ def test_roles_decide_the_pages(shared_server: Server) -> None:
     worker, _ = signed_in(shared_server, "role-worker")
     review = worker.get("/review")
     assert review.status_code == 200 and 'href="/workforce' not in review.text
+    assert 'href="/reviewers"' not in review.text, "reviewer metrics are for operators and admins"
+    operator, _ = signed_in(shared_server, "role-operator", "operator")
+    dashboard = operator.get("/dashboard")
+    assert dashboard.status_code == 200 and 'href="/reviewers"' in dashboard.text, "the header links reviewers"
+    assert operator.get("/reviewers").status_code == 200
     for path in ("/workforce", "/workforce/teams", "/workforce/users/admin"):
         denied = worker.get(path)
         assert denied.status_code == 403 and 'href="/workforce' not in denied.text, path
