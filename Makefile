@@ -64,9 +64,13 @@ postgresql:
 # Every test twice, both passes at once (the tests mostly wait on their servers, so two passes share two cores
 # well): on the embedded default (SQLite), and with each test server on a fresh PostgreSQL database. Each line
 # of output starts with its pass; the exit status fails when either pass fails. `make test-sqlite` or
-# `make test-postgresql` runs one pass alone.
-SQLITE_PASS = LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest --basetemp=/tmp/labelloop-tests-sqlite
-POSTGRESQL_PASS = LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --basetemp=/tmp/labelloop-tests-postgresql --database=postgresql $(PG_LEFT_OUT)
+# `make test-postgresql` runs one pass alone. Tests without a database (tests/modeling) and the PostgreSQL
+# half of the answer kill test run in the PostgreSQL pass only, so both passes take about as long.
+KILL_TEST := tests/test_faults.py::test_answers_survive_sigkill_cycles_under_twelve_reviewers
+SQLITE_PASS = LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest \
+	--basetemp=/tmp/labelloop-tests-sqlite --ignore=tests/modeling --deselect "$(KILL_TEST)[postgresql]"
+POSTGRESQL_PASS = LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest \
+	--basetemp=/tmp/labelloop-tests-postgresql --database=postgresql $(PG_LEFT_OUT)
 test: install-test lint chromium postgresql test-images
 	@echo "==> Two test passes at once: [sqlite] and [postgresql] (about 20 minutes)"
 	@( $(SQLITE_PASS) 2>&1 | sed -u 's/^/[sqlite] /' ) & sqlite=$$!; \
@@ -78,18 +82,17 @@ test: install-test lint chromium postgresql test-images
 test-sqlite: install-test lint chromium postgresql test-images
 	$(SQLITE_PASS)
 
-# The core suite again, every test server on its own PostgreSQL database. Left out: the ML unit tests (no
-# database), the browser tests (the pages call the services the API tests cover), the one-minute load and
+# The core suite again, every test server on its own PostgreSQL database, and the tests with no database.
+# Left out: the browser tests (the pages call the services the API tests cover), the one-minute load and
 # fuzz runs, the worker scale-out test (it runs on PostgreSQL in the first pass already) and the in-process
-# training-data test (no server), the answer kill test (the first pass runs it on both databases already), the
-# F1 gate's two-minute loop (model logic over the same queries) and the memory and offline-docs checks (no
-# database in what they measure).
-PG_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_load.py --ignore=tests/test_fuzz.py \
+# training-data test (no server), the SQLite half of the answer kill test, the F1 gate's two-minute loop
+# (model logic over the same queries) and the memory and offline-docs checks (no database in what they
+# measure).
+PG_LEFT_OUT := --ignore=tests/test_load.py --ignore=tests/test_fuzz.py \
 	--ignore=tests/test_web_portal.py --ignore=tests/test_console_web.py --ignore=tests/test_scale_workers.py \
 	--ignore=tests/test_first_hour_web.py --ignore=tests/test_training_data.py --ignore=tests/test_f1_gate.py \
-	--ignore=tests/test_abuse.py --ignore=tests/test_docs_web.py \
-	-k "not test_answers_survive_sigkill_cycles"
-test-postgresql: install-test postgresql
+	--ignore=tests/test_abuse.py --ignore=tests/test_docs_web.py --deselect "$(KILL_TEST)[sqlite]"
+test-postgresql: install-test postgresql test-images
 	$(POSTGRESQL_PASS)
 
 bench: install
