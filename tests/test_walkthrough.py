@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -170,3 +173,35 @@ def test_seed_walkthrough(server: Server) -> None:
     assert after == before
     summary = api.get("/sampling/summary").json()
     assert summary["answers"] == 3 and 0 <= summary["agreement_rate"] <= 1
+
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")  # real photographs (Debian tuxpaint-stamps-default, `make test-images`)
+
+
+def real_photos(folder: str, count: int) -> dict[str, bytes]:
+    """The first ``count`` photo stamps of a Tux Paint folder (its cartoon drawings left out), by file name."""
+    if not STAMPS.is_dir():
+        if os.environ.get("LABELLOOP_REQUIRE_REAL_IMAGES") == "1":
+            pytest.fail(f"{STAMPS} is missing: run `make test-images`")
+        pytest.skip(f"{STAMPS} is missing: run `make test-images`")
+    paths = sorted(p for p in (STAMPS / folder).rglob("*.png") if "cartoon" not in p.parts)[:count]
+    return {p.name: p.read_bytes() for p in paths}
+
+
+def test_training_images_come_back_confident_on_real_photos(server: Server) -> None:
+    """The seed's step 3 on real photographs with the default parameters: 5 + 5 photos train v1, and each
+    training image uploaded for detection comes back with its own label at ≥ 70 (no Detection loop)."""
+    api = server.client()
+    training = {}
+    for folder, label in (("animals/birds", "bird"), ("animals/mammals", "mammal")):
+        for name, data in real_photos(folder, 5).items():
+            put(api, f"images_labeled_by_folder/{label}/{name}", data)
+            training[f"images_for_detection/{label}-{name}"] = (label, data)
+    check = server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+    assert check["status"] == "SUCCESS", check
+    wait_for_serving(server, api, "v1")
+    for key, (_, data) in training.items():
+        put(api, key, data)
+    for event in detections_for(api, list(training)):
+        assert event["label"] == training[event["object_key"]][0], event
+        assert event["confidence"] >= 70 and event["routing_rule"] != "below-confidence", event
