@@ -273,4 +273,8 @@ def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server
         for path in ("/dashboard", "/models/v1"):
             page = client.get(path).text
             assert report["sentence"] in page and "Silent errors of v1 by audits answered" in page, path
-        assert "Who sees a detection" in client.get("/parameters").text
+        settings = client.get("/parameters").text
+        assert "Who sees a detection" in settings and 'href="/detections?rule=audit"' in settings
+        log = client.get("/detections", params={"rule": "audit"}).text  # the rule and its reason on every row
+        assert all(key.rsplit("/", 1)[-1] in log for key in keys) and "audited (1 in 1): auto-accepted" in log
+        assert "Pick a routing rule from the list." in client.get("/detections", params={"rule": "nobody"}).text
