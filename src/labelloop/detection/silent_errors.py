@@ -324,8 +324,9 @@ def route(label: str, confidence: float, request_id: str, *, base: float, base_n
     rate = audit_rate(found, new)
     if draw(request_id) < rate:
         stratum = " (new to this version: the previous one was not confident)" if found.warm and new else ""
-        return Route(Rule.AUDIT, threshold, f"audited (1 in {1 / rate:.0f}){stratum}: {found.sentence} of "
-                     f"{found.model_version}, target {found.target:g} %")
+        of = f" of {found.model_version}" if found.overall.upper_bound is not None else ""  # else the sentence names it
+        return Route(Rule.AUDIT, threshold, f"audited (1 in {1 / rate:.0f}){stratum}: {found.sentence}{of}, "
+                     f"target {found.target:g} %")
     if confidence < threshold:
         bound = found.per_label.get(label)
         shown = f"≤ {bound.upper_bound:.1f} % wrong from {bound.audits} audits" if bound and bound.audits else \
