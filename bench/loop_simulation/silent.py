@@ -326,11 +326,15 @@ def main() -> None:
                         help="audit policy under trial: a new version's audits at rate 1")
     parser.add_argument("--floor", type=float, default=silent.MINIMUM_RATE_ABOVE_TARGET,
                         help="audit policy under trial: the lowest audit rate while the bound is above the target")
+    parser.add_argument("--split", type=float, nargs=3, default=silent.STRATA_SPLIT,
+                        help="warm start under trial: shares of the bound's 5 %% (known, new, share)")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
     # The policy is the product's module constants; a trial sets them for this process only.
-    trial = (args.cold_audits, args.floor) != (silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET)
+    trial = (args.cold_audits, args.floor, tuple(args.split)) != (silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET,
+                                                                  tuple(silent.STRATA_SPLIT))
     silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET = args.cold_audits, args.floor
+    silent.STRATA_SPLIT = tuple(args.split)
     w = world(args.task)
     rows = []
     for seed in args.seeds:
@@ -345,7 +349,8 @@ def main() -> None:
               "cold_audits": args.cold_audits, "floor": args.floor,
               "summary": [summary(rows, arm) for arm in args.arms], "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}" if trial else "")
+    name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}-split-"
+                                    f"{'-'.join(f'{x:g}' for x in args.split)}" if trial else "")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
     (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))
