@@ -53,6 +53,7 @@ THRESHOLD = 70.0  # Minimum-Label-Detection-Confidence, the seed's default
 MIN_UNTRAINED = 10  # Minimum-Untrained-Images, the seed's default
 ARMS = {"fixed rule": (0.0, False), "target 5 %": (5.0, False), "target 2 %": (2.0, False),
         "target 5 %, warm start": (5.0, True), "target 2 %, warm start": (2.0, True)}  # target, warm start
+CHARTED = ("fixed rule", "target 5 %", "target 5 %, warm start")  # the plot's lines (all five crowd it)
 TASKS = {"scenes": scene_task, "logos": logo_task, "objects": object_task}
 NONE_OF_THE_ABOVE = "None of the Above"
 
@@ -305,7 +306,8 @@ def chart(rows: list[dict[str, Any]], seed: int) -> str:
     """True silent-error rate of each version's auto-accepted detections, per arm, for one seed."""
     mine = [r for r in rows if r["seed"] == seed]
     count = max(r["version"] for r in mine)
-    arms = [arm for arm in ARMS if any(r["arm"] == arm for r in mine)]
+    arms = [arm for arm in CHARTED if any(r["arm"] == arm for r in mine)] or \
+        [arm for arm in ARMS if any(r["arm"] == arm for r in mine)]
     series = [(arm, [next((r["true_rate"] for r in mine if r["arm"] == arm and r["version"] == v), None)
                      for v in range(1, count + 1)]) for arm in arms]
     series += [(f"bound shown, {arm}", [next((r["bound"] for r in mine if r["arm"] == arm and r["version"] == v),
