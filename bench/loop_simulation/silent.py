@@ -256,22 +256,26 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     mine = [r for r in rows if r["arm"] == arm]
     seeds = sorted({r["seed"] for r in mine})
     reach = [answers_to_reach(rows, arm, s) for s in seeds]
+    reached = [r for r in reach if r is not None]
 
     def per_seed(key: str) -> list[float]:
         return [sum(r[key] for r in mine if r["seed"] == s) for s in seeds]
 
     auto, wrong = per_seed("auto_accepted"), per_seed("silent_errors")
+    rates = [100 * w / a if a else 0.0 for w, a in zip(wrong, auto, strict=True)]
     detections, humans = per_seed("detections"), per_seed("to_humans")
     cold_done = [r for r in mine if r["audits"] >= silent.COLD_AUDITS or r.get("warm")]
     judged = [r["covered"] for r in mine if r["covered"] is not None]
     last = [max((r for r in mine if r["seed"] == s), key=lambda r: r["version"]) for s in seeds]
     return {"arm": arm, "seeds": len(seeds), "versions": float(np.median([len([r for r in mine if r["seed"] == s])
                                                                           for s in seeds])),
-            "true_rate": float(np.median([100 * w / a if a else 0.0 for w, a in zip(wrong, auto, strict=True)])),
+            "true_rate": float(np.median(rates)),
             "true_rate_after_cold": (100 * sum(r["silent_errors"] for r in cold_done)
                                      / max(1, sum(r["auto_accepted"] for r in cold_done))) if cold_done else None,
             "human_share": float(np.median([h / d for h, d in zip(humans, detections, strict=True)])),
-            "human_answers": float(np.median(humans)),
+            "human_answers": float(np.median(humans)), "human_answers_range": [min(humans), max(humans)],
+            "answers_to_fixed_f1_range": [min(reached), max(reached)] if reached else None,
+            "true_rate_range": [min(rates), max(rates)],
             "answers_to_fixed_f1": float(np.median([r for r in reach if r is not None]))
             if any(r is not None for r in reach) else None,
             "reached_fixed_f1": sum(r is not None for r in reach),
@@ -285,20 +289,24 @@ def _fmt(value: Any, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
 
 
+def _range(pair: list[float] | None, pattern: str = "{:.0f}") -> str:
+    return "—" if pair is None else f"{pattern.format(pair[0])}–{pattern.format(pair[1])}"
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"{result['task']} task ({result['open_share']:.0%} of the stream open-set), threshold 70, seeds "
-             f"{result['seeds']}, batch {result['batch_size']}; medians over seeds unless said.", "",
-             "| rule | true silent-error rate of auto-accepted | after cold start (pooled) | bound shown, last version "
-             "| bound covers truth (versions) | sent to humans | human answers | answers to reach the fixed rule's "
-             "macro-F1 (seeds) | final macro-F1 | versions |",
+             f"{result['seeds']}, batch {result['batch_size']}; medians over seeds, (min–max) over seeds.", "",
+             "| rule | true silent-error rate of auto-accepted | after cold start (pooled) "
+             "| bound shown, last version | bound covers truth (versions) | sent to humans | human answers "
+             "| answers to reach the fixed rule's macro-F1 (seeds that did) | final macro-F1 | versions |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
-        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % | {_fmt(s['true_rate_after_cold'], '{:.1f} %')} "
-                     f"| {_fmt(s['last_bound'], '≤ {:.1f} %')} "
+        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % ({_range(s.get('true_rate_range'), '{:.1f}')}) "
+                     f"| {_fmt(s['true_rate_after_cold'], '{:.1f} %')} | {_fmt(s['last_bound'], '≤ {:.1f} %')} "
                      f"| {_fmt(s['coverage'], '{:.0%}')} ({s['covered_versions']}) | {s['human_share']:.0%} "
-                     f"| {s['human_answers']:.0f} "
-                     f"| {_fmt(s['answers_to_fixed_f1'], '{:.0f}')} ({s['reached_fixed_f1']}) "
-                     f"| {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
+                     f"| {s['human_answers']:.0f} ({_range(s.get('human_answers_range'))}) "
+                     f"| {_fmt(s['answers_to_fixed_f1'], '{:.0f}')} ({_range(s.get('answers_to_fixed_f1_range'))}; "
+                     f"{s['reached_fixed_f1']} of {s['seeds']}) | {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
