@@ -316,10 +316,13 @@ def chart(rows: list[dict[str, Any]], seed: int) -> str:
     count = max(r["version"] for r in mine)
     arms = [arm for arm in CHARTED if any(r["arm"] == arm for r in mine)] or \
         [arm for arm in ARMS if any(r["arm"] == arm for r in mine)]
-    series = [(arm, [next((r["true_rate"] for r in mine if r["arm"] == arm and r["version"] == v), None)
-                     for v in range(1, count + 1)]) for arm in arms]
-    series += [(f"bound shown, {arm}", [next((r["bound"] for r in mine if r["arm"] == arm and r["version"] == v),
-                                             None) for v in range(1, count + 1)]) for arm in arms if ARMS[arm][0]]
+    def by_version(arm: str, key: str) -> list[float | None]:
+        return [next((r[key] for r in mine if r["arm"] == arm and r["version"] == v), None)
+                for v in range(1, count + 1)]
+
+    series = [(arm, by_version(arm, "true_rate")) for arm in arms]
+    series += [(f"bound, {arm.replace('target ', '').replace(', warm start', ' warm')}", by_version(arm, "bound"))
+               for arm in arms if ARMS[arm][0]]
     return str(plots.line_chart([f"v{v}" for v in range(1, count + 1)], series,
                                 label=f"True silent-error rate of auto-accepted detections by version (seed {seed})",
                                 y_min=0, y_format="{:.0f}", y_title="% wrong", reference=(5.0, "5 %"),
