@@ -3,6 +3,7 @@ migrated to head."""
 
 from __future__ import annotations
 
+import typing
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ def request_drawing(at_least: float) -> str:
 
 
 def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
+    assert set(typing.get_args(silent.RoutingRule)) == set(silent.RULE_MEANINGS), "the API filter knows every rule"
     cold = estimate([])
     below = route(55.0, cold)
     assert (below.rule, below.threshold, below.to_review) == (silent.Rule.BELOW_CONFIDENCE, 70.0, True)
