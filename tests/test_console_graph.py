@@ -222,15 +222,15 @@ def test_nice_ticks(low: float, high: float, integer: bool, expected: list[float
 def test_detection_filters_from_the_form() -> None:
     filters, given, errors = parse_filters({"label": "cat", "min_confidence": "20", "max_confidence": "80",
                                             "sampled": "yes", "answer": "answered", "since": "2026-01-02",
-                                            "until": "2026-01-03", "status": "DETECTED"})
-    assert errors == {} and given["answer"] == "answered"
+                                            "until": "2026-01-03", "status": "DETECTED", "rule": "audit"})
+    assert errors == {} and given["answer"] == "answered" and filters["routing_rule"] == "audit"
     assert filters["label"] == "cat" and filters["min_confidence"] == 20 and filters["max_confidence"] == 80
     assert filters["sampled"] is True and filters["answered"] is True and filters["status"] == "DETECTED"
     assert filters["since"].isoformat() == "2026-01-02T00:00:00+00:00"
     assert filters["until"].isoformat().startswith("2026-01-03T23:59:59")
     filters, _, errors = parse_filters({"min_confidence": "abc", "max_confidence": "150", "answer": "dog",
-                                        "since": "yesterday", "sampled": "no"})
-    assert set(errors) == {"min_confidence", "max_confidence", "since"}
+                                        "since": "yesterday", "sampled": "no", "rule": "whoever"})
+    assert set(errors) == {"min_confidence", "max_confidence", "since", "rule"}
     assert filters == {"human_label": "dog", "sampled": False}
     _, _, errors = parse_filters({"min_confidence": "90", "max_confidence": "10"})
     assert "below" in errors["max_confidence"]

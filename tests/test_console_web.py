@@ -484,6 +484,15 @@ def test_detections_filters_plots_and_csv_export(console: Server, page: Page) ->
     page.goto(f"{console.url}/detections?sampled=yes&answer=answered")
     sampled = api.get("/detections", params={"sampled": True, "answered": True, "limit": 1000}).json()
     assert sampled and page.locator("#detections tbody tr").count() == len(sampled)
+    # Each row says which rule routed it and why; the log filters by that rule (the API too, refusing a bad one).
+    routed = next(e for e in api.get("/detections", params={"limit": 1000}).json() if e["routing_rule"])
+    page.goto(f"{console.url}/detections?rule={routed['routing_rule']}")
+    cell = page.inner_text(f"#detections tbody tr[data-id='{routed['id']}'] td.routing")
+    assert routed["routing_rule"] in cell and " ".join(routed["review_reason"].split()) in " ".join(cell.split())
+    same = api.get("/detections", params={"routing_rule": routed["routing_rule"], "limit": 1000}).json()
+    assert {e["routing_rule"] for e in same} == {routed["routing_rule"]}
+    assert page.locator("#detections tbody tr").count() == len(same)
+    assert api.get("/detections", params={"routing_rule": "whoever"}).status_code == 422
     # A bad confidence is explained next to the field, and ignored.
     page.goto(f"{console.url}/detections?min_confidence=abc")
     assert "A confidence is a number from 0 to 100." in page.inner_text("#detection-filters")

@@ -3,6 +3,7 @@ migrated to head."""
 
 from __future__ import annotations
 
+import typing
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ def request_drawing(at_least: float) -> str:
 
 
 def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
+    assert set(typing.get_args(silent.RoutingRule)) == set(silent.RULE_MEANINGS), "the API filter knows every rule"
     cold = estimate([])
     below = route(55.0, cold)
     assert (below.rule, below.threshold, below.to_review) == (silent.Rule.BELOW_CONFIDENCE, 70.0, True)
@@ -94,6 +96,57 @@ def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
     assert "threshold silent-error control set for a" in raised.reason
     assert route(99.0, found, mistakes, request_id=quiet).rule == silent.Rule.AUTO_ACCEPTED
     assert route(85.0, found, mistakes, label="b", request_id=quiet).rule == silent.Rule.AUTO_ACCEPTED
+
+
+def test_a_warm_start_bound_is_stratified_and_covers_the_truth() -> None:
+    """The stratified bound holds at 95 % whatever the strata's rates and share (each part at 1 − 0.05/3)."""
+    rng = np.random.default_rng(11)
+    cases = ((0.01, 0.2, 0.1, 150, 15, 300), (0.03, 0.03, 0.3, 60, 30, 100), (0.0, 0.5, 0.05, 200, 5, 500),
+             (0.04, 0.0, 0.5, 80, 40, 200))
+    for r_known, r_new, share, n_known, n_new, counted in cases:
+        truth = (1 - share) * r_known + share * r_new
+        covered = []
+        for _ in range(600):
+            known = [audit("a", 90, True)] * rng.binomial(n_known, r_known)
+            new = [audit("a", 90, True)] * rng.binomial(n_new, r_new)
+            known += [audit("a", 90, False)] * (n_known - len(known))
+            new += [audit("a", 90, False)] * (n_new - len(new))
+            _, bound = silent.stratified_bound(known, new, int(rng.binomial(counted, share)), counted)
+            covered.append(bound >= 100 * truth)
+        assert np.mean(covered) >= 0.95, (r_known, r_new, share)
+    # No audit of the new stratum yet: it may be all wrong, so the bound is at least its share.
+    _, unseen = silent.stratified_bound([audit("a", 90, False)] * 200, [], 10, 100)
+    assert unseen >= 10.0
+
+
+def warm_audit(wrong: bool = False, new: bool = False) -> silent.Audit:
+    return silent.Audit("a", 90, wrong, True, new)
+
+
+def test_a_warm_start_audits_only_what_the_backtest_does_not_cover() -> None:
+    """A version replacing another starts from the backtest: the known stratum at the steady rate once its own
+    bound meets the target; the new stratum (images the previous version was unsure of) starts cold."""
+    warm = silent.Warm(tuple([warm_audit()] * 150), new_accepted=3, accepted=300)
+    started = silent.estimate_from("v2", 5.0, [], 0, warm)
+    cold = silent.estimate_from("v2", 5.0, [], 0)
+    assert cold.overall.upper_bound is None and silent.audit_rate(cold) == 1.0
+    assert started.warm and started.known.audits == 150 and started.new_share == 0.01
+    assert started.above_target, "nothing seen in the new stratum yet"
+    assert silent.audit_rate(started, new=False) == silent.STEADY_RATE
+    assert silent.audit_rate(started, new=True) == 1.0
+    routed = route(93.0, started, started_audits := list(warm.backtest), request_id=request_drawing(0.5))
+    assert routed.rule == silent.Rule.AUTO_ACCEPTED, "a known image is not audited at the cold rate"
+    new = silent.route("a", 93.0, "r", base=70.0, base_name=silent.MINIMUM_CONFIDENCE, review=True, found=started,
+                       audits=started_audits, new=True)
+    assert new.rule == silent.Rule.AUDIT and "new to this version" in new.reason and "warm start" in new.reason
+    # A few clean answers in the new stratum bring the bound under the target: everything relaxes.
+    fresh = [warm_audit(new=True)] * 12
+    relaxed = silent.estimate_from("v2", 5.0, fresh, 12, warm.counting(True), new_opened=12)
+    assert not relaxed.above_target and silent.audit_rate(relaxed, new=True) == silent.STEADY_RATE
+    # A mistake in the backtest keeps the known stratum audited (its own bound is above the target).
+    worse = silent.Warm(tuple([warm_audit()] * 40 + [warm_audit(wrong=True)] * 3), 3, 300)
+    found = silent.estimate_from("v2", 5.0, [], 0, worse)
+    assert found.known.upper_bound > 5.0 and silent.audit_rate(found) == pytest.approx(20 / 44)
 
 
 @pytest.fixture
@@ -222,4 +275,8 @@ def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server
         for path in ("/dashboard", "/models/v1"):
             page = client.get(path).text
             assert report["sentence"] in page and "Silent errors of v1 by audits answered" in page, path
-        assert "Who sees a detection" in client.get("/parameters").text
+        settings = client.get("/parameters").text
+        assert "Who sees a detection" in settings and 'href="/detections?rule=audit"' in settings
+        log = client.get("/detections", params={"rule": "audit"}).text  # the rule and its reason on every row
+        assert all(key.rsplit("/", 1)[-1] in log for key in keys) and "audited (1 in 1): auto-accepted" in log
+        assert "Pick a routing rule from the list." in client.get("/detections", params={"rule": "nobody"}).text

@@ -51,7 +51,9 @@ from .run import DOCS, OUT
 
 THRESHOLD = 70.0  # Minimum-Label-Detection-Confidence, the seed's default
 MIN_UNTRAINED = 10  # Minimum-Untrained-Images, the seed's default
-ARMS = {"fixed rule": 0.0, "target 5 %": 5.0, "target 2 %": 2.0}
+ARMS = {"fixed rule": (0.0, False), "target 5 %": (5.0, False), "target 2 %": (2.0, False),
+        "target 5 %, warm start": (5.0, True), "target 2 %, warm start": (2.0, True)}  # target, warm start
+CHARTED = ("fixed rule", "target 5 %", "target 5 %, warm start")  # the plot's lines (all five crowd it)
 TASKS = {"scenes": scene_task, "logos": logo_task, "objects": object_task}
 NONE_OF_THE_ABOVE = "None of the Above"
 
@@ -121,6 +123,9 @@ class Version:
     audits: int = 0
     labels_given: int = 0
     bound: float | None = None  # percent, the bound shown at the end of the version
+    warm: bool = False  # started warm (a backtest and a stratified bound) rather than cold
+    backtest: int = 0  # backtest audits it started with
+    new_share: float | None = None  # its would-be auto-accepted detections the previous version was unsure of
 
     @property
     def true_rate(self) -> float | None:
@@ -137,7 +142,39 @@ class Version:
                 "human_share": self.to_humans / self.detections if self.detections else None}
 
 
-def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int) -> list[Version]:
+@dataclass
+class Stream:
+    """What an arm knows as versions replace each other: the audited images (their answers known) and the
+    serving version's detections (for the next version's warm start)."""
+
+    audited: list[Item] = field(default_factory=list)
+    window: list[tuple[Item, bool]] = field(default_factory=list)  # (image, the serving version was confident)
+
+
+def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: set[str]) -> silent.Warm:
+    """The backtest of ``head`` replacing ``previous``: the earlier audits it did not train on, scored by it,
+    that both would auto-accept; and the new stratum's share counted on ``previous``'s detections."""
+    backtest: list[silent.Audit] = []
+    usable = [item for item in stream.audited if item.key not in trained]
+    if usable:
+        before, after = previous.predict_proba(w.x(usable)), head.predict_proba(w.x(usable))
+        for item, old, p in zip(usable, before, after, strict=True):
+            label, confidence = head.labels[int(p.argmax())], float(100 * p.max())
+            if 100 * old.max() >= THRESHOLD:
+                backtest.append(silent.Audit(label, confidence, item.label != label, confidence >= THRESHOLD))
+    # A window image it trained on reads more confident than it would: counted only where that errs high.
+    window = [(item, sure) for item, sure in stream.window if not (sure and item.key in trained)]
+    new = accepted = 0
+    if window:
+        for (_, sure), p in zip(window, head.predict_proba(w.x([item for item, _ in window])), strict=True):
+            if 100 * p.max() >= THRESHOLD:
+                accepted += 1
+                new += not sure
+    return silent.Warm(tuple(backtest), new, accepted)
+
+
+def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_start_on: bool = False
+            ) -> list[Version]:
     """One arm over one seeded stream: the versions it served."""
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[Item]] = {}
@@ -149,25 +186,35 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int) -> li
     stream = [rest[i] for i in rng.permutation(len(rest))]
     known = set(w.labels)
     head, answers, untrained = w.train(labeled, seed), 0, 0
+    previous: Head | None = None
     versions = [Version(arm, seed, 1, w.macro_f1(head), 0)]
     audits: list[silent.Audit] = []
+    seen, warm, new_opened = Stream(), None, 0
     for start in range(0, len(stream), batch_size):
         batch = stream[start:start + batch_size]
         current = versions[-1]
         proba = head.predict_proba(w.x(batch))
-        for item, p in zip(batch, proba, strict=True):
+        before = previous.predict_proba(w.x(batch)).max(1) if warm is not None else np.ones(len(batch))
+        for item, p, old in zip(batch, proba, before, strict=True):
             label, confidence = head.labels[int(p.argmax())], float(100 * p.max())
-            found = silent.estimate_from(f"v{current.version}", target, audits, current.audits)
+            new = warm is not None and 100 * old < THRESHOLD
+            found = silent.estimate_from(f"v{current.version}", target, audits, current.audits, warm, new_opened)
             routed = silent.route(label, confidence, f"{seed}-{arm}-{item.key}", base=THRESHOLD,
-                                  base_name=silent.MINIMUM_CONFIDENCE, review=True, found=found, audits=audits)
+                                  base_name=silent.MINIMUM_CONFIDENCE, review=True, found=found,
+                                  audits=[*warm.backtest, *audits] if warm else audits, new=new)
             wrong = item.label != label  # an open-set crop is always wrong
             current.detections += 1
+            seen.window.append((item, confidence >= THRESHOLD))
+            if warm is not None and confidence >= THRESHOLD:
+                warm = warm.counting(new)
             if routed.to_review:
                 current.to_humans += 1
                 answers += 1
             if routed.rule == silent.Rule.AUDIT:
                 current.audits += 1
-                audits.append(silent.Audit(label, confidence, wrong, confidence >= routed.threshold))
+                new_opened += new
+                seen.audited.append(item)
+                audits.append(silent.Audit(label, confidence, wrong, confidence >= routed.threshold, new))
             elif routed.to_review and item.label in known:
                 labeled.append(item)
                 current.labels_given += 1
@@ -179,33 +226,59 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int) -> li
                                                             and confidence >= routed.threshold):
                 current.would_accept += 1
                 current.would_accept_wrong += wrong
-        current.bound = silent.estimate_from("v", target, audits, current.audits).overall.upper_bound
+        ended = silent.estimate_from("v", target, audits, current.audits, warm, new_opened)
+        current.bound, current.new_share = ended.overall.upper_bound, ended.new_share
         if untrained >= MIN_UNTRAINED:
-            head, untrained, audits = w.train(labeled, seed), 0, []
-            versions.append(Version(arm, seed, current.version + 1, w.macro_f1(head), answers))
+            previous, head, untrained, audits, new_opened = head, w.train(labeled, seed), 0, [], 0
+            warm = warm_start(w, head, previous, seen, {i.key for i in labeled}) if warm_start_on else None
+            seen.window = []
+            versions.append(Version(arm, seed, current.version + 1, w.macro_f1(head), answers, warm=warm is not None,
+                                    backtest=len(warm.backtest) if warm else 0))
     return versions
+
+
+F1_TOLERANCE = 0.005  # "the same macro-F1": within this of the fixed rule's final one (one test crop ≈ 0.003)
+
+
+def answers_to_reach(rows: list[dict[str, Any]], arm: str, seed: int) -> int | None:
+    """Human answers ``arm`` spent before its first version whose macro-F1 is the fixed rule's final one on the
+    same seed (within F1_TOLERANCE); None without a fixed-rule run or when it never gets there."""
+    fixed = [r for r in rows if r["arm"] == "fixed rule" and r["seed"] == seed]
+    if not fixed:
+        return None
+    goal = max(fixed, key=lambda r: r["version"])["macro_f1"] - F1_TOLERANCE
+    reached = [r for r in rows if r["arm"] == arm and r["seed"] == seed and r["macro_f1"] >= goal]
+    return min(reached, key=lambda r: r["version"])["human_answers_before"] if reached else None
 
 
 def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     """One arm over every seed: totals and medians."""
     mine = [r for r in rows if r["arm"] == arm]
     seeds = sorted({r["seed"] for r in mine})
+    reach = [answers_to_reach(rows, arm, s) for s in seeds]
+    reached = [r for r in reach if r is not None]
 
     def per_seed(key: str) -> list[float]:
         return [sum(r[key] for r in mine if r["seed"] == s) for s in seeds]
 
     auto, wrong = per_seed("auto_accepted"), per_seed("silent_errors")
+    rates = [100 * w / a if a else 0.0 for w, a in zip(wrong, auto, strict=True)]
     detections, humans = per_seed("detections"), per_seed("to_humans")
-    cold_done = [r for r in mine if r["audits"] >= silent.COLD_AUDITS]
+    cold_done = [r for r in mine if r["audits"] >= silent.COLD_AUDITS or r.get("warm")]
     judged = [r["covered"] for r in mine if r["covered"] is not None]
     last = [max((r for r in mine if r["seed"] == s), key=lambda r: r["version"]) for s in seeds]
     return {"arm": arm, "seeds": len(seeds), "versions": float(np.median([len([r for r in mine if r["seed"] == s])
                                                                           for s in seeds])),
-            "true_rate": float(np.median([100 * w / a if a else 0.0 for w, a in zip(wrong, auto, strict=True)])),
+            "true_rate": float(np.median(rates)),
             "true_rate_after_cold": (100 * sum(r["silent_errors"] for r in cold_done)
                                      / max(1, sum(r["auto_accepted"] for r in cold_done))) if cold_done else None,
             "human_share": float(np.median([h / d for h, d in zip(humans, detections, strict=True)])),
-            "human_answers": float(np.median(humans)),
+            "human_answers": float(np.median(humans)), "human_answers_range": [min(humans), max(humans)],
+            "answers_to_fixed_f1_range": [min(reached), max(reached)] if reached else None,
+            "true_rate_range": [min(rates), max(rates)],
+            "answers_to_fixed_f1": float(np.median([r for r in reach if r is not None]))
+            if any(r is not None for r in reach) else None,
+            "reached_fixed_f1": sum(r is not None for r in reach),
             "final_macro_f1": float(np.median([r["macro_f1"] for r in last])),
             "coverage": float(np.mean(judged)) if judged else None, "covered_versions": len(judged),
             "last_bound": float(np.median([r["bound"] for r in last if r["bound"] is not None]))
@@ -216,17 +289,24 @@ def _fmt(value: Any, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
 
 
+def _range(pair: list[float] | None, pattern: str = "{:.0f}") -> str:
+    return "—" if pair is None else f"{pattern.format(pair[0])}–{pattern.format(pair[1])}"
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"{result['task']} task ({result['open_share']:.0%} of the stream open-set), threshold 70, seeds "
-             f"{result['seeds']}, batch {result['batch_size']}; medians over seeds unless said.", "",
-             "| rule | true silent-error rate of auto-accepted | after cold start (pooled) | bound shown, last version "
-             "| bound covers truth (versions) | sent to humans | human answers | final macro-F1 | versions |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{result['seeds']}, batch {result['batch_size']}; medians over seeds, (min–max) over seeds.", "",
+             "| rule | true silent-error rate of auto-accepted | after cold start (pooled) "
+             "| bound shown, last version | bound covers truth (versions) | sent to humans | human answers "
+             "| answers to reach the fixed rule's macro-F1 (seeds that did) | final macro-F1 | versions |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
-        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % | {_fmt(s['true_rate_after_cold'], '{:.1f} %')} "
-                     f"| {_fmt(s['last_bound'], '≤ {:.1f} %')} "
+        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % ({_range(s.get('true_rate_range'), '{:.1f}')}) "
+                     f"| {_fmt(s['true_rate_after_cold'], '{:.1f} %')} | {_fmt(s['last_bound'], '≤ {:.1f} %')} "
                      f"| {_fmt(s['coverage'], '{:.0%}')} ({s['covered_versions']}) | {s['human_share']:.0%} "
-                     f"| {s['human_answers']:.0f} | {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
+                     f"| {s['human_answers']:.0f} ({_range(s.get('human_answers_range'))}) "
+                     f"| {_fmt(s['answers_to_fixed_f1'], '{:.0f}')} ({_range(s.get('answers_to_fixed_f1_range'))}; "
+                     f"{s['reached_fixed_f1']} of {s['seeds']}) | {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,10 +314,15 @@ def chart(rows: list[dict[str, Any]], seed: int) -> str:
     """True silent-error rate of each version's auto-accepted detections, per arm, for one seed."""
     mine = [r for r in rows if r["seed"] == seed]
     count = max(r["version"] for r in mine)
-    series = [(arm, [next((r["true_rate"] for r in mine if r["arm"] == arm and r["version"] == v), None)
-                     for v in range(1, count + 1)]) for arm in ARMS]
-    series += [(f"bound shown, {arm}", [next((r["bound"] for r in mine if r["arm"] == arm and r["version"] == v),
-                                             None) for v in range(1, count + 1)]) for arm in list(ARMS)[1:]]
+    arms = [arm for arm in CHARTED if any(r["arm"] == arm for r in mine)] or \
+        [arm for arm in ARMS if any(r["arm"] == arm for r in mine)]
+    def by_version(arm: str, key: str) -> list[float | None]:
+        return [next((r[key] for r in mine if r["arm"] == arm and r["version"] == v), None)
+                for v in range(1, count + 1)]
+
+    series = [(arm, by_version(arm, "true_rate")) for arm in arms]
+    series += [(f"bound, {arm.replace('target ', '').replace(', warm start', ' warm')}", by_version(arm, "bound"))
+               for arm in arms if ARMS[arm][0]]
     return str(plots.line_chart([f"v{v}" for v in range(1, count + 1)], series,
                                 label=f"True silent-error rate of auto-accepted detections by version (seed {seed})",
                                 y_min=0, y_format="{:.0f}", y_title="% wrong", reference=(5.0, "5 %"),
@@ -254,18 +339,22 @@ def main() -> None:
                         help="audit policy under trial: a new version's audits at rate 1")
     parser.add_argument("--floor", type=float, default=silent.MINIMUM_RATE_ABOVE_TARGET,
                         help="audit policy under trial: the lowest audit rate while the bound is above the target")
+    parser.add_argument("--split", type=float, nargs=3, default=silent.STRATA_SPLIT,
+                        help="warm start under trial: shares of the bound's 5 %% (known, new, share)")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
     # The policy is the product's module constants; a trial sets them for this process only.
-    trial = (args.cold_audits, args.floor) != (silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET)
+    trial = (args.cold_audits, args.floor, tuple(args.split)) != (silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET,
+                                                                  tuple(silent.STRATA_SPLIT))
     silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET = args.cold_audits, args.floor
+    silent.STRATA_SPLIT = tuple(args.split)
     w = world(args.task)
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
-            target = ARMS[arm]
+            target, warm_start_on = ARMS[arm]
             started = time.perf_counter()
-            versions = run_arm(w, arm, target, seed, args.batch_size)
+            versions = run_arm(w, arm, target, seed, args.batch_size, warm_start_on)
             rows += [v.row() for v in versions]
             print(f"seed {seed} {arm}: {len(versions)} versions in {time.perf_counter() - started:.0f} s", flush=True)
     result = {"task": args.task, "seeds": args.seeds, "batch_size": args.batch_size,
@@ -273,7 +362,8 @@ def main() -> None:
               "cold_audits": args.cold_audits, "floor": args.floor,
               "summary": [summary(rows, arm) for arm in args.arms], "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}" if trial else "")
+    name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}-split-"
+                                    f"{'-'.join(f'{x:g}' for x in args.split)}" if trial else "")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
     (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))

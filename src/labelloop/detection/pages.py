@@ -12,7 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from labelloop.detection import service
+from labelloop.detection import service, silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.detection.views import export_detections
 from labelloop.loop import actions
@@ -33,7 +33,7 @@ DAYS_SHOWN = 60
 PLOT_WIDTH = 400
 LABELS_SHOWN = 7
 STATUSES = (DetectionStatus.DETECTED, DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.REJECTED)
-FIELDS = ("label", "min_confidence", "max_confidence", "sampled", "answer", "since", "until", "status")
+FIELDS = ("label", "min_confidence", "max_confidence", "sampled", "answer", "since", "until", "status", "rule")
 
 
 def parse_filters(params: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
@@ -72,6 +72,10 @@ def parse_filters(params: dict[str, str]) -> tuple[dict[str, Any], dict[str, str
                 errors[name] = "A date looks like 2026-01-31."
     if given["status"] in STATUSES:
         filters["status"] = given["status"]
+    if given["rule"] in silent_errors.RULE_MEANINGS:
+        filters["routing_rule"] = given["rule"]
+    elif given["rule"]:
+        errors["rule"] = "Pick a routing rule from the list."
     return filters, given, errors
 
 
@@ -130,7 +134,8 @@ def detections_page(request: Request, session: SessionDep, _visitor: Operator, p
                                      width=PLOT_WIDTH),
         "per_day": per_label_per_day(everything), "agreement": agreement_plot(summary), "summary": summary,
         "threshold": threshold, "section": "detections", "label_choices": reviews.label_choices(session=session),
-        "none_of_the_above": NONE_OF_THE_ABOVE, "corrected": _corrected_notice(request)})
+        "none_of_the_above": NONE_OF_THE_ABOVE, "corrected": _corrected_notice(request),
+        "rules": silent_errors.RULE_MEANINGS})
 
 
 def _corrected_notice(request: Request) -> dict[str, str] | None:
@@ -158,5 +163,5 @@ def export_page(request: Request, session: SessionDep, _visitor: Operator) -> Re
     """The filtered log as CSV, through the API's own export."""
     filters, _, _ = parse_filters(dict(request.query_params))
     keys = ("label", "min_confidence", "max_confidence", "sampled", "human_label", "answered", "since", "until",
-            "status")
+            "status", "routing_rule")
     return export_detections(session, {**dict.fromkeys(keys), **filters, "limit": EXPORT_LIMIT, "offset": 0}, None)

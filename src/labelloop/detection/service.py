@@ -234,8 +234,9 @@ def waiting_events() -> list[tuple[int, str | None]]:
 def list_events(*, session: Session, label: str | None = None, min_confidence: float | None = None,
                 max_confidence: float | None = None, sampled: bool | None = None, human_label: str | None = None,
                 answered: bool | None = None, since: datetime | None = None, until: datetime | None = None,
-                status: str | None = None, limit: int = 500, offset: int = 0) -> list[DetectionEvent]:
-    """Detection events, newest first, filtered."""
+                status: str | None = None, routing_rule: str | None = None, limit: int = 500,
+                offset: int = 0) -> list[DetectionEvent]:
+    """Detection events, newest first, filtered (``routing_rule``: the rule that routed it, silent_errors.Rule)."""
     query = select(DetectionEvent).order_by(DetectionEvent.id.desc()).limit(limit).offset(offset)
     conditions = [
         (label, lambda: DetectionEvent.label == label),
@@ -248,6 +249,7 @@ def list_events(*, session: Session, label: str | None = None, min_confidence: f
         (since, lambda: DetectionEvent.created_at >= since),
         (until, lambda: DetectionEvent.created_at <= until),
         (status, lambda: DetectionEvent.status == status),
+        (routing_rule, lambda: DetectionEvent.routing_rule == routing_rule),
     ]
     for given, condition in conditions:
         if given is not None:

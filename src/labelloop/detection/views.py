@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from labelloop.detection import service
+from labelloop.detection.silent_errors import RoutingRule
 from labelloop.loop import actions
 from labelloop.review import service as reviews
 from labelloop.web.dependencies import SessionDep, require
@@ -41,17 +42,20 @@ class RedetectRequest(BaseModel):
 def _filters(label: str | None = None, min_confidence: float | None = Query(None, ge=0, le=100),
              max_confidence: float | None = Query(None, ge=0, le=100), sampled: bool | None = None,
              human_label: str | None = None, answered: bool | None = None, since: datetime | None = None,
-             until: datetime | None = None, status: str | None = None, limit: int = Query(500, ge=1, le=100000),
-             offset: int = Query(0, ge=0, le=1_000_000_000)) -> dict[str, Any]:
+             until: datetime | None = None, status: str | None = None,
+             routing_rule: RoutingRule | None = Query(None, description="the rule that routed it"),
+             limit: int = Query(500, ge=1, le=100000), offset: int = Query(0, ge=0, le=1_000_000_000)
+             ) -> dict[str, Any]:
     return {"label": label, "min_confidence": min_confidence, "max_confidence": max_confidence,
             "sampled": sampled, "human_label": human_label, "answered": answered, "since": since,
-            "until": until, "status": status, "limit": limit, "offset": offset}
+            "until": until, "status": status, "routing_rule": routing_rule, "limit": limit, "offset": offset}
 
 
 @router.get("")
 def list_detections(session: SessionDep, filters: dict[str, Any] = Depends(_filters),
                     _: User = Operator) -> list[dict[str, Any]]:
-    """Detection events, newest first, filtered by label, confidence range, sampled, human answer, date."""
+    """Detection events, newest first, filtered by label, confidence range, sampled, human answer, date, status
+    and the rule that routed them."""
     return [service.as_dict(event) for event in service.list_events(**filters, session=session)]
 
 
