@@ -95,7 +95,7 @@ def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, 
         quantize_static(str(prepared), str(quantized), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=tail, extra_options={"CalibMaxIntermediateOutputs": 4})
+                        nodes_to_exclude=tail)
         proto = onnx.load(str(quantized))
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != FINGERPRINT_KEY]
     del proto.metadata_props[:]
