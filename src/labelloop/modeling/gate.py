@@ -15,6 +15,9 @@ evaluation, so a user sees why it deployed or not):
 Why not the test split alone: under the human loop the test split fills up with the images the model found
 hardest, so its F1 reads low (measured on load_digits: 0.41–0.75 while the same versions scored 0.78–0.95
 on held-out images), and from a handful of starting images nothing would ever deploy.
+
+Each version's head judges embeddings of its own backbone: a version trained with Quantize-Backbone whose int8
+twin serves is judged on its int8 embeddings, the serving version it is compared with on its own.
 """
 
 from __future__ import annotations
