@@ -6,7 +6,7 @@ Create Date: 2026-12-05 19:40:00
 
 * ``model_versions.backbone_fingerprint``: the fingerprint of the int8 backbone the version serves with
   (Quantize-Backbone); NULL for the shared fp32 backbone (every version before this one).
-* ``model_versions.backbone_int8``: that ONNX file (about 5 MB), so every worker can load it.
+* ``model_versions.backbone_int8``: that ONNX file (about 9 MB), so every worker can load it.
 """
 
 from collections.abc import Sequence
