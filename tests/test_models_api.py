@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import Server, server_env, wait_until
-from images import box_logo, encode, smile_logo, upload_training_set
+from images import blend, box_logo, encode, smile_logo, upload_training_set
 from labelloop.modeling.images import prepare
 
 pytestmark = pytest.mark.timeout(600)
@@ -200,3 +200,40 @@ def test_many_concurrent_detects_all_answer(trained: Server) -> None:
     with trained.client(token) as api:  # each concurrent answer is the one a lone request gets
         for i in (0, 1, 39):
             assert __import__("json").loads(answers[i][1]) == detect(api, images[i])
+
+
+def _quantize_nodes(model: bytes) -> int:
+    import onnx
+
+    return sum(node.op_type == "QuantizeLinear" for node in onnx.load_from_string(model).graph.node)
+
+
+def test_quantize_backbone_serves_and_exports_the_versions_int8_twin(trained: Server) -> None:
+    """Quantize-Backbone on: the next version trains an int8 twin, serves it (its answers are those of its own
+    exported int8 graph) and exports it; the versions trained with it off keep the fp32 backbone."""
+    with trained.client() as api:
+        assert api.get("/parameters/Quantize-Backbone").json()["value"] == "false"
+        assert api.put("/parameters/Quantize-Backbone", json={"value": "on"}).status_code == 422
+        assert api.put("/parameters/Quantize-Backbone", json={"value": "true"}).status_code == 200
+        upload_training_set(api, 5, offset=10)
+        run = trained.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+        assert run["output"]["version"] == "v3", run
+        v3, v2 = api.get("/models/v3").json(), api.get("/models/v2").json()
+        assert v3["status"] == "RUNNING", v3["status_message"]
+        quantized = v3["evaluation"]["int8"]
+        assert quantized["serves"], quantized["reason"]
+        assert quantized["calibration_images"] == v3["train_images"]
+        assert quantized["fp32_evaluation"]["f1"] == quantized["fp32_f1"] and v3["f1"] == quantized["f1"]
+        assert v2["evaluation"].get("int8") is None
+        exported = {version: api.get(f"/models/{version}/export").content for version in ("v2", "v3")}
+        images = [smile_logo(70), box_logo(71), blend(72)]
+        served = [detect(api, data) for data in images]
+        assert api.put("/parameters/Quantize-Backbone", json={"value": "false"}).status_code == 200
+    assert _quantize_nodes(exported["v2"]) == 0 and _quantize_nodes(exported["v3"]) > 50
+    session = ort.InferenceSession(exported["v3"], providers=["CPUExecutionProvider"])
+    labels = __import__("json").loads(session.get_modelmeta().custom_metadata_map["labels"])
+    [probabilities] = session.run(None, {"input": np.stack([prepare(data) for data in images])})
+    for row, answer in zip(probabilities, served, strict=True):
+        assert answer["model_version"] == "v3"
+        for label in answer["labels"]:
+            assert abs(row[labels.index(label["name"])] * 100 - label["confidence"]) < 1e-2

@@ -17,9 +17,12 @@ import numpy as np
 
 from labelloop import db
 from labelloop.config import get_settings
+from labelloop.files import atomic_write_bytes
+from labelloop.modeling import int8
 from labelloop.modeling.embedding import Embedder, EmbeddingCache, default_threads
 from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, stored_fingerprint
 from labelloop.modeling.images import prepare
+from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.predict import ranked
 from labelloop.modeling.serving import LoadedVersion, NoModelServing, Serving
 from labelloop.modeling.versions import ModelError, get_version, head_of, serving_version
@@ -27,7 +30,8 @@ from labelloop.parameters import service as parameters
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NoModelServing", "backbone_path", "detect_inputs", "serving", "sync_serving", "training_embedder"]
+__all__ = ["NoModelServing", "backbone_path", "detect_inputs", "serving", "sync_serving", "training_embedder",
+           "version_backbone", "version_embedder"]
 
 # ── the backbone file ────────────────────────────────────────────────────────
 
@@ -64,6 +68,35 @@ def training_embedder() -> tuple[Embedder, EmbeddingCache]:
         return _embedder, EmbeddingCache.for_embedder(get_settings().cache_dir / "embeddings", _embedder)
 
 
+def version_backbone(row: ModelVersion) -> Path:
+    """The backbone file ``row``'s head was trained on: the shared fp32 file, or the version's own int8 file,
+    written into this machine's cache from the database when missing (call inside the row's session)."""
+    if row.backbone_fingerprint is None:
+        return backbone_path()
+    path = int8.backbone_file(get_settings().cache_dir, row.backbone_fingerprint)
+    if int8.stored_fingerprint(path) != row.backbone_fingerprint:
+        if row.backbone_int8 is None:
+            raise ModelError(f"model version {row.version} serves an int8 backbone that is not stored")
+        atomic_write_bytes(path, row.backbone_int8)
+    return path
+
+
+_version_embedders: dict[str, Embedder] = {}  # int8 backbone sessions by fingerprint, the newest last
+VERSION_EMBEDDERS_KEPT = 2
+
+
+def version_embedder(row: ModelVersion) -> tuple[Embedder, EmbeddingCache]:
+    """The backbone session and embedding cache that go with ``row``'s head (call inside the row's session)."""
+    if row.backbone_fingerprint is None:
+        return training_embedder()
+    with _embedder_lock:
+        embedder = _version_embedders.pop(row.backbone_fingerprint, None) or Embedder(version_backbone(row))
+        _version_embedders[row.backbone_fingerprint] = embedder
+        while len(_version_embedders) > VERSION_EMBEDDERS_KEPT:
+            _version_embedders.pop(next(iter(_version_embedders)))
+    return embedder, EmbeddingCache.for_embedder(get_settings().cache_dir / "embeddings", embedder)
+
+
 # ── serving in this process ──────────────────────────────────────────────────
 
 _serving: Serving | None = None
@@ -97,8 +130,10 @@ def close_serving() -> None:
 def load(version: str) -> LoadedVersion:
     """Load and warm ``version`` in this process without switching to it."""
     with db.session() as session:
-        head = head_of(get_version(version, session=session))
-    return serving().warm(version, head)
+        row = get_version(version, session=session)
+        head = head_of(row)
+        embedder = None if row.backbone_fingerprint is None else version_embedder(row)[0]
+    return serving().warm(version, head, embedder)
 
 
 def switch_to(version: str) -> None:

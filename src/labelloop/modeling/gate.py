@@ -15,19 +15,22 @@ evaluation, so a user sees why it deployed or not):
 Why not the test split alone: under the human loop the test split fills up with the images the model found
 hardest, so its F1 reads low (measured on load_digits: 0.41–0.75 while the same versions scored 0.78–0.95
 on held-out images), and from a handful of starting images nothing would ever deploy.
+
+Each version's head judges embeddings of its own backbone: a version trained with Quantize-Backbone whose int8
+twin serves is judged on its int8 embeddings, the serving version it is compared with on its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from labelloop import db
 from labelloop.modeling import dataset
-from labelloop.modeling.embedding import embed_cached
-from labelloop.modeling.endpoint import training_embedder
+from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached
+from labelloop.modeling.endpoint import version_embedder
 from labelloop.modeling.evaluation import production_estimate
 from labelloop.modeling.images import content_hash
 from labelloop.modeling.training import TrainingDataError, train_head
@@ -50,24 +53,31 @@ class Evidence:
     reviewed_keys: set[str]  # training-data keys that came from human review of low-confidence detections
     review_share: float  # share of detections that went to human review
     audit: dict[str, tuple[str, np.ndarray]]  # content hash -> (human-sampling answer, embedding)
+    audit_images: dict[str, bytes] = field(default_factory=dict)  # content hash -> the answered image
 
     def test_rows(self) -> list[dict[str, Any]]:
         """The version's test images with its evaluated head's decision."""
         return [row for row in self.rows if row.get("split") == "test" and "predicted" in row]
 
 
-def _embeddings(sources: dict[str, Any]) -> dict[str, np.ndarray]:
+# A version's backbone session and embedding cache (``endpoint.version_embedder``): a version trained with
+# Quantize-Backbone is judged on its own int8 embeddings, the others on the shared fp32 backbone's.
+Backbone = tuple[Embedder, EmbeddingCache]
+
+
+def _embeddings(sources: dict[str, Any], backbone: Backbone) -> dict[str, np.ndarray]:
     """Embeddings by content hash (from the cache; images that do not decode are left out)."""
     if not sources:
         return {}
-    embedder, cache = training_embedder()
+    embedder, cache = backbone
     vectors = embed_cached(embedder, cache, sources)
     return {digest: vectors.get(digest) for digest in sources if digest not in vectors.rejected}
 
 
-def gather(version: str, found: dict[str, Any]) -> Evidence:
+def gather(version: str, found: dict[str, Any], backbone: Backbone) -> Evidence:
     """The version's manifest and the human answers in ``found`` (what human review knows, as
-    ``review.service.review_evidence`` gives it); answers about images in its data set are left out."""
+    ``review.service.review_evidence`` gives it), embedded by the version's ``backbone``; answers about images
+    in its data set are left out."""
     rows = dataset.manifest_of(version)["images"]
     known = {row["sha256"] for row in rows if row.get("sha256")}
     answers: dict[str, tuple[str, bytes]] = {}
@@ -78,9 +88,10 @@ def gather(version: str, found: dict[str, Any]) -> Evidence:
             continue
         if (digest := content_hash(data)) not in known:
             answers[digest] = (label, data)
-    vectors = _embeddings({digest: data for digest, (_, data) in answers.items()})
+    vectors = _embeddings({digest: data for digest, (_, data) in answers.items()}, backbone)
     return Evidence(rows, found["reviewed_keys"], found["review_share"],
-                    {digest: (answers[digest][0], vector) for digest, vector in vectors.items()})
+                    {digest: (answers[digest][0], vector) for digest, vector in vectors.items()},
+                    {digest: answers[digest][1] for digest in vectors})
 
 
 def decide(head: Any, vectors: list[np.ndarray]) -> list[str]:
@@ -100,7 +111,7 @@ def estimate(evidence: Evidence, head: Any) -> dict[str, Any]:
 
 
 def _decisions_without(evidence: Evidence, fresh: list[dict[str, Any]], vectors: dict[str, np.ndarray],
-                       options: dict[str, Any]) -> list[str]:
+                       options: dict[str, Any], backbone: Backbone) -> list[str]:
     """The new version's decisions on `fresh` test images from a model that has not trained on them but on
     everything else it has: its deployed model did train on them when it trains on all images, and its
     evaluated one (80 % of the images) would be compared with a serving model trained on all of its own."""
@@ -109,7 +120,7 @@ def _decisions_without(evidence: Evidence, fresh: list[dict[str, Any]], vectors:
     left = {row["sha256"] for row in fresh}
     usable, _ = dataset.trainable_entries([row for row in evidence.rows if row.get("split") in ("train", "test")
                                            and row["sha256"] not in left])
-    embedder, cache = training_embedder()
+    embedder, cache = backbone
     try:
         head = train_head(dataset.labeled_examples(usable), embedder, cache, final_on_all=True,
                           balance_labels=bool(options.get("balance_labels"))).head
@@ -118,21 +129,32 @@ def _decisions_without(evidence: Evidence, fresh: list[dict[str, Any]], vectors:
     return decide(head, [vectors[row["sha256"]] for row in fresh])
 
 
-def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[str, Any],
+                   backbone: Backbone) -> dict[str, Any] | None:
     """Both versions' production estimates on the same images, ones neither has trained on: the new version's
-    test images from human review that the serving version never saw, and the human-sampling answers.
-    None when no other version serves."""
+    test images from human review that the serving version never saw, and the human-sampling answers; each
+    version embeds them with its own backbone (``backbone`` for the new one). None when no other version
+    serves."""
     with db.session() as session:
         serving = serving_version(session=session)
         if serving is None or serving.version == version or serving.head is None:
             return None
         name, serving_head = serving.version, head_of(serving)
+        serving_backbone = version_embedder(serving)
+    same_backbone = serving_backbone[0].fingerprint == backbone[0].fingerprint
     seen = {row["sha256"] for row in dataset.manifest_of(name)["images"] if row.get("sha256")}
     fresh = [row for row in evidence.test_rows() if row["key"] in evidence.reviewed_keys and row["sha256"] not in seen]
-    vectors = _embeddings({row["sha256"]: (lambda key=row["key"]: storage.get_object(key)[1]) for row in fresh})
-    fresh = [row for row in fresh if row["sha256"] in vectors]
-    audit = [answer for digest, answer in evidence.audit.items() if digest not in seen]
-    audit_labels, audit_vectors = [label for label, _ in audit], [vector for _, vector in audit]
+    sources = {row["sha256"]: (lambda key=row["key"]: storage.get_object(key)[1]) for row in fresh}
+    vectors = _embeddings(sources, backbone)
+    old_vectors = vectors if same_backbone else _embeddings(sources, serving_backbone)
+    fresh = [row for row in fresh if row["sha256"] in vectors and row["sha256"] in old_vectors]
+    audit = {digest: answer for digest, answer in evidence.audit.items() if digest not in seen}
+    audit_labels, audit_vectors = [label for label, _ in audit.values()], [vector for _, vector in audit.values()]
+    if same_backbone:
+        old_audit_vectors = audit_vectors
+    else:
+        embedded = _embeddings({digest: evidence.audit_images[digest] for digest in audit}, serving_backbone)
+        old_audit_vectors = [embedded[digest] for digest in audit]
     truth = [row["label"] for row in fresh]
 
     def judged(reviewed: list[str], sampled: list[str]) -> Any:
@@ -140,8 +162,10 @@ def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[st
                                    list(zip(audit_labels, sampled, strict=True)), evidence.review_share,
                                    min_audit=MIN_AUDIT_ANSWERS_COMPARED)
 
-    new = judged(_decisions_without(evidence, fresh, vectors, options) if fresh else [], decide(head, audit_vectors))
-    old = judged(decide(serving_head, [vectors[row["sha256"]] for row in fresh]), decide(serving_head, audit_vectors))
+    new = judged(_decisions_without(evidence, fresh, vectors, options, backbone) if fresh else [],
+                 decide(head, audit_vectors))
+    old = judged(decide(serving_head, [old_vectors[row["sha256"]] for row in fresh]),
+                 decide(serving_head, old_audit_vectors))
     return {"serving_version": name, "reviewed_test_images": len(fresh), "audit_answers": len(audit),
             "f1": new.to_dict()["f1"], "serving_f1": old.to_dict()["f1"], "reason": new.reason}
 
@@ -179,9 +203,10 @@ def judge(version: str, found: dict[str, Any]) -> dict[str, Any]:
         row = get_version(version, session=session)
         f1, head = row.f1 or 0.0, head_of(row)
         options = dict(row.evaluation.get("training_options") or {})
-    evidence = gather(version, found)
+        backbone = version_embedder(row)
+    evidence = gather(version, found, backbone)
     production = estimate(evidence, head)
-    compared = versus_serving(version, evidence, head, options)
+    compared = versus_serving(version, evidence, head, options, backbone)
     passed_on = _verdict(f1, minimum, production, compared)
     return {"f1": f1, "minimum_f1": minimum, "production_estimate": production, "versus_serving": compared,
             "passed": passed_on is not None, "passed_on": passed_on,

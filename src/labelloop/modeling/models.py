@@ -56,6 +56,10 @@ class ModelVersion(Base):
     evaluation_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     dataset_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The int8 backbone this version serves with (Quantize-Backbone): its fingerprint, NULL for the shared fp32
+    # backbone, and the ONNX file itself (about 9 MB, loaded only when asked for), so every worker can load it.
+    backbone_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    backbone_int8: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     # While it trains: {"phase", "done", "total", "started_at", "updated_at"} (the dashboard's progress bar).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 

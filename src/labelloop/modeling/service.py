@@ -17,10 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop import db
-from labelloop.modeling import dataset, endpoint, gate
+from labelloop.config import get_settings
+from labelloop.modeling import dataset, endpoint, gate, int8
+from labelloop.modeling.embedding import Embedder
 from labelloop.modeling.export import build_full_model_onnx
 from labelloop.modeling.models import ModelStatus, ModelVersion
-from labelloop.modeling.training import TrainingDataError, train_head
+from labelloop.modeling.training import LabeledImage, TrainingDataError, TrainingResult, train_head
 from labelloop.modeling.versions import (
     SERVABLE,
     ModelError,
@@ -88,15 +90,21 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
         row = get_version(version, session=session)
         options = {"final_on_all": parameters.value(parameters.TRAIN_FINAL_MODEL_ON_ALL_IMAGES, session=session),
                    "balance_labels": parameters.value(parameters.BALANCE_LABELS_IN_TRAINING, session=session)}
+        quantize = parameters.value(parameters.QUANTIZE_BACKBONE, session=session)
+        threshold = parameters.value(parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE, session=session)
     if row.head is not None:  # the step is being retried after it finished training
         return {"trained": True, "version": version, "f1": row.f1}
     manifest = dataset.read_manifest(row.manifest_key)
     usable, left_out = dataset.trainable_entries(manifest["images"])
     embedder, cache = endpoint.training_embedder()
     started = time.perf_counter()
+    examples = dataset.labeled_examples(usable)
+    twin: int8.Twin | None = None
     try:
-        result = train_head(dataset.labeled_examples(usable), embedder, cache, **options,
-                            progress=ProgressWriter(version))
+        result = train_head(examples, embedder, cache, **options, progress=ProgressWriter(version))
+        if quantize:
+            twin = _int8_twin(examples, result, embedder, options, threshold, ProgressWriter(version))
+            result = twin.result
     except TrainingDataError as exc:
         change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow(),
                       progress=None)
@@ -107,7 +115,7 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     evaluation = {**result.evaluation.to_dict(), "left_out_labels": left_out, "training_options": options,
                   "suspect_labels": result.suspects,
                   "deployed_model_trained_on": "training and test split" if options["final_on_all"]
-                  else "training split"}
+                  else "training split", "int8": twin.record if twin else None}
     excluded = [{**e, "split": "left out", "reason": left_out[e["label"]]} for e in manifest["images"]
                 if e["label"] in left_out]
     dataset.store_manifest(row.manifest_key, {**manifest, "images": result.manifest() + excluded + [
@@ -123,10 +131,25 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
                               "timings": result.timings},
                   f1=result.evaluation.f1, labels=result.head.labels, train_images=len(result.train_keys),
                   test_images=len(result.test_keys), training_seconds=seconds, training_ended_at=db.utcnow(),
-                  dataset_digest=dataset.entries_digest(used), progress=None)
+                  dataset_digest=dataset.entries_digest(used), progress=None, **_backbone_fields(twin))
     return {"trained": True, "version": version, "f1": result.evaluation.f1,
             "images_embedded": result.images_embedded, "images_from_cache": result.images_from_cache,
             "rejected": result.rejected, "left_out_labels": left_out, "seconds": round(seconds, 3)}
+
+
+def _int8_twin(examples: list[LabeledImage], result: TrainingResult, embedder: Embedder, options: dict[str, Any],
+               threshold: float, progress: ProgressWriter) -> int8.Twin:
+    """Quantize-Backbone: the version's int8 twin (``modeling/int8.py``), trained on the same images and split."""
+    cache_dir = get_settings().cache_dir
+    return int8.train_twin(examples, result, embedder, folder=cache_dir, embeddings=cache_dir / "embeddings",
+                           threshold=threshold, options=options, progress=progress)
+
+
+def _backbone_fields(twin: int8.Twin | None) -> dict[str, Any]:
+    """The version row's backbone columns: the int8 file and its fingerprint when the int8 twin serves."""
+    if twin is None or twin.backbone is None:
+        return {"backbone_fingerprint": None, "backbone_int8": None}
+    return {"backbone_fingerprint": twin.record["backbone_fingerprint"], "backbone_int8": twin.backbone.read_bytes()}
 
 
 def _rejected_images(entries: list[dict[str, Any]], decoder: dict[str, str]) -> list[dict[str, str]]:
@@ -256,9 +279,10 @@ def stop_version(version: str | None, run_id: str | None = None) -> dict[str, An
 
 
 def export_onnx(version: str, *, session: Session) -> bytes:
-    """One ONNX file of ``version``: backbone + head + softmax, label names in the metadata."""
-    head = head_of(get_version(version, session=session))
-    backbone = endpoint.backbone_path()
+    """One ONNX file of ``version``: the backbone it serves with (fp32, or its int8 twin) + head + softmax, label
+    names in the metadata."""
+    row = get_version(version, session=session)
+    head, backbone = head_of(row), endpoint.version_backbone(row)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "model.onnx"
         build_full_model_onnx(backbone, head, out, model_version=version)

@@ -8,7 +8,8 @@ thread pool that does not spin, the CPU cost per image is about the same at batc
 Runtime's memory arena keeps what the largest batch needed (some 240 MB more at 32 than at 8; see the README's
 Performance section). A batch is served entirely by the version that was serving when the batch started: the
 switch replaces one reference under a lock, and a version is only put there after it has been loaded and has
-answered a warm-up batch.
+answered a warm-up batch. A version trained on an int8 backbone (Quantize-Backbone) brings its own session
+of that backbone, which every unit uses for its batches.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class LoadedVersion:
 
     version: str
     head: HeadLike
+    # The version's own backbone session (an int8 backbone, Quantize-Backbone); None: the units' fp32 sessions.
+    embedder: Embedder | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -85,11 +88,12 @@ class Serving:
         """The version serving now, or ``None``."""
         return self._active
 
-    def warm(self, version: str, head: HeadLike) -> LoadedVersion:
-        """Load ``version`` beside the serving one and run a warm-up batch through it (blue side)."""
-        loaded = LoadedVersion(version, head)
+    def warm(self, version: str, head: HeadLike, embedder: Embedder | None = None) -> LoadedVersion:
+        """Load ``version`` beside the serving one and run a warm-up batch through it (blue side); ``embedder``:
+        the version's own backbone session, when its head was trained on another backbone than the units'."""
+        loaded = LoadedVersion(version, head, embedder)
         probe = np.zeros((1, 3, 224, 224), dtype=np.float32)
-        embedder = self._embedders[0]
+        embedder = embedder or self._embedders[0]
         probabilities = head.predict_proba(embedder.embed(probe))
         if probabilities.shape != (1, len(loaded.labels)) or not np.all(np.isfinite(probabilities)):
             raise RuntimeError(f"model version {version} gave unusable warm-up output {probabilities.shape}")
@@ -172,7 +176,7 @@ class Serving:
             return
         try:
             inputs = np.concatenate([request.inputs for request in batch])
-            probabilities = version.head.predict_proba(embedder.embed(inputs))
+            probabilities = version.head.predict_proba((version.embedder or embedder).embed(inputs))
         except Exception as exc:  # every waiting request gets the error, the unit keeps serving
             log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
             for request in batch:

@@ -1,0 +1,134 @@
+"""Quantize-Backbone as the product does it, on real photographs: per task, a version trained on fp32 embeddings
+and its int8 twin (backbone calibrated on the version's own training images), judged on held-out photos.
+
+    PYTHONPATH=src nice -n 10 .venv/bin/python -m bench.bench_int8_versions [--tasks objects scenes] [--seeds 3]
+
+Needs `make bench-data` (the Debian packages of bench/real_images). For each task and seed: the training pool of
+bench/real_images (objects: 10 Tux Paint photo stamps per label, 5 labels; scenes: 100 crops of the left 65 % of
+each of 9 wallpaper photographs) trains a head with `train_head` (labels balanced, no final refit, so the
+deployed head is the evaluated one) on the fp32 backbone, then `int8.ensure_backbone` quantizes the backbone
+calibrated on that training split (up to 256 images) and the same head is trained on its embeddings, with the
+task's test images as the explicit test split of both. Reported per backbone: macro-F1 on the known test photos,
+the silent-error rate (wrong answers among those ≥ 70 %, the open set of never-trained kinds weighing as much as
+the known test images, as bench/real_images does), the share of never-seen images reaching 70 %, the product's
+verdict (`int8.compare`), and the speed-up at batch 1, 8 and 32 (fp32 and int8 alternated, median of rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench.real_images import data as tasks
+from bench.real_images.metrics import open_accepted, outcome, silent_error_rate
+
+from labelloop.modeling import int8
+from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached, session_options
+from labelloop.modeling.export import ensure_backbone_onnx
+from labelloop.modeling.images import prepare
+from labelloop.modeling.training import LabeledImage, TrainingResult, train_head
+
+OUT = Path(__file__).resolve().parent / "out" / "int8_versions"
+TASKS = {"objects": tasks.object_task, "scenes": tasks.scene_task, "logos": tasks.logo_task}
+
+
+def labeled(items: list[tasks.Item]) -> list[LabeledImage]:
+    """The benchmark's images as training examples (bytes read when embedded)."""
+    return [LabeledImage(item.key, item.label, item.load) for item in items]
+
+
+def trained(task: tasks.Task, embedder: Embedder) -> TrainingResult:
+    """A version's head on ``embedder``: the task's pool trains, its known test photos are the test split."""
+    pool = [item for items in task.pool.values() for item in items]
+    cache = EmbeddingCache.for_embedder(OUT / "embeddings", embedder)
+    return train_head(labeled(pool + task.test), embedder, cache, test_split=[item.key for item in task.test],
+                      balance_labels=True)
+
+
+def open_set_scores(task: tasks.Task, embedder: Embedder, result: TrainingResult) -> dict[str, float]:
+    """Silent-error rate and never-seen share at ≥ 70 % over the known test photos and the open set."""
+    images = task.test + task.open
+    cache = EmbeddingCache.for_embedder(OUT / "embeddings", embedder)
+    digests = {item.key: result.digests.get(item.key) or _digest(item) for item in images}
+    vectors = embed_cached(embedder, cache, {digests[item.key]: item.load for item in images})
+    kept = [item for item in images if digests[item.key] not in vectors.rejected]
+    proba = result.head.predict_proba(np.stack([vectors.get(digests[item.key]) for item in kept]))
+    labels = result.head.labels
+    y = np.array([labels.index(item.label) if item in task.test else -1 for item in kept])
+    scores = outcome(y, proba.argmax(1), proba.max(1), len(labels))
+    return {"silent": silent_error_rate(scores), "open70": open_accepted(scores)}
+
+
+def _digest(item: tasks.Item) -> str:
+    from labelloop.modeling.images import content_hash
+
+    return content_hash(item.load())
+
+
+def speed(fp32: Path, quantized: Path, inputs: np.ndarray, rounds: int, seconds: float) -> dict[int, float]:
+    """Median speed-up of the int8 session over fp32 at batch 1, 8 and 32 (alternated within each round)."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+                for path in (fp32, quantized)]
+    ratios: dict[int, list[float]] = {1: [], 8: [], 32: []}
+    for _ in range(rounds):
+        for batch in ratios:
+            fp32_rate, int8_rate = (_rate(session, inputs[:batch], seconds) for session in sessions)
+            ratios[batch].append(int8_rate / fp32_rate)
+    return {batch: statistics.median(values) for batch, values in ratios.items()}
+
+
+def _rate(session, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    session.run(["embedding"], {"input": batch})
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(["embedding"], {"input": batch})
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["objects", "scenes"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"commit {commit}; load average at start {os.getloadavg()}", flush=True)
+    fp32_path = ensure_backbone_onnx(OUT / "cache")
+    fp32 = Embedder(fp32_path)
+    print("task     seed  train test open | fp32 F1 int8 F1 ΔF1(pt) | silent % fp32 int8 | open≥70 % fp32 int8 | "
+          "verdict      | speed-up b1 b8 b32 | build s  load", flush=True)
+    for name in args.tasks:
+        for seed in range(args.seeds):
+            task = TASKS[name](seed)
+            base = trained(task, fp32)
+            started = time.perf_counter()
+            path = int8.ensure_backbone(fp32_path, fp32.fingerprint, base, OUT / "int8")
+            built = time.perf_counter() - started
+            quantized = Embedder(path)
+            twin = trained(task, quantized)
+            scores = [open_set_scores(task, embedder, result) for embedder, result in ((fp32, base), (quantized, twin))]
+            verdict = int8.compare(base, twin, 70.0)
+            inputs = np.stack([prepare(item.load()) for item in task.test[:32]])
+            ups = speed(fp32_path, path, inputs, args.rounds, args.seconds)
+            loss = 100 * (twin.evaluation.f1 - base.evaluation.f1)
+            print(f"{name:<8} {seed:>4} {len(base.train_keys):>6} {len(task.test):>4} {len(task.open):>4} | "
+                  f"{base.evaluation.f1:7.3f} {twin.evaluation.f1:7.3f} {loss:+7.1f} | "
+                  f"{100 * scores[0]['silent']:13.1f} {100 * scores[1]['silent']:4.1f} | "
+                  f"{100 * scores[0]['open70']:14.1f} {100 * scores[1]['open70']:4.1f} | "
+                  f"{'int8' if verdict['serves'] else 'fp32':<12} | {ups[1]:11.2f} {ups[8]:.2f} {ups[32]:.2f} | "
+                  f"{built:7.0f}  {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"load average at end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""An int8 backbone per model version (``Quantize-Backbone``): build it, train the version's head on its
+embeddings, and serve it only when it costs no accuracy that matters.
+
+1. **Build**: ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` on the fp32 backbone file, with
+   the recipe ``bench/bench_int8.py`` measured best here (QDQ, u8 activations, s8 per-channel weights with
+   ``reduce_range``: this CPU's AVX2 u8×s8 kernels without VNNI can saturate at full range; MinMax
+   calibration; pooling, flatten and the ImageNet classifier stay fp32, so the embedding itself is not
+   rounded). Calibrated on up to ``CALIBRATION_IMAGES`` of the version's own training images, preprocessed
+   as for serving. The file's fingerprint (fp32 fingerprint, recipe, calibration images) is written into
+   its metadata, so the embedding cache keeps its vectors apart and a retried training reuses the file.
+2. **Train the twin** with the same code and split as the fp32 head (``train_head`` with the int8 embedder;
+   the test split is passed explicitly, so both heads are judged on the same images).
+3. **Check**: the int8 twin serves when its macro-F1 on the test split is within ``MAX_F1_LOSS`` of the fp32
+   head's and it makes no more confident errors (wrong answers at or above the detection threshold, which
+   nobody reviews: the silent errors). Both results go into the version's evaluation either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelloop.files import atomic_write_bytes
+from labelloop.modeling.backbone import FINGERPRINT_KEY
+from labelloop.modeling.embedding import Embedder, EmbeddingCache
+from labelloop.modeling.images import prepare
+from labelloop.modeling.training import LabeledImage, Progress, TrainingResult, train_head
+
+log = logging.getLogger(__name__)
+
+RECIPE = "QDQ, u8 activations, s8 per-channel weights, reduce_range, MinMax; pooling and classifier fp32"
+CALIBRATION_IMAGES = 256
+CALIBRATION_BATCH = 8
+MAX_F1_LOSS = 0.005  # half a point of macro-F1
+_FLOAT_TAIL = ("GlobalAveragePool", "Flatten", "Gemm")
+
+
+def fingerprint(fp32_fingerprint: str, calibration_digests: Sequence[str]) -> str:
+    """The int8 backbone's fingerprint: the fp32 backbone's, the recipe and the calibration images."""
+    source = ":".join([fp32_fingerprint, "int8", RECIPE, *calibration_digests])
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def stored_fingerprint(path: Path) -> str | None:
+    """The fingerprint in an int8 backbone file's metadata, or None when there is no readable file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.is_file():
+        return None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError):  # a damaged file is rebuilt
+        return None
+    return next((p.value for p in proto.metadata_props if p.key == FINGERPRINT_KEY), None)
+
+
+class _Calibration:
+    """ONNX Runtime's calibration data reader: the images preprocessed as for serving, a few at a time."""
+
+    def __init__(self, images: Sequence[LabeledImage]) -> None:
+        self._batches = self._read(images)
+
+    @staticmethod
+    def _read(images: Sequence[LabeledImage]) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(images), CALIBRATION_BATCH):
+            chunk = images[start:start + CALIBRATION_BATCH]
+            yield {"input": np.stack([prepare(image.data()) for image in chunk])}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, print_: str) -> Path:
+    """Quantize the fp32 backbone at ``fp32_path`` into ``out_path`` (written atomically), calibrated on
+    ``calibration``, with the fingerprint ``print_`` in its metadata."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration:
+        raise ValueError("an int8 backbone needs at least one calibration image")
+    with tempfile.TemporaryDirectory(prefix="labelloop-int8-") as folder:
+        prepared, quantized = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        tail = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in _FLOAT_TAIL]
+        quantize_static(str(prepared), str(quantized), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=tail)
+        proto = onnx.load(str(quantized))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != FINGERPRINT_KEY]
+    del proto.metadata_props[:]
+    for key, value in [*kept, (FINGERPRINT_KEY, print_), ("quantization", RECIPE),
+                       ("calibration_images", str(len(calibration)))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return atomic_write_bytes(out_path, proto.SerializeToString())
+
+
+def calibration_images(result: TrainingResult) -> list[LabeledImage]:
+    """Up to ``CALIBRATION_IMAGES`` of the training split, a fixed choice (by content hash)."""
+    train = sorted(result.split.train, key=lambda image: result.digests[image.key])
+    return train[:CALIBRATION_IMAGES]
+
+
+def ensure_backbone(fp32_path: Path, fp32_fingerprint: str, result: TrainingResult, folder: Path) -> Path:
+    """The int8 backbone of a version trained as ``result``, built in ``folder`` unless already there."""
+    images = calibration_images(result)
+    print_ = fingerprint(fp32_fingerprint, [result.digests[image.key] for image in images])
+    path = backbone_file(folder, print_)
+    if stored_fingerprint(path) != print_:
+        started = time.perf_counter()
+        build(fp32_path, images, path, print_)
+        log.info("int8 backbone built", extra={"path": str(path), "calibration_images": len(images),
+                                               "seconds": round(time.perf_counter() - started, 2)})
+    return path
+
+
+def backbone_file(folder: Path, print_: str) -> Path:
+    """Where the int8 backbone with fingerprint ``print_`` lives in a cache folder."""
+    return folder / f"backbone-int8-{print_[:16]}.onnx"
+
+
+def confident_errors(result: TrainingResult, threshold: float) -> int:
+    """Test images the evaluated head answered wrongly at or above ``threshold`` (0–100): silent errors."""
+    truth = {image.key: image.label for image in result.split.test}
+    return sum(1 for key, (label, confidence) in result.test_decisions.items()
+               if confidence >= threshold and label != truth[key])
+
+
+def compare(fp32: TrainingResult, int8: TrainingResult, threshold: float) -> dict[str, Any]:
+    """Both heads on the same test split, and whether the int8 one may serve (and why, in words)."""
+    errors = {"fp32": confident_errors(fp32, threshold), "int8": confident_errors(int8, threshold)}
+    loss = fp32.evaluation.f1 - int8.evaluation.f1
+    serves = loss <= MAX_F1_LOSS + 1e-12 and errors["int8"] <= errors["fp32"]
+    reason = (f"macro-F1 {int8.evaluation.f1:.3f} against {fp32.evaluation.f1:.3f} (fp32) on "
+              f"{len(fp32.split.test)} test images, {errors['int8']} against {errors['fp32']} confident errors "
+              f"(≥ {threshold:g} %)")
+    verdict = "serves int8" if serves else (f"serves fp32: int8 must lose at most {MAX_F1_LOSS * 100:g} point "
+                                            "of macro-F1 and add no confident error")
+    return {"f1": int8.evaluation.f1, "fp32_f1": fp32.evaluation.f1, "confident_errors": errors["int8"],
+            "fp32_confident_errors": errors["fp32"], "threshold": threshold, "serves": serves,
+            "reason": f"{reason}: {verdict}", "recipe": RECIPE}
+
+
+@dataclass
+class Twin:
+    """The outcome of training a version's int8 twin: the result to keep, and the int8 file when it serves."""
+
+    result: TrainingResult
+    backbone: Path | None
+    record: dict[str, Any]
+
+
+def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embedder: Embedder, *,
+               folder: Path, embeddings: Path, threshold: float, options: dict[str, Any],
+               progress: Progress | None = None) -> Twin:
+    """Build the int8 backbone calibrated on ``fp32``'s training split, train and evaluate the same head on its
+    embeddings (same images, same test split, same ``options``), and keep whichever may serve."""
+    started = time.perf_counter()
+    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder)
+    built = time.perf_counter() - started
+    embedder = Embedder(path)
+    told = None if progress is None else lambda phase, done, total: progress(f"int8 {phase}", done, total)
+    int8 = train_head(examples, embedder, EmbeddingCache.for_embedder(embeddings, embedder),
+                      test_split=fp32.test_keys, progress=told, **options)
+    record = {**compare(fp32, int8, threshold), "backbone_fingerprint": embedder.fingerprint,
+              "calibration_images": len(calibration_images(fp32)), "build_s": round(built, 2),
+              "train_s": round(time.perf_counter() - started - built, 2)}
+    log.info("int8 twin trained", extra={"serves": record["serves"], "detail": record["reason"]})
+    if record["serves"]:  # the version's evaluation becomes the int8 head's; the fp32 one is kept beside it
+        return Twin(int8, path, {**record, "fp32_evaluation": fp32.evaluation.to_dict()})
+    return Twin(fp32, None, {**record, "int8_evaluation": int8.evaluation.to_dict()})
