@@ -1,5 +1,6 @@
 """Runs always end: a step that meets a transient database error is tried again with backoff and the run
-succeeds; a step that fails for another reason, or keeps failing, ends its run ERROR with the reason."""
+succeeds; a step that fails for another reason, or keeps failing, ends its run ERROR with the reason; a run
+whose execution keeps ending without recording its outcome is handed back to its queue, then ends ERROR."""
 
 from __future__ import annotations
 
@@ -70,6 +71,44 @@ def test_steps_retry_transient_errors_and_runs_always_end(tmp_path: Path) -> Non
     tries, status, reason = runs["locked"]
     assert (tries, status) == ("5", "ERROR")
     assert reason.startswith("StepFailed: step locked failed 5 times") and "database is locked" in reason
+
+
+STALLING = textwrap.dedent("""
+    import sys, time
+    from dbos import DBOS
+    from labelloop import engine
+
+    tries = []
+
+    class Abandoned(BaseException):
+        \"\"\"Ends the run's thread without an outcome, as a database that cannot be written does.\"\"\"
+
+    @DBOS.workflow()
+    def stalls() -> None:
+        tries.append(1)
+        raise Abandoned()
+
+    DBOS(config={"name": "stalls", "system_database_url": f"sqlite:///{sys.argv[1]}/system.sqlite"})
+    DBOS.launch()
+    handle = DBOS.register_queue("one-at-a-time", concurrency=1, polling_interval_sec=0.1).enqueue(stalls)
+    check = engine.StalledRuns(DBOS.executor_id)
+    deadline = time.monotonic() + 60
+    while handle.get_status().status not in ("SUCCESS", "ERROR") and time.monotonic() < deadline:
+        check.check(DBOS.list_workflows(status="PENDING", load_input=False, load_output=False))
+        time.sleep(0.3)
+    print(f"stalls|{len(tries)}|{handle.get_status().status}|{handle.get_status().error!r}")
+    DBOS.destroy()
+""")
+
+
+def test_a_run_that_keeps_ending_without_an_outcome_is_handed_back_then_ends_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", STALLING, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("stalls|"))
+    _, tries, status, error = line.split("|", 3)
+    assert (tries, status) == ("6", "ERROR"), line  # was: PENDING for good after the first try, holding its queue
+    assert "RunOutcomeNotRecorded" in error and "stopped 6 times without recording its outcome" in error
 
 
 @pytest.mark.parametrize(("error", "retried"), [
