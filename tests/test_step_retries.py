@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from conftest import run_script
 from labelloop.engine import transient
 
 SCRIPT = textwrap.dedent("""
@@ -62,10 +61,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_steps_retry_transient_errors_and_runs_always_end(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = {line.split("|")[0]: line.split("|")[1:] for line in done.stdout.splitlines() if "|" in line}
+    runs = {fields[0]: fields[1:] for fields in run_script(SCRIPT, tmp_path)}
     assert runs["flaky"] == ["3", "SUCCESS", "done"]  # was: ERROR at the first "database is locked"
     assert runs["broken"] == ["1", "ERROR", "ValueError: a bug, not worth retrying"]
     tries, status, reason = runs["locked"]
@@ -102,12 +98,8 @@ STALLING = textwrap.dedent("""
 
 
 def test_a_run_that_keeps_ending_without_an_outcome_is_handed_back_then_ends_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", STALLING, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(line for line in done.stdout.splitlines() if line.startswith("stalls|"))
-    _, tries, status, error = line.split("|", 3)
-    assert (tries, status) == ("6", "ERROR"), line  # was: PENDING for good after the first try, holding its queue
+    [(_, tries, status, error)] = run_script(STALLING, tmp_path)
+    assert (tries, status) == ("6", "ERROR"), error  # was: PENDING for good after the first try, holding its queue
     assert "RunOutcomeNotRecorded" in error and "stopped 6 times without recording its outcome" in error
 
 
