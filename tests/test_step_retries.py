@@ -18,19 +18,32 @@ from labelloop.engine import transient
 
 SCRIPT = textwrap.dedent("""
     import sqlite3, sys
+    import psycopg
     from dbos import DBOS
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy import create_engine, text
     from labelloop import engine
+    from labelloop.config import with_driver
 
-    tries = {"flaky": 0, "broken": 0, "locked": 0}
-    LOCKED = OperationalError("UPDATE detection_events", {}, sqlite3.OperationalError("database is locked"))
+    folder, postgres = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+    tries = {"flaky": 0, "broken": 0, "locked": 0, "pool": 0, "dropped": 0}
+    # Real faults: another writer holds SQLite's write lock (a 0.05 s busy timeout gives up: "database is
+    # locked"); a one-connection pool whose connection is out; PostgreSQL ending the step's connection.
+    database = create_engine(f"sqlite:///{folder}/app.sqlite", connect_args={"timeout": 0.05}, pool_size=1,
+                             max_overflow=0, pool_timeout=0.05)
+    writer = sqlite3.connect(f"{folder}/app.sqlite", isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE answers (label TEXT)")
+
+    def write() -> str:
+        with database.begin() as connection:
+            connection.execute(text("INSERT INTO answers VALUES ('amazon_logo')"))
+        return "done"
 
     @engine.step()
     def flaky() -> str:
         tries["flaky"] += 1
-        if tries["flaky"] < 3:
-            raise LOCKED
-        return "done"
+        if tries["flaky"] == 3:
+            writer.execute("COMMIT")  # the other writer is done
+        return write()
 
     @engine.step()
     def broken() -> str:
@@ -40,22 +53,52 @@ SCRIPT = textwrap.dedent("""
     @engine.step()
     def locked() -> str:
         tries["locked"] += 1
-        raise LOCKED
+        return write()
+
+    held = []
+
+    @engine.step()
+    def pool() -> str:
+        tries["pool"] += 1
+        if tries["pool"] == 2:
+            held.pop().close()  # the connection is back in the pool
+        return write()
+
+    @engine.step()
+    def dropped() -> int:
+        tries["dropped"] += 1
+        with app.connect() as connection:
+            if tries["dropped"] == 1:
+                pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+                with psycopg.connect(postgres, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            return connection.execute(text("SELECT 42")).scalar()
+
+    STEPS = {"flaky": flaky, "broken": broken, "locked": locked, "pool": pool, "dropped": dropped}
 
     @DBOS.workflow()
     def run(which: str) -> str:
-        return {"flaky": flaky, "broken": broken, "locked": locked}[which]()
+        return STEPS[which]()
 
     engine.STEP_RETRIES["interval_seconds"] = 0.05
-    DBOS(config={"name": "retries", "system_database_url": f"sqlite:///{sys.argv[1]}/system.sqlite"})
+    DBOS(config={"name": "retries", "system_database_url": f"sqlite:///{folder}/system.sqlite"})
     DBOS.launch()
-    for which in ("flaky", "broken", "locked"):
-        handle = DBOS.start_workflow(run, which)
+    which = ["flaky", "broken", "locked", "pool"] if postgres is None else ["dropped"]
+    if postgres is not None:
+        app = create_engine(with_driver(postgres))
+    for name in which:
+        if name in ("flaky", "locked"):
+            writer.execute("BEGIN IMMEDIATE")
+        if name == "pool":
+            held.append(database.connect())
+        handle = DBOS.start_workflow(run, name)
         try:
             result = handle.get_result()
         except Exception as exc:
             result = f"{type(exc).__name__}: {exc}"
-        print(f"{which}|{tries[which]}|{handle.get_status().status}|{result}")
+        print(f"{name}|{tries[name]}|{handle.get_status().status}|{result}")
+        if writer.in_transaction:
+            writer.execute("ROLLBACK")
     DBOS.destroy()
 """)
 
@@ -67,6 +110,12 @@ def test_steps_retry_transient_errors_and_runs_always_end(tmp_path: Path) -> Non
     tries, status, reason = runs["locked"]
     assert (tries, status) == ("5", "ERROR")
     assert reason.startswith("StepFailed: step locked failed 5 times") and "database is locked" in reason
+    assert runs["pool"] == ["2", "SUCCESS", "done"]  # was: ERROR at the first pool timeout
+
+
+def test_a_step_whose_postgresql_connection_is_dropped_is_retried(tmp_path: Path, postgres_database: str) -> None:
+    [(_, tries, status, result)] = run_script(SCRIPT, tmp_path, postgres_database)
+    assert (tries, status, result) == ("2", "SUCCESS", "42")  # was: the whole run ERROR
 
 
 STALLING = textwrap.dedent("""
