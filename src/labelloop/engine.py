@@ -317,7 +317,8 @@ class StalledRuns:
     executor yet running nowhere in this process at two checks in a row is handed back to its queue, where
     it resumes from its last recorded step (as after a restart) and succeeds once the database can be
     written again; after ``STALLED_RUN_RETRIES`` hand-backs it ends ERROR with the last error it met, which
-    frees its queue.
+    frees its queue. Only queued runs are judged (labelloop starts every run through a queue): DBOS counts a
+    queued run's execution among its active ones, not a workflow function called inline.
     """
 
     def __init__(self, executor_id: str) -> None:
@@ -327,7 +328,7 @@ class StalledRuns:
 
     def check(self, pending: list[Any]) -> dict[str, list[str]]:
         """Hand back or fail the runs idle at this check and the last one; returns their ids by outcome."""
-        own = {run.workflow_id for run in pending if run.executor_id == self.executor_id}
+        own = {run.workflow_id for run in pending if run.executor_id == self.executor_id and run.queue_name}
         idle = own - set(_get_dbos_instance()._active_workflows_set.activeList())  # after the listing
         stalled, self._idle = sorted(idle & self._idle), idle
         done: dict[str, list[str]] = {"handed_back": [], "failed": []}
