@@ -365,16 +365,18 @@ class StalledRuns:
 
 
 _step_errors: dict[str, str] = {}  # run id → the last error a step of it raised (the newest runs only)
+_step_errors_lock = threading.Lock()
 
 
 def _remember_step_error(error: BaseException) -> None:
     run_id = DBOS.workflow_id
     if run_id is None:
         return
-    _step_errors.pop(run_id, None)
-    _step_errors[run_id] = f"{type(error).__name__}: {error}"[:500]
-    while len(_step_errors) > _KEPT_ERRORS:
-        _step_errors.pop(next(iter(_step_errors)))
+    with _step_errors_lock:
+        _step_errors.pop(run_id, None)
+        _step_errors[run_id] = f"{type(error).__name__}: {error}"[:500]
+        while len(_step_errors) > _KEPT_ERRORS:
+            _step_errors.pop(next(iter(_step_errors)))
 
 
 def last_step_error(run_id: str) -> str | None:
