@@ -76,7 +76,7 @@ test-sqlite: install-test lint chromium postgresql test-images
 PG_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_load.py --ignore=tests/test_fuzz.py \
 	--ignore=tests/test_web_portal.py --ignore=tests/test_console_web.py --ignore=tests/test_scale_workers.py \
 	--ignore=tests/test_first_hour_web.py --ignore=tests/test_training_data.py --ignore=tests/test_f1_gate.py \
-	--ignore=tests/test_abuse.py --ignore=tests/test_docs_web.py \
+	--ignore=tests/test_abuse.py --ignore=tests/test_docs_web.py --ignore=tests/test_step_retries.py \
 	-k "not test_answers_survive_sigkill_cycles"
 test-postgresql: install-test postgresql
 	LABELLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest --database=postgresql $(PG_LEFT_OUT)
