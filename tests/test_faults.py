@@ -90,6 +90,7 @@ def test_runs_a_full_disk_catches_end_and_the_training_queue_moves_on(make_serve
             upload_training_set(api, 5)
             caught = api.post("/training/check").json()["run_id"]
             behind = api.post("/training/check").json()["run_id"]
+            wait_until(lambda: api.get(f"/runs/{caught}").json()["status"] == "PENDING", 60, 0.05, "the check to start")
             filler = fill(data)
             refused = api.post("/training/check")  # the enqueue needs a write too (was: 503 "try again shortly")
             assert refused.status_code < 300 or (refused.status_code, refused.json()["detail"]) == (
