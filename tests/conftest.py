@@ -147,6 +147,15 @@ def postgres_database() -> str:
     return Postgres.create("test")
 
 
+def run_script(script: str, folder: Path, *args: str, timeout: float = 120) -> list[list[str]]:
+    """Run a Python ``script`` in a fresh interpreter with ``folder`` and ``args`` as its arguments (a process
+    of its own for DBOS, a process-wide singleton); returns its printed lines that hold ``|``, split at it."""
+    done = subprocess.run([sys.executable, "-c", script, str(folder), *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line.split("|") for line in done.stdout.splitlines() if "|" in line]
+
+
 def free_port() -> int:
     """An unused TCP port on loopback."""
     with socket.socket() as sock:

@@ -1,33 +1,55 @@
-"""Faults: a full disk fails one upload with a clear error; a kill while answers are applied loses nothing."""
+"""Faults: a full disk fails one upload with a clear error, and runs it catches still end; a kill while answers
+are applied loses nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import wait_until
+from conftest import Postgres, wait_until
 from images import blend, upload_training_set
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 3 MiB tmpfs for the bucket (the test runs as root, as CI does)."""
-    mount = tmp_path / "small-disk"
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``mount`` while the block runs (the tests run as root, as CI does)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                           check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to its last byte with one file; returns the file (delete it to free the space)."""
+    filler = disk / "filler"
+    for block in (1 << 20, 1 << 12, 1):
+        with contextlib.suppress(OSError), filler.open("ab") as out:
+            while True:
+                out.write(bytes(block))
+                out.flush()
+    return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs for the bucket."""
+    with tmpfs(tmp_path / "small-disk", "3m") as mount:
+        yield mount
 
 
 def test_full_disk_fails_that_upload_clearly_and_the_rest_keeps_working(make_server, small_disk: Path) -> None:  # type: ignore[no-untyped-def]
@@ -49,6 +71,45 @@ def test_full_disk_fails_that_upload_clearly_and_the_rest_keeps_working(make_ser
         assert api.put("/objects/manifests/after.bin", content=bytes(1000)).status_code == 201
         listed = {o["key"] for o in api.get("/objects", params={"prefix": "manifests/"}).json()}
         assert f"manifests/blob_{len(stored)}.bin" not in listed
+
+
+IN_FLIGHT = ("ENQUEUED", "PENDING")
+
+
+def test_runs_a_full_disk_catches_end_and_the_training_queue_moves_on(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The data folder's disk fills while a training check runs and another waits behind it (the training queue
+    runs one at a time). The run cannot record its steps; once space returns it resumes (or ends ERROR naming
+    the full disk), and the checks behind it run (was: PENDING with its thread gone, the queue held until a
+    restart)."""
+    if Postgres.mode != "sqlite":
+        pytest.skip("the workflow engine's records are on PostgreSQL there, not on the full disk")
+    with tmpfs(tmp_path / "data", "64m") as data:
+        server = make_server(home=data, LABELLOOP_CACHE_FOLDER=str(tmp_path / "cache"),
+                             LABELLOOP_RECOVERY_CHECK_SECONDS="0.5")
+        with server.client() as api:
+            upload_training_set(api, 5)
+            caught = api.post("/training/check").json()["run_id"]
+            behind = api.post("/training/check").json()["run_id"]
+            wait_until(lambda: api.get(f"/runs/{caught}").json()["status"] == "PENDING", 60, 0.05, "the check to start")
+            filler = fill(data)
+            refused = api.post("/training/check")  # the enqueue needs a write too (was: 503 "try again shortly")
+            assert refused.status_code < 300 or (refused.status_code, refused.json()["detail"]) == (
+                507, "the database's disk is full: free space on it, then try again"), refused.text
+            # The run's steps retry the full disk for 7.5 s, then its execution ends without recording anything.
+            wait_until(lambda: "Exception encountered in background workflow" in server.log_path.read_text(), 60, 0.5,
+                       "the run to stop on the full disk")
+            time.sleep(2)
+            assert api.get(f"/runs/{caught}").json()["status"] in IN_FLIGHT, "the disk filled after the run ended"
+            assert api.get(f"/runs/{behind}").json()["status"] in IN_FLIGHT
+            caught_by_the_disk = {run["id"] for run in api.get("/runs", params={"limit": 200}).json()}
+            filler.unlink()
+            ended = server.wait_run(caught, timeout=90)
+            assert ended["status"] == "SUCCESS" or "disk is full" in str(ended["error"]), ended
+            assert server.wait_run(behind, timeout=90)["status"] == "SUCCESS"
+            later = api.post("/training/check").json()["run_id"]
+            assert server.wait_run(later, timeout=90)["status"] == "SUCCESS"
+            pending = {run["id"] for run in api.get("/runs", params={"status": "PENDING"}).json()}
+            assert not pending & caught_by_the_disk, "runs from before the disk filled still PENDING"
 
 
 KILL_LOOPS = 200

@@ -1,38 +1,85 @@
 """Runs always end, and so does waiting: a detection left WAITING_FOR_MODEL while a version serves (its run
-failed, or ended before recording the answer) is detected again when the server starts."""
+failed, or ended before recording the answer) is detected again by the sweep on its schedule, and when the
+server starts; sweeps that found nothing do not pile up in the run list."""
 
 from __future__ import annotations
 
 import sqlite3
+import textwrap
+from pathlib import Path
 
 import pytest
 
-from conftest import Postgres, Server, wait_until
+from conftest import Postgres, run_script, wait_until
 from images import blend, upload_training_set
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_a_detection_left_waiting_while_a_version_serves_is_detected_at_start(server: Server) -> None:
+def strand(database: Path, event_id: int) -> None:
+    """What a run that failed for good before recording its answer leaves behind (1 of 308 on PostgreSQL)."""
+    with sqlite3.connect(database, timeout=30) as conn:
+        conn.execute("UPDATE detection_events SET status = 'WAITING_FOR_MODEL', label = NULL, confidence = NULL "
+                     "WHERE id = ?", (event_id,))
+
+
+def test_a_detection_left_waiting_while_a_version_serves_is_detected_on_schedule_and_at_start(make_server) -> None:  # type: ignore[no-untyped-def]
     if Postgres.mode != "sqlite":
         pytest.skip("the stranded state is written straight into the SQLite file")
+    server = make_server(LABELLOOP_ANSWER_SWEEP_MINUTES="1")
     with server.client() as api:
         upload_training_set(api, 5)
         assert server.wait_run(api.post("/training/check").json()["run_id"], timeout=400)["output"]["version"] == "v1"
-        run_id = api.put("/objects/images_for_detection/stranded.png", content=blend(3)).json()["run_id"]
-        assert server.wait_run(run_id)["status"] == "SUCCESS"
-        event = api.get("/detections", params={"status": "DETECTED"}).json()[0]
-    server.stop()
-    # What a run that failed for good before recording its answer leaves behind (1 of 308 on PostgreSQL).
-    with sqlite3.connect(server.home / "labelloop.db") as conn:
-        conn.execute("UPDATE detection_events SET status = 'WAITING_FOR_MODEL', label = NULL, confidence = NULL "
-                     "WHERE id = ?", (event["id"],))
-    server.start()
-    with server.client() as api:
-        def detected() -> dict | None:
+        for i in range(2):
+            run_id = api.put(f"/objects/images_for_detection/stranded_{i}.png", content=blend(i)).json()["run_id"]
+            assert server.wait_run(run_id)["status"] == "SUCCESS"
+        on_schedule, at_start = sorted(api.get("/detections", params={"status": "DETECTED"}).json(),
+                                       key=lambda e: e["id"])
+
+        def detected_again(event: dict) -> dict | None:
             found = [e for e in api.get("/detections").json() if e["id"] == event["id"]]
             return found[0] if found and found[0]["status"] == "DETECTED" else None
 
-        again = wait_until(detected, 120, 0.5, "the stranded detection to be detected")
-        assert again["label"] == event["label"] and again["model_version"] == "v1"
-        assert server.wait_run(f"detect-waiting-{event['id']}-v1")["status"] == "SUCCESS"
+        # While the server runs: the sweep (every minute here) finds it (was: waiting until the next start).
+        strand(server.home / "labelloop.db", on_schedule["id"])
+        again = wait_until(lambda: detected_again(on_schedule), 150, 1, "the sweep to detect the stranded image")
+        assert again["label"] == on_schedule["label"] and again["model_version"] == "v1"
+        assert server.wait_run(f"detect-waiting-{on_schedule['id']}-v1")["status"] == "SUCCESS"
+        sweeps = api.get("/runs", params={"limit": 200}).json()
+        sweeps = [run for run in sweeps if run["name"] == "scheduled_answer_sweep" and run["status"] == "SUCCESS"]
+        assert any(run["output"]["detection_runs"] for run in sweeps)
+        assert sum(not any(run["output"].values()) for run in sweeps) <= 1, "idle sweeps pile up in the run list"
+
+    server.stop()
+    strand(server.home / "labelloop.db", at_start["id"])
+    server.start()
+    with server.client() as api:
+        again = wait_until(lambda: detected_again(at_start), 120, 0.5, "the start to detect the stranded image")
+        assert again["label"] == at_start["label"] and again["model_version"] == "v1"
+        assert server.wait_run(f"detect-waiting-{at_start['id']}-v1")["status"] == "SUCCESS"
+
+
+IDLE_SWEEPS = textwrap.dedent("""
+    import sys
+    from dbos import DBOS, SetWorkflowID
+    from labelloop.runs import service as runs
+
+    @DBOS.workflow(name="sweep")
+    def sweep(found: list) -> dict:
+        return {"queued": found}
+
+    DBOS(config={"name": "sweeps", "system_database_url": f"sqlite:///{sys.argv[1]}/system.sqlite"})
+    DBOS.launch()
+    for run_id, found in (("s1", []), ("s2", ["loop-a"]), ("s3", []), ("s4", []), ("s5", [])):
+        with SetWorkflowID(run_id):
+            DBOS.start_workflow(sweep, found).get_result()
+    forgotten = runs.forget_idle_runs("sweep", "s5", lambda output: not any(output.values()))
+    left = sorted(run.workflow_id for run in DBOS.list_workflows())
+    print(f"sweeps|{forgotten}|{','.join(left)}")
+    DBOS.destroy()
+""")
+
+
+def test_sweeps_that_found_nothing_leave_only_the_newest_in_the_run_list(tmp_path: Path) -> None:
+    # The sweep that queued an answer stays, as does the one kept (the running one); 3 idle ones are deleted.
+    assert run_script(IDLE_SWEEPS, tmp_path) == [["sweeps", "3", "s2,s5"]]

@@ -195,8 +195,13 @@ async def storage_full(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The database could not answer this request (locked, gone, full): 503 for it, the rest keep working."""
+    """The database could not answer this request (locked, gone): 503 for it, the rest keep working; its disk
+    is full: 507, saying so (waiting will not help)."""
     log.error("database error on a request", extra={"path": request.url.path, "error": repr(exc)[:500]})
+    cause = getattr(exc, "orig", exc)
+    if getattr(cause, "sqlstate", None) == "53100" or "disk is full" in str(cause):  # PostgreSQL's DiskFull, SQLite's
+        return JSONResponse({"detail": "the database's disk is full: free space on it, then try again"},
+                            status_code=507)
     return JSONResponse({"detail": "the database could not complete this request "
                          f"({type(getattr(exc, 'orig', exc)).__name__}); try again shortly"},
                         status_code=503, headers={"Retry-After": "5"})

@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     undo_seconds: float = Field(default=10.0, ge=0, le=600, description="How long a reviewer can undo an "
                                 "answer before it is applied (0: no undo)")
     answer_sweep_minutes: int = Field(default=5, ge=1, le=1440, description="How often recorded answers not "
-                                      "yet applied (a stop between answer and run) are looked for")
+                                      "yet applied (a stop between answer and run), and detections left waiting "
+                                      "while a version serves, are looked for")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
                                       max_length=63, description="The review flow's name in A2I output paths")
     local_bucket_name: str = Field(default="labelloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",

@@ -23,8 +23,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from croniter import croniter
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
+from dbos._core import _serialize_exception_for_persistence
+from dbos._dbos import _get_dbos_instance
 from dbos._error import DBOSMaxStepRetriesExceeded
-from dbos._utils import GlobalParams
+from dbos._utils import INTERNAL_QUEUE_NAME, GlobalParams
 from sqlalchemy import Engine, NullPool, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
@@ -215,6 +217,7 @@ class Liveness:
 
     def __init__(self, executor_id: str) -> None:
         self.executor_id = executor_id
+        self.stalled = StalledRuns(executor_id)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned: set[tuple[str, str]] = set()
@@ -257,8 +260,8 @@ class Liveness:
         while not self._stop.is_set():
             try:
                 self.check()
-            except Exception as exc:  # the database may be restarting: try again next time
-                log.warning("checking for runs of stopped processes failed; trying again",
+            except Exception as exc:  # the database may be restarting or its disk full: try again next time
+                log.warning("checking for runs of stopped processes and stalled runs failed; trying again",
                             extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
             self._stop.wait(every_seconds)
 
@@ -266,9 +269,11 @@ class Liveness:
         """Make sure this process still holds its own lock (subclasses reconnect if they must)."""
 
     def check(self) -> dict[str, int]:
-        """Recover the PENDING runs of each executor whose lock this process can take."""
+        """Recover the PENDING runs of each executor whose lock this process can take, and this process's own
+        stalled runs (see :class:`StalledRuns`)."""
         self.keep_alive()
         pending = DBOS.list_workflows(status="PENDING", load_input=False, load_output=False)
+        self.stalled.check(pending)
         owners: dict[str, set[str]] = {}
         for run in pending:
             if run.executor_id and run.executor_id != self.executor_id:
@@ -291,6 +296,92 @@ class Liveness:
             finally:
                 self.unlock(other)
         return recovered
+
+
+# A stalled run is handed back to its queue this many times; the next time it stalls it ends ERROR with the reason.
+STALLED_RUN_RETRIES = 5
+_KEPT_ERRORS = 1000
+
+
+class RunOutcomeNotRecorded(Exception):
+    """A run whose execution ended, several times, without recording its outcome in the engine's database."""
+
+
+class StalledRuns:
+    """Runs of this process that no execution carries any more but that still read PENDING.
+
+    When the engine's database cannot be written as a run records a step or its outcome (a full disk, a
+    connection lost at that moment), DBOS ends the run's thread and leaves the run PENDING under this
+    executor, which is alive, so no recovery takes it up: it holds its queue until a restart (the training
+    queue runs one at a time, so every later training check waits behind it). A run seen PENDING under this
+    executor yet running nowhere in this process at two checks in a row is handed back to its queue, where
+    it resumes from its last recorded step (as after a restart) and succeeds once the database can be
+    written again; after ``STALLED_RUN_RETRIES`` hand-backs it ends ERROR with the last error it met, which
+    frees its queue. Only queued runs are judged (labelloop starts every run through a queue): DBOS counts a
+    queued run's execution among its active ones, not a workflow function called inline.
+    """
+
+    def __init__(self, executor_id: str) -> None:
+        self.executor_id = executor_id
+        self._idle: set[str] = set()
+        self._handed_back: dict[str, int] = {}
+
+    def check(self, pending: list[Any]) -> dict[str, list[str]]:
+        """Hand back or fail the runs idle at this check and the last one; returns their ids by outcome."""
+        own = {run.workflow_id for run in pending if run.executor_id == self.executor_id and run.queue_name}
+        idle = own - set(_get_dbos_instance()._active_workflows_set.activeList())  # after the listing
+        stalled, self._idle = sorted(idle & self._idle), idle
+        done: dict[str, list[str]] = {"handed_back": [], "failed": []}
+        for run_id in stalled:
+            tries = self._handed_back.get(run_id, 0)
+            if tries < STALLED_RUN_RETRIES:
+                self._hand_back(run_id, tries + 1)
+                done["handed_back"].append(run_id)
+            else:
+                self._fail(run_id, tries)
+                done["failed"].append(run_id)
+        return done
+
+    def _hand_back(self, run_id: str, attempt: int) -> None:
+        dbos = _get_dbos_instance()
+        if dbos._sys_db.reenqueue_for_recovery(run_id, [self.executor_id], INTERNAL_QUEUE_NAME):
+            self._handed_back[run_id] = attempt
+            while len(self._handed_back) > _KEPT_ERRORS:
+                self._handed_back.pop(next(iter(self._handed_back)))
+            log.warning("a run stopped without recording its outcome; handed back to its queue", extra={
+                "run_id": run_id, "attempt": attempt, "of": STALLED_RUN_RETRIES,
+                "last_error": last_step_error(run_id)})
+
+    def _fail(self, run_id: str, tries: int) -> None:
+        reason = RunOutcomeNotRecorded(
+            f"the run stopped {tries + 1} times without recording its outcome in the workflow engine's "
+            f"database (full disk, or connection lost); last error: {last_step_error(run_id) or 'see the log'}")
+        dbos = _get_dbos_instance()
+        error = _serialize_exception_for_persistence(reason, None, dbos._serializer)
+        if dbos._sys_db.update_workflow_outcome(run_id, "ERROR", error=error):
+            self._handed_back.pop(run_id, None)
+            log.error("a run ended ERROR: it kept stopping without recording its outcome",
+                      extra={"run_id": run_id, "error": str(reason)[:500]})
+
+
+_step_errors: dict[str, str] = {}  # run id → the last error a step of it raised (the newest runs only)
+_step_errors_lock = threading.Lock()
+
+
+def _remember_step_error(error: BaseException) -> None:
+    run_id = DBOS.workflow_id
+    if run_id is None:
+        return
+    with _step_errors_lock:
+        _step_errors.pop(run_id, None)
+        _step_errors[run_id] = f"{type(error).__name__}: {error}"[:500]
+        while len(_step_errors) > _KEPT_ERRORS:
+            _step_errors.pop(next(iter(_step_errors)))
+
+
+def last_step_error(run_id: str) -> str | None:
+    """The last error a step of run ``run_id`` raised in this process (recording it included), if any."""
+    return _step_errors.get(run_id)
 
 
 class PostgresLiveness(Liveness):
@@ -520,8 +611,12 @@ def step(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], 
                 return recorded(*args, **kwargs)["output"]
             except DBOSMaxStepRetriesExceeded as exc:  # the run's error says what went wrong, not just "retries"
                 last = exc.errors[-1] if exc.errors else None
+                _remember_step_error(last or exc)
                 raise StepFailed(f"step {step_name} failed {exc.max_retries} times, the last time with: "
                                  f"{str(last)[:500] or type(last).__name__}") from last
+            except Exception as exc:  # e.g. recording the step's outcome failed: the stalled-run check reports it
+                _remember_step_error(exc)
+                raise
 
         STEPS[step_name] = call
         return call

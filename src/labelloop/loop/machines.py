@@ -269,15 +269,20 @@ HUMAN_LOOP = Machine(
 
 ANSWER_SWEEP = Machine(
     "Human Loop", (routing.ANSWER_SWEEP,),
-    description="The answer sweep: queue the apply run of every answer recorded but not applied (or whose run "
-                "failed), so no answer stays unapplied even where no process restarts.",
+    description="The sweep: queue the apply run of every answer recorded but not applied (or whose run failed), "
+                "and detect again every image left waiting while a version serves, so neither waits for a "
+                "restart. A sweep that queued nothing is kept only until the next one.",
     states=(
         State("start", "Answer sweep", START, 0, note="Every LABELLOOP_ANSWER_SWEEP_MINUTES; also at every start."),
         State("answers_to_apply", "Find answers not applied", row=1,
               note="Their apply runs are queued under the loop's run id (a retry's after a failure)."),
-        State("swept", "Done", SUCCEED, 2),
+        State("detections_to_retry", "Find detections left waiting", row=2,
+              note="Waiting for a model although one serves: detected again (at most 3 runs per version)."),
+        State("forget_idle_sweeps", "Forget earlier idle sweeps", row=3,
+              note="Earlier sweeps that queued nothing leave the run list."),
+        State("swept", "Done", SUCCEED, 4),
     ),
-    transitions=_chain("start", "answers_to_apply", "swept"),
+    transitions=_chain("start", "answers_to_apply", "detections_to_retry", "forget_idle_sweeps", "swept"),
 )
 
 HUMAN_SAMPLING = Machine(

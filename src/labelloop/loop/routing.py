@@ -27,6 +27,7 @@ from labelloop.parameters import flows as parameters_flows
 from labelloop.parameters import service as parameters
 from labelloop.review import flows as review
 from labelloop.review import service as reviews
+from labelloop.runs import service as runs
 from labelloop.sampling import flows as sampling
 from labelloop.storage import service as storage
 from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
@@ -187,16 +188,17 @@ STRANDED_RETRIES = 3
 IN_FLIGHT = ("PENDING", "ENQUEUED")
 
 
-def retry_stranded_detections() -> list[str]:
-    """Queue a new detection run for every image still WAITING_FOR_MODEL although a version serves and no run
-    of it is in flight (its run failed, or ended before recording the answer): an image never waits for a
-    model that is there. At most ``STRANDED_RETRIES`` such runs per image and version; returns the run ids."""
+@engine.step()
+def detections_to_retry() -> list[dict[str, Any]]:
+    """Every image still WAITING_FOR_MODEL although a version serves and no run of it is in flight (its run
+    failed, or ended before recording the answer), with the run id to detect it under: at most
+    ``STRANDED_RETRIES`` such runs per image and version. What to queue."""
     with db.session() as session:
         serving = models.serving_version(session=session)
         version = serving.version if serving is not None else None
     if version is None:
         return []
-    queued = []
+    wanted = []
     for event_id, first_run in detection.waiting_events():
         base = waiting_detection_run_id(event_id, version)
         tried = [base, *(f"{base}-retry-{n}" for n in range(1, STRANDED_RETRIES + 1))]
@@ -208,7 +210,16 @@ def retry_stranded_detections() -> list[str]:
             log.error("detection still waiting after its retries", extra={"detection_id": event_id,
                                                                           "model_version": version})
             continue
-        queued.append(engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id, workflow_id=free))
+        wanted.append({"detection_id": event_id, "run_id": free})
+    return wanted
+
+
+def retry_stranded_detections() -> list[str]:
+    """Queue a detection run for every image left waiting while a version serves (see
+    :func:`detections_to_retry`): an image never waits for a model that is there. At start-up and on the sweep's
+    schedule; returns the run ids."""
+    queued = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, item["detection_id"],
+                             workflow_id=item["run_id"]) for item in detections_to_retry()]
     if queued:
         log.warning("detections left waiting while a version serves queued again", extra={"runs": queued})
     return queued
@@ -384,10 +395,20 @@ def apply_recorded_answers() -> list[str]:
     return [item["loop"] for item in wanted]
 
 
+@engine.step()
+def forget_idle_sweeps(run_id: str) -> int:
+    """Delete the earlier sweep runs that queued nothing: the run list keeps the newest such run, not one every
+    few minutes. Returns how many were deleted."""
+    return runs.forget_idle_runs(ANSWER_SWEEP, run_id, lambda output: not any(output.values()))
+
+
 @engine.workflow(ANSWER_SWEEP)
 def scheduled_answer_sweep(scheduled_time: datetime, context: Any) -> dict[str, Any]:
-    """The answer sweep's schedule: no recorded answer stays unapplied, even where no process restarts."""
-    return {"queued": apply_recorded_answers()}
+    """The sweep's schedule: no recorded answer stays unapplied and no image waits for a model that serves, even
+    where no process restarts."""
+    swept = {"queued": apply_recorded_answers(), "detection_runs": retry_stranded_detections()}
+    forget_idle_sweeps(DBOS.workflow_id)
+    return swept
 
 
 def schedule_answer_sweep(every_minutes: int) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +11,7 @@ from dbos import DBOS
 
 from labelloop.engine import jsonable
 
+log = logging.getLogger(__name__)
 
 class RunNotFound(KeyError):
     """No run has this id."""
@@ -83,3 +86,15 @@ def existing_runs(run_ids: list[str | None]) -> set[str]:
         return set()
     found = DBOS.list_workflows(workflow_ids=wanted, load_input=False, load_output=False)
     return {status.workflow_id for status in found}
+
+
+def forget_idle_runs(workflow: str, keep: str, idle: Callable[[dict[str, Any]], bool], scan: int = 100) -> int:
+    """Delete the finished runs of ``workflow`` (among its newest ``scan``) whose output ``idle`` says did
+    nothing, except run ``keep``: a periodic sweep that found nothing leaves no trail in the run list."""
+    found = DBOS.list_workflows(name=[workflow], status="SUCCESS", sort_desc=True, limit=scan, load_input=False)
+    forgotten = [run.workflow_id for run in found
+                 if run.workflow_id != keep and isinstance(run.output, dict) and idle(run.output)]
+    if forgotten:
+        DBOS.delete_workflows(forgotten)
+        log.debug("runs that did nothing deleted", extra={"workflow": workflow, "runs": len(forgotten)})
+    return len(forgotten)
