@@ -29,6 +29,9 @@ BALANCE_LABELS_IN_TRAINING = "Balance-Labels-In-Training"
 USE_LABEL_ASSUMED_THRESHOLDS = "Use-Label-Assumed-Thresholds"
 MAXIMUM_SILENT_ERROR_RATE = "Maximum-Silent-Error-Rate"
 TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
+GOLD_TASK_RATE = "Gold-Task-Rate"
+MINIMUM_GOLD_ACCURACY = "Minimum-Gold-Accuracy"
+MINIMUM_GOLD_ANSWERS = "Minimum-Gold-Answers"
 FOR_SYSTEM_USE_ONLY = "For-System-Use-Only"
 
 _INT = re.compile(r"^[+]?\d+$")
@@ -150,6 +153,19 @@ DEFINITIONS: dict[str, Definition] = {
                    "valuable examples there are. The silent-error estimate stays honest (an audit judges only "
                    "the version that made the detection; the F1 gate leaves out answers about images a "
                    "version trained on). Off by default: audits are never training data."),
+        Definition(GOLD_TASK_RATE, "float", "5.0",
+                   "The percentage of each reviewer's tasks that are gold tasks (images an operator marked with "
+                   "their known label), mixed into the queue while real tasks wait and served like them; the "
+                   "answers score the reviewer and never become training data. 5 % by default: nothing is "
+                   "served until an operator marks gold tasks, and then 1 task in 20 is a check, enough for "
+                   "about 10 gold answers in a 200-task day. 0 turns it off.", minimum=0.0, maximum=50.0),
+        Definition(MINIMUM_GOLD_ACCURACY, "float", "0.0",
+                   "A reviewer whose accuracy on gold tasks falls below this percentage, once they gave "
+                   "Minimum-Gold-Answers gold answers, is paused from review at once (an admin resumes them on "
+                   "the Reviewers page). 0, the default, pauses nobody.", minimum=0.0, maximum=100.0),
+        Definition(MINIMUM_GOLD_ANSWERS, "int", "10",
+                   "Gold answers a reviewer must have given before Minimum-Gold-Accuracy can pause them.",
+                   minimum=1, maximum=10000),
         Definition(FOR_SYSTEM_USE_ONLY, "json", "{}",
                    "State the system keeps between runs (previous_trained_images, serving version).",
                    system_only=True),
