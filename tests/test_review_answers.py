@@ -398,6 +398,7 @@ def test_gold_tasks_are_mixed_in_look_real_and_only_score_the_reviewer(review_se
         ravi = web_client(review_server, "ravi", "own-password-1")
         assert _task_on(take_task(ravi)) is None, "no gold task while no real task waits"
         ravi.close()
+        api.put("/parameters/Human-Sampling-Interval", json={"value": "1000"})  # so sampling_loop changes it
         sampled = sampling_loop(review_server, api, "images_for_detection/gold-mix-sampled.png")
         real = {sampled, *detection_loops(api, {f"images_for_detection/gold-mix-{i}.png": uncertain(140 + i)
                                                 for i in range(3)})}
