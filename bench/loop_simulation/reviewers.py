@@ -24,8 +24,9 @@ answers reach the budget (every answer counts: the three of a consolidated task,
 * **truthful reviewer** (reference): one answer per task, never wrong.
 
 Per arm and budget: held-out macro-F1 of the last version, human answers spent, tasks labeled, wrong labels in
-the training data, reviewers paused. Outputs bench/out/loop_simulation/reviewers-TASK.{json,md}; --publish
-copies the table to docs/loop_simulation_reviewers.md.
+the training data, reviewers paused. Outputs: bench/out/loop_simulation/reviewers-TASK-seeds-S.json and
+reviewers-TASK.md (--merge combines the JSON of runs made seed by seed); --publish copies the table to
+docs/loop_simulation_reviewers.md.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -209,8 +211,16 @@ def main() -> None:
     parser.add_argument("--gold-accuracy", type=float, default=70.0, help="pause below this percent")
     parser.add_argument("--gold-answers", type=int, default=8, help="gold answers before pausing can happen")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="combine earlier runs' JSON files (e.g. one per seed) instead of running")
     parser.add_argument("--publish", action="store_true")
     settings = parser.parse_args()
+    if settings.merge:
+        rows = [row for path in settings.merge for row in json.loads(Path(path).read_text())["rows"]]
+        settings.seeds = sorted({row["seed"] for row in rows})
+        settings.budgets = sorted({row["budget"] for row in rows})
+        settings.arms = [arm for arm in ARMS if any(row["arm"] == arm for row in rows)]
+        return write(settings, rows)
     w = world(settings.task)
     rows = []
     for budget in settings.budgets:
@@ -220,12 +230,18 @@ def main() -> None:
                 rows.append(run_arm(w, arm, seed, budget, settings))
                 print(f"budget {budget} seed {seed} {arm}: F1 {rows[-1]['macro_f1']:.3f}, {rows[-1]['answers']} "
                       f"answers in {time.perf_counter() - started:.0f} s", flush=True)
+    write(settings, rows)
+
+
+def write(settings: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The JSON (named after the seeds), the table, and with --publish the table in docs/."""
     result = {"task": settings.task, "seeds": settings.seeds,
               "settings": {k: getattr(settings, k) for k in ("gold_rate", "gold_accuracy", "gold_answers")},
               "summary": [summary(rows, arm, budget) for budget in settings.budgets for arm in settings.arms],
               "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"reviewers-{settings.task}.json").write_text(json.dumps(result, indent=1))
+    seeds = "-".join(str(seed) for seed in settings.seeds)
+    (OUT / f"reviewers-{settings.task}-seeds-{seeds}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"reviewers-{settings.task}.md").write_text(table(result))
     print(table(result))
     if settings.publish:
