@@ -418,8 +418,11 @@ def test_gold_tasks_are_mixed_in_look_real_and_only_score_the_reviewer(review_se
                 assert shown["source"] == "Human Sampling" and shown["object_key"] is None, shown
                 assert shown["run_id"] is None and "gold" not in answered.text.lower()
                 page = take_task(portal)
-            else:  # the second: wrong, through the portal
+            else:  # the second: wrong, through the portal; undo gives it back, as a real task
                 wrong = "aws_logo" if golds[loop["object_key"]] == "amazon_logo" else "amazon_logo"
+                page = portal.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": wrong})
+                page = portal.post("/review/undo", data={"csrf_token": csrf_of(page.text)})
+                assert "Answer taken back" in page.text and _task_on(page) == name
                 page = portal.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": wrong})
         served_gold = set(pages) - real
         assert set(pages) >= real and len(served_gold) == 2, f"4 real tasks and both gold ones: {list(pages)}"

@@ -56,7 +56,7 @@ class PauseBelow(BaseModel):
     at least ``min_gold_answers`` gold answers."""
 
     accuracy: float
-    min_gold_answers: int = 10
+    min_gold_answers: int = 20
 
 
 class LabelAudit(BaseModel):
