@@ -4,6 +4,7 @@ Label Audit loops, and A2I's output read as A2I's documentation describes it."""
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import re
@@ -16,7 +17,15 @@ import pytest
 
 from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import box_logo, smile_logo
-from test_web_portal import csrf_of, detection_loops, sampling_loop, take_task, uncertain, web_client
+from test_web_portal import (
+    csrf_of,
+    detection_loops,
+    sampling_loop,
+    stop_open_loops,
+    take_task,
+    uncertain,
+    web_client,
+)
 
 pytestmark = pytest.mark.timeout(600)
 NOTA = "None of the Above"
@@ -353,3 +362,141 @@ def test_a_lease_lasts_the_task_time_limit_then_the_task_returns_to_the_queue(re
     api.put("/task-template", json={"task_time_limit_seconds": 3600}).raise_for_status()
     for client in (api, rita, ravi):
         client.close()
+
+
+def _task_on(page: httpx.Response) -> str | None:
+    found = re.search(r'data-task="([^"]+)"', page.text)
+    return found.group(1) if found else None
+
+
+def _same_page(html: str, name: str) -> str:
+    """A task page without what differs from task to task: its name, the count, the last answer, tokens."""
+    html = html.replace(name, "NAME")
+    for pattern, blank in ((r'<p class="count".*?</p>', ""), (r'<div class="saved notice".*?</div>', ""),
+                           (r'(value|nonce|content)="[A-Za-z0-9_\-+/=]{16,}"', r'\1="T"')):
+        html = re.sub(pattern, blank, html, flags=re.S)
+    return re.sub(r"\s*\n\s*", "\n", html)
+
+
+def test_gold_tasks_are_mixed_in_look_real_and_only_score_the_reviewer(review_server: Server) -> None:
+    api = review_server.client()
+    rita = worker_api(review_server, "rita")
+    stop_open_loops(api)
+    for body, reason in (({"object_key": "images_labeled_by_folder/amazon_logo/nope.png"}, "not stored"),
+                         ({"object_key": "images_labeled_by_folder/amazon_logo/a0.png", "label": "cat"},
+                          "not one of the task's labels"),
+                         ({"object_key": "images_for_detection/undo.png"}, "give its known label")):
+        refused = api.post("/gold-tasks", json=body)
+        assert refused.status_code == 422 and reason in refused.json()["detail"], refused.text
+    golds = {"images_labeled_by_folder/amazon_logo/a0.png": "amazon_logo",
+             "images_labeled_by_folder/aws_logo/b0.png": "aws_logo"}
+    for key in golds:
+        assert api.post("/gold-tasks", json={"object_key": key}).status_code == 201
+    assert {g["object_key"]: g["label"] for g in api.get("/gold-tasks").json()} == golds
+    api.put("/parameters/Gold-Task-Rate", json={"value": "50"}).raise_for_status()
+    try:
+        ravi = web_client(review_server, "ravi", "own-password-1")
+        assert _task_on(take_task(ravi)) is None, "no gold task while no real task waits"
+        ravi.close()
+        api.put("/parameters/Human-Sampling-Interval", json={"value": "1000"})  # so sampling_loop changes it
+        sampled = sampling_loop(review_server, api, "images_for_detection/gold-mix-sampled.png")
+        real = {sampled, *detection_loops(api, {f"images_for_detection/gold-mix-{i}.png": uncertain(140 + i)
+                                                for i in range(3)})}
+        trained_before = keys_under(api, "images_labeled_by_folder/")
+        portal = web_client(review_server, "rita", "own-password-1")
+        pages, page = {}, take_task(portal)
+        while (name := _task_on(page)) is not None:
+            assert name not in pages, "never the same task twice"
+            pages[name] = page.text
+            loop = api.get(f"/human-loops/{name}").json()
+            assert portal.get(f"/review/tasks/{name}/image").headers["content-type"].startswith("image/")
+            if loop["source"] != "Gold":
+                page = portal.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": NOTA})
+            elif not [n for n in pages if n not in real][:-1]:  # the first gold task: right, through the API
+                answered = rita.post(f"/human-loops/{name}/answer", json={"label": golds[loop["object_key"]]})
+                shown = answered.json()
+                assert shown["source"] == "Human Sampling" and shown["object_key"] is None, shown
+                assert shown["run_id"] is None and "gold" not in answered.text.lower()
+                page = take_task(portal)
+            else:  # the second: wrong, through the portal; undo gives it back, as a real task
+                wrong = "aws_logo" if golds[loop["object_key"]] == "amazon_logo" else "amazon_logo"
+                page = portal.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": wrong})
+                page = portal.post("/review/undo", data={"csrf_token": csrf_of(page.text)})
+                assert "Answer taken back" in page.text and _task_on(page) == name
+                page = portal.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": wrong})
+        served_gold = set(pages) - real
+        assert set(pages) >= real and len(served_gold) == 2, f"4 real tasks and both gold ones: {list(pages)}"
+
+        for name in served_gold:
+            assert name.startswith("sampling-"), "named like an audit loop"
+            html = pages[name]
+            assert "gold" not in html.lower() and "Model's guess" not in html
+            assert not any(key in html or key.rsplit("/", 1)[1] in html for key in golds)
+            gold_page, real_page = _same_page(html, name), _same_page(pages[sampled], sampled)
+            assert gold_page == real_page, "\n".join(difflib.unified_diff(real_page.splitlines(),
+                                                                          gold_page.splitlines(), lineterm=""))
+            as_worker = rita.get(f"/human-loops/{name}")
+            assert as_worker.json()["source"] == "Human Sampling" and "gold" not in as_worker.text.lower()
+            loop = api.get(f"/human-loops/{name}").json()
+            assert loop["source"] == "Gold" and loop["status"] == "Completed" and loop["detection_id"] is None
+            assert loop["copied_key"] is None and loop["output_key"] is None
+        listed = {loop["name"] for loop in rita.get("/human-loops", params={"source": "Human Sampling"}).json()}
+        assert served_gold <= listed and rita.get("/human-loops", params={"source": "Gold"}).json() == []
+        assert all(loop["object_key"] is None for loop in rita.get("/human-loops").json())
+
+        wait_until(lambda: all(api.get(f"/human-loops/{n}").json()["applied_at"] for n in real), 60, 0.3,
+                   "the real answers applied")
+        assert keys_under(api, "images_labeled_by_folder/") == trained_before, "gold answers copy nothing"
+        assert not [k for k in keys_under(api, "a2i-human-loop-data/") if any(n in k for n in served_gold)]
+        [mine] = [m for m in api.get("/reviewers/metrics").json() if m["reviewer"] == "rita"]
+        assert (mine["gold_answers"], mine["gold_accuracy"]) == (2, 0.5)
+        rows = list(csv.DictReader(io.StringIO(api.get("/reviewers/metrics.csv").text)))
+        assert [(r["gold_answers"], r["gold_accuracy"]) for r in rows if r["reviewer"] == "rita"][-1] == ("2", "0.5")
+        assert [(g["answers"], g["answered_right"]) for g in api.get("/gold-tasks").json()] in (
+            [(1, 1), (1, 0)], [(1, 0), (1, 1)])
+        assert _task_on(take_task(portal)) is None, "rita saw both gold tasks: none again"
+        portal.close()
+        admin = web_client(review_server, "admin", ADMIN_PASSWORD)
+        page = admin.get("/reviewers")
+        assert 'id="gold-task-list"' in page.text and "Accuracy on gold tasks" in page.text
+        assert re.search(r'data-reviewer="rita">.*?<td class="gold-accuracy">50 %</td>', page.text, re.S)
+        removed = admin.post("/reviewers/gold/remove", data={"csrf_token": csrf_of(page.text),
+                                                              "object_key": "images_labeled_by_folder/aws_logo/b0.png"})
+        assert "aws_logo/b0.png" not in removed.text
+        admin.close()
+    finally:
+        api.put("/parameters/Gold-Task-Rate", json={"value": "0"}).raise_for_status()
+    for client in (api, rita):
+        client.close()
+
+
+def test_reviewers_below_a_gold_accuracy_are_paused(review_server: Server) -> None:
+    api = review_server.client()
+    if not any(m.get("gold_answers") for m in api.get("/reviewers/metrics").json()):
+        test_gold_tasks_are_mixed_in_look_real_and_only_score_the_reviewer(review_server)
+    assert api.post("/reviewers/pause-below", json={"accuracy": 1.5}).status_code == 422
+    paused = api.post("/reviewers/pause-below", json={"accuracy": 0.75, "min_gold_answers": 3}).json()
+    assert paused["paused"] == [], "rita has 2 gold answers, fewer than 3"
+    paused = api.post("/reviewers/pause-below", json={"accuracy": 0.75, "min_gold_answers": 2}).json()
+    assert paused["paused"] == ["rita"] and "rita" in paused["paused_reviewers"]
+    assert api.post("/reviewers/rita/resume").json()["paused"] == []
+
+    # Minimum-Gold-Accuracy pauses a reviewer as their gold answer comes in: ravi answers his first one wrong.
+    stop_open_loops(api)
+    for name, value in (("Minimum-Gold-Accuracy", "75"), ("Minimum-Gold-Answers", "1"), ("Gold-Task-Rate", "50")):
+        api.put(f"/parameters/{name}", json={"value": value}).raise_for_status()
+    try:
+        detection_loops(api, {f"images_for_detection/gold-pause-{i}.png": uncertain(150 + i) for i in range(2)})
+        ravi = web_client(review_server, "ravi", "own-password-1")
+        page = take_task(ravi)
+        while (name := _task_on(page)) is not None and api.get(f"/human-loops/{name}").json()["source"] != "Gold":
+            page = ravi.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": NOTA})
+        assert name is not None, "a gold task among ravi's first tasks"
+        after = ravi.post(f"/review/tasks/{name}", data={"csrf_token": csrf_of(page.text), "label": NOTA})
+        assert _task_on(after) is None and "An admin paused you from review" in after.text
+        ravi.close()
+    finally:
+        for name, value in (("Minimum-Gold-Accuracy", "0"), ("Gold-Task-Rate", "0")):
+            api.put(f"/parameters/{name}", json={"value": value}).raise_for_status()
+        api.post("/reviewers/ravi/resume")
+    api.close()

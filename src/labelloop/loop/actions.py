@@ -16,8 +16,9 @@ from labelloop.loop import routing
 from labelloop.modeling import service as models
 from labelloop.modeling.images import check_image
 from labelloop.parameters import service as parameters
+from labelloop.review import gold
 from labelloop.review import service as reviews
-from labelloop.review.models import HumanLoopStatus
+from labelloop.review.models import HumanLoopSource, HumanLoopStatus
 from labelloop.storage import service as storage
 from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
 
@@ -87,6 +88,9 @@ def answer_loop(name: str, label: str, worker: str) -> dict[str, Any]:
     sent again by the same reviewer is taken as the same answer (no 409 on a retry)."""
     loop = reviews.claim_answer(name, label, worker)
     if loop["status"] != HumanLoopStatus.COMPLETED:  # waiting for more reviewers
+        return {**loop, "run_id": None}
+    if loop["source"] == HumanLoopSource.GOLD:  # it scores the reviewer; nothing is applied
+        gold.after_gold_answer(worker)
         return {**loop, "run_id": None}
     return {**loop, "run_id": routing.start_apply_answer(loop["name"], loop["answer_round"])}
 

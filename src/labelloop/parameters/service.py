@@ -30,6 +30,9 @@ USE_LABEL_ASSUMED_THRESHOLDS = "Use-Label-Assumed-Thresholds"
 MAXIMUM_SILENT_ERROR_RATE = "Maximum-Silent-Error-Rate"
 TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
 QUANTIZE_BACKBONE = "Quantize-Backbone"
+GOLD_TASK_RATE = "Gold-Task-Rate"
+MINIMUM_GOLD_ACCURACY = "Minimum-Gold-Accuracy"
+MINIMUM_GOLD_ANSWERS = "Minimum-Gold-Answers"
 FOR_SYSTEM_USE_ONLY = "For-System-Use-Only"
 
 _INT = re.compile(r"^[+]?\d+$")
@@ -157,6 +160,21 @@ DEFINITIONS: dict[str, Definition] = {
                    "one (faster detection) when, on its test split, it loses at most half a point of macro-F1 "
                    "and makes no more confident errors. Both results are in the version's evaluation. Off by "
                    "default: it adds a second embedding pass to every training (README, Performance)."),
+        Definition(GOLD_TASK_RATE, "float", "5.0",
+                   "The percentage of each reviewer's tasks that are gold tasks (images an operator marked with "
+                   "their known label), mixed into the queue while real tasks wait and served like them; the "
+                   "answers score the reviewer and never become training data. 5 % by default: nothing is "
+                   "served until an operator marks gold tasks, and then 1 task in 20 is a check, enough for "
+                   "about 10 gold answers in a 200-task day. 0 turns it off.", minimum=0.0, maximum=50.0),
+        Definition(MINIMUM_GOLD_ACCURACY, "float", "0.0",
+                   "A reviewer whose accuracy on gold tasks falls below this percentage, once they gave "
+                   "Minimum-Gold-Answers gold answers, is paused from review at once (an admin resumes them on "
+                   "the Reviewers page). 0, the default, pauses nobody.", minimum=0.0, maximum=100.0),
+        Definition(MINIMUM_GOLD_ANSWERS, "int", "20",
+                   "Gold answers a reviewer must have given before Minimum-Gold-Accuracy can pause them. 20 by "
+                   "default: the reviewer simulation showed 8 gold answers cannot tell a reviewer right 85 % of "
+                   "the time from one right 60 % of the time (careful reviewers were paused too).",
+                   minimum=1, maximum=10000),
         Definition(FOR_SYSTEM_USE_ONLY, "json", "{}",
                    "State the system keeps between runs (previous_trained_images, serving version).",
                    system_only=True),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from labelloop.db import Base, UTCDateTime, utcnow
@@ -26,6 +26,8 @@ class HumanLoopSource:
     DETECTION = "Detection"
     SAMPLING = "Human Sampling"
     LABEL_AUDIT = "Label Audit"
+    # A gold task (honeypot) served to one reviewer: its label is known; the answer only scores the reviewer.
+    GOLD = "Gold"
 
 
 NONE_OF_THE_ABOVE = "None of the Above"
@@ -90,8 +92,26 @@ class HumanLoop(Base):
     status_message: Mapped[str] = mapped_column(Text, default="")
     # How many distinct reviewers must answer (the template's number for the source; escalation adds one).
     required_answers: Mapped[int] = mapped_column(Integer, default=1)
+    # The gold task this loop serves (source Gold only): its known label scores the answer.
+    gold_task_id: Mapped[int | None] = mapped_column(ForeignKey("gold_tasks.id"), nullable=True, index=True)
     answers: Mapped[list[HumanAnswer]] = relationship(order_by=HumanAnswer.id, lazy="selectin",
                                                       cascade="all, delete-orphan")
+
+
+class GoldTask(Base):
+    """A labeled image an operator marked as gold: its label is known, so answers to it score the reviewer.
+
+    Removing one keeps the row (``active`` false) so the answers already given keep their score."""
+
+    __tablename__ = "gold_tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    object_key: Mapped[str] = mapped_column(String(1024), unique=True)
+    object_etag: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    label: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    added_by: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class TaskTemplate(Base):

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from labelloop import db
 from labelloop.config import get_settings
 from labelloop.loop import actions
-from labelloop.review import service
+from labelloop.review import gold, service
 from labelloop.web import plots
 from labelloop.web.dependencies import SessionDep
 from labelloop.web.pages import Form, PageDenied, Visitor, page_role, render
@@ -30,7 +30,8 @@ MESSAGES = {
 
 @router.get("/review", response_class=HTMLResponse)
 def portal(request: Request, session: SessionDep, visitor: Reviewer) -> Response:
-    return render(request, "review/portal.html", {"left": service.open_task_count(session=session)})
+    return render(request, "review/portal.html", {
+        "left": service.open_task_count(session=session, worker=visitor.user.username)})
 
 
 @router.get("/review/work", response_class=HTMLResponse)
@@ -39,7 +40,8 @@ def work(request: Request, session: SessionDep, visitor: Reviewer, saved: str | 
     """Show the task the reviewer holds (a GET never leases: *Start working* and answers POST for that)."""
     loop = service.held_by(visitor.user.username, session=session)
     context = {"saved": saved, "undone": undone, "problem": MESSAGES.get(problem or ""),
-               "left": service.open_task_count(session=session), "undo_seconds": get_settings().undo_seconds}
+               "left": service.open_task_count(session=session, worker=visitor.user.username),
+               "undo_seconds": get_settings().undo_seconds}
     if loop is None:
         paused = visitor.user.username in service.template(session=session).paused_reviewers
         return render(request, "review/empty.html", {**context, "paused": paused})
@@ -51,7 +53,7 @@ def work(request: Request, session: SessionDep, visitor: Reviewer, saved: str | 
 @router.post("/review/work")
 def take_task(session: SessionDep, visitor: Reviewer, _form: Form) -> Response:
     """Lease the next task (or keep the one held) and show it."""
-    service.lease_next(visitor.user.username, session=session)
+    gold.lease_next(visitor.user.username, session=session)
     session.commit()
     return RedirectResponse("/review/work", status_code=303)
 
@@ -72,7 +74,7 @@ def answer(name: str, session: SessionDep, visitor: Reviewer, form: Form) -> Res
         raise PageDenied(404, "There is no such task.") from None
     except service.ReviewError as exc:
         raise PageDenied(422, str(exc)) from None
-    service.lease_next(visitor.user.username, session=session)
+    gold.lease_next(visitor.user.username, session=session)
     session.commit()
     shown = next(a["label"] for a in loop["answers"] if a["worker"] == visitor.user.username)  # as recorded
     return RedirectResponse(f"/review/work?saved={quote(shown)}", status_code=303)
@@ -100,9 +102,45 @@ def reviewers(request: Request, session: SessionDep, visitor: Watcher) -> Respon
     chart = plots.bar_chart([(m["reviewer"], 100 * m["agreement"]) for m in metrics if m["agreement"] is not None],
                             label="Agreement with the final label, last 30 days", unit=" %",
                             value_format="{:.0f}")
+    gold_chart = plots.bar_chart([(m["reviewer"], 100 * m["gold_accuracy"]) for m in metrics
+                                  if m["gold_accuracy"] is not None],
+                                 label="Accuracy on gold tasks, last 30 days", unit=" %", value_format="{:.0f}")
     return render(request, "review/reviewers.html", {
-        "metrics": metrics, "chart": chart, "low": LOW_AGREEMENT,
+        "metrics": metrics, "chart": chart, "gold_chart": gold_chart, "low": LOW_AGREEMENT,
+        "gold_tasks": gold.list_gold(session=session), "label_choices": service.label_choices(session=session),
         "can_pause": visitor.user.role == Role.ADMIN})
+
+
+@router.post("/reviewers/gold")
+def add_gold(session: SessionDep, visitor: Watcher, form: Form) -> Response:
+    """Mark a stored image as a gold task with its known label."""
+    key, label = form.get("object_key"), form.get("label")
+    try:
+        gold.add_gold(str(key or "").strip(), str(label or "") or None, visitor.user.username, session=session)
+    except service.ReviewError as exc:
+        raise PageDenied(422, str(exc)) from None
+    return RedirectResponse("/reviewers#gold-tasks", status_code=303)
+
+
+@router.post("/reviewers/gold/remove")
+def remove_gold(session: SessionDep, visitor: Watcher, form: Form) -> Response:
+    """Stop serving a gold task."""
+    try:
+        gold.remove_gold(str(form.get("object_key") or ""), visitor.user.username, session=session)
+    except service.ReviewError as exc:
+        raise PageDenied(422, str(exc)) from None
+    return RedirectResponse("/reviewers#gold-tasks", status_code=303)
+
+
+@router.post("/reviewers/pause-below")
+def pause_below(session: SessionDep, visitor: Admin, form: Form) -> Response:
+    """Pause every reviewer under the given gold accuracy (percent) with enough gold answers, in one click."""
+    try:
+        accuracy, answers = float(str(form.get("accuracy"))), int(str(form.get("min_gold_answers")))
+        gold.pause_below(accuracy / 100, answers, visitor.user.username, session=session)
+    except ValueError as exc:  # ReviewError too
+        raise PageDenied(422, f"give a gold accuracy in percent and a number of gold answers: {exc}") from None
+    return RedirectResponse("/reviewers", status_code=303)
 
 
 @router.post("/reviewers/{username}/pause")

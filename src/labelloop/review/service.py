@@ -8,7 +8,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, timedelta
 from statistics import median
 from typing import Any
 
@@ -25,6 +25,7 @@ from labelloop.review.models import (
     MAX_REVIEWERS,
     NONE_OF_THE_ABOVE,
     AnswerKind,
+    GoldTask,
     HumanAnswer,
     HumanLoop,
     HumanLoopSource,
@@ -197,13 +198,45 @@ def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
     return for_reviewer(shown) if reviewer_view else shown
 
 
+# What a reviewer is never shown: where the image is stored (a training image's key names its label, a gold
+# task's would give it away) and where the answer went.
+HIDDEN_FROM_REVIEWERS = ("object_key", "object_etag", "detection_id", "output_key", "copied_key")
+
+
 def for_reviewer(shown: dict[str, Any]) -> dict[str, Any]:
-    """A loop as :func:`as_dict` shows it to a reviewer: without the others' answers, and without the model's
-    guess unless it is a detection loop."""
-    shown = shown | {"answers": None, "leased_by": None}
+    """A loop as :func:`as_dict` shows it to a reviewer: without the others' answers, the storage keys, the run,
+    and the model's guess unless it is a detection loop; a gold task looks like the audit it is served as."""
+    shown = shown | {"answers": None, "leased_by": None} | dict.fromkeys(HIDDEN_FROM_REVIEWERS)
+    if "run_id" in shown:
+        shown["run_id"] = None
+    if shown["source"] == HumanLoopSource.GOLD:
+        shown = _as_served(shown)
     if shown["source"] == HumanLoopSource.DETECTION:
         return shown
     return shown | dict.fromkeys(GUESS_FIELDS)
+
+
+def gold_disguise(name: str) -> str:
+    """The source a gold loop named ``name`` is served as: a Label Audit when named like one, else an audit."""
+    return HumanLoopSource.LABEL_AUDIT if name.startswith("label-audit-") else HumanLoopSource.SAMPLING
+
+
+def _as_served(shown: dict[str, Any]) -> dict[str, Any]:
+    """A gold loop as a real loop of its disguise would look after this reviewer's answer: still waiting when
+    that source asks several reviewers, applied once the undo window has passed."""
+    source = gold_disguise(shown["name"])
+    with db.session() as session:
+        required = reviewers_for(source, session=session)
+    shown = shown | {"source": source, "required_answers": required, "status_message": ""}
+    if shown["status"] != HumanLoopStatus.COMPLETED:
+        return shown
+    if required > 1:
+        return shown | {"status": HumanLoopStatus.IN_PROGRESS, "answer_label": None, "answered_by": None,
+                        "completed_at": None, "applied_at": None}
+    completed = shown["completed_at"]
+    completed = completed.replace(tzinfo=UTC) if completed.tzinfo is None else completed
+    undo_ends = completed + timedelta(seconds=get_settings().undo_seconds)
+    return shown | {"applied_at": undo_ends if undo_ends <= db.utcnow() else None}
 
 
 def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
@@ -267,6 +300,9 @@ def correct_answer(name: str, label: str, actor: str, *, session: Session) -> Hu
     training copy (or removes it for None of the Above), rewrites the output and the detection's answer."""
     loop = get_loop(name, session=session)
     label = checked_answer(label, session=session)
+    if loop.source == HumanLoopSource.GOLD:
+        raise ReviewError(f"human loop {name} is a gold task: its label is the gold task's, its answer only "
+                          "scores the reviewer")
     if loop.status != HumanLoopStatus.COMPLETED or loop.applied_at is None:
         raise ReviewError(f"human loop {name} is {loop.status}, not applied yet: only applied answers are "
                           "corrected (its reviewer can undo an answer in its undo window)")
@@ -313,14 +349,20 @@ def expire_loops(*, session: Session) -> int:
 
 
 def list_loops(*, session: Session, status: str | None = None, source: str | None = None, limit: int = 500,
-               offset: int = 0) -> list[HumanLoop]:
-    """Loops, newest first."""
+               offset: int = 0, gold_as_audits: bool = False) -> list[HumanLoop]:
+    """Loops, newest first; ``gold_as_audits`` (a reviewer asking) lists gold loops under the source they are
+    served as, never under their own."""
     expire_loops(session=session)
     query = select(HumanLoop).order_by(HumanLoop.id.desc()).limit(limit).offset(offset)
     if status:
         query = query.where(HumanLoop.status == status)
-    if source:
-        query = query.where(HumanLoop.source == source)
+    if source and gold_as_audits and source in (HumanLoopSource.SAMPLING, HumanLoopSource.LABEL_AUDIT):
+        served_as = HumanLoop.name.like("label-audit-%")
+        query = query.where(or_(HumanLoop.source == source, (HumanLoop.source == HumanLoopSource.GOLD) & (
+            served_as if source == HumanLoopSource.LABEL_AUDIT else ~served_as)))
+    elif source:  # a reviewer asking for "Gold" finds none: gold loops are never shown as such
+        query = query.where(HumanLoop.source == source,
+                            *([HumanLoop.source != HumanLoopSource.GOLD] if gold_as_audits else []))
     return list(session.scalars(query))
 
 
@@ -331,9 +373,23 @@ def held_by(worker: str, *, session: Session) -> HumanLoop | None:
                                                   HumanLoop.lease_expires_at > db.utcnow()))
 
 
+def _free_for(worker: str, now: Any) -> tuple[Any, ...]:
+    """Conditions of a real task ``worker`` may take: open, nobody's live lease, not answered by them (gold
+    loops are served to one reviewer only, never from the queue)."""
+    answered = select(HumanAnswer.id).where(HumanAnswer.loop_id == HumanLoop.id, HumanAnswer.worker == worker)
+    return (HumanLoop.status == HumanLoopStatus.IN_PROGRESS, HumanLoop.source != HumanLoopSource.GOLD,
+            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now), ~answered.exists())
+
+
+def task_waiting(worker: str, *, session: Session) -> bool:
+    """Whether a real task waits that ``worker`` could take."""
+    return session.scalar(select(HumanLoop.id).where(*_free_for(worker, db.utcnow())).limit(1)) is not None
+
+
 def lease_next(worker: str, *, session: Session) -> HumanLoop | None:
     """Lease the oldest open task nobody holds to ``worker`` (or the one they already hold), for the task
-    template's time limit; a lease past it returns the task to the queue."""
+    template's time limit; a lease past it returns the task to the queue. (The portal leases through
+    ``review.gold.lease_next``, which mixes gold tasks in.)"""
     expire_loops(session=session)
     if worker in template(session=session).paused_reviewers:
         return None
@@ -342,9 +398,7 @@ def lease_next(worker: str, *, session: Session) -> HumanLoop | None:
         return held
     now = db.utcnow()
     seconds = template(session=session).task_time_limit_seconds
-    answered = select(HumanAnswer.id).where(HumanAnswer.loop_id == HumanLoop.id, HumanAnswer.worker == worker)
-    free = (HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
-            or_(HumanLoop.leased_by.is_(None), HumanLoop.lease_expires_at <= now), ~answered.exists())
+    free = _free_for(worker, now)
     for candidate in session.scalars(select(HumanLoop.id).where(*free).order_by(HumanLoop.id).limit(20)):
         # Conditional update: two reviewers racing for the same task cannot both win it; nobody gets a task
         # they answered.
@@ -425,6 +479,8 @@ def _complete_if_answered(loop: HumanLoop, worker: str, now: Any, *, session: Se
         return
     loop.status, loop.answer_label, loop.answered_by, loop.completed_at = (
         HumanLoopStatus.COMPLETED, label, worker, now)
+    if loop.source == HumanLoopSource.GOLD:  # it only scores the reviewer: nothing to apply
+        loop.applied_at = now
     if len(reviews) > 1:
         loop.status_message = f"consolidated from {len(reviews)} answers ({share:.0%} agree)"
 
@@ -444,13 +500,15 @@ def consolidate(answers: list[HumanAnswer], *, session: Session) -> tuple[str, f
 
 
 def reviewer_reliability(workers: list[str], *, session: Session) -> dict[str, float]:
-    """Each reviewer's agreement with the final label of the loops they answered, smoothed as
-    (agreed + 1) / (answered + 2): the one-coin Dawid–Skene estimate of accuracy, taken against the
-    consolidated (or operator-corrected) labels rather than iterated, which is enough to break ties."""
+    """Each reviewer's agreement with the final label of the loops they answered (the known label of gold
+    tasks), smoothed as (agreed + 1) / (answered + 2): the one-coin Dawid–Skene estimate of accuracy, taken
+    against the consolidated (or operator-corrected) labels rather than iterated, which is enough to break
+    ties."""
     tally = {worker: [0, 0] for worker in workers}
     for worker, answer, final in session.execute(
-            select(HumanAnswer.worker, HumanAnswer.label, HumanLoop.answer_label)
+            select(HumanAnswer.worker, HumanAnswer.label, func.coalesce(GoldTask.label, HumanLoop.answer_label))
             .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id)
+            .outerjoin(GoldTask, GoldTask.id == HumanLoop.gold_task_id)
             .where(HumanAnswer.worker.in_(workers), HumanAnswer.kind == AnswerKind.REVIEW,
                    HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.answer_label.is_not(None))):
         tally[worker][0] += answer == final
@@ -565,6 +623,8 @@ def copy_to_training_data(name: str) -> dict[str, Any] | None:
         loop = get_loop(name, session=session)
         learns = loop.source != HumanLoopSource.SAMPLING or teaches(loop, session=session)
         session.expunge(loop)
+    if loop.source == HumanLoopSource.GOLD:  # never reached (nothing applies gold answers), never training data
+        return None
     if loop.source == HumanLoopSource.LABEL_AUDIT:
         return apply_label_audit(loop)
     if not learns:
@@ -754,12 +814,14 @@ _IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
                 (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
 
 
-def open_task_count(*, session: Session) -> int:
-    """How many tasks are waiting for an answer (InProgress and not past their lifetime), leased ones included.
+def open_task_count(*, session: Session, worker: str | None = None) -> int:
+    """How many tasks are waiting for an answer (InProgress and not past their lifetime), leased ones included;
+    gold tasks only the one ``worker`` holds, so it counts like the real task it looks like.
 
     Counts without writing, so it is safe in a session that already holds loaded loops."""
     return session.scalar(select(func.count()).select_from(HumanLoop).where(
         HumanLoop.status == HumanLoopStatus.IN_PROGRESS,
+        or_(HumanLoop.source != HumanLoopSource.GOLD, HumanLoop.leased_by == worker),
         or_(HumanLoop.expires_at.is_(None), HumanLoop.expires_at >= db.utcnow()))) or 0
 
 
@@ -788,9 +850,14 @@ def task_view(loop: HumanLoop, *, session: Session) -> dict[str, Any]:
 
 
 def release_lease(worker: str, *, session: Session) -> int:
-    """Give back every task ``worker`` holds (they stopped working); returns how many."""
-    result = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
-        HumanLoop.leased_by == worker, HumanLoop.status == HumanLoopStatus.IN_PROGRESS).values(
+    """Give back every task ``worker`` holds (they stopped working); returns how many. A gold task held goes
+    nowhere: it was theirs only, so it stops (and is not served to them again)."""
+    held = (HumanLoop.leased_by == worker, HumanLoop.status == HumanLoopStatus.IN_PROGRESS)
+    session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(
+        *held, HumanLoop.source == HumanLoopSource.GOLD).values(
+        status=HumanLoopStatus.STOPPED, status_message="gold task given back unanswered",
+        completed_at=db.utcnow()))
+    result = session.execute(update(HumanLoop).execution_options(synchronize_session=False).where(*held).values(
         leased_by=None, lease_expires_at=None))
     return result.rowcount or 0
 
@@ -835,11 +902,12 @@ def set_paused(username: str, paused: bool, actor: str, *, session: Session) -> 
 
 def reviewer_metrics(*, session: Session, since: Any = None) -> list[dict[str, Any]]:
     """Per reviewer, overall and per day (UTC): tasks answered, median seconds per task (lease to answer),
-    agreement with the loop's final label (consolidated or corrected), the same on Human Sampling audits, and
-    whether they are paused."""
+    agreement with the loop's final label (consolidated or corrected), the same on Human Sampling audits,
+    accuracy on gold tasks (answers equal to the known label), and whether they are paused."""
     query = (select(HumanAnswer.worker, HumanAnswer.label, HumanAnswer.accepted_at, HumanAnswer.submitted_at,
-                    HumanLoop.source, HumanLoop.status, HumanLoop.answer_label)
-             .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id).where(HumanAnswer.kind == AnswerKind.REVIEW))
+                    HumanLoop.source, HumanLoop.status, HumanLoop.answer_label, GoldTask.label.label("gold_label"))
+             .join(HumanLoop, HumanLoop.id == HumanAnswer.loop_id)
+             .outerjoin(GoldTask, GoldTask.id == HumanLoop.gold_task_id).where(HumanAnswer.kind == AnswerKind.REVIEW))
     if since is not None:
         query = query.where(HumanAnswer.submitted_at >= since)
     groups: dict[str, dict[str, list[Any]]] = {}
@@ -854,14 +922,16 @@ def reviewer_metrics(*, session: Session, since: Any = None) -> list[dict[str, A
 def _tally(rows: list[Any]) -> dict[str, Any]:
     seconds = list((r.submitted_at - (r.accepted_at or r.submitted_at)).total_seconds() for r in rows)
     final = [r for r in rows if r.status == HumanLoopStatus.COMPLETED and r.answer_label is not None]
+    gold = [r for r in final if r.source == HumanLoopSource.GOLD]
+    final = [r for r in final if r.source != HumanLoopSource.GOLD]
     audits = [r for r in final if r.source == HumanLoopSource.SAMPLING]
 
-    def share(subset: list[Any]) -> float | None:
-        return round(sum(r.label == r.answer_label for r in subset) / len(subset), 4) if subset else None
+    def share(subset: list[Any], truth: str = "answer_label") -> float | None:
+        return round(sum(r.label == getattr(r, truth) for r in subset) / len(subset), 4) if subset else None
 
     return {"answered": len(rows), "median_seconds": round(median(seconds), 1) if seconds else None,
             "decided": len(final), "agreement": share(final), "audits": len(audits),
-            "audit_agreement": share(audits)}
+            "audit_agreement": share(audits), "gold_answers": len(gold), "gold_accuracy": share(gold, "gold_label")}
 
 
 AUDIT_ANSWERS_USED = 500

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from labelloop import db
 from labelloop.loop import actions
-from labelloop.review import service
+from labelloop.review import gold, service
 from labelloop.review.models import HumanLoopStatus
 from labelloop.web.dependencies import SessionDep, require
 from labelloop.workforce.models import Role, User
@@ -23,7 +23,7 @@ Reviewer = Depends(require(Role.OPERATOR, Role.WORKER))
 Operator = Depends(require(Role.OPERATOR))
 Admin = Depends(require(Role.ADMIN))
 METRIC_COLUMNS = ["reviewer", "day", "answered", "median_seconds", "decided", "agreement", "audits",
-                  "audit_agreement", "paused"]
+                  "audit_agreement", "gold_answers", "gold_accuracy", "paused"]
 
 
 class Answer(BaseModel):
@@ -42,6 +42,21 @@ class TemplateUpdate(BaseModel):
     task_time_limit_seconds: int | None = None
     reviewers_per_task: dict[str, int] | None = None
     min_agreement: float | None = None
+
+
+class GoldTaskIn(BaseModel):
+    """Body of ``POST /gold-tasks``: a stored image and its known label (default: its label folder's)."""
+
+    object_key: str
+    label: str | None = None
+
+
+class PauseBelow(BaseModel):
+    """Body of ``POST /reviewers/pause-below``: pause every reviewer under ``accuracy`` (0-1) on gold tasks with
+    at least ``min_gold_answers`` gold answers."""
+
+    accuracy: float
+    min_gold_answers: int = 20
 
 
 class LabelAudit(BaseModel):
@@ -66,8 +81,10 @@ def list_loops(session: SessionDep, status_filter: str | None = Query(None, alia
                HumanLoopStatus.FAILED)
     if status_filter is not None and status_filter not in allowed:
         raise HTTPException(422, f"status must be one of {', '.join(allowed)}")
-    return [service.as_dict(loop, reviewer_view=_reviewer_view(user)) for loop in service.list_loops(
-            status=status_filter, source=source, limit=limit, offset=offset, session=session)]
+    reviewer = _reviewer_view(user)
+    loops = service.list_loops(status=status_filter, source=source, limit=limit, offset=offset, session=session,
+                               gold_as_audits=reviewer)
+    return [service.as_dict(loop, reviewer_view=reviewer) for loop in loops]
 
 
 @router.get("/human-loops/{name}")
@@ -161,3 +178,30 @@ def pause_reviewer(username: str, session: SessionDep, user: User = Admin) -> di
 def resume_reviewer(username: str, session: SessionDep, user: User = Admin) -> dict[str, Any]:
     """Let a paused reviewer review again."""
     return {"paused": service.set_paused(username, False, user.username, session=session)}
+
+
+@router.get("/gold-tasks")
+def list_gold_tasks(session: SessionDep, _: User = Operator) -> list[dict[str, Any]]:
+    """The gold tasks: object key, known label, how often answered and answered right."""
+    return gold.list_gold(session=session)
+
+
+@router.post("/gold-tasks", status_code=status.HTTP_201_CREATED)
+def add_gold_task(body: GoldTaskIn, session: SessionDep, user: User = Operator) -> dict[str, Any]:
+    """Mark a stored image as a gold task with its known label (422 says why it cannot be)."""
+    row = gold.add_gold(body.object_key, body.label, user.username, session=session)
+    return {"object_key": row.object_key, "label": row.label}
+
+
+@router.delete("/gold-tasks/{key:path}", status_code=status.HTTP_204_NO_CONTENT)
+def remove_gold_task(key: str, session: SessionDep, user: User = Operator) -> Response:
+    """Stop serving a gold task (its answers keep their score)."""
+    gold.remove_gold(key, user.username, session=session)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/reviewers/pause-below")
+def pause_below(body: PauseBelow, session: SessionDep, user: User = Admin) -> dict[str, Any]:
+    """Pause every reviewer whose gold accuracy is below ``accuracy`` with at least ``min_gold_answers``."""
+    return {"paused": gold.pause_below(body.accuracy, body.min_gold_answers, user.username, session=session),
+            "paused_reviewers": service.template(session=session).paused_reviewers}
