@@ -281,8 +281,11 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
 # ── set-up ───────────────────────────────────────────────────────────────────
 
 
-def train(server: Server, api: httpx.Client) -> None:
-    """A two-label model on real photos (plant / landscape), deployed as v1."""
+def train(server: Server, api: httpx.Client, quantize: bool = False) -> None:
+    """A two-label model on real photos (plant / landscape), deployed as v1; with ``quantize``, trained with
+    Quantize-Backbone on (says whether its int8 twin serves)."""
+    if quantize:
+        api.put("/parameters/Quantize-Backbone", json={"value": "true"}).raise_for_status()
     for name, scene, data in uploads(40, seed=1):
         if scene in ("plant", "landscape"):
             response = api.put(f"/objects/images_labeled_by_folder/{scene}/{name}.jpg", content=data)
@@ -291,6 +294,8 @@ def train(server: Server, api: httpx.Client) -> None:
     if run["status"] != "SUCCESS":
         raise RuntimeError(f"training failed: {run}")
     wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 300, 0.5, "v1 RUNNING")
+    if quantize:
+        print(f"Quantize-Backbone: {api.get('/models/v1').json()['evaluation']['int8']['reason']}")
 
 
 @contextmanager
@@ -389,6 +394,8 @@ def main() -> None:
     parser.add_argument("--pipeline-timeout", type=float, default=900.0)
     parser.add_argument("--no-sync", action="store_true", help="skip the sync-detect phases (pipeline work)")
     parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
+    parser.add_argument("--quantize", action="store_true",
+                        help="train v1 with Quantize-Backbone on (raw rows then run its exported int8 graph)")
     parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
@@ -412,7 +419,7 @@ def main() -> None:
     try:
         server.start(timeout=300)
         with server.client() as api:
-            train(server, api)
+            train(server, api, args.quantize)
             model = OUT / "detect-model.onnx"
             model.write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
         token = server.token()
