@@ -58,6 +58,21 @@ def test_a_detection_left_waiting_while_a_version_serves_is_detected_on_schedule
         assert again["label"] == at_start["label"] and again["model_version"] == "v1"
         assert server.wait_run(f"detect-waiting-{at_start['id']}-v1")["status"] == "SUCCESS"
 
+    # Its retries with v1 used up (here: none beyond the one just made), the image is shown FAILED, saying why
+    # and what to do, instead of WAITING_FOR_MODEL while a model serves.
+    server.stop()
+    strand(server.home / "labelloop.db", at_start["id"])
+    server.env["LABELLOOP_STRANDED_DETECTION_RETRIES"] = "0"
+    server.start()
+    with server.client() as api:
+        def failed() -> dict | None:
+            found = [e for e in api.get("/detections", params={"status": "FAILED"}).json() if e["id"] == at_start["id"]]
+            return found[0] if found else None
+
+        event = wait_until(failed, 120, 0.5, "the start to mark the image FAILED")
+        assert "failed" in event["status_message"] and "v1" in event["status_message"], event
+        assert "redetect" in event["status_message"], "it says what the user can do"
+
 
 IDLE_SWEEPS = textwrap.dedent("""
     import sys

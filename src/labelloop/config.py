@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     answer_sweep_minutes: int = Field(default=5, ge=1, le=1440, description="How often recorded answers not "
                                       "yet applied (a stop between answer and run), and detections left waiting "
                                       "while a version serves, are looked for")
+    stranded_detection_retries: int = Field(default=3, ge=0, le=100, description="How many more runs an "
+                                            "image left waiting while a version serves gets from that version "
+                                            "before it is marked FAILED (a new version tries it again)")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
                                       max_length=63, description="The review flow's name in A2I output paths")
     local_bucket_name: str = Field(default="labelloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",

@@ -64,6 +64,11 @@ def find_waiting_detections() -> dict[str, Any]:
     return {"model_version": sync_serving(force=True), "detection_ids": service.waiting_event_ids()}
 
 
+def mark_failed(event_id: int, version: str, runs: list[str]) -> None:
+    """Mark a detection whose runs all failed while ``version`` served as FAILED (see the service)."""
+    service.mark_failed(event_id, version, runs)
+
+
 def waiting_events() -> list[tuple[int, str | None]]:
     """(id, run id) of each detection still waiting for a model (not a step: read by the start-up sweep)."""
     return service.waiting_events()

@@ -17,6 +17,7 @@ class DetectionStatus:
     DETECTED = "DETECTED"
     WAITING_FOR_MODEL = "WAITING_FOR_MODEL"
     REJECTED = "REJECTED"
+    FAILED = "FAILED"  # its runs failed while a version served; the next version tries it again
 
 
 class DetectionEvent(Base):

@@ -32,7 +32,8 @@ EXPORT_LIMIT = 100000
 DAYS_SHOWN = 60
 PLOT_WIDTH = 400
 LABELS_SHOWN = 7
-STATUSES = (DetectionStatus.DETECTED, DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.REJECTED)
+STATUSES = (DetectionStatus.DETECTED, DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.REJECTED,
+            DetectionStatus.FAILED)
 FIELDS = ("label", "min_confidence", "max_confidence", "sampled", "answer", "since", "until", "status", "rule")
 
 

@@ -215,11 +215,27 @@ def is_audit(event: dict[str, Any]) -> bool:
 
 
 def waiting_event_ids() -> list[int]:
-    """Detections still waiting for a model, oldest first (a re-detection in flight is its own run's)."""
+    """Detections a newly serving version should make: those still waiting for a model and those whose runs
+    failed under an earlier version, oldest first (a re-detection in flight is its own run's)."""
     with db.session() as session:
         return list(session.scalars(select(DetectionEvent.id).where(
-            DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL,
+            DetectionEvent.status.in_((DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.FAILED)),
             DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id)))
+
+
+def mark_failed(event_id: int, version: str, runs: list[str]) -> None:
+    """A detection left waiting whose runs all failed while ``version`` served: FAILED, saying so and what the
+    user can do, instead of waiting for a model that is there. A repeat changes nothing."""
+    with db.session() as session:
+        event = session.get(DetectionEvent, event_id)
+        if event.status != DetectionStatus.WAITING_FOR_MODEL:
+            return
+        event.status = DetectionStatus.FAILED
+        event.status_message = (f"detection failed {len(runs)} time(s) while {version} served (runs "
+                                f"{', '.join(runs)}); the next version to serve tries it again, or re-detect "
+                                f"it now (storage page, or `labelloop redetect {event.object_key}`)")
+        log.error("detection failed after its retries", extra={"detection_id": event_id, "key": event.object_key,
+                                                                "model_version": version, "runs": runs})
 
 
 def waiting_events() -> list[tuple[int, str | None]]:

@@ -18,6 +18,7 @@ from typing import Any
 from dbos import DBOS
 
 from labelloop import db, engine
+from labelloop.config import get_settings
 from labelloop.detection import flows as detection
 from labelloop.files import short_digest
 from labelloop.modeling import dataset
@@ -184,7 +185,6 @@ def queue_waiting_detections() -> dict[str, Any]:
     return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}
 
 
-STRANDED_RETRIES = 3
 IN_FLIGHT = ("PENDING", "ENQUEUED")
 
 
@@ -192,7 +192,8 @@ IN_FLIGHT = ("PENDING", "ENQUEUED")
 def detections_to_retry() -> list[dict[str, Any]]:
     """Every image still WAITING_FOR_MODEL although a version serves and no run of it is in flight (its run
     failed, or ended before recording the answer), with the run id to detect it under: at most
-    ``STRANDED_RETRIES`` such runs per image and version. What to queue."""
+    ``stranded_detection_retries`` such runs per image and version, after which it is marked FAILED. What to
+    queue."""
     with db.session() as session:
         serving = models.serving_version(session=session)
         version = serving.version if serving is not None else None
@@ -201,14 +202,13 @@ def detections_to_retry() -> list[dict[str, Any]]:
     wanted = []
     for event_id, first_run in detection.waiting_events():
         base = waiting_detection_run_id(event_id, version)
-        tried = [base, *(f"{base}-retry-{n}" for n in range(1, STRANDED_RETRIES + 1))]
+        tried = [base, *(f"{base}-retry-{n}" for n in range(1, get_settings().stranded_detection_retries + 1))]
         statuses = [engine.run_status(run_id) for run_id in (first_run, *tried) if run_id]
         if any(state in IN_FLIGHT for state in statuses):
             continue
         free = next((run_id for run_id in tried if engine.run_status(run_id) is None), None)
         if free is None:
-            log.error("detection still waiting after its retries", extra={"detection_id": event_id,
-                                                                          "model_version": version})
+            detection.mark_failed(event_id, version, [run_id for run_id in (first_run, *tried) if run_id])
             continue
         wanted.append({"detection_id": event_id, "run_id": free})
     return wanted
