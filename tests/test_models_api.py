@@ -6,14 +6,16 @@ import io
 import threading
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import Server, server_env, wait_until
+from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import blend, box_logo, encode, smile_logo, upload_training_set
 from labelloop.modeling.images import prepare
+from test_console_web import sign_in_client
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -225,6 +227,10 @@ def test_quantize_backbone_serves_and_exports_the_versions_int8_twin(trained: Se
         assert quantized["calibration_images"] == v3["train_images"]
         assert quantized["fp32_evaluation"]["f1"] == quantized["fp32_f1"] and v3["f1"] == quantized["f1"]
         assert v2["evaluation"].get("int8") is None
+        with httpx.Client(base_url=trained.url, follow_redirects=True) as browser:
+            sign_in_client(browser, "admin", ADMIN_PASSWORD)
+            page = browser.get("/models/v3").text
+            assert 'id="model-int8"' in page and "serves" in page and "macro-F1" in page, "the model page says why"
         exported = {version: api.get(f"/models/{version}/export").content for version in ("v2", "v3")}
         images = [smile_logo(70), box_logo(71), blend(72)]
         served = [detect(api, data) for data in images]
