@@ -54,9 +54,37 @@ class Stored:
     confidence: float | None  # the previous version's confidence (window)
 
 
+@dataclass
+class Plan:
+    """What a warm start is built from, read in one transaction (the images are read and embedded after)."""
+
+    version: str
+    previous: str
+    head: Any
+    previous_head: Any
+    backbone: tuple[Any, Any]  # the new version's backbone session and embedding cache (the previous reads the same)
+    thresholds: dict[tuple[str, str], float]  # (version, label) -> the base threshold in force
+    audits: list[tuple[str, str, str]]  # answered audits: key, etag, answer
+    window: list[tuple[str, str, str, float]]  # the previous version's detections: key, etag, label, confidence
+
+
 def store(version: str) -> dict[str, Any] | None:
     """Build and store ``version``'s warm start against the version serving now, unless it has one or has
     already detected (a rollback keeps what it had); None: it starts cold (and why is logged)."""
+    plan = _plan(version)
+    if not isinstance(plan, Plan):
+        return plan
+    warm = build(plan).to_stored(plan.previous)
+    with db.session() as session:
+        get_version(version, session=session).warm_start = warm
+    log.info("warm start stored", extra={"version": version, "previous": plan.previous,
+                                         "backtest": len(warm["backtest"]), "new_accepted": warm["new_accepted"],
+                                         "accepted": warm["accepted"]})
+    return warm
+
+
+def _plan(version: str) -> Plan | dict[str, Any] | None:
+    """The plan of ``version``'s warm start, or what it already has (its stored one, or None: cold)."""
     with db.session() as session:
         row = get_version(version, session=session)
         previous = serving_version(session=session)
@@ -68,41 +96,42 @@ def store(version: str) -> dict[str, Any] | None:
             log.info("cold start: the previous version reads other embeddings",
                      extra={"version": version, "previous": previous.version})
             return None
-        name, head, old_head = previous.version, head_of(row), head_of(previous)
-        backbone = version_embedder(row)
         values = parameters.values(session=session)
-        audits = _answered_audits(version, session=session)
-        window = _window(name, session=session)
+        thresholds = {(name, label): base_threshold(label, name, values, session=session)[0]
+                      for name, labels in ((version, row.labels), (previous.version, previous.labels))
+                      for label in labels or []}
+        return Plan(version, previous.version, head_of(row), head_of(previous), version_embedder(row), thresholds,
+                    _answered_audits(version, session=session), _window(previous.version, session=session))
 
-        def threshold(label: str, of: str) -> float:
-            return base_threshold(label, of, values, session=session)[0]
 
-        trained = {r["sha256"] for r in dataset.manifest_of(version)["images"] if r.get("sha256")}
-        vectors = embed_cached(*backbone, {item.digest: item.data for item in audits + window})
-        scored = {digest: (_top(head, vector), _top(old_head, vector)) for (digest, _), vector
-                  in vectors.vectors.items()}
-        backtest = []
-        for item in audits:
-            if item.digest in trained or item.digest not in scored:
-                continue
-            (label, confidence), (old_label, old_confidence) = scored[item.digest]
-            if old_confidence >= threshold(old_label, name):
-                backtest.append(silent_errors.Audit(label, confidence, item.label != label,
-                                                    confidence >= threshold(label, version)))
-        new = accepted = 0
-        for item in window:
-            if item.digest not in scored:
-                continue
-            sure = item.confidence >= threshold(item.label, name)
-            label, confidence = scored[item.digest][0]
-            if (sure and item.digest in trained) or confidence < threshold(label, version):
-                continue
+def build(plan: Plan) -> silent_errors.Warm:
+    """The backtest and the new stratum's counts (see the module's docstring)."""
+    trained = {r["sha256"] for r in dataset.manifest_of(plan.version)["images"] if r.get("sha256")}
+    audits = [item for key, etag, answer in plan.audits if (item := _stored(key, etag, answer, None))]
+    window = [item for key, etag, label, confidence in plan.window if (item := _stored(key, etag, label, confidence))]
+    vectors = embed_cached(*plan.backbone, {item.digest: item.data for item in audits + window})
+    scored = {digest: (_top(plan.head, vector), _top(plan.previous_head, vector))
+              for (digest, _), vector in vectors.vectors.items()}
+
+    def accepts(name: str, label: str, confidence: float) -> bool:
+        return confidence >= plan.thresholds.get((name, label), 100.0)
+
+    backtest = []
+    for item in audits:
+        if item.digest in trained or item.digest not in scored:
+            continue
+        (label, confidence), previous = scored[item.digest]
+        if accepts(plan.previous, *previous):
+            backtest.append(silent_errors.Audit(label, confidence, item.label != label,
+                                                accepts(plan.version, label, confidence)))
+    new = accepted = 0
+    for item in window:
+        sure = accepts(plan.previous, item.label, item.confidence)
+        if item.digest not in scored or (sure and item.digest in trained):
+            continue
+        if accepts(plan.version, *scored[item.digest][0]):
             accepted, new = accepted + 1, new + (not sure)
-        warm = silent_errors.Warm(tuple(backtest), new, accepted).to_stored(name)
-        row.warm_start = warm
-    log.info("warm start stored", extra={"version": version, "previous": name, "backtest": len(backtest),
-                                         "new_accepted": new, "accepted": accepted})
-    return warm
+    return silent_errors.Warm(tuple(backtest), new, accepted)
 
 
 def _top(head: Any, vector: np.ndarray) -> tuple[str, float]:
@@ -114,25 +143,24 @@ def _has_detected(version: str, *, session: Session) -> bool:
     return session.scalar(select(DetectionEvent.id).where(DetectionEvent.model_version == version).limit(1)) is not None
 
 
-def _answered_audits(version: str, *, session: Session) -> list[Stored]:
-    """Every other version's answered audits whose image is still stored unchanged, with the answer."""
+def _answered_audits(version: str, *, session: Session) -> list[tuple[str, str, str]]:
+    """Every other version's answered audits: key, ETag and the answer."""
     rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.human_label).where(
         DetectionEvent.model_version != version, DetectionEvent.status == DetectionStatus.DETECTED,
         DetectionEvent.previous_event_id.is_(None), DetectionEvent.sampled.is_(True),
         DetectionEvent.human_label.is_not(None),
         DetectionEvent.routing_rule.in_([silent_errors.Rule.AUDIT, silent_errors.Rule.AUTO_ACCEPTED,
                                          silent_errors.Rule.BELOW_RAISED_THRESHOLD])).order_by(DetectionEvent.id))
-    return [item for key, etag, answer in rows if (item := _stored(key, etag, answer, None)) is not None]
+    return [(key, etag, answer) for key, etag, answer in rows]
 
 
-def _window(previous: str, *, session: Session) -> list[Stored]:
-    """The previous version's latest WINDOW detections whose image is still stored unchanged."""
+def _window(previous: str, *, session: Session) -> list[tuple[str, str, str, float]]:
+    """The previous version's latest WINDOW detections: key, ETag, its label and confidence."""
     rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.label,
                                   DetectionEvent.confidence).where(
         DetectionEvent.model_version == previous, DetectionEvent.status == DetectionStatus.DETECTED,
         DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id.desc()).limit(WINDOW))
-    return [item for key, etag, label, confidence in rows
-            if (item := _stored(key, etag, label, confidence)) is not None]
+    return [(key, etag, label, confidence) for key, etag, label, confidence in rows]
 
 
 def _stored(key: str, etag: str, label: str | None, confidence: float | None) -> Stored | None:
