@@ -19,6 +19,7 @@ from labelloop.detection import service
 from labelloop.detection import silent_errors as silent
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.models import ModelVersion
+from labelloop.modeling.serving import PreviousHead, Serving
 from labelloop.parameters import service as parameters
 from test_console_web import signed_in_client
 
@@ -249,6 +250,45 @@ def test_a_warm_version_routes_by_the_stratum_of_each_detection(database: None) 
         assert silent.estimate("v1", 5.0, session=session).warm is False
 
 
+class PixelMeans:
+    """A stand-in backbone for the micro-batcher: each image's mean per channel (the server test runs the real one)."""
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs.mean(axis=(2, 3))
+
+
+class LinearHead:
+    """A softmax head on the three-number embedding."""
+
+    def __init__(self, labels: list[str], seed: int) -> None:
+        self.labels = labels
+        self.weights = np.random.default_rng(seed).normal(size=(3, len(labels))) * 20
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        z = np.exp(embeddings @ self.weights)
+        return z / z.sum(axis=1, keepdims=True)
+
+
+def test_serving_gives_the_previous_heads_top_answer_on_the_same_embedding() -> None:
+    server = Serving(lambda threads: PixelMeans(), units=1)  # type: ignore[arg-type,return-value]
+    old, new = LinearHead(["a", "b"], 0), LinearHead(["a", "b", "c"], 1)
+    inputs = np.random.default_rng(2).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    try:
+        server.switch(server.warm("v1", old))
+        cold = server.submit_compared(inputs).result(timeout=60)
+        server.switch(server.warm("v2", new, previous=PreviousHead("v1", old)))
+        warm = server.submit_compared(inputs).result(timeout=60)
+        version, plain = server.submit(inputs).result(timeout=60)
+    finally:
+        server.close()
+    assert cold.version.version == "v1" and cold.previous is None, "no previous head: every detection is new"
+    assert warm.version.version == version.version == "v2"
+    np.testing.assert_allclose(warm.probabilities, plain)
+    expected = [(old.labels[int(row.argmax())], 100 * float(row.max())) for row in cold.probabilities]
+    assert [label for label, _ in warm.previous] == [label for label, _ in expected]
+    np.testing.assert_allclose([c for _, c in warm.previous], [c for _, c in expected], atol=1e-3)
+
+
 @pytest.mark.timeout(600)
 def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server) -> None:
     api = server.client()
@@ -327,7 +367,7 @@ def test_a_replacing_version_starts_warm_from_the_audits_of_the_one_it_replaces(
     upload_training_set(api, 5)
     assert server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)["status"] == "SUCCESS"
     wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 120, 0.25, "v1 RUNNING")
-    before = [f"images_for_detection/before-{i}.png" for i in range(24)]
+    before = [f"images_for_detection/before-{i}.png" for i in range(30)]
     for i, key in enumerate(before):
         assert api.put(f"/objects/{key}", content=smile_logo(300 + i)).status_code == 201
     events = wait_until(lambda: detections_of(api, before), 300, 0.5, "v1's detections routed")
@@ -352,8 +392,8 @@ def test_a_replacing_version_starts_warm_from_the_audits_of_the_one_it_replaces(
     assert all(e["new_stratum"] is not None for e in routed)
     known = [e for e in routed if not e["new_stratum"] and e["confidence"] >= e["threshold"]]
     assert len(known) >= 8, routed  # images v1 was sure of too
-    # A cold start audits all of a version's first 20 confident detections; the backtest (24 clean answers) lets
-    # v2 audit its known stratum at 20 / (24 + opened + 1): all of 8 or more is under 1 in 300.
+    # A cold start audits all of a version's first 20 confident detections; the backtest (k ≈ 28 clean answers)
+    # lets v2 audit its known stratum at 20 / (k + opened + 1): all 14 would happen about once in 3,000 runs.
     assert sum(e["routing_rule"] == "audit" for e in known) < len(known), known
     for e in routed:  # the new stratum (v1 would not have auto-accepted) still starts cold
         if e["new_stratum"] and e["confidence"] >= e["threshold"]:

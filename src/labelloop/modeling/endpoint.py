@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop import db
@@ -144,8 +145,8 @@ def _previous_head(row: ModelVersion, *, session: Session) -> PreviousHead | Non
     name = (row.warm_start or {}).get("previous")
     if name is None:
         return None
-    previous = get_version(name, session=session)
-    if previous.head is None or previous.backbone_fingerprint != row.backbone_fingerprint:
+    previous = session.scalar(select(ModelVersion).where(ModelVersion.version == name))
+    if previous is None or previous.head is None or previous.backbone_fingerprint != row.backbone_fingerprint:
         return None
     return PreviousHead(name, head_of(previous))
 
