@@ -119,6 +119,8 @@ def test_a_warm_start_bound_is_stratified_and_covers_the_truth() -> None:
     # No audit of the new stratum yet: it may be all wrong, so the bound is at least its share.
     _, unseen = silent.stratified_bound([audit("a", 90, False)] * 200, [], 10, 100)
     assert unseen >= 10.0
+    # No backtest (the previous version was sure of none of the audited images): the point rate still shows.
+    assert silent.stratified_bound([], [audit("a", 90, True), audit("a", 90, False)], 10, 100)[0] == 5.0
 
 
 def warm_audit(wrong: bool = False, new: bool = False) -> silent.Audit:

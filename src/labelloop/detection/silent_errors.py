@@ -288,9 +288,10 @@ def stratified_bound(known: list[Audit], new: list[Audit], new_accepted: int, ac
     r_known, r_new, share = (1.0 if r is None else r for r in (r_known, r_new, share))
     bound = r_known + share * max(0.0, r_new - r_known)
     rate = None
-    if known and accepted:
+    if (known or new) and accepted:
         p = new_accepted / accepted
-        rate = round(100 * ((1 - p) * k_known / len(known) + (p * k_new / len(new) if new else 0.0)), 2)
+        rate = round(100 * ((1 - p) * (k_known / len(known) if known else 0.0)
+                            + p * (k_new / len(new) if new else 0.0)), 2)
     return rate, round(100 * min(1.0, bound), 2)
 
 
