@@ -250,6 +250,13 @@ def test_a_warm_version_routes_by_the_stratum_of_each_detection(database: None) 
         _, bound = silent.stratified_bound(list(warm.backtest), [], 4, 302)
         assert found.overall.upper_bound == bound and "(warm start: backtest and new-stratum audits)" in found.sentence
         assert silent.estimate("v1", 5.0, session=session).warm is False
+        answered = session.scalar(select(DetectionEvent).where(DetectionEvent.new_stratum.is_(True)))
+        answered.sampled, answered.human_label, answered.human_answered_at = True, "a", db.utcnow()
+        session.flush()
+        found = silent.estimate("v2", 5.0, session=session)
+        assert (found.new.audits, found.overall.audits) == (1, 151)
+        plotted = silent.history("v2", session=session)  # the plot shows the stratified bound too
+        assert [p["audits"] for p in plotted] == [1] and plotted[-1]["upper_bound"] == found.overall.upper_bound
 
 
 class PixelMeans:

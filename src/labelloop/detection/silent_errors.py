@@ -296,12 +296,20 @@ def stratified_bound(known: list[Audit], new: list[Audit], new_accepted: int, ac
 
 
 def history(version: str, *, session: Session) -> list[dict[str, Any]]:
-    """The bound after each answered audit of auto-accepted detections, oldest first (for the plot)."""
+    """The bound after each answered audit of auto-accepted detections, oldest first (for the plot); with a
+    warm start the stratified one (the backtest first, the share as counted now)."""
     accepted = [audit for audit in audits_of(version, session=session) if audit.auto_accepted]
+    warm = warm_of(version, session=session)
+    strata: tuple[list[Audit], list[Audit]] = ([a for a in warm.backtest if a.auto_accepted] if warm else [], [])
     points, wrong = [], 0
     for n, audit in enumerate(accepted, start=1):
         wrong += audit.wrong
-        points.append({"audits": n, "wrong": wrong, "upper_bound": round(100 * upper_bound(wrong, n), 2)})
+        if warm is None:
+            bound = round(100 * upper_bound(wrong, n), 2)
+        else:
+            strata[audit.new].append(audit)  # (known, new)[its stratum]
+            bound = stratified_bound(*strata, warm.new_accepted, warm.accepted)[1]
+        points.append({"audits": n, "wrong": wrong, "upper_bound": bound})
     return points
 
 
