@@ -10,10 +10,12 @@
   on reads more confident than it would, so it counts only where that raises the share (a trained-on image
   the previous version was sure of is left out).
 
-Both versions must read the same kind of embeddings (the shared fp32 backbone, or the same int8 one): otherwise
-the new version starts cold, and serving does not compare the heads either. Stored with the version
-(``ModelVersion.warm_start``); serving then gives each detection the previous head's confidence on the same
-embedding, which puts it in its stratum (``detection.service.new_stratum``).
+A backtest of fewer than ``COLD_AUDITS`` audits starts cold: its known stratum would be audited at the cold rate
+anyway, and the new stratum's own cold start would come on top. Both versions must read the same kind of
+embeddings (the shared fp32 backbone, or the same int8 one): otherwise the new version starts cold, and serving
+does not compare the heads either. Stored with the version (``ModelVersion.warm_start``); serving then gives
+each detection the previous head's confidence on the same embedding, which puts it in its stratum
+(``detection.service.new_stratum``).
 """
 
 from __future__ import annotations
@@ -74,7 +76,12 @@ def store(version: str) -> dict[str, Any] | None:
     plan = _plan(version)
     if not isinstance(plan, Plan):
         return plan
-    warm = build(plan).to_stored(plan.previous)
+    built = build(plan)
+    if len(built.backtest) < silent_errors.COLD_AUDITS:  # two cold starts (known and new) would audit more
+        log.info("cold start: too small a backtest", extra={"version": version, "previous": plan.previous,
+                                                           "backtest": len(built.backtest)})
+        return None
+    warm = built.to_stored(plan.previous)
     with db.session() as session:
         get_version(version, session=session).warm_start = warm
     log.info("warm start stored", extra={"version": version, "previous": plan.previous,
