@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 
 from labelloop import db
 from labelloop.config import get_settings
-from labelloop.detection import warm_start
 from labelloop.modeling import dataset, endpoint, gate, int8
 from labelloop.modeling.embedding import Embedder
 from labelloop.modeling.export import build_full_model_onnx
@@ -231,14 +230,12 @@ def start_version(version: str, run_id: str | None = None) -> dict[str, Any]:
             return {"version": version, "status": row.status, "already_serving": True}
         check_deployable(version, session=session)
     change_status(version, ModelStatus.STARTING, "loading and warming up", run_id)
-    warm = warm_start.store(version)  # against the version serving now; None: a cold start
     try:
         loaded = endpoint.load(version)
     except Exception as exc:
         change_status(version, ModelStatus.FAILED, f"could not start: {exc}", run_id)
         raise
-    return {"version": version, "status": ModelStatus.STARTING.value, "labels": loaded.labels,
-            "warm_start": None if warm is None else {"previous": warm["previous"], "backtest": len(warm["backtest"])}}
+    return {"version": version, "status": ModelStatus.STARTING.value, "labels": loaded.labels}
 
 
 def switch_endpoint(version: str, run_id: str | None = None) -> dict[str, Any]:
