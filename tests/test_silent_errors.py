@@ -15,9 +15,10 @@ from sqlalchemy import select
 from conftest import ADMIN_PASSWORD, Server, wait_until
 from images import smile_logo, upload_training_set
 from labelloop import db
-from labelloop.detection import service
+from labelloop.detection import service, warm_start
 from labelloop.detection import silent_errors as silent
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling import endpoint
 from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.serving import PreviousHead, Serving
 from labelloop.parameters import service as parameters
@@ -257,6 +258,21 @@ def test_a_warm_version_routes_by_the_stratum_of_each_detection(database: None) 
         assert (found.new.audits, found.overall.audits) == (1, 151)
         plotted = silent.history("v2", session=session)  # the plot shows the stratified bound too
         assert [p["audits"] for p in plotted] == [1] and plotted[-1]["upper_bound"] == found.overall.upper_bound
+
+
+def test_a_version_on_another_backbone_starts_cold(database: None) -> None:
+    """An int8 twin (Quantize-Backbone) reads other embeddings than the fp32 version it replaces: no backtest,
+    and serving does not compare the heads (every detection counts as new, which is always valid)."""
+    with db.session() as session:
+        session.scalar(select(ModelVersion).where(ModelVersion.version == "v1")).head = b"v1's head"
+        session.add(ModelVersion(version="v2", status="TRAINED", labels=["a", "b"], head=b"v2's head",
+                                 backbone_fingerprint="int8-0123"))
+    assert warm_start.store("v2") is None
+    with db.session() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
+        assert row.warm_start is None
+        row.warm_start = {"previous": "v1"}  # as if stored: the heads still read different embeddings
+        assert endpoint._previous_head(row, session=session) is None
 
 
 class PixelMeans:
