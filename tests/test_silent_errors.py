@@ -10,14 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from conftest import ADMIN_PASSWORD, Server, wait_until
 from images import smile_logo, upload_training_set
 from labelloop import db
-from labelloop.detection import service
+from labelloop.detection import service, warm_start
 from labelloop.detection import silent_errors as silent
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling import endpoint
 from labelloop.modeling.models import ModelVersion
+from labelloop.modeling.serving import PreviousHead, Serving
 from labelloop.parameters import service as parameters
 from test_console_web import signed_in_client
 
@@ -117,6 +120,8 @@ def test_a_warm_start_bound_is_stratified_and_covers_the_truth() -> None:
     # No audit of the new stratum yet: it may be all wrong, so the bound is at least its share.
     _, unseen = silent.stratified_bound([audit("a", 90, False)] * 200, [], 10, 100)
     assert unseen >= 10.0
+    # No backtest (the previous version was sure of none of the audited images): the point rate still shows.
+    assert silent.stratified_bound([], [audit("a", 90, True), audit("a", 90, False)], 10, 100)[0] == 5.0
 
 
 def warm_audit(wrong: bool = False, new: bool = False) -> silent.Audit:
@@ -160,10 +165,11 @@ def database(tmp_path: Path) -> Iterator[None]:
     db.close()
 
 
-def detected(label: str, confidence: float, *, request_id: str | None = None) -> DetectionEvent:
+def detected(label: str, confidence: float, *, request_id: str | None = None, version: str = "v1",
+             new_stratum: bool | None = None) -> DetectionEvent:
     return DetectionEvent(request_id=request_id or str(uuid.uuid4()), object_key=f"images_for_detection/{uuid.uuid4()}",
-                          etag=uuid.uuid4().hex, status=DetectionStatus.DETECTED, model_version="v1", label=label,
-                          confidence=confidence, human_review_enabled=True)
+                          etag=uuid.uuid4().hex, status=DetectionStatus.DETECTED, model_version=version, label=label,
+                          confidence=confidence, human_review_enabled=True, new_stratum=new_stratum)
 
 
 def decide(event: DetectionEvent) -> silent.Route:
@@ -215,6 +221,97 @@ def test_label_assumed_thresholds_route_when_the_option_is_on(database: None) ->
     assert by_label.reason == "confidence 80.0 is below a's assumed threshold 83"
     assert decide(detected("b", 80.0)).rule == silent.Rule.AUTO_ACCEPTED, "no assumed threshold: the global one"
     assert decide(detected("b", 60.0)).rule == silent.Rule.BELOW_CONFIDENCE
+
+
+def test_a_warm_version_routes_by_the_stratum_of_each_detection(database: None) -> None:
+    """The server's side of the warm start: the stored backtest, each event's stratum from the previous
+    version's confidence, and the stratified estimate."""
+    warm = silent.Warm(tuple([warm_audit()] * 150), new_accepted=3, accepted=300)
+    with db.session() as session:
+        session.add(ModelVersion(version="v2", status="RUNNING", labels=["a", "b"], warm_start=warm.to_stored("v1")))
+        values = parameters.values(session=session)
+        assert service.new_stratum("v1", ("a", 99.0), values, session=session) is None, "v1 started cold"
+        assert service.new_stratum("v2", ("a", 90.0), values, session=session) is False, "v1 would accept it"
+        assert service.new_stratum("v2", ("b", 60.0), values, session=session) is True, "below v1's threshold"
+        assert service.new_stratum("v2", None, values, session=session) is True, "unknown counts as new"
+    quiet = request_drawing(0.5)
+    known = decide(detected("a", 93.0, request_id=quiet, version="v2", new_stratum=False))
+    assert known.rule == silent.Rule.AUTO_ACCEPTED, "the backtest covers the known stratum: the steady rate"
+    fresh = decide(detected("a", 93.0, request_id=request_drawing(0.9), version="v2", new_stratum=True))
+    assert fresh.rule == silent.Rule.AUDIT and "(new to this version" in fresh.reason, "the new stratum is cold"
+    assert "audited (1 in 1)" in fresh.reason
+    with db.session() as session:
+        for event in session.scalars(select(DetectionEvent).where(DetectionEvent.model_version == "v2")):
+            event.threshold = 70.0  # as _record stores the routing
+            event.routing_rule = silent.Rule.AUDIT if event.new_stratum else silent.Rule.AUTO_ACCEPTED
+        found = silent.estimate("v2", 5.0, session=session)
+        assert found.warm and (found.backtest, found.new_opened, found.audits_opened) == (150, 1, 1)
+        assert (found.known.audits, found.new.audits) == (150, 0)
+        assert found.new_share == pytest.approx(4 / 302, abs=1e-4), "the stored counts and its own detections"
+        _, bound = silent.stratified_bound(list(warm.backtest), [], 4, 302)
+        assert found.overall.upper_bound == bound and "(warm start: backtest and new-stratum audits)" in found.sentence
+        assert silent.estimate("v1", 5.0, session=session).warm is False
+        answered = session.scalar(select(DetectionEvent).where(DetectionEvent.new_stratum.is_(True)))
+        answered.sampled, answered.human_label, answered.human_answered_at = True, "a", db.utcnow()
+        session.flush()
+        found = silent.estimate("v2", 5.0, session=session)
+        assert (found.new.audits, found.overall.audits) == (1, 151)
+        plotted = silent.history("v2", session=session)  # the plot shows the stratified bound too
+        assert [p["audits"] for p in plotted] == [1] and plotted[-1]["upper_bound"] == found.overall.upper_bound
+
+
+def test_a_version_on_another_backbone_starts_cold(database: None) -> None:
+    """An int8 twin (Quantize-Backbone) reads other embeddings than the fp32 version it replaces: no backtest,
+    and serving does not compare the heads (every detection counts as new, which is always valid)."""
+    with db.session() as session:
+        session.scalar(select(ModelVersion).where(ModelVersion.version == "v1")).head = b"v1's head"
+        session.add(ModelVersion(version="v2", status="TRAINED", labels=["a", "b"], head=b"v2's head",
+                                 backbone_fingerprint="int8-0123"))
+    assert warm_start.store("v2") is None
+    with db.session() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
+        assert row.warm_start is None
+        row.warm_start = {"previous": "v1"}  # as if stored: the heads still read different embeddings
+        assert endpoint._previous_head(row, session=session) is None
+
+
+class PixelMeans:
+    """A stand-in backbone for the micro-batcher: each image's mean per channel (the server test runs the real one)."""
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs.mean(axis=(2, 3))
+
+
+class LinearHead:
+    """A softmax head on the three-number embedding."""
+
+    def __init__(self, labels: list[str], seed: int) -> None:
+        self.labels = labels
+        self.weights = np.random.default_rng(seed).normal(size=(3, len(labels))) * 20
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        z = np.exp(embeddings @ self.weights)
+        return z / z.sum(axis=1, keepdims=True)
+
+
+def test_serving_gives_the_previous_heads_top_answer_on_the_same_embedding() -> None:
+    server = Serving(lambda threads: PixelMeans(), units=1)  # type: ignore[arg-type,return-value]
+    old, new = LinearHead(["a", "b"], 0), LinearHead(["a", "b", "c"], 1)
+    inputs = np.random.default_rng(2).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    try:
+        server.switch(server.warm("v1", old))
+        cold = server.submit_compared(inputs).result(timeout=60)
+        server.switch(server.warm("v2", new, previous=PreviousHead("v1", old)))
+        warm = server.submit_compared(inputs).result(timeout=60)
+        version, plain = server.submit(inputs).result(timeout=60)
+    finally:
+        server.close()
+    assert cold.version.version == "v1" and cold.previous is None, "no previous head: every detection is new"
+    assert warm.version.version == version.version == "v2"
+    np.testing.assert_allclose(warm.probabilities, plain)
+    expected = [(old.labels[int(row.argmax())], 100 * float(row.max())) for row in cold.probabilities]
+    assert [label for label, _ in warm.previous] == [label for label, _ in expected]
+    np.testing.assert_allclose([c for _, c in warm.previous], [c for _, c in expected], atol=1e-3)
 
 
 @pytest.mark.timeout(600)
@@ -280,3 +377,56 @@ def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server
         log = client.get("/detections", params={"rule": "audit"}).text  # the rule and its reason on every row
         assert all(key.rsplit("/", 1)[-1] in log for key in keys) and "audited (1 in 1): auto-accepted" in log
         assert "Pick a routing rule from the list." in client.get("/detections", params={"rule": "nobody"}).text
+
+
+def detections_of(api, keys: list[str]) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    """The routed detection event of each key, once all of them are routed (else {})."""
+    found = {e["object_key"]: e for e in api.get("/detections", params={"status": "DETECTED"}).json()
+             if e["object_key"] in keys and e["routing_rule"]}
+    return found if len(found) == len(keys) else {}
+
+
+@pytest.mark.timeout(900)
+def test_a_replacing_version_starts_warm_from_the_audits_of_the_one_it_replaces(server: Server) -> None:
+    api = server.client()
+    upload_training_set(api, 5)
+    assert server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)["status"] == "SUCCESS"
+    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 120, 0.25, "v1 RUNNING")
+    before = [f"images_for_detection/before-{i}.png" for i in range(30)]
+    for i, key in enumerate(before):
+        assert api.put(f"/objects/{key}", content=smile_logo(300 + i)).status_code == 201
+    events = wait_until(lambda: detections_of(api, before), 300, 0.5, "v1's detections routed")
+    audited = [e for e in events.values() if e["routing_rule"] == "audit"]
+    assert len(audited) >= 20, "v1 started cold: its first 20 confident detections were all audited"
+    runs = [api.post(f"/human-loops/{e['human_loop_name']}/answer", json={"label": e["label"]}).json()["run_id"]
+            for e in audited]  # reviewers agree with v1 every time
+    assert all(server.wait_run(run)["status"] == "SUCCESS" for run in runs)
+    # v2 replaces v1: its deploy step stores a backtest of v1's audits (v2 never trained on them).
+    upload_training_set(api, 5, offset=5)
+    check = server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+    assert check["status"] == "SUCCESS", check
+    wait_until(lambda: api.get("/models/v2").json()["status"] == "RUNNING", 120, 0.25, "v2 RUNNING")
+    started = api.get("/sampling/silent-errors").json()
+    assert (started["model_version"], started["backtest"]) == ("v2", len(audited)), started
+    assert started["known"]["audits"] == len(audited) and started["known"]["wrong"] == 0
+    after = [f"images_for_detection/after-{i}.png" for i in range(14)]
+    for i, key in enumerate(after):
+        assert api.put(f"/objects/{key}", content=smile_logo(400 + i)).status_code == 201
+    routed = [e for e in wait_until(lambda: detections_of(api, after), 300, 0.5, "v2's detections routed").values()
+              if e["model_version"] == "v2"]  # (the first may have met v1 in a process not yet switched)
+    assert all(e["new_stratum"] is not None for e in routed)
+    known = [e for e in routed if not e["new_stratum"] and e["confidence"] >= e["threshold"]]
+    assert len(known) >= 8, routed  # images v1 was sure of too
+    # A cold start audits all of a version's first 20 confident detections; the backtest (k ≈ 28 clean answers)
+    # lets v2 audit its known stratum at 20 / (k + opened + 1): all 14 would happen about once in 3,000 runs.
+    assert sum(e["routing_rule"] == "audit" for e in known) < len(known), known
+    for e in routed:  # the new stratum (v1 would not have auto-accepted) still starts cold
+        if e["new_stratum"] and e["confidence"] >= e["threshold"]:
+            assert e["routing_rule"] == "audit" and "(new to this version" in e["review_reason"], e
+    report = api.get("/sampling/silent-errors").json()
+    assert report["sentence"].endswith("(warm start: backtest and new-stratum audits)"), report
+    assert report["overall"]["audits"] >= len(audited) and report["known"]["audits"] >= len(audited)
+    with signed_in_client(server, "admin", ADMIN_PASSWORD) as client:
+        for path in ("/dashboard", "/models/v2"):
+            assert report["sentence"] in client.get(path).text, path
+        assert "known stratum" in client.get("/detections").text

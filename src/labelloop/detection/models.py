@@ -53,6 +53,9 @@ class DetectionEvent(Base):
     # Which rule sent the detection to a human, or let it through (silent_errors.Rule), and why, in words.
     routing_rule: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Warm start: whether the previous version would not have auto-accepted the image (the "new" stratum);
+    # None when the version detecting it has no warm start.
+    new_stratum: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # A re-detection (the same stored image detected again, e.g. by a newer version) points to the event it
     # repeats; None for the event of the upload itself.
     previous_event_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)

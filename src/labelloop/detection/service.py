@@ -30,7 +30,7 @@ def as_dict(event: DetectionEvent) -> dict[str, Any]:
         "id", "request_id", "created_at", "detected_at", "object_key", "etag", "source", "status",
         "status_message", "model_version", "label", "confidence", "labels", "threshold", "human_review_enabled",
         "sampled", "human_loop_name", "human_label", "human_worker", "human_answered_at", "run_id",
-        "previous_event_id", "routing_rule", "review_reason")}
+        "previous_event_id", "routing_rule", "review_reason", "new_stratum")}
 
 
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
@@ -128,10 +128,12 @@ def detect_event(event_id: int) -> dict[str, Any]:
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return _reject(event_id, str(exc))
     try:
-        version, results = endpoint.detect_inputs(inputs)
+        answer = endpoint.detect_compared(inputs)
     except NoModelServing as exc:
         return _wait(event_id, str(exc))
-    return _record(event_id, version, results[0])
+    previous = None if answer.previous is None else answer.previous[0]
+    return _record(event_id, answer.version.version, endpoint.labels_of(answer.version.labels,
+                                                                        answer.probabilities[0]), previous)
 
 
 def _reject(event_id: int, reason: str) -> dict[str, Any]:
@@ -149,7 +151,8 @@ def _wait(event_id: int, reason: str) -> dict[str, Any]:
         return as_dict(event)
 
 
-def _record(event_id: int, version: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
+def _record(event_id: int, version: str, labels: list[dict[str, Any]],
+            previous: tuple[str, float] | None = None) -> dict[str, Any]:
     with db.session() as session:
         values = parameters.values(session=session)
         event = session.get(DetectionEvent, event_id)
@@ -159,12 +162,13 @@ def _record(event_id: int, version: str, labels: list[dict[str, Any]]) -> dict[s
         event.labels = labels
         event.label, event.confidence = labels[0]["name"], labels[0]["confidence"]
         event.human_review_enabled = values[parameters.ENABLE_A2I_WORKFLOW]
+        event.new_stratum = new_stratum(version, previous, values, session=session)
         decided = decide_route(event, values, session=session)
         event.threshold, event.routing_rule, event.review_reason = decided.threshold, decided.rule, decided.reason
         event.sampled = event.sampled or decided.rule == silent_errors.Rule.AUDIT
         log.info("image detected", extra={"key": event.object_key, "version": version, "label": event.label,
                                           "confidence": event.confidence, "routing_rule": decided.rule,
-                                          "review_reason": decided.reason})
+                                          "review_reason": decided.reason, "new_stratum": event.new_stratum})
         return as_dict(event)
 
 
@@ -183,20 +187,33 @@ def base_threshold(label: str, version: str, values: dict[str, Any], *, session:
     return round(100 * assumed, 2), f"{label}'s assumed threshold"
 
 
+def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[str, Any], *,
+                session: Session) -> bool | None:
+    """Warm start: whether the version ``version`` replaced would not have auto-accepted this image (its top
+    ``previous`` label and confidence below its own threshold; unknown counts as new, which is always valid).
+    None when ``version`` has no warm start."""
+    warm_start = session.scalar(select(ModelVersion.warm_start).where(ModelVersion.version == version))
+    if not warm_start:
+        return None
+    if previous is None:
+        return True
+    label, confidence = previous
+    return confidence < base_threshold(label, warm_start["previous"], values, session=session)[0]
+
+
 def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Session) -> silent_errors.Route:
-    """Who sees this detection, and why (see ``silent_errors``)."""
+    """Who sees this detection, and why (see ``silent_errors``; with a warm start, by the event's stratum)."""
     base, base_name = base_threshold(event.label, event.model_version, values, session=session)
     target = values.get(parameters.MAXIMUM_SILENT_ERROR_RATE, 0.0)
     if event.previous_event_id is not None:  # a re-detection is not new traffic: it is never audited
         target = 0.0
     review = bool(event.human_review_enabled)
-    audits, opened = [], 0
     if target > 0 and review and event.confidence >= base:  # otherwise the seed's rule alone decides
-        audits = silent_errors.audits_of(event.model_version, session=session)
-        opened = silent_errors.audits_opened(event.model_version, session=session)
-    found = silent_errors.estimate_from(event.model_version, target, audits, opened)
+        found, audits = silent_errors.estimate_with_audits(event.model_version, target, session=session)
+    else:
+        found, audits = silent_errors.estimate_from(event.model_version, target, [], 0), []
     return silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
-                               review=review, found=found, audits=audits)
+                               review=review, found=found, audits=audits, new=bool(event.new_stratum))
 
 
 def needs_human_review(event: dict[str, Any]) -> bool:

@@ -29,7 +29,10 @@ rule that keeps it under Maximum-Silent-Error-Rate.
   rate = (1 − p)·r_known + p·r_new ≤ U_known + U_p·max(0, U_new − U_known), each part an exact Clopper–Pearson
   bound at 1 − 0.05/3 (``STRATA_SPLIT``), so all three hold together with ≥ 95 % (union bound) and so does the
   sum, whatever p. p, the new stratum's share of the would-be auto-accepted detections, is counted on the
-  previous version's detections scored by the new one, and on the new version's own.
+  previous version's detections scored by the new one, and on the new version's own. In the server the
+  backtest and the previous version's counts are stored with the version when it is first deployed
+  (``detection.warm_start``, ``ModelVersion.warm_start``), and each detection's stratum with its event
+  (``DetectionEvent.new_stratum``, from the previous head's confidence on the same embedding).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling.models import ModelVersion
 
 CONFIDENCE_LEVEL = 0.95
 COLD_AUDITS = 20
@@ -107,6 +111,16 @@ class Warm:
     def counting(self, new: bool) -> Warm:
         """The same warm start with one more would-be auto-accepted detection counted."""
         return Warm(self.backtest, self.new_accepted + int(new), self.accepted + 1)
+
+    def to_stored(self, previous: str) -> dict[str, Any]:
+        """JSON-ready form, as stored with the version (``ModelVersion.warm_start``)."""
+        return {"previous": previous, "backtest": [asdict(audit) for audit in self.backtest],
+                "new_accepted": self.new_accepted, "accepted": self.accepted}
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> Warm:
+        """The warm start stored with a version (``to_stored``)."""
+        return cls(tuple(Audit(**audit) for audit in stored["backtest"]), stored["new_accepted"], stored["accepted"])
 
 
 @dataclass
@@ -182,14 +196,14 @@ def upper_bound(wrong: int, audits: int, level: float = CONFIDENCE_LEVEL) -> flo
 def audits_of(version: str, *, session: Session) -> list[Audit]:
     """The answered audits of detections ``version`` made, oldest answer first (re-detections left out)."""
     rows = session.execute(select(DetectionEvent.label, DetectionEvent.confidence, DetectionEvent.threshold,
-                                  DetectionEvent.human_label, DetectionEvent.routing_rule).where(
+                                  DetectionEvent.human_label, DetectionEvent.new_stratum).where(
         DetectionEvent.model_version == version, DetectionEvent.status == DetectionStatus.DETECTED,
         DetectionEvent.previous_event_id.is_(None), DetectionEvent.sampled.is_(True),
         DetectionEvent.human_label.is_not(None),
         DetectionEvent.routing_rule.in_([Rule.AUDIT, Rule.AUTO_ACCEPTED, Rule.BELOW_RAISED_THRESHOLD]))
         .order_by(DetectionEvent.human_answered_at, DetectionEvent.id))
-    return [Audit(label, confidence, human != label, confidence >= (threshold or 0.0))
-            for label, confidence, threshold, human, _ in rows]
+    return [Audit(label, confidence, human != label, confidence >= (threshold or 0.0), bool(new))
+            for label, confidence, threshold, human, new in rows]
 
 
 def audits_opened(version: str, *, session: Session) -> int:
@@ -198,12 +212,45 @@ def audits_opened(version: str, *, session: Session) -> int:
         DetectionEvent.model_version == version, DetectionEvent.routing_rule == Rule.AUDIT)) or 0
 
 
+def warm_of(version: str, *, session: Session) -> Warm | None:
+    """``version``'s warm start: the stored backtest and counts, plus its own would-be auto-accepted
+    detections (None: a cold start)."""
+    stored = session.scalar(select(ModelVersion.warm_start).where(ModelVersion.version == version))
+    if not stored:
+        return None
+    warm = Warm.from_stored(stored)
+    accepted, new = session.execute(select(func.count(DetectionEvent.id), func.count(DetectionEvent.id).filter(
+        DetectionEvent.new_stratum.is_(True))).where(
+        DetectionEvent.model_version == version, DetectionEvent.status == DetectionStatus.DETECTED,
+        DetectionEvent.previous_event_id.is_(None), DetectionEvent.threshold.is_not(None),
+        DetectionEvent.confidence >= DetectionEvent.threshold)).one()
+    return Warm(warm.backtest, warm.new_accepted + new, warm.accepted + accepted)
+
+
+def new_audits_opened(version: str, *, session: Session) -> int:
+    """How many audits of ``version``'s detections in the new stratum were opened (answered or not)."""
+    return session.scalar(select(func.count(DetectionEvent.id)).where(
+        DetectionEvent.model_version == version, DetectionEvent.routing_rule == Rule.AUDIT,
+        DetectionEvent.new_stratum.is_(True))) or 0
+
+
+def estimate_with_audits(version: str, target: float, *, session: Session) -> tuple[Estimate, list[Audit]]:
+    """The silent-error estimate of ``version`` (stratified with a warm start) and the audits that judge it
+    (its own; with a warm start, its backtest first)."""
+    audits, opened = audits_of(version, session=session), audits_opened(version, session=session)
+    warm = warm_of(version, session=session)
+    if warm is None:
+        return estimate_from(version, target, audits, opened), audits
+    found = estimate_from(version, target, audits, opened, warm, new_audits_opened(version, session=session))
+    return found, [*warm.backtest, *audits]
+
+
 def estimate(version: str | None, target: float, *, session: Session) -> Estimate:
-    """The silent-error estimate of ``version`` (audits of auto-accepted detections only)."""
+    """The silent-error estimate of ``version`` (audits of auto-accepted detections only; with a warm start,
+    the stratified bound)."""
     if version is None:
         return Estimate(None, target, Bound.of([]))
-    return estimate_from(version, target, audits_of(version, session=session),
-                         audits_opened(version, session=session))
+    return estimate_with_audits(version, target, session=session)[0]
 
 
 def estimate_from(version: str, target: float, audits: list[Audit], opened: int, warm: Warm | None = None,
@@ -241,19 +288,28 @@ def stratified_bound(known: list[Audit], new: list[Audit], new_accepted: int, ac
     r_known, r_new, share = (1.0 if r is None else r for r in (r_known, r_new, share))
     bound = r_known + share * max(0.0, r_new - r_known)
     rate = None
-    if known and accepted:
+    if (known or new) and accepted:
         p = new_accepted / accepted
-        rate = round(100 * ((1 - p) * k_known / len(known) + (p * k_new / len(new) if new else 0.0)), 2)
+        rate = round(100 * ((1 - p) * (k_known / len(known) if known else 0.0)
+                            + p * (k_new / len(new) if new else 0.0)), 2)
     return rate, round(100 * min(1.0, bound), 2)
 
 
 def history(version: str, *, session: Session) -> list[dict[str, Any]]:
-    """The bound after each answered audit of auto-accepted detections, oldest first (for the plot)."""
+    """The bound after each answered audit of auto-accepted detections, oldest first (for the plot); with a
+    warm start the stratified one (the backtest first, the share as counted now)."""
     accepted = [audit for audit in audits_of(version, session=session) if audit.auto_accepted]
+    warm = warm_of(version, session=session)
+    strata: tuple[list[Audit], list[Audit]] = ([a for a in warm.backtest if a.auto_accepted] if warm else [], [])
     points, wrong = [], 0
     for n, audit in enumerate(accepted, start=1):
         wrong += audit.wrong
-        points.append({"audits": n, "wrong": wrong, "upper_bound": round(100 * upper_bound(wrong, n), 2)})
+        if warm is None:
+            bound = round(100 * upper_bound(wrong, n), 2)
+        else:
+            strata[audit.new].append(audit)  # (known, new)[its stratum]
+            bound = stratified_bound(*strata, warm.new_accepted, warm.accepted)[1]
+        points.append({"audits": n, "wrong": wrong, "upper_bound": bound})
     return points
 
 

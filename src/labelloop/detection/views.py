@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/v1/detections", tags=["detections"])
 Operator = Depends(require(Role.OPERATOR))
 COLUMNS = ["id", "request_id", "created_at", "detected_at", "object_key", "etag", "status", "model_version",
            "label", "confidence", "threshold", "human_review_enabled", "sampled", "human_loop_name", "human_label",
-           "human_worker", "human_answered_at", "routing_rule", "review_reason"]
+           "human_worker", "human_answered_at", "routing_rule", "review_reason", "new_stratum"]
 # The seed's DynamoDB column names, as aliases of the columns above, so the seed's analytics keep working.
 SEED_ALIASES = {"DetectLabelRequestId": "request_id", "DetectionTimestamp": "detected_at",
                 "S3ObjectKey": "object_key", "S3ObjectETag": "etag", "ModelVersion": "model_version",

@@ -20,6 +20,7 @@ from dbos import DBOS
 from labelloop import db, engine
 from labelloop.config import get_settings
 from labelloop.detection import flows as detection
+from labelloop.detection import warm_start
 from labelloop.files import short_digest
 from labelloop.modeling import dataset
 from labelloop.modeling import flows as modeling
@@ -264,8 +265,18 @@ def check_f1_gate(version: str, run_id: str) -> dict[str, Any]:
     return models.apply_f1_gate(version, run_id, reviews.review_evidence())
 
 
+@engine.step()
+def start_new_version(version: str, run_id: str) -> dict[str, Any]:
+    """Store the new version's warm start against the serving one (``detection/warm_start.py``; None: it starts
+    cold), then load and warm it while the current one keeps serving."""
+    warm = warm_start.store(version)
+    started = models.start_version(version, run_id)
+    return {**started, "warm_start": None if warm is None else {"previous": warm["previous"],
+                                                                "backtest": len(warm["backtest"])}}
+
+
 def _deploy(version: str, run_id: str) -> dict[str, Any]:
-    started = modeling.start_new_version(version, run_id)
+    started = start_new_version(version, run_id)
     switched = modeling.switch_endpoint(version, run_id)
     stopped = modeling.stop_previous_version(switched["previous"], run_id)
     waiting = queue_waiting_detections()

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labelloop import db
 from labelloop.config import get_settings
@@ -24,14 +26,14 @@ from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, 
 from labelloop.modeling.images import prepare
 from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.predict import ranked
-from labelloop.modeling.serving import LoadedVersion, NoModelServing, Serving
+from labelloop.modeling.serving import Compared, LoadedVersion, NoModelServing, PreviousHead, Serving
 from labelloop.modeling.versions import ModelError, get_version, head_of, serving_version
 from labelloop.parameters import service as parameters
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NoModelServing", "backbone_path", "detect_inputs", "serving", "sync_serving", "training_embedder",
-           "version_backbone", "version_embedder"]
+__all__ = ["NoModelServing", "backbone_path", "detect_compared", "detect_inputs", "serving", "sync_serving",
+           "training_embedder", "version_backbone", "version_embedder"]
 
 # ── the backbone file ────────────────────────────────────────────────────────
 
@@ -128,12 +130,25 @@ def close_serving() -> None:
 
 
 def load(version: str) -> LoadedVersion:
-    """Load and warm ``version`` in this process without switching to it."""
+    """Load and warm ``version`` in this process without switching to it (with the head of the version it
+    replaced, when it has a warm start)."""
     with db.session() as session:
         row = get_version(version, session=session)
         head = head_of(row)
         embedder = None if row.backbone_fingerprint is None else version_embedder(row)[0]
-    return serving().warm(version, head, embedder)
+        previous = _previous_head(row, session=session)
+    return serving().warm(version, head, embedder, previous)
+
+
+def _previous_head(row: ModelVersion, *, session: Session) -> PreviousHead | None:
+    """The head of the version ``row``'s warm start was built against, when it reads the same embeddings."""
+    name = (row.warm_start or {}).get("previous")
+    if name is None:
+        return None
+    previous = session.scalar(select(ModelVersion).where(ModelVersion.version == name))
+    if previous is None or previous.head is None or previous.backbone_fingerprint != row.backbone_fingerprint:
+        return None
+    return PreviousHead(name, head_of(previous))
 
 
 def switch_to(version: str) -> None:
@@ -192,6 +207,13 @@ def detect_inputs(inputs: np.ndarray) -> tuple[str, list[list[dict[str, Any]]]]:
     sync_serving()
     loaded, probabilities = serving().submit(inputs).result(timeout=120)
     return loaded.version, [labels_of(loaded.labels, row) for row in probabilities]
+
+
+def detect_compared(inputs: np.ndarray) -> Compared:
+    """Detect preprocessed images with the serving version, and the previous version's top label and
+    confidence on each when the serving one has a warm start (``Compared.previous``)."""
+    sync_serving()
+    return serving().submit_compared(inputs).result(timeout=120)
 
 
 # Decoding runs on a pool as wide as the cores, not on the server's 40-thread pool: more concurrent decodes

@@ -44,12 +44,6 @@ def evaluate_model(version: str) -> dict[str, Any]:
 
 
 @engine.step()
-def start_new_version(version: str, run_id: str) -> dict[str, Any]:
-    """Load and warm the new version while the current one keeps serving."""
-    return service.start_version(version, run_id)
-
-
-@engine.step()
 def switch_endpoint(version: str, run_id: str) -> dict[str, Any]:
     """Switch the endpoint to the new version atomically."""
     return service.switch_endpoint(version, run_id)

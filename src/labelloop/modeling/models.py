@@ -60,6 +60,9 @@ class ModelVersion(Base):
     # backbone, and the ONNX file itself (about 9 MB, loaded only when asked for), so every worker can load it.
     backbone_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     backbone_int8: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    # Its warm start, stored when first deployed to replace another version (detection.warm_start): the
+    # previous version, the backtest audits and the new stratum's counts; None: a cold start.
+    warm_start: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # While it trains: {"phase", "done", "total", "started_at", "updated_at"} (the dashboard's progress bar).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 

@@ -9,7 +9,10 @@ Runtime's memory arena keeps what the largest batch needed (some 240 MB more at 
 Performance section). A batch is served entirely by the version that was serving when the batch started: the
 switch replaces one reference under a lock, and a version is only put there after it has been loaded and has
 answered a warm-up batch. A version trained on an int8 backbone (Quantize-Backbone) brings its own session
-of that backbone, which every unit uses for its batches.
+of that backbone, which every unit uses for its batches. A version with a warm start (``detection.warm_start``)
+also holds the head of the version it replaced, when that one read the same kind of embeddings: for a request
+that asks (:meth:`Serving.submit_compared`), that head's top label and confidence on the same embedding come
+back beside the answer (the head only: the backbone runs once).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from labelloop.modeling.embedding import Embedder, default_threads
+from labelloop.modeling.predict import ranked
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,14 @@ class HeadLike(Protocol):
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class PreviousHead:
+    """The head of the version a warm-started version replaced (it reads the same embeddings)."""
+
+    version: str
+    head: HeadLike
+
+
 @dataclass
 class LoadedVersion:
     """A model version that is loaded, warmed and ready to answer."""
@@ -52,16 +64,27 @@ class LoadedVersion:
     # The version's own backbone session (an int8 backbone, Quantize-Backbone); None: the units' fp32 sessions.
     embedder: Embedder | None = None
     loaded_at: float = field(default_factory=time.time)
+    previous: PreviousHead | None = None  # warm start: the replaced version's head, on the same embeddings
 
     @property
     def labels(self) -> list[str]:
         return list(self.head.labels)
 
 
+@dataclass(frozen=True)
+class Compared:
+    """An answer with the previous head's view of the same images (``previous`` None without one)."""
+
+    version: LoadedVersion
+    probabilities: np.ndarray  # N×labels of the serving version
+    previous: list[tuple[str, float]] | None  # per image, the previous head's top label and confidence (0–100)
+
+
 @dataclass
 class _Request:
     inputs: np.ndarray
-    future: Future[tuple[LoadedVersion, np.ndarray]]
+    future: Future[Any]
+    compared: bool = False  # answer with a Compared (else a (version, probabilities) pair)
 
 
 class Serving:
@@ -88,10 +111,12 @@ class Serving:
         """The version serving now, or ``None``."""
         return self._active
 
-    def warm(self, version: str, head: HeadLike, embedder: Embedder | None = None) -> LoadedVersion:
+    def warm(self, version: str, head: HeadLike, embedder: Embedder | None = None,
+             previous: PreviousHead | None = None) -> LoadedVersion:
         """Load ``version`` beside the serving one and run a warm-up batch through it (blue side); ``embedder``:
-        the version's own backbone session, when its head was trained on another backbone than the units'."""
-        loaded = LoadedVersion(version, head, embedder)
+        the version's own backbone session, when its head was trained on another backbone than the units';
+        ``previous``: the replaced version's head (warm start)."""
+        loaded = LoadedVersion(version, head, embedder, previous=previous)
         probe = np.zeros((1, 3, 224, 224), dtype=np.float32)
         embedder = embedder or self._embedders[0]
         probabilities = head.predict_proba(embedder.embed(probe))
@@ -176,7 +201,9 @@ class Serving:
             return
         try:
             inputs = np.concatenate([request.inputs for request in batch])
-            probabilities = version.head.predict_proba((version.embedder or embedder).embed(inputs))
+            embeddings = (version.embedder or embedder).embed(inputs)
+            probabilities = version.head.predict_proba(embeddings)
+            previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
         except Exception as exc:  # every waiting request gets the error, the unit keeps serving
             log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
             for request in batch:
@@ -186,7 +213,11 @@ class Serving:
         start = 0
         for request in batch:
             end = start + len(request.inputs)
-            request.future.set_result((version, probabilities[start:end]))
+            if request.compared:
+                request.future.set_result(Compared(version, probabilities[start:end],
+                                                   None if previous is None else previous[start:end]))
+            else:
+                request.future.set_result((version, probabilities[start:end]))
             start = end
 
     async def infer(self, inputs: np.ndarray) -> tuple[LoadedVersion, np.ndarray]:
@@ -195,10 +226,27 @@ class Serving:
 
     def submit(self, inputs: np.ndarray) -> Future[tuple[LoadedVersion, np.ndarray]]:
         """Queue preprocessed images (N×3×224×224); the future gives (version, N×labels probabilities)."""
+        return self._queue(inputs, compared=False)
+
+    def submit_compared(self, inputs: np.ndarray) -> Future[Compared]:
+        """:meth:`submit`, with the previous head's top label and confidence per image when the serving
+        version has one (warm start)."""
+        return self._queue(inputs, compared=True)
+
+    def _queue(self, inputs: np.ndarray, *, compared: bool) -> Future[Any]:
         if self._active is None:
             raise NoModelServing("no model version is serving; train one (POST /api/v1/training/check) "
                                  "or deploy one (POST /api/v1/models/{version}/deploy)")
-        future: Future[tuple[LoadedVersion, np.ndarray]] = Future()
-        self._requests.put(_Request(inputs, future))
+        future: Future[Any] = Future()
+        self._requests.put(_Request(inputs, future, compared))
         return future
+
+
+def _previous_top(version: LoadedVersion, embeddings: np.ndarray) -> list[tuple[str, float]] | None:
+    """The previous head's top label and confidence (0–100) per embedding, or None without one."""
+    if version.previous is None:
+        return None
+    labels = list(version.previous.head.labels)
+    tops = [ranked(labels, row)[0] for row in version.previous.head.predict_proba(embeddings)]
+    return [(label, round(confidence, 4)) for label, confidence in tops]
 

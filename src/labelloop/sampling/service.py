@@ -92,9 +92,9 @@ def silent_error_report(version: str | None = None) -> dict[str, Any]:
         else:
             versions.get_version(version, session=session)  # VersionNotFound names it
         target = values[parameters.MAXIMUM_SILENT_ERROR_RATE]
-        found = silent_errors.estimate(version, target, session=session)
+        found, audits = (silent_errors.estimate_with_audits(version, target, session=session) if version
+                         else (silent_errors.estimate(None, target, session=session), []))
         points = silent_errors.history(version, session=session) if version else []
-        audits = silent_errors.audits_of(version, session=session) if version else []
         labels = list(versions.get_version(version, session=session).labels or []) if version else []
         routing = []
         for label in labels:
