@@ -1,7 +1,7 @@
 """warm start in the server: the backtest stored with a version, the stratum of each detection
 
 Revision ID: warmstart_new_stratum
-Revises: throughput_int8_backbone
+Revises: review_gold_tasks
 Create Date: 2026-12-05 20:30:00
 
 * ``model_versions.warm_start``: the version's warm start, stored when it is first deployed to replace another
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'warmstart_new_stratum'
-down_revision: str | None = 'throughput_int8_backbone'
+down_revision: str | None = 'review_gold_tasks'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
