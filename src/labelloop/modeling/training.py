@@ -499,6 +499,8 @@ NO_MATCH = -4.0  # below any cosine: stands in for "no other image of this label
 MAX_BANK_PER_LABEL = 256
 FAMILIAR_PENALTY = 1e-3
 FAMILIAR_PRIOR = 0.5  # weight of a label's own images against the other labels' in the familiarity fit
+COVERAGE_QUANTILE = 0.1  # familiarity at this quantile of a label's own leave-one-out similarities …
+COVERAGE_FAMILIARITY = 0.9  # … is at least this (coverage_offset)
 
 
 def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
@@ -551,11 +553,28 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
     theta = minimize(loss, np.zeros(1 + n_labels), jac=True, method="L-BFGS-B").x
     fitted = {k for k, _, _ in terms}
     offsets = theta[1:].copy()
+    for k, own, _ in terms:  # scores are in spread units here, so theta[0] is the slope that applies to them
+        offsets[k] = coverage_offset(float(theta[0]), float(offsets[k]), own)
     if len(fitted) < n_labels:  # a label with one image: the typical offset of the others
         offsets[[k for k in range(n_labels) if k not in fitted]] = float(np.mean(offsets[sorted(fitted)]))
     rows = int(np.bincount(bank_y, minlength=n_labels).max())
     padded = np.stack([bank[bank_y == k][np.arange(rows) % max(1, int(np.sum(bank_y == k)))] for k in range(n_labels)])
     return {"bank": padded.astype(np.float32), "familiar_slope": float(theta[0]) / spread, "familiar_offset": offsets}
+
+
+def coverage_offset(slope: float, offset: float, own: np.ndarray, quantile: float = COVERAGE_QUANTILE,
+                    floor: float = COVERAGE_FAMILIARITY) -> float:
+    """The label's offset, raised where needed so that familiarity at the `quantile` of its own leave-one-out
+    similarities `own` is at least `floor` (a Neyman–Pearson style constraint: about 1 − quantile of the images
+    like the label's own keep their softmax confidence; within it, the contrast fit rejects what it can).
+
+    Without it, labels whose neighbours are as close as their own images (fine-grained, closed-set data:
+    digits, two similar photo classes) get familiarity near ½ everywhere, which caps every confidence near 50.
+    """
+    if len(own) == 0 or slope <= 0:
+        return offset
+    at = float(np.quantile(own, quantile))
+    return max(offset, math.log(floor / (1 - floor)) - slope * at)
 
 
 SUSPECT_CONFIDENCE = 0.7  # the default Minimum-Label-Detection-Confidence: "the model is sure"
