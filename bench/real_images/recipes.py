@@ -207,10 +207,10 @@ def spread_familiarity(scorer: Scorer, spreads: float = SPREADS) -> callable:
     return lambda score, k: 1.0 / (1.0 + np.exp(-(score - at[k]) / scale[k]))
 
 
-def contrast_familiarity(scorer: Scorer, coverage: bool = False) -> callable:
+def contrast_familiarity(scorer: Scorer, coverage: tuple[float, float] | None = None) -> callable:
     """Per label: P(own | score) from a logistic fit of own leave-one-out scores against other labels' images;
-    `coverage`: then each offset raised as the product does (`training.coverage_offset`: familiarity ≥ 0.9 at
-    the 10th percentile of the label's own leave-one-out scores)."""
+    `coverage` = (quantile, floor): then each offset raised as the product does (`training.coverage_offset`:
+    familiarity ≥ floor at that quantile of the label's own leave-one-out scores; the product's: (0.1, 0.9))."""
     from scipy.optimize import minimize
 
     loo = scorer.loo()
@@ -235,7 +235,7 @@ def contrast_familiarity(scorer: Scorer, coverage: bool = False) -> callable:
     theta = minimize(loss, np.concatenate([[1.0], np.zeros(n_labels)]), method="L-BFGS-B").x
     if coverage:
         for k in range(n_labels):
-            theta[1 + k] = training.coverage_offset(theta[0], theta[1 + k], own_scores[k] / spread)
+            theta[1 + k] = training.coverage_offset(theta[0], theta[1 + k], own_scores[k] / spread, *coverage)
     return lambda score, k: 1.0 / (1.0 + np.exp(-(theta[0] * score / spread + theta[1 + k])))
 
 
@@ -250,6 +250,7 @@ class Recipe:
     score: str | None
     conversion: str = "spread"
     spreads: float = SPREADS
+    coverage: tuple[float, float] = (training.COVERAGE_QUANTILE, training.COVERAGE_FAMILIARITY)
 
 
 def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, test: Data
@@ -266,7 +267,7 @@ def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, tes
         product = head.predict_proba(test.embedding)
         return product.argmax(axis=1), product.max(axis=1)
     scorer = SCORERS[recipe.score](train, y, len(head.labels))
-    familiarity = (contrast_familiarity(scorer, recipe.conversion == "coverage")
+    familiarity = (contrast_familiarity(scorer, recipe.coverage if recipe.conversion == "coverage" else None)
                    if recipe.conversion in ("contrast", "coverage") else spread_familiarity(scorer, recipe.spreads))
     factor = np.ones(len(pred))
     for k in np.unique(pred):
