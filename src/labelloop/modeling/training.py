@@ -139,8 +139,12 @@ class Head:
     regression telling each image's similarity to the *other* images of its own label (leave-one-out) from
     the similarity of every other label's images to this label: the other labels are the only examples of
     "something else" the training data has, so they say how close an unrelated image comes under this
-    label. Chosen on the real-image benchmark (bench/real_images) over the centroid rule of format-1 heads
-    (`centroids`, `familiar_at`, `familiar_scale`: still loaded and applied for heads saved before).
+    label. Each offset is then raised where needed so familiarity is ≥ COVERAGE_FAMILIARITY at the
+    COVERAGE_QUANTILE of the label's own leave-one-out similarities (`coverage_offset`): labels that look
+    alike keep their confidence. Format 3 (`format`) multiplies every label by one factor per image,
+    Σ softmax × familiarity, so the answer is the softmax's; format-2 heads keep per-label factors. Chosen on
+    the real-image benchmark (bench/real_images) over the centroid rule of format-1 heads (`centroids`,
+    `familiar_at`, `familiar_scale`: still loaded and applied for heads saved before).
     """
 
     labels: list[str]
@@ -525,7 +529,8 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
     FAMILIAR_PRIOR of its term and its negatives the rest (at ½, familiarity is ½ where an image is as likely
     its label's as something else's). ½ is the benchmark's choice: on a stream where half the images are of
     kinds never trained on it gave the fewest silent errors and the lowest calibration error; a higher prior
-    trades silent errors for confident answers (bench/real_images/README.md, "prior"). The bank keeps at most
+    trades silent errors for confident answers (bench/real_images/README.md, "prior"). Then each label's offset
+    is raised by `coverage_offset` (the coverage constraint). The bank keeps at most
     MAX_BANK_PER_LABEL images per label (in content-hash order), padded to one row count by repeating each
     label's own rows. Empty (no familiarity factor) when no label has two
     training images.
