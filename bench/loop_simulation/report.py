@@ -329,3 +329,41 @@ def write(result: dict[str, Any], folder: Path, stem: str = "loop_simulation",
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.md").write_text(table(result, before))
     plot(result, folder / f"{stem}.png")
+
+
+def seeds_summary(results: list[dict[str, Any]]) -> str:
+    """Across runs of several seeds (issue 19: claims over ≥ 5 seeds), per batch: the loop's human answers and
+    macro-F1 and its margin over random at the same budget, as median and min–max over the seeds; then how
+    many seeds beat random at every budget."""
+    by_batch: dict[int, list[tuple[int, float, float]]] = {}
+    everywhere = 0
+    for result in results:
+        everywhere += bool(verdict(result).get("beats_random_everywhere"))
+        for row in by_arm(result["rows"]).get("loop", []):
+            other = random_serving_at(result["rows"], row["after_batch"])
+            if row["human_answers"] and other is not None:
+                by_batch.setdefault(row["after_batch"], []).append(
+                    (row["human_answers"], row["macro_f1"], row["macro_f1"] - other["macro_f1"]))
+
+    def spread(values: list[float], fmt: str) -> str:
+        ordered = sorted(values)
+        middle = (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
+        return f"{middle:{fmt}} ({ordered[0]:{fmt}} … {ordered[-1]:{fmt}})"
+
+    seeds = ", ".join(str(r["settings"]["seed"]) for r in results)
+    lines = [f"Seeds {seeds}: median (min … max) over the seeds.", "",
+             "| after batch | seeds | human answers | loop macro-F1 | loop − random at the same budget |",
+             "|---|---|---|---|---|"]
+    for batch, found in sorted(by_batch.items()):
+        answers, f1, margin = zip(*found, strict=True)
+        lines.append(f"| {batch} | {len(found)} | {spread(list(answers), '.0f')} | {spread(list(f1), '.4f')} | "
+                     f"{spread(list(margin), '+.4f')} |")
+    lines += ["", f"Loop ahead of random at every budget in {everywhere} of {len(results)} seeds."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(seeds_summary([json.loads(Path(p).read_text()) for p in sys.argv[1:]]))

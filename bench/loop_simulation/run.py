@@ -125,7 +125,7 @@ class Arm:
     def __init__(self, name: str, plan: Plan, scorer: HoldoutScorer, args: argparse.Namespace, draw: int = 0):
         self.name, self.plan, self.scorer, self.args, self.draw = name, plan, scorer, args, draw
         folder = name if name != "random" else f"random-{draw}"
-        home = OUT / "homes" / folder
+        home = OUT / "homes" / stem(args) / folder  # per run: runs of several seeds may go side by side
         shutil.rmtree(home, ignore_errors=True)
         (home.parent / f"{folder}-server.log").unlink(missing_ok=True)
         env = server_env(LABELLOOP_CACHE_FOLDER=str(OUT / "cache"), LABELLOOP_LOG_LEVEL="WARNING")

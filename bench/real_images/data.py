@@ -369,4 +369,58 @@ def _pasted(item: Item, kind: str) -> Item:
     return Item(key, item.label, load)
 
 
-TASKS = {"logos": logo_task, "objects": object_task, "scenes": scene_task}
+# ── closed-set, fine-grained tasks (no open set): do right answers stay confident? ─────────────────
+
+
+DIGITS_POOL = 100
+LOOKALIKE_PHOTOS = ("/usr/share/backgrounds/mate/nature/FreshFlower.jpg",  # orange petals, close up
+                    "/usr/share/backgrounds/mate/nature/Garden.jpg")  # an orange-red flower on orange blur
+LOOKALIKE_FOOD = ("food/fruit", "food/vegetables")
+
+
+def digits_task(seed: int = 0) -> Task:
+    """scikit-learn's load_digits (real handwriting scans, ten labels that look alike), rendered as the tests
+    and the loop simulation render them: a pool of 100 per digit, the other 797 images test; no open set."""
+    from bench.loop_simulation.data import load_digits_png
+
+    by_label: dict[str, list[Item]] = defaultdict(list)
+    for digit in load_digits_png():
+        by_label[digit.label].append(Item(f"digits/{digit.name}", digit.label, lambda png=digit.png: png))
+    pool, test = {}, []
+    for label, items in sorted(by_label.items()):
+        shuffled = [items[i] for i in _rng("digits", seed, label).permutation(len(items))]
+        pool[label], rest = shuffled[:DIGITS_POOL], shuffled[DIGITS_POOL:]
+        test += rest
+    return Task("digits", pool, test, [], sizes=(5, 20, 100))
+
+
+def flower_pair_task(seed: int = 0) -> Task:
+    """Two photographs of orange flowers (crops as in the scenes task: 100 from the left 65 %, 40 from the
+    right 35 %): two classes that look alike, with about the hidden two-class set's 100+ images per class."""
+    pool, test = {}, []
+    for path in LOOKALIKE_PHOTOS:
+        label = _scene_label(path).lower()
+        pool[label] = [Item(f"pair/{label}/train-{i}", label,
+                            _crop_loader(path, f"pair/{label}/train-{i}", (0.0, TRAIN_SHARE)))
+                       for i in range(SCENE_TRAIN)]
+        test += [Item(f"pair/{label}/test-{i}", label,
+                      _crop_loader(path, f"pair/{label}/test-{i}", (TRAIN_SHARE, 1.0))) for i in range(2 * SCENE_TEST)]
+    return Task("flowers", pool, test, [], sizes=(5, 20, 100))
+
+
+def food_pair_task(seed: int = 0) -> Task:
+    """Fruit against vegetable photo stamps (26 and 18 photos): two similar classes of varied real photos."""
+    pool, test = {}, []
+    for folder in LOOKALIKE_FOOD:
+        label = OBJECT_LABELS[folder]
+        paths = sorted((STAMPS / folder).glob("*.png"))
+        items = [Item(f"object/{folder}/{p.name}", label, p.read_bytes)
+                 for p in _rng("objects", seed, folder).permutation(paths).tolist()]
+        pool[label], rest = items[:OBJECT_POOL], items[OBJECT_POOL:]
+        test += rest
+    return Task("food", pool, test, [], sizes=(5, 10))
+
+
+TASKS = {"logos": logo_task, "objects": object_task, "scenes": scene_task, "digits": digits_task,
+         "flowers": flower_pair_task, "food": food_pair_task}
+CLOSED_TASKS = ("digits", "flowers", "food")

@@ -21,6 +21,9 @@ Two ways to turn a score into familiarity, both fitted on the training images on
 * `spread` (the current rule, generalised): per label, each training image's leave-one-out score (against the
   label's *other* images) gives a typical value m and spread s; familiarity = sigmoid((score − (m − K·s)) / s)
   with K = 4 (the current FAMILIAR_SPREADS) unless a recipe says otherwise.
+* `coverage`: `contrast`, then each label's offset raised so that familiarity at the 10th percentile of its own
+  leave-one-out scores is ≥ 0.9 (the product's rule since the closed-set regression: on fine-grained labels,
+  other labels come as close as a label's own images and the plain contrast fit caps every confidence near ½).
 * `contrast` (my addition): per label, a one-dimensional logistic regression separating the label's own
   leave-one-out scores from the scores of every *other* label's training images against this label: the other
   labels' images are the only examples of "something else" the training data holds, and they tell how high a
@@ -204,8 +207,10 @@ def spread_familiarity(scorer: Scorer, spreads: float = SPREADS) -> callable:
     return lambda score, k: 1.0 / (1.0 + np.exp(-(score - at[k]) / scale[k]))
 
 
-def contrast_familiarity(scorer: Scorer) -> callable:
-    """Per label: P(own | score) from a logistic fit of own leave-one-out scores against other labels' images."""
+def contrast_familiarity(scorer: Scorer, coverage: tuple[float, float] | None = None) -> callable:
+    """Per label: P(own | score) from a logistic fit of own leave-one-out scores against other labels' images;
+    `coverage` = (quantile, floor): then each offset raised as the product does (`training.coverage_offset`:
+    familiarity ≥ floor at that quantile of the label's own leave-one-out scores; the product's: (0.1, 0.9))."""
     from scipy.optimize import minimize
 
     loo = scorer.loo()
@@ -228,6 +233,9 @@ def contrast_familiarity(scorer: Scorer) -> callable:
         return total / n_labels + 1e-3 * float(np.sum(theta ** 2))
 
     theta = minimize(loss, np.concatenate([[1.0], np.zeros(n_labels)]), method="L-BFGS-B").x
+    if coverage:
+        for k in range(n_labels):
+            theta[1 + k] = training.coverage_offset(theta[0], theta[1 + k], own_scores[k] / spread, *coverage)
     return lambda score, k: 1.0 / (1.0 + np.exp(-(theta[0] * score / spread + theta[1 + k])))
 
 
@@ -242,6 +250,7 @@ class Recipe:
     score: str | None
     conversion: str = "spread"
     spreads: float = SPREADS
+    coverage: tuple[float, float] = (training.COVERAGE_QUANTILE, training.COVERAGE_FAMILIARITY)
 
 
 def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, test: Data
@@ -258,8 +267,8 @@ def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, tes
         product = head.predict_proba(test.embedding)
         return product.argmax(axis=1), product.max(axis=1)
     scorer = SCORERS[recipe.score](train, y, len(head.labels))
-    familiarity = (contrast_familiarity(scorer) if recipe.conversion == "contrast"
-                   else spread_familiarity(scorer, recipe.spreads))
+    familiarity = (contrast_familiarity(scorer, recipe.coverage if recipe.conversion == "coverage" else None)
+                   if recipe.conversion in ("contrast", "coverage") else spread_familiarity(scorer, recipe.spreads))
     factor = np.ones(len(pred))
     for k in np.unique(pred):
         rows = np.flatnonzero(pred == k)

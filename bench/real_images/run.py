@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from bench.real_images import metrics
-from bench.real_images.data import OUT, TASKS, Task, missing_sources
+from bench.real_images.data import CLOSED_TASKS, OUT, TASKS, Task, missing_sources
 from bench.real_images.features import Features, backbone_speed, extract
 from bench.real_images.recipes import Data, Recipe, fit_classifier, fit_with_out_of_fold, predict
 
@@ -42,7 +42,9 @@ CONFIDENCE_RECIPES = (
     Recipe("Mahalanobis (Ledoit-Wolf)", "mahalanobis"),
     Recipe("patch nearest neighbour", "patch"),
     Recipe("centroid, contrast", "centroid", "contrast"),
-    Recipe("nearest neighbour, contrast", "knn", "contrast"),
+    Recipe("nearest neighbour, contrast (previous product rule)", "knn", "contrast"),
+    Recipe("nearest neighbour, contrast + coverage", "knn", "coverage"),
+    Recipe("centroid, contrast + coverage", "centroid", "coverage"),
     Recipe("patch nearest neighbour, contrast", "patch", "contrast"),
     Recipe("held-out labels, nearest neighbour", "knn", "held-out"),
     Recipe(PRODUCT, "current"),
@@ -50,6 +52,7 @@ CONFIDENCE_RECIPES = (
 
 
 PATCH_MAX_K = 5
+VIEWS_OF = {name: ("crop",) for name in CLOSED_TASKS}  # closed-set tasks: square or near-square, crop only
 LETTERBOX_RECIPES = ("softmax", "previous rule (centroid familiarity)", PRODUCT, "patch nearest neighbour")
 
 
@@ -290,8 +293,8 @@ def main() -> None:
             print(f"{name} seed {seed}: {len(task.labels)} known labels, {len(task.test)} test, "
                   f"{len(task.open)} open-set images", flush=True)
             if args.part in ("all", "confidence"):
-                prepared = prepare(task, ((LITE0, ("crop", "letterbox")),))
-                for view in ("crop", "letterbox"):
+                prepared = prepare(task, ((LITE0, VIEWS_OF.get(name, ("crop", "letterbox"))),))
+                for view in VIEWS_OF.get(name, ("crop", "letterbox")):
                     run_confidence(prepared, seed, view, found, plots)
                 suspects.append(run_suspects(prepared, max(task.sizes), seed=seed))
             if args.part in ("all", "features"):

@@ -7,6 +7,7 @@ pinned by test_real_images.py and measured by bench/real_images.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from labelloop.modeling.embedding import Embedder, EmbeddingCache
 from labelloop.modeling.export import build_full_model_onnx
 from labelloop.modeling.images import prepare
 from labelloop.modeling.predict import Predictor
-from labelloop.modeling.training import HEAD_FORMAT, Head, LabeledImage, l2_normalize, train_head
+from labelloop.modeling.training import HEAD_FORMAT, Head, LabeledImage, l2_normalize, softmax, train_head
 
 
 def _logo_head(embedder: Embedder, cache: EmbeddingCache) -> Head:
@@ -57,7 +58,7 @@ def test_heads_saved_before_keep_their_centroid_rule_and_export(embedder: Embedd
                                                                  tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    assert HEAD_FORMAT == 2
+    assert HEAD_FORMAT == 3
     rng = np.random.default_rng(3)
     centroids = l2_normalize(rng.normal(size=(2, 1280)))
     old = Head(["a", "b"], rng.normal(size=(2, 1280)) * 0.05, [0.1, -0.1], 1.3, True, {}, centroids,
@@ -93,3 +94,54 @@ def test_labels_with_fewer_images_are_padded_with_their_own_and_export_alike(emb
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"input": np.stack([prepare(d) for d in data])})
     np.testing.assert_allclose(got, head.predict_proba(x), atol=1e-4, rtol=0)
+
+
+def _right_and_confident(head: Head, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, share of the right answers at confidence ≥ 70)."""
+    proba = head.predict_proba(x)
+    right = proba.argmax(1) == y
+    return float(right.mean()), float((proba.max(1)[right] >= 0.7).mean())
+
+
+def test_closed_set_labels_that_look_alike_keep_their_confidence(digits_result, digits_split, embedder: Embedder,
+                                                                 cache: EmbeddingCache) -> None:
+    """Fine-grained, closed-set data (handwritten digits; two digits that look alike): another label's images
+    come as close as a label's own, so a familiarity fitted only to tell them apart would sit near ½ and cap
+    every confidence near 50, sending every right answer to a human. The coverage constraint keeps ≥ 80 %
+    of the right answers confident (the rule before it kept none)."""
+    _, test = digits_split
+    head = digits_result.head
+    x = np.stack([cache.get(digits_result.digests[e.key]) for e in test])  # embedded by the training
+    y = np.array([head.labels.index(e.label) for e in test])
+    accuracy, confident = _right_and_confident(head, x, y)
+    assert accuracy >= 0.8 and confident >= 0.8, (accuracy, confident)
+    train, _ = digits_split
+    alike = np.array([e.label in ("digit-3", "digit-8") for e in test])
+    pair_test = [e for e, keep in zip(test, alike, strict=True) if keep]
+    pair = [e for e in train if e.label in ("digit-3", "digit-8")] + pair_test
+    two = train_head(pair, embedder, cache, test_split={e.key for e in pair_test}).head
+    accuracy, confident = _right_and_confident(two, x[alike], np.array([two.labels.index(e.label) for e in pair_test]))
+    assert accuracy >= 0.85 and confident >= 0.8, (accuracy, confident)
+
+
+def test_format_2_heads_keep_per_label_factors_and_format_3_never_changes_the_answer(
+        embedder: Embedder, cache: EmbeddingCache, backbone_onnx: Path, tmp_path: Path) -> None:
+    """Format 3 multiplies every label by one factor per image (Σ softmax × familiarity), so the answer is the
+    softmax's; a format-2 head (per-label factors) loads, predicts and exports as it was saved."""
+    import onnxruntime as ort
+
+    head = _logo_head(embedder, cache)
+    assert head.format == 3
+    data = [smile_logo(60), box_logo(60), blend(5), unseen(7)]
+    x = embedder.embed_images(data)
+    plain, familiar = softmax(head.logits(x)), head.familiarity(x)
+    np.testing.assert_allclose(head.predict_proba(x), plain * np.sum(plain * familiar, 1, keepdims=True), atol=1e-9)
+    assert list(head.predict_proba(x).argmax(1)) == list(plain.argmax(1))
+    old = Head.load(io.BytesIO(replace(head, format=2).to_bytes()))
+    assert old.format == 2
+    np.testing.assert_allclose(old.predict_proba(x), plain * familiar, atol=1e-6)
+    for saved in (head, old):
+        out = build_full_model_onnx(backbone_onnx, saved, tmp_path / f"format-{saved.format}.onnx")
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"input": np.stack([prepare(d) for d in data])})
+        np.testing.assert_allclose(got, saved.predict_proba(x), atol=1e-4, rtol=0)

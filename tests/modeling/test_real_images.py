@@ -61,11 +61,12 @@ def test_photos_of_kinds_never_trained_on_rarely_reach_the_threshold(stamps, emb
     open_confident = float((head.predict_proba(open_x).max(1) >= THRESHOLD).mean())
     open_confident_softmax = float((softmax(head.logits(open_x)).max(1) >= THRESHOLD).mean())
 
-    # Softmax alone lets about a fifth of the strangers through; familiarity stops most of them …
+    # Softmax alone lets about a quarter of the strangers through (measured 26 %); familiarity stops about half
+    # of them (measured 14 %: the price of the coverage constraint, which keeps right answers confident on
+    # labels that look alike; the contrast fit alone stopped all but 4 % and kept 44 % of right answers) …
     assert open_confident_softmax >= 0.15
-    assert open_confident <= 0.06 and open_confident <= open_confident_softmax / 3
-    # … while a good share of the right answers stays confident (measured about half) and confidence never
-    # exceeds the softmax's.
-    assert confident_right >= 0.3
+    assert open_confident <= 0.2 and open_confident <= open_confident_softmax * 0.7
+    # … while most right answers stay confident (measured 66 %) and confidence never exceeds the softmax's.
+    assert confident_right >= 0.55
     assert np.all(confidence <= plain + 1e-9)
     assert (plain.max(1)[right] >= THRESHOLD).mean() >= confident_right

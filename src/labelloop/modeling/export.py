@@ -255,8 +255,9 @@ def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
 def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
     """embedding N×D → [L2 normalise] → Gemm (W/T, b/T) → Softmax [× familiarity] → probabilities N×L.
 
-    Familiarity: sigmoid(slope · nearest-neighbour cosine + offset) for format-2 heads (`bank`), the centroid
-    rule for format-1 heads, as `Head.familiarity`."""
+    Familiarity: sigmoid(slope · nearest-neighbour cosine + offset) for format-2/3 heads (`bank`), the centroid
+    rule for format-1 heads, as `Head.familiarity`; format 3 multiplies every label by one factor per image,
+    Σ softmax × familiarity, as `Head.predict_proba`."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -282,8 +283,13 @@ def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
         inits_f, nodes_f = (_nearest_nodes(head) if head.bank is not None else _centroid_nodes(head))
         inits += inits_f
         nodes += [helper.make_node("Softmax", ["head_logits"], ["head_softmax"], axis=1), *nodes_f,
-                  helper.make_node("Sigmoid", ["head_familiar_z"], ["head_familiarity"]),
-                  helper.make_node("Mul", ["head_softmax", "head_familiarity"], ["probabilities"])]
+                  helper.make_node("Sigmoid", ["head_familiar_z"], ["head_familiarity"])]
+        if head.bank is not None and head.format >= 3:  # one factor per image: Σ softmax × familiarity
+            nodes += [helper.make_node("Mul", ["head_softmax", "head_familiarity"], ["head_weighted"]),
+                      helper.make_node("ReduceSum", ["head_weighted", "head_axes"], ["head_factor"], keepdims=1),
+                      helper.make_node("Mul", ["head_softmax", "head_factor"], ["probabilities"])]
+        else:
+            nodes.append(helper.make_node("Mul", ["head_softmax", "head_familiarity"], ["probabilities"]))
     inp = helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["N", EMBEDDING_DIM])
     out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", len(head.labels)])
     return helper.make_graph(nodes, "head", [inp], [out], initializer=inits)
