@@ -86,6 +86,9 @@ def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
     clean = [audit("a", 90, False)] * 59
     assert silent.audit_rate(estimate(clean)) == silent.STEADY_RATE
     assert estimate(clean).sentence == "auto-accepted: ≤ 5.0 % wrong, 95 % confidence, from 59 audits"
+    # The rate in words: a rate of 0.8 is not "1 in 1".
+    assert [silent.audit_share(r) for r in (1.0, 0.8, 0.25, 0.02)] == [
+        "1 in 1", "80 % of confident detections", "1 in 4", "1 in 50"]
     # Off: the seed's rule alone, nothing audited.
     assert silent.audit_rate(estimate([], target=0.0)) == 0.0
     assert route(93.0, estimate([], target=0.0)).rule == silent.Rule.AUTO_ACCEPTED

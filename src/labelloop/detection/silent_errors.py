@@ -369,6 +369,15 @@ class Route:
         return self.rule in TO_REVIEW
 
 
+def audit_share(rate: float) -> str:
+    """An audit rate in words: "1 in 1" (every one), "80 %" above one in two, else "1 in N" (N rounded)."""
+    if rate >= 0.995:
+        return "1 in 1"
+    if rate > 0.5:
+        return f"{rate * 100:.0f} % of confident detections"
+    return f"1 in {1 / rate:.0f}"
+
+
 def route(label: str, confidence: float, request_id: str, *, base: float, base_name: str, review: bool,
           found: Estimate, audits: list[Audit], new: bool = False) -> Route:
     """Decide who sees a detection: ``base`` is the threshold of the seed's rule (or the label's assumed
@@ -386,7 +395,7 @@ def route(label: str, confidence: float, request_id: str, *, base: float, base_n
     if draw(request_id) < rate:
         stratum = " (new to this version: the previous one was not confident)" if found.warm and new else ""
         of = f" of {found.model_version}" if found.overall.upper_bound is not None else ""  # else the sentence names it
-        return Route(Rule.AUDIT, threshold, f"audited (1 in {1 / rate:.0f}){stratum}: {found.sentence}{of}, "
+        return Route(Rule.AUDIT, threshold, f"audited ({audit_share(rate)}){stratum}: {found.sentence}{of}, "
                      f"target {found.target:g} %")
     if confidence < threshold:
         bound = found.per_label.get(label)
