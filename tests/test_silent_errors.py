@@ -412,6 +412,9 @@ def test_a_replacing_version_starts_warm_from_the_audits_of_the_one_it_replaces(
     started = api.get("/sampling/silent-errors").json()
     assert (started["model_version"], started["backtest"]) == ("v2", len(audited)), started
     assert started["known"]["audits"] == len(audited) and started["known"]["wrong"] == 0
+    warm = api.get("/models/v2").json()["warm_start"]
+    assert (warm["previous"], warm["backtest_audits"]) == ("v1", len(audited)), warm
+    assert api.get("/models/v1").json()["warm_start"] is None, "the first version starts cold"
     after = [f"images_for_detection/after-{i}.png" for i in range(14)]
     for i, key in enumerate(after):
         assert api.put(f"/objects/{key}", content=smile_logo(400 + i)).status_code == 201

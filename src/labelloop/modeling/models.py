@@ -102,6 +102,8 @@ class ModelVersionRead(BaseModel):
     manifest_key: str | None
     evaluation_key: str | None
     evaluation: dict[str, Any] | None = None
+    # Its warm start in brief (versions.warm_start_summary): previous, backtest_audits, new_accepted, accepted
+    warm_start: dict[str, Any] | None = None
 
 
 class DetectedLabel(BaseModel):

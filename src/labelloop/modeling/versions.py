@@ -70,7 +70,17 @@ def describe(row: ModelVersion, *, with_evaluation: bool = True) -> dict[str, An
         "run_id", "labels", "f1", "image_count", "train_images", "test_images", "training_seconds",
         "manifest_key", "evaluation_key")}
     data["evaluation"] = row.evaluation if with_evaluation else None
+    data["warm_start"] = warm_start_summary(row.warm_start)
     return data
+
+
+def warm_start_summary(warm: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored warm start in brief (the version it replaced, how many audits its backtest holds and the new
+    stratum's counts); None for a cold start."""
+    if not warm:
+        return None
+    return {"previous": warm.get("previous"), "backtest_audits": len(warm.get("backtest") or []),
+            "new_accepted": warm.get("new_accepted"), "accepted": warm.get("accepted")}
 
 
 def set_status(version: str, status: ModelStatus, message: str = "", **fields: Any) -> dict[str, Any]:
