@@ -143,12 +143,7 @@ def _maybe_gold(crowd: Crowd, reviewer: int, gold: list[Item], settings: argpars
 def run_arm(w: World, arm: str, seed: int, budget: int, settings: argparse.Namespace) -> dict[str, Any]:
     """One arm over one seeded stream until its answers reach ``budget`` (or the stream ends)."""
     rng = np.random.default_rng(seed)
-    by_label: dict[str, list[Item]] = {}
-    for item in w.pool:
-        by_label.setdefault(item.label, []).append(item)
-    seeds = [by_label[label][i] for label in w.labels for i in rng.permutation(len(by_label[label]))[:2]]
-    first = {item.key for item in seeds}
-    rest = [item for item in w.pool if item.key not in first]
+    seeds, rest = w.first_labeled(rng)
     stream = [rest[i] for i in rng.permutation(len(rest))]
     crowd = Crowd(list(w.labels), ERROR_RATES, np.random.default_rng(seed * 1000 + ARMS.index(arm)))
     labeled, head, untrained, wrong, tasks = list(seeds), w.train(seeds, seed), 0, 0, 0

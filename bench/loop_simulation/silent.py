@@ -80,6 +80,16 @@ class World:
         return train_head(examples, self.embedder, self.cache, seed=seed, balance_labels=True,
                           final_on_all=True).head
 
+    def first_labeled(self, rng: np.random.Generator, per_label: int = 2) -> tuple[list[Item], list[Item]]:
+        """v1's training images (``per_label`` of each label, drawn by ``rng``) and the rest of the pool."""
+        by_label: dict[str, list[Item]] = {}
+        for item in self.pool:
+            by_label.setdefault(item.label, []).append(item)
+        first = [by_label[label][i] for label in self.labels
+                 for i in rng.permutation(len(by_label[label]))[:per_label]]
+        keys = {item.key for item in first}
+        return first, [item for item in self.pool if item.key not in keys]
+
     def macro_f1(self, head: Head) -> float:
         predicted = [head.labels[i] for i in head.predict_proba(self.x(self.holdout)).argmax(1)]
         return float(f1_score([i.label for i in self.holdout], predicted, average="macro"))
@@ -177,12 +187,8 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
             ) -> list[Version]:
     """One arm over one seeded stream: the versions it served."""
     rng = np.random.default_rng(seed)
-    by_label: dict[str, list[Item]] = {}
-    for item in w.pool:
-        by_label.setdefault(item.label, []).append(item)
-    labeled = [by_label[label][i] for label in w.labels for i in rng.permutation(len(by_label[label]))[:2]]
-    first = {item.key for item in labeled}
-    rest = [i for i in w.pool if i.key not in first] + w.open_set
+    labeled, rest = w.first_labeled(rng)
+    rest = rest + w.open_set
     stream = [rest[i] for i in rng.permutation(len(rest))]
     known = set(w.labels)
     head, answers, untrained = w.train(labeled, seed), 0, 0
