@@ -192,13 +192,16 @@ def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[s
     """Warm start: whether the version ``version`` replaced would not have auto-accepted this image (its top
     ``previous`` label and confidence below its own threshold; unknown counts as new, which is always valid).
     None when ``version`` has no warm start."""
-    warm_start = session.scalar(select(ModelVersion.warm_start).where(ModelVersion.version == version))
-    if not warm_start:
+    # Only the replaced version's name: the stored warm start also holds the whole backtest, which the route
+    # reads once (silent_errors.warm_of); this runs for every detection.
+    replaced = session.scalar(select(ModelVersion.warm_start["previous"].as_string())
+                              .where(ModelVersion.version == version))
+    if not replaced:
         return None
     if previous is None:
         return True
     label, confidence = previous
-    return confidence < base_threshold(label, warm_start["previous"], values, session=session)[0]
+    return confidence < base_threshold(label, replaced, values, session=session)[0]
 
 
 def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Session) -> silent_errors.Route:
