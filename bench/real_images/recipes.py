@@ -15,6 +15,12 @@ Scores (higher = more like the label's training images):
   (scikit-learn), on L2-normalised embeddings.
 * `patch`: each location of the last feature map (7×7 for Lite0) matched to its most similar training patch of
   the label (cosine); the score is the mean over locations.
+* `imagenet`: the backbone's own ImageNet classifier (its 1000 logits are a linear map of the embedding,
+  `imagenet_logits`): Bhattacharyya coefficient Σ√(p·q) of the image's ImageNet class distribution to the
+  nearest training image of the label (a cosine of √p vectors). A hat and a mammal differ sharply there.
+* `rel_knn`, `rel_imagenet`, `rel_logits` (relative): the nearest-neighbour score to the label *minus* the
+  nearest-neighbour score to the best *other* label (embedding cosine; ImageNet Bhattacharyya; cosine of
+  centred ImageNet logits). Training images are scored leave-one-out.
 
 Two ways to turn a score into familiarity, both fitted on the training images only:
 
@@ -28,11 +34,15 @@ Two ways to turn a score into familiarity, both fitted on the training images on
   leave-one-out scores from the scores of every *other* label's training images against this label: the other
   labels' images are the only examples of "something else" the training data holds, and they tell how high a
   score an unrelated image reaches under this score and this label. Shared slope, per-label offset.
+* `held-out` (my addition): a logistic regression P(right | logit softmax, scores) fitted on out-of-fold
+  answers and on answers to whole labels held out (`held_out_calibration`); `Recipe.score` may join several
+  scores with "+" (e.g. "rel_knn+rel_imagenet"): the combination of signals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -89,6 +99,10 @@ class Scorer:
 
     def against(self, data: Data, k: int) -> np.ndarray:
         raise NotImplementedError
+
+    def others(self, k: int) -> np.ndarray:
+        """Scores of the other labels' training images against label k (their "something else" examples)."""
+        return self.against(self.train.take(np.flatnonzero(self.y != k)), k)
 
 
 class CentroidScorer(Scorer):
@@ -189,7 +203,90 @@ class PatchScorer(Scorer):
         return self._score(self._unit_patches(data.fmap), self.patches[self.y == k])
 
 
-SCORERS = {"centroid": CentroidScorer, "knn": KnnScorer, "mahalanobis": MahalanobisScorer, "patch": PatchScorer}
+@cache
+def _imagenet_classifier() -> tuple[np.ndarray, np.ndarray]:
+    """The Lite0 backbone's own ImageNet classifier (`_fc`: 1000×1280 weights, 1000 biases), float64."""
+    import torch
+
+    from labelloop.modeling.backbone import weights_path
+
+    state = torch.load(str(weights_path()), map_location="cpu", weights_only=True)
+    return state["_fc.weight"].numpy().astype(np.float64), state["_fc.bias"].numpy().astype(np.float64)
+
+
+def imagenet_logits(embedding: np.ndarray) -> np.ndarray:
+    """N×1000 ImageNet logits of Lite0 embeddings (the backbone's `logits` output: a linear map of them)."""
+    w, b = _imagenet_classifier()
+    return np.asarray(embedding, dtype=np.float64) @ w.T + b
+
+
+class NearestScorer(Scorer):
+    """Similarity to the nearest training image of a label in a feature space (`features`: rows scored by dot
+    product); `relative`: minus the similarity to the nearest image of the best other label."""
+
+    relative = False
+
+    def __init__(self, train: Data, y: np.ndarray, n_labels: int):
+        super().__init__(train, y, n_labels)
+        self.x = self.features(train.embedding)
+        sim = self.x @ self.x.T
+        np.fill_diagonal(sim, -np.inf)  # an image is not its own neighbour
+        self.train_nearest = self._per_label(sim)
+
+    def features(self, embedding: np.ndarray) -> np.ndarray:
+        return _unit(embedding)
+
+    def _per_label(self, sim: np.ndarray) -> np.ndarray:
+        """N×labels: the best similarity to each label's training images (−1 where a label has none left)."""
+        out = np.full((len(sim), self.n_labels), -1.0)
+        for k in range(self.n_labels):
+            if np.any(self.y == k):
+                out[:, k] = np.maximum(sim[:, self.y == k].max(axis=1), -1.0)
+        return out
+
+    def _score(self, nearest: np.ndarray, k: int) -> np.ndarray:
+        if not self.relative or self.n_labels < 2:
+            return nearest[:, k]
+        return nearest[:, k] - np.delete(nearest, k, axis=1).max(axis=1)
+
+    def loo(self) -> np.ndarray:
+        return np.array([self._score(self.train_nearest[i:i + 1], int(self.y[i]))[0] for i in range(len(self.y))])
+
+    def others(self, k: int) -> np.ndarray:
+        return self._score(self.train_nearest[self.y != k], k)
+
+    def against(self, data: Data, k: int) -> np.ndarray:
+        return self._score(self._per_label(self.features(data.embedding) @ self.x.T), k)
+
+
+class RelativeKnnScorer(NearestScorer):
+    relative = True
+
+
+class ImagenetScorer(NearestScorer):
+    """Bhattacharyya coefficient of ImageNet class distributions: the cosine of their square roots."""
+
+    def features(self, embedding: np.ndarray) -> np.ndarray:
+        return np.sqrt(training.softmax(imagenet_logits(embedding)))
+
+
+class RelativeImagenetScorer(ImagenetScorer):
+    relative = True
+
+
+class RelativeLogitScorer(NearestScorer):
+    """Cosine of centred ImageNet logits, relative to the best other label."""
+
+    relative = True
+
+    def features(self, embedding: np.ndarray) -> np.ndarray:
+        z = imagenet_logits(embedding)
+        return _unit(z - z.mean(axis=1, keepdims=True))
+
+
+SCORERS = {"centroid": CentroidScorer, "knn": KnnScorer, "mahalanobis": MahalanobisScorer, "patch": PatchScorer,
+           "imagenet": ImagenetScorer, "rel_knn": RelativeKnnScorer, "rel_imagenet": RelativeImagenetScorer,
+           "rel_logits": RelativeLogitScorer}
 
 
 # ── from score to familiarity ─────────────────────────────────────────────────────────────────────────
@@ -217,7 +314,7 @@ def contrast_familiarity(scorer: Scorer, coverage: tuple[float, float] | None = 
     own_scores, other_scores = [], []
     for k in range(scorer.n_labels):
         own_scores.append(loo[scorer.y == k])
-        other_scores.append(scorer.against(scorer.train.take(np.flatnonzero(scorer.y != k)), k))
+        other_scores.append(scorer.others(k))
     spread = np.std(np.concatenate(own_scores + other_scores)) or 1.0
     n_labels = scorer.n_labels
 
@@ -266,6 +363,8 @@ def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, tes
     if recipe.score == "current":  # the product itself: its label and confidence, best column of predict_proba
         product = head.predict_proba(test.embedding)
         return product.argmax(axis=1), product.max(axis=1)
+    if recipe.conversion == "raw":  # the score itself: a ranking, not a confidence (oracle figures only)
+        return pred, raw_scores(SCORERS[recipe.score](train, y, len(head.labels)), test, pred)
     scorer = SCORERS[recipe.score](train, y, len(head.labels))
     familiarity = (contrast_familiarity(scorer, recipe.coverage if recipe.conversion == "coverage" else None)
                    if recipe.conversion in ("contrast", "coverage") else spread_familiarity(scorer, recipe.spreads))
@@ -274,6 +373,15 @@ def predict(recipe: Recipe, head: training.Head, train: Data, y: np.ndarray, tes
         rows = np.flatnonzero(pred == k)
         factor[rows] = familiarity(scorer.against(test.take(rows), int(k)), int(k))
     return pred, top * factor
+
+
+def raw_scores(scorer: Scorer, test: Data, pred: np.ndarray) -> np.ndarray:
+    """Each test image's score against the label it was given."""
+    out = np.zeros(len(pred))
+    for k in np.unique(pred):
+        rows = np.flatnonzero(pred == k)
+        out[rows] = scorer.against(test.take(rows), int(k))
+    return out
 
 
 # ── held-out-label calibration (my addition) ─────────────────────────────────────────────────────────
@@ -306,8 +414,21 @@ def _fit_fixed(x: np.ndarray, y: np.ndarray, n_labels: int, c: float, temperatur
     return proba
 
 
-def _features(p: np.ndarray, s: np.ndarray, m: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    return np.stack([_logit(p), s, (s - m) / sd], axis=1)
+class _Signals:
+    """The scores named in `score` ("knn", or several joined by "+") fitted on some training images, with each
+    label's typical leave-one-out score (mean, spread) to put a score in the label's own units."""
+
+    def __init__(self, score: str, train: Data, y: np.ndarray, n_labels: int):
+        self.scorers = [SCORERS[name](train, y, n_labels) for name in score.split("+")]
+        self.stats = [_label_stats(scorer) for scorer in self.scorers]
+
+    def features(self, p: np.ndarray, data: Data, k: int) -> np.ndarray:
+        """Per image answered k with softmax p: [logit p, then per score: score, score in the label's spreads]."""
+        columns = [_logit(p)]
+        for scorer, (m, sd) in zip(self.scorers, self.stats, strict=True):
+            s = scorer.against(data, k)
+            columns += [s, (s - m[k]) / sd[k]]
+        return np.stack(columns, axis=1)
 
 
 def _label_stats(scorer: Scorer) -> tuple[np.ndarray, np.ndarray]:
@@ -345,13 +466,11 @@ def held_out_calibration(head: training.Head, train: Data, y: np.ndarray, score:
         if len(held) == 0 or len(np.unique(y[kept])) < 2:
             continue
         proba = _fit_fixed(train.embedding[kept], y[kept], n_labels, c, t)(train.embedding[held])
-        scorer = SCORERS[score](train.take(kept), y[kept], n_labels)
-        m, sd = _label_stats(scorer)
+        signals = _Signals(score, train.take(kept), y[kept], n_labels)
         pred = proba.argmax(1)
         for k in np.unique(pred):
             rows = np.flatnonzero(pred == k)
-            s = scorer.against(train.take(held[rows]), int(k))
-            feats.append(_features(proba[rows, k], s, m[k], sd[k]))
+            feats.append(signals.features(proba[rows, k], train.take(held[rows]), int(k)))
             right.append(y[held[rows]] == k)
             is_open.append(np.zeros(len(rows), dtype=bool))
     groups = rng.permutation(n_labels) % min(label_groups, n_labels)
@@ -360,13 +479,11 @@ def held_out_calibration(head: training.Head, train: Data, y: np.ndarray, score:
         held = np.flatnonzero(np.isin(y, out_labels))
         kept = np.flatnonzero(~np.isin(y, out_labels))
         proba = _fit_fixed(train.embedding[kept], y[kept], n_labels, c, t)(train.embedding[held])
-        scorer = SCORERS[score](train.take(kept), y[kept], n_labels)
-        m, sd = _label_stats(scorer)
+        signals = _Signals(score, train.take(kept), y[kept], n_labels)
         pred = proba.argmax(1)
         for k in np.unique(pred):
             rows = np.flatnonzero(pred == k)
-            s = scorer.against(train.take(held[rows]), int(k))
-            feats.append(_features(proba[rows, k], s, m[k], sd[k]))
+            feats.append(signals.features(proba[rows, k], train.take(held[rows]), int(k)))
             right.append(np.zeros(len(rows), dtype=bool))
             is_open.append(np.ones(len(rows), dtype=bool))
     x, target, opened = np.concatenate(feats), np.concatenate(right), np.concatenate(is_open)
@@ -385,11 +502,9 @@ def predict_calibrated(head: training.Head, train: Data, y: np.ndarray, test: Da
     calibrate = held_out_calibration(head, train, y, score, open_share)
     proba = training.softmax(head.logits(test.embedding))
     pred = proba.argmax(1)
-    scorer = SCORERS[score](train, y, len(head.labels))
-    m, sd = _label_stats(scorer)
+    signals = _Signals(score, train, y, len(head.labels))
     conf = np.zeros(len(pred))
     for k in np.unique(pred):
         rows = np.flatnonzero(pred == k)
-        s = scorer.against(test.take(rows), int(k))
-        conf[rows] = calibrate(_features(proba[rows, k], s, m[k], sd[k]))
+        conf[rows] = calibrate(signals.features(proba[rows, k], test.take(rows), int(k)))
     return pred, conf
