@@ -26,10 +26,10 @@ from bench.real_images.run import PRODUCT, draw, eval_sets, prepare
 
 from labelloop.modeling.backbone import LITE0
 
-RAW = ("knn", "rel_knn", "imagenet", "rel_imagenet", "rel_logits")
+RAW = ("knn", "rel_knn", "imagenet", "rel_imagenet", "rel_logits", "rel_mid")
 RAW_NAMES = {"knn": "nearest neighbour", "rel_knn": "relative nearest neighbour",
              "imagenet": "ImageNet distribution (nearest)", "rel_imagenet": "relative ImageNet distribution",
-             "rel_logits": "relative ImageNet logits"}
+             "rel_logits": "relative ImageNet logits", "rel_mid": "relative mid-level features"}
 CEILING = "ceiling: softmax + all scores, fitted on the test stream itself (not a recipe)"
 RECIPES = (
     Recipe("softmax", None),
@@ -111,18 +111,74 @@ def sweep(task_name: str, sizes: list[int], seeds: int, recipes: tuple[Recipe, .
     return {key: {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS} for key, rows in found.items()}
 
 
+NONE_LABEL = "~none of the above"  # sorts after every known label
+NEGATIVE_COUNTS = (0, 10, 30, 60)
+
+
+def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS
+                    ) -> dict[tuple[int, int], dict[str, float]]:
+    """What negatives buy: (size, n) → the product's figures when its head also trains a "none of the above"
+    label on n images of never-seen kinds (what reviewers' None-of-the-Above answers are).
+
+    Per seed the never-seen kinds are split in two halves: n images of the first half train the extra label,
+    the second half is the open set evaluated (for n = 0 too, so every row sees the same images). An answer
+    "none of the above" is never auto-accepted (confidence 0: a human sees it), so a known image answered
+    so is a right answer lost."""
+    found: dict[tuple[int, int], list[dict[str, float]]] = {}
+    for seed in range(seeds):
+        task = TASKS[task_name](seed)
+        prepared = prepare(task, ((LITE0, ("crop",)),))
+        kinds = sorted({i.label for i in task.open})
+        rng = np.random.default_rng([seed, 9])
+        trained_kinds = set(rng.permutation(kinds)[:len(kinds) // 2].tolist())
+        pool = [i.key for i in task.open if i.label in trained_kinds]
+        pool = [pool[j] for j in rng.permutation(len(pool))]
+        index = {label: j for j, label in enumerate(task.labels)}
+        tested = [i for i in task.open if i.label not in trained_kinds]
+        eval_y = np.array([index[i.label] for i in task.test] + [-1] * len(tested))
+        test = prepared.data(LITE0.name, "crop", [i.key for i in task.test + tested], with_map=False).embedding
+        for k in sizes:
+            keys, y = draw(task, k, seed)
+            for n in counts:
+                if n > len(pool):
+                    continue
+                labels = task.labels + [NONE_LABEL] * bool(n)
+                x = prepared.data(LITE0.name, "crop", keys + pool[:n], with_map=False).embedding
+                head = fit_classifier(x, np.concatenate([y, np.full(n, len(task.labels))]), labels, seed=seed)
+                proba = head.predict_proba(test)
+                pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+                none = pred == len(task.labels)
+                o = metrics.outcome(eval_y, np.where(none, -2, pred), np.where(none, 0.0, conf), len(task.labels))
+                found.setdefault((k, n), []).append(measure(o))
+    return {key: {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS} for key, rows in found.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["objects:5,10", "logos:5", "scenes:5,20", "digits:20,100"],
                         help="TASK:SIZE,SIZE…")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ranking-only", action="store_true", help="only softmax, the scores alone and the ceiling")
+    parser.add_argument("--negatives", action="store_true",
+                        help="instead: the product with a none-of-the-above label of 0/10/30/60 never-seen images")
     args = parser.parse_args()
+    if args.negatives:
+        print("| task | none-of-the-above images | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | "
+              "oracle: all | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|", flush=True)
+        for spec in args.tasks:
+            name, sizes = spec.split(":")
+            for (k, n), r in negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds).items():
+                print(f"| {name} k={k} | {n} | **{100 * r['silent_error']:.1f}** | {100 * r['confident']:.1f} | "
+                      f"{100 * r['open_accepted']:.1f} | {r['ece']:.3f} | {100 * r['oracle']:.1f} | "
+                      f"{100 * r['silent_at_target']:.1f} |", flush=True)
+        return
     print("| task | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | closed part | "
           "open part | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for spec in args.tasks:
         name, sizes = spec.split(":")
         started = time.perf_counter()
-        results = sweep(name, [int(k) for k in sizes.split(",")], args.seeds)
+        recipes = tuple(r for r in RECIPES if not args.ranking_only or r.score is None or r.conversion == "raw")
+        results = sweep(name, [int(k) for k in sizes.split(",")], args.seeds, recipes)
         for (k, recipe), r in results.items():
             at70 = ("— | — | — | —" if "ranking only" in recipe or recipe == CEILING else
                     f"**{100 * r['silent_error']:.1f}** | {100 * r['confident']:.1f} | "

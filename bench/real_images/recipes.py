@@ -20,7 +20,8 @@ Scores (higher = more like the label's training images):
   nearest training image of the label (a cosine of √p vectors). A hat and a mammal differ sharply there.
 * `rel_knn`, `rel_imagenet`, `rel_logits` (relative): the nearest-neighbour score to the label *minus* the
   nearest-neighbour score to the best *other* label (embedding cosine; ImageNet Bhattacharyya; cosine of
-  centred ImageNet logits). Training images are scored leave-one-out.
+  centred ImageNet logits). `rel_mid`: the same on the mid-level features (stages 4–6 pooled). Training images
+  are scored leave-one-out.
 
 Two ways to turn a score into familiarity, both fitted on the training images only:
 
@@ -228,13 +229,13 @@ class NearestScorer(Scorer):
 
     def __init__(self, train: Data, y: np.ndarray, n_labels: int):
         super().__init__(train, y, n_labels)
-        self.x = self.features(train.embedding)
+        self.x = self.features(train)
         sim = self.x @ self.x.T
         np.fill_diagonal(sim, -np.inf)  # an image is not its own neighbour
         self.train_nearest = self._per_label(sim)
 
-    def features(self, embedding: np.ndarray) -> np.ndarray:
-        return _unit(embedding)
+    def features(self, data: Data) -> np.ndarray:
+        return _unit(data.embedding)
 
     def _per_label(self, sim: np.ndarray) -> np.ndarray:
         """N×labels: the best similarity to each label's training images (−1 where a label has none left)."""
@@ -256,7 +257,7 @@ class NearestScorer(Scorer):
         return self._score(self.train_nearest[self.y != k], k)
 
     def against(self, data: Data, k: int) -> np.ndarray:
-        return self._score(self._per_label(self.features(data.embedding) @ self.x.T), k)
+        return self._score(self._per_label(self.features(data) @ self.x.T), k)
 
 
 class RelativeKnnScorer(NearestScorer):
@@ -266,8 +267,8 @@ class RelativeKnnScorer(NearestScorer):
 class ImagenetScorer(NearestScorer):
     """Bhattacharyya coefficient of ImageNet class distributions: the cosine of their square roots."""
 
-    def features(self, embedding: np.ndarray) -> np.ndarray:
-        return np.sqrt(training.softmax(imagenet_logits(embedding)))
+    def features(self, data: Data) -> np.ndarray:
+        return np.sqrt(training.softmax(imagenet_logits(data.embedding)))
 
 
 class RelativeImagenetScorer(ImagenetScorer):
@@ -279,14 +280,24 @@ class RelativeLogitScorer(NearestScorer):
 
     relative = True
 
-    def features(self, embedding: np.ndarray) -> np.ndarray:
-        z = imagenet_logits(embedding)
+    def features(self, data: Data) -> np.ndarray:
+        z = imagenet_logits(data.embedding)
         return _unit(z - z.mean(axis=1, keepdims=True))
+
+
+class RelativeMidScorer(NearestScorer):
+    """Cosine of mid-level features (stages 4–6 pooled, `Data.mid`), relative to the best other label."""
+
+    relative = True
+
+    def features(self, data: Data) -> np.ndarray:
+        assert data.mid is not None
+        return _unit(data.mid)
 
 
 SCORERS = {"centroid": CentroidScorer, "knn": KnnScorer, "mahalanobis": MahalanobisScorer, "patch": PatchScorer,
            "imagenet": ImagenetScorer, "rel_knn": RelativeKnnScorer, "rel_imagenet": RelativeImagenetScorer,
-           "rel_logits": RelativeLogitScorer}
+           "rel_logits": RelativeLogitScorer, "rel_mid": RelativeMidScorer}
 
 
 # ── from score to familiarity ─────────────────────────────────────────────────────────────────────────
