@@ -24,6 +24,7 @@ from bench.real_images.data import TASKS
 from bench.real_images.recipes import Recipe, fit_classifier, predict
 from bench.real_images.run import PRODUCT, draw, eval_sets, prepare
 
+from labelloop.modeling import training
 from labelloop.modeling.backbone import LITE0
 
 RAW = ("knn", "rel_knn", "imagenet", "rel_imagenet", "rel_logits", "rel_mid")
@@ -116,15 +117,16 @@ NEGATIVE_COUNTS = (0, 10, 30, 60)
 
 
 def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS
-                    ) -> dict[tuple[int, int], dict[str, float]]:
-    """What negatives buy: (size, n) → the product's figures when its head also trains a "none of the above"
-    label on n images of never-seen kinds (what reviewers' None-of-the-Above answers are).
+                    ) -> dict[tuple[int, int, str], dict[str, float]]:
+    """What negatives buy: (size, n, recipe) → the figures of the product (and of its softmax alone) when its
+    head also trains a "none of the above" label on n images of never-seen kinds (what reviewers'
+    None-of-the-Above answers are).
 
     Per seed the never-seen kinds are split in two halves: n images of the first half train the extra label,
     the second half is the open set evaluated (for n = 0 too, so every row sees the same images). An answer
     "none of the above" is never auto-accepted (confidence 0: a human sees it), so a known image answered
     so is a right answer lost."""
-    found: dict[tuple[int, int], list[dict[str, float]]] = {}
+    found: dict[tuple[int, int, str], list[dict[str, float]]] = {}
     for seed in range(seeds):
         task = TASKS[task_name](seed)
         prepared = prepare(task, ((LITE0, ("crop",)),))
@@ -145,11 +147,12 @@ def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[
                 labels = task.labels + [NONE_LABEL] * bool(n)
                 x = prepared.data(LITE0.name, "crop", keys + pool[:n], with_map=False).embedding
                 head = fit_classifier(x, np.concatenate([y, np.full(n, len(task.labels))]), labels, seed=seed)
-                proba = head.predict_proba(test)
-                pred, conf = proba.argmax(axis=1), proba.max(axis=1)
-                none = pred == len(task.labels)
-                o = metrics.outcome(eval_y, np.where(none, -2, pred), np.where(none, 0.0, conf), len(task.labels))
-                found.setdefault((k, n), []).append(measure(o))
+                for recipe, proba in (("product", head.predict_proba(test)),
+                                      ("softmax", training.softmax(head.logits(test)))):
+                    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+                    none = pred == len(task.labels)
+                    o = metrics.outcome(eval_y, np.where(none, -2, pred), np.where(none, 0.0, conf), len(task.labels))
+                    found.setdefault((k, n, recipe), []).append(measure(o))
     return {key: {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS} for key, rows in found.items()}
 
 
@@ -163,14 +166,14 @@ def main() -> None:
                         help="instead: the product with a none-of-the-above label of 0/10/30/60 never-seen images")
     args = parser.parse_args()
     if args.negatives:
-        print("| task | none-of-the-above images | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | "
-              "oracle: all | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|", flush=True)
+        print("| task | none-of-the-above images | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | "
+              "oracle: all | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|---|", flush=True)
         for spec in args.tasks:
             name, sizes = spec.split(":")
-            for (k, n), r in negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds).items():
-                print(f"| {name} k={k} | {n} | **{100 * r['silent_error']:.1f}** | {100 * r['confident']:.1f} | "
-                      f"{100 * r['open_accepted']:.1f} | {r['ece']:.3f} | {100 * r['oracle']:.1f} | "
-                      f"{100 * r['silent_at_target']:.1f} |", flush=True)
+            for (k, n, recipe), r in negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds).items():
+                print(f"| {name} k={k} | {n} | {recipe} | **{100 * r['silent_error']:.1f}** | "
+                      f"{100 * r['confident']:.1f} | {100 * r['open_accepted']:.1f} | {r['ece']:.3f} | "
+                      f"{100 * r['oracle']:.1f} | {100 * r['silent_at_target']:.1f} |", flush=True)
         return
     print("| task | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | closed part | "
           "open part | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
