@@ -125,7 +125,8 @@ def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[
     Per seed the never-seen kinds are split in two halves: n images of the first half train the extra label,
     the second half is the open set evaluated (for n = 0 too, so every row sees the same images). An answer
     "none of the above" is never auto-accepted (confidence 0: a human sees it), so a known image answered
-    so is a right answer lost."""
+    so is a right answer lost. Labels weigh the same in the fit (`Balance-Labels-In-Training`, on by default in
+    the server): the extra label has more images than the known ones."""
     found: dict[tuple[int, int, str], list[dict[str, float]]] = {}
     for seed in range(seeds):
         task = TASKS[task_name](seed)
@@ -146,7 +147,8 @@ def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[
                     continue
                 labels = task.labels + [NONE_LABEL] * bool(n)
                 x = prepared.data(LITE0.name, "crop", keys + pool[:n], with_map=False).embedding
-                head = fit_classifier(x, np.concatenate([y, np.full(n, len(task.labels))]), labels, seed=seed)
+                head = fit_classifier(x, np.concatenate([y, np.full(n, len(task.labels))]), labels, seed=seed,
+                                      balance=True)
                 for recipe, proba in (("product", head.predict_proba(test)),
                                       ("softmax", training.softmax(head.logits(test)))):
                     pred, conf = proba.argmax(axis=1), proba.max(axis=1)

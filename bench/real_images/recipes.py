@@ -67,16 +67,21 @@ class Data:
                     None if self.mid is None else self.mid[rows])
 
 
-def fit_classifier(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0) -> training.Head:
+def fit_classifier(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0, balance: bool = False
+                   ) -> training.Head:
     """The product's head (C and T from out-of-fold logits; nearest-neighbour familiarity) on embeddings x."""
-    return fit_with_out_of_fold(x, y, labels, seed)[0]
+    return fit_with_out_of_fold(x, y, labels, seed, balance)[0]
 
 
-def fit_with_out_of_fold(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0
+def fit_with_out_of_fold(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0, balance: bool = False
                          ) -> tuple[training.Head, np.ndarray | None]:
-    """The product's head and its calibrated out-of-fold probabilities (rows in x's order)."""
+    """The product's head and its calibrated out-of-fold probabilities (rows in x's order); `balance`: every
+    label weighs the same (`Balance-Labels-In-Training`, the server's default; the tasks' labels are balanced
+    anyway, except the none-of-the-above label of openset_sweep)."""
     n = len(y)
-    design = training._Design(training.l2_normalize(x), y, np.ones(n), np.arange(n))
+    counts = np.bincount(y, minlength=len(labels))
+    weight = n / (np.count_nonzero(counts) * counts[y]) if balance else np.ones(n)
+    design = training._Design(training.l2_normalize(x), y, weight, np.arange(n))
     return training._fit_head(design, labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,
                               seed=seed, meta={})
 
