@@ -340,10 +340,11 @@ def run_round(server: Server, token: str, model: Path, inputs: np.ndarray, bodie
             row = drive_sync(server, token, bodies, clients, args.seconds)
             box["images"], box["row"] = len(row.latencies), row
         rows[f"sync{clients}"] = row
-    with profiled(args.profile, args.py_spy, pid, "upload"), metered(pid) as box:
-        row = pipeline(server, token, photos, f"round{index}", timeout=args.pipeline_timeout)
-        box["images"], box["row"] = len(photos), row
-    rows["upload"] = row
+    if not args.no_pipeline:
+        with profiled(args.profile, args.py_spy, pid, "upload"), metered(pid) as box:
+            row = pipeline(server, token, photos, f"round{index}", timeout=args.pipeline_timeout)
+            box["images"], box["row"] = len(photos), row
+        rows["upload"] = row
     after = raw_phase(model, inputs, args.raw_seconds, "after")
     rows.update({f"{key}_after": value for key, value in after.items()})
     return rows
@@ -393,6 +394,7 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, help="photos per upload-pipeline phase (1000)")
     parser.add_argument("--pipeline-timeout", type=float, default=900.0)
     parser.add_argument("--no-sync", action="store_true", help="skip the sync-detect phases (pipeline work)")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the upload-pipeline phase (sync work)")
     parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
     parser.add_argument("--quantize", action="store_true",
                         help="train v1 with Quantize-Backbone on (raw rows then run its exported int8 graph)")
