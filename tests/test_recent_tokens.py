@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from labelloop import db
 from labelloop.workforce import service
@@ -42,7 +42,9 @@ def test_a_verified_token_is_remembered_until_a_user_or_token_changes(database: 
     assert service.recent_tokens.user(token) is None  # not verified yet
     verify(token)  # the first use of a minute records last_used_at: a token change, so forgotten again
     verify(token)
-    assert service.recent_tokens.user(token).username == "carol"
+    remembered = service.recent_tokens.user(token)
+    assert remembered.username == "carol" and remembered.role == Role.CONSUMER.value
+    assert inspect(remembered).transient  # a copy in no session: nothing a request's session does can expire it
     assert service.recent_tokens.user(token + "x") is None
     with db.session() as session:  # an unrelated write keeps it
         service.create_team("night shift", session=session)

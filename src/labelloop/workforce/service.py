@@ -14,7 +14,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, inspect, select
 from sqlalchemy.orm import Session
 
 from labelloop import db
@@ -120,8 +120,14 @@ def user_for_token(token: str, *, session: Session) -> User:
     if row.last_used_at is None or _aware(row.last_used_at) < now - timedelta(minutes=1):
         row.last_used_at = now
     expires = math.inf if row.expires_at is None else _aware(row.expires_at).timestamp()
-    recent_tokens.remember(digest, user, expires, generation)
+    recent_tokens.remember(digest, _detached_copy(user), expires, generation)
     return user
+
+
+def _detached_copy(user: User) -> User:
+    """A copy of ``user``'s columns that belongs to no session: what a remembered token answers with, safe to
+    read from any thread whatever later happens to the request's session and its objects."""
+    return User(**{attribute.key: getattr(user, attribute.key) for attribute in inspect(User).column_attrs})
 
 
 class RecentTokens:
