@@ -45,6 +45,7 @@ def test_a_verified_token_is_remembered_until_a_user_or_token_changes(database: 
     remembered = service.recent_tokens.user(token)
     assert remembered.username == "carol" and remembered.role == Role.CONSUMER.value
     assert inspect(remembered).transient  # a copy in no session: nothing a request's session does can expire it
+    assert remembered.password_hash is None  # the hash is not kept in memory
     assert service.recent_tokens.user(token + "x") is None
     with db.session() as session:  # an unrelated write keeps it
         service.create_team("night shift", session=session)

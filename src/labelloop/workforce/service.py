@@ -125,9 +125,10 @@ def user_for_token(token: str, *, session: Session) -> User:
 
 
 def _detached_copy(user: User) -> User:
-    """A copy of ``user``'s columns that belongs to no session: what a remembered token answers with, safe to
-    read from any thread whatever later happens to the request's session and its objects."""
-    return User(**{attribute.key: getattr(user, attribute.key) for attribute in inspect(User).column_attrs})
+    """A copy of ``user``'s columns (but the password hash) that belongs to no session: what a remembered token
+    answers with, safe to read from any thread whatever later happens to the request's session and its objects."""
+    return User(**{attribute.key: getattr(user, attribute.key) for attribute in inspect(User).column_attrs
+                   if attribute.key != "password_hash"})
 
 
 class RecentTokens:
