@@ -71,6 +71,7 @@ class Row:
     errors: int = 0
     server_cpu: float = float("nan")  # server CPU seconds per image
     client_cpu: float = float("nan")  # this process's CPU seconds per image
+    idle_cpu: float = float("nan")  # of server_cpu, what the idle server burns in the same time, per image
     note: str = ""
 
     def percentile(self, q: int) -> float:
@@ -93,16 +94,18 @@ def memory_mib(pid: int, key: str) -> float:
 
 
 @contextmanager
-def metered(server_pid: int) -> Iterator[dict[str, Any]]:
-    """Time a phase and count both sides' CPU; the caller fills ``box['images']``, gets ``box['row']``."""
+def metered(server_pid: int, idle: float = float("nan")) -> Iterator[dict[str, Any]]:
+    """Time a phase and count both sides' CPU; the caller fills ``box['images']``, gets ``box['row']``.
+    ``idle``: the server's CPU seconds per second with no request (its share of the phase is noted)."""
     box: dict[str, Any] = {}
     server0, client0, wall0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
     yield box
     images = max(1, box["images"])
     row = box["row"]
+    box["wall"] = time.perf_counter() - wall0
     row.server_cpu = (cpu_seconds(server_pid) - server0) / images
     row.client_cpu = (time.process_time() - client0) / images
-    box["wall"] = time.perf_counter() - wall0
+    row.idle_cpu = idle * box["wall"] / images
 
 
 def idle_cpu(pid: int, seconds: float) -> float:
@@ -330,20 +333,45 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[None]:
 # ── the run ──────────────────────────────────────────────────────────────────
 
 
-def run_round(server: Server, token: str, model: Path, inputs: np.ndarray, bodies: list[tuple[bytes, str]],
+@dataclass
+class Served:
+    """A benchmarked server: the one under test (name "") or a compared one (``--compare-src``)."""
+
+    name: str
+    server: Server
+    token: str = ""
+    idle: float = float("nan")  # CPU seconds per second with no request
+
+
+def sync_phases(servers: list[Served], bodies: list[tuple[bytes, str]], args: argparse.Namespace,
+                index: int) -> dict[str, Row]:
+    """Sync detect at 1, 8 and 32 clients; with compared servers, each phase runs on every server in turn
+    (the order rotating each round), so that they meet the same load."""
+    rows: dict[str, Row] = {}
+    for clients in () if args.no_sync else args.clients:
+        turn = index % len(servers)
+        for served in servers[turn:] + servers[:turn]:
+            pid = served.server.process.pid
+            suffix = f" [{served.name}]" if served.name else ""
+            with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}{served.name}"), \
+                    metered(pid, served.idle) as box:
+                row = drive_sync(served.server, served.token, bodies, clients, args.seconds)
+                box["images"], box["row"] = len(row.latencies), row
+            row.phase += suffix
+            rows[f"sync{clients}{served.name}"] = row
+    return rows
+
+
+def run_round(servers: list[Served], model: Path, inputs: np.ndarray, bodies: list[tuple[bytes, str]],
               photos: list[tuple[str, str, bytes]], args: argparse.Namespace, index: int) -> dict[str, Row]:
-    pid = server.process.pid
+    server, token, pid = servers[0].server, servers[0].token, servers[0].server.process.pid
     rows = raw_phase(model, inputs, args.raw_seconds, "before")
-    for clients in () if args.no_sync else (1, 8, 32):
-        with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}"), \
-                metered(pid) as box:
-            row = drive_sync(server, token, bodies, clients, args.seconds)
-            box["images"], box["row"] = len(row.latencies), row
-        rows[f"sync{clients}"] = row
-    with profiled(args.profile, args.py_spy, pid, "upload"), metered(pid) as box:
-        row = pipeline(server, token, photos, f"round{index}", timeout=args.pipeline_timeout)
-        box["images"], box["row"] = len(photos), row
-    rows["upload"] = row
+    rows.update(sync_phases(servers, bodies, args, index))
+    if not args.no_pipeline:
+        with profiled(args.profile, args.py_spy, pid, "upload"), metered(pid, servers[0].idle) as box:
+            row = pipeline(server, token, photos, f"round{index}", timeout=args.pipeline_timeout)
+            box["images"], box["row"] = len(photos), row
+        rows["upload"] = row
     after = raw_phase(model, inputs, args.raw_seconds, "after")
     rows.update({f"{key}_after": value for key, value in after.items()})
     return rows
@@ -363,25 +391,30 @@ def print_round(rows: dict[str, Row], ref: float, title: str) -> None:
     cpu = raw_cpu(rows)
     print(f"\n{title} — reference: raw batch 32 = {ref:.1f} images/s, {1000 * cpu:.1f} CPU ms/image "
           "(mean of before and after)")
-    print(f"{'phase':<44} {'images/s':>9} {'× raw32':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-          f"{'errors':>6} {'server CPU ms/img':>17} {'raw32 CPU / server CPU':>22} {'client CPU ms/img':>17}")
+    print(f"{'phase':<52} {'images/s':>9} {'× raw32':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'errors':>6} {'server CPU ms/img':>17} {'of it idle':>10} {'raw32 CPU / server CPU':>22} "
+          f"{'client CPU ms/img':>17}")
     for row in rows.values():
-        print(f"{row.phase:<44} {row.rate:>9.1f} {row.rate / ref:>7.2f} {row.percentile(50):>7.1f} "
+        print(f"{row.phase:<52} {row.rate:>9.1f} {row.rate / ref:>7.2f} {row.percentile(50):>7.1f} "
               f"{row.percentile(95):>7.1f} {row.percentile(99):>7.1f} {row.errors:>6} "
-              f"{1000 * row.server_cpu:>17.1f} {cpu / row.server_cpu:>22.2f} {1000 * row.client_cpu:>17.1f}"
-              + (f"  {row.note}" if row.note else ""))
+              f"{1000 * row.server_cpu:>17.1f} {1000 * row.idle_cpu:>10.1f} {cpu / row.server_cpu:>22.2f} "
+              f"{1000 * row.client_cpu:>17.1f}" + (f"  {row.note}" if row.note else ""))
 
 
 def print_medians(rounds: list[dict[str, Row]]) -> None:
     refs = [reference(rows) for rows in rounds]
     print(f"\nmedians of {len(rounds)} rounds (ratios taken within each round, then the median)")
-    print(f"{'phase':<44} {'images/s':>9} {'× raw32':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    print(f"{'phase':<52} {'images/s':>9} {'× raw32':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'server CPU ms/img':>17} {'raw32 CPU / server CPU':>22}")
     for key, first in rounds[0].items():
         rate = statistics.median(r[key].rate for r in rounds)
         ratio = statistics.median(r[key].rate / ref for r, ref in zip(rounds, refs, strict=True))
         p = [statistics.median(r[key].percentile(q) for r in rounds) for q in (50, 95, 99)]
         errors = sum(r[key].errors for r in rounds)
-        print(f"{first.phase:<44} {rate:>9.1f} {ratio:>7.2f} {p[0]:>7.1f} {p[1]:>7.1f} {p[2]:>7.1f} {errors:>6}")
+        cpu = statistics.median(r[key].server_cpu for r in rounds)
+        efficiency = statistics.median(raw_cpu(r) / r[key].server_cpu for r in rounds)
+        print(f"{first.phase:<52} {rate:>9.1f} {ratio:>7.2f} {p[0]:>7.1f} {p[1]:>7.1f} {p[2]:>7.1f} {errors:>6} "
+              f"{1000 * cpu:>17.1f} {efficiency:>22.2f}")
 
 
 def main() -> None:
@@ -392,11 +425,18 @@ def main() -> None:
     parser.add_argument("--raw-seconds", type=float, help="length of each raw phase (4)")
     parser.add_argument("--uploads", type=int, help="photos per upload-pipeline phase (1000)")
     parser.add_argument("--pipeline-timeout", type=float, default=900.0)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32],
+                        help="client counts of the sync-detect phases (1 8 32)")
     parser.add_argument("--no-sync", action="store_true", help="skip the sync-detect phases (pipeline work)")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the upload-pipeline phase (sync work)")
     parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
     parser.add_argument("--quantize", action="store_true",
                         help="train v1 with Quantize-Backbone on (raw rows then run its exported int8 graph)")
     parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
+    parser.add_argument("--compare-src", action="append", default=[], metavar="PYTHONPATH",
+                        help="also run a server with this PYTHONPATH (e.g. main's src, or src plus an extra "
+                             "package folder) and measure its sync phases beside the first one's, alternating "
+                             "(repeatable; named cmp1, cmp2, ...)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     defaults = {"rounds": 1, "seconds": 3.0, "raw_seconds": 2.0, "uploads": 200} if args.quick else \
@@ -408,41 +448,58 @@ def main() -> None:
     photos = uploads(args.uploads * args.rounds)
     bodies = [multipart(data) for _, _, data in photos[:args.uploads]]
     inputs = np.stack([prepare(data) for _, _, data in photos[:32]])
-    home = OUT / "detect-home"
-    shutil.rmtree(home, ignore_errors=True)
-    # The server runs with the production defaults (the test suite polls queues and schedules faster).
-    env = server_env(LABELLOOP_LOG_LEVEL="WARNING", LABELLOOP_QUEUE_POLLING_SECONDS="0.2",
-                     LABELLOOP_SCHEDULER_POLLING_SECONDS="2.0")
-    if args.server_src:
-        env["PYTHONPATH"] = str(args.server_src.resolve())
-    server = Server(home=home, env=env)
+    paths = [str(args.server_src.resolve()) if args.server_src else None, *args.compare_src]
+    servers: list[Served] = []
     try:
-        server.start(timeout=300)
-        with server.client() as api:
-            train(server, api, args.quantize)
-            model = OUT / "detect-model.onnx"
-            model.write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
-        token = server.token()
-        drive_sync(server, token, bodies, 8, 2.0)  # warm the serving path
-        pid = server.process.pid
-        idle = idle_cpu(pid, 10.0)
-        print(f"idle server: {100 * idle:.1f} % of one core (queue and schedule polling, liveness checks)")
-        rss_training = memory_mib(pid, "VmHWM")
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
+        for i, path in enumerate(paths):
+            servers.append(Served(f"cmp{i}" if i else "", start_server(path, OUT / f"detect-home{i or ''}")))
+            print(f"server {servers[-1].name or 'under test'}: PYTHONPATH "
+                  f"{path or os.environ.get('PYTHONPATH', '')}")
+        rss_training = {}
+        for served in servers:
+            with served.server.client() as api:
+                train(served.server, api, args.quantize)
+                if not served.name:
+                    model = OUT / "detect-model.onnx"
+                    model.write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
+            served.token = served.server.token()
+            drive_sync(served.server, served.token, bodies, 8, 2.0)  # warm the serving path
+        for served in servers:
+            pid = served.server.process.pid
+            served.idle = idle_cpu(pid, 10.0)
+            print(f"idle server {served.name}: {100 * served.idle:.1f} % of one core (queue and schedule polling, "
+                  "liveness checks)")
+            rss_training[served.name] = memory_mib(pid, "VmHWM")
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
         rounds = []
         for index in range(args.rounds):
             batch = photos[index * args.uploads:(index + 1) * args.uploads]
-            rows = run_round(server, token, model, inputs, bodies, batch, args, index)
+            rows = run_round(servers, model, inputs, bodies, batch, args, index)
             rounds.append(rows)
             print_round(rows, reference(rows), f"round {index + 1}, load average {os.getloadavg()}")
         if len(rounds) > 1:
             print_medians(rounds)
-        print(f"\nserving process peak RSS while serving: {memory_mib(pid, 'VmHWM'):.0f} MiB (target ≤ 1024); "
-              f"peak including training: {rss_training:.0f} MiB; now {memory_mib(pid, 'VmRSS'):.0f} MiB")
+        for served in servers:
+            pid = served.server.process.pid
+            print(f"\nserving process {served.name} peak RSS while serving: {memory_mib(pid, 'VmHWM'):.0f} MiB "
+                  f"(target ≤ 1024); peak including training: {rss_training[served.name]:.0f} MiB; "
+                  f"now {memory_mib(pid, 'VmRSS'):.0f} MiB")
         print(f"Rekognition Custom Labels: {REKOGNITION_TPS_PER_UNIT:.0f} transactions/s per inference unit")
         print(f"load average at end: {os.getloadavg()}")
     finally:
-        server.stop()
+        for served in servers:
+            served.server.stop()
+
+
+def start_server(pythonpath: str | None, home: Path) -> Server:
+    """A ``labelloop serve`` with the production polling defaults (the test suite polls faster), from
+    ``pythonpath`` when given."""
+    shutil.rmtree(home, ignore_errors=True)
+    env = server_env(LABELLOOP_LOG_LEVEL="WARNING", LABELLOOP_QUEUE_POLLING_SECONDS="0.2",
+                     LABELLOOP_SCHEDULER_POLLING_SECONDS="2.0")
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(part).resolve()) for part in pythonpath.split(os.pathsep))
+    return Server(home=home, env=env).start(timeout=300)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,20 @@ def test_many_concurrent_detects_all_answer(trained: Server) -> None:
             assert __import__("json").loads(answers[i][1]) == detect(api, images[i])
 
 
+def test_detect_refuses_a_token_the_moment_it_is_revoked(trained: Server) -> None:
+    """Detect remembers a verified token for a moment (no database lookup per request), but a revocation in
+    this process ends it at once, as on every other route."""
+    token = trained.token()
+    with trained.client(token) as api:
+        for i in range(3):  # the first use records last_used_at; the next ones are answered from memory
+            detect(api, smile_logo(i))
+        newest = api.get("/tokens").json()[-1]["id"]
+        assert api.delete(f"/tokens/{newest}").status_code == 200
+        refused = api.post("/detect", files={"file": ("a.png", smile_logo(0))})
+        assert refused.status_code == 401, refused.text
+        assert api.get("/me").status_code == 401
+
+
 def _quantize_nodes(model: bytes) -> int:
     import onnx
 

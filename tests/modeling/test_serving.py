@@ -45,3 +45,38 @@ def test_concurrent_requests_share_batches_of_at_most_max_batch(backbone_onnx: P
     assert max(head.sizes) <= 8 and len(head.sizes) - 1 < 24, head.sizes  # batched, capped
     assert all(version.version == "v1" for version, _ in results)
     np.testing.assert_allclose(results[5][1], alone[1], atol=1e-5)  # a batched answer is the lone answer
+
+
+class GatedHead(RecordingHead):
+    """A head whose first batch waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(timeout=120)
+        return super().predict_proba(embeddings)
+
+
+def test_a_request_its_caller_gave_up_is_dropped_and_the_unit_keeps_serving(backbone_onnx: Path) -> None:
+    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=1, max_batch=8)
+    head = GatedHead()
+    try:
+        head.gate.set()
+        serving.switch(serving.warm("v1", head))
+        head.gate.clear()
+        head.entered.clear()
+        head.sizes.clear()
+        x = np.zeros((1, 3, 224, 224), dtype=np.float32)
+        first = serving.submit(x)
+        assert head.entered.wait(timeout=120)  # the unit is busy with the first batch
+        abandoned = serving.submit(x)
+        assert abandoned.cancel()  # e.g. the HTTP client went away while it was queued
+        head.gate.set()
+        later = serving.submit(x).result(timeout=120)
+        assert first.result(timeout=120)[0].version == later[0].version == "v1"
+    finally:
+        serving.close()
+    assert head.sizes == [1, 1]  # the abandoned request never ran

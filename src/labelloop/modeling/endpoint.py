@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -221,15 +221,23 @@ def detect_compared(inputs: np.ndarray) -> Compared:
 _PREPARE_POOL = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="detect-prepare")
 
 
-def _prepare_serving(data: bytes) -> np.ndarray:
-    """Decode and preprocess, and pick up a version switched by another process (blocking: run in a thread)."""
-    sync_serving()
-    return prepare_image(data)
+def _prepare_and_queue(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
+    """Decode and preprocess, pick up a version switched by another process, and queue the image for its
+    batch with ``answer`` as its future; a failure (a rejected image, nothing serving) goes into ``answer``.
+    Runs on the prepare pool."""
+    try:
+        sync_serving()
+        serving().submit(prepare_image(data), future=answer)
+    except BaseException as exc:  # handed to the awaiting request, which raises it
+        if answer.set_running_or_notify_cancel():
+            answer.set_exception(exc)
 
 
 async def detect_upload(data: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """Detect one uploaded image for an async caller: decoded on the prepare pool, then its batch awaited
-    without holding a thread. The version used and every label best first (raises ``ImageRejected``)."""
-    inputs = await asyncio.get_running_loop().run_in_executor(_PREPARE_POOL, _prepare_serving, data)
-    loaded, probabilities = await serving().infer(inputs)
+    """Detect one uploaded image for an async caller: decoded and queued on the prepare pool, its batch
+    awaited without holding a thread (one wake-up of the event loop per request: the answer). The version
+    used and every label best first (raises ``ImageRejected``)."""
+    answer: Future[tuple[LoadedVersion, np.ndarray]] = Future()
+    _PREPARE_POOL.submit(_prepare_and_queue, data, answer)
+    loaded, probabilities = await asyncio.wrap_future(answer)
     return loaded.version, labels_of(loaded.labels, probabilities[0])

@@ -17,7 +17,6 @@ back beside the answer (the head only: the backbone runs once).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
@@ -193,6 +192,11 @@ class Serving:
                 return
 
     def _run(self, embedder: Embedder, batch: list[_Request]) -> None:
+        # A request whose caller gave up (its future cancelled) is dropped, not answered: answering a cancelled
+        # future raises, which would end this unit's thread.
+        batch = [request for request in batch if request.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         version = self._active  # one version answers the whole batch
         if version is None:
             for request in batch:
@@ -220,24 +224,21 @@ class Serving:
                 request.future.set_result((version, probabilities[start:end]))
             start = end
 
-    async def infer(self, inputs: np.ndarray) -> tuple[LoadedVersion, np.ndarray]:
-        """:meth:`submit` for async callers: awaits the batch without holding a thread while it waits."""
-        return await asyncio.wrap_future(self.submit(inputs))
-
-    def submit(self, inputs: np.ndarray) -> Future[tuple[LoadedVersion, np.ndarray]]:
-        """Queue preprocessed images (N×3×224×224); the future gives (version, N×labels probabilities)."""
-        return self._queue(inputs, compared=False)
+    def submit(self, inputs: np.ndarray, future: Future[Any] | None = None) -> Future[tuple[LoadedVersion, np.ndarray]]:
+        """Queue preprocessed images (N×3×224×224); the future gives (version, N×labels probabilities).
+        ``future``: the caller's own (not yet running) future to complete, instead of a new one."""
+        return self._queue(inputs, compared=False, future=future)
 
     def submit_compared(self, inputs: np.ndarray) -> Future[Compared]:
         """:meth:`submit`, with the previous head's top label and confidence per image when the serving
         version has one (warm start)."""
         return self._queue(inputs, compared=True)
 
-    def _queue(self, inputs: np.ndarray, *, compared: bool) -> Future[Any]:
+    def _queue(self, inputs: np.ndarray, *, compared: bool, future: Future[Any] | None = None) -> Future[Any]:
         if self._active is None:
             raise NoModelServing("no model version is serving; train one (POST /api/v1/training/check) "
                                  "or deploy one (POST /api/v1/models/{version}/deploy)")
-        future: Future[Any] = Future()
+        future = future or Future()
         self._requests.put(_Request(inputs, future, compared))
         return future
 

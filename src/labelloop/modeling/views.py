@@ -16,6 +16,7 @@ from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
 from labelloop.web.dependencies import SessionDep, bearer, current_user, require, token_user
 from labelloop.workforce.models import Role, User
+from labelloop.workforce.service import recent_tokens
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 Operator = Depends(require(Role.OPERATOR))
@@ -28,9 +29,13 @@ def _authorize_detect(credentials: HTTPAuthorizationCredentials | None) -> User:
 
 
 async def detector(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
-    """The caller of ``POST /detect`` (401/403 as on every route), checked in one short session on one worker
-    thread: the request then holds no database connection while it waits for its batch, and costs one thread
-    hop instead of one per dependency (session, token, role)."""
+    """The caller of ``POST /detect`` (401/403 as on every route). A token verified in the last seconds
+    (``workforce.service.recent_tokens``: forgotten at once when a user or token changes here) is checked
+    in the event loop without the database; any other is checked in one short session on one worker thread:
+    the request then holds no database connection while it waits for its batch."""
+    user = recent_tokens.user(credentials.credentials) if credentials is not None else None
+    if user is not None:
+        return _may_detect(current_user(user))
     return await run_in_threadpool(_authorize_detect, credentials)
 
 

@@ -7,11 +7,14 @@ import logging
 import math
 import re
 import secrets
+import threading
+import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, inspect, select
 from sqlalchemy.orm import Session
 
 from labelloop import db
@@ -99,8 +102,12 @@ def issue_token(user: User, *, session: Session, name: str = "api", ttl: timedel
 
 
 def user_for_token(token: str, *, session: Session) -> User:
-    """The enabled user a valid, unrevoked, unexpired token belongs to, or :class:`AuthError`."""
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_digest(token)))
+    """The enabled user a valid, unrevoked, unexpired token belongs to, or :class:`AuthError`.
+
+    A token found valid is remembered in :data:`recent_tokens` (read only by ``POST /detect``)."""
+    generation = recent_tokens.generation
+    digest = _token_digest(token)
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     now = utcnow()
     if row is None or row.revoked_at is not None:
         raise AuthError("invalid or revoked token")
@@ -112,7 +119,82 @@ def user_for_token(token: str, *, session: Session) -> User:
     # Recorded at most once a minute: a write on every request would serialise requests on SQLite.
     if row.last_used_at is None or _aware(row.last_used_at) < now - timedelta(minutes=1):
         row.last_used_at = now
+    expires = math.inf if row.expires_at is None else _aware(row.expires_at).timestamp()
+    recent_tokens.remember(digest, _detached_copy(user), expires, generation)
     return user
+
+
+def _detached_copy(user: User) -> User:
+    """A copy of ``user``'s columns (but the password hash) that belongs to no session: what a remembered token
+    answers with, safe to read from any thread whatever later happens to the request's session and its objects."""
+    return User(**{attribute.key: getattr(user, attribute.key) for attribute in inspect(User).column_attrs
+                   if attribute.key != "password_hash"})
+
+
+class RecentTokens:
+    """Bearer tokens found valid in the last ``seconds``, with their users, so that the hot ``POST /detect``
+    path can skip the database lookup (and the thread it needs) for a caller it has just verified.
+
+    Revocation is still honoured: any change to a user or a token committed by this process (a revoked
+    token, a disabled user, a new role or password, a new token) forgets every remembered token at once, and
+    a lookup that was running while such a change committed is not remembered (``generation``). A change made
+    by another process sharing the database is seen after at most ``seconds``, when the entry lapses. A
+    token's own expiry is checked on every use."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.generation = 0
+        self._entries: dict[str, tuple[User, float]] = {}  # digest -> (user, usable until, epoch seconds)
+        self._lock = threading.Lock()
+
+    def user(self, token: str) -> User | None:
+        """The user of ``token`` when it was found valid less than ``seconds`` ago and nothing changed since."""
+        entry = self._entries.get(_token_digest(token))
+        if entry is None or entry[1] <= time.time():
+            return None
+        return entry[0]
+
+    def remember(self, digest: str, user: User, expires: float, generation: int) -> None:
+        """Remember a token found valid by a lookup that started at ``generation`` (not when a user or token
+        changed since: the lookup may have read the state before the change)."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._entries) >= MAX_RECENT_TOKENS:
+                self._entries.clear()
+            self._entries[digest] = (user, min(expires, time.time() + self.seconds))
+
+    def forget_all(self) -> None:
+        """Forget every remembered token (a user or token changed)."""
+        with self._lock:
+            self.generation += 1
+            self._entries = {}
+
+
+RECENT_TOKEN_SECONDS = 2.0
+MAX_RECENT_TOKENS = 10_000
+recent_tokens = RecentTokens(RECENT_TOKEN_SECONDS)
+_AUTH_CHANGED = "labelloop.auth_changed"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_auth_changes(session: Session, _context: Any) -> None:
+    """A flush that writes a user or a token: forget the remembered tokens now and again at commit."""
+    changed = (session.new, session.dirty, session.deleted)
+    if any(isinstance(obj, (User, ApiToken)) for objects in changed for obj in objects):
+        session.info[_AUTH_CHANGED] = True
+        recent_tokens.forget_all()
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_at_commit(session: Session) -> None:
+    if session.info.pop(_AUTH_CHANGED, False):
+        recent_tokens.forget_all()
+
+
+@event.listens_for(Session, "after_rollback")
+def _nothing_changed(session: Session) -> None:
+    session.info.pop(_AUTH_CHANGED, None)
 
 
 def _aware(moment: datetime) -> datetime:

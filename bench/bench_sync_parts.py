@@ -1,0 +1,136 @@
+"""The parts of a sync detect request, one by one: CPU per call, best of ``--repeats``, in this process.
+
+    PYTHONPATH=src .venv/bin/python bench/bench_sync_parts.py [--repeats 5]
+
+1. **bearer-token check** (SQLite, a consumer's token): the database check on a worker thread, as ``POST
+   /detect`` does for a token it has not verified in the last 2 s; the same inline; the thread hop alone; a
+   remembered token (``workforce.service.recent_tokens``);
+2. **decode and preprocess** of 64 real ~320-px JPEG photos (`bench/photos.py`): decode, resize, to array;
+3. **the backbone** (`bench/out/detect-model.onnx`, written by bench_detect.py; skipped when missing) at the
+   serving batches 1 and 8 and at 32, on two intra-op threads and on one.
+
+Best of the repeats because the machine is shared: the minimum is the figure least disturbed by other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def best_ms(call: Callable[[], Any], n: int, repeats: int) -> float:
+    """The lowest CPU milliseconds per call over ``repeats`` runs of ``n`` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        for _ in range(n):
+            call()
+        best = min(best, (time.process_time() - started) / n)
+    return 1000 * best
+
+
+def token_parts(repeats: int) -> list[tuple[str, float]]:
+    from fastapi.security import HTTPAuthorizationCredentials
+    from starlette.concurrency import run_in_threadpool
+
+    from labelloop import db
+    from labelloop.modeling import views
+    from labelloop.workforce import service
+    from labelloop.workforce.models import Role
+
+    db.init(f"sqlite:///{tempfile.mkdtemp()}/app.db")
+    with db.session() as session:
+        user, _ = service.create_user("consumer", Role.CONSUMER, session=session, password="a-long-password",
+                                      temporary=False)
+        token, _ = service.issue_token(user, session=session)
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    loop = asyncio.new_event_loop()
+
+    def on_loop(make: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: loop.run_until_complete(make())
+
+    rows = []
+    service.recent_tokens.seconds = 0.0  # nothing remembered: every check reads the database
+    rows.append(("token: database check on a worker thread",
+                 best_ms(on_loop(lambda: run_in_threadpool(views._authorize_detect, credentials)), 300, repeats)))
+    rows.append(("token: database check inline", best_ms(lambda: views._authorize_detect(credentials), 300,
+                                                         repeats)))
+    rows.append(("token: the thread hop alone",
+                 best_ms(on_loop(lambda: run_in_threadpool(lambda: None)), 300, repeats)))
+    service.recent_tokens.seconds = 2.0
+    views._authorize_detect(credentials)
+    views._authorize_detect(credentials)  # the first one recorded last_used_at (a token change)
+    assert service.recent_tokens.user(token) is not None
+    rows.append(("token: remembered (detector in the event loop)",
+                 best_ms(on_loop(lambda: views.detector(credentials)), 3000, repeats)))
+    loop.close()
+    db.close()
+    return rows
+
+
+def image_parts(repeats: int) -> list[tuple[str, float]]:
+    from photos import uploads
+
+    from labelloop.modeling import images
+
+    photos = [data for _, _, data in uploads(64)]
+    decoded = [images.decode_image(data) for data in photos]
+    resized = [image.resize((224, 224), images.RESAMPLE, box=images._crop_box(image.size, 1.0, 0.5, 0.5))
+               for image in decoded]
+
+    def per_photo(call: Callable[[int], Any]) -> float:
+        return best_ms(lambda: [call(i) for i in range(len(photos))], 1, repeats) / len(photos)
+
+    return [("decode (open, load, EXIF, RGB)", per_photo(lambda i: images.decode_image(photos[i]))),
+            ("resize (bicubic, centre crop)", per_photo(lambda i: images.to_input(decoded[i]))
+             - per_photo(lambda i: images._to_array(resized[i]))),
+            ("to array ([-1, 1], CHW float32)", per_photo(lambda i: images._to_array(resized[i]))),
+            ("prepare, all of it", per_photo(lambda i: images.prepare(photos[i])))]
+
+
+def model_parts(repeats: int) -> list[tuple[str, float]]:
+    import onnxruntime as ort
+
+    from labelloop.modeling.embedding import session_options
+
+    path = ROOT / "bench" / "out" / "detect-model.onnx"
+    if not path.is_file():
+        return []
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 3, 224, 224)).astype(np.float32)
+    rows = []
+    for threads in (2, 1):
+        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        for batch in (1, 8, 32):
+            inputs = {"input": np.ascontiguousarray(x[:batch])}
+            session.run(None, inputs)
+            rows.append((f"model, batch {batch}, {threads} intra-op thread{'s' if threads > 1 else ''}, per image",
+                         best_ms(lambda s=session, i=inputs: s.run(None, i), max(1, 16 // batch), repeats) / batch))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()}")
+    rows = token_parts(args.repeats) + image_parts(args.repeats) + model_parts(args.repeats)
+    print(f"{'part of a sync detect request':<58} {'CPU ms':>8}")
+    for name, ms in rows:
+        print(f"{name:<58} {ms:>8.3f}")
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
