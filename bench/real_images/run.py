@@ -71,11 +71,11 @@ class Prepared:
 
 def prepare(task: Task, plan: tuple[tuple[Variant, tuple[str, ...]], ...], closed_only: bool = False) -> Prepared:
     """Features of the task's items for each (variant, views) of the plan (extracted when not cached);
-    `closed_only`: just the training pool (up to CLOSED_POOL per label) and the known test images."""
+    `closed_only`: just the training pool (up to the task's `closed_pool` per label) and the known test images."""
     prepared = Prepared(task)
     items = task.items()
     if closed_only:
-        items = [i for pool in task.pool.values() for i in pool[:CLOSED_POOL]] + task.test
+        items = [i for pool in task.pool.values() for i in pool[:task.closed_pool]] + task.test
     for variant, views in plan:
         for view in views:
             prepared.features[(variant.name, view)] = extract(task.name, items, variant, view)
@@ -206,7 +206,7 @@ def run_features(prepared: Prepared, seed: int, found: dict[tuple, list[float]])
     index = {label: i for i, label in enumerate(task.labels)}
     y_test = np.array([index[i.label] for i in task.test])
     for k in task.sizes:
-        if k < 2 or k > CLOSED_POOL:
+        if k < 2 or k > task.closed_pool:
             continue
         keys, y = draw(task, k, seed)
         raw = prepared.data(LITE0.name, "crop", keys, with_map=False).embedding
@@ -226,7 +226,8 @@ def costs(speed: dict[str, float]) -> dict[str, float]:
     """Backbone passes per image of each feature recipe, in Lite0-crop units (measured speeds)."""
     out = {PLAIN_LR: 1.0}
     for name, (variant, views, _) in FEATURE_RECIPES.items():
-        out[name] = len(views) * speed[LITE0.name] / speed[variant]
+        if variant in speed:  # a variant left out of the run (--no-lite2) has no cost
+            out[name] = len(views) * speed[LITE0.name] / speed[variant]
     return out
 
 
