@@ -176,11 +176,13 @@ FEATURE_RECIPES: dict[str, tuple[str, tuple[str, ...], bool]] = {
 }
 
 
-# Train-time augmentation: the product head on Lite0 crop embeddings, with each *training* image's other views as
-# extra rows (weighted 1/V, as train_head's `augment`); served on the crop alone, so inference costs nothing more.
-AUGMENT_RECIPES: dict[str, tuple[str, ...]] = {
-    "Lite0 crop, train-time flip": ("flip",),
-    "Lite0 crop, train-time flip+letterbox": ("flip", "letterbox"),
+# Train-time augmentation: the product head on Lite0 embeddings of the served view, with each *training* image's
+# other views as extra rows (weighted 1/V, as train_head's `augment`); served on one view, so inference costs
+# nothing more. name: (served view, extra training views)
+AUGMENT_RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Lite0 crop, train-time flip": ("crop", ("flip",)),
+    "Lite0 crop, train-time flip+letterbox": ("crop", ("flip", "letterbox")),
+    "Lite0 letterbox, train-time crop": ("letterbox", ("crop",)),
 }
 
 
@@ -225,11 +227,12 @@ def run_features(prepared: Prepared, seed: int, found: dict[tuple, list[float]])
             head = fit_classifier(features_of(prepared, name, keys), y, task.labels, seed=seed)
             pred = head.logits(features_of(prepared, name, keys_test)).argmax(axis=1)
             found.setdefault((task.name, k, name), []).append(metrics.macro_f1(y_test, pred, len(task.labels)))
-        for name, extra in AUGMENT_RECIPES.items():
-            if all((LITE0.name, view) in prepared.features for view in extra):
-                views = tuple(prepared.data(LITE0.name, view, keys, with_map=False).embedding for view in extra)
-                head = fit_classifier(raw, y, task.labels, seed=seed, extra_views=views)
-                pred = head.logits(raw_test).argmax(axis=1)
+        for name, (served, extra) in AUGMENT_RECIPES.items():
+            if all((LITE0.name, view) in prepared.features for view in (served, *extra)):
+                x, *views = (prepared.data(LITE0.name, view, keys, with_map=False).embedding
+                             for view in (served, *extra))
+                head = fit_classifier(x, y, task.labels, seed=seed, extra_views=tuple(views))
+                pred = head.logits(prepared.data(LITE0.name, served, keys_test, with_map=False).embedding).argmax(1)
                 found.setdefault((task.name, k, name), []).append(metrics.macro_f1(y_test, pred, len(task.labels)))
 
 
