@@ -67,23 +67,27 @@ class Data:
                     None if self.mid is None else self.mid[rows])
 
 
-def fit_classifier(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0, balance: bool = False
-                   ) -> training.Head:
-    """The product's head (C and T from out-of-fold logits; nearest-neighbour familiarity) on embeddings x."""
-    return fit_with_out_of_fold(x, y, labels, seed, balance)[0]
+def fit_classifier(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0, **options) -> training.Head:
+    """The product's head (C and T from out-of-fold logits; nearest-neighbour familiarity) on embeddings x;
+    `options` as `fit_with_out_of_fold`'s."""
+    return fit_with_out_of_fold(x, y, labels, seed, **options)[0]
 
 
-def fit_with_out_of_fold(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0, balance: bool = False
+def fit_with_out_of_fold(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int = 0, balance: bool = False, *,
+                         c_grid: tuple[float, ...] = training.DEFAULT_C_GRID, extra_views: tuple[np.ndarray, ...] = ()
                          ) -> tuple[training.Head, np.ndarray | None]:
-    """The product's head and its calibrated out-of-fold probabilities (rows in x's order); `balance`: every
-    label weighs the same (`Balance-Labels-In-Training`, the server's default; the tasks' labels are balanced
-    anyway, except the none-of-the-above label of openset_sweep)."""
-    n = len(y)
+    """The product's head and its calibrated out-of-fold probabilities (rows in x's order), built as
+    `training.train_head` builds it; `balance`: every label weighs the same (`Balance-Labels-In-Training`, the
+    server's default; the tasks' labels are balanced anyway, except the none-of-the-above label of
+    openset_sweep); `extra_views`: the same images under other views (train-time augmentation: each view one
+    more row of the image, every row weighted 1/V)."""
+    n, views = len(y), (x, *extra_views)
     counts = np.bincount(y, minlength=len(labels))
     weight = n / (np.count_nonzero(counts) * counts[y]) if balance else np.ones(n)
-    design = training._Design(training.l2_normalize(x), y, weight, np.arange(n))
-    return training._fit_head(design, labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,
-                              seed=seed, meta={})
+    raw = np.stack(views, axis=1).reshape(n * len(views), -1)  # an image's rows together, as _design puts them
+    design = training._Design(training.l2_normalize(raw), np.repeat(y, len(views)),
+                              np.repeat(weight, len(views)) / len(views), np.repeat(np.arange(n), len(views)))
+    return training._fit_head(design, labels, c_grid=c_grid, folds=training.DEFAULT_FOLDS, seed=seed, meta={})
 
 
 # ── scores: (train, own-label leave-one-out scores, score of test images against label k) ───────────────

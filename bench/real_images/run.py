@@ -71,11 +71,11 @@ class Prepared:
 
 def prepare(task: Task, plan: tuple[tuple[Variant, tuple[str, ...]], ...], closed_only: bool = False) -> Prepared:
     """Features of the task's items for each (variant, views) of the plan (extracted when not cached);
-    `closed_only`: just the training pool (up to CLOSED_POOL per label) and the known test images."""
+    `closed_only`: just the training pool (up to the task's `closed_pool` per label) and the known test images."""
     prepared = Prepared(task)
     items = task.items()
     if closed_only:
-        items = [i for pool in task.pool.values() for i in pool[:CLOSED_POOL]] + task.test
+        items = [i for pool in task.pool.values() for i in pool[:task.closed_pool]] + task.test
     for variant, views in plan:
         for view in views:
             prepared.features[(variant.name, view)] = extract(task.name, items, variant, view)
@@ -176,6 +176,16 @@ FEATURE_RECIPES: dict[str, tuple[str, tuple[str, ...], bool]] = {
 }
 
 
+# Train-time augmentation: the product head on Lite0 embeddings of the served view, with each *training* image's
+# other views as extra rows (weighted 1/V, as train_head's `augment`); served on one view, so inference costs
+# nothing more. name: (served view, extra training views)
+AUGMENT_RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Lite0 crop, train-time flip": ("crop", ("flip",)),
+    "Lite0 crop, train-time flip+letterbox": ("crop", ("flip", "letterbox")),
+    "Lite0 letterbox, train-time crop": ("letterbox", ("crop",)),
+}
+
+
 def features_of(prepared: Prepared, recipe: str, keys: list[str]) -> np.ndarray:
     variant, views, with_mid = FEATURE_RECIPES[recipe]
     parts = [prepared.data(variant, view, keys, with_map=False) for view in views]
@@ -206,7 +216,7 @@ def run_features(prepared: Prepared, seed: int, found: dict[tuple, list[float]])
     index = {label: i for i, label in enumerate(task.labels)}
     y_test = np.array([index[i.label] for i in task.test])
     for k in task.sizes:
-        if k < 2 or k > CLOSED_POOL:
+        if k < 2 or k > task.closed_pool:
             continue
         keys, y = draw(task, k, seed)
         raw = prepared.data(LITE0.name, "crop", keys, with_map=False).embedding
@@ -217,6 +227,13 @@ def run_features(prepared: Prepared, seed: int, found: dict[tuple, list[float]])
             head = fit_classifier(features_of(prepared, name, keys), y, task.labels, seed=seed)
             pred = head.logits(features_of(prepared, name, keys_test)).argmax(axis=1)
             found.setdefault((task.name, k, name), []).append(metrics.macro_f1(y_test, pred, len(task.labels)))
+        for name, (served, extra) in AUGMENT_RECIPES.items():
+            if all((LITE0.name, view) in prepared.features for view in (served, *extra)):
+                x, *views = (prepared.data(LITE0.name, view, keys, with_map=False).embedding
+                             for view in (served, *extra))
+                head = fit_classifier(x, y, task.labels, seed=seed, extra_views=tuple(views))
+                pred = head.logits(prepared.data(LITE0.name, served, keys_test, with_map=False).embedding).argmax(1)
+                found.setdefault((task.name, k, name), []).append(metrics.macro_f1(y_test, pred, len(task.labels)))
 
 
 PLAIN_LR = "plain logistic regression (Lite0 crop)"
@@ -226,8 +243,9 @@ def costs(speed: dict[str, float]) -> dict[str, float]:
     """Backbone passes per image of each feature recipe, in Lite0-crop units (measured speeds)."""
     out = {PLAIN_LR: 1.0}
     for name, (variant, views, _) in FEATURE_RECIPES.items():
-        out[name] = len(views) * speed[LITE0.name] / speed[variant]
-    return out
+        if variant in speed:  # a variant left out of the run (--no-lite2) has no cost
+            out[name] = len(views) * speed[LITE0.name] / speed[variant]
+    return out | {name: 1.0 for name in AUGMENT_RECIPES}  # extra views at training only
 
 
 # ── suspect labels ────────────────────────────────────────────────────────────────────────────────────
