@@ -22,6 +22,8 @@ from labelloop.modeling import endpoint
 from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.serving import PreviousHead, Serving
 from labelloop.parameters import service as parameters
+from labelloop.review import service as review
+from labelloop.review.models import HumanLoop, HumanLoopSource
 from test_console_web import signed_in_client
 
 
@@ -211,6 +213,44 @@ def test_the_estimate_counts_answered_audits_of_auto_accepted_detections_per_ver
     routed = decide(event)
     assert routed.rule == silent.Rule.BELOW_RAISED_THRESHOLD and routed.threshold == pytest.approx(90.01)
     assert service.needs_human_review({**service.as_dict(event), "routing_rule": routed.rule})
+
+
+def request_training(trains: bool, share: float = 0.5) -> str:
+    """A request id whose audit answer the Audit-Training-Share ``share`` makes training data (or not)."""
+    return next(rid for rid in (str(uuid.uuid4()) for _ in range(1000)) if silent.audit_trains(rid, share) == trains)
+
+
+def test_the_audit_training_share_draws_which_audit_answers_train(database: None) -> None:
+    """Audit-Training-Share: the audits a hash of the detection's request id draws become training data whatever
+    the answer, the others never (unless they correct the model with Train-On-Audit-Corrections); 0 by default,
+    as the seed: no sampled answer trains. The draw is independent of the audit's own (another salt)."""
+    assert parameters.DEFINITIONS[parameters.AUDIT_TRAINING_SHARE].default == "0.0"
+    with db.session() as session:
+        loops = []
+        for rid in (request_training(True), request_training(False)):
+            event = detected("a", 95.0, request_id=rid)
+            session.add(event)
+            session.flush()
+            loops.append(HumanLoop(name=f"sampling-{rid}", source=HumanLoopSource.SAMPLING, detection_id=event.id,
+                                   object_key=event.object_key, model_label="a", answer_label="a"))
+        session.add_all(loops)
+        session.flush()
+        drawn, kept = loops
+        assert not review.teaches(drawn, session=session) and not review.teaches(kept, session=session)
+        parameters.change(parameters.AUDIT_TRAINING_SHARE, "50", changed_by="test", session=session)
+        assert review.teaches(drawn, session=session), "drawn: an answer that agrees with the model trains too"
+        assert not review.teaches(kept, session=session), "not drawn: stays out for every later backtest"
+        kept.answer_label = "b"
+        assert not review.teaches(kept, session=session), "the answer does not decide"
+        parameters.change(parameters.TRAIN_ON_AUDIT_CORRECTIONS, "true", changed_by="test", session=session)
+        assert review.teaches(kept, session=session), "a correction, with Train-On-Audit-Corrections"
+        parameters.change(parameters.AUDIT_TRAINING_SHARE, "100", changed_by="test", session=session)
+        drawn.answer_label = kept.answer_label = "a"
+        assert review.teaches(drawn, session=session) and review.teaches(kept, session=session)
+    draws = [str(i) for i in range(2000)]
+    assert abs(sum(silent.audit_trains(rid, 0.5) for rid in draws) - 1000) < 100
+    both = sum(silent.audit_trains(rid, 0.5) and silent.draw(rid) < 0.5 for rid in draws)
+    assert abs(both - 500) < 80, "independent of the audit draw"
 
 
 def test_label_assumed_thresholds_route_when_the_option_is_on(database: None) -> None:

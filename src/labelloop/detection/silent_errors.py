@@ -57,6 +57,9 @@ STEADY_RATE = 0.02
 # new one 0.3 and the share 0.1 changed nothing in the simulation (README, "Silent errors").
 STRATA_SPLIT = (1 / 3, 1 / 3, 1 / 3)
 MIN_AUDITS_TO_RAISE = 5
+# Audits that train (Audit-Training-Share): the share of audit answers a hash of the detection's request id
+# makes training data; the others never are, so every later version's backtest keeps them.
+AUDIT_TRAINING_SHARE = 0.5
 MINIMUM_CONFIDENCE = "Minimum-Label-Detection-Confidence"  # the seed's rule, by the name of its parameter
 
 
@@ -353,6 +356,14 @@ def raised_threshold(label: str, audits: list[Audit], target: float) -> float | 
 def draw(request_id: str) -> float:
     """A number in [0, 1) fixed by the request id: whether a detection is audited does not change on retry."""
     return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def audit_trains(request_id: str, share: float) -> bool:
+    """Whether the answer to the audit of detection ``request_id`` becomes training data when ``share`` (0–1)
+    of audit answers do. Drawn by a hash of the request id (salted, so independent of the audit's own draw),
+    never by the answer: the audits left out of the training data are a random part of all audits, and a
+    backtest that leaves out those a version trained on stays an unbiased sample."""
+    return share > 0 and draw(f"training:{request_id}") < share
 
 
 @dataclass(frozen=True)
