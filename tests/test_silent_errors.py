@@ -253,6 +253,21 @@ def test_the_audit_training_share_draws_which_audit_answers_train(database: None
     assert abs(both - 500) < 80, "independent of the audit draw"
 
 
+def test_a_backtest_leaves_out_only_the_audits_the_share_drew_into_training() -> None:
+    """A version is never judged by an audit it trained on: drawn by Audit-Training-Share (a random part of the
+    audits), it is left out; in its training data for another reason (a correction copied by
+    Train-On-Audit-Corrections), leaving it out would keep only the agreeing audits, so it counts as wrong."""
+    plan = warm_start.Plan("v2", "v1", None, None, (None, None), {("v1", "a"): 70.0, ("v2", "a"): 70.0},
+                           [], [], share=0.5)
+    audits = {name: (warm_start.Stored(name, b"", "a", None), drawn) for name, drawn in
+              (("drawn-trained", True), ("drawn-untrained", True), ("kept", False), ("correction", False),
+               ("previous-unsure", False))}
+    scored = {name: (("a", 90.0), ("a", 60.0 if name == "previous-unsure" else 95.0)) for name in audits}
+    found = warm_start.backtest_of(plan, list(audits.values()), scored, {"drawn-trained", "correction"})
+    assert found == [silent.Audit("a", 90.0, False, True), silent.Audit("a", 90.0, False, True),
+                     silent.Audit("a", 90.0, True, True)], "drawn-untrained and kept judge it; the correction is wrong"
+
+
 def test_label_assumed_thresholds_route_when_the_option_is_on(database: None) -> None:
     with db.session() as session:
         parameters.change(parameters.MAXIMUM_SILENT_ERROR_RATE, "0", changed_by="test", session=session)
