@@ -174,9 +174,10 @@ class Stream:
     window: list[tuple[Item, bool]] = field(default_factory=list)  # (image, the serving version was confident)
 
 
-def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: set[str]) -> silent.Warm:
+def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: set[str]) -> silent.Warm | None:
     """The backtest of ``head`` replacing ``previous``: the earlier audits it did not train on, scored by it,
-    that both would auto-accept; and the new stratum's share counted on ``previous``'s detections."""
+    that both would auto-accept; and the new stratum's share counted on ``previous``'s detections. None (a cold
+    start) for a backtest of fewer than COLD_AUDITS audits, as the server's ``detection.warm_start.store``."""
     backtest: list[silent.Audit] = []
     usable = [item for item in stream.audited if item.key not in trained]
     if usable:
@@ -193,7 +194,7 @@ def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: se
             if 100 * p.max() >= THRESHOLD:
                 accepted += 1
                 new += not sure
-    return silent.Warm(tuple(backtest), new, accepted)
+    return silent.Warm(tuple(backtest), new, accepted) if len(backtest) >= silent.COLD_AUDITS else None
 
 
 def trains(scheme: str | None, request_id: str, share: float) -> bool:
