@@ -7,7 +7,8 @@ rule that keeps it under Maximum-Silent-Error-Rate.
   opened + 1)`` of them (never under ``MINIMUM_RATE_ABOVE_TARGET``); ``STEADY_RATE`` once the bound is at or
   below the target.
   The draw is a hash of the detection's request id, so a repeated step draws the same. Audits are not
-  training data, except answers that correct the model with Train-On-Audit-Corrections on.
+  training data, except the share Audit-Training-Share draws (``audit_trains``: another hash of the request id,
+  never the answer; 0 by default) and answers that correct the model with Train-On-Audit-Corrections on.
 * **The estimate**, per serving version: the answered audits (and the seed's every-n-th sampling answers) of
   detections that were auto-accepted or would have been (confidence at or above the threshold in force for
   them); an answer other than the model's label, *None of the Above* included, is a silent error. The bound is
@@ -79,8 +80,8 @@ RULE_MEANINGS = {  # what each rule does, in the user's words (the parameters pa
     Rule.BELOW_LABEL_THRESHOLD: "below its label's assumed threshold (Use-Label-Assumed-Thresholds true): a "
                                 "'Detection' loop",
     Rule.AUDIT: "drawn at random to audit the auto-accepted detections (Maximum-Silent-Error-Rate above 0): a "
-                "'Human Sampling' loop, training data only when it corrects the model and "
-                "Train-On-Audit-Corrections is true",
+                "'Human Sampling' loop, training data only when Audit-Training-Share draws it, or when it "
+                "corrects the model and Train-On-Audit-Corrections is true",
     Rule.BELOW_RAISED_THRESHOLD: "below the threshold silent-error control raised for a label whose audits "
                                  "bound its silent errors above Maximum-Silent-Error-Rate: a 'Detection' loop",
     Rule.AUTO_ACCEPTED: "at or above every threshold and not drawn for audit: no human sees it",

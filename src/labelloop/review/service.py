@@ -616,8 +616,9 @@ def _note(name: str, message: str) -> None:
 
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Put an answered loop's image where its answer says. Detection loops: one copy under the label's folder
-    (none for None of the Above; none for sampling loops unless Train-On-Audit-Corrections is on and the answer
-    disagrees with the model); a corrected answer moves that copy, never adds a second.
+    (none for None of the Above; none for sampling loops unless Audit-Training-Share draws the loop's detection,
+    or Train-On-Audit-Corrections is on and the answer disagrees with the model); a corrected answer moves that
+    copy, never adds a second.
     Label Audit loops: the training image itself moves (:func:`apply_label_audit`). Only the content the loop
     was opened for is used. Returns the new training object; the caller fires its "object created" event."""
     with db.session() as session:
