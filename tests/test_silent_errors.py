@@ -435,6 +435,18 @@ def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server
         log = client.get("/detections", params={"rule": "audit"}).text  # the rule and its reason on every row
         assert all(key.rsplit("/", 1)[-1] in log for key in keys) and "audited (1 in 1): auto-accepted" in log
         assert "Pick a routing rule from the list." in client.get("/detections", params={"rule": "nobody"}).text
+    # Audit-Training-Share at 100: every audit answer trains, one that agrees with the model too.
+    assert api.put("/parameters/Train-On-Audit-Corrections", json={"value": "false"}).status_code == 200
+    assert api.put("/parameters/Audit-Training-Share", json={"value": "100"}).status_code == 200
+    drawn = "images_for_detection/drawn.png"
+    assert api.put(f"/objects/{drawn}", content=smile_logo(210)).status_code == 201
+    [event] = wait_until(lambda: [e for e in api.get("/detections").json()
+                                  if e["object_key"] == drawn and e["human_loop_name"]], 120, 0.25, "its audit")
+    assert event["routing_rule"] == "audit", event
+    answer = api.post(f"/human-loops/{event['human_loop_name']}/answer", json={"label": event["label"]})
+    assert server.wait_run(answer.json()["run_id"])["status"] == "SUCCESS"
+    copied = api.get(f"/human-loops/{event['human_loop_name']}").json()["copied_key"]
+    assert copied.startswith(f"images_labeled_by_folder/{event['label']}/humanLoopName-sampling-"), copied
 
 
 def detections_of(api, keys: list[str]) -> dict[str, dict]:  # type: ignore[no-untyped-def]
