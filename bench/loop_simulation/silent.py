@@ -17,7 +17,10 @@ embeddings from the product's backbone; **every routing decision is `labelloop.d
 the function the server's detection step calls, with the audits of the serving version as the server would
 have them (`estimate_from`, `raised_threshold`, `audit_rate`). The simulated reviewer answers every loop
 truthfully (None of the Above for an open-set image). Detection loops' answers become training data; audit
-answers do not. A new version trains after a batch that brought ≥ Minimum-Untrained-Images (10) new labels.
+answers do not, except in the arms whose audits train (ARMS: "split" is the server's Audit-Training-Share,
+--train-share of them drawn by `silent_errors.audit_trains`). A new version trains after a batch that brought
+≥ Minimum-Untrained-Images (10) new labels (audit answers that train count, as the server's training check
+counts them, except in the "ride" arms); a backtest of fewer than 20 audits starts cold, as in the server.
 
 Per arm, per version: detections, the true silent-error rate of the auto-accepted ones, the bound labelloop
 showed at the end of the version (from its answered audits), whether the bound covered the truth (the true
@@ -380,6 +383,7 @@ def main() -> None:
     parser.add_argument("--split", type=float, nargs=3, default=silent.STRATA_SPLIT,
                         help="warm start under trial: shares of the bound's 5 %% (known, new, share)")
     parser.add_argument("--tag", default="", help="appended to the output files' names (runs side by side)")
+    parser.add_argument("--version-wide", action="store_true")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
     # The policy is the product's module constants; a trial sets them for this process only.
@@ -387,6 +391,7 @@ def main() -> None:
         silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET, tuple(silent.STRATA_SPLIT), silent.AUDIT_TRAINING_SHARE)
     silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET = args.cold_audits, args.floor
     silent.STRATA_SPLIT = tuple(args.split)
+    silent.VERSION_WIDE = args.version_wide
     w = world(args.task)
     rows = []
     for seed in args.seeds:
