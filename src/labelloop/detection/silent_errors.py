@@ -58,6 +58,9 @@ STEADY_RATE = 0.02
 # new one 0.3 and the share 0.1 changed nothing in the simulation (README, "Silent errors").
 STRATA_SPLIT = (1 / 3, 1 / 3, 1 / 3)
 MIN_AUDITS_TO_RAISE = 5
+# A trial, off: also raise one threshold for all of a version's labels from its audits pooled (the simulation's
+# --version-wide; README, "Silent errors": tried, not adopted).
+VERSION_WIDE = False
 # Audits that train (Audit-Training-Share): the share of audit answers a hash of the detection's request id
 # makes training data; the others never are, so every later version's backtest keeps them.
 AUDIT_TRAINING_SHARE = 0.5
@@ -336,10 +339,11 @@ def audit_rate(found: Estimate, new: bool = False) -> float:
     return max(MINIMUM_RATE_ABOVE_TARGET, min(1.0, COLD_AUDITS / (opened + 1)))
 
 
-def raised_threshold(label: str, audits: list[Audit], target: float) -> float | None:
+def raised_threshold(label: str | None, audits: list[Audit], target: float) -> float | None:
     """The confidence (0–100) below which ``label``'s detections go to review because its audits bound the
-    silent-error rate above ``target``; None when they do not (or too few audits to say)."""
-    mine = sorted((a for a in audits if a.label == label), key=lambda a: -a.confidence)
+    silent-error rate above ``target``; None when they do not (or too few audits to say). ``label`` None: every
+    label's audits pooled."""
+    mine = sorted((a for a in audits if label is None or a.label == label), key=lambda a: -a.confidence)
     if len(mine) < MIN_AUDITS_TO_RAISE or not any(a.wrong for a in mine):
         return None
     if 100 * upper_bound(sum(a.wrong for a in mine), len(mine)) <= target:
@@ -402,6 +406,8 @@ def route(label: str, confidence: float, request_id: str, *, base: float, base_n
         rule = Rule.BELOW_CONFIDENCE if base_name == MINIMUM_CONFIDENCE else Rule.BELOW_LABEL_THRESHOLD
         return Route(rule, base, f"confidence {confidence:.1f} is below {base_name} {base:g}")
     raised = raised_threshold(label, audits, found.target) if found.target > 0 else None
+    if VERSION_WIDE and found.target > 0:
+        raised = max(raised or 0.0, raised_threshold(None, audits, found.target) or 0.0) or None
     threshold = max(base, raised or 0.0)
     rate = audit_rate(found, new)
     if draw(request_id) < rate:
