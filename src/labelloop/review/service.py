@@ -667,7 +667,11 @@ def teaches(loop: HumanLoop, *, session: Session) -> bool:
         return True
     share = parameters.value(parameters.AUDIT_TRAINING_SHARE, session=session) / 100
     request_id = session.scalar(select(DetectionEvent.request_id).where(DetectionEvent.id == loop.detection_id))
-    return silent_errors.audit_trains(request_id or loop.name, share)
+    drawn = silent_errors.audit_trains(request_id or loop.name, share)
+    if drawn:
+        log.info("audit answer drawn into the training data by Audit-Training-Share",
+                 extra={"loop": loop.name, "request_id": request_id, "share": share})
+    return drawn
 
 
 def _set_copied_key(name: str, key: str | None) -> None:
