@@ -61,8 +61,9 @@ MIN_AUDITS_TO_RAISE = 5
 # A trial, off: also raise one threshold for all of a version's labels from its audits pooled (the simulation's
 # --version-wide; README, "Silent errors": tried, not adopted).
 VERSION_WIDE = False
-# Audits that train (Audit-Training-Share): the share of audit answers a hash of the detection's request id
-# makes training data; the others never are, so every later version's backtest keeps them.
+# Audits that train: the share of audit answers a hash of the detection's request id makes training data in the
+# simulation's "split" arms (the measured setting; the server's Audit-Training-Share parameter is 0 by default,
+# as the seed); the others never are, so every later version's backtest keeps them.
 AUDIT_TRAINING_SHARE = 0.5
 MINIMUM_CONFIDENCE = "Minimum-Label-Detection-Confidence"  # the seed's rule, by the name of its parameter
 
