@@ -22,6 +22,8 @@ from labelloop.modeling import endpoint
 from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.serving import PreviousHead, Serving
 from labelloop.parameters import service as parameters
+from labelloop.review import service as review
+from labelloop.review.models import HumanLoop, HumanLoopSource
 from test_console_web import signed_in_client
 
 
@@ -213,6 +215,59 @@ def test_the_estimate_counts_answered_audits_of_auto_accepted_detections_per_ver
     assert service.needs_human_review({**service.as_dict(event), "routing_rule": routed.rule})
 
 
+def request_training(trains: bool, share: float = 0.5) -> str:
+    """A request id whose audit answer the Audit-Training-Share ``share`` makes training data (or not)."""
+    return next(rid for rid in (str(uuid.uuid4()) for _ in range(1000)) if silent.audit_trains(rid, share) == trains)
+
+
+def test_the_audit_training_share_draws_which_audit_answers_train(database: None) -> None:
+    """Audit-Training-Share: the audits a hash of the detection's request id draws become training data whatever
+    the answer, the others never (unless they correct the model with Train-On-Audit-Corrections); 0 by default,
+    as the seed: no sampled answer trains. The draw is independent of the audit's own (another salt)."""
+    assert parameters.DEFINITIONS[parameters.AUDIT_TRAINING_SHARE].default == "0.0"
+    with db.session() as session:
+        loops = []
+        for rid in (request_training(True), request_training(False)):
+            event = detected("a", 95.0, request_id=rid)
+            session.add(event)
+            session.flush()
+            loops.append(HumanLoop(name=f"sampling-{rid}", source=HumanLoopSource.SAMPLING, detection_id=event.id,
+                                   object_key=event.object_key, model_label="a", answer_label="a"))
+        session.add_all(loops)
+        session.flush()
+        drawn, kept = loops
+        assert not review.teaches(drawn, session=session) and not review.teaches(kept, session=session)
+        parameters.change(parameters.AUDIT_TRAINING_SHARE, "50", changed_by="test", session=session)
+        assert review.teaches(drawn, session=session), "drawn: an answer that agrees with the model trains too"
+        assert not review.teaches(kept, session=session), "not drawn: stays out for every later backtest"
+        kept.answer_label = "b"
+        assert not review.teaches(kept, session=session), "the answer does not decide"
+        parameters.change(parameters.TRAIN_ON_AUDIT_CORRECTIONS, "true", changed_by="test", session=session)
+        assert review.teaches(kept, session=session), "a correction, with Train-On-Audit-Corrections"
+        parameters.change(parameters.AUDIT_TRAINING_SHARE, "100", changed_by="test", session=session)
+        drawn.answer_label = kept.answer_label = "a"
+        assert review.teaches(drawn, session=session) and review.teaches(kept, session=session)
+    draws = [str(i) for i in range(2000)]
+    assert abs(sum(silent.audit_trains(rid, 0.5) for rid in draws) - 1000) < 100
+    both = sum(silent.audit_trains(rid, 0.5) and silent.draw(rid) < 0.5 for rid in draws)
+    assert abs(both - 500) < 80, "independent of the audit draw"
+
+
+def test_a_backtest_leaves_out_only_the_audits_the_share_drew_into_training() -> None:
+    """A version is never judged by an audit it trained on: drawn by Audit-Training-Share (a random part of the
+    audits), it is left out; in its training data for another reason (a correction copied by
+    Train-On-Audit-Corrections), leaving it out would keep only the agreeing audits, so it counts as wrong."""
+    plan = warm_start.Plan("v2", "v1", None, None, (None, None), {("v1", "a"): 70.0, ("v2", "a"): 70.0},
+                           [], [], share=0.5)
+    audits = {name: (warm_start.Stored(name, b"", "a", None), drawn) for name, drawn in
+              (("drawn-trained", True), ("drawn-untrained", True), ("kept", False), ("correction", False),
+               ("previous-unsure", False))}
+    scored = {name: (("a", 90.0), ("a", 60.0 if name == "previous-unsure" else 95.0)) for name in audits}
+    found = warm_start.backtest_of(plan, list(audits.values()), scored, {"drawn-trained", "correction"})
+    assert found == [silent.Audit("a", 90.0, False, True), silent.Audit("a", 90.0, False, True),
+                     silent.Audit("a", 90.0, True, True)], "drawn-untrained and kept judge it; the correction is wrong"
+
+
 def test_label_assumed_thresholds_route_when_the_option_is_on(database: None) -> None:
     with db.session() as session:
         parameters.change(parameters.MAXIMUM_SILENT_ERROR_RATE, "0", changed_by="test", session=session)
@@ -380,6 +435,18 @@ def test_a_new_version_is_audited_and_the_console_shows_the_bound(server: Server
         log = client.get("/detections", params={"rule": "audit"}).text  # the rule and its reason on every row
         assert all(key.rsplit("/", 1)[-1] in log for key in keys) and "audited (1 in 1): auto-accepted" in log
         assert "Pick a routing rule from the list." in client.get("/detections", params={"rule": "nobody"}).text
+    # Audit-Training-Share at 100: every audit answer trains, one that agrees with the model too.
+    assert api.put("/parameters/Train-On-Audit-Corrections", json={"value": "false"}).status_code == 200
+    assert api.put("/parameters/Audit-Training-Share", json={"value": "100"}).status_code == 200
+    drawn = "images_for_detection/drawn.png"
+    assert api.put(f"/objects/{drawn}", content=smile_logo(210)).status_code == 201
+    [event] = wait_until(lambda: [e for e in api.get("/detections").json()
+                                  if e["object_key"] == drawn and e["human_loop_name"]], 120, 0.25, "its audit")
+    assert event["routing_rule"] == "audit", event
+    answer = api.post(f"/human-loops/{event['human_loop_name']}/answer", json={"label": event["label"]})
+    assert server.wait_run(answer.json()["run_id"])["status"] == "SUCCESS"
+    copied = api.get(f"/human-loops/{event['human_loop_name']}").json()["copied_key"]
+    assert copied.startswith(f"images_labeled_by_folder/{event['label']}/humanLoopName-sampling-"), copied
 
 
 def detections_of(api, keys: list[str]) -> dict[str, dict]:  # type: ignore[no-untyped-def]

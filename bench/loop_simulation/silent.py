@@ -17,7 +17,10 @@ embeddings from the product's backbone; **every routing decision is `labelloop.d
 the function the server's detection step calls, with the audits of the serving version as the server would
 have them (`estimate_from`, `raised_threshold`, `audit_rate`). The simulated reviewer answers every loop
 truthfully (None of the Above for an open-set image). Detection loops' answers become training data; audit
-answers do not. A new version trains after a batch that brought ≥ Minimum-Untrained-Images (10) new labels.
+answers do not, except in the arms whose audits train (ARMS: "split" is the server's Audit-Training-Share,
+--train-share of them drawn by `silent_errors.audit_trains`). A new version trains after a batch that brought
+≥ Minimum-Untrained-Images (10) new labels (audit answers that train count, as the server's training check
+counts them, except in the "ride" arms); a backtest of fewer than 20 audits starts cold, as in the server.
 
 Per arm, per version: detections, the true silent-error rate of the auto-accepted ones, the bound labelloop
 showed at the end of the version (from its answered audits), whether the bound covered the truth (the true
@@ -51,8 +54,21 @@ from .run import DOCS, OUT
 
 THRESHOLD = 70.0  # Minimum-Label-Detection-Confidence, the seed's default
 MIN_UNTRAINED = 10  # Minimum-Untrained-Images, the seed's default
-ARMS = {"fixed rule": (0.0, False), "target 5 %": (5.0, False), "target 2 %": (2.0, False),
-        "target 5 %, warm start": (5.0, True), "target 2 %, warm start": (2.0, True)}  # target, warm start
+# Audits that also train (Audit-Training-Share): "split" makes the audits a hash draws (the share
+# --train-share) training data at once and keeps the others out of it for ever (the estimates and backtests);
+# "lag" makes a version's audits training data once the next version is deployed (after its backtest is built).
+# "ride": audit answers train but do not count towards Minimum-Untrained-Images (they never start a training
+# by themselves, so a version is retrained when the fixed rule's would be: on the labels of Detection loops).
+ARMS = {"fixed rule": (0.0, False, None), "target 5 %": (5.0, False, None), "target 2 %": (2.0, False, None),
+        "target 5 %, warm start": (5.0, True, None), "target 2 %, warm start": (2.0, True, None),
+        "target 5 %, warm, audits train (split)": (5.0, True, "split"),
+        "target 5 %, warm, audits train (lag)": (5.0, True, "lag"),
+        "target 2 %, warm, audits train (split)": (2.0, True, "split"),
+        "target 5 %, warm, audits ride (split)": (5.0, True, "split ride"),
+        "target 5 %, warm, audits ride (lag)": (5.0, True, "lag ride"),
+        "target 2 %, warm, audits ride (split)": (2.0, True, "split ride")}  # target, warm start, audit training
+DEFAULT_ARMS = ["fixed rule", "target 5 %", "target 2 %", "target 5 %, warm start", "target 2 %, warm start",
+                "target 5 %, warm, audits train (split)", "target 2 %, warm, audits train (split)"]
 CHARTED = ("fixed rule", "target 5 %", "target 5 %, warm start")  # the plot's lines (all five crowd it)
 TASKS = {"scenes": scene_task, "logos": logo_task, "objects": object_task}
 NONE_OF_THE_ABOVE = "None of the Above"
@@ -161,9 +177,10 @@ class Stream:
     window: list[tuple[Item, bool]] = field(default_factory=list)  # (image, the serving version was confident)
 
 
-def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: set[str]) -> silent.Warm:
+def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: set[str]) -> silent.Warm | None:
     """The backtest of ``head`` replacing ``previous``: the earlier audits it did not train on, scored by it,
-    that both would auto-accept; and the new stratum's share counted on ``previous``'s detections."""
+    that both would auto-accept; and the new stratum's share counted on ``previous``'s detections. None (a cold
+    start) for a backtest of fewer than COLD_AUDITS audits, as the server's ``detection.warm_start.store``."""
     backtest: list[silent.Audit] = []
     usable = [item for item in stream.audited if item.key not in trained]
     if usable:
@@ -180,12 +197,19 @@ def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: se
             if 100 * p.max() >= THRESHOLD:
                 accepted += 1
                 new += not sure
-    return silent.Warm(tuple(backtest), new, accepted)
+    return silent.Warm(tuple(backtest), new, accepted) if len(backtest) >= silent.COLD_AUDITS else None
 
 
-def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_start_on: bool = False
-            ) -> list[Version]:
-    """One arm over one seeded stream: the versions it served."""
+def trains(scheme: str | None, request_id: str, share: float) -> bool:
+    """Whether an audit's answer becomes training data at once (``split``: drawn by a hash of its id, as
+    ``silent_errors.audit_trains`` draws it in the server)."""
+    return scheme is not None and scheme.startswith("split") and silent.audit_trains(request_id, share)
+
+
+def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_start_on: bool = False,
+            audit_training: str | None = None, share: float = 0.5) -> list[Version]:
+    """One arm over one seeded stream: the versions it served (``audit_training``: None, "split" or "lag",
+    see ARMS)."""
     rng = np.random.default_rng(seed)
     labeled, rest = w.first_labeled(rng)
     rest = rest + w.open_set
@@ -196,6 +220,8 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
     versions = [Version(arm, seed, 1, w.macro_f1(head), 0)]
     audits: list[silent.Audit] = []
     seen, warm, new_opened = Stream(), None, 0
+    pending: list[Item] = []  # "lag": this version's answered audits, training data once the next one deploys
+    rides = bool(audit_training and audit_training.endswith("ride"))
     for start in range(0, len(stream), batch_size):
         batch = stream[start:start + batch_size]
         current = versions[-1]
@@ -205,7 +231,8 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
             label, confidence = head.labels[int(p.argmax())], float(100 * p.max())
             new = warm is not None and 100 * old < THRESHOLD
             found = silent.estimate_from(f"v{current.version}", target, audits, current.audits, warm, new_opened)
-            routed = silent.route(label, confidence, f"{seed}-{arm}-{item.key}", base=THRESHOLD,
+            request_id = f"{seed}-{arm}-{item.key}"
+            routed = silent.route(label, confidence, request_id, base=THRESHOLD,
                                   base_name=silent.MINIMUM_CONFIDENCE, review=True, found=found,
                                   audits=[*warm.backtest, *audits] if warm else audits, new=new)
             wrong = item.label != label  # an open-set crop is always wrong
@@ -221,6 +248,11 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
                 new_opened += new
                 seen.audited.append(item)
                 audits.append(silent.Audit(label, confidence, wrong, confidence >= routed.threshold, new))
+                if item.label in known and trains(audit_training, request_id, share):
+                    labeled.append(item)
+                    untrained += not rides
+                elif item.label in known and audit_training and audit_training.startswith("lag"):
+                    pending.append(item)
             elif routed.to_review and item.label in known:
                 labeled.append(item)
                 current.labels_given += 1
@@ -238,6 +270,7 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
             previous, head, untrained, audits, new_opened = head, w.train(labeled, seed), 0, [], 0
             warm = warm_start(w, head, previous, seen, {i.key for i in labeled}) if warm_start_on else None
             seen.window = []
+            labeled, untrained, pending = labeled + pending, untrained + len(pending) * (not rides), []
             versions.append(Version(arm, seed, current.version + 1, w.macro_f1(head), answers, warm=warm is not None,
                                     backtest=len(warm.backtest) if warm else 0))
     return versions
@@ -340,27 +373,33 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), default="scenes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
+    parser.add_argument("--train-share", type=float, default=silent.AUDIT_TRAINING_SHARE,
+                        help="audits that train (split arms): the share of audit answers that become training data")
     parser.add_argument("--cold-audits", type=int, default=silent.COLD_AUDITS,
                         help="audit policy under trial: a new version's audits at rate 1")
     parser.add_argument("--floor", type=float, default=silent.MINIMUM_RATE_ABOVE_TARGET,
                         help="audit policy under trial: the lowest audit rate while the bound is above the target")
     parser.add_argument("--split", type=float, nargs=3, default=silent.STRATA_SPLIT,
                         help="warm start under trial: shares of the bound's 5 %% (known, new, share)")
+    parser.add_argument("--tag", default="", help="appended to the output files' names (runs side by side)")
+    parser.add_argument("--version-wide", action="store_true")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
     # The policy is the product's module constants; a trial sets them for this process only.
-    trial = (args.cold_audits, args.floor, tuple(args.split)) != (silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET,
-                                                                  tuple(silent.STRATA_SPLIT))
+    trial = (args.cold_audits, args.floor, tuple(args.split), args.train_share) != (
+        silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET, tuple(silent.STRATA_SPLIT), silent.AUDIT_TRAINING_SHARE)
     silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET = args.cold_audits, args.floor
     silent.STRATA_SPLIT = tuple(args.split)
+    silent.VERSION_WIDE = args.version_wide
     w = world(args.task)
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
-            target, warm_start_on = ARMS[arm]
+            target, warm_start_on, audit_training = ARMS[arm]
             started = time.perf_counter()
-            versions = run_arm(w, arm, target, seed, args.batch_size, warm_start_on)
+            versions = run_arm(w, arm, target, seed, args.batch_size, warm_start_on, audit_training,
+                               args.train_share)
             rows += [v.row() for v in versions]
             print(f"seed {seed} {arm}: {len(versions)} versions in {time.perf_counter() - started:.0f} s", flush=True)
     result = {"task": args.task, "seeds": args.seeds, "batch_size": args.batch_size,
@@ -369,7 +408,8 @@ def main() -> None:
               "summary": [summary(rows, arm) for arm in args.arms], "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}-split-"
-                                    f"{'-'.join(f'{x:g}' for x in args.split)}" if trial else "")
+                                    f"{'-'.join(f'{x:g}' for x in args.split)}-share-{args.train_share:g}"
+                                    if trial else "") + (f"-{args.tag}" if args.tag else "")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
     (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))

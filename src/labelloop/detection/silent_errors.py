@@ -7,7 +7,8 @@ rule that keeps it under Maximum-Silent-Error-Rate.
   opened + 1)`` of them (never under ``MINIMUM_RATE_ABOVE_TARGET``); ``STEADY_RATE`` once the bound is at or
   below the target.
   The draw is a hash of the detection's request id, so a repeated step draws the same. Audits are not
-  training data, except answers that correct the model with Train-On-Audit-Corrections on.
+  training data, except the share Audit-Training-Share draws (``audit_trains``: another hash of the request id,
+  never the answer; 0 by default) and answers that correct the model with Train-On-Audit-Corrections on.
 * **The estimate**, per serving version: the answered audits (and the seed's every-n-th sampling answers) of
   detections that were auto-accepted or would have been (confidence at or above the threshold in force for
   them); an answer other than the model's label, *None of the Above* included, is a silent error. The bound is
@@ -57,6 +58,13 @@ STEADY_RATE = 0.02
 # new one 0.3 and the share 0.1 changed nothing in the simulation (README, "Silent errors").
 STRATA_SPLIT = (1 / 3, 1 / 3, 1 / 3)
 MIN_AUDITS_TO_RAISE = 5
+# A trial, off: also raise one threshold for all of a version's labels from its audits pooled (the simulation's
+# --version-wide; README, "Silent errors": tried, not adopted).
+VERSION_WIDE = False
+# Audits that train: the share of audit answers a hash of the detection's request id makes training data in the
+# simulation's "split" arms (the measured setting; the server's Audit-Training-Share parameter is 0 by default,
+# as the seed); the others never are, so every later version's backtest keeps them.
+AUDIT_TRAINING_SHARE = 0.5
 MINIMUM_CONFIDENCE = "Minimum-Label-Detection-Confidence"  # the seed's rule, by the name of its parameter
 
 
@@ -76,8 +84,8 @@ RULE_MEANINGS = {  # what each rule does, in the user's words (the parameters pa
     Rule.BELOW_LABEL_THRESHOLD: "below its label's assumed threshold (Use-Label-Assumed-Thresholds true): a "
                                 "'Detection' loop",
     Rule.AUDIT: "drawn at random to audit the auto-accepted detections (Maximum-Silent-Error-Rate above 0): a "
-                "'Human Sampling' loop, training data only when it corrects the model and "
-                "Train-On-Audit-Corrections is true",
+                "'Human Sampling' loop, training data only when Audit-Training-Share draws it, or when it "
+                "corrects the model and Train-On-Audit-Corrections is true",
     Rule.BELOW_RAISED_THRESHOLD: "below the threshold silent-error control raised for a label whose audits "
                                  "bound its silent errors above Maximum-Silent-Error-Rate: a 'Detection' loop",
     Rule.AUTO_ACCEPTED: "at or above every threshold and not drawn for audit: no human sees it",
@@ -332,10 +340,11 @@ def audit_rate(found: Estimate, new: bool = False) -> float:
     return max(MINIMUM_RATE_ABOVE_TARGET, min(1.0, COLD_AUDITS / (opened + 1)))
 
 
-def raised_threshold(label: str, audits: list[Audit], target: float) -> float | None:
+def raised_threshold(label: str | None, audits: list[Audit], target: float) -> float | None:
     """The confidence (0–100) below which ``label``'s detections go to review because its audits bound the
-    silent-error rate above ``target``; None when they do not (or too few audits to say)."""
-    mine = sorted((a for a in audits if a.label == label), key=lambda a: -a.confidence)
+    silent-error rate above ``target``; None when they do not (or too few audits to say). ``label`` None: every
+    label's audits pooled."""
+    mine = sorted((a for a in audits if label is None or a.label == label), key=lambda a: -a.confidence)
     if len(mine) < MIN_AUDITS_TO_RAISE or not any(a.wrong for a in mine):
         return None
     if 100 * upper_bound(sum(a.wrong for a in mine), len(mine)) <= target:
@@ -353,6 +362,14 @@ def raised_threshold(label: str, audits: list[Audit], target: float) -> float | 
 def draw(request_id: str) -> float:
     """A number in [0, 1) fixed by the request id: whether a detection is audited does not change on retry."""
     return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def audit_trains(request_id: str, share: float) -> bool:
+    """Whether the answer to the audit of detection ``request_id`` becomes training data when ``share`` (0–1)
+    of audit answers do. Drawn by a hash of the request id (salted, so independent of the audit's own draw),
+    never by the answer: the audits left out of the training data are a random part of all audits, and a
+    backtest that leaves out those a version trained on stays an unbiased sample."""
+    return share > 0 and draw(f"training:{request_id}") < share
 
 
 @dataclass(frozen=True)
@@ -390,6 +407,8 @@ def route(label: str, confidence: float, request_id: str, *, base: float, base_n
         rule = Rule.BELOW_CONFIDENCE if base_name == MINIMUM_CONFIDENCE else Rule.BELOW_LABEL_THRESHOLD
         return Route(rule, base, f"confidence {confidence:.1f} is below {base_name} {base:g}")
     raised = raised_threshold(label, audits, found.target) if found.target > 0 else None
+    if VERSION_WIDE and found.target > 0:
+        raised = max(raised or 0.0, raised_threshold(None, audits, found.target) or 0.0) or None
     threshold = max(base, raised or 0.0)
     rate = audit_rate(found, new)
     if draw(request_id) < rate:

@@ -4,7 +4,10 @@
   auto-accepted detections, whose image is still stored with the same content) that the new version did not
   train on (content hash not in its manifest), scored by the new version (its label and confidence recomputed,
   judged against its own threshold), kept where the previous version would auto-accept the image too (the
-  known stratum).
+  known stratum). An audit it did train on is left out only where Audit-Training-Share drew it (by its request
+  id, never by the answer: those left out are a random part of the audits); one in its training data for
+  another reason (Train-On-Audit-Corrections copies the answers that caught a mistake) counts as a silent
+  error, the worst case, since leaving the corrections out would keep only the audits that agreed.
 * **The new stratum's share**: the previous version's latest ``WINDOW`` detections scored by the new version:
   of those it would auto-accept, how many the previous version would not have. An image the new version trained
   on reads more confident than it would, so it counts only where that raises the share (a trained-on image
@@ -66,8 +69,13 @@ class Plan:
     previous_head: Any
     backbone: tuple[Any, Any]  # the new version's backbone session and embedding cache (the previous reads the same)
     thresholds: dict[tuple[str, str], float]  # (version, label) -> the base threshold in force
-    audits: list[tuple[str, str, str]]  # answered audits: key, etag, answer
+    audits: list[tuple[str, str, str, str]]  # answered audits: key, etag, answer, request id
+
+    def accepts(self, name: str, label: str, confidence: float) -> bool:
+        """Whether version ``name`` would auto-accept ``label`` at ``confidence`` (its base threshold)."""
+        return confidence >= self.thresholds.get((name, label), 100.0)
     window: list[tuple[str, str, str, float]]  # the previous version's detections: key, etag, label, confidence
+    share: float = 0.0  # Audit-Training-Share (0–1): the audits it draws became training data
 
 
 def store(version: str) -> dict[str, Any] | None:
@@ -108,37 +116,51 @@ def _plan(version: str) -> Plan | dict[str, Any] | None:
                       for name, labels in ((version, row.labels), (previous.version, previous.labels))
                       for label in labels or []}
         return Plan(version, previous.version, head_of(row), head_of(previous), version_embedder(row), thresholds,
-                    _answered_audits(version, session=session), _window(previous.version, session=session))
+                    _answered_audits(version, session=session), _window(previous.version, session=session),
+                    parameters.value(parameters.AUDIT_TRAINING_SHARE, session=session) / 100)
+
+
+Scored = dict[str, tuple[tuple[str, float], tuple[str, float]]]  # digest -> (new head's top, previous head's top)
 
 
 def build(plan: Plan) -> silent_errors.Warm:
     """The backtest and the new stratum's counts (see the module's docstring)."""
     trained = {r["sha256"] for r in dataset.manifest_of(plan.version)["images"] if r.get("sha256")}
-    audits = [item for key, etag, answer in plan.audits if (item := _stored(key, etag, answer, None))]
+    audits = [(item, silent_errors.audit_trains(rid, plan.share)) for key, etag, answer, rid in plan.audits
+              if (item := _stored(key, etag, answer, None))]
     window = [item for key, etag, label, confidence in plan.window if (item := _stored(key, etag, label, confidence))]
-    vectors = embed_cached(*plan.backbone, {item.digest: item.data for item in audits + window})
+    vectors = embed_cached(*plan.backbone, {item.digest: item.data for item in [a for a, _ in audits] + window})
     scored = {digest: (_top(plan.head, vector), _top(plan.previous_head, vector))
               for (digest, _), vector in vectors.vectors.items()}
-
-    def accepts(name: str, label: str, confidence: float) -> bool:
-        return confidence >= plan.thresholds.get((name, label), 100.0)
-
-    backtest = []
-    for item in audits:
-        if item.digest in trained or item.digest not in scored:
-            continue
-        (label, confidence), previous = scored[item.digest]
-        if accepts(plan.previous, *previous):
-            backtest.append(silent_errors.Audit(label, confidence, item.label != label,
-                                                accepts(plan.version, label, confidence)))
+    backtest = backtest_of(plan, audits, scored, trained)
     new = accepted = 0
     for item in window:
-        sure = accepts(plan.previous, item.label, item.confidence)
+        sure = plan.accepts(plan.previous, item.label, item.confidence)
         if item.digest not in scored or (sure and item.digest in trained):
             continue
-        if accepts(plan.version, *scored[item.digest][0]):
+        if plan.accepts(plan.version, *scored[item.digest][0]):
             accepted, new = accepted + 1, new + (not sure)
     return silent_errors.Warm(tuple(backtest), new, accepted)
+
+
+def backtest_of(plan: Plan, audits: list[tuple[Stored, bool]], scored: Scored, trained: set[str]
+                ) -> list[silent_errors.Audit]:
+    """The backtest from the answered ``audits`` (each with whether Audit-Training-Share drew it), ``scored``
+    by both heads, for a version that trained on the content hashes ``trained``: in the known stratum only;
+    one drawn and trained on is left out, one trained on but not drawn (a correction) counts as wrong."""
+    backtest = []
+    for item, drawn in audits:
+        if (drawn and item.digest in trained) or item.digest not in scored:
+            continue
+        (label, confidence), previous = scored[item.digest]
+        if not plan.accepts(plan.previous, *previous):
+            continue
+        if item.digest in trained:  # not drawn, so it trains for what its answer said: the worst case
+            backtest.append(silent_errors.Audit(label, confidence, True, True))
+        else:
+            backtest.append(silent_errors.Audit(label, confidence, item.label != label,
+                                                plan.accepts(plan.version, label, confidence)))
+    return backtest
 
 
 def _top(head: Any, vector: np.ndarray) -> tuple[str, float]:
@@ -150,15 +172,16 @@ def _has_detected(version: str, *, session: Session) -> bool:
     return session.scalar(select(DetectionEvent.id).where(DetectionEvent.model_version == version).limit(1)) is not None
 
 
-def _answered_audits(version: str, *, session: Session) -> list[tuple[str, str, str]]:
-    """Every other version's answered audits: key, ETag and the answer."""
-    rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.human_label).where(
+def _answered_audits(version: str, *, session: Session) -> list[tuple[str, str, str, str]]:
+    """Every other version's answered audits: key, ETag, the answer and the detection's request id."""
+    rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.human_label,
+                                  DetectionEvent.request_id).where(
         DetectionEvent.model_version != version, DetectionEvent.status == DetectionStatus.DETECTED,
         DetectionEvent.previous_event_id.is_(None), DetectionEvent.sampled.is_(True),
         DetectionEvent.human_label.is_not(None),
         DetectionEvent.routing_rule.in_([silent_errors.Rule.AUDIT, silent_errors.Rule.AUTO_ACCEPTED,
                                          silent_errors.Rule.BELOW_RAISED_THRESHOLD])).order_by(DetectionEvent.id))
-    return [(key, etag, answer) for key, etag, answer in rows]
+    return [(key, etag, answer, request_id) for key, etag, answer, request_id in rows]
 
 
 def _window(previous: str, *, session: Session) -> list[tuple[str, str, str, float]]:

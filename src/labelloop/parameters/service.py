@@ -29,6 +29,7 @@ BALANCE_LABELS_IN_TRAINING = "Balance-Labels-In-Training"
 USE_LABEL_ASSUMED_THRESHOLDS = "Use-Label-Assumed-Thresholds"
 MAXIMUM_SILENT_ERROR_RATE = "Maximum-Silent-Error-Rate"
 TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
+AUDIT_TRAINING_SHARE = "Audit-Training-Share"
 QUANTIZE_BACKBONE = "Quantize-Backbone"
 GOLD_TASK_RATE = "Gold-Task-Rate"
 MINIMUM_GOLD_ACCURACY = "Minimum-Gold-Accuracy"
@@ -154,6 +155,16 @@ DEFINITIONS: dict[str, Definition] = {
                    "valuable examples there are. The silent-error estimate stays honest (an audit judges only "
                    "the version that made the detection; the F1 gate leaves out answers about images a "
                    "version trained on). Off by default: audits are never training data."),
+        Definition(AUDIT_TRAINING_SHARE, "float", "0.0",
+                   "The percentage of 'Human Sampling' answers (audits) that become training data like answers "
+                   "to 'Detection' loops, whatever the answer (None of the Above never trains). Which ones is "
+                   "drawn by a hash of the detection's request id, never by the answer, so the others stay out "
+                   "of the training data for good and every later version's warm-start backtest is still a "
+                   "random sample of the audits it did not train on; an audit judges only the version that "
+                   "made the detection, which was trained before it. 50 is what the simulation on real photos "
+                   "measured (README, Silent errors). 0 by default, as the seed: sampled answers are not "
+                   "training data (unless Train-On-Audit-Corrections).",
+                   minimum=0.0, maximum=100.0),
         Definition(QUANTIZE_BACKBONE, "bool", "false",
                    "Train each new version twice: on the backbone's embeddings and on those of an int8 copy of "
                    "the backbone calibrated on the version's own training images; the version serves the int8 "

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from labelloop import db, labels
 from labelloop.config import get_settings
+from labelloop.detection import silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling.images import decode_image
 from labelloop.parameters import service as parameters
@@ -615,8 +616,9 @@ def _note(name: str, message: str) -> None:
 
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Put an answered loop's image where its answer says. Detection loops: one copy under the label's folder
-    (none for None of the Above; none for sampling loops unless Train-On-Audit-Corrections is on and the answer
-    disagrees with the model); a corrected answer moves that copy, never adds a second.
+    (none for None of the Above; none for sampling loops unless Audit-Training-Share draws the loop's detection,
+    or Train-On-Audit-Corrections is on and the answer disagrees with the model); a corrected answer moves that
+    copy, never adds a second.
     Label Audit loops: the training image itself moves (:func:`apply_label_audit`). Only the content the loop
     was opened for is used. Returns the new training object; the caller fires its "object created" event."""
     with db.session() as session:
@@ -655,11 +657,21 @@ def copy_to_training_data(name: str) -> dict[str, Any] | None:
 
 
 def teaches(loop: HumanLoop, *, session: Session) -> bool:
-    """Whether a sampling loop's answer becomes training data: one that caught the model wrong, with
+    """Whether a sampling loop's answer becomes training data: one the Audit-Training-Share draws (by a hash of
+    its detection's request id, never by the answer), or one that caught the model wrong with
     Train-On-Audit-Corrections on. The estimates stay honest: an audit judges only the version that made the
-    detection, and the F1 gate leaves out answers about images a version trained on."""
-    return (loop.answer_label != loop.model_label
-            and parameters.value(parameters.TRAIN_ON_AUDIT_CORRECTIONS, session=session))
+    detection (trained before it), a later version's backtest leaves out the audits it trained on (a random
+    part of them, when drawn), and the F1 gate leaves out answers about images a version trained on."""
+    if loop.answer_label != loop.model_label and parameters.value(parameters.TRAIN_ON_AUDIT_CORRECTIONS,
+                                                                  session=session):
+        return True
+    share = parameters.value(parameters.AUDIT_TRAINING_SHARE, session=session) / 100
+    request_id = session.scalar(select(DetectionEvent.request_id).where(DetectionEvent.id == loop.detection_id))
+    drawn = silent_errors.audit_trains(request_id or loop.name, share)
+    if drawn:
+        log.info("audit answer drawn into the training data by Audit-Training-Share",
+                 extra={"loop": loop.name, "request_id": request_id, "share": share})
+    return drawn
 
 
 def _set_copied_key(name: str, key: str | None) -> None:
