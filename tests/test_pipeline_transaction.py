@@ -48,6 +48,8 @@ def counts(event_id: int) -> tuple[str, int, int]:
 def test_answer_loop_and_notification_are_written_together_once(database: None,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     event = detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "detection-run-a")
+    assert detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "detection-run-a") == event, \
+        "the same upload, recorded again (a retried step), is the same event"
     monkeypatch.setattr(detections, "infer", lambda _event: answered(20.0))  # unsure: a human loop
     broken = notifications.record
 
@@ -88,3 +90,17 @@ def test_a_confident_detection_opens_no_loop_and_a_missing_model_leaves_it_waiti
     assert done["detection"]["status"] == DetectionStatus.WAITING_FOR_MODEL and done["human_loop"] is None
     with db.session() as session:
         assert session.get(Notification, done["notification"]).event_type == "detection.waiting_for_model"
+
+
+def test_a_part_written_by_another_execution_is_found_not_repeated(database: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another execution of the same run stored the notification a moment ago (its unique key clashes at the
+    commit): the parts are written one by one, and the notification is the one already there."""
+    event = detections.record_arrival("images_for_detection/d.jpg", "d" * 32, "detection-run-d")
+    with db.session() as session:
+        earlier = notifications.record("detection.detected", "earlier", "stored by another execution",
+                                       session=session, dedupe_key="detection-run-d:detection:DETECTED").id
+    monkeypatch.setattr(detections, "infer", lambda _event: answered(20.0))
+    done = routing._detect_now(event, "detection-run-d")
+    assert done["notification"] == earlier and done["human_loop"] is not None
+    assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)

@@ -45,11 +45,12 @@ def notify_detection(detection: dict[str, Any], loop: dict[str, Any] | None, run
 
 
 def record_notification(detection: dict[str, Any], loop: dict[str, Any] | None, run_id: str, *,
-                        session: Session) -> notifications.Recorded:
+                        session: Session, new: bool = False) -> notifications.Recorded:
     """:func:`notify_detection`'s notification stored in the caller's transaction (deliver it after the commit
-    with ``notifications.deliver_recorded``)."""
+    with ``notifications.deliver_recorded``); ``new``: the answer was written in this transaction, so no
+    notification of it can exist yet."""
     event_type, subject, message, fields = detection_message(detection, loop, run_id)
-    return notifications.record(event_type, subject, message, session=session, **fields)
+    return notifications.record(event_type, subject, message, session=session, new=new, **fields)
 
 
 def detection_message(detection: dict[str, Any], loop: dict[str, Any] | None,

@@ -35,18 +35,16 @@ def as_dict(event: DetectionEvent) -> dict[str, Any]:
 
 
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
-    """The detection event of this object (created once; the same key and ETag give the same event)."""
+    """The detection event of this object (created once; the same key and ETag give the same event: the unique
+    index on them refuses a second, so a new arrival costs no lookup first)."""
     with db.session() as session:
-        existing = _event_for(key, etag, session=session)
-        if existing is not None:
-            return as_dict(existing)
         event = DetectionEvent(request_id=str(uuid.uuid4()), object_key=key, etag=etag, run_id=run_id,
                                source=source, status=DetectionStatus.WAITING_FOR_MODEL,
                                status_message="waiting for a model version to serve")
         session.add(event)
         try:
             session.flush()
-        except IntegrityError:  # another worker recorded it first
+        except IntegrityError:  # recorded before: by this step's earlier try, or another worker a moment ago
             session.rollback()
             return as_dict(_event_for(key, etag, session=session))
         return as_dict(event)

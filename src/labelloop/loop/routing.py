@@ -23,6 +23,7 @@ from labelloop.config import get_settings
 from labelloop.detection import flows as detection
 from labelloop.detection import service as detections
 from labelloop.detection import warm_start
+from labelloop.detection.models import DetectionStatus
 from labelloop.files import short_digest
 from labelloop.modeling import dataset
 from labelloop.modeling import flows as modeling
@@ -147,7 +148,8 @@ def _detect_now(event: dict[str, Any], run_id: str) -> dict[str, Any]:
         with db.session() as session:
             found = detections.record_outcome(event["id"], outcome, session=session)
             loop = review.open_loop_in(found, session=session)
-            recorded = detection.record_notification(found, loop, run_id, session=session)
+            answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
+            recorded = detection.record_notification(found, loop, run_id, session=session, new=answered_now)
     except IntegrityError:
         log.warning("a part of a detection was written by another execution of its run; finding it",
                     extra={"detection_id": event["id"], "run_id": run_id})

@@ -72,11 +72,13 @@ class Recorded(NamedTuple):
 
 
 def record(event_type: str, subject: str, message: str, *, session: Session, dedupe_key: str | None = None,
-           **fields: Any) -> Recorded:
+           new: bool = False, **fields: Any) -> Recorded:
     """Store a notification in the caller's transaction (once per ``dedupe_key``: an ``IntegrityError`` at the
-    commit means another execution stored it a moment ago). With no channel configured the feed is its only
-    delivery, written with the row; otherwise pass the answer to :func:`deliver_recorded` after the commit."""
-    note = _existing(dedupe_key, session=session)
+    commit means another execution stored it a moment ago). ``new``: the caller knows none was stored under
+    the key (it wrote what the notification reports in this transaction), so it is not looked up. With no
+    channel configured the feed is its only delivery, written with the row; otherwise pass the answer to
+    :func:`deliver_recorded` after the commit."""
+    note = None if new else _existing(dedupe_key, session=session)
     if note is None:
         note = Notification(event_type=event_type, subject=subject[:300], message=message, dedupe_key=dedupe_key,
                             deliveries={} if _channels(get_settings()) else {"feed": "stored"}, **fields)
