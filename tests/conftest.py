@@ -307,6 +307,7 @@ def server_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
     env.update({"LABELLOOP_ADMIN_PASSWORD": ADMIN_PASSWORD, "LABELLOOP_LOG_FORMAT": "json",
                 "LABELLOOP_SCHEDULER_POLLING_SECONDS": "0.5", "LABELLOOP_QUEUE_POLLING_SECONDS": "0.1",
+                "LABELLOOP_IDLE_QUEUE_POLLING_SECONDS": "0.5",
                 "LABELLOOP_UNDO_SECONDS": "1"})  # answers are applied 1 s after they are sent
     env.update(extra)
     return env

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sqlite3
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from conftest import Server, wait_until
+from labelloop.storage.backends.local import LocalBackend
 from labelloop.storage.service import InvalidKey, validate_key
 
 
@@ -137,3 +140,20 @@ def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> Non
         assert branches[keys[0]] == "training data"
         assert all(r["input"]["args"][0]["key"] != "manifests/not-an-event.png"
                    for r in api.get("/runs", params={"limit": 500}).json() if r["name"] == "object_created")
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "missing"])
+def test_an_etag_file_lost_in_a_crash_is_computed_again(tmp_path: Path, damage: str) -> None:
+    """The ETag file is written without fsync: whatever a crash leaves of it, head() gives the object's MD5."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    data = b"\xff\xd8 some image bytes"
+    stored = bucket.put("images_for_detection/a.jpg", data)
+    assert stored.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    meta = tmp_path / "bucket.meta" / "images_for_detection" / "a.jpg"
+    assert meta.read_text() == stored.etag
+    if damage == "missing":
+        meta.unlink()
+    else:
+        meta.write_bytes(b"" if damage == "empty" else b"\x00\x00\x00")
+    assert bucket.head("images_for_detection/a.jpg").etag == stored.etag
+    assert meta.read_text() == stored.etag  # repaired for the next reader

@@ -95,7 +95,7 @@ def start(settings: Settings, role: str = "serve") -> None:
                                                                 2 * settings.database_pool_size)
     try:
         with _startup_chatter_at_debug():
-            _launch(config, listen, settings.queue_polling_seconds)
+            _launch(config, listen, settings.queue_polling_seconds, settings.idle_queue_polling_seconds)
     except BaseException:
         liveness.close()
         raise
@@ -149,8 +149,11 @@ def _startup_chatter_at_debug() -> Any:
         chatter.removeFilter(quiet)
 
 
-def _launch(config: DBOSConfig, listen: list[str] | None, poll: float) -> None:
-    """Create and launch DBOS, then declare labelloop's queues."""
+def _launch(config: DBOSConfig, listen: list[str] | None, poll: float, idle_poll: float) -> None:
+    """Create and launch DBOS, then declare labelloop's queues: object-events polled every ``poll`` seconds,
+    the three that take a run now and then (training, parameters, sampling) every ``idle_poll`` (at least
+    ``poll``)."""
+    idle_poll = max(poll, idle_poll)
     DBOS(config=config)
     if listen is not None:
         DBOS.listen_queues(listen)
@@ -160,12 +163,12 @@ def _launch(config: DBOSConfig, listen: list[str] | None, poll: float) -> None:
                                                        polling_interval_sec=poll)
     # One training at a time across every worker process.
     _queues[TRAINING_QUEUE] = DBOS.register_queue(TRAINING_QUEUE, global_concurrency=1,
-                                                  polling_interval_sec=poll)
+                                                  polling_interval_sec=idle_poll)
     # Parameter changes are applied one at a time, in the order they were made.
     _queues[PARAMETERS_QUEUE] = DBOS.register_queue(PARAMETERS_QUEUE, global_concurrency=1,
-                                                    polling_interval_sec=poll)
+                                                    polling_interval_sec=idle_poll)
     _queues[SAMPLING_QUEUE] = DBOS.register_queue(SAMPLING_QUEUE, global_concurrency=1,
-                                                  polling_interval_sec=poll)
+                                                  polling_interval_sec=idle_poll)
 
 
 def _listened_queues(names: list[str] | None) -> list[str] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from labelloop import engine
 from labelloop.detection import service
 from labelloop.modeling.endpoint import sync_serving
@@ -38,6 +40,22 @@ def detect_image(event_id: int) -> dict[str, Any]:
 @engine.step()
 def notify_detection(detection: dict[str, Any], loop: dict[str, Any] | None, run_id: str) -> int:
     """Tell the consumer what was detected (or why not yet)."""
+    event_type, subject, message, fields = detection_message(detection, loop, run_id)
+    return notifications.notify(event_type, subject, message, **fields)
+
+
+def record_notification(detection: dict[str, Any], loop: dict[str, Any] | None, run_id: str, *,
+                        session: Session, new: bool = False) -> notifications.Recorded:
+    """:func:`notify_detection`'s notification stored in the caller's transaction (deliver it after the commit
+    with ``notifications.deliver_recorded``); ``new``: the answer was written in this transaction, so no
+    notification of it can exist yet."""
+    event_type, subject, message, fields = detection_message(detection, loop, run_id)
+    return notifications.record(event_type, subject, message, session=session, new=new, **fields)
+
+
+def detection_message(detection: dict[str, Any], loop: dict[str, Any] | None,
+                      run_id: str) -> tuple[str, str, str, dict[str, Any]]:
+    """The notification of a detection: event type, subject, message and fields (one per run and status)."""
     key = detection["object_key"]
     status = detection["status"]
     if status == "DETECTED":
@@ -52,10 +70,10 @@ def notify_detection(detection: dict[str, Any], loop: dict[str, Any] | None, run
     else:
         subject = f"labelloop: {key} — not detected"
         message = f"The image could not be detected: {detection['status_message']}"
-    return notifications.notify("detection." + status.lower(), subject, message, object_key=key,
-                                model_version=detection["model_version"], label=detection["label"],
-                                confidence=detection["confidence"], status=status, run_id=run_id,
-                                dedupe_key=f"{run_id}:detection:{status}")
+    return "detection." + status.lower(), subject, message, {
+        "object_key": key, "model_version": detection["model_version"], "label": detection["label"],
+        "confidence": detection["confidence"], "status": status, "run_id": run_id,
+        "dedupe_key": f"{run_id}:detection:{status}"}
 
 
 @engine.step()

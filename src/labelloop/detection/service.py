@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,18 +35,16 @@ def as_dict(event: DetectionEvent) -> dict[str, Any]:
 
 
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
-    """The detection event of this object (created once; the same key and ETag give the same event)."""
+    """The detection event of this object (created once; the same key and ETag give the same event: the unique
+    index on them refuses a second, so a new arrival costs no lookup first)."""
     with db.session() as session:
-        existing = _event_for(key, etag, session=session)
-        if existing is not None:
-            return as_dict(existing)
         event = DetectionEvent(request_id=str(uuid.uuid4()), object_key=key, etag=etag, run_id=run_id,
                                source=source, status=DetectionStatus.WAITING_FOR_MODEL,
                                status_message="waiting for a model version to serve")
         session.add(event)
         try:
             session.flush()
-        except IntegrityError:  # another worker recorded it first
+        except IntegrityError:  # recorded before: by this step's earlier try, or another worker a moment ago
             session.rollback()
             return as_dict(_event_for(key, etag, session=session))
         return as_dict(event)
@@ -115,61 +114,85 @@ def record_redetection(previous_event_id: int, run_id: str) -> dict[str, Any]:
         return as_dict(event)
 
 
-def detect_event(event_id: int) -> dict[str, Any]:
-    """Run the serving model on the event's image and record the answer (once; a repeat returns it)."""
-    with db.session() as session:
-        event = session.get(DetectionEvent, event_id)
-        if event.status == DetectionStatus.DETECTED:
-            return as_dict(event)
-        key = event.object_key
+@dataclass(frozen=True)
+class Outcome:
+    """What detecting an event's image came to, before anything is written: ``kind`` is ``detected`` (with the
+    serving ``version``, its ``labels`` and the ``previous`` version's top label and confidence, if any),
+    ``rejected`` or ``waiting`` (with the ``reason``), or ``recorded`` (the event has its answer already)."""
+
+    kind: str
+    reason: str = ""
+    version: str | None = None
+    labels: list[dict[str, Any]] | None = None
+    previous: tuple[str, float] | None = None
+
+
+def infer(event: dict[str, Any]) -> Outcome:
+    """Run the serving model on the image of ``event`` (a detection event as :func:`as_dict` gives it). Reads the
+    bucket and waits for inference; opens no database transaction, so none is held through the wait."""
+    if event["status"] == DetectionStatus.DETECTED:
+        return Outcome("recorded")
     try:
-        _, data = storage.get_object(key)
+        _, data = storage.get_object(event["object_key"])
         inputs = endpoint.prepare_image(data)
     except (ImageRejected, storage.ObjectNotFound) as exc:
-        return _reject(event_id, str(exc))
+        return Outcome("rejected", str(exc))
     try:
         answer = endpoint.detect_compared(inputs)
     except NoModelServing as exc:
-        return _wait(event_id, str(exc))
+        return Outcome("waiting", str(exc))
     previous = None if answer.previous is None else answer.previous[0]
-    return _record(event_id, answer.version.version, endpoint.labels_of(answer.version.labels,
-                                                                        answer.probabilities[0]), previous)
+    return Outcome("detected", version=answer.version.version,
+                   labels=endpoint.labels_of(answer.version.labels, answer.probabilities[0]), previous=previous)
 
 
-def _reject(event_id: int, reason: str) -> dict[str, Any]:
-    with db.session() as session:
-        event = session.get(DetectionEvent, event_id)
-        event.status, event.status_message = DetectionStatus.REJECTED, reason
-        log.warning("detection rejected", extra={"key": event.object_key, "reason": reason})
+def record_outcome(event_id: int, outcome: Outcome, *, session: Session) -> dict[str, Any]:
+    """Write ``outcome`` on the event in the caller's transaction, with its routing; an event that has its answer
+    already is returned as it is (a retried step repeats nothing)."""
+    event = session.get(DetectionEvent, event_id)
+    if event.status == DetectionStatus.DETECTED or outcome.kind == "recorded":
         return as_dict(event)
+    if outcome.kind == "rejected":
+        event.status, event.status_message = DetectionStatus.REJECTED, outcome.reason
+        log.warning("detection rejected", extra={"key": event.object_key, "reason": outcome.reason})
+    elif outcome.kind == "waiting":
+        event.status, event.status_message = DetectionStatus.WAITING_FOR_MODEL, outcome.reason
+    else:
+        _record(event, outcome.version, outcome.labels, outcome.previous, session=session)
+    return as_dict(event)
 
 
-def _wait(event_id: int, reason: str) -> dict[str, Any]:
+def read_event(event_id: int) -> dict[str, Any]:
+    """A detection event by id, as :func:`as_dict` gives it."""
     with db.session() as session:
-        event = session.get(DetectionEvent, event_id)
-        event.status, event.status_message = DetectionStatus.WAITING_FOR_MODEL, reason
-        return as_dict(event)
+        return as_dict(session.get(DetectionEvent, event_id))
 
 
-def _record(event_id: int, version: str, labels: list[dict[str, Any]],
-            previous: tuple[str, float] | None = None) -> dict[str, Any]:
+def detect_event(event_id: int) -> dict[str, Any]:
+    """Run the serving model on the event's image and record the answer (once; a repeat returns it)."""
+    outcome = infer(read_event(event_id))
     with db.session() as session:
-        values = parameters.values(session=session)
-        event = session.get(DetectionEvent, event_id)
-        event.status, event.status_message = DetectionStatus.DETECTED, ""
-        event.detected_at = db.utcnow()
-        event.model_version = version
-        event.labels = labels
-        event.label, event.confidence = labels[0]["name"], labels[0]["confidence"]
-        event.human_review_enabled = values[parameters.ENABLE_A2I_WORKFLOW]
+        return record_outcome(event_id, outcome, session=session)
+
+
+def _record(event: DetectionEvent, version: str, labels: list[dict[str, Any]],
+            previous: tuple[str, float] | None, *, session: Session) -> None:
+    values = parameters.values(session=session)
+    event.status, event.status_message = DetectionStatus.DETECTED, ""
+    event.detected_at = db.utcnow()
+    event.model_version = version
+    event.labels = labels
+    event.label, event.confidence = labels[0]["name"], labels[0]["confidence"]
+    event.human_review_enabled = values[parameters.ENABLE_A2I_WORKFLOW]
+    # The routing's reads do not flush the answer: the first write takes SQLite's write lock, held to the commit.
+    with session.no_autoflush:
         event.new_stratum = new_stratum(version, previous, values, session=session)
         decided = decide_route(event, values, session=session)
-        event.threshold, event.routing_rule, event.review_reason = decided.threshold, decided.rule, decided.reason
-        event.sampled = event.sampled or decided.rule == silent_errors.Rule.AUDIT
-        log.info("image detected", extra={"key": event.object_key, "version": version, "label": event.label,
-                                          "confidence": event.confidence, "routing_rule": decided.rule,
-                                          "review_reason": decided.reason, "new_stratum": event.new_stratum})
-        return as_dict(event)
+    event.threshold, event.routing_rule, event.review_reason = decided.threshold, decided.rule, decided.reason
+    event.sampled = event.sampled or decided.rule == silent_errors.Rule.AUDIT
+    log.info("image detected", extra={"key": event.object_key, "version": version, "label": event.label,
+                                      "confidence": event.confidence, "routing_rule": decided.rule,
+                                      "review_reason": decided.reason, "new_stratum": event.new_stratum})
 
 
 def base_threshold(label: str, version: str, values: dict[str, Any], *, session: Session) -> tuple[float, str]:

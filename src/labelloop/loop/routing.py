@@ -16,15 +16,19 @@ from datetime import datetime
 from typing import Any
 
 from dbos import DBOS
+from sqlalchemy.exc import IntegrityError
 
 from labelloop import db, engine
 from labelloop.config import get_settings
 from labelloop.detection import flows as detection
+from labelloop.detection import service as detections
 from labelloop.detection import warm_start
+from labelloop.detection.models import DetectionStatus
 from labelloop.files import short_digest
 from labelloop.modeling import dataset
 from labelloop.modeling import flows as modeling
 from labelloop.modeling import service as models
+from labelloop.notifications import service as notifications
 from labelloop.parameters import flows as parameters_flows
 from labelloop.parameters import service as parameters
 from labelloop.review import flows as review
@@ -130,20 +134,38 @@ def route_object(event: dict[str, Any]) -> dict[str, Any]:
     return route
 
 
-def _detect_now(event_id: int, run_id: str) -> dict[str, Any]:
-    """Detect, open a human loop if needed, notify: the work of one detection, run inside one recorded step
-    (the steps it calls run there as plain functions, each idempotent, so a retried step repeats nothing)."""
-    found = detection.detect_image(event_id)
-    loop = review.open_human_loop(found)
-    notification = detection.notify_detection(found, loop, run_id)
-    return {"detection": found, "human_loop": loop, "notification": notification}
+def _detect_now(event: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Detect, open a human loop if needed, notify: the work of one detection, run inside one recorded step.
+
+    Inference runs outside any transaction; the answer with its routing, the human loop and the notification
+    are then written in one transaction (one commit per image instead of four), and delivered to channels
+    beyond the feed after it. Each part is idempotent (an answered event is not detected again, a detection
+    with a loop gets no second, a notification is stored once per run and status), so a retried step repeats
+    nothing; if another execution of the run wrote a part a moment ago (a unique key clashes at the commit),
+    the parts run again one transaction each, finding what it wrote."""
+    outcome = detections.infer(event)
+    try:
+        with db.session() as session:
+            found = detections.record_outcome(event["id"], outcome, session=session)
+            loop = review.open_loop_in(found, session=session)
+            answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
+            recorded = detection.record_notification(found, loop, run_id, session=session, new=answered_now)
+    except IntegrityError:
+        log.warning("a part of a detection was written by another execution of its run; finding it",
+                    extra={"detection_id": event["id"], "run_id": run_id})
+        with db.session() as session:
+            found = detections.record_outcome(event["id"], outcome, session=session)
+        loop = review.open_loop_in(found)
+        return {"detection": found, "human_loop": loop,
+                "notification": detection.notify_detection(found, loop, run_id)}
+    return {"detection": found, "human_loop": loop, "notification": notifications.deliver_recorded(recorded)}
 
 
 @engine.step()
 def detect_and_notify(event_id: int, run_id: str) -> dict[str, Any]:
     """Detect a recorded detection event with the serving version, open a human loop if it needs one, notify.
     One recorded step: concurrent runs' images share the serving micro-batches."""
-    return _detect_now(event_id, run_id)
+    return _detect_now(detections.read_event(event_id), run_id)
 
 
 @engine.step()
@@ -151,7 +173,7 @@ def detect_uploaded_image(key: str, etag: str, run_id: str) -> dict[str, Any]:
     """An image arrived for detection: log its detection event (once per key and ETag), then
     :func:`detect_and_notify` it, all in one recorded step."""
     recorded = detection.record_detection_event(key, etag, run_id)
-    return {"event": recorded, **_detect_now(recorded["id"], run_id)}
+    return {"event": recorded, **_detect_now(recorded, run_id)}
 
 
 def _summary(done: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -52,26 +52,54 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
     ``dedupe_key`` makes a retried workflow step notify once. A channel that fails is logged and its
     error kept on the notification; the feed entry and the other channels are not affected.
     """
-    with db.session() as session:
-        note = _existing(dedupe_key, session=session)
-        if note is None:
-            note = Notification(event_type=event_type, subject=subject[:300], message=message,
-                                object_key=object_key, model_version=model_version, label=label,
-                                confidence=confidence, status=status, run_id=run_id, dedupe_key=dedupe_key,
-                                deliveries={})
-            session.add(note)
-            try:
-                session.flush()
-            except IntegrityError:  # the same step, retried elsewhere, stored it a moment ago
-                session.rollback()
-                note = _existing(dedupe_key, session=session)
-        if note.deliveries:
-            return note.id  # a retried step: stored and delivered before
-        fields = as_dict(note)
-    deliveries = deliver(fields)
-    with db.session() as session:
-        session.get(Notification, fields["id"]).deliveries = deliveries
-    return fields["id"]
+    fields = {"object_key": object_key, "model_version": model_version, "label": label,
+              "confidence": confidence, "status": status, "run_id": run_id, "dedupe_key": dedupe_key}
+    try:
+        with db.session() as session:
+            recorded = record(event_type, subject, message, session=session, **fields)
+    except IntegrityError:  # the same step, retried elsewhere, stored it a moment ago
+        with db.session() as session:
+            note = _existing(dedupe_key, session=session)
+            recorded = Recorded(note.id, None if note.deliveries else as_dict(note))
+    return deliver_recorded(recorded)
+
+
+class Recorded(NamedTuple):
+    """A notification written in a transaction: its id, and its fields while it still awaits delivery."""
+
+    id: int
+    undelivered: dict[str, Any] | None
+
+
+def record(event_type: str, subject: str, message: str, *, session: Session, dedupe_key: str | None = None,
+           new: bool = False, **fields: Any) -> Recorded:
+    """Store a notification in the caller's transaction (once per ``dedupe_key``: an ``IntegrityError`` at the
+    commit means another execution stored it a moment ago). ``new``: the caller knows none was stored under
+    the key (it wrote what the notification reports in this transaction), so it is not looked up. With no
+    channel configured the feed is its only delivery, written with the row; otherwise pass the answer to
+    :func:`deliver_recorded` after the commit."""
+    note = None if new else _existing(dedupe_key, session=session)
+    if note is None:
+        note = Notification(event_type=event_type, subject=subject[:300], message=message, dedupe_key=dedupe_key,
+                            deliveries={} if _channels(get_settings()) else {"feed": "stored"}, **fields)
+        session.add(note)
+        session.flush()
+    return Recorded(note.id, None if note.deliveries else as_dict(note))
+
+
+def deliver_recorded(recorded: Recorded) -> int:
+    """Deliver a notification :func:`record` stored, if it awaits delivery, and keep how each channel took it;
+    returns its id."""
+    if recorded.undelivered is not None:
+        deliveries = deliver(recorded.undelivered)
+        with db.session() as session:
+            session.get(Notification, recorded.id).deliveries = deliveries
+    return recorded.id
+
+
+def _channels(settings: Any) -> bool:
+    """Whether any channel beside the feed is configured (email or a webhook)."""
+    return bool((settings.smtp_host and settings.notify_email) or settings.webhook_urls)
 
 
 def _existing(dedupe_key: str | None, *, session: Session) -> Notification | None:

@@ -261,8 +261,10 @@ def value(name: str, *, session: Session) -> Any:
 
 def values(*, session: Session) -> dict[str, Any]:
     """Every parameter's typed current value."""
-    rows = session.scalars(select(Parameter)).all()
-    return {row.name: DEFINITIONS[row.name].parse(row.value) for row in rows if row.name in DEFINITIONS}
+    # Two columns, not ORM rows: every detection reads these, and loading whole rows (their dates converted,
+    # each tracked by the session) was 5 % of the upload pipeline's CPU.
+    rows = session.execute(select(Parameter.name, Parameter.value)).all()
+    return {name: DEFINITIONS[name].parse(value) for name, value in rows if name in DEFINITIONS}
 
 
 def list_all(*, session: Session) -> list[Parameter]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from labelloop import engine
 from labelloop.detection.service import is_audit, needs_human_review
 from labelloop.notifications import service as notifications
@@ -17,10 +19,16 @@ from labelloop.review.models import HumanLoopSource
 def open_human_loop(detection: dict[str, Any]) -> dict[str, Any] | None:
     """Open a human loop when the detection's routing rule sends it to a human: an audit of silent-error
     control as "Human Sampling", any other (below a confidence threshold) as "Detection"."""
+    return open_loop_in(detection)
+
+
+def open_loop_in(detection: dict[str, Any], *, session: Session | None = None) -> dict[str, Any] | None:
+    """:func:`open_human_loop` as a plain function; with ``session``, in the caller's transaction (the
+    detection's answer and its loop are written together)."""
     if not needs_human_review(detection):
         return None
     source = HumanLoopSource.SAMPLING if is_audit(detection) else HumanLoopSource.DETECTION
-    return service.create_loop(detection["id"], source)
+    return service.create_loop(detection["id"], source, session=session)
 
 
 @engine.step()

@@ -240,29 +240,38 @@ def _as_served(shown: dict[str, Any]) -> dict[str, Any]:
     return shown | {"applied_at": undo_ends if undo_ends <= db.utcnow() else None}
 
 
-def create_loop(detection_id: int, source: str) -> dict[str, Any] | None:
-    """Open a human loop for a detection unless it has one; returns the new loop or ``None``."""
-    with db.session() as session:
-        event = session.get(DetectionEvent, detection_id)
-        if event.human_loop_name is not None:
-            return None
-        lifetime = template(session=session).loop_lifetime_hours
-        prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
-        loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
-                         detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
-                         model_label=event.label, model_confidence=event.confidence, object_etag=event.etag,
-                         required_answers=reviewers_for(source, session=session),
-                         expires_at=db.utcnow() + timedelta(hours=lifetime),
-                         task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
-        session.add(loop)
+def create_loop(detection_id: int, source: str, *, session: Session | None = None) -> dict[str, Any] | None:
+    """Open a human loop for a detection unless it has one; returns the new loop or ``None``.
+
+    With ``session`` the loop is written in the caller's transaction (an ``IntegrityError`` at its commit means
+    another run opened one a moment ago); without, in a transaction of its own."""
+    if session is not None:
+        return _create_loop(detection_id, source, session=session)
+    with db.session() as own:
         try:
-            session.flush()
+            return _create_loop(detection_id, source, session=own)
         except IntegrityError:  # opened by another run a moment ago
-            session.rollback()
+            own.rollback()
             return None
-        event.human_loop_name = loop.name
-        log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
-        return as_dict(loop)
+
+
+def _create_loop(detection_id: int, source: str, *, session: Session) -> dict[str, Any] | None:
+    event = session.get(DetectionEvent, detection_id)
+    if event.human_loop_name is not None:
+        return None
+    lifetime = template(session=session).loop_lifetime_hours
+    prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
+    loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
+                     detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
+                     model_label=event.label, model_confidence=event.confidence, object_etag=event.etag,
+                     required_answers=reviewers_for(source, session=session),
+                     expires_at=db.utcnow() + timedelta(hours=lifetime),
+                     task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
+    session.add(loop)
+    session.flush()
+    event.human_loop_name = loop.name
+    log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
+    return as_dict(loop)
 
 
 def open_label_audit_loops(keys: list[str], actor: str, *, session: Session) -> list[dict[str, Any]]:

@@ -1,0 +1,106 @@
+"""The upload pipeline writes a detection's answer, its human loop and its notification in one transaction: all
+or nothing, and a retried step repeats nothing (routing._detect_now on a real application database; only the
+inference is given, as the serving model would answer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from labelloop import db
+from labelloop.detection import service as detections
+from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.loop import routing
+from labelloop.modeling.models import ModelVersion
+from labelloop.notifications import service as notifications
+from labelloop.notifications.models import Notification
+from labelloop.parameters import service as parameters
+from labelloop.review.models import HumanLoop
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[None]:
+    db.init(f"sqlite:///{tmp_path / 'app.db'}")
+    with db.session() as session:
+        parameters.ensure_defaults(session=session)
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={}))
+    yield
+    db.close()
+
+
+def answered(confidence: float) -> detections.Outcome:
+    """What the serving model answers for an image: ``cat`` at ``confidence`` (0–100)."""
+    return detections.Outcome("detected", version="v1", labels=[
+        {"name": "cat", "confidence": confidence}, {"name": "dog", "confidence": 100 - confidence}])
+
+
+def counts(event_id: int) -> tuple[str, int, int]:
+    with db.session() as session:
+        event = session.get(DetectionEvent, event_id)
+        loops = session.scalar(select(func.count(HumanLoop.id)).where(HumanLoop.detection_id == event_id))
+        notes = session.scalar(select(func.count(Notification.id)))
+        return event.status, loops, notes
+
+
+def test_answer_loop_and_notification_are_written_together_once(database: None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    event = detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "detection-run-a")
+    assert detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "detection-run-a") == event, \
+        "the same upload, recorded again (a retried step), is the same event"
+    monkeypatch.setattr(detections, "infer", lambda _event: answered(20.0))  # unsure: a human loop
+    broken = notifications.record
+
+    def failing(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("the disk filled up while the notification was written")
+
+    monkeypatch.setattr(notifications, "record", failing)
+    with pytest.raises(RuntimeError):
+        routing._detect_now(event, "detection-run-a")
+    assert counts(event["id"]) == (DetectionStatus.WAITING_FOR_MODEL, 0, 0), "nothing half-written"
+
+    monkeypatch.setattr(notifications, "record", broken)
+    done = routing._detect_now(detections.read_event(event["id"]), "detection-run-a")  # the step, retried
+    assert done["detection"]["status"] == DetectionStatus.DETECTED and done["human_loop"] is not None
+    assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)
+    with db.session() as session:
+        note = session.get(Notification, done["notification"])
+        assert note.deliveries == {"feed": "stored"}, "no channel configured: stored in the same transaction"
+        assert session.get(DetectionEvent, event["id"]).human_loop_name == done["human_loop"]["name"]
+
+    again = routing._detect_now(detections.read_event(event["id"]), "detection-run-a")  # retried once more
+    assert again["notification"] == done["notification"] and again["human_loop"] is None
+    assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1), "a retried step repeats nothing"
+
+
+def test_a_confident_detection_opens_no_loop_and_a_missing_model_leaves_it_waiting(
+        database: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    with db.session() as session:
+        parameters.change(parameters.MAXIMUM_SILENT_ERROR_RATE, "0", session=session, changed_by="test")
+    sure = detections.record_arrival("images_for_detection/b.jpg", "b" * 32, "detection-run-b")
+    monkeypatch.setattr(detections, "infer", lambda _event: answered(97.0))
+    assert routing._detect_now(sure, "detection-run-b")["human_loop"] is None
+    assert counts(sure["id"]) == (DetectionStatus.DETECTED, 0, 1)
+
+    waiting = detections.record_arrival("images_for_detection/c.jpg", "c" * 32, "detection-run-c")
+    monkeypatch.setattr(detections, "infer", lambda _event: detections.Outcome("waiting", "no version serves"))
+    done = routing._detect_now(waiting, "detection-run-c")
+    assert done["detection"]["status"] == DetectionStatus.WAITING_FOR_MODEL and done["human_loop"] is None
+    with db.session() as session:
+        assert session.get(Notification, done["notification"]).event_type == "detection.waiting_for_model"
+
+
+def test_a_part_written_by_another_execution_is_found_not_repeated(database: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another execution of the same run stored the notification a moment ago (its unique key clashes at the
+    commit): the parts are written one by one, and the notification is the one already there."""
+    event = detections.record_arrival("images_for_detection/d.jpg", "d" * 32, "detection-run-d")
+    with db.session() as session:
+        earlier = notifications.record("detection.detected", "earlier", "stored by another execution",
+                                       session=session, dedupe_key="detection-run-d:detection:DETECTED").id
+    monkeypatch.setattr(detections, "infer", lambda _event: answered(20.0))
+    done = routing._detect_now(event, "detection-run-d")
+    assert done["notification"] == earlier and done["human_loop"] is not None
+    assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)
