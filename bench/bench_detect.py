@@ -492,7 +492,8 @@ def main() -> None:
 
 
 def start_server(pythonpath: str | None, home: Path) -> Server:
-    """A ``labelloop serve`` with the production polling defaults (the test suite polls faster), from
+    """A ``labelloop serve`` with the production polling defaults, set explicitly so that a `--server-src` of an
+    older checkout polls alike (the test suite polls faster), from
     ``pythonpath`` when given."""
     shutil.rmtree(home, ignore_errors=True)
     env = server_env(LABELLOOP_LOG_LEVEL="WARNING", LABELLOOP_QUEUE_POLLING_SECONDS="0.2",
