@@ -15,7 +15,8 @@ differ in one thing: with the option on, a None of the Above answer is a trainab
 Per arm: the true silent-error rate of the auto-accepted detections (an open-set image auto-accepted is always
 wrong), the open-set images auto-accepted, the share of known-kind images auto-accepted and right, human answers,
 the last version's macro-F1 and that of a version trained on every answer given (the arms train a different
-number of versions, so the last one may miss the last answers); medians over seeds. Outputs bench/out/loop_simulation/negatives-TASK.{json,md}.
+number of versions, so the last one may miss the last answers); medians over seeds. Outputs
+bench/out/loop_simulation/negatives-TASK.{json,md}.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def table(result: dict[str, Any]) -> str:
              f"{THRESHOLD:.0f}), seeds {result['seeds']}, batch {result['batch_size']}; medians over seeds.", "",
              "| None of the Above answers | true silent-error rate of auto-accepted (min–max) | open-set images "
              "auto-accepted | known-kind images auto-accepted and right | human answers | hidden-class images "
-             "| versions | final macro-F1 | macro-F1 trained on every answer |", "|---|---|---|---|---|---|---|---|---|"]
+             "| versions | final macro-F1 | macro-F1 trained on every answer |", "|---" * 9 + "|"]
     for s in result["summary"]:
         low, high = s["true_rate_range"]
         lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % ({low:.1f}–{high:.1f}) | {s['open_accepted_share']:.1%} "
