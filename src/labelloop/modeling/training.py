@@ -698,7 +698,7 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
         progress("fitting", 0, 0)
     labels = sorted({e.label for e in usable}) + ([NEGATIVE_LABEL] if negatives else [])
     index = {label: i for i, label in enumerate(labels)}
-    design = _design(split.train, digests, vectors, index, views, balance_labels)
+    design = weigh_negatives(_design(split.train, digests, vectors, index, views, balance_labels), index)
     meta = {"views": list(views), "seed": seed, "backbone_fingerprint": embedder.fingerprint,
             "balance_labels": balance_labels, "trained_on": "training split"}
     head, oof = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
@@ -714,7 +714,8 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     if final_on_all:
         if progress is not None:
             progress("training on all images", 0, 0)
-        every = _design([*split.train, *split.test], digests, vectors, index, views, balance_labels)
+        every = weigh_negatives(_design([*split.train, *split.test], digests, vectors, index, views, balance_labels),
+                                index)
         head, oof = _fit_head(every, labels, c_grid=c_grid, folds=folds, seed=seed,
                               meta={**meta, "trained_on": "training and test split",
                                     "evaluated_head": {"C": head.meta["C"], "temperature": head.temperature}})
@@ -749,6 +750,7 @@ def _evaluate(head: Head, test: Sequence[LabeledImage], digests: dict[str, str],
 # (labels.FORBIDDEN_CHARACTERS), so no folder can take the name.
 NEGATIVE_LABEL = "<none of the above>"
 MIN_NEGATIVES = 2  # as a label: fewer distinct images and the hidden class is left out
+NEGATIVE_WEIGHT = 1.0  # the hidden class's rows' weight relative to a label's (balanced: the class as one label)
 
 
 def split_negatives(examples: Sequence[LabeledImage], digests: dict[str, str]
@@ -759,6 +761,13 @@ def split_negatives(examples: Sequence[LabeledImage], digests: dict[str, str]
     if len({digests[e.key] for e in negatives}) < MIN_NEGATIVES:
         negatives = []
     return [e for e in examples if e.label != NEGATIVE_LABEL], negatives
+
+
+def weigh_negatives(design: _Design, index: dict[str, int]) -> _Design:
+    """The design with the hidden class's rows weighed NEGATIVE_WEIGHT times as much (unchanged without it)."""
+    if NEGATIVE_LABEL in index and NEGATIVE_WEIGHT != 1.0:
+        design.weight = np.where(design.y == index[NEGATIVE_LABEL], design.weight * NEGATIVE_WEIGHT, design.weight)
+    return design
 
 
 def hide_negatives(head: Head, negatives: int) -> Head:
