@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.modeling import training
 from labelloop.modeling.training import NEGATIVE_LABEL, Head, LabeledImage, train_head
 
 from .run import OUT
@@ -121,8 +120,7 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{result['task']} task ({result['open_share']:.0%} of the stream open-set), the seed's rule (threshold "
-             f"{THRESHOLD:.0f}), seeds {result['seeds']}, batch {result['batch_size']}, hidden-class weight "
-             f"{result['negative_weight']:g}; medians over seeds.", "",
+             f"{THRESHOLD:.0f}), seeds {result['seeds']}, batch {result['batch_size']}; medians over seeds.", "",
              "| None of the Above answers | true silent-error rate of auto-accepted (min–max) | open-set images "
              "auto-accepted | known-kind images auto-accepted and right | human answers | hidden-class images "
              "| versions | final macro-F1 | macro-F1 trained on every answer |", "|---" * 9 + "|"]
@@ -139,10 +137,7 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), default="objects")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--negative-weight", type=float, default=training.NEGATIVE_WEIGHT,
-                        help="under trial: the hidden class's weight against a label's (this process only)")
     args = parser.parse_args()
-    training.NEGATIVE_WEIGHT = args.negative_weight
     w = world(args.task)
     rows = []
     for seed in args.seeds:
@@ -153,11 +148,10 @@ def main() -> None:
             print(f"seed {seed} {arm}: {tally.versions} versions, {rows[-1]['true_rate']:.1f} % silent, "
                   f"F1 {tally.final_macro_f1:.3f} in {time.perf_counter() - started:.0f} s", flush=True)
     result = {"task": args.task, "seeds": args.seeds, "batch_size": args.batch_size,
-              "negative_weight": args.negative_weight,
               "open_share": len(w.open_set) / (len(w.pool) - 2 * len(w.labels) + len(w.open_set)),
               "summary": [summary(rows, arm) for arm in ARMS], "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"negatives-{args.task}" + (f"-weight-{args.negative_weight:g}" if args.negative_weight != 1.0 else "")
+    name = f"negatives-{args.task}"
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
     print(table(result))
