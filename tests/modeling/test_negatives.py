@@ -1,5 +1,5 @@
 """The hidden "none of the above" class: images reviewers answered None of the Above train as a class whose
-softmax share lowers every real label's confidence, and which is never an answer.
+softmax share lowers every real label's confidence, and which never is, or changes, an answer.
 
 Handwritten digits (scikit-learn's scans): the head knows digits 0-4; digits 5-9 are the kinds it never trained
 on, some of which reviewers answered None of the Above (the negatives), and held-out ones are the test.
@@ -39,6 +39,7 @@ def test_negatives_lower_confidence_on_images_like_them_and_are_never_an_answer(
     hidden = train_head(labeled + negatives, embedder, cache, balance_labels=True, final_on_all=True)
     assert hidden.head.labels == plain.head.labels == sorted(KNOWN)
     assert hidden.head.hidden == 1 and hidden.head.W.shape[0] == 6 and plain.head.hidden == 0
+    np.testing.assert_array_equal(hidden.head.W[:5], plain.head.W)  # the labels' rows are fitted without it
     assert NEGATIVE_LABEL not in {s["label"] for s in hidden.suspects} | {s["predicted"] for s in hidden.suspects}
     assert all(e.key not in hidden.test_keys for e in negatives)  # the hidden class trains, never tests
     assert {row["label"] for row in hidden.manifest() if row["key"].startswith("images_none_of_the_above/")} \
@@ -53,6 +54,8 @@ def test_negatives_lower_confidence_on_images_like_them_and_are_never_an_answer(
     proba = hidden.head.predict_proba(x_known)
     assert proba.shape == (len(known), 5) and np.all(proba.sum(1) <= 1 + 1e-9)
     right = np.array(hidden.head.labels)[proba.argmax(1)] == np.array([e.label for e in known])
+    every = np.vstack([strangers, x_known])  # the hidden class changes confidence, never the answer
+    np.testing.assert_array_equal(hidden.head.predict_proba(every).argmax(1), plain.head.predict_proba(every).argmax(1))
     assert right.mean() >= 0.8 and (proba.max(1)[right] >= 0.7).mean() >= 0.6, right.mean()
 
     loaded = Head.load(io.BytesIO(hidden.head.to_bytes()))

@@ -145,6 +145,9 @@ class Head:
     Σ softmax × familiarity, so the answer is the softmax's; format-2 heads keep per-label factors. Chosen on
     the real-image benchmark (bench/real_images) over the centroid rule of format-1 heads (`centroids`,
     `familiar_at`, `familiar_scale`: still loaded and applied for heads saved before).
+
+    `hidden`: W and b may end with rows of a hidden "none of the above" class (`add_hidden_class`) that take part
+    in the softmax and whose columns `predict_proba` drops: `labels` are the real labels only.
     """
 
     labels: list[str]
