@@ -51,7 +51,8 @@ def answer_none_of_the_above(server: Server, images: dict[str, bytes]) -> list[d
 
 def test_none_of_the_above_answers_train_a_hidden_class_only_with_the_option(server: Server) -> None:
     api = server.client()
-    assert api.get(f"/parameters/{OPTION}").json()["value"] == "false"
+    assert api.get(f"/parameters/{OPTION}").json()["value"] == "true", "on by default"
+    set_parameter(server, api, OPTION, "false")
     [off] = answer_none_of_the_above(server, {"images_for_detection/nota-off.png": unseen(1)})
     assert off["copied_key"] is None and keys_under(api, "images_none_of_the_above/") == set()
 

@@ -155,13 +155,14 @@ DEFINITIONS: dict[str, Definition] = {
                    "valuable examples there are. The silent-error estimate stays honest (an audit judges only "
                    "the version that made the detection; the F1 gate leaves out answers about images a "
                    "version trained on). Off by default: audits are never training data."),
-        Definition(LEARN_FROM_NONE_OF_THE_ABOVE, "bool", "false",
+        Definition(LEARN_FROM_NONE_OF_THE_ABOVE, "bool", "true",
                    "Keep a copy of each image answered None of the Above on a 'Detection' loop (on a 'Human "
                    "Sampling' one only with Train-On-Audit-Corrections) under images_none_of_the_above/, never "
                    "in images_labeled_by_folder/, and train it as a hidden 'none of the above' class: its "
                    "share lowers every label's confidence on images like it, so the next version sends them to "
-                   "review instead of answering them wrong; it is never an answer (2 such images needed). Off "
-                   "by default: None of the Above answers add nothing to the training data, as in the seed."),
+                   "review instead of answering them wrong; it is never an answer and never changes one (2 such "
+                   "images needed). On by default (fewer silent errors on real photos, bench/loop_simulation/"
+                   "negatives.py); off: None of the Above answers add nothing, as in the seed."),
         Definition(QUANTIZE_BACKBONE, "bool", "false",
                    "Train each new version twice: on the backbone's embeddings and on those of an int8 copy of "
                    "the backbone calibrated on the version's own training images; the version serves the int8 "
