@@ -53,7 +53,8 @@ def create_version_with_manifest(run_id: str) -> dict[str, Any]:
         version = row.version
     written = dataset.write_manifest(version, run_id)
     usable, _ = dataset.trainable_entries(written["entries"])
-    images = [e for e in written["entries"] if e.get("split") != "rejected"]  # labeled images that are images
+    images = [e for e in written["entries"] if e.get("split") != "rejected"  # labeled images that are images
+              and e["label"] != NEGATIVE_LABEL]
     change_status(version, ModelStatus.TRAINING_IN_PROGRESS, f"training on {len(usable)} images", run_id,
                   manifest_key=written["manifest_key"], image_count=len(images),
                   dataset_digest=written["dataset_digest"],
