@@ -85,4 +85,8 @@ def test_none_of_the_above_answers_train_a_hidden_class_only_with_the_option(ser
     shown = json.dumps([api.get("/models/v2").json(), api.get("/models").json(), api.get("/task-template").json(),
                         api.get("/detections", params={"limit": 1000}).json()])
     assert HIDDEN not in shown and "none_of_the_above/" not in json.dumps(api.get("/task-template").json())
+
+    set_parameter(server, api, OPTION, "false")  # off: the copies stay, unused
+    check = server.wait_run(api.post("/training/check").json()["run_id"])
+    assert check["output"]["none_of_the_above_images"] == 0 and check["output"]["train"] is False, check["output"]
     api.close()
