@@ -125,8 +125,9 @@ def test_seed_walkthrough(server: Server) -> None:
         assert output["humanLoopName"] == name
         assert output["humanAnswers"][0]["answerContent"]["crowd-image-classifier"]["label"] == label
         original = loop["object_key"].rsplit("/", 1)[-1]
-        if label == "None of the Above":
+        if label == "None of the Above":  # no label copy; Learn-From-None-Of-The-Above (on) keeps a hidden-class one
             assert loop["copied_key"] is None
+            assert loop["none_of_the_above_key"].startswith(f"images_none_of_the_above/humanLoopName-{name}-")
         else:
             assert loop["copied_key"].startswith(f"images_labeled_by_folder/{label}/humanLoopName-{name}-")
             assert loop["copied_key"].endswith(f"-{original}")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from labelloop import db
 from labelloop.detection.models import DetectionEvent, DetectionStatus
-from labelloop.modeling.dataset import MIN_IMAGES_PER_LABEL, TrainingData
+from labelloop.modeling.dataset import MIN_IMAGES_PER_LABEL, NONE_OF_THE_ABOVE_FOLDER, TrainingData
 from labelloop.modeling.models import ModelStatus, ModelVersion
 from labelloop.review.models import HumanLoop, HumanLoopStatus
 from labelloop.storage.models import DETECTION_FOLDER, LABELED_FOLDER
@@ -48,7 +48,8 @@ def checklist(data: TrainingData, *, session: Session) -> list[Step]:
         DetectionEvent.status == DetectionStatus.DETECTED, DetectionEvent.previous_event_id.is_(None))) or 0
     workers = session.scalar(select(func.count()).select_from(User).where(User.role == Role.WORKER.value)) or 0
     folded = session.scalar(select(func.count()).select_from(HumanLoop).where(
-        HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.copied_key.is_not(None))) or 0
+        HumanLoop.status == HumanLoopStatus.COMPLETED, HumanLoop.copied_key.is_not(None),
+        HumanLoop.copied_key.not_like(f"{NONE_OF_THE_ABOVE_FOLDER}%"))) or 0
     return [
         Step("labels", "Upload labeled images", len(labels) >= 2,
              f"{len(data.images)} trainable image(s) in {len(labels)} label(s)" if labels else

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from labelloop import db, labels
 from labelloop.modeling.images import ImageRejected, check_image, content_hash
 from labelloop.modeling.models import ModelStatus, UnusableImage
-from labelloop.modeling.training import LabeledImage
+from labelloop.modeling.training import MIN_NEGATIVES, NEGATIVE_LABEL, LabeledImage
 from labelloop.modeling.versions import get_version, latest_version
 from labelloop.parameters import service as parameters
 from labelloop.storage import service as storage
@@ -27,6 +27,9 @@ from labelloop.storage.models import LABELED_FOLDER
 # A label a reviewer has just introduced often has one image; it should not stop the other labels from
 # training. It joins once it has this many distinct images (one to train on, one to test on).
 MIN_IMAGES_PER_LABEL = 2
+# Images answered None of the Above on Detection loops (parameter Learn-From-None-Of-The-Above): they train the
+# hidden class training.NEGATIVE_LABEL, and are never under images_labeled_by_folder/ (no folder is a label).
+NONE_OF_THE_ABOVE_FOLDER = "images_none_of_the_above/"
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +37,20 @@ def labeled_objects() -> list[tuple[str, str, str]]:
     """Every (key, label, etag) under ``images_labeled_by_folder/<label>/``."""
     found = [(info.key, storage.label_of(info.key), info.etag) for info in storage.list_objects(LABELED_FOLDER)]
     return [(key, label, etag) for key, label, etag in found if label]
+
+
+def learns_from_none_of_the_above() -> bool:
+    """Whether None of the Above answers are training data (parameter Learn-From-None-Of-The-Above)."""
+    with db.session() as session:
+        return bool(parameters.value(parameters.LEARN_FROM_NONE_OF_THE_ABOVE, session=session))
+
+
+def negative_objects() -> list[tuple[str, str, str]]:
+    """Every (key, hidden class, etag) under ``images_none_of_the_above/`` when Learn-From-None-Of-The-Above is
+    on; none when it is off (the copies stay in the bucket, unused)."""
+    if not learns_from_none_of_the_above():
+        return []
+    return [(info.key, NEGATIVE_LABEL, info.etag) for info in storage.list_objects(NONE_OF_THE_ABOVE_FOLDER)]
 
 
 def dataset_digest(images: list[tuple[str, str, str]]) -> str:
@@ -52,6 +69,13 @@ class TrainingData:
     left_out_labels: dict[str, str] = field(default_factory=dict)  # label -> reason and what to do
     unusable: list[dict[str, str]] = field(default_factory=list)  # {key, label, reason, found_by}
     labeled: int = 0  # images that are images, in every label (those of left-out labels included)
+    # (key, NEGATIVE_LABEL, etag) of the None of the Above images that train the hidden class (none when fewer
+    # than MIN_NEGATIVES distinct ones, or when Learn-From-None-Of-The-Above is off)
+    negatives: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def trainable(self) -> list[tuple[str, str, str]]:
+        """Every image a training would use: the labels' and the hidden class's."""
+        return [*self.images, *self.negatives]
 
     def per_label(self) -> list[tuple[str, int]]:
         """Trainable images per label, most first."""
@@ -127,7 +151,10 @@ def training_data() -> TrainingData:
         distinct.setdefault(label, set()).add(etag)
     left_out = {label: left_out_reason(len(etags), label) for label, etags in distinct.items()
                 if len(etags) < MIN_IMAGES_PER_LABEL} | invalid
-    return TrainingData([t for t in usable if t[1] not in left_out], left_out, unusable, len(usable))
+    negatives = [t for t in negative_objects() if (t[0], t[2]) not in known]
+    if len({etag for _, _, etag in negatives}) < MIN_NEGATIVES:
+        negatives = []
+    return TrainingData([t for t in usable if t[1] not in left_out], left_out, unusable, len(usable), negatives)
 
 
 def check_new_training(trigger: str, data: TrainingData | None = None) -> dict[str, Any]:
@@ -145,9 +172,9 @@ def check_new_training(trigger: str, data: TrainingData | None = None) -> dict[s
         last_digest = last.dataset_digest if last is not None else None
         last_name, last_failed = (last.version, last.status == ModelStatus.TRAINING_FAILED.value) if last else ("", 0)
     data = data or training_data()
-    untrained = len(data.images) - previous
+    untrained = len(data.trainable()) - previous
     decision = {"trigger": trigger, "automatic_training_enabled": enabled, "labeled_images": data.labeled,
-                "trainable_images": len(data.images),
+                "trainable_images": len(data.images), "none_of_the_above_images": len(data.negatives),
                 "labels": sorted({label for _, label, _ in data.images}), "previous_trained_images": previous,
                 "untrained_images": untrained, "minimum_untrained_images": minimum,
                 "left_out_labels": data.left_out_labels, "unusable_images": len(data.unusable)}
@@ -156,7 +183,7 @@ def check_new_training(trigger: str, data: TrainingData | None = None) -> dict[s
     if untrained < minimum:
         return {**decision, "train": False,
                 "reason": f"{untrained} new labeled image(s) since the last training; {minimum} needed"}
-    if last_digest and last_digest == dataset_digest(data.images):
+    if last_digest and last_digest == dataset_digest(data.trainable()):
         if last_failed:
             return {**decision, "train": False, "reason": "these images already trained a version that failed "
                     f"the F1 gate ({last_name}); add or relabel images first", "unchanged_since": last_name}
@@ -174,7 +201,7 @@ def write_manifest(version: str, run_id: str) -> dict[str, Any]:
     with db.session() as session:
         known = {pair: row.reason for pair, row in unusable_images(session=session).items()}
     entries = []
-    for key, label, _ in labeled_objects():
+    for key, label, _ in [*labeled_objects(), *negative_objects()]:
         info, data = storage.get_object(key)
         entry = {"key": key, "label": label, "sha256": content_hash(data), "etag": info.etag}
         problem = known.get((key, info.etag)) or image_problem(data)
@@ -252,4 +279,7 @@ def trainable_entries(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any
         distinct.setdefault(entry["label"], set()).add(entry["sha256"])
     left_out = {label: left_out_reason(len(hashes), label)
                 for label, hashes in distinct.items() if len(hashes) < MIN_IMAGES_PER_LABEL}
-    return [e for e in usable if e["label"] not in left_out], left_out
+    hidden_left_out = len(distinct.get(NEGATIVE_LABEL, ())) < MIN_NEGATIVES  # not a label: listed nowhere
+    left_out.pop(NEGATIVE_LABEL, None)
+    return [e for e in usable if e["label"] not in left_out
+            and not (hidden_left_out and e["label"] == NEGATIVE_LABEL)], left_out

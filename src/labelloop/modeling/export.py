@@ -275,17 +275,24 @@ def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
                   helper.make_node("Div", [x, "head_norm_eps"], ["head_z"])]
         x = "head_z"
     nodes += [helper.make_node("Gemm", [x, "head_W", "head_b"], ["head_logits"], transB=1)]
+    inits_v, nodes_v = _visible_softmax_nodes(head)
+    inits += inits_v
+    nodes += nodes_v
     if head.bank is None and head.centroids is None:
-        nodes.append(helper.make_node("Softmax", ["head_logits"], ["probabilities"], axis=1))
+        nodes.append(helper.make_node("Identity", ["head_softmax"], ["probabilities"]))
     else:
         if not head.normalize:
             raise ExportError("familiarity needs normalised embeddings")
         inits_f, nodes_f = (_nearest_nodes(head) if head.bank is not None else _centroid_nodes(head))
         inits += inits_f
-        nodes += [helper.make_node("Softmax", ["head_logits"], ["head_softmax"], axis=1), *nodes_f,
-                  helper.make_node("Sigmoid", ["head_familiar_z"], ["head_familiarity"])]
+        nodes += [*nodes_f, helper.make_node("Sigmoid", ["head_familiar_z"], ["head_familiarity"])]
         if head.bank is not None and head.format >= 3:  # one factor per image: Σ softmax × familiarity
-            nodes += [helper.make_node("Mul", ["head_softmax", "head_familiarity"], ["head_weighted"]),
+            share = "head_softmax"
+            if head.hidden:  # the factor weighs the real labels' share of the softmax, as Head.predict_proba
+                share = "head_share"
+                nodes += [helper.make_node("ReduceSum", ["head_softmax", "head_axes"], ["head_visible"], keepdims=1),
+                          helper.make_node("Div", ["head_softmax", "head_visible"], [share])]
+            nodes += [helper.make_node("Mul", [share, "head_familiarity"], ["head_weighted"]),
                       helper.make_node("ReduceSum", ["head_weighted", "head_axes"], ["head_factor"], keepdims=1),
                       helper.make_node("Mul", ["head_softmax", "head_factor"], ["probabilities"])]
         else:
@@ -293,6 +300,20 @@ def _head_graph(head: Head, opset: int) -> onnx.GraphProto:
     inp = helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["N", EMBEDDING_DIM])
     out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", len(head.labels)])
     return helper.make_graph(nodes, "head", [inp], [out], initializer=inits)
+
+
+def _visible_softmax_nodes(head: Head) -> tuple[list[Any], list[Any]]:
+    """Softmax over every column → ``head_softmax``, without the hidden class's columns (`Head.hidden`)."""
+    from onnx import helper, numpy_helper
+
+    if not head.hidden:
+        return [], [helper.make_node("Softmax", ["head_logits"], ["head_softmax"], axis=1)]
+    inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), "head_visible_start"),
+             numpy_helper.from_array(np.array([len(head.labels)], dtype=np.int64), "head_visible_end"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "head_visible_axis")]
+    return inits, [helper.make_node("Softmax", ["head_logits"], ["head_softmax_all"], axis=1),
+                   helper.make_node("Slice", ["head_softmax_all", "head_visible_start", "head_visible_end",
+                                              "head_visible_axis"], ["head_softmax"])]
 
 
 def _centroid_nodes(head: Head) -> tuple[list, list]:

@@ -22,7 +22,7 @@ from labelloop.modeling import dataset, endpoint, gate, int8
 from labelloop.modeling.embedding import Embedder
 from labelloop.modeling.export import build_full_model_onnx
 from labelloop.modeling.models import ModelStatus, ModelVersion
-from labelloop.modeling.training import LabeledImage, TrainingDataError, TrainingResult, train_head
+from labelloop.modeling.training import NEGATIVE_LABEL, LabeledImage, TrainingDataError, TrainingResult, train_head
 from labelloop.modeling.versions import (
     SERVABLE,
     ModelError,
@@ -53,10 +53,12 @@ def create_version_with_manifest(run_id: str) -> dict[str, Any]:
         version = row.version
     written = dataset.write_manifest(version, run_id)
     usable, _ = dataset.trainable_entries(written["entries"])
-    images = [e for e in written["entries"] if e.get("split") != "rejected"]  # labeled images that are images
+    images = [e for e in written["entries"] if e.get("split") != "rejected"  # labeled images that are images
+              and e["label"] != NEGATIVE_LABEL]
     change_status(version, ModelStatus.TRAINING_IN_PROGRESS, f"training on {len(usable)} images", run_id,
                   manifest_key=written["manifest_key"], image_count=len(images),
-                  dataset_digest=written["dataset_digest"], labels=sorted({e["label"] for e in usable}),
+                  dataset_digest=written["dataset_digest"],
+                  labels=sorted({e["label"] for e in usable} - {NEGATIVE_LABEL}),
                   progress={"phase": "starting", "done": 0, "total": len(usable),
                             "started_at": db.utcnow().isoformat()})
     return {"version": version, "manifest_key": written["manifest_key"], "images": len(usable)}

@@ -30,6 +30,7 @@ USE_LABEL_ASSUMED_THRESHOLDS = "Use-Label-Assumed-Thresholds"
 MAXIMUM_SILENT_ERROR_RATE = "Maximum-Silent-Error-Rate"
 TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
 AUDIT_TRAINING_SHARE = "Audit-Training-Share"
+LEARN_FROM_NONE_OF_THE_ABOVE = "Learn-From-None-Of-The-Above"
 QUANTIZE_BACKBONE = "Quantize-Backbone"
 GOLD_TASK_RATE = "Gold-Task-Rate"
 MINIMUM_GOLD_ACCURACY = "Minimum-Gold-Accuracy"
@@ -165,6 +166,14 @@ DEFINITIONS: dict[str, Definition] = {
                    "measured (README, Silent errors). 0 by default, as the seed: sampled answers are not "
                    "training data (unless Train-On-Audit-Corrections).",
                    minimum=0.0, maximum=100.0),
+        Definition(LEARN_FROM_NONE_OF_THE_ABOVE, "bool", "true",
+                   "Keep a copy of each image answered None of the Above on a 'Detection' loop (on a 'Human "
+                   "Sampling' one only with Train-On-Audit-Corrections) under images_none_of_the_above/, never "
+                   "in images_labeled_by_folder/, and train it as a hidden 'none of the above' class: its "
+                   "share lowers every label's confidence on images like it, so the next version sends them to "
+                   "review instead of answering them wrong; it is never an answer and never changes one (2 such "
+                   "images needed). On by default (fewer silent errors on real photos, bench/loop_simulation/"
+                   "negatives.py); off: None of the Above answers add nothing, as in the seed."),
         Definition(QUANTIZE_BACKBONE, "bool", "false",
                    "Train each new version twice: on the backbone's embeddings and on those of an int8 copy of "
                    "the backbone calibrated on the version's own training images; the version serves the int8 "

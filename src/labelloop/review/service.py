@@ -20,6 +20,7 @@ from labelloop import db, labels
 from labelloop.config import get_settings
 from labelloop.detection import silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
+from labelloop.modeling import dataset
 from labelloop.modeling.images import decode_image
 from labelloop.parameters import service as parameters
 from labelloop.review.models import (
@@ -195,13 +196,23 @@ def as_dict(loop: HumanLoop, *, reviewer_view: bool = False) -> dict[str, Any]:
         "status_message", "required_answers", "leased_by", "leased_at", "lease_expires_at")} | {
         "detection_id": loop.detection_id, "answers": [
         {"worker": a.worker, "label": a.label, "kind": a.kind, "submitted_at": a.submitted_at}
-        for a in loop.answers]}
+        for a in loop.answers]} | shown_copies(loop.copied_key)
     return for_reviewer(shown) if reviewer_view else shown
+
+
+def shown_copies(key: str | None) -> dict[str, str | None]:
+    """A loop's stored copy as the API shows it. ``copied_key`` (the seed's CopiedS3ObjectKey) names a copy in a
+    label folder only: a None of the Above answer still adds nothing there, as the seed says. The copy that
+    trains the hidden class (Learn-From-None-Of-The-Above) is ``none_of_the_above_key``."""
+    if key and key.startswith(dataset.NONE_OF_THE_ABOVE_FOLDER):
+        return {"copied_key": None, "none_of_the_above_key": key}
+    return {"copied_key": key, "none_of_the_above_key": None}
 
 
 # What a reviewer is never shown: where the image is stored (a training image's key names its label, a gold
 # task's would give it away) and where the answer went.
-HIDDEN_FROM_REVIEWERS = ("object_key", "object_etag", "detection_id", "output_key", "copied_key")
+HIDDEN_FROM_REVIEWERS = ("object_key", "object_etag", "detection_id", "output_key", "copied_key",
+                         "none_of_the_above_key")
 
 
 def for_reviewer(shown: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +349,8 @@ def copied_keys(names: list[str], *, session: Session) -> dict[str, str | None]:
     for start in range(0, len(names), 500):
         rows = session.execute(select(HumanLoop.name, HumanLoop.copied_key).where(
             HumanLoop.name.in_(names[start:start + 500])))
-        found.update((name, key) for name, key in rows)  # a Result has keys(): not a mapping to update from
+        # a Result has keys(): not a mapping to update from
+        found.update((name, shown_copies(key)["copied_key"]) for name, key in rows)
     return found
 
 
@@ -602,9 +614,29 @@ def unapplied_answers(*, session: Session) -> list[tuple[str, int]]:
 
 def copy_key(loop_name: str, object_key: str, label: str) -> str:
     """Where an answered image is copied: the same key for the same loop, so a retry never copies twice."""
+    return _copy_in(f"images_labeled_by_folder/{label}/", loop_name, object_key)
+
+
+def none_of_the_above_key(loop_name: str, object_key: str) -> str:
+    """Where an image answered None of the Above is kept to train the hidden class (Learn-From-None-Of-The-Above):
+    under ``images_none_of_the_above/``, named as a label copy, never in ``images_labeled_by_folder/``."""
+    return _copy_in(dataset.NONE_OF_THE_ABOVE_FOLDER, loop_name, object_key)
+
+
+def _copy_in(folder: str, loop_name: str, object_key: str) -> str:
     unique = uuid.uuid5(uuid.NAMESPACE_URL, f"labelloop:{loop_name}")
     original = object_key.rsplit("/", 1)[-1]
-    return f"images_labeled_by_folder/{label}/humanLoopName-{loop_name}-{unique}-{original}"[:1024]
+    return f"{folder}humanLoopName-{loop_name}-{unique}-{original}"[:1024]
+
+
+def training_copy_key(loop: HumanLoop) -> str | None:
+    """Where a Detection (or teaching sampling) loop's answer keeps its image: its label's folder; for None of
+    the Above, ``images_none_of_the_above/`` with Learn-From-None-Of-The-Above on, else nowhere."""
+    if loop.answer_label is None:
+        return None
+    if loop.answer_label == NONE_OF_THE_ABOVE:
+        return none_of_the_above_key(loop.name, loop.object_key) if dataset.learns_from_none_of_the_above() else None
+    return copy_key(loop.name, loop.object_key, loop.answer_label)
 
 
 def pinned_content(key: str, etag: str | None) -> bytes:
@@ -625,9 +657,9 @@ def _note(name: str, message: str) -> None:
 
 def copy_to_training_data(name: str) -> dict[str, Any] | None:
     """Put an answered loop's image where its answer says. Detection loops: one copy under the label's folder
-    (none for None of the Above; none for sampling loops unless Audit-Training-Share draws the loop's detection,
-    or Train-On-Audit-Corrections is on and the answer disagrees with the model); a corrected answer moves that
-    copy, never adds a second.
+    (for None of the Above: under images_none_of_the_above/ with Learn-From-None-Of-The-Above on, else none;
+    none for sampling loops unless Audit-Training-Share draws the loop's detection, or Train-On-Audit-Corrections
+    is on and the answer disagrees with the model); a corrected answer moves that copy, never adds a second.
     Label Audit loops: the training image itself moves (:func:`apply_label_audit`). Only the content the loop
     was opened for is used. Returns the new training object; the caller fires its "object created" event."""
     with db.session() as session:
@@ -640,8 +672,7 @@ def copy_to_training_data(name: str) -> dict[str, Any] | None:
         return apply_label_audit(loop)
     if not learns:
         return None
-    wanted = None if loop.answer_label in (None, NONE_OF_THE_ABOVE) else \
-        copy_key(loop.name, loop.object_key, loop.answer_label)
+    wanted = training_copy_key(loop)
     previous = loop.copied_key
     if wanted is None:
         if previous:
