@@ -382,7 +382,7 @@ def apply_human_answer(name: str, answer_round: int = 0) -> dict[str, Any]:
         fire_object_created(ObjectInfo(**copied_object), "human loop")
     output = review.write_loop_output(name)
     recorded = review.record_answer_on_detection(name)
-    shown = review.shown_copies(copied)
+    shown = reviews.shown_copies(copied)
     review.notify_answer(name, shown["copied_key"], recorded, DBOS.workflow_id)
     return {"loop": name, "round": answer_round, **shown, "output_key": output, **recorded}
 
