@@ -14,11 +14,8 @@ import sys
 
 import numpy as np
 from bench.real_images import metrics
-from bench.real_images.data import TASKS
-from bench.real_images.recipes import Recipe, fit_classifier, predict
-from bench.real_images.run import draw, eval_sets, prepare
-
-from labelloop.modeling.backbone import LITE0
+from bench.real_images.recipes import Recipe, predict
+from bench.real_images.run import seeded_draws
 
 COVERAGES = ((0.1, 0.9), (0.5, 0.9), (0.75, 0.9), (0.5, 0.8))
 
@@ -28,20 +25,12 @@ def sweep(task_name: str, seeds: int, sizes: list[int]) -> dict[tuple[int, str],
     recipes = [Recipe("softmax", None), Recipe("contrast", "knn", "contrast")] + [
         Recipe(f"coverage q {q} floor {f}", "knn", "coverage", coverage=(q, f)) for q, f in COVERAGES]
     found: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
-    for seed in range(seeds):
-        task = TASKS[task_name](seed)
-        prepared = prepare(task, ((LITE0, ("crop",)),))
-        eval_keys, eval_y = eval_sets(task)["plain"]
-        test = prepared.data(LITE0.name, "crop", eval_keys, with_map=False)
-        for k in sizes:
-            keys, y = draw(task, k, seed)
-            train = prepared.data(LITE0.name, "crop", keys, with_map=False)
-            head = fit_classifier(train.embedding, y, task.labels, seed=seed)
-            for recipe in recipes:
-                pred, conf = predict(recipe, head, train, y, test)
-                o = metrics.outcome(eval_y, pred, conf, len(task.labels))
-                found.setdefault((k, recipe.name), []).append(
-                    (metrics.silent_error_rate(o), metrics.confident_share(o), metrics.open_accepted(o)))
+    for d in seeded_draws(task_name, seeds, sizes):
+        for recipe in recipes:
+            pred, conf = predict(recipe, d.head, d.train, d.y, d.test)
+            o = metrics.outcome(d.eval_y, pred, conf, len(d.task.labels))
+            found.setdefault((d.k, recipe.name), []).append(
+                (metrics.silent_error_rate(o), metrics.confident_share(o), metrics.open_accepted(o)))
     return {key: np.mean(rows, axis=0) for key, rows in found.items()}
 
 

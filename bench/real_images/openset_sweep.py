@@ -22,7 +22,7 @@ import numpy as np
 from bench.real_images import metrics
 from bench.real_images.data import TASKS
 from bench.real_images.recipes import Recipe, fit_classifier, predict
-from bench.real_images.run import PRODUCT, draw, eval_sets, prepare
+from bench.real_images.run import PRODUCT, draw, prepare, seeded_draws
 
 from labelloop.modeling import training
 from labelloop.modeling.backbone import LITE0
@@ -100,23 +100,16 @@ def sweep(task_name: str, sizes: list[int], seeds: int, recipes: tuple[Recipe, .
           ) -> dict[tuple[int, str], dict[str, float]]:
     """(size, recipe) → mean figures over the seeded draws."""
     found: dict[tuple[int, str], list[dict[str, float]]] = {}
-    for seed in range(seeds):
-        task = TASKS[task_name](seed)
-        prepared = prepare(task, ((LITE0, ("crop",)),))
-        eval_keys, eval_y = eval_sets(task)["plain"]
-        test = prepared.data(LITE0.name, "crop", eval_keys, with_map=False)
-        for k in sizes:
-            keys, y = draw(task, k, seed)
-            train = prepared.data(LITE0.name, "crop", keys, with_map=False)
-            head = fit_classifier(train.embedding, y, task.labels, seed=seed)
-            columns = []
-            for recipe in recipes:
-                pred, conf = predict(recipe, head, train, y, test)
-                found.setdefault((k, recipe.name), []).append(
-                    measure(metrics.outcome(eval_y, pred, conf, len(task.labels))))
-                if recipe.score is None or recipe.conversion == "raw":
-                    columns.append(np.log(np.clip(conf, 1e-6, None)) if recipe.score is None else conf)
-            found.setdefault((k, CEILING), []).append(measure(_ceiling(np.stack(columns, 1), eval_y, pred, task)))
+    for d in seeded_draws(task_name, seeds, sizes):
+        columns = []
+        for recipe in recipes:
+            pred, conf = predict(recipe, d.head, d.train, d.y, d.test)
+            found.setdefault((d.k, recipe.name), []).append(
+                measure(metrics.outcome(d.eval_y, pred, conf, len(d.task.labels))))
+            if recipe.score is None or recipe.conversion == "raw":
+                columns.append(np.log(np.clip(conf, 1e-6, None)) if recipe.score is None else conf)
+        found.setdefault((d.k, CEILING), []).append(
+            measure(_ceiling(np.stack(columns, 1), d.eval_y, pred, d.task)))
     return {key: _summary(rows) for key, rows in found.items()}
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,35 @@ def eval_sets(task: Task) -> dict[str, tuple[list[str], np.ndarray]]:
         out["pasted"] = ([i.key for i in task.pasted_test + task.pasted_open],
                          np.array([index[i.label] for i in task.pasted_test] + [-1] * len(task.pasted_open)))
     return out
+
+
+@dataclass
+class Draw:
+    """One seeded draw of a task at k training images per label: the product head on Lite0 crop features, its
+    training data, and the plain evaluation set (known test images and the open set)."""
+
+    task: Task
+    k: int
+    seed: int
+    train: Data
+    y: np.ndarray
+    head: training.Head
+    test: Data
+    eval_y: np.ndarray
+
+
+def seeded_draws(task_name: str, seeds: int, sizes: list[int]) -> Iterator[Draw]:
+    """Every (seed, size) draw of a task with its product head, seed by seed (features prepared once a seed)."""
+    for seed in range(seeds):
+        task = TASKS[task_name](seed)
+        prepared = prepare(task, ((LITE0, ("crop",)),))
+        eval_keys, eval_y = eval_sets(task)["plain"]
+        test = prepared.data(LITE0.name, "crop", eval_keys, with_map=False)
+        for k in sizes:
+            keys, y = draw(task, k, seed)
+            train = prepared.data(LITE0.name, "crop", keys, with_map=False)
+            yield Draw(task, k, seed, train, y, fit_classifier(train.embedding, y, task.labels, seed=seed), test,
+                       eval_y)
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
