@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Server, server_env, wait_until
-from images import box_logo, smile_logo, unseen
-from test_review_answers import applied, keys_under
+from conftest import Server, server_env
+from images import unseen
+from test_review_answers import applied, keys_under, serve_two_labels
 from test_web_portal import detection_loops, set_parameter
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,13 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(home=tmp_path_factory.mktemp("nota") / "home", env=server_env(LABELLOOP_UNDO_SECONDS="0")).start()
     try:
         with server.client() as api:
-            for i in range(5):
-                api.put(f"/objects/images_labeled_by_folder/amazon_logo/a{i}.png", content=smile_logo(i))
-                api.put(f"/objects/images_labeled_by_folder/aws_logo/b{i}.png", content=box_logo(i))
-            assert server.wait_run(api.post("/training/check").json()["run_id"], timeout=240)["status"] == "SUCCESS"
-            wait_until(lambda: any(m["status"] == "RUNNING" for m in api.get("/models").json()), 120, 0.25,
-                       "a model RUNNING")
-            set_parameter(server, api, "Minimum-Label-Detection-Confidence", "100")
+            serve_two_labels(server, api)
             set_parameter(server, api, "Minimum-Untrained-Images", "1")
         yield server
     finally:

@@ -32,6 +32,17 @@ NOTA = "None of the Above"
 UNDO_SECONDS = 4
 
 
+def serve_two_labels(server: Server, api: httpx.Client) -> None:
+    """Train v1 on 5 + 5 generated logos, wait until it serves, and send every detection to review."""
+    for i in range(5):
+        api.put(f"/objects/images_labeled_by_folder/amazon_logo/a{i}.png", content=smile_logo(i))
+        api.put(f"/objects/images_labeled_by_folder/aws_logo/b{i}.png", content=box_logo(i))
+    assert server.wait_run(api.post("/training/check").json()["run_id"], timeout=240)["status"] == "SUCCESS"
+    wait_until(lambda: any(m["status"] == "RUNNING" for m in api.get("/models").json()), 120, 0.25,
+               "a model RUNNING")
+    api.put("/parameters/Minimum-Label-Detection-Confidence", json={"value": "100"}).raise_for_status()
+
+
 @pytest.fixture(scope="module")
 def review_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with a model serving on two labels, every detection sent to review, a 4 s undo window."""
@@ -39,13 +50,7 @@ def review_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     env=server_env(LABELLOOP_UNDO_SECONDS=str(UNDO_SECONDS))).start()
     try:
         with server.client() as api:
-            for i in range(5):
-                api.put(f"/objects/images_labeled_by_folder/amazon_logo/a{i}.png", content=smile_logo(i))
-                api.put(f"/objects/images_labeled_by_folder/aws_logo/b{i}.png", content=box_logo(i))
-            assert server.wait_run(api.post("/training/check").json()["run_id"], timeout=240)["status"] == "SUCCESS"
-            wait_until(lambda: any(m["status"] == "RUNNING" for m in api.get("/models").json()), 120, 0.25,
-                       "a model RUNNING")
-            api.put("/parameters/Minimum-Label-Detection-Confidence", json={"value": "100"}).raise_for_status()
+            serve_two_labels(server, api)
             for name in ("rita", "ravi"):
                 assert api.post("/users", json={"username": name, "role": "worker",
                                                 "password": "first-password-1"}).status_code == 201
