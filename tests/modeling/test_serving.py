@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,35 +80,3 @@ def test_a_request_its_caller_gave_up_is_dropped_and_the_unit_keeps_serving(back
     finally:
         serving.close()
     assert head.sizes == [1, 1]  # the abandoned request never ran
-
-
-def test_a_batch_waits_for_announced_requests_only(backbone_onnx: Path) -> None:
-    """A request announced as on its way (being decoded) joins the batch being formed; with nothing announced,
-    or once an announcement is given up, the batch runs at once (a lone request is not delayed)."""
-    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=1, max_batch=8,
-                      expected_wait_seconds=30.0)
-    head = RecordingHead()
-    x = np.zeros((1, 3, 224, 224), dtype=np.float32)
-    try:
-        serving.switch(serving.warm("v1", head))
-        head.sizes.clear()
-        started = time.monotonic()
-        serving.submit(x).result(timeout=120)  # nothing announced: not delayed
-        assert time.monotonic() - started < 10
-        serving.expect()  # an upload being decoded …
-        first = serving.submit(x)
-        time.sleep(0.3)
-        assert not first.done()  # … is waited for
-        serving.arrived()
-        second = serving.submit(x)
-        assert first.result(timeout=120)[0].version == second.result(timeout=120)[0].version == "v1"
-        serving.expect()  # an upload that is rejected while it is decoded ends the wait
-        third = serving.submit(x)
-        time.sleep(0.3)
-        started = time.monotonic()
-        serving.arrived(coming=False)
-        third.result(timeout=120)
-        assert time.monotonic() - started < 10
-    finally:
-        serving.close()
-    assert head.sizes == [1, 2, 1]

@@ -221,41 +221,23 @@ def detect_compared(inputs: np.ndarray) -> Compared:
 _PREPARE_POOL = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="detect-prepare")
 
 
-def _prepare_and_queue(announced: Serving | None, data: bytes,
-                       answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
+def _prepare_and_queue(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
     """Decode and preprocess, pick up a version switched by another process, and queue the image for its
     batch with ``answer`` as its future; a failure (a rejected image, nothing serving) goes into ``answer``.
-    Ends the announcement made to ``announced`` (if any) once decoded or failed. Runs on the prepare pool."""
+    Runs on the prepare pool."""
     try:
-        try:
-            sync_serving()
-            inputs = prepare_image(data)
-        except BaseException:
-            if announced is not None:
-                announced.arrived(coming=False)
-            raise
-        if announced is not None:  # before it is queued: a unit that has taken the request does not wait for it
-            announced.arrived()
-        serving().submit(inputs, future=answer)
+        sync_serving()
+        serving().submit(prepare_image(data), future=answer)
     except BaseException as exc:  # handed to the awaiting request, which raises it
         if answer.set_running_or_notify_cancel():
             answer.set_exception(exc)
 
 
 async def detect_upload(data: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """Detect one uploaded image for an async caller: announced to the micro-batcher (a batch being formed
-    waits for it while it is decoded), decoded and queued on the prepare pool, its batch awaited without
-    holding a thread (one wake-up of the event loop per request: the answer). The version used and every
-    label best first (raises ``ImageRejected``)."""
+    """Detect one uploaded image for an async caller: decoded and queued on the prepare pool, its batch
+    awaited without holding a thread (one wake-up of the event loop per request: the answer). The version
+    used and every label best first (raises ``ImageRejected``)."""
     answer: Future[tuple[LoadedVersion, np.ndarray]] = Future()
-    server = _serving  # None until the first detection has created it (off the event loop, on the pool)
-    if server is not None:
-        server.expect()
-    try:
-        _PREPARE_POOL.submit(_prepare_and_queue, server, data, answer)
-    except BaseException:
-        if server is not None:
-            server.arrived(coming=False)
-        raise
+    _PREPARE_POOL.submit(_prepare_and_queue, data, answer)
     loaded, probabilities = await asyncio.wrap_future(answer)
     return loaded.version, labels_of(loaded.labels, probabilities[0])

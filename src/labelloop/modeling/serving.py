@@ -2,19 +2,17 @@
 
 ``Minimum-Inference-Units`` inference units each own an ONNX Runtime session of the backbone (the CPU cores
 split between them) and take requests from one queue; a unit takes every request waiting, up to ``max_batch``,
-so concurrent requests share one backbone run. It waits for more only for requests announced as on their way
-(:meth:`Serving.expect`: ``POST /detect`` announces an upload before decoding it), at most
-``expected_wait_seconds``: the cores are busy decoding them meanwhile, and the batch comes out fuller. Requests
-that come while a batch runs form the next batch, and a lone request is not delayed. ``max_batch`` is 8: on
-this backbone, with a thread pool that does not spin, the CPU cost per image is about the same at batch 1, 8
-and 32, while ONNX Runtime's memory arena keeps what the largest batch needed (some 240 MB more at 32 than at
-8; see the README's Performance section). A batch is served entirely by the version that was serving when the
-batch started: the switch replaces one reference under a lock, and a version is only put there after it has
-been loaded and has answered a warm-up batch. A version trained on an int8 backbone (Quantize-Backbone) brings
-its own session of that backbone, which every unit uses for its batches. A version with a warm start
-(``detection.warm_start``) also holds the head of the version it replaced, when that one read the same kind of
-embeddings: for a request that asks (:meth:`Serving.submit_compared`), that head's top label and confidence on
-the same embedding come back beside the answer (the head only: the backbone runs once).
+so concurrent requests share one backbone run. It does not wait for more to arrive: requests that come while a
+batch runs form the next batch, and a lone request is not delayed. ``max_batch`` is 8: on this backbone, with a
+thread pool that does not spin, the CPU cost per image is about the same at batch 1, 8 and 32, while ONNX
+Runtime's memory arena keeps what the largest batch needed (some 240 MB more at 32 than at 8; see the README's
+Performance section). A batch is served entirely by the version that was serving when the batch started: the
+switch replaces one reference under a lock, and a version is only put there after it has been loaded and has
+answered a warm-up batch. A version trained on an int8 backbone (Quantize-Backbone) brings its own session
+of that backbone, which every unit uses for its batches. A version with a warm start (``detection.warm_start``)
+also holds the head of the version it replaced, when that one read the same kind of embeddings: for a request
+that asks (:meth:`Serving.submit_compared`), that head's top label and confidence on the same embedding come
+back beside the answer (the head only: the backbone runs once).
 """
 
 from __future__ import annotations
@@ -88,27 +86,17 @@ class _Request:
     compared: bool = False  # answer with a Compared (else a (version, probabilities) pair)
 
 
-class _Wake:
-    """Put on the request queue when an announced request will not come: a unit waiting for it looks again."""
-
-
-_WAKE = _Wake()
-
-
 class Serving:
     """The model server of this process."""
 
     def __init__(self, embedder_factory: Callable[[int], Embedder], units: int = 1, max_batch: int = 8,
-                 max_wait_seconds: float = 0.0, expected_wait_seconds: float = 0.01) -> None:
+                 max_wait_seconds: float = 0.0) -> None:
         self._embedder_factory = embedder_factory
         self.max_batch = max_batch
         self.max_wait_seconds = max_wait_seconds
-        self.expected_wait_seconds = expected_wait_seconds
-        self._expected = 0  # requests announced by expect() and not yet queued or given up
-        self._expected_lock = threading.Lock()
         self._active: LoadedVersion | None = None
         self._switch_lock = threading.Lock()
-        self._requests: queue.Queue[_Request | _Wake | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._units: list[threading.Thread] = []
         self._embedders: list[Embedder] = []
         self.units = 0
@@ -178,36 +166,17 @@ class Serving:
         self._stop_units()
         self.units = 0
 
-    def expect(self) -> None:
-        """Announce a request on its way (being decoded): a unit forming a batch waits for requests while any
-        is announced, at most ``expected_wait_seconds``. Every announcement is ended by :meth:`arrived`, just
-        before the request is submitted or when it will not come."""
-        with self._expected_lock:
-            self._expected += 1
-
-    def arrived(self, coming: bool = True) -> None:
-        """End one announcement of :meth:`expect`: the request is about to be submitted, or (``coming``
-        false: rejected while decoded) will not come, and a unit waiting for it stops waiting."""
-        with self._expected_lock:
-            self._expected = max(0, self._expected - 1)
-        if not coming:
-            self._requests.put(_WAKE)
-
     def _take_batch(self, first: _Request) -> tuple[list[_Request], bool]:
         batch, size = [first], len(first.inputs)
-        started = time.monotonic()
-        deadline, expected_deadline = started + self.max_wait_seconds, started + self.expected_wait_seconds
+        deadline = time.monotonic() + self.max_wait_seconds
         while size < self.max_batch:
             try:
-                now = time.monotonic()
-                wait = deadline - now if self._expected == 0 else max(deadline, expected_deadline) - now
+                wait = deadline - time.monotonic()
                 item = self._requests.get(timeout=wait) if wait > 0 else self._requests.get_nowait()
             except queue.Empty:
                 break
             if item is None:
                 return batch, True
-            if isinstance(item, _Wake):
-                continue
             batch.append(item)
             size += len(item.inputs)
         return batch, False
@@ -217,8 +186,6 @@ class Serving:
             first = self._requests.get()
             if first is None:
                 return
-            if isinstance(first, _Wake):
-                continue
             batch, stop = self._take_batch(first)
             self._run(embedder, batch)
             if stop:
