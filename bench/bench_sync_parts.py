@@ -79,7 +79,7 @@ def token_parts(repeats: int) -> list[tuple[str, float]]:
                  best_ms(on_loop(lambda: run_in_threadpool(lambda: None)), 300, repeats)))
     service.recent_tokens.seconds = 2.0
     views._authorize_detect(credentials)
-    views._authorize_detect(credentials)  # the first one recorded last_used_at (a token change)
+    views._authorize_detect(credentials)  # remembered from the first check on (its last_used_at is no change)
     assert service.recent_tokens.user(token) is not None
     rows.append(("token: remembered (detector in the event loop)",
                  best_ms(on_loop(lambda: views.detector(credentials)), 3000, repeats)))
