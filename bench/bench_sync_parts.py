@@ -7,7 +7,12 @@
    remembered token (``workforce.service.recent_tokens``);
 2. **decode and preprocess** of 64 real ~320-px JPEG photos (`bench/photos.py`): decode, resize, to array;
 3. **the backbone** (`bench/out/detect-model.onnx`, written by bench_detect.py; skipped when missing) at the
-   serving batches 1 and 8 and at 32, on two intra-op threads and on one.
+   serving batches 1 and 8 and at 32, on two intra-op threads and on one;
+4. **the micro-batcher** (``--batcher-seconds``, 0 skips it): ``--clients`` threads each decode a photo on a
+   pool as wide as the cores and wait for its answer from a ``Serving`` on the real backbone, as ``POST
+   /detect`` does, with one inference unit of as many intra-op threads as cores and with one single-thread
+   unit per core (``Minimum-Inference-Units``), alternated ``--batcher-rounds`` times: images/s, CPU per image
+   and the mean batch (medians of the rounds).
 
 Best of the repeats because the machine is shared: the minimum is the figure least disturbed by other work.
 """
@@ -17,10 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +79,7 @@ def token_parts(repeats: int) -> list[tuple[str, float]]:
                  best_ms(on_loop(lambda: run_in_threadpool(lambda: None)), 300, repeats)))
     service.recent_tokens.seconds = 2.0
     views._authorize_detect(credentials)
-    views._authorize_detect(credentials)  # the first one recorded last_used_at (a token change)
+    views._authorize_detect(credentials)  # remembered from the first check on (its last_used_at is no change)
     assert service.recent_tokens.user(token) is not None
     rows.append(("token: remembered (detector in the event loop)",
                  best_ms(on_loop(lambda: views.detector(credentials)), 3000, repeats)))
@@ -120,15 +128,89 @@ def model_parts(repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
+class _OneLabel:
+    """A head that answers one label: the batcher's cost is the backbone's and the hand-offs'."""
+
+    labels = ["photo"]
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        return np.ones((len(embeddings), 1), dtype=np.float32)
+
+
+def _clients(serving: Any, pool: ThreadPoolExecutor, photos: list[bytes], clients: int,
+             seconds: float) -> tuple[float, float, float]:
+    """``clients`` threads detecting photos for ``seconds``: (images/s, CPU ms per image, mean batch)."""
+    from labelloop.modeling.images import prepare
+
+    def prepare_and_queue(data: bytes) -> Future[Any]:
+        return serving.submit(prepare(data)[None, ...])
+
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        while time.monotonic() < stop:
+            pool.submit(prepare_and_queue, photos[(index * 7 + done[index]) % len(photos)]).result().result()
+            done[index] += 1
+
+    batches, cpu, started = serving.batches, time.process_time(), time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    images = sum(done)
+    return (images / (time.monotonic() - started), 1000 * (time.process_time() - cpu) / images,
+            images / max(1, serving.batches - batches))
+
+
+def batcher_parts(clients: int, seconds: float, rounds: int) -> list[tuple[str, float, float, float]]:
+    """The micro-batcher with one unit and with one single-thread unit per core: (set-up, images/s, CPU ms/img,
+    mean batch)."""
+    from photos import uploads
+
+    from labelloop.modeling.embedding import Embedder, default_threads
+    from labelloop.modeling.export import ensure_backbone_onnx
+    from labelloop.modeling.serving import Serving
+
+    path = ensure_backbone_onnx(Path(tempfile.gettempdir()) / f"labelloop-test-backbone-{os.getuid()}")
+    photos = [data for _, _, data in uploads(64)]
+    serving = Serving(lambda threads: Embedder(path, threads=threads))
+    cores = default_threads()
+    measured: dict[int, list[tuple[float, float, float]]] = {1: [], cores: []}
+    try:
+        serving.switch(serving.warm("bench", _OneLabel()))
+        with ThreadPoolExecutor(max_workers=cores) as pool:
+            for index in range(rounds):
+                for units in (list(measured) if index % 2 == 0 else list(measured)[::-1]):
+                    serving.set_units(units)
+                    measured[units].append(_clients(serving, pool, photos, clients, seconds))
+    finally:
+        serving.close()
+    return [(f"{clients} clients, {units} unit{'s' if units > 1 else ''} of {max(1, cores // units)} thread(s)",
+             *(statistics.median(column) for column in zip(*rows, strict=True)))
+            for units, rows in measured.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=8, help="client threads of the micro-batcher part (8)")
+    parser.add_argument("--batcher-seconds", type=float, default=5.0, help="each micro-batcher phase (5; 0 skips)")
+    parser.add_argument("--batcher-rounds", type=int, default=4, help="alternated micro-batcher rounds (4)")
+    parser.add_argument("--only-batcher", action="store_true", help="run the micro-batcher part alone")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}")
-    rows = token_parts(args.repeats) + image_parts(args.repeats) + model_parts(args.repeats)
-    print(f"{'part of a sync detect request':<58} {'CPU ms':>8}")
-    for name, ms in rows:
-        print(f"{name:<58} {ms:>8.3f}")
+    if not args.only_batcher:
+        rows = token_parts(args.repeats) + image_parts(args.repeats) + model_parts(args.repeats)
+        print(f"{'part of a sync detect request':<58} {'CPU ms':>8}")
+        for name, ms in rows:
+            print(f"{name:<58} {ms:>8.3f}")
+    if args.batcher_seconds > 0:
+        print(f"\n{'micro-batcher (medians of ' + str(args.batcher_rounds) + ' alternated rounds)':<58} "
+              f"{'images/s':>9} {'CPU ms/img':>11} {'mean batch':>11}")
+        for name, rate, cpu, batch in batcher_parts(args.clients, args.batcher_seconds, args.batcher_rounds):
+            print(f"{name:<58} {rate:>9.1f} {cpu:>11.2f} {batch:>11.2f}")
     print(f"load average at end: {os.getloadavg()}")
 
 

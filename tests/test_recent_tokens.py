@@ -40,8 +40,7 @@ def verify(token: str) -> str:
 def test_a_verified_token_is_remembered_until_a_user_or_token_changes(database: None) -> None:
     token = new_token("carol")
     assert service.recent_tokens.user(token) is None  # not verified yet
-    verify(token)  # the first use of a minute records last_used_at: a token change, so forgotten again
-    verify(token)
+    verify(token)  # the first use of a minute records last_used_at: not a change of anyone's access
     remembered = service.recent_tokens.user(token)
     assert remembered.username == "carol" and remembered.role == Role.CONSUMER.value
     assert inspect(remembered).transient  # a copy in no session: nothing a request's session does can expire it
@@ -102,3 +101,26 @@ def test_a_remembered_token_lapses_at_its_expiry_and_after_the_memory_window(dat
     assert memory.user("llp_t").username == "h"
     time.sleep(0.25)
     assert memory.user("llp_t") is None
+
+
+def test_recording_a_tokens_last_use_forgets_nothing(database: None) -> None:
+    """``last_used_at`` is written once a minute per token in use: were it a token change, every remembered
+    token would be forgotten once a minute per active token. A change beside it still counts."""
+    token, other = new_token("hana"), new_token("ivan")
+    verify(token)
+    generation = service.recent_tokens.generation
+    with db.session() as session:  # the other token's first use of a minute, then another one's a minute on
+        assert service.user_for_token(other, session=session).username == "ivan"
+        assert session.scalar(select(ApiToken).where(ApiToken.token_hash == service._token_digest(other))
+                              ).last_used_at is not None
+    with db.session() as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == service._token_digest(token)))
+        row.last_used_at = row.last_used_at + timedelta(minutes=2)
+    assert service.recent_tokens.generation == generation
+    assert service.recent_tokens.user(token).username == "hana"
+    assert service.recent_tokens.user(other).username == "ivan"
+    with db.session() as session:  # the last use and a revocation in one flush: forgotten
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == service._token_digest(token)))
+        row.last_used_at = row.last_used_at + timedelta(minutes=2)
+        row.revoked_at = db.utcnow()
+    assert service.recent_tokens.user(token) is None and service.recent_tokens.user(other) is None

@@ -179,11 +179,23 @@ _AUTH_CHANGED = "labelloop.auth_changed"
 
 @event.listens_for(Session, "after_flush")
 def _note_auth_changes(session: Session, _context: Any) -> None:
-    """A flush that writes a user or a token: forget the remembered tokens now and again at commit."""
-    changed = (session.new, session.dirty, session.deleted)
-    if any(isinstance(obj, (User, ApiToken)) for objects in changed for obj in objects):
+    """A flush that writes a user or a token: forget the remembered tokens now and again at commit. A token's
+    ``last_used_at`` alone (recorded once a minute per token in use) changes nobody's access: it is ignored."""
+    added_or_deleted = (obj for objects in (session.new, session.deleted) for obj in objects)
+    if any(isinstance(obj, (User, ApiToken)) for obj in added_or_deleted) or any(
+            _changes_access(obj) for obj in session.dirty):
         session.info[_AUTH_CHANGED] = True
         recent_tokens.forget_all()
+
+
+def _changes_access(obj: object) -> bool:
+    """Whether a modified object is a user, or a token with a change beyond its ``last_used_at``."""
+    if isinstance(obj, User):
+        return True
+    if not isinstance(obj, ApiToken):
+        return False
+    changed = {attr.key for attr in inspect(obj).attrs if attr.history.has_changes()}
+    return bool(changed - {"last_used_at"})
 
 
 @event.listens_for(Session, "after_commit")
