@@ -88,3 +88,27 @@ def test_a_request_prepared_for_the_old_view_is_not_run_by_a_version_with_anothe
         assert again[0].version == "v2" and again[0].view == "letterbox"
     finally:
         serving.close()
+
+
+def test_the_predictor_prepares_images_with_its_heads_training_view(digits: list[tuple[str, bytes]],
+                                                                    embedder: Embedder, embedding_root: Path) -> None:
+    from labelloop.modeling.predict import Predictor
+    from labelloop.modeling.training import train_head
+
+    cache = EmbeddingCache(embedding_root / "letterbox-predictor", embedder.fingerprint)
+    head = train_head(pick(digits, 4, prefix="lp"), embedder, cache, view="letterbox").head
+    predictor = Predictor(embedder, head)
+    assert predictor.view == "letterbox"
+    data = _wide_photo()
+    expected = head.predict_proba(embedder.embed(prepare(data, view="letterbox")[None]))[0]
+    [answer] = predictor.predict_bytes([data])
+    np.testing.assert_allclose([c for _, c in sorted(answer)], 100 * expected[np.argsort(head.labels)], atol=1e-3)
+
+
+def test_an_int8_backbone_calibrated_on_another_view_is_another_file() -> None:
+    from labelloop.modeling import int8
+
+    digests = ["a" * 64, "b" * 64]
+    crop = int8.fingerprint("fp32", digests)
+    assert crop == int8.fingerprint("fp32", digests, "orig")  # files built before input views keep their name
+    assert int8.fingerprint("fp32", digests, "letterbox") != crop
