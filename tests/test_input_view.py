@@ -9,13 +9,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from conftest import Server
+from conftest import ADMIN_PASSWORD, Server
 from images import box_logo, smile_logo, upload_training_set
 from labelloop import db
 from labelloop.detection import warm_start
@@ -23,6 +24,7 @@ from labelloop.modeling import endpoint
 from labelloop.modeling.images import prepare, view_key
 from labelloop.modeling.models import ModelVersion
 from labelloop.parameters import service as parameters
+from test_console_web import sign_in_client
 
 pytestmark = pytest.mark.timeout(600)
 VIEW = "Model-Input-View"
@@ -74,6 +76,10 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
         server.wait_run(api.post("/models/v1/deploy").json()["run_id"])
         served["v1"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
         assert api.get("/models/v1").json()["input_view"] == "crop"  # deploying again changes nothing
+    with httpx.Client(base_url=server.url, follow_redirects=True) as browser:
+        sign_in_client(browser, "admin", ADMIN_PASSWORD)
+        page = browser.get("/models/v2").text
+        assert 'id="model-input-view">letterbox' in page, "the model page says how its images are prepared"
     for version, view in (("v1", "crop"), ("v2", "letterbox")):
         assert {answer["model_version"] for answer in served[version]} == {version}
         meta, probabilities = _offline(exported[version], images, view_key(view))
