@@ -1,6 +1,6 @@
 """The seed's walkthrough on real images, through a real `labelloop serve`, with the default parameters.
 
-    PYTHONPATH=src .venv/bin/python -m bench.seed_walkthrough [--tasks logos objects] [--trials 3]
+    PYTHONPATH=src .venv/bin/python -m bench.seed_walkthrough [--tasks logos objects] [--trials 3] [--input-view crop]
 
 Per trial, a fresh server and two known labels, as in the seed (amazon_logo / aws_logo): 5 real training images
 per label are uploaded to `images_labeled_by_folder/<label>/`, a training check trains v1 (it must pass the F1
@@ -150,7 +150,7 @@ def retrain_and_detect_again(server: Server, api: Any, trial: Trial, truth: dict
     return result
 
 
-def run_trial(trial: Trial, home: Path, learn_from_none: str = "true") -> dict[str, Any]:
+def run_trial(trial: Trial, home: Path, learn_from_none: str = "true", input_view: str = "letterbox") -> dict[str, Any]:
     """One fresh server through the seed's steps; returns the counts and every detection."""
     shutil.rmtree(home, ignore_errors=True)
     server = Server(home=home, env=server_env(LABELLOOP_CACHE_FOLDER=str(OUT / "cache"), LABELLOOP_UNDO_SECONDS="0",
@@ -159,6 +159,7 @@ def run_trial(trial: Trial, home: Path, learn_from_none: str = "true") -> dict[s
         api = server.client()
         api.timeout = 300
         set_parameter(server, api, "Learn-From-None-Of-The-Above", learn_from_none)
+        set_parameter(server, api, "Model-Input-View", input_view)
         for item in trial.train:
             put(api, f"images_labeled_by_folder/{item.label}/{safe_name(item)}", item.load())
         check = server.wait_run(api.post("/training/check").json()["run_id"], timeout=600)
@@ -237,11 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=3, help="trials (seeds 0 … N-1) per task")
     parser.add_argument("--learn-from-none-of-the-above", choices=["true", "false"], default="true",
                         help="the parameter's value in every trial (default: the product's default, true)")
+    parser.add_argument("--input-view", choices=["letterbox", "crop"], default="letterbox",
+                        help="Model-Input-View in every trial (default: the product's default, letterbox; crop: "
+                        "the centre crop of every version before it)")
     args = parser.parse_args(argv)
     if missing := missing_sources():
         sys.exit(f"missing image sources: {', '.join(missing)} (run `make bench-data`)")
     OUT.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.learn_from_none_of_the_above == "true" else "-no-negatives"
+    suffix = ("" if args.learn_from_none_of_the_above == "true" else "-no-negatives") + (
+        "" if args.input_view == "letterbox" else "-crop")
     results = []
     for name in args.tasks:
         task = TASKS[name](0)
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             trial = make_trial(task, seed)
             home = OUT / "homes" / f"{name}-{seed}{suffix}"
-            results.append(run_trial(trial, home, args.learn_from_none_of_the_above))
+            results.append(run_trial(trial, home, args.learn_from_none_of_the_above, args.input_view))
             print(f"{name} seed {seed} ({', '.join(trial.labels)}): {time.perf_counter() - started:.0f} s; "
                   f"{json.dumps({k: v for k, v in results[-1].items() if k != 'inference'})}", flush=True)
             for row in results[-1].get("inference", []):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import blend, box_logo, encode, smile_logo, upload_training_set
-from labelloop.modeling.images import prepare
+from labelloop.modeling.images import prepare, view_key
 from test_console_web import sign_in_client
 
 pytestmark = pytest.mark.timeout(600)
@@ -121,11 +121,12 @@ def test_export_reproduces_the_servers_confidences(trained: Server, tmp_path) ->
         assert response.status_code == 200
         images = [smile_logo(7), box_logo(8), smile_logo(50)]
         served = [detect(api, data) for data in images]
+        view = view_key(api.get("/models/v2").json()["input_view"])
     path = tmp_path / "model.onnx"
     path.write_bytes(response.content)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     labels = __import__("json").loads(session.get_modelmeta().custom_metadata_map["labels"])
-    batch = np.stack([prepare(data) for data in images]).astype(np.float32)
+    batch = np.stack([prepare(data, view=view) for data in images]).astype(np.float32)
     [probabilities] = session.run(None, {session.get_inputs()[0].name: batch})
     assert probabilities.shape == (3, len(labels))
     for row, answer in zip(probabilities, served, strict=True):
@@ -248,11 +249,12 @@ def test_quantize_backbone_serves_and_exports_the_versions_int8_twin(trained: Se
         exported = {version: api.get(f"/models/{version}/export").content for version in ("v2", "v3")}
         images = [smile_logo(70), box_logo(71), blend(72)]
         served = [detect(api, data) for data in images]
+        view = view_key(v3["input_view"])
         assert api.put("/parameters/Quantize-Backbone", json={"value": "false"}).status_code == 200
     assert _quantize_nodes(exported["v2"]) == 0 and _quantize_nodes(exported["v3"]) > 50
     session = ort.InferenceSession(exported["v3"], providers=["CPUExecutionProvider"])
     labels = __import__("json").loads(session.get_modelmeta().custom_metadata_map["labels"])
-    [probabilities] = session.run(None, {"input": np.stack([prepare(data) for data in images])})
+    [probabilities] = session.run(None, {"input": np.stack([prepare(data, view=view) for data in images])})
     for row, answer in zip(probabilities, served, strict=True):
         assert answer["model_version"] == "v3"
         for label in answer["labels"]:

@@ -134,11 +134,9 @@ def infer(event: dict[str, Any]) -> Outcome:
         return Outcome("recorded")
     try:
         _, data = storage.get_object(event["object_key"])
-        inputs = endpoint.prepare_image(data)
+        answer = endpoint.detect_image_compared(data)  # prepared with the input view of the version that runs it
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return Outcome("rejected", str(exc))
-    try:
-        answer = endpoint.detect_compared(inputs)
     except NoModelServing as exc:
         return Outcome("waiting", str(exc))
     previous = None if answer.previous is None else answer.previous[0]

@@ -15,10 +15,13 @@
 
 A backtest of fewer than ``COLD_AUDITS`` audits starts cold: its known stratum would be audited at the cold rate
 anyway, and the new stratum's own cold start would come on top. Both versions must read the same kind of
-embeddings (the shared fp32 backbone, or the same int8 one): otherwise the new version starts cold, and serving
-does not compare the heads either. Stored with the version (``ModelVersion.warm_start``); serving then gives
-each detection the previous head's confidence on the same embedding, which puts it in its stratum
-(``detection.service.new_stratum``).
+embeddings (the shared fp32 backbone, or the same int8 one, and the same input view, crop or letterbox):
+otherwise the new version starts cold, and serving does not compare the heads either. (A previous head fed the
+other view's embeddings would be judged on inputs it never saw; embedding every image twice, once per view, to
+compare them would double the backbone's cost of every detection for the life of the version. The first
+letterbox version after crop ones starts cold, as after a switch of backbone.) Stored with the version
+(``ModelVersion.warm_start``); serving then gives each detection the previous head's confidence on the same
+embedding, which puts it in its stratum (``detection.service.new_stratum``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from labelloop.detection.service import base_threshold
 from labelloop.modeling import dataset
 from labelloop.modeling.embedding import embed_cached
 from labelloop.modeling.endpoint import version_embedder
-from labelloop.modeling.images import content_hash
+from labelloop.modeling.images import content_hash, view_key
 from labelloop.modeling.predict import ranked
 from labelloop.modeling.versions import get_version, head_of, serving_version
 from labelloop.parameters import service as parameters
@@ -76,6 +79,7 @@ class Plan:
         return confidence >= self.thresholds.get((name, label), 100.0)
     window: list[tuple[str, str, str, float]]  # the previous version's detections: key, etag, label, confidence
     share: float = 0.0  # Audit-Training-Share (0–1): the audits it draws became training data
+    view: str = "orig"  # both versions' input view (an images.VIEWS key)
 
 
 def store(version: str) -> dict[str, Any] | None:
@@ -107,9 +111,10 @@ def _plan(version: str) -> Plan | dict[str, Any] | None:
             return row.warm_start
         if row.head is None or previous is None or previous.version == version or previous.head is None:
             return None
-        if previous.backbone_fingerprint != row.backbone_fingerprint:
+        if previous.backbone_fingerprint != row.backbone_fingerprint or previous.input_view != row.input_view:
             log.info("cold start: the previous version reads other embeddings",
-                     extra={"version": version, "previous": previous.version})
+                     extra={"version": version, "previous": previous.version, "input_view": row.input_view,
+                            "previous_input_view": previous.input_view})
             return None
         values = parameters.values(session=session)
         thresholds = {(name, label): base_threshold(label, name, values, session=session)[0]
@@ -117,7 +122,7 @@ def _plan(version: str) -> Plan | dict[str, Any] | None:
                       for label in labels or []}
         return Plan(version, previous.version, head_of(row), head_of(previous), version_embedder(row), thresholds,
                     _answered_audits(version, session=session), _window(previous.version, session=session),
-                    parameters.value(parameters.AUDIT_TRAINING_SHARE, session=session) / 100)
+                    parameters.value(parameters.AUDIT_TRAINING_SHARE, session=session) / 100, view_key(row.input_view))
 
 
 Scored = dict[str, tuple[tuple[str, float], tuple[str, float]]]  # digest -> (new head's top, previous head's top)
@@ -129,7 +134,8 @@ def build(plan: Plan) -> silent_errors.Warm:
     audits = [(item, silent_errors.audit_trains(rid, plan.share)) for key, etag, answer, rid in plan.audits
               if (item := _stored(key, etag, answer, None))]
     window = [item for key, etag, label, confidence in plan.window if (item := _stored(key, etag, label, confidence))]
-    vectors = embed_cached(*plan.backbone, {item.digest: item.data for item in [a for a, _ in audits] + window})
+    vectors = embed_cached(*plan.backbone, {item.digest: item.data for item in [a for a, _ in audits] + window},
+                           (plan.view,))
     scored = {digest: (_top(plan.head, vector), _top(plan.previous_head, vector))
               for (digest, _), vector in vectors.vectors.items()}
     backtest = backtest_of(plan, audits, scored, trained)

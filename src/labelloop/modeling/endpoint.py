@@ -23,17 +23,20 @@ from labelloop.files import atomic_write_bytes
 from labelloop.modeling import int8
 from labelloop.modeling.embedding import Embedder, EmbeddingCache, default_threads
 from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, stored_fingerprint
-from labelloop.modeling.images import prepare
+from labelloop.modeling.images import prepare, view_key
 from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.predict import ranked
-from labelloop.modeling.serving import Compared, LoadedVersion, NoModelServing, PreviousHead, Serving
+from labelloop.modeling.serving import Compared, LoadedVersion, NoModelServing, PreviousHead, Serving, ViewChanged
 from labelloop.modeling.versions import ModelError, get_version, head_of, serving_version
 from labelloop.parameters import service as parameters
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NoModelServing", "backbone_path", "detect_compared", "detect_inputs", "serving", "sync_serving",
-           "training_embedder", "version_backbone", "version_embedder"]
+__all__ = ["NoModelServing", "backbone_path", "detect_compared", "detect_image_compared", "detect_inputs", "serving",
+           "sync_serving", "training_embedder", "version_backbone", "version_embedder"]
+
+# How often a request is prepared again when the version that would run it switched to another input view meanwhile.
+VIEW_RETRIES = 3
 
 # ── the backbone file ────────────────────────────────────────────────────────
 
@@ -137,16 +140,19 @@ def load(version: str) -> LoadedVersion:
         head = head_of(row)
         embedder = None if row.backbone_fingerprint is None else version_embedder(row)[0]
         previous = _previous_head(row, session=session)
-    return serving().warm(version, head, embedder, previous)
+        view = view_key(row.input_view)
+    return serving().warm(version, head, embedder, previous, view)
 
 
 def _previous_head(row: ModelVersion, *, session: Session) -> PreviousHead | None:
-    """The head of the version ``row``'s warm start was built against, when it reads the same embeddings."""
+    """The head of the version ``row``'s warm start was built against, when it reads the same embeddings (the
+    same backbone and input view)."""
     name = (row.warm_start or {}).get("previous")
     if name is None:
         return None
     previous = session.scalar(select(ModelVersion).where(ModelVersion.version == name))
-    if previous is None or previous.head is None or previous.backbone_fingerprint != row.backbone_fingerprint:
+    if (previous is None or previous.head is None or previous.backbone_fingerprint != row.backbone_fingerprint
+            or previous.input_view != row.input_view):
         return None
     return PreviousHead(name, head_of(previous))
 
@@ -192,9 +198,18 @@ def sync_serving(force: bool = False) -> str | None:
         return wanted_name
 
 
-def prepare_image(data: bytes) -> np.ndarray:
-    """Decode and preprocess one uploaded image into a 1×3×224×224 batch (raises ``ImageRejected``)."""
-    return prepare(data)[None, ...]
+def prepare_image(data: bytes, view: str = "orig") -> np.ndarray:
+    """Decode and preprocess one uploaded image into a 1×3×224×224 batch as ``view`` (an images.VIEWS key: a
+    version's input view, ``serving_view``); raises ``ImageRejected``."""
+    return prepare(data, view=view)[None, ...]
+
+
+def serving_view() -> str:
+    """The input view (images.VIEWS key) of the version serving here, after picking up a switch made by another
+    process ('orig' when nothing serves: the request then gets ``NoModelServing``)."""
+    sync_serving()
+    active = serving().active
+    return active.view if active is not None else "orig"
 
 
 def labels_of(labels: list[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
@@ -209,11 +224,25 @@ def detect_inputs(inputs: np.ndarray) -> tuple[str, list[list[dict[str, Any]]]]:
     return loaded.version, [labels_of(loaded.labels, row) for row in probabilities]
 
 
-def detect_compared(inputs: np.ndarray) -> Compared:
+def detect_compared(inputs: np.ndarray, view: str | None = None) -> Compared:
     """Detect preprocessed images with the serving version, and the previous version's top label and
-    confidence on each when the serving one has a warm start (``Compared.previous``)."""
+    confidence on each when the serving one has a warm start (``Compared.previous``). ``view``: the view the
+    inputs were prepared with (``ViewChanged`` when the serving version has another)."""
     sync_serving()
-    return serving().submit_compared(inputs).result(timeout=120)
+    return serving().submit_compared(inputs, view).result(timeout=120)
+
+
+def detect_image_compared(data: bytes) -> Compared:
+    """:func:`detect_compared` on one image's bytes, prepared with the input view of the version that runs it
+    (prepared again when a switch to a version with another view came in between); raises ``ImageRejected``,
+    ``NoModelServing``."""
+    retries = 0
+    while True:
+        view = serving_view()
+        try:
+            return detect_compared(prepare_image(data, view), view)
+        except ViewChanged:
+            retries = _retry_view(retries)
 
 
 # Decoding runs on a pool as wide as the cores, not on the server's 40-thread pool: more concurrent decodes
@@ -226,8 +255,8 @@ def _prepare_and_queue(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarr
     batch with ``answer`` as its future; a failure (a rejected image, nothing serving) goes into ``answer``.
     Runs on the prepare pool."""
     try:
-        sync_serving()
-        serving().submit(prepare_image(data), future=answer)
+        view = serving_view()
+        serving().submit(prepare_image(data, view), future=answer, view=view)
     except BaseException as exc:  # handed to the awaiting request, which raises it
         if answer.set_running_or_notify_cancel():
             answer.set_exception(exc)
@@ -237,7 +266,22 @@ async def detect_upload(data: bytes) -> tuple[str, list[dict[str, Any]]]:
     """Detect one uploaded image for an async caller: decoded and queued on the prepare pool, its batch
     awaited without holding a thread (one wake-up of the event loop per request: the answer). The version
     used and every label best first (raises ``ImageRejected``)."""
-    answer: Future[tuple[LoadedVersion, np.ndarray]] = Future()
-    _PREPARE_POOL.submit(_prepare_and_queue, data, answer)
-    loaded, probabilities = await asyncio.wrap_future(answer)
-    return loaded.version, labels_of(loaded.labels, probabilities[0])
+    retries = 0
+    while True:
+        answer: Future[tuple[LoadedVersion, np.ndarray]] = Future()
+        _PREPARE_POOL.submit(_prepare_and_queue, data, answer)
+        try:
+            loaded, probabilities = await asyncio.wrap_future(answer)
+        except ViewChanged:
+            retries = _retry_view(retries)
+            continue
+        return loaded.version, labels_of(loaded.labels, probabilities[0])
+
+
+def _retry_view(retries: int) -> int:
+    """One more preparation of a request whose version changed view (re-raises after VIEW_RETRIES)."""
+    if retries >= VIEW_RETRIES:
+        raise
+    log.info("the serving version's input view changed while a request waited; preparing it again",
+             extra={"retry": retries + 1})
+    return retries + 1

@@ -43,6 +43,14 @@ BACKBONE_FILENAME = "efficientnet_lite0.onnx"
 VERIFY_ATOL = 1e-4
 NORM_EPS = 1e-12
 PREPROCESSING = "RGB, resize short side to 224 (bicubic), center crop 224, (x/255-0.5)/0.5, NCHW float32"
+# What a consumer of an exported model must do to an image, by the version's input view (images.INPUT_VIEWS).
+VIEW_PREPROCESSING = {
+    "crop": PREPROCESSING,
+    "letterbox": "RGB, resize long side to 224 (bicubic, short side round(224·short/long), at least 1), paste "
+                 "centred (offset floor((224-w)/2), floor((224-h)/2)) on a 224×224 canvas filled with the mean "
+                 "colour of the image's border pixels (first and last row and column, rounded), "
+                 "(x/255-0.5)/0.5, NCHW float32",
+}
 
 
 class ExportError(RuntimeError):
@@ -351,13 +359,15 @@ def _nearest_nodes(head: Head) -> tuple[list, list]:
 
 
 def build_full_model_onnx(
-    backbone_onnx_path: str | Path, head: Head, out_path: str | Path, *, model_version: str | None = None
+    backbone_onnx_path: str | Path, head: Head, out_path: str | Path, *, model_version: str | None = None,
+    input_view: str = "crop",
 ) -> Path:
     """One ONNX file = backbone + head + softmax, written atomically to `out_path`.
 
-    Input `input` float32 N×3×224×224 preprocessed as `images.to_input` (dynamic N); output
-    `probabilities` N×labels. Metadata: `labels` (JSON list, column order), `model_version` when given,
-    `preprocessing` (in words) and the backbone fingerprint.
+    Input `input` float32 N×3×224×224 preprocessed as `images.to_input` on the version's `input_view` (dynamic
+    N; the graph does not preprocess); output `probabilities` N×labels. Metadata: `labels` (JSON list, column
+    order), `model_version` when given, `input_view`, `preprocessing` (that view in words) and the backbone
+    fingerprint.
     """
     import onnx
     from onnx import compose, helper
@@ -371,7 +381,8 @@ def build_full_model_onnx(
     _prune_dead_nodes(merged.graph)
     meta = {p.key: p.value for p in backbone.metadata_props}
     del merged.metadata_props[:]
-    values = {"labels": json.dumps(list(head.labels)), "preprocessing": PREPROCESSING,
+    values = {"labels": json.dumps(list(head.labels)), "input_view": input_view,
+              "preprocessing": VIEW_PREPROCESSING[input_view],
               "backbone_fingerprint": meta.get(FINGERPRINT_KEY, "")}
     if model_version is not None:
         values["model_version"] = str(model_version)

@@ -17,7 +17,8 @@ hardest, so its F1 reads low (measured on load_digits: 0.41–0.75 while the sam
 on held-out images), and from a handful of starting images nothing would ever deploy.
 
 Each version's head judges embeddings of its own backbone: a version trained with Quantize-Backbone whose int8
-twin serves is judged on its int8 embeddings, the serving version it is compared with on its own.
+twin serves is judged on its int8 embeddings, the serving version it is compared with on its own (and each on
+its own input view, crop or letterbox).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from labelloop.modeling import dataset
 from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached
 from labelloop.modeling.endpoint import version_embedder
 from labelloop.modeling.evaluation import production_estimate
-from labelloop.modeling.images import content_hash
+from labelloop.modeling.images import content_hash, view_key
 from labelloop.modeling.training import TrainingDataError, train_head
 from labelloop.modeling.versions import get_version, head_of, serving_version
 from labelloop.parameters import service as parameters
@@ -65,19 +66,20 @@ class Evidence:
 Backbone = tuple[Embedder, EmbeddingCache]
 
 
-def _embeddings(sources: dict[str, Any], backbone: Backbone) -> dict[str, np.ndarray]:
-    """Embeddings by content hash (from the cache; images that do not decode are left out)."""
+def _embeddings(sources: dict[str, Any], backbone: Backbone, view: str = "orig") -> dict[str, np.ndarray]:
+    """Embeddings of ``view`` (a version's input view, an images.VIEWS key) by content hash (from the cache;
+    images that do not decode are left out)."""
     if not sources:
         return {}
     embedder, cache = backbone
-    vectors = embed_cached(embedder, cache, sources)
-    return {digest: vectors.get(digest) for digest in sources if digest not in vectors.rejected}
+    vectors = embed_cached(embedder, cache, sources, (view,))
+    return {digest: vectors.get(digest, view) for digest in sources if digest not in vectors.rejected}
 
 
-def gather(version: str, found: dict[str, Any], backbone: Backbone) -> Evidence:
+def gather(version: str, found: dict[str, Any], backbone: Backbone, view: str = "orig") -> Evidence:
     """The version's manifest and the human answers in ``found`` (what human review knows, as
-    ``review.service.review_evidence`` gives it), embedded by the version's ``backbone``; answers about images
-    in its data set are left out."""
+    ``review.service.review_evidence`` gives it), embedded by the version's ``backbone`` on its ``view``;
+    answers about images in its data set are left out."""
     rows = dataset.manifest_of(version)["images"]
     known = {row["sha256"] for row in rows if row.get("sha256")}
     answers: dict[str, tuple[str, bytes]] = {}
@@ -88,7 +90,7 @@ def gather(version: str, found: dict[str, Any], backbone: Backbone) -> Evidence:
             continue
         if (digest := content_hash(data)) not in known:
             answers[digest] = (label, data)
-    vectors = _embeddings({digest: data for digest, (_, data) in answers.items()}, backbone)
+    vectors = _embeddings({digest: data for digest, (_, data) in answers.items()}, backbone, view)
     return Evidence(rows, found["reviewed_keys"], found["review_share"],
                     {digest: (answers[digest][0], vector) for digest, vector in vectors.items()},
                     {digest: answers[digest][1] for digest in vectors})
@@ -123,7 +125,7 @@ def _decisions_without(evidence: Evidence, fresh: list[dict[str, Any]], vectors:
     embedder, cache = backbone
     try:
         head = train_head(dataset.labeled_examples(usable), embedder, cache, final_on_all=True,
-                          balance_labels=bool(options.get("balance_labels"))).head
+                          balance_labels=bool(options.get("balance_labels")), view=options.get("view", "orig")).head
     except TrainingDataError:  # without them a label has too few images: judge by the evaluated model
         return [row["predicted"] for row in fresh]
     return decide(head, [vectors[row["sha256"]] for row in fresh])
@@ -139,21 +141,23 @@ def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[st
         serving = serving_version(session=session)
         if serving is None or serving.version == version or serving.head is None:
             return None
-        name, serving_head = serving.version, head_of(serving)
+        name, serving_head, serving_view = serving.version, head_of(serving), view_key(serving.input_view)
         serving_backbone = version_embedder(serving)
-    same_backbone = serving_backbone[0].fingerprint == backbone[0].fingerprint
+    view = options.get("view", "orig")
+    same_backbone = serving_backbone[0].fingerprint == backbone[0].fingerprint and serving_view == view
     seen = {row["sha256"] for row in dataset.manifest_of(name)["images"] if row.get("sha256")}
     fresh = [row for row in evidence.test_rows() if row["key"] in evidence.reviewed_keys and row["sha256"] not in seen]
     sources = {row["sha256"]: (lambda key=row["key"]: storage.get_object(key)[1]) for row in fresh}
-    vectors = _embeddings(sources, backbone)
-    old_vectors = vectors if same_backbone else _embeddings(sources, serving_backbone)
+    vectors = _embeddings(sources, backbone, view)
+    old_vectors = vectors if same_backbone else _embeddings(sources, serving_backbone, serving_view)
     fresh = [row for row in fresh if row["sha256"] in vectors and row["sha256"] in old_vectors]
     audit = {digest: answer for digest, answer in evidence.audit.items() if digest not in seen}
     audit_labels, audit_vectors = [label for label, _ in audit.values()], [vector for _, vector in audit.values()]
     if same_backbone:
         old_audit_vectors = audit_vectors
     else:
-        embedded = _embeddings({digest: evidence.audit_images[digest] for digest in audit}, serving_backbone)
+        embedded = _embeddings({digest: evidence.audit_images[digest] for digest in audit}, serving_backbone,
+                               serving_view)
         old_audit_vectors = [embedded[digest] for digest in audit]
     truth = [row["label"] for row in fresh]
 
@@ -202,9 +206,9 @@ def judge(version: str, found: dict[str, Any]) -> dict[str, Any]:
         minimum = parameters.value(parameters.MINIMUM_F1_SCORE, session=session)
         row = get_version(version, session=session)
         f1, head = row.f1 or 0.0, head_of(row)
-        options = dict(row.evaluation.get("training_options") or {})
+        options = {**(row.evaluation.get("training_options") or {}), "view": view_key(row.input_view)}
         backbone = version_embedder(row)
-    evidence = gather(version, found, backbone)
+    evidence = gather(version, found, backbone, options["view"])
     production = estimate(evidence, head)
     compared = versus_serving(version, evidence, head, options, backbone)
     passed_on = _verdict(f1, minimum, production, compared)

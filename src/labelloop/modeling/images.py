@@ -25,6 +25,10 @@ huge intermediate image for extreme aspect ratios. `to_input(…, size=260)` giv
 
 The `letterbox` view keeps the whole image (long side to the input size, padded with the mean colour of the
 image's border) instead of cropping its edges away; bench/real_images compares it with the centre crop.
+
+A model version records the view it was trained and is served on (`ModelVersion.input_view`, one of
+`INPUT_VIEWS`): `crop` (the centre crop, `VIEWS` key 'orig', every version before the letterbox view) or
+`letterbox` (the default for new versions, parameter Model-Input-View; README, The model).
 """
 
 from __future__ import annotations
@@ -68,6 +72,20 @@ VIEWS: dict[str, tuple[float, float, float, bool]] = {
     "letterbox": (0.0, 0.5, 0.5, False),
     "letterbox_flip": (0.0, 0.5, 0.5, True),
 }
+
+
+# A model version's input view (`ModelVersion.input_view`) -> its key in VIEWS and in the embedding cache ('orig'
+# stays the centre crop's key, so embeddings cached before input views existed keep their meaning).
+INPUT_VIEWS: dict[str, str] = {"crop": "orig", "letterbox": "letterbox"}
+DEFAULT_INPUT_VIEW = "letterbox"
+
+
+def view_key(input_view: str | None) -> str:
+    """The VIEWS key of a model version's input view (None, as for rows written before input views: 'crop')."""
+    try:
+        return INPUT_VIEWS[input_view or "crop"]
+    except KeyError:
+        raise ValueError(f"unknown input view {input_view!r}; choose from {sorted(INPUT_VIEWS)}") from None
 
 
 class ImageRejected(ValueError):
@@ -274,7 +292,7 @@ def letterbox(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
 def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> np.ndarray:
     """Preprocess an RGB image into a 3×size×size float32 array in [-1, 1] (see module docstring).
 
-    `view` selects an augmented view from VIEWS ('orig' is the plain preprocessing used for serving).
+    `view` selects a view from VIEWS (a version serves on its input view: 'orig' for crop, 'letterbox').
     """
     fraction, ax, ay, flip = VIEWS[view]
     if fraction == 0:
@@ -286,9 +304,9 @@ def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> 
     return _to_array(out)
 
 
-def prepare(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes to a 3×224×224 model input (decode, then preprocess); raises ImageRejected."""
-    return to_input(decode_image(data, max_pixels))
+def prepare(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, view: str = "orig") -> np.ndarray:
+    """Bytes to a 3×224×224 model input (decode, then preprocess as `view`, a VIEWS key); raises ImageRejected."""
+    return to_input(decode_image(data, max_pixels), view)
 
 
 def prepare_views(data: bytes, views: tuple[str, ...], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

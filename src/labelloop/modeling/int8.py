@@ -6,7 +6,9 @@ embeddings, and serve it only when it costs no accuracy that matters.
    ``reduce_range``: this CPU's AVX2 u8×s8 kernels without VNNI can saturate at full range; MinMax
    calibration; pooling, flatten and the ImageNet classifier stay fp32, so the embedding itself is not
    rounded). Calibrated on up to ``CALIBRATION_IMAGES`` of the version's own training images, preprocessed
-   as for serving. The file's fingerprint (fp32 fingerprint, recipe, calibration images) is written into
+   as for serving: on the version's input view (a letterbox version calibrates on letterboxed images, whose
+   padding a centre crop never shows). The file's fingerprint (fp32 fingerprint, recipe, calibration images and
+   view) is written into
    its metadata, so the embedding cache keeps its vectors apart and a retried training reuses the file.
 2. **Train the twin** with the same code and split as the fp32 head (``train_head`` with the int8 embedder;
    the test split is passed explicitly, so both heads are judged on the same images).
@@ -43,9 +45,10 @@ MAX_F1_LOSS = 0.005  # half a point of macro-F1
 _FLOAT_TAIL = ("GlobalAveragePool", "Flatten", "Gemm")
 
 
-def fingerprint(fp32_fingerprint: str, calibration_digests: Sequence[str]) -> str:
-    """The int8 backbone's fingerprint: the fp32 backbone's, the recipe and the calibration images."""
-    source = ":".join([fp32_fingerprint, "int8", RECIPE, *calibration_digests])
+def fingerprint(fp32_fingerprint: str, calibration_digests: Sequence[str], view: str = "orig") -> str:
+    """The int8 backbone's fingerprint: the fp32 backbone's, the recipe, the calibration images and their view
+    (an `images.VIEWS` key; the centre crop's 'orig' adds nothing, so files built before views keep theirs)."""
+    source = ":".join([fp32_fingerprint, "int8", RECIPE, *calibration_digests, *([] if view == "orig" else [view])])
     return hashlib.sha256(source.encode()).hexdigest()
 
 
@@ -66,22 +69,23 @@ def stored_fingerprint(path: Path) -> str | None:
 class _Calibration:
     """ONNX Runtime's calibration data reader: the images preprocessed as for serving, a few at a time."""
 
-    def __init__(self, images: Sequence[LabeledImage]) -> None:
-        self._batches = self._read(images)
+    def __init__(self, images: Sequence[LabeledImage], view: str = "orig") -> None:
+        self._batches = self._read(images, view)
 
     @staticmethod
-    def _read(images: Sequence[LabeledImage]) -> Iterator[dict[str, np.ndarray]]:
+    def _read(images: Sequence[LabeledImage], view: str) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(images), CALIBRATION_BATCH):
             chunk = images[start:start + CALIBRATION_BATCH]
-            yield {"input": np.stack([prepare(image.data()) for image in chunk])}
+            yield {"input": np.stack([prepare(image.data(), view=view) for image in chunk])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
-def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, print_: str) -> Path:
+def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, print_: str,
+          view: str = "orig") -> Path:
     """Quantize the fp32 backbone at ``fp32_path`` into ``out_path`` (written atomically), calibrated on
-    ``calibration``, with the fingerprint ``print_`` in its metadata."""
+    ``calibration`` prepared as ``view``, with the fingerprint ``print_`` in its metadata."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -92,7 +96,7 @@ def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, 
         prepared, quantized = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         tail = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in _FLOAT_TAIL]
-        quantize_static(str(prepared), str(quantized), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(quantized), _Calibration(calibration, view), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=tail)
@@ -112,14 +116,16 @@ def calibration_images(result: TrainingResult) -> list[LabeledImage]:
     return train[:CALIBRATION_IMAGES]
 
 
-def ensure_backbone(fp32_path: Path, fp32_fingerprint: str, result: TrainingResult, folder: Path) -> Path:
-    """The int8 backbone of a version trained as ``result``, built in ``folder`` unless already there."""
+def ensure_backbone(fp32_path: Path, fp32_fingerprint: str, result: TrainingResult, folder: Path,
+                    view: str = "orig") -> Path:
+    """The int8 backbone of a version trained as ``result`` on ``view``, built in ``folder`` unless already
+    there."""
     images = calibration_images(result)
-    print_ = fingerprint(fp32_fingerprint, [result.digests[image.key] for image in images])
+    print_ = fingerprint(fp32_fingerprint, [result.digests[image.key] for image in images], view)
     path = backbone_file(folder, print_)
     if stored_fingerprint(path) != print_:
         started = time.perf_counter()
-        build(fp32_path, images, path, print_)
+        build(fp32_path, images, path, print_, view)
         log.info("int8 backbone built", extra={"path": str(path), "calibration_images": len(images),
                                                "seconds": round(time.perf_counter() - started, 2)})
     return path
@@ -167,7 +173,7 @@ def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embe
     """Build the int8 backbone calibrated on ``fp32``'s training split, train and evaluate the same head on its
     embeddings (same images, same test split, same ``options``), and keep whichever may serve."""
     started = time.perf_counter()
-    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder)
+    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder, options.get("view", "orig"))
     built = time.perf_counter() - started
     embedder = Embedder(path)
     told = None if progress is None else lambda phase, done, total: progress(f"int8 {phase}", done, total)

@@ -63,6 +63,9 @@ class ModelVersion(Base):
     # Its warm start, stored when first deployed to replace another version (detection.warm_start): the
     # previous version, the backtest audits and the new stratum's counts; None: a cold start.
     warm_start: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The view its head was trained on and every request is prepared with (images.INPUT_VIEWS): "crop" (centre
+    # crop, every version before this column) or "letterbox" (whole image, padded), from Model-Input-View.
+    input_view: Mapped[str] = mapped_column(String(16), default="crop", server_default="crop")
     # While it trains: {"phase", "done", "total", "started_at", "updated_at"} (the dashboard's progress bar).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
@@ -104,6 +107,8 @@ class ModelVersionRead(BaseModel):
     evaluation: dict[str, Any] | None = None
     # Its warm start in brief (versions.warm_start_summary): previous, backtest_audits, new_accepted, accepted
     warm_start: dict[str, Any] | None = None
+    # How each image is prepared for this version (images.INPUT_VIEWS): "crop" or "letterbox"
+    input_view: str = "crop"
 
 
 class DetectedLabel(BaseModel):

@@ -29,6 +29,12 @@ class Predictor:
         """Label names, in probability-column order."""
         return self.head.labels
 
+    @property
+    def view(self) -> str:
+        """The view images are prepared with: the head's primary training view (``train_head``'s ``view``, an
+        images.VIEWS key; 'orig', the centre crop, for heads trained before input views)."""
+        return str((self.head.meta.get("views") or ["orig"])[0])
+
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities N×labels for a preprocessed N×3×224×224 float32 batch."""
         return self.head.predict_proba(self.embedder.embed(batch))
@@ -37,5 +43,6 @@ class Predictor:
         """Every label with its confidence (0–100), best first, per image; raises ImageRejected."""
         if not images:
             return []
-        probabilities = self.predict_batch(np.stack([prepare(data, self.embedder.max_pixels) for data in images]))
+        view = self.view
+        probabilities = self.predict_batch(np.stack([prepare(data, self.embedder.max_pixels, view) for data in images]))
         return [ranked(self.labels, row) for row in probabilities]

@@ -21,6 +21,7 @@ from labelloop.config import get_settings
 from labelloop.modeling import dataset, endpoint, gate, int8
 from labelloop.modeling.embedding import Embedder
 from labelloop.modeling.export import build_full_model_onnx
+from labelloop.modeling.images import view_key
 from labelloop.modeling.models import ModelStatus, ModelVersion
 from labelloop.modeling.training import NEGATIVE_LABEL, LabeledImage, TrainingDataError, TrainingResult, train_head
 from labelloop.modeling.versions import (
@@ -47,7 +48,8 @@ def create_version_with_manifest(run_id: str) -> dict[str, Any]:
             return {"version": existing.version, "manifest_key": existing.manifest_key,
                     "images": existing.image_count}
         number = (session.scalar(select(ModelVersion.id).order_by(ModelVersion.id.desc())) or 0) + 1
-        row = existing or ModelVersion(version=f"v{number}", run_id=run_id)
+        row = existing or ModelVersion(version=f"v{number}", run_id=run_id, input_view=parameters.value(
+            parameters.MODEL_INPUT_VIEW, session=session))
         session.add(row)
         session.flush()
         version = row.version
@@ -91,7 +93,8 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     with db.session() as session:
         row = get_version(version, session=session)
         options = {"final_on_all": parameters.value(parameters.TRAIN_FINAL_MODEL_ON_ALL_IMAGES, session=session),
-                   "balance_labels": parameters.value(parameters.BALANCE_LABELS_IN_TRAINING, session=session)}
+                   "balance_labels": parameters.value(parameters.BALANCE_LABELS_IN_TRAINING, session=session),
+                   "view": view_key(row.input_view)}
         quantize = parameters.value(parameters.QUANTIZE_BACKBONE, session=session)
         threshold = parameters.value(parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE, session=session)
     if row.head is not None:  # the step is being retried after it finished training
@@ -287,7 +290,7 @@ def export_onnx(version: str, *, session: Session) -> bytes:
     head, backbone = head_of(row), endpoint.version_backbone(row)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "model.onnx"
-        build_full_model_onnx(backbone, head, out, model_version=version)
+        build_full_model_onnx(backbone, head, out, model_version=version, input_view=row.input_view)
         return out.read_bytes()
 
 

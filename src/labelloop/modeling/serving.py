@@ -13,6 +13,11 @@ of that backbone, which every unit uses for its batches. A version with a warm s
 also holds the head of the version it replaced, when that one read the same kind of embeddings: for a request
 that asks (:meth:`Serving.submit_compared`), that head's top label and confidence on the same embedding come
 back beside the answer (the head only: the backbone runs once).
+
+Each version serves on its input view (``LoadedVersion.view``: the centre crop 'orig' or 'letterbox'), and a
+request says which view its images were prepared with: a request prepared for one version's view that reaches a
+version with another (a switch between preparing and running it) is answered :class:`ViewChanged`, never run,
+and the caller prepares it again for the version now serving (``endpoint``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ log = logging.getLogger(__name__)
 
 class NoModelServing(RuntimeError):
     """No model version is serving; the message says what to do."""
+
+
+class ViewChanged(RuntimeError):
+    """The serving version changed to one with another input view after the request was prepared."""
 
 
 class HeadLike(Protocol):
@@ -64,6 +73,7 @@ class LoadedVersion:
     embedder: Embedder | None = None
     loaded_at: float = field(default_factory=time.time)
     previous: PreviousHead | None = None  # warm start: the replaced version's head, on the same embeddings
+    view: str = "orig"  # the images.VIEWS key every request for it is prepared with (its input view)
 
     @property
     def labels(self) -> list[str]:
@@ -84,6 +94,7 @@ class _Request:
     inputs: np.ndarray
     future: Future[Any]
     compared: bool = False  # answer with a Compared (else a (version, probabilities) pair)
+    view: str | None = None  # the view the inputs were prepared with (None: not checked)
 
 
 class Serving:
@@ -111,11 +122,11 @@ class Serving:
         return self._active
 
     def warm(self, version: str, head: HeadLike, embedder: Embedder | None = None,
-             previous: PreviousHead | None = None) -> LoadedVersion:
+             previous: PreviousHead | None = None, view: str = "orig") -> LoadedVersion:
         """Load ``version`` beside the serving one and run a warm-up batch through it (blue side); ``embedder``:
         the version's own backbone session, when its head was trained on another backbone than the units';
-        ``previous``: the replaced version's head (warm start)."""
-        loaded = LoadedVersion(version, head, embedder, previous=previous)
+        ``previous``: the replaced version's head (warm start); ``view``: its input view (an images.VIEWS key)."""
+        loaded = LoadedVersion(version, head, embedder, previous=previous, view=view)
         probe = np.zeros((1, 3, 224, 224), dtype=np.float32)
         embedder = embedder or self._embedders[0]
         probabilities = head.predict_proba(embedder.embed(probe))
@@ -203,6 +214,9 @@ class Serving:
                 request.future.set_exception(NoModelServing(
                     "no model version is serving; train one (POST /api/v1/training/check) or deploy one"))
             return
+        batch = _same_view(version, batch)
+        if not batch:
+            return
         try:
             inputs = np.concatenate([request.inputs for request in batch])
             embeddings = (version.embedder or embedder).embed(inputs)
@@ -224,23 +238,39 @@ class Serving:
                 request.future.set_result((version, probabilities[start:end]))
             start = end
 
-    def submit(self, inputs: np.ndarray, future: Future[Any] | None = None) -> Future[tuple[LoadedVersion, np.ndarray]]:
+    def submit(self, inputs: np.ndarray, future: Future[Any] | None = None,
+               view: str | None = None) -> Future[tuple[LoadedVersion, np.ndarray]]:
         """Queue preprocessed images (N×3×224×224); the future gives (version, N×labels probabilities).
-        ``future``: the caller's own (not yet running) future to complete, instead of a new one."""
-        return self._queue(inputs, compared=False, future=future)
+        ``future``: the caller's own (not yet running) future to complete, instead of a new one. ``view``: the
+        view the images were prepared with; a version with another input view answers :class:`ViewChanged`."""
+        return self._queue(inputs, compared=False, future=future, view=view)
 
-    def submit_compared(self, inputs: np.ndarray) -> Future[Compared]:
+    def submit_compared(self, inputs: np.ndarray, view: str | None = None) -> Future[Compared]:
         """:meth:`submit`, with the previous head's top label and confidence per image when the serving
         version has one (warm start)."""
-        return self._queue(inputs, compared=True)
+        return self._queue(inputs, compared=True, view=view)
 
-    def _queue(self, inputs: np.ndarray, *, compared: bool, future: Future[Any] | None = None) -> Future[Any]:
+    def _queue(self, inputs: np.ndarray, *, compared: bool, future: Future[Any] | None = None,
+               view: str | None = None) -> Future[Any]:
         if self._active is None:
             raise NoModelServing("no model version is serving; train one (POST /api/v1/training/check) "
                                  "or deploy one (POST /api/v1/models/{version}/deploy)")
         future = future or Future()
-        self._requests.put(_Request(inputs, future, compared))
+        self._requests.put(_Request(inputs, future, compared, view))
         return future
+
+
+def _same_view(version: LoadedVersion, batch: list[_Request]) -> list[_Request]:
+    """The requests prepared with ``version``'s view; the others are answered :class:`ViewChanged`."""
+    kept = []
+    for request in batch:
+        if request.view is None or request.view == version.view:
+            kept.append(request)
+        else:
+            request.future.set_exception(ViewChanged(
+                f"model version {version.version} serves on the {version.view!r} view; the request was prepared "
+                f"as {request.view!r}"))
+    return kept
 
 
 def _previous_top(version: LoadedVersion, embeddings: np.ndarray) -> list[tuple[str, float]] | None:

@@ -486,7 +486,7 @@ def _cross_validate(design: _Design, n_labels: int, k: int, c_grid: Sequence[flo
     calibrated out-of-fold probabilities: one row per image, in group order)."""
     fold_of_group = _folds(design, k, seed)
     row_fold = fold_of_group[design.group]
-    first = np.unique(design.group, return_index=True)[1]  # the first view ('orig') of each image
+    first = np.unique(design.group, return_index=True)[1]  # the first view (the primary one) of each image
     theta, best, report = None, None, {}
     for c in sorted(c_grid):
         oof = np.zeros((len(first), n_labels))
@@ -557,7 +557,7 @@ def _nearest_familiarity(design: _Design, n_labels: int) -> dict[str, Any]:
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
 
-    first = np.unique(design.group, return_index=True)[1]  # one row ('orig' view) per image
+    first = np.unique(design.group, return_index=True)[1]  # one row (primary view) per image
     x, y = design.x[first], design.y[first]
     keep = np.concatenate([np.flatnonzero(y == k)[:MAX_BANK_PER_LABEL] for k in range(n_labels)])
     bank, bank_y = x[keep], y[keep]
@@ -663,11 +663,13 @@ def _embed(examples: Sequence[LabeledImage], digests: dict[str, str], embedder: 
 def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: EmbeddingCache, *, seed: int = 0,
                test_split: Collection[str] | None = None, augment: Sequence[str] = (),
                c_grid: Sequence[float] = DEFAULT_C_GRID, folds: int = DEFAULT_FOLDS, balance_labels: bool = False,
-               final_on_all: bool = False, progress: Progress | None = None) -> TrainingResult:
+               final_on_all: bool = False, view: str = "orig", progress: Progress | None = None) -> TrainingResult:
     """Train and evaluate a head on labeled images (see the module docstring for each step).
 
     `test_split`: object keys of an explicit test set (default: the automatic 80/20 split).
     `augment`: extra views of training images from `images.VIEWS` (e.g. ("flip",)); none by default.
+    `view`: the primary view (an `images.VIEWS` key: 'orig' the centre crop, 'letterbox' the whole image), the
+    one the version serves on: the evaluation, the suspect labels and the hidden class use it.
     `balance_labels`: weigh every label the same in the fit, whatever its number of images.
     `final_on_all`: after the evaluation, train the returned head again on every image (training and test
     split); the evaluation stays that of the head trained on the training split.
@@ -677,7 +679,7 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     out and listed in `result.rejected`.
     """
     started = time.perf_counter()
-    views = ("orig", *[v for v in augment if v != "orig"])
+    views = (view, *[v for v in augment if v != view])
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
         raise ValueError(f"unknown augmented views {unknown}; choose from {sorted(VIEWS)}")
@@ -686,7 +688,7 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     digests = _resolve_digests(examples)
     examples, negatives = split_negatives(examples, digests)
     validate_examples(examples, digests)
-    vectors = _embed([*examples, *negatives], digests, embedder, cache, ("orig",), progress)
+    vectors = _embed([*examples, *negatives], digests, embedder, cache, (view,), progress)
     rejected = {e.key: vectors.rejected[digests[e.key]] for e in [*examples, *negatives]
                 if digests[e.key] in vectors.rejected}
     usable = [e for e in examples if e.key not in rejected]
@@ -705,12 +707,12 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
     meta = {"views": list(views), "seed": seed, "backbone_fingerprint": embedder.fingerprint,
             "balance_labels": balance_labels, "trained_on": "training split"}
     head, oof = _fit_head(design, labels, c_grid=c_grid, folds=folds, seed=seed, meta=meta)
-    head = add_hidden_class(head, design, [vectors.get(digests[e.key]) for e in negatives])
+    head = add_hidden_class(head, design, [vectors.get(digests[e.key], view) for e in negatives])
     suspects_of = (design, oof)
     fitted_at = time.perf_counter()
     if progress is not None:
         progress("evaluating", 0, 0)
-    evaluation, decisions = _evaluate(head, split.test, digests, vectors, index, started, len(split.train))
+    evaluation, decisions = _evaluate(head, split.test, digests, vectors, index, started, len(split.train), view)
     evaluated_at = time.perf_counter()
     timings = {"embed_s": embedded_at - started, "fit_s": fitted_at - embedded_at,
                "evaluate_s": evaluated_at - fitted_at}
@@ -721,7 +723,7 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
         head, oof = _fit_head(every, labels, c_grid=c_grid, folds=folds, seed=seed,
                               meta={**meta, "trained_on": "training and test split",
                                     "evaluated_head": {"C": head.meta["C"], "temperature": head.temperature}})
-        head = add_hidden_class(head, every, [vectors.get(digests[e.key]) for e in negatives])
+        head = add_hidden_class(head, every, [vectors.get(digests[e.key], view) for e in negatives])
         suspects_of = (every, oof)
         timings["final_fit_s"] = time.perf_counter() - evaluated_at
     timings["total_s"] = time.perf_counter() - started
@@ -731,10 +733,11 @@ def train_head(examples: Sequence[LabeledImage], embedder: Embedder, cache: Embe
 
 
 def _evaluate(head: Head, test: Sequence[LabeledImage], digests: dict[str, str], vectors: CachedEmbeddings,
-              index: dict[str, int], started: float, n_train: int
+              index: dict[str, int], started: float, n_train: int, view: str = "orig"
               ) -> tuple[Evaluation, dict[str, tuple[str, float]]]:
-    """The head on the test split, and its decision for each test image; calibration from the head's metadata."""
-    x = np.stack([vectors.get(digests[e.key]) for e in test])
+    """The head on the test split (its ``view``), and its decision for each test image; calibration from the
+    head's metadata."""
+    x = np.stack([vectors.get(digests[e.key], view) for e in test])
     y = np.array([index[e.label] for e in test])
     calibration = {"temperature": head.temperature, "method": head.meta.get("calibration", ""),
                    "C": head.meta.get("C")}

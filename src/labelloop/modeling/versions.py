@@ -68,7 +68,7 @@ def describe(row: ModelVersion, *, with_evaluation: bool = True) -> dict[str, An
     data = {column: getattr(row, column) for column in (
         "version", "status", "status_message", "created_at", "training_ended_at", "deployed_at", "stopped_at",
         "run_id", "labels", "f1", "image_count", "train_images", "test_images", "training_seconds",
-        "manifest_key", "evaluation_key")}
+        "manifest_key", "evaluation_key", "input_view")}
     data["evaluation"] = row.evaluation if with_evaluation else None
     data["warm_start"] = warm_start_summary(row.warm_start)
     return data

@@ -43,7 +43,7 @@ def _rows(session: Session) -> list[dict[str, Any]]:
         spec = service.DEFINITIONS[row.name]
         described["system_only"] = spec.system_only
         described["kind"] = {"bool": "boolean", "int": "whole number", "float": "number",
-                             "json": "JSON"}[spec.kind]
+                             "choice": "choice", "json": "JSON"}[spec.kind]
         described["changes"] = len(service.history(row.name, limit=1000, session=session))
         if spec.kind == "json":
             described["pretty"] = pretty_json(spec.parse(row.value))

@@ -32,6 +32,7 @@ TRAIN_ON_AUDIT_CORRECTIONS = "Train-On-Audit-Corrections"
 AUDIT_TRAINING_SHARE = "Audit-Training-Share"
 LEARN_FROM_NONE_OF_THE_ABOVE = "Learn-From-None-Of-The-Above"
 QUANTIZE_BACKBONE = "Quantize-Backbone"
+MODEL_INPUT_VIEW = "Model-Input-View"
 GOLD_TASK_RATE = "Gold-Task-Rate"
 MINIMUM_GOLD_ACCURACY = "Minimum-Gold-Accuracy"
 MINIMUM_GOLD_ANSWERS = "Minimum-Gold-Answers"
@@ -54,18 +55,21 @@ class Definition:
     """What a parameter is: its type, allowed range, default and meaning."""
 
     name: str
-    kind: str  # "bool", "int", "float" or "json"
+    kind: str  # "bool", "int", "float", "choice" (one of `choices`) or "json"
     default: str
     description: str
     minimum: float | None = None
     maximum: float | None = None
     system_only: bool = False
+    choices: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> str:
         """The allowed values in words."""
         if self.kind == "bool":
             return "true or false"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
         if self.kind == "json":
             return "a JSON object, written by the system only"
         noun = "a whole number" if self.kind == "int" else "a number"
@@ -81,6 +85,8 @@ class Definition:
             return int(raw)
         if self.kind == "float":
             return float(raw)
+        if self.kind == "choice":
+            return raw
         return json.loads(raw or "{}")
 
 
@@ -180,6 +186,15 @@ DEFINITIONS: dict[str, Definition] = {
                    "one (faster detection) when, on its test split, it loses at most half a point of macro-F1 "
                    "and makes no more confident errors. Both results are in the version's evaluation. Off by "
                    "default: it adds a second embedding pass to every training (README, Performance)."),
+        Definition(MODEL_INPUT_VIEW, "choice", "letterbox",
+                   "How images are prepared for the model versions trained from now on: letterbox (the whole "
+                   "image, long side 224 px, padded with its border's colour) or crop (the centre 224×224 square, "
+                   "which cuts off the long side's edges, as every version before this parameter). Each version "
+                   "keeps the view it was trained on for good (GET /models/{version} shows it) and every "
+                   "request it answers is prepared that way. letterbox by default: on real photos the head on the "
+                   "letterbox view is 2.1 points of macro-F1 above plain logistic regression on crops on average "
+                   "(≥ 1 on 9 of 10 task sizes), on the crop 0.7 (README, The model).",
+                   choices=("letterbox", "crop")),
         Definition(GOLD_TASK_RATE, "float", "5.0",
                    "The percentage of each reviewer's tasks that are gold tasks (images an operator marked with "
                    "their known label), mixed into the queue while real tasks wait and served like them; the "
@@ -221,6 +236,10 @@ def validate(name: str, raw: object) -> str:
     problem = f"{name} must be {spec.allowed}; got {str(raw)[:80]!r}"
     if spec.kind == "bool":
         if text.lower() not in ("true", "false"):
+            raise ParameterError(problem)
+        return text.lower()
+    if spec.kind == "choice":
+        if text.lower() not in spec.choices:
             raise ParameterError(problem)
         return text.lower()
     if spec.kind == "json":

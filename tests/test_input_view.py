@@ -1,0 +1,114 @@
+"""Each model version's input view (Model-Input-View: letterbox by default, crop as before) over the API: a
+version keeps the view it was trained on, POST /detect prepares each image with the view of the version that
+answers it, the ONNX export says which, and a version that replaces one of another view starts cold."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from conftest import ADMIN_PASSWORD, Server
+from images import box_logo, smile_logo, upload_training_set
+from labelloop import db
+from labelloop.detection import warm_start
+from labelloop.modeling import endpoint
+from labelloop.modeling.images import prepare, view_key
+from labelloop.modeling.models import ModelVersion
+from labelloop.parameters import service as parameters
+from test_console_web import sign_in_client
+
+pytestmark = pytest.mark.timeout(600)
+VIEW = "Model-Input-View"
+
+
+def _wide(logo: bytes) -> bytes:
+    """The logo at the left end of a 480×160 white banner: a centre crop cuts most of it away."""
+    banner = Image.new("RGB", (480, 160), (255, 255, 255))
+    banner.paste(Image.open(io.BytesIO(logo)).convert("RGB"), (0, 0))
+    out = io.BytesIO()
+    banner.save(out, "PNG")
+    return out.getvalue()
+
+
+def _train(server: Server, api, offset: int) -> str:  # type: ignore[no-untyped-def]
+    upload_training_set(api, 5, offset=offset)
+    run = server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
+    return run["output"]["version"]
+
+
+def _offline(model: bytes, images: list[bytes], view: str) -> tuple[dict[str, str], np.ndarray]:
+    """The exported model's metadata and its probabilities on ``images`` prepared as ``view`` (a VIEWS key)."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    [probabilities] = session.run(None, {"input": np.stack([prepare(data, view=view) for data in images])})
+    return session.get_modelmeta().custom_metadata_map, probabilities
+
+
+def _same_confidences(answers: list[dict], labels: list[str], probabilities: np.ndarray) -> bool:
+    return all(abs(row[labels.index(label["name"])] * 100 - label["confidence"]) < 1e-2
+               for row, answer in zip(probabilities, answers, strict=True) for label in answer["labels"])
+
+
+def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
+    images = [_wide(smile_logo(60)), _wide(box_logo(61)), _wide(smile_logo(62))]
+    with server.client() as api:
+        assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox"
+        refused = api.put(f"/parameters/{VIEW}", json={"value": "square"})
+        assert refused.status_code == 422 and "one of letterbox, crop" in refused.text
+        assert api.put(f"/parameters/{VIEW}", json={"value": "crop"}).status_code == 200
+        assert _train(server, api, 0) == "v1"
+        assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox"}).status_code == 200
+        assert _train(server, api, 5) == "v2"
+        v1, v2 = api.get("/models/v1").json(), api.get("/models/v2").json()
+        assert (v1["input_view"], v2["input_view"]) == ("crop", "letterbox")
+        assert v2["status"] == "RUNNING", v2["status_message"]
+        assert v2["warm_start"] is None  # replaced a crop version: a cold start
+        served = {"v2": [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]}
+        exported = {v: api.get(f"/models/{v}/export").content for v in ("v1", "v2")}
+        server.wait_run(api.post("/models/v1/deploy").json()["run_id"])
+        served["v1"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
+        assert api.get("/models/v1").json()["input_view"] == "crop"  # deploying again changes nothing
+    with httpx.Client(base_url=server.url, follow_redirects=True) as browser:
+        sign_in_client(browser, "admin", ADMIN_PASSWORD)
+        page = browser.get("/models/v2").text
+        assert 'id="model-input-view">letterbox' in page, "the model page says how its images are prepared"
+    for version, view in (("v1", "crop"), ("v2", "letterbox")):
+        assert {answer["model_version"] for answer in served[version]} == {version}
+        meta, probabilities = _offline(exported[version], images, view_key(view))
+        assert meta["input_view"] == view and ("long side" in meta["preprocessing"]) == (view == "letterbox")
+        labels = json.loads(meta["labels"])
+        assert _same_confidences(served[version], labels, probabilities), (version, served[version])
+        other = "orig" if view == "letterbox" else "letterbox"
+        assert not _same_confidences(served[version], labels, _offline(exported[version], images, other)[1])
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[None]:
+    db.init(f"sqlite:///{tmp_path / 'app.db'}")
+    with db.session() as session:
+        parameters.ensure_defaults(session=session)
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["a", "b"], head=b"v1's head"))
+    yield
+    db.close()
+
+
+def test_a_version_on_another_input_view_starts_cold(database: None) -> None:
+    """The previous head never sees the other view's embeddings: no backtest, and serving does not compare."""
+    with db.session() as session:
+        assert session.scalar(select(ModelVersion).where(ModelVersion.version == "v1")).input_view == "crop"
+        session.add(ModelVersion(version="v2", status="TRAINED", labels=["a", "b"], head=b"v2's head",
+                                 input_view="letterbox"))
+    assert warm_start.store("v2") is None
+    with db.session() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
+        assert row.warm_start is None
+        row.warm_start = {"previous": "v1"}  # as if stored: the heads still read different views
+        assert endpoint._previous_head(row, session=session) is None
