@@ -93,7 +93,7 @@ def _ceiling(x: np.ndarray, eval_y: np.ndarray, pred: np.ndarray, task) -> metri
 
 def _summary(rows: list[dict[str, float]]) -> dict[str, float]:
     """Means over the seeds, and the per-seed range of the silent-error rate and the confident share."""
-    out = {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS}
+    out = {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS} | {"draws": len(rows)}
     for c in ("silent_error", "confident"):
         out[f"{c}_min"], out[f"{c}_max"] = min(r[c] for r in rows), max(r[c] for r in rows)
     return out
@@ -306,6 +306,9 @@ def main() -> None:
                         help="instead: the product after 0/10/20/40/80 None-of-the-Above answers (its hidden class)")
     parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=NEGATIVE_VIEWS,
                         help="--negatives: the served views measured")
+    parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
+                        help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
+    parser.add_argument("--fits", nargs="+", choices=list(HIDDEN_FITS), help="--negatives: hidden-row fits (all)")
     parser.add_argument("--summarise", nargs="*", metavar="FIT",
                         help="only print compact tables from the --negatives runs' JSON (for these hidden fits)")
     args = parser.parse_args()
@@ -313,7 +316,7 @@ def main() -> None:
         for path in sorted(OUT.glob(f"openset-negatives-*-seeds{args.seeds}.json")):
             rows = json.loads(path.read_text())
             results = {(r["view"], r["protocol"], r["k"], r["n"], r["hidden_fit"], r["rule"]): r for r in rows}
-            print_compact(path.stem.split("-")[2], results, tuple(args.summarise) or (PRODUCT_FIT,))
+            print_compact("-".join(path.stem.split("-")[2:-1]), results, tuple(args.summarise) or (PRODUCT_FIT,))
         return
     if args.negatives:
         print("| task | view | protocol | None-of-the-Above answers | hidden row | rule | silent err % | "
@@ -321,10 +324,13 @@ def main() -> None:
               "per seed: silent / right ≥ 70 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for spec in args.tasks:
             name, sizes = spec.split(":")
-            results = negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds, views=tuple(args.views))
+            fits = {f: HIDDEN_FITS[f] for f in args.fits} if args.fits else HIDDEN_FITS
+            results = negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds, tuple(args.counts),
+                                      tuple(args.views), fits)
             print_negatives(name, results)
             OUT.mkdir(parents=True, exist_ok=True)
-            (OUT / f"openset-negatives-{name}-seeds{args.seeds}.json").write_text(json.dumps(
+            suffix = "" if tuple(args.counts) == NEGATIVE_COUNTS else "-n" + "+".join(map(str, args.counts))
+            (OUT / f"openset-negatives-{name}{suffix}-seeds{args.seeds}.json").write_text(json.dumps(
                 [{"view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
                  for (v, p, k, n, f, r), figures in results.items()], indent=1))
         return
