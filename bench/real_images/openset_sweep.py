@@ -16,13 +16,16 @@ oracle is ≥ 80 %. Prints Markdown tables (README.md, "Open-set confidence: new
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from bench.real_images import metrics
-from bench.real_images.data import TASKS
-from bench.real_images.recipes import Recipe, fit_classifier, predict
-from bench.real_images.run import PRODUCT, draw, prepare, seeded_draws
+from bench.real_images.data import OUT, TASKS, Item, Task
+from bench.real_images.recipes import Recipe, design_of, predict
+from bench.real_images.run import PRODUCT, Prepared, draw, prepare, seeded_draws
 
 from labelloop.modeling import training
 from labelloop.modeling.backbone import LITE0
@@ -90,7 +93,7 @@ def _ceiling(x: np.ndarray, eval_y: np.ndarray, pred: np.ndarray, task) -> metri
 
 def _summary(rows: list[dict[str, float]]) -> dict[str, float]:
     """Means over the seeds, and the per-seed range of the silent-error rate and the confident share."""
-    out = {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS}
+    out = {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS} | {"draws": len(rows)}
     for c in ("silent_error", "confident"):
         out[f"{c}_min"], out[f"{c}_max"] = min(r[c] for r in rows), max(r[c] for r in rows)
     return out
@@ -113,50 +116,184 @@ def sweep(task_name: str, sizes: list[int], seeds: int, recipes: tuple[Recipe, .
     return {key: _summary(rows) for key, rows in found.items()}
 
 
-NONE_LABEL = "~none of the above"  # sorts after every known label
-NEGATIVE_COUNTS = (0, 10, 30, 60)
+# ── negatives: the product after the loop has collected N None-of-the-Above answers ─────────────────────
+
+NEGATIVE_COUNTS = (0, 10, 20, 40, 80)
+NEVER_SEEN = "never-seen kinds"
+SAME_KINDS = "same kinds, other images"
+ROUTED = "never-seen kinds, routed negatives"
+NEGATIVE_VIEWS = ("crop", "letterbox")
+PRODUCT_FIT = "as fitted now"
+# Ways of fitting the hidden row (training.add_hidden_class options); "oof": the labels' training images enter
+# the offset with their out-of-fold logits (training.out_of_fold_logits) instead of the head's own.
+HIDDEN_FITS: dict[str, dict[str, Any]] = {
+    PRODUCT_FIT: {},
+    "out-of-fold offset": {"oof": True},
+    "negatives weigh ½": {"share": 0.5},
+    "out-of-fold offset, negatives weigh ½": {"oof": True, "share": 0.5},
+    "out-of-fold offset, negatives weigh ¾": {"oof": True, "share": 0.75},
+    "out-of-fold offset, negatives weigh ½, penalty × 0.1": {"oof": True, "share": 0.5, "penalty": 0.1},
+    "penalty × 0.1": {"penalty": 0.1},
+    "penalty × 10": {"penalty": 10.0},
+}
+RULES = ("product rule", "softmax")
 
 
-def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS
-                    ) -> dict[tuple[int, int, str], dict[str, float]]:
-    """What negatives buy: (size, n, recipe) → the figures of the product (and of its softmax alone) when its
-    head also trains a "none of the above" label on n images of never-seen kinds (what reviewers'
-    None-of-the-Above answers are).
+def open_splits(task: Task, seed: int) -> dict[str, tuple[list[str], list[Item]]]:
+    """protocol → (keys of the images None-of-the-Above answers may come from, in draw order; the open-set
+    images evaluated). NEVER_SEEN: half the never-seen kinds give the negatives, the other half is evaluated
+    (no kind in both). SAME_KINDS (tasks with several images of an open-set kind): a random half of the open-set
+    images give the negatives, the other half is evaluated (kinds shared, no image in both)."""
+    kinds = sorted({i.label for i in task.open})
+    rng = np.random.default_rng([seed, 9])
+    trained_kinds = set(rng.permutation(kinds)[:len(kinds) // 2].tolist())
+    pool = [i.key for i in task.open if i.label in trained_kinds]
+    pool = [pool[j] for j in rng.permutation(len(pool))]
+    out = {NEVER_SEEN: (pool, [i for i in task.open if i.label not in trained_kinds])}
+    if len(kinds) < len(task.open):
+        order = rng.permutation(len(task.open))
+        half = len(order) // 2
+        out[SAME_KINDS] = ([task.open[j].key for j in order[:half]], [task.open[j] for j in sorted(order[half:])])
+    return out
 
-    Per seed the never-seen kinds are split in two halves: n images of the first half train the extra label,
-    the second half is the open set evaluated (for n = 0 too, so every row sees the same images). An answer
-    "none of the above" is never auto-accepted (confidence 0: a human sees it), so a known image answered
-    so is a right answer lost. Labels weigh the same in the fit (`Balance-Labels-In-Training`, on by default in
-    the server): the extra label has more images than the known ones."""
-    found: dict[tuple[int, int, str], list[dict[str, float]]] = {}
+
+def hidden_fit(head: training.Head, design: training._Design, negatives: np.ndarray, oof: np.ndarray,
+               options: dict[str, Any]) -> training.Head:
+    """The head with its hidden row fitted on `negatives` as `options` say (unchanged below MIN_NEGATIVES)."""
+    if len(negatives) < training.MIN_NEGATIVES:
+        return head
+    rest = {name: value for name, value in options.items() if name != "oof"}
+    return training.add_hidden_class(head, design, list(negatives), known_logits=oof if options.get("oof") else None,
+                                     **rest)
+
+
+def rule_outcomes(head: training.Head, test: np.ndarray, eval_y: np.ndarray, n_labels: int
+                  ) -> dict[str, metrics.Outcome]:
+    """The product rule (`Head.predict_proba`) and the softmax alone (hidden column dropped after it): the
+    answer is the best real label, never "none of the above"."""
+    out = {}
+    for rule, proba in (("product rule", head.predict_proba(test)),
+                        ("softmax", training.visible_softmax(head.logits(test), head.hidden))):
+        out[rule] = metrics.outcome(eval_y, proba.argmax(axis=1), proba.max(axis=1), n_labels)
+    return out
+
+
+NN_NEGATIVES = "nearest neighbour, labels against negatives (ranking only)"
+
+
+def nearest_negative_outcome(head: training.Head, negatives: np.ndarray, test: np.ndarray, eval_y: np.ndarray
+                             ) -> metrics.Outcome:
+    """A non-linear ranking probe: the head's answer, scored by the cosine to the nearest training image of
+    that label minus the cosine to the nearest None-of-the-Above image (as a confidence only its ranking
+    means anything: the figures at 70 are not a recipe's)."""
+    pred = head.logits(test)[:, :len(head.labels)].argmax(axis=1)
+    score = head.nearest_similarity(test)[np.arange(len(test)), pred]
+    if len(negatives):
+        score = score - (training.l2_normalize(test) @ training.l2_normalize(negatives).T).max(axis=1)
+    return metrics.outcome(eval_y, pred, 1.0 / (1.0 + np.exp(-10.0 * score)), len(head.labels))
+
+
+Key = tuple[str, str, int, int, str, str]  # view, protocol, k, n, hidden fit, rule
+
+
+def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS,
+                    views: tuple[str, ...] = NEGATIVE_VIEWS, fits: dict[str, dict[str, Any]] = HIDDEN_FITS
+                    ) -> dict[Key, dict[str, float]]:
+    """The product as it runs in the loop after reviewers answered None of the Above on n images: its head
+    (trained on k images per label, labels weighed equally as the server does) plus the hidden class fitted
+    on those n images (`training.add_hidden_class`), evaluated on the known test images and on open-set images
+    none of the n is (`open_splits`). ROUTED: the n images are drawn only among those the head without
+    negatives puts below 70 (the ones a human sees under the seed's routing), from the NEVER_SEEN pool."""
+    found: dict[Key, list[dict[str, float]]] = {}
     for seed in range(seeds):
         task = TASKS[task_name](seed)
-        prepared = prepare(task, ((LITE0, ("crop",)),))
-        kinds = sorted({i.label for i in task.open})
-        rng = np.random.default_rng([seed, 9])
-        trained_kinds = set(rng.permutation(kinds)[:len(kinds) // 2].tolist())
-        pool = [i.key for i in task.open if i.label in trained_kinds]
-        pool = [pool[j] for j in rng.permutation(len(pool))]
-        index = {label: j for j, label in enumerate(task.labels)}
-        tested = [i for i in task.open if i.label not in trained_kinds]
-        eval_y = np.array([index[i.label] for i in task.test] + [-1] * len(tested))
-        test = prepared.data(LITE0.name, "crop", [i.key for i in task.test + tested], with_map=False).embedding
-        for k in sizes:
-            keys, y = draw(task, k, seed)
-            for n in counts:
-                if n > len(pool):
-                    continue
-                labels = task.labels + [NONE_LABEL] * bool(n)
-                x = prepared.data(LITE0.name, "crop", keys + pool[:n], with_map=False).embedding
-                head = fit_classifier(x, np.concatenate([y, np.full(n, len(task.labels))]), labels, seed=seed,
-                                      balance=True)
-                for recipe, proba in (("product", head.predict_proba(test)),
-                                      ("softmax", training.softmax(head.logits(test)))):
-                    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
-                    none = pred == len(task.labels)
-                    o = metrics.outcome(eval_y, np.where(none, -2, pred), np.where(none, 0.0, conf), len(task.labels))
-                    found.setdefault((k, n, recipe), []).append(measure(o))
+        prepared = prepare(task, ((LITE0, views),))
+        splits = open_splits(task, seed)
+        for view in views:
+            for k in sizes:
+                _negatives_draw(found, prepared, view, splits, k, seed, counts, fits)
     return {key: _summary(rows) for key, rows in found.items()}
+
+
+def _embedder(prepared: Prepared, view: str) -> Callable[[list[str]], np.ndarray]:
+    return lambda keys: prepared.data(LITE0.name, view, keys, with_map=False).embedding
+
+
+def _negatives_draw(found: dict[Key, list[dict[str, float]]], prepared: Prepared, view: str,
+                    splits: dict[str, tuple[list[str], list[Item]]], k: int, seed: int, counts: tuple[int, ...],
+                    fits: dict[str, dict[str, Any]]) -> None:
+    """One seeded draw at k per label, one view: every protocol, count, hidden fit and rule into `found`."""
+    task, embed = prepared.task, _embedder(prepared, view)
+    keys, y = draw(task, k, seed)
+    design = design_of(embed(keys), y, len(task.labels), balance=True)
+    head = training._fit_head(design, task.labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,
+                              seed=seed, meta={})[0]
+    oof = training.out_of_fold_logits(design, len(task.labels), head.meta["C"], head.temperature, seed=seed)
+    index = {label: j for j, label in enumerate(task.labels)}
+    for protocol, pool, tested in _protocols(splits, head, embed):
+        eval_y = np.array([index[i.label] for i in task.test] + [-1] * len(tested))
+        test = embed([i.key for i in task.test + tested])
+        for n in (n for n in counts if n <= len(pool)):
+            negatives = embed(pool[:n]) if n else np.zeros((0, test.shape[1]))
+            for fit_name, options in fits.items():
+                fitted = hidden_fit(head, design, negatives, oof, options)
+                for rule, o in rule_outcomes(fitted, test, eval_y, len(task.labels)).items():
+                    found.setdefault((view, protocol, k, n, fit_name, rule), []).append(measure(o))
+            o = nearest_negative_outcome(head, negatives, test, eval_y)
+            found.setdefault((view, protocol, k, n, PRODUCT_FIT, NN_NEGATIVES), []).append(measure(o))
+
+
+def _protocols(splits: dict[str, tuple[list[str], list[Item]]], head: training.Head, embed: Callable
+               ) -> Iterator[tuple[str, list[str], list[Item]]]:
+    """Each protocol's (name, negatives pool, evaluated open-set images), ROUTED added from NEVER_SEEN."""
+    for protocol, (pool, tested) in splits.items():
+        yield protocol, pool, tested
+        if protocol == NEVER_SEEN:
+            low = head.predict_proba(embed(pool)).max(axis=1) < metrics.THRESHOLD
+            yield ROUTED, [key for key, below in zip(pool, low, strict=True) if below], tested
+
+
+def print_compact(task_name: str, results: dict[Key, dict[str, float]], fits: tuple[str, ...] = (PRODUCT_FIT,)
+                  ) -> None:
+    """Per (k, protocol): a row per (view, hidden fit, rule), a column per count; each cell silent-error % /
+    right ≥ 70 %, in bold where the mean meets the target (≤ 5 % silent with ≥ 80 % of right answers kept);
+    then the ranking: the silent-error % of the threshold that keeps 80 % of the right answers."""
+    groups = sorted({(k, protocol) for _, protocol, k, _, _, _ in results})
+    counts = sorted({n for _, _, _, n, _, _ in results})
+    for k, protocol in groups:
+        header = "| view | hidden row | rule | " + " | ".join(f"N={n}" for n in counts) + " |\n" + \
+            "|---" * (3 + len(counts)) + "|"
+        print(f"\n{task_name} k={k}, {protocol} (silent err % / right ≥ 70 %)\n\n{header}")
+        for view, fit_name, rule in _compact_rows(fits, RULES):
+            cells = [results.get((view, protocol, k, n, fit_name, rule)) for n in counts]
+            print(f"| {view} | {fit_name} | {rule} | " + " | ".join(map(_cell, cells)) + " |")
+        print(f"\n{task_name} k={k}, {protocol}: silent err % at the threshold keeping 80 % of right answers\n\n"
+              f"{header}")
+        for view, fit_name, rule in (*_compact_rows(fits, RULES), *_compact_rows((PRODUCT_FIT,), (NN_NEGATIVES,))):
+            cells = [results.get((view, protocol, k, n, fit_name, rule)) for n in counts]
+            print(f"| {view} | {fit_name} | {rule} | " + " | ".join(
+                "—" if r is None else f"{100 * r['silent_at_target']:.1f}" for r in cells) + " |")
+
+
+def _compact_rows(fits: tuple[str, ...], rules: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    return [(view, fit_name, rule) for view in NEGATIVE_VIEWS for fit_name in fits for rule in rules]
+
+
+def _cell(r: dict[str, float] | None) -> str:
+    if r is None:
+        return "—"
+    text = f"{100 * r['silent_error']:.1f} / {100 * r['confident']:.1f}"
+    return f"**{text}**" if r["silent_error"] <= TARGET_SILENT and r["confident"] >= TARGET_KEPT else text
+
+
+def print_negatives(task_name: str, results: dict[Key, dict[str, float]]) -> None:
+    """One Markdown row per (view, protocol, k, n, hidden fit, rule)."""
+    for (view, protocol, k, n, fit_name, rule), r in sorted(results.items(), key=lambda item: item[0]):
+        print(f"| {task_name} k={k} | {view} | {protocol} | {n} | {fit_name} | {rule} | "
+              f"**{100 * r['silent_error']:.1f}** | {100 * r['confident']:.1f} | {100 * r['open_accepted']:.1f} | "
+              f"{r['ece']:.3f} | {100 * r['oracle']:.1f} | {100 * r['silent_at_target']:.1f} | "
+              f"{100 * r['silent_error_min']:.1f}–{100 * r['silent_error_max']:.1f} / "
+              f"{100 * r['confident_min']:.1f}–{100 * r['confident_max']:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -166,20 +303,36 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ranking-only", action="store_true", help="only softmax, the scores alone and the ceiling")
     parser.add_argument("--negatives", action="store_true",
-                        help="instead: the product with a none-of-the-above label of 0/10/30/60 never-seen images")
+                        help="instead: the product after 0/10/20/40/80 None-of-the-Above answers (its hidden class)")
+    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=NEGATIVE_VIEWS,
+                        help="--negatives: the served views measured")
+    parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
+                        help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
+    parser.add_argument("--fits", nargs="+", choices=list(HIDDEN_FITS), help="--negatives: hidden-row fits (all)")
+    parser.add_argument("--summarise", nargs="*", metavar="FIT",
+                        help="only print compact tables from the --negatives runs' JSON (for these hidden fits)")
     args = parser.parse_args()
+    if args.summarise is not None:
+        for path in sorted(OUT.glob(f"openset-negatives-*-seeds{args.seeds}.json")):
+            rows = json.loads(path.read_text())
+            results = {(r["view"], r["protocol"], r["k"], r["n"], r["hidden_fit"], r["rule"]): r for r in rows}
+            print_compact("-".join(path.stem.split("-")[2:-1]), results, tuple(args.summarise) or (PRODUCT_FIT,))
+        return
     if args.negatives:
-        print("| task | none-of-the-above images | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | "
-              "oracle: all | silent % at 80 % right kept | per seed: silent / right ≥ 70 |\n"
-              "|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("| task | view | protocol | None-of-the-Above answers | hidden row | rule | silent err % | "
+              "right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | silent % at 80 % right kept | "
+              "per seed: silent / right ≥ 70 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for spec in args.tasks:
             name, sizes = spec.split(":")
-            for (k, n, recipe), r in negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds).items():
-                print(f"| {name} k={k} | {n} | {recipe} | **{100 * r['silent_error']:.1f}** | "
-                      f"{100 * r['confident']:.1f} | {100 * r['open_accepted']:.1f} | {r['ece']:.3f} | "
-                      f"{100 * r['oracle']:.1f} | {100 * r['silent_at_target']:.1f} | "
-                      f"{100 * r['silent_error_min']:.1f}–{100 * r['silent_error_max']:.1f} / "
-                      f"{100 * r['confident_min']:.1f}–{100 * r['confident_max']:.1f} |", flush=True)
+            fits = {f: HIDDEN_FITS[f] for f in args.fits} if args.fits else HIDDEN_FITS
+            results = negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds, tuple(args.counts),
+                                      tuple(args.views), fits)
+            print_negatives(name, results)
+            OUT.mkdir(parents=True, exist_ok=True)
+            suffix = "" if tuple(args.counts) == NEGATIVE_COUNTS else "-n" + "+".join(map(str, args.counts))
+            (OUT / f"openset-negatives-{name}{suffix}-seeds{args.seeds}.json").write_text(json.dumps(
+                [{"view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
+                 for (v, p, k, n, f, r), figures in results.items()], indent=1))
         return
     print("| task | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | closed part | "
           "open part | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)

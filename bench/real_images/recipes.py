@@ -81,13 +81,19 @@ def fit_with_out_of_fold(x: np.ndarray, y: np.ndarray, labels: list[str], seed: 
     server's default; the tasks' labels are balanced anyway, except the none-of-the-above label of
     openset_sweep); `extra_views`: the same images under other views (train-time augmentation: each view one
     more row of the image, every row weighted 1/V)."""
+    design = design_of(x, y, len(labels), balance, extra_views)
+    return training._fit_head(design, labels, c_grid=c_grid, folds=training.DEFAULT_FOLDS, seed=seed, meta={})
+
+
+def design_of(x: np.ndarray, y: np.ndarray, n_labels: int, balance: bool = False,
+              extra_views: tuple[np.ndarray, ...] = ()) -> training._Design:
+    """The training rows as `training._design` lays them out (one group per image, its views together)."""
     n, views = len(y), (x, *extra_views)
-    counts = np.bincount(y, minlength=len(labels))
+    counts = np.bincount(y, minlength=n_labels)
     weight = n / (np.count_nonzero(counts) * counts[y]) if balance else np.ones(n)
     raw = np.stack(views, axis=1).reshape(n * len(views), -1)  # an image's rows together, as _design puts them
-    design = training._Design(training.l2_normalize(raw), np.repeat(y, len(views)),
-                              np.repeat(weight, len(views)) / len(views), np.repeat(np.arange(n), len(views)))
-    return training._fit_head(design, labels, c_grid=c_grid, folds=training.DEFAULT_FOLDS, seed=seed, meta={})
+    return training._Design(training.l2_normalize(raw), np.repeat(y, len(views)),
+                            np.repeat(weight, len(views)) / len(views), np.repeat(np.arange(n), len(views)))
 
 
 # ── scores: (train, own-label leave-one-out scores, score of test images against label k) ───────────────

@@ -15,7 +15,19 @@ import numpy as np
 from labelloop.modeling.embedding import Embedder, EmbeddingCache
 from labelloop.modeling.export import build_full_model_onnx
 from labelloop.modeling.images import prepare
-from labelloop.modeling.training import NEGATIVE_LABEL, Head, LabeledImage, train_head
+from labelloop.modeling.training import (
+    DEFAULT_C_GRID,
+    NEGATIVE_LABEL,
+    Head,
+    LabeledImage,
+    _Design,
+    _fit_head,
+    add_hidden_class,
+    l2_normalize,
+    out_of_fold_logits,
+    softmax,
+    train_head,
+)
 
 from .conftest import pick
 
@@ -75,3 +87,40 @@ def test_a_single_negative_is_left_out_as_a_label_would_be(digits: list[tuple[st
     result = train_head(labeled + one, embedder, cache)
     assert result.head.hidden == 0 and result.head.labels == ["digit-0", "digit-1"]
     assert one[0].key not in result.train_keys
+
+
+def test_hidden_row_options_change_confidence_never_the_answer(digits: list[tuple[str, bytes]],
+                                                              embedder: Embedder) -> None:
+    """The fitting options the open-set benchmark compares (bench/real_images/openset_sweep.py): out-of-fold
+    offsets, the negatives' share and the penalty move the hidden row only."""
+    labeled = [e for e in pick(digits, 12, prefix="neg-train") if e.label in KNOWN]
+    labels = sorted(KNOWN)
+    x = l2_normalize(embedder.embed_images([e.data() for e in labeled]))
+    y = np.array([labels.index(e.label) for e in labeled])
+    design = _Design(x, y, np.ones(len(y)), np.arange(len(y)))
+    head = _fit_head(design, labels, c_grid=DEFAULT_C_GRID, folds=3, seed=0, meta={})[0]
+    negatives = list(embedder.embed_images(
+        [e.data() for e in pick(digits, 8, prefix="neg-none") if e.label not in KNOWN]))
+    held_out = embedder.embed_images([e.data() for e in pick(digits, 10, skip=12, prefix="neg-test")])
+
+    oof = out_of_fold_logits(design, len(labels), head.meta["C"], head.temperature)
+    assert oof.shape == (len(y), len(labels))
+    # images the head did not train on score lower than its own training images do
+    assert softmax(oof).max(1).mean() < softmax(head.logits(x)).max(1).mean()
+    plain = add_hidden_class(head, design, negatives)
+    fits = {"oof": add_hidden_class(head, design, negatives, known_logits=oof),
+            "half": add_hidden_class(head, design, negatives, share=0.5),
+            "penalty": add_hidden_class(head, design, negatives, penalty=0.1)}
+    answers = head.predict_proba(held_out).argmax(1)
+    for name, fitted in fits.items():
+        assert fitted.hidden == 1, name
+        np.testing.assert_array_equal(fitted.W[:len(labels)], head.W)
+        np.testing.assert_array_equal(fitted.predict_proba(held_out).argmax(1), answers)
+    strangers = np.stack(negatives)
+    # negatives weighing half the fit push their own kind's confidence further down than weighing as one label
+    assert fits["half"].predict_proba(strangers).max(1).mean() < plain.predict_proba(strangers).max(1).mean()
+    # out-of-fold offsets: the labels' images enter the fit as unseen ones score, so the hidden row takes less
+    # from unseen images of the labels (the benchmark's +6 to +15 points of right answers confident on objects)
+    tested = pick(digits, 10, skip=12, prefix="neg-test")
+    known = held_out[[e.label in KNOWN for e in tested]]
+    assert fits["oof"].predict_proba(known).max(1).mean() > plain.predict_proba(known).max(1).mean()

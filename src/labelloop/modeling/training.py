@@ -771,25 +771,34 @@ def labeled_only(examples: Sequence[LabeledImage]) -> list[LabeledImage]:
     return [e for e in examples if e.label != NEGATIVE_LABEL]
 
 
-def add_hidden_class(head: Head, design: _Design, negatives: Sequence[np.ndarray]) -> Head:
+def add_hidden_class(head: Head, design: _Design, negatives: Sequence[np.ndarray], *,
+                     known_logits: np.ndarray | None = None, share: float | None = None, penalty: float = 1.0
+                     ) -> Head:
     """The head with a hidden "none of the above" row added to W and b (`Head.hidden`), fitted with the real
     labels' rows fixed, so the answer and the macro-F1 are exactly those of the head without it; only confidence
     changes. softmax over [real logits, hidden logit] gives the hidden class p = sigmoid(z_h − logsumexp(real
     logits)): a logistic regression of the negatives (target 1) against the labels' training images (target 0)
     with that offset, the negatives weighing as one label does (1 / (labels + 1) of the total), L2 penalty
     1 / (C·n) as the head's. (Fitting it jointly with the labels, as one more label, cost macro-F1 on real photos:
-    logos 0.44 → 0.35 on the same images, bench/loop_simulation/negatives.py.) Unchanged without negatives."""
+    logos 0.44 → 0.35 on the same images, bench/loop_simulation/negatives.py.) Unchanged without negatives.
+
+    Options (bench/real_images/openset_sweep.py compares them): `known_logits`, the calibrated logits of the
+    design's rows to use in the offset instead of the head's own (e.g. `out_of_fold_logits`: how the labels'
+    unseen images score, not their training images); `share`, the negatives' weight (default 1 / (labels + 1));
+    `penalty`, a factor on the L2 penalty."""
     if not len(negatives):
         return head
     from scipy.optimize import minimize
     from scipy.special import expit, logsumexp
 
-    x = np.vstack([design.x, l2_normalize(np.stack(negatives))])
-    offset = logsumexp(head.logits(x), axis=1)
+    unseen = l2_normalize(np.stack(negatives))
+    x = np.vstack([design.x, unseen])
+    known = head.logits(design.x) if known_logits is None else np.asarray(known_logits, dtype=np.float64)
+    offset = logsumexp(np.vstack([known, head.logits(unseen)]), axis=1)
     target = np.r_[np.zeros(len(design.x)), np.ones(len(negatives))]
-    share = 1.0 / (len(head.labels) + 1)
+    share = 1.0 / (len(head.labels) + 1) if share is None else share
     weight = np.r_[design.weight / design.weight.sum() * (1 - share), np.full(len(negatives), share / len(negatives))]
-    lam = 1.0 / (float(head.meta.get("C", max(DEFAULT_C_GRID))) * len(x))
+    lam = penalty / (float(head.meta.get("C", max(DEFAULT_C_GRID))) * len(x))
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = x @ theta[:-1] + theta[-1] - offset
@@ -803,3 +812,18 @@ def add_hidden_class(head: Head, design: _Design, negatives: Sequence[np.ndarray
                 head.normalize, {**head.meta, "hidden_class": {"label": NEGATIVE_LABEL, "images": len(negatives)}},
                 head.centroids, head.familiar_at, head.familiar_scale, head.bank, head.familiar_slope,
                 head.familiar_offset, head.format, hidden=1)
+
+
+def out_of_fold_logits(design: _Design, n_labels: int, c: float, temperature: float, *, folds: int = DEFAULT_FOLDS,
+                       seed: int = 0) -> np.ndarray:
+    """Calibrated logits of every row of the design from a head (at C = c) fitted without that row's image:
+    the folds of `_cross_validate` (at most one per image of the smallest label; one fold: the head's own)."""
+    per_label = np.bincount(design.y[np.unique(design.group, return_index=True)[1]], minlength=n_labels)
+    k = int(min(folds, per_label.min()))
+    fold = _folds(design, k, seed)[design.group] if k >= 2 else np.zeros(len(design.y), dtype=np.int64)
+    out = np.zeros((len(design.y), n_labels))
+    for f in range(max(k, 1)):
+        train = fold != f if k >= 2 else np.ones(len(fold), dtype=bool)
+        theta = fit_softmax(design.x[train], design.y[train], n_labels, c, weights=design.weight[train])
+        out[fold == f] = _theta_logits(theta, design.x[fold == f], n_labels)
+    return out / temperature
