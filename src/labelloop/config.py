@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     stranded_detection_retries: int = Field(default=3, ge=0, le=100, description="How many more runs an "
                                             "image left waiting while a version serves gets from that version "
                                             "before it is marked FAILED (a new version tries it again)")
+    upload_batch_seconds: float = Field(default=0.05, ge=0, le=5, description="Uploads for detection that arrive "
+                                        "within this many seconds of a batch's first share its workflow run (each "
+                                        "keeps its own detection event); a lone upload's run starts at once")
+    upload_batch_size: int = Field(default=32, ge=1, le=256, description="Most uploads for detection one "
+                                   "workflow run detects")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
                                       max_length=63, description="The review flow's name in A2I output paths")
     local_bucket_name: str = Field(default="labelloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",

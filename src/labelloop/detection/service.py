@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling import endpoint
 from labelloop.modeling.images import ImageRejected
 from labelloop.modeling.models import ModelVersion
-from labelloop.modeling.serving import NoModelServing
+from labelloop.modeling.serving import Compared, NoModelServing
 from labelloop.parameters import service as parameters
 from labelloop.storage import service as storage
 
@@ -57,10 +58,13 @@ def _event_for(key: str, etag: str, *, session: Session) -> DetectionEvent | Non
                                                        DetectionEvent.previous_event_id.is_(None)))
 
 
-def event_of_run(run_id: str, *, session: Session) -> DetectionEvent | None:
-    """The detection event a run recorded (an upload's "object created" run, or a re-detection)."""
-    return session.scalar(select(DetectionEvent).where(DetectionEvent.run_id == run_id)
-                          .order_by(DetectionEvent.id.desc()).limit(1))
+def event_of_run(run_id: str, *, session: Session, key: str | None = None) -> DetectionEvent | None:
+    """The detection event a run recorded (an upload's "object created" run, or a re-detection); ``key``: the
+    one of that image, for a run that detected several uploads."""
+    query = select(DetectionEvent).where(DetectionEvent.run_id == run_id)
+    if key is not None:
+        query = query.where(DetectionEvent.object_key == key)
+    return session.scalar(query.order_by(DetectionEvent.id.desc()).limit(1))
 
 
 def latest_event_for(key: str, *, session: Session) -> DetectionEvent | None:
@@ -130,6 +134,17 @@ class Outcome:
 def infer(event: dict[str, Any]) -> Outcome:
     """Run the serving model on the image of ``event`` (a detection event as :func:`as_dict` gives it). Reads the
     bucket and waits for inference; opens no database transaction, so none is held through the wait."""
+    return infer_all([event])[0]
+
+
+def infer_all(events: list[dict[str, Any]]) -> list[Outcome]:
+    """:func:`infer` for several events: every image is queued for inference before any answer is awaited, so
+    they share the serving micro-batches."""
+    return [_answer(started) for started in [_queue_inference(event) for event in events]]
+
+
+def _queue_inference(event: dict[str, Any]) -> Outcome | Future[Compared]:
+    """The event's image read, prepared and queued (its future), or the outcome already known."""
     if event["status"] == DetectionStatus.DETECTED:
         return Outcome("recorded")
     try:
@@ -138,7 +153,17 @@ def infer(event: dict[str, Any]) -> Outcome:
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return Outcome("rejected", str(exc))
     try:
-        answer = endpoint.detect_compared(inputs)
+        endpoint.sync_serving()
+        return endpoint.serving().submit_compared(inputs)
+    except NoModelServing as exc:
+        return Outcome("waiting", str(exc))
+
+
+def _answer(started: Outcome | Future[Compared]) -> Outcome:
+    if isinstance(started, Outcome):
+        return started
+    try:
+        answer = started.result(timeout=120)
     except NoModelServing as exc:
         return Outcome("waiting", str(exc))
     previous = None if answer.previous is None else answer.previous[0]
@@ -166,6 +191,14 @@ def read_event(event_id: int) -> dict[str, Any]:
     """A detection event by id, as :func:`as_dict` gives it."""
     with db.session() as session:
         return as_dict(session.get(DetectionEvent, event_id))
+
+
+def read_events(event_ids: list[int]) -> list[dict[str, Any]]:
+    """Detection events by id, in the order of ``event_ids``, as :func:`as_dict` gives them."""
+    with db.session() as session:
+        found = {event.id: as_dict(event) for event in
+                 session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids)))}
+    return [found[event_id] for event_id in event_ids]
 
 
 def detect_event(event_id: int) -> dict[str, Any]:
