@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from conftest import Server, created_objects, wait_until
@@ -39,8 +41,13 @@ def test_kill_during_a_burst_of_uploads_loses_and_doubles_nothing(server: Server
         upload_training_set(api, 5)
         server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
         keys = [f"images_for_detection/burst_{i}.png" for i in range(200)]
-        for i, key in enumerate(keys):
-            assert api.put(f"/objects/{key}", content=(smile_logo if i % 2 else box_logo)(500 + i)).status_code == 201
+
+        def put(i: int) -> int:  # four clients at once: uploads gather into batches while runs are busy
+            with server.client() as own:
+                return own.put(f"/objects/{keys[i]}", content=(smile_logo if i % 2 else box_logo)(500 + i)).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert set(pool.map(put, range(len(keys)))) == {201}
     server.kill()
     server.start()
     with server.client() as api:

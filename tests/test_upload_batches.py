@@ -61,18 +61,30 @@ def test_uploads_within_the_window_share_one_run_and_a_full_batch_goes_at_once()
     assert queued.runs[-1] == (third, [{"key": "e"}]) and not batches.holds(third)
 
 
+def test_an_upload_after_its_previous_batch_was_detected_is_queued_at_once() -> None:
+    queued = Queued()
+    batches = UploadBatches(queued, prefix="detection-", window=5.0, max_size=32)
+    first = upload(batches, "a")
+    batches.detected(first)  # one upload at a time, each waited for: none waits for the window
+    second = upload(batches, "b")
+    assert [run_id for run_id, _ in queued.runs] == [first, second]
+    third = upload(batches, "c")  # the second is still being detected: this one gathers
+    assert batches.holds(third)
+
+
 def test_a_batch_waits_for_every_upload_that_joined_it_and_an_existing_event_leaves_it() -> None:
     queued = Queued()
-    batches = UploadBatches(queued, prefix="detection-", window=0.05, max_size=32)
+    batches = UploadBatches(queued, prefix="detection-", window=0.5, max_size=32)
     upload(batches, "a")
     slow, fast = batches.join(), batches.join()
+    assert slow is fast
     batches.recorded(fast, {"key": "fast"})
-    time.sleep(0.2)  # due, but an upload is still recording its event
+    time.sleep(0.7)  # due, but an upload is still recording its event
     assert len(queued.runs) == 1 and batches.holds(slow.run_id)
     batches.recorded(slow, None)  # its event existed already: its run is the earlier one
     assert queued.runs[-1] == (slow.run_id, [{"key": "fast"}])
     lone = batches.join()
-    time.sleep(0.2)
+    time.sleep(0.7)
     batches.recorded(lone, None)
     assert len(queued.runs) == 2, "a batch left with no upload starts no run"
 

@@ -171,9 +171,11 @@ def _answer(started: Outcome | Future[Compared]) -> Outcome:
                    labels=endpoint.labels_of(answer.version.labels, answer.probabilities[0]), previous=previous)
 
 
-def record_outcome(event_id: int, outcome: Outcome, *, session: Session) -> dict[str, Any]:
+def record_outcome(event_id: int, outcome: Outcome, *, session: Session,
+                   values: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``outcome`` on the event in the caller's transaction, with its routing; an event that has its answer
-    already is returned as it is (a retried step repeats nothing)."""
+    already is returned as it is (a retried step repeats nothing). ``values``: the parameters in force, when
+    the caller read them for several events."""
     event = session.get(DetectionEvent, event_id)
     if event.status == DetectionStatus.DETECTED or outcome.kind == "recorded":
         return as_dict(event)
@@ -183,8 +185,14 @@ def record_outcome(event_id: int, outcome: Outcome, *, session: Session) -> dict
     elif outcome.kind == "waiting":
         event.status, event.status_message = DetectionStatus.WAITING_FOR_MODEL, outcome.reason
     else:
-        _record(event, outcome.version, outcome.labels, outcome.previous, session=session)
+        _record(event, outcome.version, outcome.labels, outcome.previous, session=session,
+                values=values if values is not None else parameters.values(session=session))
     return as_dict(event)
+
+
+def load_events(event_ids: list[int], *, session: Session) -> None:
+    """Load the events into ``session`` in one query (its later ``get`` of each reads none)."""
+    session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids))).all()
 
 
 def read_event(event_id: int) -> dict[str, Any]:
@@ -209,8 +217,7 @@ def detect_event(event_id: int) -> dict[str, Any]:
 
 
 def _record(event: DetectionEvent, version: str, labels: list[dict[str, Any]],
-            previous: tuple[str, float] | None, *, session: Session) -> None:
-    values = parameters.values(session=session)
+            previous: tuple[str, float] | None, *, session: Session, values: dict[str, Any]) -> None:
     event.status, event.status_message = DetectionStatus.DETECTED, ""
     event.detected_at = db.utcnow()
     event.model_version = version

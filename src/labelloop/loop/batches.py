@@ -5,11 +5,14 @@ updates and step records), so uploads that arrive close together share one run. 
 own detection event, notification and human loop; the event's ``run_id`` names the batch's run.
 
 How a batch forms: an upload *joins* the open batch (opening one if there is none), records its detection
-event under the batch's run id, then reports it *recorded*. A batch opened while uploads are idle is due at
-once, so a lone upload's run is queued by its own request, as before; a batch opened within ``window``
-seconds of the previous one is due when the window has passed (or when it holds ``max_size`` uploads). A due
-batch is queued once every upload that joined it has recorded its event, so its run reads them all. An
-upload whose event existed already (the same key and ETag) leaves the batch: its run is the earlier one.
+event under the batch's run id, then reports it *recorded*. A batch opened while no batch of this process is
+being detected (its run reports :meth:`UploadBatches.detected`), or ``window`` seconds or more after the
+previous one opened, is due at once: a lone upload's run is queued by its own request, as before. Otherwise
+it is due ``window`` seconds after the previous one opened (or when it holds ``max_size`` uploads): while
+runs are busy, uploads gather. A due batch is queued once every upload that joined it has recorded its event,
+so its run reads them all. An upload whose event existed already (the same key and ETag) leaves the batch:
+its run is the earlier one. A batch whose run another process took (a web-only server and workers) counts as
+being detected for ``BUSY_SECONDS`` at most.
 
 Nothing is lost if queueing fails or the process stops first: the events are recorded, waiting, under a run
 that does not exist, and the stranded-detection sweep (``routing.retry_stranded_detections``, at start-up
@@ -27,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# A queued batch counts as being detected this long at most, when no run in this process reports it detected.
+BUSY_SECONDS = 2.0
 
 
 @dataclass
@@ -55,6 +61,7 @@ class UploadBatches:
         self._open: Batch | None = None
         self._unqueued: dict[str, Batch] = {}
         self._last_opened = float("-inf")
+        self._busy: dict[str, float] = {}  # queued batches not yet detected → when they were queued
         self._timer: threading.Thread | None = None
 
     def join(self) -> Batch:
@@ -63,7 +70,8 @@ class UploadBatches:
             now = time.monotonic()
             batch = self._open
             if batch is None:
-                batch = Batch(f"{self.prefix}{uuid.uuid4().hex[:16]}", max(now, self._last_opened + self.window))
+                due = now if not self._is_busy(now) else max(now, self._last_opened + self.window)
+                batch = Batch(f"{self.prefix}{uuid.uuid4().hex[:16]}", due)
                 self._open, self._last_opened = batch, now
                 self._unqueued[batch.run_id] = batch
                 self._start_timer()
@@ -87,6 +95,11 @@ class UploadBatches:
         if ready:
             self._start(ready)
 
+    def detected(self, run_id: str) -> None:
+        """The run of batch ``run_id`` has detected its uploads (a run of another process's batch: nothing)."""
+        with self._lock:
+            self._busy.pop(run_id, None)
+
     def holds(self, run_id: str) -> bool:
         """Whether ``run_id`` is a batch of this process not queued yet (its events are not stranded)."""
         with self._lock:
@@ -106,6 +119,12 @@ class UploadBatches:
 
     # ── inside the lock ──────────────────────────────────────────────────
 
+    def _is_busy(self, now: float) -> bool:
+        """Whether a batch queued here is still being detected (forgetting those queued too long ago)."""
+        for run_id in [run_id for run_id, queued in self._busy.items() if now - queued > BUSY_SECONDS]:
+            del self._busy[run_id]
+        return bool(self._busy)
+
     def _close(self, batch: Batch) -> None:
         batch.closed = True
         if self._open is batch:
@@ -117,7 +136,10 @@ class UploadBatches:
             return None
         del self._unqueued[batch.run_id]
         self._lock.notify_all()
-        return batch if batch.members else None
+        if not batch.members:
+            return None
+        self._busy[batch.run_id] = time.monotonic()
+        return batch
 
     def _start_timer(self) -> None:
         if self._timer is None or not self._timer.is_alive():

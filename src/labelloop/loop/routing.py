@@ -210,7 +210,9 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
     outcomes = detections.infer_all(events)
     try:
         with db.session() as session:
-            written = [_write_detection(event, outcome, run_id, session)
+            detections.load_events([event["id"] for event in events], session=session)
+            values = parameters.values(session=session)
+            written = [_write_detection(event, outcome, run_id, session, values)
                        for event, outcome in zip(events, outcomes, strict=True)]
     except IntegrityError:
         log.warning("a part of a detection was written by another execution of its run; finding it",
@@ -221,9 +223,9 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
             for found, loop, recorded in written]
 
 
-def _write_detection(event: dict[str, Any], outcome: detections.Outcome, run_id: str,
-                     session: Any) -> tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]:
-    found = detections.record_outcome(event["id"], outcome, session=session)
+def _write_detection(event: dict[str, Any], outcome: detections.Outcome, run_id: str, session: Any,
+                     values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]:
+    found = detections.record_outcome(event["id"], outcome, session=session, values=values)
     loop = review.open_loop_in(found, session=session)
     answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
     return found, loop, detection.record_notification(found, loop, run_id, session=session, new=answered_now)
@@ -256,6 +258,7 @@ def detect_uploaded_images(detection_ids: list[int], run_id: str) -> dict[str, A
     """Detect a batch of uploads whose detection events are logged, open the human loops they need, notify
     each: one recorded step whose output has each image's summary."""
     done = _detect_all(detections.read_events(detection_ids), run_id)
+    upload_batches().detected(run_id)  # the next upload after a quiet spell starts its run at once
     return {"detections": [{**_summary(item), "notification": item["notification"]} for item in done]}
 
 
