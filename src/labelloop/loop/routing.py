@@ -167,6 +167,14 @@ def _join_detection_batch(info: ObjectInfo, source: str) -> tuple[str | None, bo
     return event["run_id"], member is None
 
 
+def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    """What an "object created" run's output says of the upload at ``key``: a batch's output has one summary per
+    key (``keys`` and ``detections`` in the same order); a run of one object is its own summary."""
+    output = output or {}
+    keys = output.get("keys") or []
+    return output["detections"][keys.index(key)] if key in keys else output
+
+
 def _queue_batch(run_id: str, members: list[dict[str, Any]]) -> str:
     """Queue the run that detects a batch of uploads."""
     return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id)
