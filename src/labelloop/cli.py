@@ -278,9 +278,9 @@ def _wait_for_detections(client: Client, outcomes: list[dict[str, Any]], seconds
                                 "labelloop detections"}
 
 
-def _detection_of(run: dict[str, Any], key: str) -> dict[str, Any]:
-    """What a detection run found for the upload at ``key``, in a few words and as fields (a run detects the
-    uploads that arrived together: its output has one summary per key)."""
+def _detection_of(run: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """What a detection run found (for the upload at ``key``: a run detects the uploads that arrived together,
+    its output has one summary per key), in a few words and as fields."""
     output = run.get("output") if isinstance(run.get("output"), dict) else {}
     if key in (output.get("keys") or []):
         output = output["detections"][output["keys"].index(key)]
