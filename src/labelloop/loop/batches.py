@@ -1,6 +1,6 @@
 """Uploads for detection gathered into batches: one workflow run detects several uploads.
 
-A durable workflow per uploaded image costs more server CPU than its inference (its queue row, status
+A durable workflow per uploaded image costs several ms of server CPU per image (its queue row, status
 updates and step records), so uploads that arrive close together share one run. Each upload still gets its
 own detection event, notification and human loop; the event's ``run_id`` names the batch's run.
 
