@@ -362,10 +362,14 @@ def test_open_a_training_run_graph_and_see_the_path_taken(console: Server, page:
     assert "Decided:" in page.inner_text("#state-should_train")
     assert not detail.is_visible()
 
-    # A detection run: the Object Created machine, detection side.
+    # A detection run: the Object Created machine, detection side (the run that detected console-2.png, with
+    # the uploads that arrived beside it).
+    runs = console.client().get("/runs", params={"branch": "Object Created", "limit": 200}).json()
+    run_id = next(r["id"] for r in runs if "images_for_detection/console-2.png" in (r["object_keys"] or []))
     page.goto(f"{console.url}/runs?branch=Object+Created")
-    page.locator("#runs tbody tr", has_text="images_for_detection/console-2.png").locator("a").first.click()
+    page.locator(f"#runs tbody tr a[href='/runs/{run_id}']").first.click()
     page.wait_for_selector("#graph svg")
+    assert "images_for_detection/console-2.png" in page.inner_text("#run-objects")
     outcomes = dict(page.locator("a.state").evaluate_all(
         "nodes => nodes.map(n => [n.dataset.state, n.dataset.outcome])"))
     assert outcomes["detect_image"] == "success" and outcomes["training_data"] == "not-run"
