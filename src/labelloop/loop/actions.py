@@ -29,7 +29,8 @@ REDETECT_HOW = ("to detect it again with the serving version, re-detect it: the 
 
 
 def store_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
-    """Store an object; under an event folder its "object created" run starts (once per key and ETag).
+    """Store an object; under an event folder its "object created" event starts (once per key and ETag: an image
+    for detection joins a run with the uploads that arrive beside it, a training image gets its own).
 
     Under an event folder only images are taken, judged by their content: anything else raises
     ``ImageRejected`` with the reason and nothing is stored. The same bytes stored again change nothing (the
