@@ -13,7 +13,9 @@ round:
    with keep-alive connections, for ``--seconds`` each: images/s and p50/p95/p99 latency;
 3. **upload pipeline**: ``--uploads`` JPEG photos PUT to ``images_for_detection/`` by 4 client threads, timed
    from the first PUT until the last of their detection events is DETECTED (polled through
-   ``GET /api/v1/detections``; the end is the last event's ``detected_at``);
+   ``GET /api/v1/detections``; the end is the last event's ``detected_at``); then ``--single-uploads`` photos
+   one at a time, each from its PUT to its event's ``detected_at`` (a lone upload's latency). With
+   ``--compare-src`` every server runs both, in turn;
 4. **raw** again.
 
 Every figure is also given as a ratio to raw batch 32 of the same round (mean of before and after). The
@@ -281,6 +283,58 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
                note=f"PUTs took {put_seconds:.1f} s; {loops} human loops open in all")
 
 
+def one_upload_latency(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str) -> Row:
+    """Uploads one at a time, each waited for: from just before its PUT to its event's ``detected_at`` (the
+    same clock: server and clients share the machine). The latency of a lone upload, batched or not."""
+    connection = Connection(server, token)
+    latencies, errors = [], 0
+    try:
+        with server.client(token) as api:
+            for name, _, data in photos:
+                key = f"images_for_detection/{tag}/{name}.jpg"
+                started = datetime.now().astimezone()
+                status, _ = connection.send("PUT", f"/api/v1/objects/{key}", data, "image/jpeg")
+                if status != 201:
+                    errors += 1
+                    continue
+
+                def detected(key: str = key) -> dict[str, Any] | None:
+                    newest = api.get("/detections", params={"limit": 1}).json()
+                    return newest[0] if newest and newest[0]["object_key"] == key and newest[0]["detected_at"] \
+                        else None
+
+                event = wait_until(detected, 60, 0.01, f"the detection of {key}")
+                latencies.append((datetime.fromisoformat(event["detected_at"]) - started).total_seconds())
+    finally:
+        connection.close()
+    return Row(f"one upload at a time, {len(photos)} photos", len(latencies) / max(sum(latencies), 1e-9),
+               latencies, errors, note="PUT to detected_at")
+
+
+def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]], args: argparse.Namespace,
+                    index: int) -> dict[str, Row]:
+    """The upload pipeline (and one upload at a time) on every server in turn, the order rotating each round."""
+    rows: dict[str, Row] = {}
+    turn = index % len(servers)
+    alone, together = photos[:args.single_uploads], photos[args.single_uploads:]
+    for served in servers[turn:] + servers[:turn]:
+        pid, name = served.server.process.pid, served.name
+        suffix = f" [{name}]" if name else ""
+        with profiled(args.profile, args.py_spy, pid, f"upload{name}"), metered(pid, served.idle) as box:
+            row = pipeline(served.server, served.token, together, f"round{index}{name}",
+                           timeout=args.pipeline_timeout)
+            box["images"], box["row"] = len(together), row
+        row.phase += suffix
+        rows[f"upload{name}"] = row
+        if alone:
+            with metered(pid, served.idle) as box:
+                row = one_upload_latency(served.server, served.token, alone, f"alone{index}{name}")
+                box["images"], box["row"] = len(alone), row
+            row.phase += suffix
+            rows[f"alone{name}"] = row
+    return rows
+
+
 # ── set-up ───────────────────────────────────────────────────────────────────
 
 
@@ -364,14 +418,10 @@ def sync_phases(servers: list[Served], bodies: list[tuple[bytes, str]], args: ar
 
 def run_round(servers: list[Served], model: Path, inputs: np.ndarray, bodies: list[tuple[bytes, str]],
               photos: list[tuple[str, str, bytes]], args: argparse.Namespace, index: int) -> dict[str, Row]:
-    server, token, pid = servers[0].server, servers[0].token, servers[0].server.process.pid
     rows = raw_phase(model, inputs, args.raw_seconds, "before")
     rows.update(sync_phases(servers, bodies, args, index))
     if not args.no_pipeline:
-        with profiled(args.profile, args.py_spy, pid, "upload"), metered(pid, servers[0].idle) as box:
-            row = pipeline(server, token, photos, f"round{index}", timeout=args.pipeline_timeout)
-            box["images"], box["row"] = len(photos), row
-        rows["upload"] = row
+        rows.update(pipeline_phases(servers, photos, args, index))
     after = raw_phase(model, inputs, args.raw_seconds, "after")
     rows.update({f"{key}_after": value for key, value in after.items()})
     return rows
@@ -424,6 +474,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="length of each sync-detect phase (8)")
     parser.add_argument("--raw-seconds", type=float, help="length of each raw phase (4)")
     parser.add_argument("--uploads", type=int, help="photos per upload-pipeline phase (1000)")
+    parser.add_argument("--single-uploads", type=int, default=20,
+                        help="photos uploaded one at a time, each waited for, after the pipeline phase (20)")
     parser.add_argument("--pipeline-timeout", type=float, default=900.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32],
                         help="client counts of the sync-detect phases (1 8 32)")
@@ -435,8 +487,8 @@ def main() -> None:
     parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
     parser.add_argument("--compare-src", action="append", default=[], metavar="PYTHONPATH",
                         help="also run a server with this PYTHONPATH (e.g. main's src, or src plus an extra "
-                             "package folder) and measure its sync phases beside the first one's, alternating "
-                             "(repeatable; named cmp1, cmp2, ...)")
+                             "package folder) and measure its sync and pipeline phases beside the first one's, "
+                             "alternating (repeatable; named cmp1, cmp2, ...)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     defaults = {"rounds": 1, "seconds": 3.0, "raw_seconds": 2.0, "uploads": 200} if args.quick else \
@@ -445,7 +497,7 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, value)
     print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; clients share them with the server")
-    photos = uploads(args.uploads * args.rounds)
+    photos = uploads((args.uploads + args.single_uploads) * args.rounds)
     bodies = [multipart(data) for _, _, data in photos[:args.uploads]]
     inputs = np.stack([prepare(data) for _, _, data in photos[:32]])
     paths = [str(args.server_src.resolve()) if args.server_src else None, *args.compare_src]
@@ -473,7 +525,8 @@ def main() -> None:
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
         rounds = []
         for index in range(args.rounds):
-            batch = photos[index * args.uploads:(index + 1) * args.uploads]
+            per_round = args.uploads + args.single_uploads
+            batch = photos[index * per_round:(index + 1) * per_round]
             rows = run_round(servers, model, inputs, bodies, batch, args, index)
             rounds.append(rows)
             print_round(rows, reference(rows), f"round {index + 1}, load average {os.getloadavg()}")

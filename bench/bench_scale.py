@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Postgres, S3Server, Server, Worker, server_env, wait_until  # noqa: E402
 from images import box_logo, smile_logo, unseen, upload_training_set  # noqa: E402
-from labelloop.loop.routing import object_created_run_id as event_id  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scale"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -112,7 +111,7 @@ def warm(web: Server, api: httpx.Client, executors: set[str], tag: str) -> None:
     seen: set[str] = set()
     for i in range(100):
         stored = put(api, f"images_for_detection/warm-{tag}-{i}.png", smile_logo(5000 + i))
-        run = web.wait_run(event_id(stored["key"], stored["etag"]), timeout=120)
+        run = web.wait_run(stored["run_id"], timeout=120)
         seen.add(run["executor"])
         if executors <= seen:
             return
@@ -183,7 +182,7 @@ def run_setup(name: str, workers: int, args: argparse.Namespace, s3: S3Server | 
 def _serve_executor(web: Server) -> str:
     with web.client() as api:
         stored = put(api, "images_for_detection/probe.png", smile_logo(1))
-        run = web.wait_run(event_id(stored["key"], stored["etag"]), timeout=120)
+        run = web.wait_run(stored["run_id"], timeout=120)
     return run["executor"]
 
 

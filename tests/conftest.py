@@ -176,6 +176,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
         time.sleep(interval)
 
 
+def created_objects(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects an "object created" run covered, each ``{"key", "etag", "source", …}``: the uploads of a
+    batch for detection (one run detects the uploads that arrive together), or its one object."""
+    event = (run.get("input") or {}).get("args", [{}])[0]
+    return event.get("uploads", [event])
+
+
 def end_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
     """Send ``sig`` and wait for the process to exit (SIGKILL after 30 s); nothing when there is none."""
     if process is None:

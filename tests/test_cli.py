@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import ADMIN_PASSWORD, LABELLOOP, Server, wait_until
+from conftest import ADMIN_PASSWORD, LABELLOOP, Server, created_objects, wait_until
 
 LABELED = "images_labeled_by_folder/"
 
@@ -59,12 +59,13 @@ def keys_under(server: Server, prefix: str) -> dict[str, dict[str, Any]]:
 
 
 def object_created_runs(server: Server) -> dict[str, list[dict[str, Any]]]:
-    """Object-created runs by the key they were started for."""
+    """Object-created runs by each key they covered (a run detects the uploads that arrive together)."""
     with server.client() as api:
         runs = api.get("/runs", params={"branch": "Object Created", "limit": 500}).json()
     by_key: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        by_key.setdefault(run["input"]["args"][0]["key"], []).append(run)
+        for created in created_objects(run):
+            by_key.setdefault(created["key"], []).append(run)
     return by_key
 
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
-from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
+from conftest import ADMIN_PASSWORD, Server, created_objects, server_env, wait_until
 from images import blend, box_logo, smile_logo, unseen, upload_training_set
 from web import DESKTOP, PHONE
 from web import shot as save_shot
@@ -186,9 +186,9 @@ def test_upload_a_folder_through_the_page_and_see_it_listed(console: Server, pag
         assert keys == {f"images_labeled_by_folder/other_logo/other_{i}.png" for i in range(4)}
         # Each upload fired its "object created" run, as an API upload does.
         runs = api.get("/runs", params={"branch": "Object Created", "limit": 200}).json()
-        inputs = {r["input"]["args"][0]["key"] for r in runs}
-        assert keys <= inputs
-        assert {r["input"]["args"][0]["source"] for r in runs if r["input"]["args"][0]["key"] in keys} == {"web"}
+        inputs = {c["key"]: c for r in runs for c in created_objects(r)}
+        assert keys <= set(inputs)
+        assert {inputs[key]["source"] for key in keys} == {"web"}
 
     # Download one; delete another (the page asks first).
     with page.expect_download() as download:
@@ -362,10 +362,14 @@ def test_open_a_training_run_graph_and_see_the_path_taken(console: Server, page:
     assert "Decided:" in page.inner_text("#state-should_train")
     assert not detail.is_visible()
 
-    # A detection run: the Object Created machine, detection side.
+    # A detection run: the Object Created machine, detection side (the run that detected console-2.png, with
+    # the uploads that arrived beside it).
+    runs = console.client().get("/runs", params={"branch": "Object Created", "limit": 200}).json()
+    run_id = next(r["id"] for r in runs if "images_for_detection/console-2.png" in (r["object_keys"] or []))
     page.goto(f"{console.url}/runs?branch=Object+Created")
-    page.locator("#runs tbody tr", has_text="images_for_detection/console-2.png").locator("a").first.click()
+    page.locator(f"#runs tbody tr a[href='/runs/{run_id}']").first.click()
     page.wait_for_selector("#graph svg")
+    assert "images_for_detection/console-2.png" in page.inner_text("#run-objects")
     outcomes = dict(page.locator("a.state").evaluate_all(
         "nodes => nodes.map(n => [n.dataset.state, n.dataset.outcome])"))
     assert outcomes["detect_image"] == "success" and outcomes["training_data"] == "not-run"

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from conftest import Server, wait_until
+from conftest import Server, created_objects, wait_until
 
 
 def png(seed: int) -> bytes:
@@ -36,7 +36,8 @@ def object_created_runs(server: Server) -> dict[str, list[dict[str, Any]]]:
         runs = api.get("/runs", params={"branch": "Object Created", "limit": 500}).json()
     by_key: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        by_key.setdefault(run["input"]["args"][0]["key"], []).append(run)
+        for created in created_objects(run):
+            by_key.setdefault(created["key"], []).append(run)
     return by_key
 
 
@@ -76,8 +77,9 @@ def test_dropped_files_go_into_the_bucket_and_start_one_run_each(make_server, tm
         assert len(runs[key]) == 1, f"exactly one object_created run for {key}"
         run = server.wait_run(runs[key][0]["id"])
         assert run["status"] == "SUCCESS"
-        assert run["input"]["args"][0]["source"] == "drop folder"
-        assert run["input"]["args"][0]["etag"] == stored[key]["etag"]
+        created = next(c for c in created_objects(run) if c["key"] == key)
+        assert created["source"] == "drop folder"
+        assert created["etag"] == stored[key]["etag"]
     assert server.wait_run(runs["images_labeled_by_folder/new label/dog 1.png"][0]["id"])["output"]["label"] == \
         "new label"
 

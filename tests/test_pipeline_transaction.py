@@ -50,7 +50,8 @@ def test_answer_loop_and_notification_are_written_together_once(database: None,
     event = detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "detection-run-a")
     assert detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "detection-run-a") == event, \
         "the same upload, recorded again (a retried step), is the same event"
-    monkeypatch.setattr(detections, "infer", lambda _event: answered(20.0))  # unsure: a human loop
+    # unsure: a human loop
+    monkeypatch.setattr(detections, "infer_all", lambda events: [answered(20.0) for _ in events])
     broken = notifications.record
 
     def failing(*args: object, **kwargs: object) -> object:
@@ -80,12 +81,13 @@ def test_a_confident_detection_opens_no_loop_and_a_missing_model_leaves_it_waiti
     with db.session() as session:
         parameters.change(parameters.MAXIMUM_SILENT_ERROR_RATE, "0", session=session, changed_by="test")
     sure = detections.record_arrival("images_for_detection/b.jpg", "b" * 32, "detection-run-b")
-    monkeypatch.setattr(detections, "infer", lambda _event: answered(97.0))
+    monkeypatch.setattr(detections, "infer_all", lambda events: [answered(97.0) for _ in events])
     assert routing._detect_now(sure, "detection-run-b")["human_loop"] is None
     assert counts(sure["id"]) == (DetectionStatus.DETECTED, 0, 1)
 
     waiting = detections.record_arrival("images_for_detection/c.jpg", "c" * 32, "detection-run-c")
-    monkeypatch.setattr(detections, "infer", lambda _event: detections.Outcome("waiting", "no version serves"))
+    monkeypatch.setattr(detections, "infer_all",
+                        lambda events: [detections.Outcome("waiting", "no version serves") for _ in events])
     done = routing._detect_now(waiting, "detection-run-c")
     assert done["detection"]["status"] == DetectionStatus.WAITING_FOR_MODEL and done["human_loop"] is None
     with db.session() as session:
@@ -99,8 +101,8 @@ def test_a_part_written_by_another_execution_is_found_not_repeated(database: Non
     event = detections.record_arrival("images_for_detection/d.jpg", "d" * 32, "detection-run-d")
     with db.session() as session:
         earlier = notifications.record("detection.detected", "earlier", "stored by another execution",
-                                       session=session, dedupe_key="detection-run-d:detection:DETECTED").id
-    monkeypatch.setattr(detections, "infer", lambda _event: answered(20.0))
+                                       session=session, dedupe_key=f"detection-{event['id']}:DETECTED").id
+    monkeypatch.setattr(detections, "infer_all", lambda events: [answered(20.0) for _ in events])
     done = routing._detect_now(event, "detection-run-d")
     assert done["notification"] == earlier and done["human_loop"] is not None
     assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)

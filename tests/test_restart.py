@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from conftest import Server, wait_until
+from conftest import Server, created_objects, wait_until
 
 CHANGES = {
     "Automatic-Training-Poll-Frequency": "240",  # re-times the training schedule to every 4 hours
@@ -126,7 +126,7 @@ def test_runs_in_flight_at_sigkill_finish_after_restart(make_server) -> None:
         assert api.get("/parameters/Minimum-F1-Score").json()["value"] == "0.6"
         assert api.get("/objects/images_labeled_by_folder/cats/late.png").content == png(9)
         events = wait_until(lambda: [r for r in api.get("/runs", params={"branch": "Object Created"}).json()
-                                     if r["input"]["args"][0]["key"] == stored["key"]],
+                                     if stored["key"] in {c["key"] for c in created_objects(r)}],
                             message="the object_created run")
     assert len(events) == 1
     assert server.wait_run(events[0]["id"])["status"] == "SUCCESS"

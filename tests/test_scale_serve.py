@@ -47,11 +47,12 @@ def test_two_serve_processes_share_users_parameters_and_work(tmp_path: Path, pos
         events = wait_until(recorded, 120, 0.25, "a detection event per upload")
         assert sorted(e["object_key"] for e in events) == keys  # exactly one each
 
-        def finished() -> dict[str, int] | None:
+        def finished() -> dict[str, int] | None:  # uploads whose run ended, by the executor that ran it
             with psycopg.connect(postgres_database) as connection:
                 done = dict(connection.execute(
-                    "SELECT executor_id, count(*) FROM dbos.workflow_status WHERE name = 'object_created' AND "
-                    "status = 'SUCCESS' GROUP BY executor_id").fetchall())
+                    "SELECT w.executor_id, count(*) FROM detection_events d JOIN dbos.workflow_status w ON "
+                    "w.workflow_uuid = d.run_id WHERE d.object_key LIKE 'images_for_detection/rr-%%' AND "
+                    "w.name = 'object_created' AND w.status = 'SUCCESS' GROUP BY w.executor_id").fetchall())
             return done if sum(done.values()) == len(keys) else None
 
         executors = wait_until(finished, 60, 0.25, "every run finished")

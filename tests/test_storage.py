@@ -124,21 +124,22 @@ def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> Non
 
         def all_done() -> list[dict] | None:
             runs = api.get("/runs", params={"branch": "Object Created", "limit": 500}).json()
-            mine = [r for r in runs if r["input"]["args"][0]["key"] in keys]
+            mine = [r for r in runs if set(r["object_keys"] or []) & set(keys)]
             return mine if len(mine) == len(keys) and all(r["status"] == "SUCCESS" for r in mine) else None
 
         runs = wait_until(all_done, 30, message="object created runs")
-        assert sorted(r["input"]["args"][0]["key"] for r in runs) == sorted(keys)
-        by_key = {r["input"]["args"][0]["key"]: r["id"] for r in runs}
+        assert sorted(key for r in runs for key in r["object_keys"]) == sorted(keys)
+        by_key = {r["object_keys"][0]: r["id"] for r in runs}
         detail = api.get(f"/runs/{by_key[keys[0]]}").json()
         assert [step["name"] for step in detail["steps"]] == ["route_object"]
-        # An image for detection: one recorded step logs its event, detects it and notifies.
+        # An image for detection: its event was logged as it arrived; one recorded step detects and notifies.
         detail = api.get(f"/runs/{by_key['images_for_detection/q.png']}").json()
-        assert [step["name"] for step in detail["steps"]] == ["detect_uploaded_image"]
-        branches = {r["input"]["args"][0]["key"]: r["output"]["branch"] for r in runs}
+        assert [step["name"] for step in detail["steps"]] == ["detect_uploaded_images"]
+        assert detail["object_keys"] == ["images_for_detection/q.png"]
+        branches = {r["object_keys"][0]: r["output"]["branch"] for r in runs}
         assert branches["images_for_detection/q.png"] == "detection"
         assert branches[keys[0]] == "training data"
-        assert all(r["input"]["args"][0]["key"] != "manifests/not-an-event.png"
+        assert all("manifests/not-an-event.png" not in (r["object_keys"] or [])
                    for r in api.get("/runs", params={"limit": 500}).json() if r["name"] == "object_created")
 
 

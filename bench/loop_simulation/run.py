@@ -54,7 +54,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from labelloop.loop.routing import object_created_run_id
+from labelloop.loop.routing import upload_summary
 
 from .data import ROOT, Digit, Plan, make_plan
 from .scoring import HoldoutScorer
@@ -260,8 +260,8 @@ class Arm:
         for response in stored:
             assert response.status_code == 201, response.text
             info = response.json()
-            runs.append(self.server.wait_run(object_created_run_id(info["key"], info["etag"]), timeout=600))
-        return [run.get("output") or {} for run in runs]
+            runs.append((info["key"], self.server.wait_run(info["run_id"], timeout=600)))
+        return [upload_summary(run.get("output"), key) for key, run in runs]
 
     def detect_in_order(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         """Detect a batch so that human sampling picks the same images in every run of a seed.

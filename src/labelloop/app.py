@@ -94,7 +94,8 @@ def start(settings: Settings) -> str | None:
 
 
 def stop() -> None:
-    """Stop the engine and the inference units, and close the database."""
+    """Queue the batches of uploads still forming, stop the engine and the inference units, close the database."""
+    routing.flush_uploads()
     engine.stop()
     endpoint.close_serving()
     db.close()

@@ -268,7 +268,7 @@ def _wait_for_detections(client: Client, outcomes: list[dict[str, Any]], seconds
                 except ClientError:
                     continue
                 if run["status"] in ("SUCCESS", "ERROR", "CANCELLED"):
-                    outcome["detection"] = _detection_of(run)
+                    outcome["detection"] = _detection_of(run, outcome["key"])
                     waiting.remove(outcome)
                     progress.advance(task)
             if waiting:
@@ -278,9 +278,12 @@ def _wait_for_detections(client: Client, outcomes: list[dict[str, Any]], seconds
                                 "labelloop detections"}
 
 
-def _detection_of(run: dict[str, Any]) -> dict[str, Any]:
-    """What a detection run found, in a few words and as fields."""
+def _detection_of(run: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """What a detection run found (for the upload at ``key``: a run detects the uploads that arrived together,
+    its output has one summary per key), in a few words and as fields."""
     output = run.get("output") if isinstance(run.get("output"), dict) else {}
+    if key in (output.get("keys") or []):
+        output = output["detections"][output["keys"].index(key)]
     if run["status"] != "SUCCESS":
         return {"status": run["status"], "words": f"the run ended {run['status']}: {run.get('error')}"}
     status = output.get("status")

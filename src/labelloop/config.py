@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     stranded_detection_retries: int = Field(default=3, ge=0, le=100, description="How many more runs an "
                                             "image left waiting while a version serves gets from that version "
                                             "before it is marked FAILED (a new version tries it again)")
+    upload_batch_seconds: float = Field(default=0.2, ge=0, le=5, description="Uploads for detection share one "
+                                        "workflow run per this many seconds (each keeps its own detection event); "
+                                        "an upload after a quiet spell has its run started at once")
+    upload_batch_size: int = Field(default=32, ge=1, le=256, description="Most uploads for detection one "
+                                   "workflow run detects")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
                                       max_length=63, description="The review flow's name in A2I output paths")
     local_bucket_name: str = Field(default="labelloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",

@@ -55,7 +55,8 @@ def record_notification(detection: dict[str, Any], loop: dict[str, Any] | None, 
 
 def detection_message(detection: dict[str, Any], loop: dict[str, Any] | None,
                       run_id: str) -> tuple[str, str, str, dict[str, Any]]:
-    """The notification of a detection: event type, subject, message and fields (one per run and status)."""
+    """The notification of a detection: event type, subject, message and fields (one per detection event and
+    status: a run may detect several uploads)."""
     key = detection["object_key"]
     status = detection["status"]
     if status == "DETECTED":
@@ -73,7 +74,7 @@ def detection_message(detection: dict[str, Any], loop: dict[str, Any] | None,
     return "detection." + status.lower(), subject, message, {
         "object_key": key, "model_version": detection["model_version"], "label": detection["label"],
         "confidence": detection["confidence"], "status": status, "run_id": run_id,
-        "dedupe_key": f"{run_id}:detection:{status}"}
+        "dedupe_key": f"detection-{detection['id']}:{status}"}
 
 
 @engine.step()

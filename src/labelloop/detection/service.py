@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling import endpoint
 from labelloop.modeling.images import ImageRejected
 from labelloop.modeling.models import ModelVersion
-from labelloop.modeling.serving import NoModelServing
+from labelloop.modeling.serving import Compared, NoModelServing, ViewChanged
 from labelloop.parameters import service as parameters
 from labelloop.storage import service as storage
 
@@ -57,10 +58,13 @@ def _event_for(key: str, etag: str, *, session: Session) -> DetectionEvent | Non
                                                        DetectionEvent.previous_event_id.is_(None)))
 
 
-def event_of_run(run_id: str, *, session: Session) -> DetectionEvent | None:
-    """The detection event a run recorded (an upload's "object created" run, or a re-detection)."""
-    return session.scalar(select(DetectionEvent).where(DetectionEvent.run_id == run_id)
-                          .order_by(DetectionEvent.id.desc()).limit(1))
+def event_of_run(run_id: str, *, session: Session, key: str | None = None) -> DetectionEvent | None:
+    """The detection event a run recorded (an upload's "object created" run, or a re-detection); ``key``: the
+    one of that image, for a run that detected several uploads."""
+    query = select(DetectionEvent).where(DetectionEvent.run_id == run_id)
+    if key is not None:
+        query = query.where(DetectionEvent.object_key == key)
+    return session.scalar(query.order_by(DetectionEvent.id.desc()).limit(1))
 
 
 def latest_event_for(key: str, *, session: Session) -> DetectionEvent | None:
@@ -130,13 +134,39 @@ class Outcome:
 def infer(event: dict[str, Any]) -> Outcome:
     """Run the serving model on the image of ``event`` (a detection event as :func:`as_dict` gives it). Reads the
     bucket and waits for inference; opens no database transaction, so none is held through the wait."""
+    return infer_all([event])[0]
+
+
+def infer_all(events: list[dict[str, Any]]) -> list[Outcome]:
+    """:func:`infer` for several events: every image is queued for inference before any answer is awaited, so
+    they share the serving micro-batches."""
+    return [_answer(started) for started in [_queue_inference(event) for event in events]]
+
+
+def _queue_inference(event: dict[str, Any]) -> Outcome | tuple[bytes, Future[Compared]]:
+    """The event's image read, prepared with the serving version's input view and queued (its bytes and
+    future), or the outcome already known."""
     if event["status"] == DetectionStatus.DETECTED:
         return Outcome("recorded")
     try:
         _, data = storage.get_object(event["object_key"])
-        answer = endpoint.detect_image_compared(data)  # prepared with the input view of the version that runs it
+        view = endpoint.serving_view()
+        return data, endpoint.serving().submit_compared(endpoint.prepare_image(data, view), view)
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return Outcome("rejected", str(exc))
+    except NoModelServing as exc:
+        return Outcome("waiting", str(exc))
+
+
+def _answer(started: Outcome | tuple[bytes, Future[Compared]]) -> Outcome:
+    if isinstance(started, Outcome):
+        return started
+    data, future = started
+    try:
+        try:
+            answer = future.result(timeout=120)
+        except ViewChanged:  # a version with another input view came in between: prepared again for it
+            answer = endpoint.detect_image_compared(data)
     except NoModelServing as exc:
         return Outcome("waiting", str(exc))
     previous = None if answer.previous is None else answer.previous[0]
@@ -144,9 +174,11 @@ def infer(event: dict[str, Any]) -> Outcome:
                    labels=endpoint.labels_of(answer.version.labels, answer.probabilities[0]), previous=previous)
 
 
-def record_outcome(event_id: int, outcome: Outcome, *, session: Session) -> dict[str, Any]:
+def record_outcome(event_id: int, outcome: Outcome, *, session: Session,
+                   values: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``outcome`` on the event in the caller's transaction, with its routing; an event that has its answer
-    already is returned as it is (a retried step repeats nothing)."""
+    already is returned as it is (a retried step repeats nothing). ``values``: the parameters in force, when
+    the caller read them for several events."""
     event = session.get(DetectionEvent, event_id)
     if event.status == DetectionStatus.DETECTED or outcome.kind == "recorded":
         return as_dict(event)
@@ -156,14 +188,28 @@ def record_outcome(event_id: int, outcome: Outcome, *, session: Session) -> dict
     elif outcome.kind == "waiting":
         event.status, event.status_message = DetectionStatus.WAITING_FOR_MODEL, outcome.reason
     else:
-        _record(event, outcome.version, outcome.labels, outcome.previous, session=session)
+        _record(event, outcome.version, outcome.labels, outcome.previous, session=session,
+                values=values if values is not None else parameters.values(session=session))
     return as_dict(event)
+
+
+def load_events(event_ids: list[int], *, session: Session) -> None:
+    """Load the events into ``session`` in one query (its later ``get`` of each reads none)."""
+    session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids))).all()
 
 
 def read_event(event_id: int) -> dict[str, Any]:
     """A detection event by id, as :func:`as_dict` gives it."""
     with db.session() as session:
         return as_dict(session.get(DetectionEvent, event_id))
+
+
+def read_events(event_ids: list[int]) -> list[dict[str, Any]]:
+    """Detection events by id, in the order of ``event_ids``, as :func:`as_dict` gives them."""
+    with db.session() as session:
+        found = {event.id: as_dict(event) for event in
+                 session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids)))}
+    return [found[event_id] for event_id in event_ids]
 
 
 def detect_event(event_id: int) -> dict[str, Any]:
@@ -174,8 +220,7 @@ def detect_event(event_id: int) -> dict[str, Any]:
 
 
 def _record(event: DetectionEvent, version: str, labels: list[dict[str, Any]],
-            previous: tuple[str, float] | None, *, session: Session) -> None:
-    values = parameters.values(session=session)
+            previous: tuple[str, float] | None, *, session: Session, values: dict[str, Any]) -> None:
     event.status, event.status_message = DetectionStatus.DETECTED, ""
     event.detected_at = db.utcnow()
     event.model_version = version

@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from labelloop import engine
 from labelloop.loop import routing
 from labelloop.modeling import service as models
 from labelloop.modeling.images import check_image
@@ -30,7 +29,8 @@ REDETECT_HOW = ("to detect it again with the serving version, re-detect it: the 
 
 
 def store_object(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
-    """Store an object; under an event folder its "object created" run starts (once per key and ETag).
+    """Store an object; under an event folder its "object created" event starts (once per key and ETag: an image
+    for detection joins a run with the uploads that arrive beside it, a training image gets its own).
 
     Under an event folder only images are taken, judged by their content: anything else raises
     ``ImageRejected`` with the reason and nothing is stored. The same bytes stored again change nothing (the
@@ -187,9 +187,7 @@ def objects_created_in_bucket(records: list[dict[str, Any]]) -> dict[str, Any]:
         if info is None:
             ignored.append({"key": record["key"], "event": record["event"], "reason": reason})
             continue
-        run_id = routing.object_created_run_id(info.key, info.etag)
-        existed = engine.run_exists(run_id)
-        routing.fire_object_created(info, "s3 event")
+        run_id, existed = routing.object_event(info, "s3 event")
         # "replaced": the object changed since this event was sent; the run is for what is there now.
         started.append({"key": info.key, "etag": info.etag, "run_id": run_id, "already_started": existed,
                         "replaced": bool(record["etag"]) and record["etag"] != info.etag})

@@ -84,10 +84,13 @@ DEPLOY_IDS = tuple(state.id for state in DEPLOY_STATES)
 # Detecting one image: one recorded step (routing.detect_and_notify, or routing.detect_uploaded_image for an
 # upload, which also logs the event) whose output holds each part; the per-part step names are those of runs
 # recorded before the parts were merged into one step.
-DETECTING_STEPS = ("detect_and_notify", "detect_uploaded_image")
+# routing.detect_uploaded_images detects a batch of uploads in one step (its output: one summary per image).
+DETECTING_STEPS = ("detect_and_notify", "detect_uploaded_image", "detect_uploaded_images")
 
 
 def _no_loop(out: Any) -> bool:
+    if isinstance(out, dict) and isinstance(out.get("detections"), list):
+        return all(item.get("human_loop") is None for item in out["detections"])
     return out is None or (isinstance(out, dict) and "detection" in out and out.get("human_loop") is None)
 
 
@@ -168,7 +171,8 @@ OBJECT_CREATED = Machine(
     description="A new object under images_for_detection/ or images_labeled_by_folder/.",
     states=(
         State("start", "Object created", START, 0, note="An upload, S3 event or drop-folder file."),
-        State("route_object", "Route object", row=1, steps=("route_object", "detect_uploaded_image"),
+        State("route_object", "Route object", row=1,
+              steps=("route_object", "detect_uploaded_image", "detect_uploaded_images"),
               note="An image for detection is routed by its key, in the step that detects it."),
         State("is_detection", "For detection?", CHOICE, 2, explain=_route_reason,
               decide=lambda out: _pick(out.get("branch") == "detection" if out.get("branch") else None,
@@ -177,7 +181,8 @@ OBJECT_CREATED = Machine(
               reached_if=lambda out: out.get("branch") == "training data",
               note="Counted by the next training check."),
         State("record_detection_event", "Record detection event", row=3,
-              steps=("record_detection_event", "detect_uploaded_image")),
+              steps=("record_detection_event", "detect_uploaded_image", "detect_uploaded_images"),
+              note="Logged as each upload arrived; one run detects the uploads that arrived together."),
         *_rows(DETECTION_STATES, 4),
         State("detected", "Detection done", SUCCEED, 7, reached_if=lambda out: out.get("branch") == "detection"),
     ),
@@ -394,5 +399,19 @@ def run_title(run: dict[str, Any]) -> str:
 
 
 def with_branch(run: dict[str, Any]) -> dict[str, Any]:
-    """A run record with the branch it belongs to and its title."""
-    return {**run, "branch": branch_of(run), "title": run_title(run)}
+    """A run record with the branch it belongs to, its title and the object keys it covered."""
+    return {**run, "branch": branch_of(run), "title": run_title(run), "object_keys": object_keys(run)}
+
+
+def object_keys(run: dict[str, Any]) -> list[str] | None:
+    """The images an "object created" run covered: each upload of a batch for detection, or its one object
+    (None for the runs of other workflows, or when the run's input is not loaded)."""
+    given = run.get("input")
+    if run.get("name") != routing.OBJECT_CREATED or not isinstance(given, dict) or not given.get("args"):
+        return None
+    event = given["args"][0]
+    if not isinstance(event, dict):
+        return None
+    if "uploads" in event:
+        return [upload["key"] for upload in event["uploads"]]
+    return [event["key"]] if "key" in event else None

@@ -10,6 +10,7 @@ again. The domains' ``flows.py`` hold the recorded steps; this module imports th
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ from labelloop.detection import service as detections
 from labelloop.detection import warm_start
 from labelloop.detection.models import DetectionStatus
 from labelloop.files import short_digest
+from labelloop.loop import batches
 from labelloop.modeling import dataset
 from labelloop.modeling import flows as modeling
 from labelloop.modeling import service as models
@@ -103,16 +105,79 @@ def training_check_run_id(parent_run_id: str) -> str:
 
 
 def fire_object_created(info: ObjectInfo, source: str) -> str | None:
-    """Queue the "object created" run of a stored object under an event folder; returns its run id (None for
-    objects under other folders, which start nothing)."""
+    """Start the "object created" event of a stored object under an event folder; returns the id of the run
+    that handles it (None for objects under other folders, which start nothing)."""
+    return object_event(info, source)[0]
+
+
+def object_event(info: ObjectInfo, source: str) -> tuple[str | None, bool]:
+    """:func:`fire_object_created`, and whether this event (this key and ETag) had been started before.
+
+    An image for detection logs its detection event and joins a batch of uploads that one run detects
+    (``loop/batches.py``); a training image gets a run of its own."""
     if not storage.fires_event(info.key):
-        return None
-    run_id = engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created,
-                            {"key": info.key, "etag": info.etag, "size": info.size, "source": source},
-                            workflow_id=object_created_run_id(info.key, info.etag))
-    log.info("object created event queued", extra={"key": info.key, "etag": info.etag, "run_id": run_id,
-                                                   "source": source})
-    return run_id
+        return None, False
+    if info.key.startswith(DETECTION_FOLDER):
+        run_id, existed = _join_detection_batch(info, source)
+    else:
+        run_id = object_created_run_id(info.key, info.etag)
+        existed = engine.run_exists(run_id)
+        engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created,
+                       {"key": info.key, "etag": info.etag, "size": info.size, "source": source},
+                       workflow_id=run_id)
+    log.info("object created event", extra={"key": info.key, "etag": info.etag, "run_id": run_id,
+                                            "source": source, "repeated": existed})
+    return run_id, existed
+
+
+_upload_batches: batches.UploadBatches | None = None
+_upload_batches_lock = threading.Lock()
+
+
+def upload_batches() -> batches.UploadBatches:
+    """This process's batches of uploads for detection (made on first use, timed by the settings)."""
+    global _upload_batches
+    with _upload_batches_lock:
+        if _upload_batches is None:
+            settings = get_settings()
+            _upload_batches = batches.UploadBatches(_queue_batch, prefix=DETECTION_RUN_PREFIX,
+                                                    window=settings.upload_batch_seconds,
+                                                    max_size=settings.upload_batch_size)
+        return _upload_batches
+
+
+def flush_uploads() -> None:
+    """Queue the runs of every batch of uploads now (at shutdown)."""
+    if _upload_batches is not None:
+        _upload_batches.flush()
+
+
+def _join_detection_batch(info: ObjectInfo, source: str) -> tuple[str | None, bool]:
+    """Log the detection event of an upload under the batch it joins; returns the run id and whether the event
+    existed (the same key and ETag before: its run is the earlier one, and nothing new starts)."""
+    group = upload_batches()
+    batch = group.join()
+    member = None
+    try:
+        event = detections.record_arrival(info.key, info.etag, batch.run_id)
+        if event["run_id"] == batch.run_id:
+            member = {"key": info.key, "etag": info.etag, "source": source, "detection_id": event["id"]}
+    finally:
+        group.recorded(batch, member)
+    return event["run_id"], member is None
+
+
+def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    """What an "object created" run's output says of the upload at ``key``: a batch's output has one summary per
+    key (``keys`` and ``detections`` in the same order); a run of one object is its own summary."""
+    output = output or {}
+    keys = output.get("keys") or []
+    return output["detections"][keys.index(key)] if key in keys else output
+
+
+def _queue_batch(run_id: str, members: list[dict[str, Any]]) -> str:
+    """Queue the run that detects a batch of uploads."""
+    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id)
 
 
 def _route(event: dict[str, Any]) -> dict[str, Any]:
@@ -135,30 +200,50 @@ def route_object(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _detect_now(event: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Detect, open a human loop if needed, notify: the work of one detection, run inside one recorded step.
+    """Detect, open a human loop if needed, notify: the work of one detection, run inside one recorded step
+    (see :func:`_detect_all`)."""
+    return _detect_all([event], run_id)[0]
 
-    Inference runs outside any transaction; the answer with its routing, the human loop and the notification
-    are then written in one transaction (one commit per image instead of four), and delivered to channels
-    beyond the feed after it. Each part is idempotent (an answered event is not detected again, a detection
-    with a loop gets no second, a notification is stored once per run and status), so a retried step repeats
-    nothing; if another execution of the run wrote a part a moment ago (a unique key clashes at the commit),
-    the parts run again one transaction each, finding what it wrote."""
-    outcome = detections.infer(event)
+
+def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    """Detect several events, open the human loops they need, notify: run inside one recorded step.
+
+    Inference runs outside any transaction (every image queued before any answer is awaited, so they share
+    micro-batches); the answers with their routing, human loops and notifications are then written in one
+    transaction, and delivered to channels beyond the feed after it. Each part is idempotent (an answered
+    event is not detected again, a detection with a loop gets no second, a notification is stored once per
+    detection event and status), so a retried step repeats nothing; if another execution wrote a part a
+    moment ago (a unique key clashes at the commit), each event's parts run again one transaction each,
+    finding what it wrote."""
+    outcomes = detections.infer_all(events)
     try:
         with db.session() as session:
-            found = detections.record_outcome(event["id"], outcome, session=session)
-            loop = review.open_loop_in(found, session=session)
-            answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
-            recorded = detection.record_notification(found, loop, run_id, session=session, new=answered_now)
+            detections.load_events([event["id"] for event in events], session=session)
+            values = parameters.values(session=session)
+            written = [_write_detection(event, outcome, run_id, session, values)
+                       for event, outcome in zip(events, outcomes, strict=True)]
     except IntegrityError:
         log.warning("a part of a detection was written by another execution of its run; finding it",
-                    extra={"detection_id": event["id"], "run_id": run_id})
-        with db.session() as session:
-            found = detections.record_outcome(event["id"], outcome, session=session)
-        loop = review.open_loop_in(found)
-        return {"detection": found, "human_loop": loop,
-                "notification": detection.notify_detection(found, loop, run_id)}
-    return {"detection": found, "human_loop": loop, "notification": notifications.deliver_recorded(recorded)}
+                    extra={"detection_ids": [event["id"] for event in events], "run_id": run_id})
+        return [_write_detection_alone(event, outcome, run_id)
+                for event, outcome in zip(events, outcomes, strict=True)]
+    return [{"detection": found, "human_loop": loop, "notification": notifications.deliver_recorded(recorded)}
+            for found, loop, recorded in written]
+
+
+def _write_detection(event: dict[str, Any], outcome: detections.Outcome, run_id: str, session: Any,
+                     values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]:
+    found = detections.record_outcome(event["id"], outcome, session=session, values=values)
+    loop = review.open_loop_in(found, session=session)
+    answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
+    return found, loop, detection.record_notification(found, loop, run_id, session=session, new=answered_now)
+
+
+def _write_detection_alone(event: dict[str, Any], outcome: detections.Outcome, run_id: str) -> dict[str, Any]:
+    with db.session() as session:
+        found = detections.record_outcome(event["id"], outcome, session=session)
+    loop = review.open_loop_in(found)
+    return {"detection": found, "human_loop": loop, "notification": detection.notify_detection(found, loop, run_id)}
 
 
 @engine.step()
@@ -171,9 +256,18 @@ def detect_and_notify(event_id: int, run_id: str) -> dict[str, Any]:
 @engine.step()
 def detect_uploaded_image(key: str, etag: str, run_id: str) -> dict[str, Any]:
     """An image arrived for detection: log its detection event (once per key and ETag), then
-    :func:`detect_and_notify` it, all in one recorded step."""
+    :func:`detect_and_notify` it, all in one recorded step (runs of earlier versions: one run per upload)."""
     recorded = detection.record_detection_event(key, etag, run_id)
     return {"event": recorded, **_detect_now(recorded, run_id)}
+
+
+@engine.step()
+def detect_uploaded_images(detection_ids: list[int], run_id: str) -> dict[str, Any]:
+    """Detect a batch of uploads whose detection events are logged, open the human loops they need, notify
+    each: one recorded step whose output has each image's summary."""
+    done = _detect_all(detections.read_events(detection_ids), run_id)
+    upload_batches().detected(run_id)  # the next upload after a quiet spell starts its run at once
+    return {"detections": [{**_summary(item), "notification": item["notification"]} for item in done]}
 
 
 def _summary(done: dict[str, Any]) -> dict[str, Any]:
@@ -185,8 +279,12 @@ def _summary(done: dict[str, Any]) -> dict[str, Any]:
 
 @engine.workflow(OBJECT_CREATED)
 def object_created(event: dict[str, Any]) -> dict[str, Any]:
-    """One run per created object: detect it (images_for_detection/) or count it as training data. An image
-    for detection is one recorded step (its route needs no step: the key decides it)."""
+    """A created object: count it as training data (one run each), or detect it (images_for_detection/). Uploads
+    for detection come in batches (``{"uploads": [{"key", "etag", "source", "detection_id"}, …]}``, see
+    ``loop/batches.py``), detected in one recorded step; a run of an earlier version detects one ``key``."""
+    if "uploads" in event:  # a batch of uploads for detection, their events logged as they arrived
+        done = detect_uploaded_images([upload["detection_id"] for upload in event["uploads"]], DBOS.workflow_id)
+        return {"branch": "detection", "keys": [upload["key"] for upload in event["uploads"]], **done}
     if event["key"].startswith(DETECTION_FOLDER):
         done = detect_uploaded_image(event["key"], event["etag"], DBOS.workflow_id)
         return {**_route(event), **_summary(done)}
@@ -226,6 +324,8 @@ def detections_to_retry() -> list[dict[str, Any]]:
     for event_id, first_run in detection.waiting_events():
         base = waiting_detection_run_id(event_id, version)
         tried = [base, *(f"{base}-retry-{n}" for n in range(1, get_settings().stranded_detection_retries + 1))]
+        if first_run and upload_batches().holds(first_run):
+            continue  # its batch's run is about to be queued
         statuses = [engine.run_status(run_id) for run_id in (first_run, *tried) if run_id]
         if any(state in IN_FLIGHT for state in statuses):
             continue

@@ -34,6 +34,9 @@ def describe(run: dict[str, Any]) -> str:
     if name == "parameter_change" and isinstance(first, dict):
         return f"{first.get('name')}: {first.get('old_value')} → {first.get('new_value')} by {first.get('changed_by')}"
     if name == "object_created" and isinstance(first, dict):
+        if "uploads" in first:
+            keys = [upload.get("key") for upload in first["uploads"]]
+            return ", ".join(map(str, keys)) if len(keys) <= 3 else f"{len(keys)} uploads: {keys[0]}, {keys[1]} …"
         return str(first.get("key"))
     if name in ("training_check", "human_sampling") and first is not None:
         verdict = output.get("version") or output.get("reason") or ""

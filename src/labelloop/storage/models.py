@@ -25,4 +25,5 @@ class ObjectInfo(BaseModel):
     # Set on an upload: the same bytes were already stored at this key, so nothing changed (no new run).
     unchanged: bool = False
     message: str | None = None
-    run_id: str | None = None  # the "object created" run an upload under an event folder started
+    run_id: str | None = None  # the "object created" run of an upload under an event folder (uploads for detection
+    # that arrive together share one run, each with its own detection event)

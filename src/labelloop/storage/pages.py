@@ -138,10 +138,10 @@ def redetect(session: SessionDep, visitor: Operator, form: Form) -> Response:
 
 
 @router.get("/storage/outcome/{run_id}")
-def upload_outcome(run_id: str, session: SessionDep, _visitor: Operator) -> JSONResponse:
+def upload_outcome(run_id: str, session: SessionDep, _visitor: Operator, key: str | None = None) -> JSONResponse:
     """What became of an upload for detection (the storage page's list asks until it is known): the label and
-    confidence, a human loop, or why it was not detected."""
-    event = detections.event_of_run(run_id, session=session)
+    confidence, a human loop, or why it was not detected. ``key``: the upload's, as its run may detect several."""
+    event = detections.event_of_run(run_id, session=session, key=key)
     if event is None:
         return JSONResponse({"known": False}, headers={"Cache-Control": "no-store"})
     # Known once its run has ended: the run records the detection, then opens the human loop (a moment later,

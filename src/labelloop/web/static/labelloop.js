@@ -273,7 +273,7 @@ function setUpUploader() {
           outcomes.push({ path: entry.path, key: outcome.info.key, unchanged: !!outcome.info.unchanged,
                           run: outcome.info.run_id || null });
           if (outcome.info.run_id && outcome.info.key.startsWith("images_for_detection/")) {
-            followDetection(outcome.info.run_id, state);
+            followDetection(outcome.info.run_id, outcome.info.key, state);
           }
         }
         show();
@@ -305,7 +305,7 @@ function setUpUploader() {
       const { item, state } = row(outcome.path);
       item.classList.add("done");
       state.textContent = outcomeText(outcome);
-      if (outcome.run && outcome.key.startsWith("images_for_detection/")) followDetection(outcome.run, state);
+      if (outcome.run && outcome.key.startsWith("images_for_detection/")) followDetection(outcome.run, outcome.key, state);
     }
   }
 
@@ -366,13 +366,13 @@ function outcomeText(info) {
 }
 
 // Ask what the detection of an upload found until it is known (about a minute at most), and say it.
-function followDetection(runId, state) {
+function followDetection(runId, key, state) {
   const prefixText = state.textContent.startsWith("unchanged") ? `${state.textContent} · ` : "stored · ";
   let tries = 0;
   const ask = async () => {
     tries += 1;
     try {
-      const response = await fetch(`/storage/outcome/${encodeURIComponent(runId)}`, { credentials: "same-origin" });
+      const response = await fetch(`/storage/outcome/${encodeURIComponent(runId)}?key=${encodeURIComponent(key)}`, { credentials: "same-origin" });
       const found = response.ok ? await response.json() : { known: false };
       if (found.known) {
         state.textContent = prefixText + detectionText(found);
