@@ -40,6 +40,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -341,6 +342,17 @@ def answers_to_reach(rows: list[dict[str, Any]], arm: str, seed: int) -> int | N
     return min(reached, key=lambda r: r["version"])["human_answers_before"] if reached else None
 
 
+def f1_at_fixed_cost(rows: list[dict[str, Any]], arm: str, seed: int) -> float | None:
+    """The macro-F1 ``arm`` served with once it had spent as many human answers as the fixed rule spent in all on
+    the same seed (its last version started by then); None without a fixed-rule run."""
+    fixed = [r for r in rows if r["arm"] == "fixed rule" and r["seed"] == seed]
+    if not fixed:
+        return None
+    spent = sum(r["to_humans"] for r in fixed)
+    started = [r for r in rows if r["arm"] == arm and r["seed"] == seed and r["human_answers_before"] <= spent]
+    return max(started, key=lambda r: r["version"])["macro_f1"]
+
+
 def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     """One arm over every seed: totals and medians."""
     mine = [r for r in rows if r["arm"] == arm]
@@ -359,7 +371,7 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     last = [max((r for r in mine if r["seed"] == s), key=lambda r: r["version"]) for s in seeds]
     return {"arm": arm, "seeds": len(seeds), "versions": float(np.median([len([r for r in mine if r["seed"] == s])
                                                                           for s in seeds])),
-            "true_rate": float(np.median(rates)),
+            "true_rate": float(np.median(rates)), "auto_accepted": sum(auto),
             "true_rate_after_cold": (100 * sum(r["silent_errors"] for r in cold_done)
                                      / max(1, sum(r["auto_accepted"] for r in cold_done))) if cold_done else None,
             "human_share": float(np.median([h / d for h, d in zip(humans, detections, strict=True)])),
@@ -369,6 +381,9 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
             "answers_to_fixed_f1": float(np.median([r for r in reach if r is not None]))
             if any(r is not None for r in reach) else None,
             "reached_fixed_f1": sum(r is not None for r in reach),
+            "f1_at_fixed_cost": float(np.median(at)) if (at := [f for s in seeds
+                                                              if (f := f1_at_fixed_cost(rows, arm, s)) is not None])
+            else None,
             "final_macro_f1": float(np.median([r["macro_f1"] for r in last])),
             "coverage": float(np.mean(judged)) if judged else None, "covered_versions": len(judged),
             "last_bound": float(np.median([r["bound"] for r in last if r["bound"] is not None]))
@@ -390,15 +405,19 @@ def table(result: dict[str, Any]) -> str:
              "seeds, (min–max) over seeds.", "",
              "| rule | true silent-error rate of auto-accepted | after cold start (pooled) "
              "| bound shown, last version | bound covers truth (versions) | sent to humans | human answers "
-             "| answers to reach the fixed rule's macro-F1 (seeds that did) | final macro-F1 | versions |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| answers to reach the fixed rule's macro-F1 (seeds that did) | macro-F1 at the fixed rule's answers "
+             "| final macro-F1 | versions |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
-        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % ({_range(s.get('true_rate_range'), '{:.1f}')}) "
+        rate = f"{s['true_rate']:.1f} % ({_range(s.get('true_rate_range'), '{:.1f}')})" if s.get(
+            "auto_accepted", 1) else "— (none auto-accepted)"
+        lines.append(f"| {s['arm']} | {rate} "
                      f"| {_fmt(s['true_rate_after_cold'], '{:.1f} %')} | {_fmt(s['last_bound'], '≤ {:.1f} %')} "
                      f"| {_fmt(s['coverage'], '{:.0%}')} ({s['covered_versions']}) | {s['human_share']:.0%} "
                      f"| {s['human_answers']:.0f} ({_range(s.get('human_answers_range'))}) "
                      f"| {_fmt(s['answers_to_fixed_f1'], '{:.0f}')} ({_range(s.get('answers_to_fixed_f1_range'))}; "
-                     f"{s['reached_fixed_f1']} of {s['seeds']}) | {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
+                     f"{s['reached_fixed_f1']} of {s['seeds']}) | {_fmt(s.get('f1_at_fixed_cost'), '{:.3f}')} "
+                     f"| {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -440,8 +459,15 @@ def main() -> None:
                              "never train; on by default, as in the server")
     parser.add_argument("--tag", default="", help="appended to the output files' names (runs side by side)")
     parser.add_argument("--version-wide", action="store_true")
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="run nothing: merge these outputs (the same task and policy, other seeds, e.g. one "
+                             "process per seed side by side) into one table and plot")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
+    if args.combine:
+        result = combined(args.combine)
+        write(result, f"silent-{result['task']}" + (f"-{args.tag}" if args.tag else ""), args.publish)
+        return
     # The policy is the product's module constants; a trial sets them for this process only.
     trial = (args.cold_audits, args.floor, tuple(args.split), args.train_share) != (
         silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET, tuple(silent.STRATA_SPLIT), silent.AUDIT_TRAINING_SHARE)
@@ -463,18 +489,32 @@ def main() -> None:
               "cold_audits": args.cold_audits, "floor": args.floor,
               "learn_from_none_of_the_above": not args.ignore_none_of_the_above,
               "summary": [summary(rows, arm) for arm in args.arms], "rows": rows}
-    OUT.mkdir(parents=True, exist_ok=True)
     name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}-split-"
                                     f"{'-'.join(f'{x:g}' for x in args.split)}-share-{args.train_share:g}"
                                     if trial else "") + ("-nota-off" if args.ignore_none_of_the_above else "") + (
         f"-{args.tag}" if args.tag else "")
+    write(result, name, args.publish and not trial and not args.ignore_none_of_the_above)
+
+
+def combined(paths: list[str]) -> dict[str, Any]:
+    """One result from the outputs of runs of other seeds (the first one's settings; the arms of all)."""
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    rows = [row for part in parts for row in part["rows"]]
+    arms = list(dict.fromkeys(s["arm"] for part in parts for s in part["summary"]))
+    return {**parts[0], "seeds": sorted({row["seed"] for row in rows}),
+            "summary": [summary(rows, arm) for arm in arms], "rows": rows}
+
+
+def write(result: dict[str, Any], name: str, publish: bool) -> None:
+    """The result's JSON, table and plot under OUT/``name``; ``publish``: the table and plot to docs/ too."""
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
-    (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))
+    (OUT / f"{name}.svg").write_text(chart(result["rows"], result["seeds"][0]))
     print(table(result))
-    if args.publish and not trial and not args.ignore_none_of_the_above:
+    if publish:
         for suffix in ("md", "svg"):
-            shutil.copy(OUT / f"{name}.{suffix}", DOCS / f"silent_errors_{args.task}.{suffix}")
+            shutil.copy(OUT / f"{name}.{suffix}", DOCS / f"silent_errors_{result['task']}.{suffix}")
 
 
 if __name__ == "__main__":
