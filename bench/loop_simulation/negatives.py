@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.modeling.training import NEGATIVE_LABEL, Head, LabeledImage, train_head
-
 from .run import OUT
 from .silent import MIN_UNTRAINED, TASKS, THRESHOLD, World, world
 
@@ -62,15 +60,6 @@ class Tally:
                 "known_confident_share": self.known_accepted_right / max(1, self.known)}
 
 
-def train(w: World, labeled: list[Any], negatives: list[Any], seed: int) -> Head:
-    """A version trained on the labeled images and, as the hidden class, the None of the Above ones."""
-    examples = [LabeledImage(f"images_labeled_by_folder/{i.label}/{i.key.replace('/', '_')}", i.label, i.load,
-                             w.digests[i.key]) for i in labeled]
-    examples += [LabeledImage(f"images_none_of_the_above/{i.key.replace('/', '_')}", NEGATIVE_LABEL, i.load,
-                              w.digests[i.key]) for i in negatives]
-    return train_head(examples, w.embedder, w.cache, seed=seed, balance_labels=True, final_on_all=True).head
-
-
 def run_arm(w: World, arm: str, learn: bool, seed: int, batch_size: int) -> Tally:
     """The seed's routing over one seeded stream (the same draws as silent.py's arms)."""
     rng = np.random.default_rng(seed)
@@ -78,7 +67,7 @@ def run_arm(w: World, arm: str, learn: bool, seed: int, batch_size: int) -> Tall
     rest = rest + w.open_set
     stream = [rest[i] for i in rng.permutation(len(rest))]
     known, negatives, untrained = set(w.labels), [], 0
-    head, tally = train(w, labeled, negatives, seed), Tally(arm, seed)
+    head, tally = w.train(labeled, seed, negatives), Tally(arm, seed)
     for start in range(0, len(stream), batch_size):
         batch = stream[start:start + batch_size]
         for item, p in zip(batch, head.predict_proba(w.x(batch)), strict=True):
@@ -101,10 +90,10 @@ def run_arm(w: World, arm: str, learn: bool, seed: int, batch_size: int) -> Tall
             tally.open_set_accepted += not is_known
             tally.known_accepted_right += item.label == label
         if untrained >= MIN_UNTRAINED:
-            head, untrained = train(w, labeled, negatives, seed), 0
+            head, untrained = w.train(labeled, seed, negatives), 0
             tally.versions += 1
     tally.negatives, tally.final_macro_f1 = len(negatives), w.macro_f1(head)
-    tally.all_answers_macro_f1 = w.macro_f1(train(w, labeled, negatives, seed)) if untrained else tally.final_macro_f1
+    tally.all_answers_macro_f1 = w.macro_f1(w.train(labeled, seed, negatives)) if untrained else tally.final_macro_f1
     return tally
 
 

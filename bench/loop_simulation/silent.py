@@ -18,9 +18,12 @@ the function the server's detection step calls, with the audits of the serving v
 have them (`estimate_from`, `raised_threshold`, `audit_rate`). The simulated reviewer answers every loop
 truthfully (None of the Above for an open-set image). Detection loops' answers become training data; audit
 answers do not, except in the arms whose audits train (ARMS: "split" is the server's Audit-Training-Share,
---train-share of them drawn by `silent_errors.audit_trains`). A new version trains after a batch that brought
-≥ Minimum-Untrained-Images (10) new labels (audit answers that train count, as the server's training check
-counts them, except in the "ride" arms); a backtest of fewer than 20 audits starts cold, as in the server.
+--train-share of them drawn by `silent_errors.audit_trains`; "corrections" is Train-On-Audit-Corrections).
+Learn-From-None-Of-The-Above is on, as the server's default (--ignore-none-of-the-above: the seed's behaviour):
+a None of the Above answer that becomes training data trains the hidden class (`World.train`, as
+`negatives.py`). A new version trains after a batch that brought ≥ Minimum-Untrained-Images (10) new trainable
+images (audit answers that train count, as the server's training check counts them, except in the "ride"
+arms); a backtest of fewer than 20 audits starts cold, as in the server.
 
 Per arm, per version: detections, the true silent-error rate of the auto-accepted ones, the bound labelloop
 showed at the end of the version (from its answered audits), whether the bound covered the truth (the true
@@ -37,6 +40,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +51,7 @@ from labelloop.detection import silent_errors as silent
 from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached
 from labelloop.modeling.export import ensure_backbone_onnx
 from labelloop.modeling.images import content_hash
-from labelloop.modeling.training import Head, LabeledImage, train_head
+from labelloop.modeling.training import NEGATIVE_LABEL, Head, LabeledImage, train_head
 from labelloop.web import plots
 
 from .run import DOCS, OUT
@@ -59,6 +63,8 @@ MIN_UNTRAINED = 10  # Minimum-Untrained-Images, the seed's default
 # "lag" makes a version's audits training data once the next version is deployed (after its backtest is built).
 # "ride": audit answers train but do not count towards Minimum-Untrained-Images (they never start a training
 # by themselves, so a version is retrained when the fixed rule's would be: on the labels of Detection loops).
+# "corrections": the audit answers that disagree with the model train (Train-On-Audit-Corrections); a later
+# version's backtest counts those it trained on as silent errors, as the server's does.
 ARMS = {"fixed rule": (0.0, False, None), "target 5 %": (5.0, False, None), "target 2 %": (2.0, False, None),
         "target 5 %, warm start": (5.0, True, None), "target 2 %, warm start": (2.0, True, None),
         "target 5 %, warm, audits train (split)": (5.0, True, "split"),
@@ -66,7 +72,10 @@ ARMS = {"fixed rule": (0.0, False, None), "target 5 %": (5.0, False, None), "tar
         "target 2 %, warm, audits train (split)": (2.0, True, "split"),
         "target 5 %, warm, audits ride (split)": (5.0, True, "split ride"),
         "target 5 %, warm, audits ride (lag)": (5.0, True, "lag ride"),
-        "target 2 %, warm, audits ride (split)": (2.0, True, "split ride")}  # target, warm start, audit training
+        "target 2 %, warm, audits ride (split)": (2.0, True, "split ride"),
+        "target 5 %, warm, corrections train": (5.0, True, "corrections"),
+        "target 5 %, warm, audits train (split) and corrections": (5.0, True, "split corrections"),
+        }  # target, warm start, audit training
 DEFAULT_ARMS = ["fixed rule", "target 5 %", "target 2 %", "target 5 %, warm start", "target 2 %, warm start",
                 "target 5 %, warm, audits train (split)", "target 2 %, warm, audits train (split)"]
 CHARTED = ("fixed rule", "target 5 %", "target 5 %, warm start")  # the plot's lines (all five crowd it)
@@ -90,9 +99,13 @@ class World:
     def x(self, items: list[Item]) -> np.ndarray:
         return np.stack([self.vectors[item.key] for item in items])
 
-    def train(self, labeled: list[Item], seed: int) -> Head:
+    def train(self, labeled: list[Item], seed: int, negatives: list[Item] | None = None) -> Head:
+        """A version trained on the labeled images and, as the hidden class (Learn-From-None-Of-The-Above), the
+        None of the Above ones (``negatives``), with the product's defaults."""
         examples = [LabeledImage(f"images_labeled_by_folder/{i.label}/{i.key.replace('/', '_')}", i.label,
                                  i.load, self.digests[i.key]) for i in labeled]
+        examples += [LabeledImage(f"images_none_of_the_above/{i.key.replace('/', '_')}", NEGATIVE_LABEL, i.load,
+                                  self.digests[i.key]) for i in negatives or []]
         return train_head(examples, self.embedder, self.cache, seed=seed, balance_labels=True,
                           final_on_all=True).head
 
@@ -177,17 +190,53 @@ class Stream:
     window: list[tuple[Item, bool]] = field(default_factory=list)  # (image, the serving version was confident)
 
 
-def warm_start(w: World, head: Head, previous: Head, stream: Stream, trained: set[str]) -> silent.Warm | None:
+@dataclass
+class Answers:
+    """The training data human answers made, as the server keeps it: a label's images, and with
+    Learn-From-None-Of-The-Above (``learn``) the None of the Above ones as the hidden class; ``drawn``: audited
+    images that train because a hash drew them (Audit-Training-Share, or the "lag" arms), left out of backtests;
+    an audited image that trains for another reason (a correction) counts there as a silent error."""
+
+    known: set[str]
+    labeled: list[Item]
+    learn: bool = True
+    negatives: list[Item] = field(default_factory=list)
+    drawn: set[str] = field(default_factory=set)
+
+    def add(self, item: Item) -> bool:
+        """Put a truthful answer's image where the server would; whether it became training data."""
+        if item.label in self.known:
+            self.labeled.append(item)
+            return True
+        if self.learn:  # an open-set image: the answer is None of the Above
+            self.negatives.append(item)
+            return True
+        return False
+
+    @property
+    def trained(self) -> set[str]:
+        """The keys of every training image (labels and hidden class)."""
+        return {item.key for item in [*self.labeled, *self.negatives]}
+
+
+def warm_start(w: World, head: Head, previous: Head, stream: Stream, answers: Answers) -> silent.Warm | None:
     """The backtest of ``head`` replacing ``previous``: the earlier audits it did not train on, scored by it,
-    that both would auto-accept; and the new stratum's share counted on ``previous``'s detections. None (a cold
-    start) for a backtest of fewer than COLD_AUDITS audits, as the server's ``detection.warm_start.store``."""
+    that both would auto-accept (one it trained on as a correction counts as wrong, one a draw made training
+    data is left out, as the server's ``detection.warm_start.backtest_of``); and the new stratum's share counted
+    on ``previous``'s detections. None (a cold start) for a backtest of fewer than COLD_AUDITS audits, as the
+    server's ``detection.warm_start.store``."""
     backtest: list[silent.Audit] = []
-    usable = [item for item in stream.audited if item.key not in trained]
+    trained = answers.trained
+    usable = [item for item in stream.audited if item.key not in trained or item.key not in answers.drawn]
     if usable:
         before, after = previous.predict_proba(w.x(usable)), head.predict_proba(w.x(usable))
         for item, old, p in zip(usable, before, after, strict=True):
             label, confidence = head.labels[int(p.argmax())], float(100 * p.max())
-            if 100 * old.max() >= THRESHOLD:
+            if 100 * old.max() < THRESHOLD:
+                continue
+            if item.key in trained:  # a correction it trained on: the worst case
+                backtest.append(silent.Audit(label, confidence, True, True))
+            else:
                 backtest.append(silent.Audit(label, confidence, item.label != label, confidence >= THRESHOLD))
     # A window image it trained on reads more confident than it would: counted only where that errs high.
     window = [(item, sure) for item, sure in stream.window if not (sure and item.key in trained)]
@@ -207,14 +256,14 @@ def trains(scheme: str | None, request_id: str, share: float) -> bool:
 
 
 def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_start_on: bool = False,
-            audit_training: str | None = None, share: float = 0.5) -> list[Version]:
-    """One arm over one seeded stream: the versions it served (``audit_training``: None, "split" or "lag",
-    see ARMS)."""
+            audit_training: str | None = None, share: float = 0.5, learn: bool = True) -> list[Version]:
+    """One arm over one seeded stream: the versions it served (``audit_training``: None, "split", "lag" or
+    "corrections", see ARMS; ``learn``: Learn-From-None-Of-The-Above)."""
     rng = np.random.default_rng(seed)
     labeled, rest = w.first_labeled(rng)
     rest = rest + w.open_set
     stream = [rest[i] for i in rng.permutation(len(rest))]
-    known = set(w.labels)
+    taught = Answers(set(w.labels), labeled, learn)
     head, answers, untrained = w.train(labeled, seed), 0, 0
     previous: Head | None = None
     versions = [Version(arm, seed, 1, w.macro_f1(head), 0)]
@@ -248,15 +297,16 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
                 new_opened += new
                 seen.audited.append(item)
                 audits.append(silent.Audit(label, confidence, wrong, confidence >= routed.threshold, new))
-                if item.label in known and trains(audit_training, request_id, share):
-                    labeled.append(item)
-                    untrained += not rides
-                elif item.label in known and audit_training and audit_training.startswith("lag"):
+                drawn = trains(audit_training, request_id, share)
+                if drawn or (wrong and "corrections" in (audit_training or "")):  # Train-On-Audit-Corrections
+                    taught.drawn |= {item.key} if drawn else set()
+                    untrained += taught.add(item) and not rides
+                elif audit_training and audit_training.startswith("lag"):
                     pending.append(item)
-            elif routed.to_review and item.label in known:
-                labeled.append(item)
-                current.labels_given += 1
-                untrained += 1
+                    taught.drawn.add(item.key)
+            elif routed.to_review:
+                current.labels_given += item.label in taught.known
+                untrained += taught.add(item)
             if routed.rule == silent.Rule.AUTO_ACCEPTED:
                 current.auto_accepted += 1
                 current.silent_errors += wrong
@@ -267,10 +317,12 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
         ended = silent.estimate_from("v", target, audits, current.audits, warm, new_opened)
         current.bound, current.new_share = ended.overall.upper_bound, ended.new_share
         if untrained >= MIN_UNTRAINED:
-            previous, head, untrained, audits, new_opened = head, w.train(labeled, seed), 0, [], 0
-            warm = warm_start(w, head, previous, seen, {i.key for i in labeled}) if warm_start_on else None
+            previous, untrained, audits, new_opened = head, 0, [], 0
+            head = w.train(taught.labeled, seed, taught.negatives)
+            warm = warm_start(w, head, previous, seen, taught) if warm_start_on else None
             seen.window = []
-            labeled, untrained, pending = labeled + pending, untrained + len(pending) * (not rides), []
+            untrained += sum(taught.add(item) for item in pending) * (not rides)
+            pending = []
             versions.append(Version(arm, seed, current.version + 1, w.macro_f1(head), answers, warm=warm is not None,
                                     backtest=len(warm.backtest) if warm else 0))
     return versions
@@ -288,6 +340,17 @@ def answers_to_reach(rows: list[dict[str, Any]], arm: str, seed: int) -> int | N
     goal = max(fixed, key=lambda r: r["version"])["macro_f1"] - F1_TOLERANCE
     reached = [r for r in rows if r["arm"] == arm and r["seed"] == seed and r["macro_f1"] >= goal]
     return min(reached, key=lambda r: r["version"])["human_answers_before"] if reached else None
+
+
+def f1_at_fixed_cost(rows: list[dict[str, Any]], arm: str, seed: int) -> float | None:
+    """The macro-F1 ``arm`` served with once it had spent as many human answers as the fixed rule spent in all on
+    the same seed (its last version started by then); None without a fixed-rule run."""
+    fixed = [r for r in rows if r["arm"] == "fixed rule" and r["seed"] == seed]
+    if not fixed:
+        return None
+    spent = sum(r["to_humans"] for r in fixed)
+    started = [r for r in rows if r["arm"] == arm and r["seed"] == seed and r["human_answers_before"] <= spent]
+    return max(started, key=lambda r: r["version"])["macro_f1"]
 
 
 def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
@@ -308,7 +371,7 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     last = [max((r for r in mine if r["seed"] == s), key=lambda r: r["version"]) for s in seeds]
     return {"arm": arm, "seeds": len(seeds), "versions": float(np.median([len([r for r in mine if r["seed"] == s])
                                                                           for s in seeds])),
-            "true_rate": float(np.median(rates)),
+            "true_rate": float(np.median(rates)), "auto_accepted": sum(auto),
             "true_rate_after_cold": (100 * sum(r["silent_errors"] for r in cold_done)
                                      / max(1, sum(r["auto_accepted"] for r in cold_done))) if cold_done else None,
             "human_share": float(np.median([h / d for h, d in zip(humans, detections, strict=True)])),
@@ -318,6 +381,9 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
             "answers_to_fixed_f1": float(np.median([r for r in reach if r is not None]))
             if any(r is not None for r in reach) else None,
             "reached_fixed_f1": sum(r is not None for r in reach),
+            "f1_at_fixed_cost": float(np.median(at)) if (at := [f for s in seeds
+                                                              if (f := f1_at_fixed_cost(rows, arm, s)) is not None])
+            else None,
             "final_macro_f1": float(np.median([r["macro_f1"] for r in last])),
             "coverage": float(np.mean(judged)) if judged else None, "covered_versions": len(judged),
             "last_bound": float(np.median([r["bound"] for r in last if r["bound"] is not None]))
@@ -333,19 +399,25 @@ def _range(pair: list[float] | None, pattern: str = "{:.0f}") -> str:
 
 
 def table(result: dict[str, Any]) -> str:
+    nota = "on" if result.get("learn_from_none_of_the_above", True) else "off"
     lines = [f"{result['task']} task ({result['open_share']:.0%} of the stream open-set), threshold 70, seeds "
-             f"{result['seeds']}, batch {result['batch_size']}; medians over seeds, (min–max) over seeds.", "",
+             f"{result['seeds']}, batch {result['batch_size']}, Learn-From-None-Of-The-Above {nota}; medians over "
+             "seeds, (min–max) over seeds.", "",
              "| rule | true silent-error rate of auto-accepted | after cold start (pooled) "
              "| bound shown, last version | bound covers truth (versions) | sent to humans | human answers "
-             "| answers to reach the fixed rule's macro-F1 (seeds that did) | final macro-F1 | versions |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| answers to reach the fixed rule's macro-F1 (seeds that did) | macro-F1 at the fixed rule's answers "
+             "| final macro-F1 | versions |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
-        lines.append(f"| {s['arm']} | {s['true_rate']:.1f} % ({_range(s.get('true_rate_range'), '{:.1f}')}) "
+        rate = f"{s['true_rate']:.1f} % ({_range(s.get('true_rate_range'), '{:.1f}')})" if s.get(
+            "auto_accepted", 1) else "— (none auto-accepted)"
+        lines.append(f"| {s['arm']} | {rate} "
                      f"| {_fmt(s['true_rate_after_cold'], '{:.1f} %')} | {_fmt(s['last_bound'], '≤ {:.1f} %')} "
                      f"| {_fmt(s['coverage'], '{:.0%}')} ({s['covered_versions']}) | {s['human_share']:.0%} "
                      f"| {s['human_answers']:.0f} ({_range(s.get('human_answers_range'))}) "
                      f"| {_fmt(s['answers_to_fixed_f1'], '{:.0f}')} ({_range(s.get('answers_to_fixed_f1_range'))}; "
-                     f"{s['reached_fixed_f1']} of {s['seeds']}) | {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
+                     f"{s['reached_fixed_f1']} of {s['seeds']}) | {_fmt(s.get('f1_at_fixed_cost'), '{:.3f}')} "
+                     f"| {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -382,10 +454,20 @@ def main() -> None:
                         help="audit policy under trial: the lowest audit rate while the bound is above the target")
     parser.add_argument("--split", type=float, nargs=3, default=silent.STRATA_SPLIT,
                         help="warm start under trial: shares of the bound's 5 %% (known, new, share)")
+    parser.add_argument("--ignore-none-of-the-above", action="store_true",
+                        help="Learn-From-None-Of-The-Above off (the seed's behaviour): None of the Above answers "
+                             "never train; on by default, as in the server")
     parser.add_argument("--tag", default="", help="appended to the output files' names (runs side by side)")
     parser.add_argument("--version-wide", action="store_true")
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="run nothing: merge these outputs (the same task and policy, other seeds, e.g. one "
+                             "process per seed side by side) into one table and plot")
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args()
+    if args.combine:
+        result = combined(args.combine)
+        write(result, f"silent-{result['task']}" + (f"-{args.tag}" if args.tag else ""), args.publish)
+        return
     # The policy is the product's module constants; a trial sets them for this process only.
     trial = (args.cold_audits, args.floor, tuple(args.split), args.train_share) != (
         silent.COLD_AUDITS, silent.MINIMUM_RATE_ABOVE_TARGET, tuple(silent.STRATA_SPLIT), silent.AUDIT_TRAINING_SHARE)
@@ -399,24 +481,40 @@ def main() -> None:
             target, warm_start_on, audit_training = ARMS[arm]
             started = time.perf_counter()
             versions = run_arm(w, arm, target, seed, args.batch_size, warm_start_on, audit_training,
-                               args.train_share)
+                               args.train_share, learn=not args.ignore_none_of_the_above)
             rows += [v.row() for v in versions]
             print(f"seed {seed} {arm}: {len(versions)} versions in {time.perf_counter() - started:.0f} s", flush=True)
     result = {"task": args.task, "seeds": args.seeds, "batch_size": args.batch_size,
               "open_share": len(w.open_set) / (len(w.pool) - 2 * len(w.labels) + len(w.open_set)),
               "cold_audits": args.cold_audits, "floor": args.floor,
+              "learn_from_none_of_the_above": not args.ignore_none_of_the_above,
               "summary": [summary(rows, arm) for arm in args.arms], "rows": rows}
-    OUT.mkdir(parents=True, exist_ok=True)
     name = f"silent-{args.task}" + (f"-cold-{args.cold_audits}-floor-{args.floor:g}-split-"
                                     f"{'-'.join(f'{x:g}' for x in args.split)}-share-{args.train_share:g}"
-                                    if trial else "") + (f"-{args.tag}" if args.tag else "")
+                                    if trial else "") + ("-nota-off" if args.ignore_none_of_the_above else "") + (
+        f"-{args.tag}" if args.tag else "")
+    write(result, name, args.publish and not trial and not args.ignore_none_of_the_above)
+
+
+def combined(paths: list[str]) -> dict[str, Any]:
+    """One result from the outputs of runs of other seeds (the first one's settings; the arms of all)."""
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    rows = [row for part in parts for row in part["rows"]]
+    arms = list(dict.fromkeys(s["arm"] for part in parts for s in part["summary"]))
+    return {**parts[0], "seeds": sorted({row["seed"] for row in rows}),
+            "summary": [summary(rows, arm) for arm in arms], "rows": rows}
+
+
+def write(result: dict[str, Any], name: str, publish: bool) -> None:
+    """The result's JSON, table and plot under OUT/``name``; ``publish``: the table and plot to docs/ too."""
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     (OUT / f"{name}.md").write_text(table(result))
-    (OUT / f"{name}.svg").write_text(chart(rows, args.seeds[0]))
+    (OUT / f"{name}.svg").write_text(chart(result["rows"], result["seeds"][0]))
     print(table(result))
-    if args.publish and not trial:
+    if publish:
         for suffix in ("md", "svg"):
-            shutil.copy(OUT / f"{name}.{suffix}", DOCS / f"silent_errors_{args.task}.{suffix}")
+            shutil.copy(OUT / f"{name}.{suffix}", DOCS / f"silent_errors_{result['task']}.{suffix}")
 
 
 if __name__ == "__main__":
