@@ -6,6 +6,7 @@ Importing this module does not import torch: the backbone ONNX file is built onc
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -51,7 +52,20 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # Every backbone session of the process takes its buffers from one shared arena that grows by what is asked,
+    # not by powers of two: each session's own arena kept the peak of every batch it had run, so one session
+    # per core after the upload pipeline's full batches put the serving process over 1 GiB (README Performance).
+    _share_one_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
     return options
+
+
+@functools.cache
+def _share_one_arena() -> None:
+    import onnxruntime as ort
+
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, 1, -1, -1))  # extend strategy 1: as requested
 
 
 class Embedder:
