@@ -151,24 +151,19 @@ class Serving:
     # ── inference units ──────────────────────────────────────────────────────
 
     def set_units(self, units: int) -> None:
-        """Run ``units`` inference units (each its own backbone session), and at least one single-thread session
-        per core: while one session runs its batch the next batch is being decoded for another, where one session
-        of two threads left a core idle (measured on a quiet machine, README Performance, sixth pass: 8 clients
-        0.68–0.78 of raw batch 32 against 0.60–0.66 in the same runs; one client's p50 15–16 → 20–21 ms)."""
+        """Run ``units`` inference units (each its own backbone session); the cores are split between them."""
         units = max(1, units)
         if units == self.units:
             return
         self._stop_units()
-        sessions = max(units, default_threads())
-        threads = max(1, default_threads() // sessions)
-        self._embedders = [self._embedder_factory(threads) for _ in range(sessions)]
+        threads = max(1, default_threads() // units)
+        self._embedders = [self._embedder_factory(threads) for _ in range(units)]
         self._units = [threading.Thread(target=self._unit, args=(embedder,), name=f"inference-unit-{i}",
                                         daemon=True) for i, embedder in enumerate(self._embedders)]
         for thread in self._units:
             thread.start()
         self.units = units
-        log.info("inference units running",
-                 extra={"units": units, "sessions": sessions, "threads_per_session": threads})
+        log.info("inference units running", extra={"units": units, "threads_per_unit": threads})
 
     def _stop_units(self) -> None:
         for _ in self._units:
