@@ -150,8 +150,7 @@ def _queue_inference(event: dict[str, Any]) -> Outcome | tuple[bytes, Future[Com
         return Outcome("recorded")
     try:
         _, data = storage.get_object(event["object_key"])
-        view = endpoint.serving_view()
-        return data, endpoint.serving().submit_compared(endpoint.prepare_image(data, view), view)
+        return data, endpoint.submit_image_compared(data)
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return Outcome("rejected", str(exc))
     except NoModelServing as exc:

@@ -246,11 +246,18 @@ def detect_image_compared(data: bytes) -> Compared:
     ``NoModelServing``."""
     retries = 0
     while True:
-        view = serving_view()
         try:
-            return detect_compared(prepare_image(data, view), view)
+            return submit_image_compared(data).result(timeout=120)
         except ViewChanged:
             retries = _retry_view(retries)
+
+
+def submit_image_compared(data: bytes) -> Future[Compared]:
+    """Prepare one image's bytes with the input view of the version serving now and queue it (``Compared``
+    answer); the future raises ``ViewChanged`` when a version with another view takes over before it runs.
+    Raises ``ImageRejected``, ``NoModelServing``."""
+    view = serving_view()
+    return serving().submit_compared(prepare_image(data, view), view)
 
 
 # Decoding runs on a pool as wide as the cores, not on the server's 40-thread pool: more concurrent decodes
