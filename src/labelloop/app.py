@@ -89,6 +89,7 @@ def start(settings: Settings) -> str | None:
         log.info("schedule in force", extra=applied)
     actions.apply_recorded_answers()
     log.info("schedule in force", extra=routing.schedule_answer_sweep(settings.answer_sweep_minutes))
+    log.info("schedule in force", extra=routing.schedule_run_pruning(settings.run_retention_days))
     routing.retry_stranded_detections()
     return admin_password
 

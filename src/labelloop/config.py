@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     stranded_detection_retries: int = Field(default=3, ge=0, le=100, description="How many more runs an "
                                             "image left waiting while a version serves gets from that version "
                                             "before it is marked FAILED (a new version tries it again)")
+    run_retention_days: int = Field(default=90, ge=0, le=36500, description="Finished workflow runs (their "
+                                    "status, input, output and steps) are pruned once a day when older than this "
+                                    "many days; 0 keeps them for ever. The run that trained a model version is "
+                                    "kept as long as the version, and runs still pending are never pruned")
     upload_batch_seconds: float = Field(default=0.2, ge=0, le=5, description="Uploads for detection share one "
                                         "workflow run per this many seconds (each keeps its own detection event); "
                                         "an upload after a quiet spell has its run started at once")

@@ -303,8 +303,22 @@ HUMAN_SAMPLING = Machine(
     transitions=_chain("start", "sample_detections", "notify_sampling", "sampled"),
 )
 
+RUN_PRUNING = Machine(
+    "Run Retention", (routing.RUN_PRUNING,),
+    description="Once a day: delete the finished runs older than LABELLOOP_RUN_RETENTION_DAYS (default 90), "
+                "except the runs that trained a model version. Pending and queued runs are never pruned.",
+    states=(
+        State("start", "Run pruning", START, 0, note="Daily at midnight UTC; paused when the retention is 0."),
+        State("prune_old_runs", "Prune old finished runs", row=1,
+              note="Oldest first, 500 runs per transaction, through DBOS's delete_workflows."),
+        State("pruned", "Done", SUCCEED, 2),
+    ),
+    transitions=_chain("start", "prune_old_runs", "pruned"),
+)
+
 MACHINES: tuple[Machine, ...] = (TRAINING, PARAMETER_STORE, OBJECT_CREATED, DETECTION, REDETECTION, DETECTION_AGAIN,
-                                 DEPLOYMENT, STOP, HUMAN_LOOP, ANSWER_SWEEP, HUMAN_SAMPLING)
+                                 DEPLOYMENT, STOP, HUMAN_LOOP, ANSWER_SWEEP, HUMAN_SAMPLING,
+                                 RUN_PRUNING)
 BY_WORKFLOW: dict[str, Machine] = {name: machine for machine in MACHINES for name in machine.workflows}
 # The machine (by name) that draws each workflow's runs.
 BRANCHES: dict[str, str] = {name: machine.name for name, machine in BY_WORKFLOW.items()}
@@ -338,6 +352,7 @@ BRANCH_FILTERS: dict[str, BranchFilter] = {
     "Deployment": BranchFilter((routing.DEPLOY_VERSION, routing.STOP_VERSION)),
     "Human Loop": BranchFilter((routing.APPLY_HUMAN_ANSWER,)),
     "Human Sampling": BranchFilter((routing.HUMAN_SAMPLING, routing.SCHEDULED_HUMAN_SAMPLING)),
+    "Run Retention": BranchFilter((routing.RUN_PRUNING,)),
 }
 # Accepted as a filter (earlier versions listed it), not offered: every "object created" run, either branch.
 LEGACY_FILTERS = {"Object Created": BranchFilter((routing.OBJECT_CREATED,))}
@@ -350,6 +365,7 @@ RUN_TITLES = {
     routing.REDETECT_IMAGES: "Re-detect images", routing.DETECT_IMAGE_AGAIN: "Re-detect image",
     routing.APPLY_HUMAN_ANSWER: "Apply reviewer's answer", routing.HUMAN_SAMPLING: "Human sampling",
     routing.SCHEDULED_HUMAN_SAMPLING: "Scheduled human sampling", routing.OBJECT_CREATED: "Object created",
+    routing.RUN_PRUNING: "Prune old runs",
 }
 OBJECT_CREATED_TITLES = {DETECTION_BRANCH: "Detect uploaded image", TRAINING_DATA_BRANCH: "Training image added"}
 

@@ -27,7 +27,7 @@ from labelloop.detection import warm_start
 from labelloop.detection.models import DetectionStatus
 from labelloop.files import short_digest
 from labelloop.loop import batches
-from labelloop.modeling import dataset
+from labelloop.modeling import dataset, versions
 from labelloop.modeling import flows as modeling
 from labelloop.modeling import service as models
 from labelloop.notifications import service as notifications
@@ -35,6 +35,7 @@ from labelloop.parameters import flows as parameters_flows
 from labelloop.parameters import service as parameters
 from labelloop.review import flows as review
 from labelloop.review import service as reviews
+from labelloop.runs import retention
 from labelloop.runs import service as runs
 from labelloop.sampling import flows as sampling
 from labelloop.storage import service as storage
@@ -56,6 +57,7 @@ HUMAN_SAMPLING = "human_sampling"
 SCHEDULED_HUMAN_SAMPLING = "scheduled_human_sampling"
 REDETECT_IMAGES = "redetect_images"
 DETECT_IMAGE_AGAIN = "detect_image_again"
+RUN_PRUNING = "scheduled_run_pruning"
 
 # Run id prefixes: the run list filters a branch by them where one workflow serves two branches.
 DETECTION_RUN_PREFIX = "detection-"
@@ -635,3 +637,30 @@ def start_change_run(change: dict[str, Any]) -> str:
     """Queue the run that applies an accepted parameter change; returns its run id."""
     return engine.enqueue(engine.PARAMETERS_QUEUE, parameter_change, change,
                           workflow_id=parameter_change_run_id(change["name"], change["version"]))
+
+
+# ── run retention ────────────────────────────────────────────────────────────
+
+
+def _training_runs() -> set[str]:
+    with db.session() as session:
+        return versions.training_run_ids(session=session)
+
+
+@engine.step()
+def prune_old_runs(days: int) -> dict[str, Any]:
+    """Delete the finished runs older than ``days`` days (``runs.retention``), except those that trained a model
+    version: the version's page links to them."""
+    return retention.prune_finished_runs(days, _training_runs)
+
+
+@engine.workflow(RUN_PRUNING)
+def scheduled_run_pruning(scheduled_time: datetime, context: Any) -> dict[str, Any]:
+    """Run retention's schedule (daily at midnight UTC): prune what ``LABELLOOP_RUN_RETENTION_DAYS`` no longer
+    keeps."""
+    return prune_old_runs(get_settings().run_retention_days)
+
+
+def schedule_run_pruning(days: int) -> dict[str, Any]:
+    """Keep the daily run pruning on its schedule, paused when runs are kept for ever (``days`` 0); at start-up."""
+    return engine.apply_schedule("run-pruning", scheduled_run_pruning, 24 * 60, days > 0, engine.OBJECT_EVENTS_QUEUE)

@@ -51,6 +51,11 @@ def version_for_run(run_id: str, *, session: Session) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.run_id == run_id))
 
 
+def training_run_ids(*, session: Session) -> set[str]:
+    """The run ids that trained the recorded versions (their pages link to them)."""
+    return {run_id for run_id in session.scalars(select(ModelVersion.run_id)) if run_id}
+
+
 def serving_version(*, session: Session) -> ModelVersion | None:
     """The version whose status is RUNNING, if any."""
     return session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.RUNNING.value))

@@ -100,7 +100,7 @@ def run_page(request: Request, run_id: str, _visitor: Operator) -> Response:
     try:
         run = machines.with_branch(service.get_run(run_id))
     except service.RunNotFound:
-        raise PageDenied(404, f"There is no run {run_id!r}.") from None
+        raise PageDenied(404, service.missing_run_reason(run_id)) from None
     machine = machines.machine_for(run["name"])
     trace = graph.trace(machine, run) if machine else None
     states = []

@@ -9,12 +9,24 @@ from typing import Any
 
 from dbos import DBOS
 
+from labelloop.config import get_settings
 from labelloop.engine import jsonable
 
 log = logging.getLogger(__name__)
 
 class RunNotFound(KeyError):
     """No run has this id."""
+
+
+def missing_run_reason(run_id: str) -> str:
+    """Why a run is not in the records, as a page or an API answer says it: a wrong link, or pruned by run
+    retention (which one cannot be told: a pruned run leaves nothing behind)."""
+    days = get_settings().run_retention_days
+    if days == 0:
+        return f"There is no run {run_id!r}."
+    return (f"There is no run {run_id!r} in the run records. Finished runs are pruned {days} days after they "
+            f"started (LABELLOOP_RUN_RETENTION_DAYS={days}), so a link to an older run leads here; the runs "
+            "that trained a model version are kept as long as the version.")
 
 
 def _time(epoch_ms: int | None) -> str | None:

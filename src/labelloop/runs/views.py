@@ -31,8 +31,11 @@ def list_runs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0,
 
 @router.get("/{run_id}")
 def get_run(run_id: str, _: User = Operator) -> dict[str, Any]:
-    """One run with each step's name, input, output, error and timing."""
-    return machines.with_branch(service.get_run(run_id))
+    """One run with each step's name, input, output, error and timing; 404 saying whether runs are pruned."""
+    try:
+        return machines.with_branch(service.get_run(run_id))
+    except service.RunNotFound:
+        raise HTTPException(404, service.missing_run_reason(run_id)) from None
 
 
 schedules_router = APIRouter(prefix="/api/v1/schedules", tags=["runs"])
