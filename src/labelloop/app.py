@@ -76,6 +76,7 @@ def start(settings: Settings) -> str | None:
     Returns the admin's temporary password when this start created the admin user.
     """
     settings.resolved_home.mkdir(parents=True, exist_ok=True)
+    db.check_connection_budgets(settings.app_database_url, settings.engine_database_url, settings.database_pool_size)
     db.init(settings.app_database_url)
     storage.ensure_bucket()
     with db.session() as session:

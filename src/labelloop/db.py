@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, NullPool, TypeDecorator, create_engine, event, text
+from sqlalchemy import DateTime, Engine, NullPool, TypeDecorator, create_engine, event, make_url, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from labelloop.config import get_settings, with_driver
@@ -168,6 +168,71 @@ def startup_lock(url: str, lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# What one process may open to a PostgreSQL server, per LABELLOOP_DATABASE_POOL_SIZE (P): the application pool
+# (P, growing to 2P under load: make_engine), and the workflow engine's: DBOS's pool (sys_db_pool_size 2P, no
+# overflow; engine.start) plus the LISTEN connection it takes out of that pool, plus the executor lock's own.
+def app_connections(pool_size: int) -> int:
+    """The most connections the application database pool of one process opens."""
+    return 2 * pool_size
+
+
+def engine_connections(pool_size: int) -> int:
+    """The most connections the workflow engine of one process opens to its system database."""
+    return 2 * pool_size + 2
+
+
+_BUDGET_SQL = text(
+    "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, "
+    "COALESCE(current_setting('reserved_connections', true), '0')::int, "
+    "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user), "
+    "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())")
+
+
+def check_connection_budget(url: str, needed: int, pool_size: int) -> dict[str, Any] | None:
+    """On PostgreSQL, whether ``needed`` more connections (this process's most) fit under ``max_connections``
+    beside those other clients hold now; when they do not, log a warning that names the settings to change.
+
+    Returns the figures (``fits`` among them), or None for SQLite. A look at start-up, not a guarantee: other
+    processes may start later, and each counts only the connections in use when it starts."""
+    url = with_driver(url)
+    if url.startswith("sqlite"):
+        return None
+    probe = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10, **PG_KEEPALIVES})
+    try:
+        with probe.connect() as connection:
+            most, superuser_reserved, reserved, superuser, in_use = connection.execute(_BUDGET_SQL).one()
+    finally:
+        probe.dispose()
+    # Ordinary roles cannot use the slots reserved for superusers (nor, from PostgreSQL 16, reserved_connections).
+    usable = most - (0 if superuser else superuser_reserved + reserved)
+    figures = {"max_connections": most, "usable": usable, "in_use": in_use, "free": usable - in_use,
+               "needed": needed, "pool_size": pool_size, "fits": needed <= usable - in_use,
+               "server": probe.url.render_as_string(hide_password=True)}
+    if figures["fits"]:
+        log.debug("database connections fit", extra=figures)
+    else:
+        log.warning(f"PostgreSQL may run out of connections under load: this process may open {needed} "
+                    f"(LABELLOOP_DATABASE_POOL_SIZE={pool_size}; each process opens up to 4 × it + 2 when the "
+                    f"workflow records share the database), but only {usable - in_use} of max_connections {most} "
+                    f"are free ({in_use} in use). Lower LABELLOOP_DATABASE_POOL_SIZE, run fewer "
+                    "processes, or raise max_connections in postgresql.conf (or put PgBouncer in front)",
+                    extra=figures)
+    return figures
+
+
+def check_connection_budgets(app_url: str, engine_url: str, pool_size: int) -> list[dict[str, Any]]:
+    """:func:`check_connection_budget` for each PostgreSQL server this process uses (the application database,
+    and the system database when it is on another server); at start-up."""
+    app_server = make_url(with_driver(app_url)).set(database=None)
+    engine_server = make_url(with_driver(engine_url)).set(database=None)
+    if app_server == engine_server:
+        needs = {app_url: app_connections(pool_size) + engine_connections(pool_size)}
+    else:
+        needs = {app_url: app_connections(pool_size), engine_url: engine_connections(pool_size)}
+    return [found for url, needed in needs.items()
+            if (found := check_connection_budget(url, needed, pool_size)) is not None]
 
 
 def engine() -> Engine:
