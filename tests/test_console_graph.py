@@ -177,6 +177,18 @@ def test_none_of_the_above_skips_the_copy_and_its_run() -> None:
     assert states["completed"] == "success"
 
 
+def test_a_batch_step_standing_for_several_states_shows_its_time_once() -> None:
+    """A batch detection is one recorded step behind five states: its time shows on the first, the others say
+    "same step" (they showed 0.25 s each, as if the run had taken five times as long)."""
+    output = {"branch": "detection", "detections": [{"detection_id": 1, "human_loop": "loop-1"}]}
+    result = graph.trace(machines.OBJECT_CREATED, run("object_created", [
+        step(1, "detect_uploaded_images", output)], output))
+    svg = str(drawing.render_svg(result))
+    assert svg.count("0.25 s") == 1
+    assert svg.count(">same step<") == 4
+    assert outcomes(result)["open_human_loop"] == "success"
+
+
 def test_svg_is_well_formed_links_every_state_and_escapes_text() -> None:
     result = graph.trace(machines.HUMAN_SAMPLING, run("human_sampling", [
         step(1, "sample_detections", {"sampled": []}), step(2, "notify_sampling", None),

@@ -41,11 +41,17 @@ def _shape(state: State, fill: str, stroke: str, dashed: bool, width: float) -> 
             f'stroke="{stroke}"{extra}/>')
 
 
-def _subtitle(passed: StatePass) -> str:
+def _subtitle(passed: StatePass, timed: set[int]) -> str:
+    """The line under a state's title: its steps' count and time, or "same step" where one recorded step stands
+    for several states (a batch detection) and a state above already shows its time."""
     if passed.outcome is None:
         return ""
     if passed.outcome == "running":
         return "running…"
+    ids = {s["step_id"] for s in passed.steps}
+    if ids and ids <= timed and passed.outcome not in ("error", "skipped"):
+        return "same step"
+    timed.update(ids)
     if passed.steps:
         parts = [f"{len(passed.steps)}×"] if len(passed.steps) > 1 else []
         durations = [s["duration_ms"] for s in passed.steps if s["duration_ms"] is not None]
@@ -121,11 +127,12 @@ def render_svg(result: Trace, *, link: Callable[[str], str] = lambda state_id: f
         for edge in machine.transitions:
             if ((edge.source, edge.target) in result.taken) == taken:
                 parts.append(_edge(machine, edge, taken, occupied))
-    for state in machine.states:
+    timed: set[int] = set()
+    for state in sorted(machine.states, key=lambda s: (s.row, s.col)):
         passed = result.states[state.id]
         fill, stroke, text = COLOURS[passed.outcome]
         cx, cy = _centre(state)
-        subtitle = _subtitle(passed)
+        subtitle = _subtitle(passed, timed)
         title_y = cy + (-2 if subtitle else 5)
         label = f"{state.title}: {OUTCOME_WORDS[passed.outcome]}"
         weight = ' font-weight="600"' if passed.outcome else ""

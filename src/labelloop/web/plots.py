@@ -40,7 +40,9 @@ def nice_ticks(low: float, high: float, count: int = 5, *, integer: bool = False
 
 def _open(width: float, height: float, label: str) -> str:
     # Drawn at its own size where there is room, scaled down (never up) where there is not: see svg.plot in CSS.
-    return (f'<svg class="plot" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" height="{height:.0f}" '
+    # A wide one scrolls sideways on a phone instead of shrinking its text below legibility (svg.plot.wide).
+    kind = "plot wide" if width > 420 else "plot"
+    return (f'<svg class="{kind}" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" height="{height:.0f}" '
             f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg" font-size="{FONT}" '
             f'font-family="system-ui, sans-serif"><title>{escape(label)}</title>')
 
@@ -88,13 +90,14 @@ class _Frame:
     """Axes for a chart of ``count`` categories along x and values ``low``..``high`` up y."""
 
     def __init__(self, count: int, low: float, high: float, *, width: int = WIDTH, height: int = 260,
-                 y_format: str | None = None, y_title: str = "", legend_rows: int = 0, integer: bool = False) -> None:
+                 y_format: str | None = None, y_title: str = "", legend_rows: int = 0, integer: bool = False,
+                 x_title: str = "") -> None:
         self.count, self.width, self.height = count, width, height
         self.left, self.right, self.top = 60, 16, 14 + legend_rows * 20
         self.bottom = 44
         self.ticks = nice_ticks(low, high, integer=integer)
         self.low, self.high = self.ticks[0], self.ticks[-1]
-        self.y_format, self.y_title = y_format, y_title
+        self.y_format, self.y_title, self.x_title = y_format, y_title, x_title
 
     @property
     def plot_width(self) -> float:
@@ -135,6 +138,9 @@ class _Frame:
                 continue  # too close to the last label
             parts.append(f'<text x="{self.x(i):.1f}" y="{base + 16}" text-anchor="middle" fill="{AXIS}">'
                          f'{escape(_clip(text, chars))}</text>')
+        if self.x_title:
+            parts.append(f'<text x="{self.left + self.plot_width / 2:.1f}" y="{base + 34}" text-anchor="middle" '
+                         f'fill="{AXIS}">{escape(self.x_title)}</text>')
         if self.y_title:
             parts.append(f'<text x="14" y="{self.top + self.plot_height / 2:.1f}" text-anchor="middle" '
                          f'fill="{AXIS}" transform="rotate(-90 14 {self.top + self.plot_height / 2:.1f})">'
@@ -165,8 +171,8 @@ def _legend_rows(names: Sequence[str], width: int) -> int:
 def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, label: str,
                y_min: float | None = None, y_max: float | None = None, y_format: str | None = None,
                y_title: str = "", reference: tuple[float, str] | None = None, value_format: str = "{:.2f}",
-               width: int = WIDTH) -> Markup:
-    """Lines with a dot at each value (``None`` leaves a gap); an optional dashed reference line."""
+               width: int = WIDTH, x_title: str = "") -> Markup:
+    """Lines with a dot at each value (``None`` leaves a gap); an optional dashed reference line; axis titles."""
     values = [v for _, points in series for v in points if v is not None]
     if not x_labels or not values:
         return empty(label, width=width)
@@ -174,7 +180,7 @@ def line_chart(x_labels: Sequence[str], series: Sequence[tuple[str, Sequence[flo
     high = max(values + ([reference[0]] if reference else [])) if y_max is None else y_max
     names = [name for name, _ in series]
     frame = _Frame(len(x_labels), low, high, width=width, y_format=y_format, y_title=y_title,
-                   legend_rows=_legend_rows(names, width))
+                   legend_rows=_legend_rows(names, width), x_title=x_title)
     parts = [_open(width, frame.height, label), frame.axes(x_labels)]
     if reference is not None:
         y = frame.y(reference[0])
@@ -282,6 +288,6 @@ def silent_error_chart(report: dict[str, Any], *, width: int = WIDTH) -> Markup:
     return line_chart([str(p["audits"]) for p in points],
                       [("95 % upper bound", [p["upper_bound"] for p in points]),
                        ("observed", [round(100 * p["wrong"] / p["audits"], 2) for p in points])],
-                      label=label, y_min=0, y_format="{:.0f}", y_title="% wrong",
+                      label=label, y_min=0, y_format="{:.0f}", y_title="% wrong", x_title="audits answered",
                       reference=(target, f"target {target:g} %") if target > 0 else None,
                       value_format="{:.1f} %", width=width)
