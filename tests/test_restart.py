@@ -17,7 +17,8 @@ CHANGES = {
     "Minimum-Untrained-Images": "42",
 }
 SCHEDULES = {"training-check": ("0 0 */4 * * *", "ACTIVE"), "human-sampling": ("0 0 */12 * * *", "PAUSED"),
-             "answer-sweep": ("0 */5 * * * *", "ACTIVE")}  # no recorded answer stays unapplied
+             "answer-sweep": ("0 */5 * * * *", "ACTIVE"),  # no recorded answer stays unapplied
+             "run-pruning": ("0 0 0 * * *", "ACTIVE")}  # finished runs older than LABELLOOP_RUN_RETENTION_DAYS
 
 
 def png(seed: int) -> bytes:
