@@ -105,7 +105,8 @@ def test_everything_survives_sigterm_and_sigkill(make_server) -> None:
             assert_kept(before, state(api))
         assert startup_schedule_actions(server, log_offset) == {"training-check": ["unchanged"],
                                                                 "human-sampling": ["unchanged"],
-                                                                "answer-sweep": ["unchanged"]}, \
+                                                                "answer-sweep": ["unchanged"],
+                                                                "run-pruning": ["unchanged"]}, \
             "the engine kept the schedules; the start did not have to re-create them"
 
 
