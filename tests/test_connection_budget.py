@@ -57,3 +57,11 @@ def test_a_worker_too_large_for_the_server_says_so_at_start(make_server: Callabl
     assert len(warned) == 1, lines[-5:]
     assert warned[0]["needed"] == 802 and warned[0]["fits"] is False
     assert "LABELLOOP_DATABASE_POOL_SIZE=200" in warned[0]["event"]
+
+
+def test_a_server_that_cannot_be_asked_gives_a_warning_not_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="labelloop.db"):
+        found = db.check_connection_budget("postgresql://nobody@127.0.0.1:1/none", 42, 10)
+    assert found is None
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "could not compare" in warning.getMessage() and warning.needed == 42

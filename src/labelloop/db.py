@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, NullPool, TypeDecorator, create_engine, event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from labelloop.config import get_settings, with_driver
@@ -203,6 +204,10 @@ def check_connection_budget(url: str, needed: int, pool_size: int) -> dict[str, 
     try:
         with probe.connect() as connection:
             most, superuser_reserved, reserved, superuser, in_use = connection.execute(_BUDGET_SQL).one()
+    except SQLAlchemyError as exc:  # the check is advice: the start goes on and fails, if it must, on its own
+        log.warning("could not compare this process's database connections with max_connections",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:500], "needed": needed})
+        return None
     finally:
         probe.dispose()
     # Ordinary roles cannot use the slots reserved for superusers (nor, from PostgreSQL 16, reserved_connections).
