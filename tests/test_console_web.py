@@ -515,6 +515,17 @@ def test_console_pages_at_phone_width(console: Server, operator_context: Browser
         page.click("a.state[data-state='evaluate_model']")
         assert page.locator("#state-evaluate_model").is_visible()
         shot(page, "31-phone-run-graph")
+        # The model page: its wide charts keep a readable size and scroll sideways inside their figure.
+        assert page.goto(f"{console.url}/models/v2").status == 200
+        widths = page.eval_on_selector_all("figure.chart svg.plot.wide", "plots => plots.map(p => p.clientWidth)")
+        assert widths and min(widths) >= 480, widths
+        shot(page, "32-phone-model")
+        # A batch of uploads' run: its objects listed, its one step's time shown once in the graph.
+        batch = console.client().get("/runs", params={"branch": "Detection", "limit": 100}).json()
+        assert page.goto(f"{console.url}/runs/{batch[-1]['id']}").status == 200
+        assert "Objects" in page.inner_text("main")
+        assert page.locator("svg.state-machine text", has_text="same step").count() >= 1
+        shot(page, "33-phone-upload-batch-run")
     finally:
         phone.close()
 
