@@ -155,6 +155,7 @@ def test_the_pruning_schedule_and_a_pruned_runs_link(server: Server) -> None:
     assert page.status_code == 404
     assert "pruned 90 days after they started" in page.text
     assert "LABELLOOP_RUN_RETENTION_DAYS=90" in page.text
+    assert '<a href="/runs">All runs</a>' in page.text
 
 
 def test_retention_zero_pauses_the_pruning(make_server: Callable[..., Server]) -> None:
