@@ -28,7 +28,7 @@ from bench.real_images.recipes import Recipe, design_of, predict
 from bench.real_images.run import PRODUCT, Prepared, draw, prepare, seeded_draws
 
 from labelloop.modeling import training
-from labelloop.modeling.backbone import LITE0
+from labelloop.modeling.backbone import LITE0, LITE2, Variant
 
 RAW = ("knn", "rel_knn", "imagenet", "rel_imagenet", "rel_logits", "rel_mid")
 RAW_NAMES = {"knn": "nearest neighbour", "rel_knn": "relative nearest neighbour",
@@ -137,6 +137,9 @@ HIDDEN_FITS: dict[str, dict[str, Any]] = {
     "penalty × 10": {"penalty": 10.0},
 }
 RULES = ("product rule", "softmax")
+# Backbones the head may sit on: one variant's pooled embedding, or several concatenated (each L2-normalised
+# first, so each weighs alike in the head's own L2 normalisation). Cost, Lite0 = 1: Lite2 1.7–2.3.
+BACKBONES: dict[str, tuple[Variant, ...]] = {"lite0": (LITE0,), "lite2": (LITE2,), "lite0+lite2": (LITE0, LITE2)}
 
 
 def open_splits(task: Task, seed: int) -> dict[str, tuple[list[str], list[Item]]]:
@@ -193,37 +196,48 @@ def nearest_negative_outcome(head: training.Head, negatives: np.ndarray, test: n
     return metrics.outcome(eval_y, pred, 1.0 / (1.0 + np.exp(-10.0 * score)), len(head.labels))
 
 
-Key = tuple[str, str, int, int, str, str]  # view, protocol, k, n, hidden fit, rule
+Key = tuple[str, str, str, int, int, str, str]  # backbone, view, protocol, k, n, hidden fit, rule
 
 
 def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS,
-                    views: tuple[str, ...] = NEGATIVE_VIEWS, fits: dict[str, dict[str, Any]] = HIDDEN_FITS
-                    ) -> dict[Key, dict[str, float]]:
+                    views: tuple[str, ...] = NEGATIVE_VIEWS, fits: dict[str, dict[str, Any]] = HIDDEN_FITS,
+                    backbones: tuple[str, ...] = ("lite0",)) -> dict[Key, dict[str, float]]:
     """The product as it runs in the loop after reviewers answered None of the Above on n images: its head
     (trained on k images per label, labels weighed equally as the server does) plus the hidden class fitted
     on those n images (`training.add_hidden_class`), evaluated on the known test images and on open-set images
     none of the n is (`open_splits`). ROUTED: the n images are drawn only among those the head without
-    negatives puts below 70 (the ones a human sees under the seed's routing), from the NEVER_SEEN pool."""
+    negatives puts below 70 (the ones a human sees under the seed's routing), from the NEVER_SEEN pool.
+    `backbones`: BACKBONES keys, each measured on the same draws."""
     found: dict[Key, list[dict[str, float]]] = {}
+    variants = list(dict.fromkeys(v for name in backbones for v in BACKBONES[name]))
     for seed in range(seeds):
         task = TASKS[task_name](seed)
-        prepared = prepare(task, ((LITE0, views),))
+        prepared = prepare(task, tuple((v, views) for v in variants), open_set=True)
         splits = open_splits(task, seed)
-        for view in views:
-            for k in sizes:
-                _negatives_draw(found, prepared, view, splits, k, seed, counts, fits)
+        for backbone in backbones:
+            for view in views:
+                for k in sizes:
+                    embed = _embedder(prepared, backbone, view)
+                    _negatives_draw(found, (backbone, view), prepared.task, embed, splits, k, seed, counts, fits)
     return {key: _summary(rows) for key, rows in found.items()}
 
 
-def _embedder(prepared: Prepared, view: str) -> Callable[[list[str]], np.ndarray]:
-    return lambda keys: prepared.data(LITE0.name, view, keys, with_map=False).embedding
+def _embedder(prepared: Prepared, backbone: str, view: str) -> Callable[[list[str]], np.ndarray]:
+    """keys → the backbone's embedding under the view (several variants: their L2-normalised concatenation)."""
+    variants = BACKBONES[backbone]
+
+    def embed(keys: list[str]) -> np.ndarray:
+        parts = [prepared.data(v.name, view, keys, with_map=False).embedding for v in variants]
+        return parts[0] if len(parts) == 1 else np.hstack([training.l2_normalize(p) for p in parts])
+
+    return embed
 
 
-def _negatives_draw(found: dict[Key, list[dict[str, float]]], prepared: Prepared, view: str,
-                    splits: dict[str, tuple[list[str], list[Item]]], k: int, seed: int, counts: tuple[int, ...],
-                    fits: dict[str, dict[str, Any]]) -> None:
-    """One seeded draw at k per label, one view: every protocol, count, hidden fit and rule into `found`."""
-    task, embed = prepared.task, _embedder(prepared, view)
+def _negatives_draw(found: dict[Key, list[dict[str, float]]], served: tuple[str, str], task: Task,
+                    embed: Callable[[list[str]], np.ndarray], splits: dict[str, tuple[list[str], list[Item]]],
+                    k: int, seed: int, counts: tuple[int, ...], fits: dict[str, dict[str, Any]]) -> None:
+    """One seeded draw at k per label on one (backbone, view): every protocol, count, hidden fit and rule into
+    `found`."""
     keys, y = draw(task, k, seed)
     design = design_of(embed(keys), y, len(task.labels), balance=True)
     head = training._fit_head(design, task.labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,
@@ -238,9 +252,9 @@ def _negatives_draw(found: dict[Key, list[dict[str, float]]], prepared: Prepared
             for fit_name, options in fits.items():
                 fitted = hidden_fit(head, design, negatives, oof, options)
                 for rule, o in rule_outcomes(fitted, test, eval_y, len(task.labels)).items():
-                    found.setdefault((view, protocol, k, n, fit_name, rule), []).append(measure(o))
+                    found.setdefault((*served, protocol, k, n, fit_name, rule), []).append(measure(o))
             o = nearest_negative_outcome(head, negatives, test, eval_y)
-            found.setdefault((view, protocol, k, n, PRODUCT_FIT, NN_NEGATIVES), []).append(measure(o))
+            found.setdefault((*served, protocol, k, n, PRODUCT_FIT, NN_NEGATIVES), []).append(measure(o))
 
 
 def _protocols(splits: dict[str, tuple[list[str], list[Item]]], head: training.Head, embed: Callable
@@ -258,25 +272,28 @@ def print_compact(task_name: str, results: dict[Key, dict[str, float]], fits: tu
     """Per (k, protocol): a row per (view, hidden fit, rule), a column per count; each cell silent-error % /
     right ≥ 70 %, in bold where the mean meets the target (≤ 5 % silent with ≥ 80 % of right answers kept);
     then the ranking: the silent-error % of the threshold that keeps 80 % of the right answers."""
-    groups = sorted({(k, protocol) for _, protocol, k, _, _, _ in results})
-    counts = sorted({n for _, _, _, n, _, _ in results})
+    groups = sorted({(k, protocol) for _, _, protocol, k, _, _, _ in results})
+    counts = sorted({n for _, _, _, _, n, _, _ in results})
+    served = list(dict.fromkeys((backbone, view) for backbone, view, *_ in results))
     for k, protocol in groups:
-        header = "| view | hidden row | rule | " + " | ".join(f"N={n}" for n in counts) + " |\n" + \
-            "|---" * (3 + len(counts)) + "|"
+        header = "| backbone | view | hidden row | rule | " + " | ".join(f"N={n}" for n in counts) + " |\n" + \
+            "|---" * (4 + len(counts)) + "|"
         print(f"\n{task_name} k={k}, {protocol} (silent err % / right ≥ 70 %)\n\n{header}")
-        for view, fit_name, rule in _compact_rows(fits, RULES):
-            cells = [results.get((view, protocol, k, n, fit_name, rule)) for n in counts]
-            print(f"| {view} | {fit_name} | {rule} | " + " | ".join(map(_cell, cells)) + " |")
+        for backbone, view, fit_name, rule in _compact_rows(served, fits, RULES):
+            cells = [results.get((backbone, view, protocol, k, n, fit_name, rule)) for n in counts]
+            print(f"| {backbone} | {view} | {fit_name} | {rule} | " + " | ".join(map(_cell, cells)) + " |")
         print(f"\n{task_name} k={k}, {protocol}: silent err % at the threshold keeping 80 % of right answers\n\n"
               f"{header}")
-        for view, fit_name, rule in (*_compact_rows(fits, RULES), *_compact_rows((PRODUCT_FIT,), (NN_NEGATIVES,))):
-            cells = [results.get((view, protocol, k, n, fit_name, rule)) for n in counts]
-            print(f"| {view} | {fit_name} | {rule} | " + " | ".join(
+        for backbone, view, fit_name, rule in (*_compact_rows(served, fits, RULES),
+                                               *_compact_rows(served, (PRODUCT_FIT,), (NN_NEGATIVES,))):
+            cells = [results.get((backbone, view, protocol, k, n, fit_name, rule)) for n in counts]
+            print(f"| {backbone} | {view} | {fit_name} | {rule} | " + " | ".join(
                 "—" if r is None else f"{100 * r['silent_at_target']:.1f}" for r in cells) + " |")
 
 
-def _compact_rows(fits: tuple[str, ...], rules: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    return [(view, fit_name, rule) for view in NEGATIVE_VIEWS for fit_name in fits for rule in rules]
+def _compact_rows(served: list[tuple[str, str]], fits: tuple[str, ...], rules: tuple[str, ...]
+                  ) -> list[tuple[str, str, str, str]]:
+    return [(backbone, view, fit_name, rule) for backbone, view in served for fit_name in fits for rule in rules]
 
 
 def _cell(r: dict[str, float] | None) -> str:
@@ -287,9 +304,9 @@ def _cell(r: dict[str, float] | None) -> str:
 
 
 def print_negatives(task_name: str, results: dict[Key, dict[str, float]]) -> None:
-    """One Markdown row per (view, protocol, k, n, hidden fit, rule)."""
-    for (view, protocol, k, n, fit_name, rule), r in sorted(results.items(), key=lambda item: item[0]):
-        print(f"| {task_name} k={k} | {view} | {protocol} | {n} | {fit_name} | {rule} | "
+    """One Markdown row per (backbone, view, protocol, k, n, hidden fit, rule)."""
+    for (backbone, view, protocol, k, n, fit_name, rule), r in sorted(results.items(), key=lambda item: item[0]):
+        print(f"| {task_name} k={k} | {backbone} | {view} | {protocol} | {n} | {fit_name} | {rule} | "
               f"**{100 * r['silent_error']:.1f}** | {100 * r['confident']:.1f} | {100 * r['open_accepted']:.1f} | "
               f"{r['ece']:.3f} | {100 * r['oracle']:.1f} | {100 * r['silent_at_target']:.1f} | "
               f"{100 * r['silent_error_min']:.1f}–{100 * r['silent_error_max']:.1f} / "
@@ -309,30 +326,34 @@ def main() -> None:
     parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
                         help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
     parser.add_argument("--fits", nargs="+", choices=list(HIDDEN_FITS), help="--negatives: hidden-row fits (all)")
+    parser.add_argument("--backbones", nargs="+", default=["lite0"], choices=list(BACKBONES),
+                        help="--negatives: backbones the head sits on, measured on the same draws")
     parser.add_argument("--summarise", nargs="*", metavar="FIT",
                         help="only print compact tables from the --negatives runs' JSON (for these hidden fits)")
     args = parser.parse_args()
     if args.summarise is not None:
         for path in sorted(OUT.glob(f"openset-negatives-*-seeds{args.seeds}.json")):
             rows = json.loads(path.read_text())
-            results = {(r["view"], r["protocol"], r["k"], r["n"], r["hidden_fit"], r["rule"]): r for r in rows}
+            results = {(r.get("backbone", "lite0"), r["view"], r["protocol"], r["k"], r["n"], r["hidden_fit"],
+                        r["rule"]): r for r in rows}
             print_compact("-".join(path.stem.split("-")[2:-1]), results, tuple(args.summarise) or (PRODUCT_FIT,))
         return
     if args.negatives:
-        print("| task | view | protocol | None-of-the-Above answers | hidden row | rule | silent err % | "
+        print("| task | backbone | view | protocol | None-of-the-Above answers | hidden row | rule | silent err % | "
               "right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | silent % at 80 % right kept | "
-              "per seed: silent / right ≥ 70 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+              "per seed: silent / right ≥ 70 |\n" + "|---" * 14 + "|", flush=True)
         for spec in args.tasks:
             name, sizes = spec.split(":")
             fits = {f: HIDDEN_FITS[f] for f in args.fits} if args.fits else HIDDEN_FITS
             results = negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds, tuple(args.counts),
-                                      tuple(args.views), fits)
+                                      tuple(args.views), fits, tuple(args.backbones))
             print_negatives(name, results)
             OUT.mkdir(parents=True, exist_ok=True)
             suffix = "" if tuple(args.counts) == NEGATIVE_COUNTS else "-n" + "+".join(map(str, args.counts))
+            suffix += "" if args.backbones == ["lite0"] else "-" + ",".join(args.backbones)
             (OUT / f"openset-negatives-{name}{suffix}-seeds{args.seeds}.json").write_text(json.dumps(
-                [{"view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
-                 for (v, p, k, n, f, r), figures in results.items()], indent=1))
+                [{"backbone": b, "view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
+                 for (b, v, p, k, n, f, r), figures in results.items()], indent=1))
         return
     print("| task | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | closed part | "
           "open part | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
