@@ -123,6 +123,7 @@ NEVER_SEEN = "never-seen kinds"
 SAME_KINDS = "same kinds, other images"
 ROUTED = "never-seen kinds, routed negatives"
 NEGATIVE_VIEWS = ("crop", "letterbox")
+TTA_VIEW = "crop+letterbox"  # test-time augmentation: the mean of the two views' L2-normalised embeddings
 PRODUCT_FIT = "as fitted now"
 # Ways of fitting the hidden row (training.add_hidden_class options); "oof": the labels' training images enter
 # the offset with their out-of-fold logits (training.out_of_fold_logits) instead of the head's own.
@@ -212,7 +213,8 @@ def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[
     variants = list(dict.fromkeys(v for name in backbones for v in BACKBONES[name]))
     for seed in range(seeds):
         task = TASKS[task_name](seed)
-        prepared = prepare(task, tuple((v, views) for v in variants), open_set=True)
+        extracted = tuple(dict.fromkeys(part for view in views for part in view.split("+")))
+        prepared = prepare(task, tuple((v, extracted) for v in variants), open_set=True)
         splits = open_splits(task, seed)
         for backbone in backbones:
             for view in views:
@@ -223,11 +225,18 @@ def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[
 
 
 def _embedder(prepared: Prepared, backbone: str, view: str) -> Callable[[list[str]], np.ndarray]:
-    """keys → the backbone's embedding under the view (several variants: their L2-normalised concatenation)."""
-    variants = BACKBONES[backbone]
+    """keys → the backbone's embedding under the view (several variants: their L2-normalised concatenation;
+    TTA_VIEW: the mean of each view's L2-normalised embedding)."""
+    variants, views = BACKBONES[backbone], view.split("+")
+
+    def one(variant: Variant, keys: list[str]) -> np.ndarray:
+        if len(views) == 1:
+            return prepared.data(variant.name, view, keys, with_map=False).embedding
+        return np.mean([training.l2_normalize(prepared.data(variant.name, v, keys, with_map=False).embedding)
+                        for v in views], axis=0)
 
     def embed(keys: list[str]) -> np.ndarray:
-        parts = [prepared.data(v.name, view, keys, with_map=False).embedding for v in variants]
+        parts = [one(v, keys) for v in variants]
         return parts[0] if len(parts) == 1 else np.hstack([training.l2_normalize(p) for p in parts])
 
     return embed
@@ -321,7 +330,7 @@ def main() -> None:
     parser.add_argument("--ranking-only", action="store_true", help="only softmax, the scores alone and the ceiling")
     parser.add_argument("--negatives", action="store_true",
                         help="instead: the product after 0/10/20/40/80 None-of-the-Above answers (its hidden class)")
-    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=NEGATIVE_VIEWS,
+    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=(*NEGATIVE_VIEWS, TTA_VIEW),
                         help="--negatives: the served views measured")
     parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
                         help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
