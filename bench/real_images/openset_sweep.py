@@ -123,7 +123,8 @@ NEVER_SEEN = "never-seen kinds"
 SAME_KINDS = "same kinds, other images"
 ROUTED = "never-seen kinds, routed negatives"
 NEGATIVE_VIEWS = ("crop", "letterbox")
-TTA_VIEW = "crop+letterbox"  # test-time augmentation: the mean of the two views' L2-normalised embeddings
+# Test-time augmentation: the mean of the views' L2-normalised embeddings ("flip" is the mirrored crop).
+TTA_VIEWS = ("crop+letterbox", "crop+flip+letterbox")
 PRODUCT_FIT = "as fitted now"
 # Ways of fitting the hidden row (training.add_hidden_class options); "oof": the labels' training images enter
 # the offset with their out-of-fold logits (training.out_of_fold_logits) instead of the head's own.
@@ -226,7 +227,7 @@ def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[
 
 def _embedder(prepared: Prepared, backbone: str, view: str) -> Callable[[list[str]], np.ndarray]:
     """keys → the backbone's embedding under the view (several variants: their L2-normalised concatenation;
-    TTA_VIEW: the mean of each view's L2-normalised embedding)."""
+    TTA_VIEWS: the mean of each view's L2-normalised embedding)."""
     variants, views = BACKBONES[backbone], view.split("+")
 
     def one(variant: Variant, keys: list[str]) -> np.ndarray:
@@ -330,7 +331,7 @@ def main() -> None:
     parser.add_argument("--ranking-only", action="store_true", help="only softmax, the scores alone and the ceiling")
     parser.add_argument("--negatives", action="store_true",
                         help="instead: the product after 0/10/20/40/80 None-of-the-Above answers (its hidden class)")
-    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=(*NEGATIVE_VIEWS, TTA_VIEW),
+    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=(*NEGATIVE_VIEWS, *TTA_VIEWS),
                         help="--negatives: the served views measured")
     parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
                         help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
