@@ -11,6 +11,10 @@ alone (right answers and never-seen images: limited by how well the score tells 
 silent-error rate of the threshold that keeps 80 % of the right answers. The
 target of issue 13 (≤ 5 % silent with ≥ 80 % of right answers confident) is reachable only where the whole-stream
 oracle is ≥ 80 %. Prints Markdown tables (README.md, "Open-set confidence: new signals").
+
+`--negatives`: the product after N None-of-the-Above answers (its hidden class), on the same draws per backbone
+(`--backbones lite0 lite2 lite0+lite2`) and view (`--views crop letterbox crop+letterbox crop+flip+letterbox`)
+(README.md, "The product after N None-of-the-Above answers" and "Lite2 and combinations under the hidden class").
 """
 
 from __future__ import annotations
