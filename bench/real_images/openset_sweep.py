@@ -365,6 +365,7 @@ def main() -> None:
             OUT.mkdir(parents=True, exist_ok=True)
             suffix = "" if tuple(args.counts) == NEGATIVE_COUNTS else "-n" + "+".join(map(str, args.counts))
             suffix += "" if args.backbones == ["lite0"] else "-" + ",".join(args.backbones)
+            suffix += "" if tuple(args.views) == NEGATIVE_VIEWS else "-" + ",".join(args.views)
             (OUT / f"openset-negatives-{name}{suffix}-seeds{args.seeds}.json").write_text(json.dumps(
                 [{"backbone": b, "view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
                  for (b, v, p, k, n, f, r), figures in results.items()], indent=1))
