@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from bench.real_images import metrics
 from bench.real_images.data import OUT, TASKS, Item, Task
+from bench.real_images.features import VIEW_NAMES
 from bench.real_images.recipes import Recipe, design_of, predict
 from bench.real_images.run import PRODUCT, Prepared, draw, prepare, seeded_draws
 
@@ -207,25 +208,32 @@ Key = tuple[str, str, str, int, int, str, str]  # backbone, view, protocol, k, n
 
 def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS,
                     views: tuple[str, ...] = NEGATIVE_VIEWS, fits: dict[str, dict[str, Any]] = HIDDEN_FITS,
-                    backbones: tuple[str, ...] = ("lite0",)) -> dict[Key, dict[str, float]]:
+                    backbones: tuple[str, ...] = ("lite0",), negative_views: tuple[str, ...] = ()
+                    ) -> dict[Key, dict[str, float]]:
     """The product as it runs in the loop after reviewers answered None of the Above on n images: its head
     (trained on k images per label, labels weighed equally as the server does) plus the hidden class fitted
     on those n images (`training.add_hidden_class`), evaluated on the known test images and on open-set images
     none of the n is (`open_splits`). ROUTED: the n images are drawn only among those the head without
     negatives puts below 70 (the ones a human sees under the seed's routing), from the NEVER_SEEN pool.
-    `backbones`: BACKBONES keys, each measured on the same draws."""
+    `backbones`: BACKBONES keys, each measured on the same draws. `negative_views`: each of the n images also
+    enters the hidden row's fit in these views (train-time augmentation of the negatives; the served view and
+    the labels' rows unchanged), reported under the view "<view>, negatives also as <views>"."""
     found: dict[Key, list[dict[str, float]]] = {}
     variants = list(dict.fromkeys(v for name in backbones for v in BACKBONES[name]))
     for seed in range(seeds):
         task = TASKS[task_name](seed)
-        extracted = tuple(dict.fromkeys(part for view in views for part in view.split("+")))
+        extracted = tuple(dict.fromkeys([part for view in views for part in view.split("+")] + list(negative_views)))
         prepared = prepare(task, tuple((v, extracted) for v in variants), open_set=True)
         splits = open_splits(task, seed)
         for backbone in backbones:
             for view in views:
                 for k in sizes:
+                    extra = [v for v in negative_views if v != view]
+                    served = f"{view}, negatives also as " + "+".join(extra) if extra else view
                     embed = _embedder(prepared, backbone, view)
-                    _negatives_draw(found, (backbone, view), prepared.task, embed, splits, k, seed, counts, fits)
+                    embed_negatives = _stacked([embed, *(_embedder(prepared, backbone, v) for v in extra)])
+                    _negatives_draw(found, (backbone, served), prepared.task, embed, splits, k, seed, counts, fits,
+                                    embed_negatives)
     return {key: _summary(rows) for key, rows in found.items()}
 
 
@@ -247,11 +255,18 @@ def _embedder(prepared: Prepared, backbone: str, view: str) -> Callable[[list[st
     return embed
 
 
+def _stacked(embeds: list[Callable[[list[str]], np.ndarray]]) -> Callable[[list[str]], np.ndarray]:
+    """keys → every embedder's rows of them, stacked (each image once per embedder)."""
+    return lambda keys: np.vstack([e(keys) for e in embeds])
+
+
 def _negatives_draw(found: dict[Key, list[dict[str, float]]], served: tuple[str, str], task: Task,
                     embed: Callable[[list[str]], np.ndarray], splits: dict[str, tuple[list[str], list[Item]]],
-                    k: int, seed: int, counts: tuple[int, ...], fits: dict[str, dict[str, Any]]) -> None:
+                    k: int, seed: int, counts: tuple[int, ...], fits: dict[str, dict[str, Any]],
+                    embed_negatives: Callable[[list[str]], np.ndarray] | None = None) -> None:
     """One seeded draw at k per label on one (backbone, view): every protocol, count, hidden fit and rule into
-    `found`."""
+    `found`. `embed_negatives`: the None-of-the-Above images' rows of the hidden fit (default: `embed`)."""
+    embed_negatives = embed_negatives or embed
     keys, y = draw(task, k, seed)
     design = design_of(embed(keys), y, len(task.labels), balance=True)
     head = training._fit_head(design, task.labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,
@@ -262,7 +277,7 @@ def _negatives_draw(found: dict[Key, list[dict[str, float]]], served: tuple[str,
         eval_y = np.array([index[i.label] for i in task.test] + [-1] * len(tested))
         test = embed([i.key for i in task.test + tested])
         for n in (n for n in counts if n <= len(pool)):
-            negatives = embed(pool[:n]) if n else np.zeros((0, test.shape[1]))
+            negatives = embed_negatives(pool[:n]) if n else np.zeros((0, test.shape[1]))
             for fit_name, options in fits.items():
                 fitted = hidden_fit(head, design, negatives, oof, options)
                 for rule, o in rule_outcomes(fitted, test, eval_y, len(task.labels)).items():
@@ -340,6 +355,8 @@ def main() -> None:
     parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
                         help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
     parser.add_argument("--fits", nargs="+", choices=list(HIDDEN_FITS), help="--negatives: hidden-row fits (all)")
+    parser.add_argument("--negative-views", nargs="+", default=[], choices=list(VIEW_NAMES),
+                        help="--negatives: each None-of-the-Above image also enters the hidden row in these views")
     parser.add_argument("--backbones", nargs="+", default=["lite0"], choices=list(BACKBONES),
                         help="--negatives: backbones the head sits on, measured on the same draws")
     parser.add_argument("--summarise", nargs="*", metavar="FIT",
@@ -360,12 +377,13 @@ def main() -> None:
             name, sizes = spec.split(":")
             fits = {f: HIDDEN_FITS[f] for f in args.fits} if args.fits else HIDDEN_FITS
             results = negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds, tuple(args.counts),
-                                      tuple(args.views), fits, tuple(args.backbones))
+                                      tuple(args.views), fits, tuple(args.backbones), tuple(args.negative_views))
             print_negatives(name, results)
             OUT.mkdir(parents=True, exist_ok=True)
             suffix = "" if tuple(args.counts) == NEGATIVE_COUNTS else "-n" + "+".join(map(str, args.counts))
             suffix += "" if args.backbones == ["lite0"] else "-" + ",".join(args.backbones)
             suffix += "" if tuple(args.views) == NEGATIVE_VIEWS else "-" + ",".join(args.views)
+            suffix += "-negatives-as-" + "+".join(args.negative_views) if args.negative_views else ""
             (OUT / f"openset-negatives-{name}{suffix}-seeds{args.seeds}.json").write_text(json.dumps(
                 [{"backbone": b, "view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
                  for (b, v, p, k, n, f, r), figures in results.items()], indent=1))
