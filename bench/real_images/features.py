@@ -9,8 +9,11 @@ stages 4–6 concatenated (the "multi-layer" features). Features are cached per 
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +94,23 @@ def onnx_path(variant: Variant) -> Path:
                           input_names=["input"], output_names=["fmap", "mid"],
                           dynamic_axes={"input": {0: "N"}, "fmap": {0: "N"}, "mid": {0: "N"}})
     proto = _fold_pads_into_convs(onnx.load_from_string(buffer.getvalue()))
-    path.write_bytes(proto.SerializeToString())
+    _write_atomically(path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
     return path
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` to a temporary file of this process's own (same folder), then rename it onto `path`: two
+    processes extracting at once never write into one file, and a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(handle)
+    tmp = Path(name)
+    tmp.chmod(0o644)  # mkstemp's 0600 would hide the cache from other users of the shared folder
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def session(variant: Variant, threads: int = 2):
@@ -130,10 +148,7 @@ def extract(task: str, items: list[Item], variant: Variant = LITE0, view: str = 
         keys = list(have) + [i.key for i in missing]
         arrays = {name: np.concatenate([old[name], fresh[name]]) if old is not None else fresh[name]
                   for name in fresh}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), **arrays)
-        tmp.replace(path)
+        _write_atomically(path, lambda tmp: np.savez(tmp, keys=np.array(keys), **arrays))
         old = np.load(path, allow_pickle=False)
         have = {k: i for i, k in enumerate(keys)}
     assert old is not None

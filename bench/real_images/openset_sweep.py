@@ -11,6 +11,10 @@ alone (right answers and never-seen images: limited by how well the score tells 
 silent-error rate of the threshold that keeps 80 % of the right answers. The
 target of issue 13 (≤ 5 % silent with ≥ 80 % of right answers confident) is reachable only where the whole-stream
 oracle is ≥ 80 %. Prints Markdown tables (README.md, "Open-set confidence: new signals").
+
+`--negatives`: the product after N None-of-the-Above answers (its hidden class), on the same draws per backbone
+(`--backbones lite0 lite2 lite0+lite2`) and view (`--views crop letterbox crop+letterbox crop+flip+letterbox`)
+(README.md, "The product after N None-of-the-Above answers" and "Lite2 and combinations under the hidden class").
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Any
 import numpy as np
 from bench.real_images import metrics
 from bench.real_images.data import OUT, TASKS, Item, Task
+from bench.real_images.features import VIEW_NAMES
 from bench.real_images.recipes import Recipe, design_of, predict
 from bench.real_images.run import PRODUCT, Prepared, draw, prepare, seeded_draws
 
 from labelloop.modeling import training
-from labelloop.modeling.backbone import LITE0
+from labelloop.modeling.backbone import LITE0, LITE2, Variant
 
 RAW = ("knn", "rel_knn", "imagenet", "rel_imagenet", "rel_logits", "rel_mid")
 RAW_NAMES = {"knn": "nearest neighbour", "rel_knn": "relative nearest neighbour",
@@ -123,6 +128,8 @@ NEVER_SEEN = "never-seen kinds"
 SAME_KINDS = "same kinds, other images"
 ROUTED = "never-seen kinds, routed negatives"
 NEGATIVE_VIEWS = ("crop", "letterbox")
+# Test-time augmentation: the mean of the views' L2-normalised embeddings ("flip" is the mirrored crop).
+TTA_VIEWS = ("crop+letterbox", "crop+flip+letterbox")
 PRODUCT_FIT = "as fitted now"
 # Ways of fitting the hidden row (training.add_hidden_class options); "oof": the labels' training images enter
 # the offset with their out-of-fold logits (training.out_of_fold_logits) instead of the head's own.
@@ -137,6 +144,9 @@ HIDDEN_FITS: dict[str, dict[str, Any]] = {
     "penalty × 10": {"penalty": 10.0},
 }
 RULES = ("product rule", "softmax")
+# Backbones the head may sit on: one variant's pooled embedding, or several concatenated (each L2-normalised
+# first, so each weighs alike in the head's own L2 normalisation). Cost, Lite0 = 1: Lite2 1.7–2.3.
+BACKBONES: dict[str, tuple[Variant, ...]] = {"lite0": (LITE0,), "lite2": (LITE2,), "lite0+lite2": (LITE0, LITE2)}
 
 
 def open_splits(task: Task, seed: int) -> dict[str, tuple[list[str], list[Item]]]:
@@ -193,37 +203,70 @@ def nearest_negative_outcome(head: training.Head, negatives: np.ndarray, test: n
     return metrics.outcome(eval_y, pred, 1.0 / (1.0 + np.exp(-10.0 * score)), len(head.labels))
 
 
-Key = tuple[str, str, int, int, str, str]  # view, protocol, k, n, hidden fit, rule
+Key = tuple[str, str, str, int, int, str, str]  # backbone, view, protocol, k, n, hidden fit, rule
 
 
 def negatives_sweep(task_name: str, sizes: list[int], seeds: int, counts: tuple[int, ...] = NEGATIVE_COUNTS,
-                    views: tuple[str, ...] = NEGATIVE_VIEWS, fits: dict[str, dict[str, Any]] = HIDDEN_FITS
+                    views: tuple[str, ...] = NEGATIVE_VIEWS, fits: dict[str, dict[str, Any]] = HIDDEN_FITS,
+                    backbones: tuple[str, ...] = ("lite0",), negative_views: tuple[str, ...] = ()
                     ) -> dict[Key, dict[str, float]]:
     """The product as it runs in the loop after reviewers answered None of the Above on n images: its head
     (trained on k images per label, labels weighed equally as the server does) plus the hidden class fitted
     on those n images (`training.add_hidden_class`), evaluated on the known test images and on open-set images
     none of the n is (`open_splits`). ROUTED: the n images are drawn only among those the head without
-    negatives puts below 70 (the ones a human sees under the seed's routing), from the NEVER_SEEN pool."""
+    negatives puts below 70 (the ones a human sees under the seed's routing), from the NEVER_SEEN pool.
+    `backbones`: BACKBONES keys, each measured on the same draws. `negative_views`: each of the n images also
+    enters the hidden row's fit in these views (train-time augmentation of the negatives; the served view and
+    the labels' rows unchanged), reported under the view "<view>, negatives also as <views>"."""
     found: dict[Key, list[dict[str, float]]] = {}
+    variants = list(dict.fromkeys(v for name in backbones for v in BACKBONES[name]))
     for seed in range(seeds):
         task = TASKS[task_name](seed)
-        prepared = prepare(task, ((LITE0, views),))
+        extracted = tuple(dict.fromkeys([part for view in views for part in view.split("+")] + list(negative_views)))
+        prepared = prepare(task, tuple((v, extracted) for v in variants), open_set=True)
         splits = open_splits(task, seed)
-        for view in views:
-            for k in sizes:
-                _negatives_draw(found, prepared, view, splits, k, seed, counts, fits)
+        for backbone in backbones:
+            for view in views:
+                for k in sizes:
+                    extra = [v for v in negative_views if v != view]
+                    served = f"{view}, negatives also as " + "+".join(extra) if extra else view
+                    embed = _embedder(prepared, backbone, view)
+                    embed_negatives = _stacked([embed, *(_embedder(prepared, backbone, v) for v in extra)])
+                    _negatives_draw(found, (backbone, served), prepared.task, embed, splits, k, seed, counts, fits,
+                                    embed_negatives)
     return {key: _summary(rows) for key, rows in found.items()}
 
 
-def _embedder(prepared: Prepared, view: str) -> Callable[[list[str]], np.ndarray]:
-    return lambda keys: prepared.data(LITE0.name, view, keys, with_map=False).embedding
+def _embedder(prepared: Prepared, backbone: str, view: str) -> Callable[[list[str]], np.ndarray]:
+    """keys → the backbone's embedding under the view (several variants: their L2-normalised concatenation;
+    TTA_VIEWS: the mean of each view's L2-normalised embedding)."""
+    variants, views = BACKBONES[backbone], view.split("+")
+
+    def one(variant: Variant, keys: list[str]) -> np.ndarray:
+        if len(views) == 1:
+            return prepared.data(variant.name, view, keys, with_map=False).embedding
+        return np.mean([training.l2_normalize(prepared.data(variant.name, v, keys, with_map=False).embedding)
+                        for v in views], axis=0)
+
+    def embed(keys: list[str]) -> np.ndarray:
+        parts = [one(v, keys) for v in variants]
+        return parts[0] if len(parts) == 1 else np.hstack([training.l2_normalize(p) for p in parts])
+
+    return embed
 
 
-def _negatives_draw(found: dict[Key, list[dict[str, float]]], prepared: Prepared, view: str,
-                    splits: dict[str, tuple[list[str], list[Item]]], k: int, seed: int, counts: tuple[int, ...],
-                    fits: dict[str, dict[str, Any]]) -> None:
-    """One seeded draw at k per label, one view: every protocol, count, hidden fit and rule into `found`."""
-    task, embed = prepared.task, _embedder(prepared, view)
+def _stacked(embeds: list[Callable[[list[str]], np.ndarray]]) -> Callable[[list[str]], np.ndarray]:
+    """keys → every embedder's rows of them, stacked (each image once per embedder)."""
+    return lambda keys: np.vstack([e(keys) for e in embeds])
+
+
+def _negatives_draw(found: dict[Key, list[dict[str, float]]], served: tuple[str, str], task: Task,
+                    embed: Callable[[list[str]], np.ndarray], splits: dict[str, tuple[list[str], list[Item]]],
+                    k: int, seed: int, counts: tuple[int, ...], fits: dict[str, dict[str, Any]],
+                    embed_negatives: Callable[[list[str]], np.ndarray] | None = None) -> None:
+    """One seeded draw at k per label on one (backbone, view): every protocol, count, hidden fit and rule into
+    `found`. `embed_negatives`: the None-of-the-Above images' rows of the hidden fit (default: `embed`)."""
+    embed_negatives = embed_negatives or embed
     keys, y = draw(task, k, seed)
     design = design_of(embed(keys), y, len(task.labels), balance=True)
     head = training._fit_head(design, task.labels, c_grid=training.DEFAULT_C_GRID, folds=training.DEFAULT_FOLDS,
@@ -234,13 +277,13 @@ def _negatives_draw(found: dict[Key, list[dict[str, float]]], prepared: Prepared
         eval_y = np.array([index[i.label] for i in task.test] + [-1] * len(tested))
         test = embed([i.key for i in task.test + tested])
         for n in (n for n in counts if n <= len(pool)):
-            negatives = embed(pool[:n]) if n else np.zeros((0, test.shape[1]))
+            negatives = embed_negatives(pool[:n]) if n else np.zeros((0, test.shape[1]))
             for fit_name, options in fits.items():
                 fitted = hidden_fit(head, design, negatives, oof, options)
                 for rule, o in rule_outcomes(fitted, test, eval_y, len(task.labels)).items():
-                    found.setdefault((view, protocol, k, n, fit_name, rule), []).append(measure(o))
+                    found.setdefault((*served, protocol, k, n, fit_name, rule), []).append(measure(o))
             o = nearest_negative_outcome(head, negatives, test, eval_y)
-            found.setdefault((view, protocol, k, n, PRODUCT_FIT, NN_NEGATIVES), []).append(measure(o))
+            found.setdefault((*served, protocol, k, n, PRODUCT_FIT, NN_NEGATIVES), []).append(measure(o))
 
 
 def _protocols(splits: dict[str, tuple[list[str], list[Item]]], head: training.Head, embed: Callable
@@ -258,25 +301,28 @@ def print_compact(task_name: str, results: dict[Key, dict[str, float]], fits: tu
     """Per (k, protocol): a row per (view, hidden fit, rule), a column per count; each cell silent-error % /
     right ≥ 70 %, in bold where the mean meets the target (≤ 5 % silent with ≥ 80 % of right answers kept);
     then the ranking: the silent-error % of the threshold that keeps 80 % of the right answers."""
-    groups = sorted({(k, protocol) for _, protocol, k, _, _, _ in results})
-    counts = sorted({n for _, _, _, n, _, _ in results})
+    groups = sorted({(k, protocol) for _, _, protocol, k, _, _, _ in results})
+    counts = sorted({n for _, _, _, _, n, _, _ in results})
+    served = list(dict.fromkeys((backbone, view) for backbone, view, *_ in results))
     for k, protocol in groups:
-        header = "| view | hidden row | rule | " + " | ".join(f"N={n}" for n in counts) + " |\n" + \
-            "|---" * (3 + len(counts)) + "|"
+        header = "| backbone | view | hidden row | rule | " + " | ".join(f"N={n}" for n in counts) + " |\n" + \
+            "|---" * (4 + len(counts)) + "|"
         print(f"\n{task_name} k={k}, {protocol} (silent err % / right ≥ 70 %)\n\n{header}")
-        for view, fit_name, rule in _compact_rows(fits, RULES):
-            cells = [results.get((view, protocol, k, n, fit_name, rule)) for n in counts]
-            print(f"| {view} | {fit_name} | {rule} | " + " | ".join(map(_cell, cells)) + " |")
+        for backbone, view, fit_name, rule in _compact_rows(served, fits, RULES):
+            cells = [results.get((backbone, view, protocol, k, n, fit_name, rule)) for n in counts]
+            print(f"| {backbone} | {view} | {fit_name} | {rule} | " + " | ".join(map(_cell, cells)) + " |")
         print(f"\n{task_name} k={k}, {protocol}: silent err % at the threshold keeping 80 % of right answers\n\n"
               f"{header}")
-        for view, fit_name, rule in (*_compact_rows(fits, RULES), *_compact_rows((PRODUCT_FIT,), (NN_NEGATIVES,))):
-            cells = [results.get((view, protocol, k, n, fit_name, rule)) for n in counts]
-            print(f"| {view} | {fit_name} | {rule} | " + " | ".join(
+        for backbone, view, fit_name, rule in (*_compact_rows(served, fits, RULES),
+                                               *_compact_rows(served, (PRODUCT_FIT,), (NN_NEGATIVES,))):
+            cells = [results.get((backbone, view, protocol, k, n, fit_name, rule)) for n in counts]
+            print(f"| {backbone} | {view} | {fit_name} | {rule} | " + " | ".join(
                 "—" if r is None else f"{100 * r['silent_at_target']:.1f}" for r in cells) + " |")
 
 
-def _compact_rows(fits: tuple[str, ...], rules: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    return [(view, fit_name, rule) for view in NEGATIVE_VIEWS for fit_name in fits for rule in rules]
+def _compact_rows(served: list[tuple[str, str]], fits: tuple[str, ...], rules: tuple[str, ...]
+                  ) -> list[tuple[str, str, str, str]]:
+    return [(backbone, view, fit_name, rule) for backbone, view in served for fit_name in fits for rule in rules]
 
 
 def _cell(r: dict[str, float] | None) -> str:
@@ -287,9 +333,9 @@ def _cell(r: dict[str, float] | None) -> str:
 
 
 def print_negatives(task_name: str, results: dict[Key, dict[str, float]]) -> None:
-    """One Markdown row per (view, protocol, k, n, hidden fit, rule)."""
-    for (view, protocol, k, n, fit_name, rule), r in sorted(results.items(), key=lambda item: item[0]):
-        print(f"| {task_name} k={k} | {view} | {protocol} | {n} | {fit_name} | {rule} | "
+    """One Markdown row per (backbone, view, protocol, k, n, hidden fit, rule)."""
+    for (backbone, view, protocol, k, n, fit_name, rule), r in sorted(results.items(), key=lambda item: item[0]):
+        print(f"| {task_name} k={k} | {backbone} | {view} | {protocol} | {n} | {fit_name} | {rule} | "
               f"**{100 * r['silent_error']:.1f}** | {100 * r['confident']:.1f} | {100 * r['open_accepted']:.1f} | "
               f"{r['ece']:.3f} | {100 * r['oracle']:.1f} | {100 * r['silent_at_target']:.1f} | "
               f"{100 * r['silent_error_min']:.1f}–{100 * r['silent_error_max']:.1f} / "
@@ -304,35 +350,43 @@ def main() -> None:
     parser.add_argument("--ranking-only", action="store_true", help="only softmax, the scores alone and the ceiling")
     parser.add_argument("--negatives", action="store_true",
                         help="instead: the product after 0/10/20/40/80 None-of-the-Above answers (its hidden class)")
-    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=NEGATIVE_VIEWS,
+    parser.add_argument("--views", nargs="+", default=list(NEGATIVE_VIEWS), choices=(*NEGATIVE_VIEWS, *TTA_VIEWS),
                         help="--negatives: the served views measured")
     parser.add_argument("--counts", nargs="+", type=int, default=list(NEGATIVE_COUNTS),
                         help="--negatives: None-of-the-Above answers (a count above a draw's pool is left out)")
     parser.add_argument("--fits", nargs="+", choices=list(HIDDEN_FITS), help="--negatives: hidden-row fits (all)")
+    parser.add_argument("--negative-views", nargs="+", default=[], choices=list(VIEW_NAMES),
+                        help="--negatives: each None-of-the-Above image also enters the hidden row in these views")
+    parser.add_argument("--backbones", nargs="+", default=["lite0"], choices=list(BACKBONES),
+                        help="--negatives: backbones the head sits on, measured on the same draws")
     parser.add_argument("--summarise", nargs="*", metavar="FIT",
                         help="only print compact tables from the --negatives runs' JSON (for these hidden fits)")
     args = parser.parse_args()
     if args.summarise is not None:
         for path in sorted(OUT.glob(f"openset-negatives-*-seeds{args.seeds}.json")):
             rows = json.loads(path.read_text())
-            results = {(r["view"], r["protocol"], r["k"], r["n"], r["hidden_fit"], r["rule"]): r for r in rows}
+            results = {(r.get("backbone", "lite0"), r["view"], r["protocol"], r["k"], r["n"], r["hidden_fit"],
+                        r["rule"]): r for r in rows}
             print_compact("-".join(path.stem.split("-")[2:-1]), results, tuple(args.summarise) or (PRODUCT_FIT,))
         return
     if args.negatives:
-        print("| task | view | protocol | None-of-the-Above answers | hidden row | rule | silent err % | "
+        print("| task | backbone | view | protocol | None-of-the-Above answers | hidden row | rule | silent err % | "
               "right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | silent % at 80 % right kept | "
-              "per seed: silent / right ≥ 70 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+              "per seed: silent / right ≥ 70 |\n" + "|---" * 14 + "|", flush=True)
         for spec in args.tasks:
             name, sizes = spec.split(":")
             fits = {f: HIDDEN_FITS[f] for f in args.fits} if args.fits else HIDDEN_FITS
             results = negatives_sweep(name, [int(k) for k in sizes.split(",")], args.seeds, tuple(args.counts),
-                                      tuple(args.views), fits)
+                                      tuple(args.views), fits, tuple(args.backbones), tuple(args.negative_views))
             print_negatives(name, results)
             OUT.mkdir(parents=True, exist_ok=True)
             suffix = "" if tuple(args.counts) == NEGATIVE_COUNTS else "-n" + "+".join(map(str, args.counts))
+            suffix += "" if args.backbones == ["lite0"] else "-" + ",".join(args.backbones)
+            suffix += "" if tuple(args.views) == NEGATIVE_VIEWS else "-" + ",".join(args.views)
+            suffix += "-negatives-as-" + "+".join(args.negative_views) if args.negative_views else ""
             (OUT / f"openset-negatives-{name}{suffix}-seeds{args.seeds}.json").write_text(json.dumps(
-                [{"view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
-                 for (v, p, k, n, f, r), figures in results.items()], indent=1))
+                [{"backbone": b, "view": v, "protocol": p, "k": k, "n": n, "hidden_fit": f, "rule": r, **figures}
+                 for (b, v, p, k, n, f, r), figures in results.items()], indent=1))
         return
     print("| task | recipe | silent err % | right ≥ 70 % | never-seen ≥ 70 % | ECE | oracle: all | closed part | "
           "open part | silent % at 80 % right kept |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)

@@ -70,13 +70,16 @@ class Prepared:
         return Data(f.embedding[rows], f.fmap[rows] if with_map and f.fmap is not None else None, f.mid[rows])
 
 
-def prepare(task: Task, plan: tuple[tuple[Variant, tuple[str, ...]], ...], closed_only: bool = False) -> Prepared:
+def prepare(task: Task, plan: tuple[tuple[Variant, tuple[str, ...]], ...], closed_only: bool = False,
+            open_set: bool = False) -> Prepared:
     """Features of the task's items for each (variant, views) of the plan (extracted when not cached);
-    `closed_only`: just the training pool (up to the task's `closed_pool` per label) and the known test images."""
+    `closed_only`: just the training pool (up to the task's `closed_pool` per label) and the known test images;
+    `open_set`: those and the open-set images (no pasted variants)."""
     prepared = Prepared(task)
     items = task.items()
-    if closed_only:
+    if closed_only or open_set:
         items = [i for pool in task.pool.values() for i in pool[:task.closed_pool]] + task.test
+        items += task.open if open_set else []
     for variant, views in plan:
         for view in views:
             prepared.features[(variant.name, view)] = extract(task.name, items, variant, view)
