@@ -28,7 +28,11 @@ arms); a backtest of fewer than 20 audits starts cold, as in the server.
 Per arm, per version: detections, the true silent-error rate of the auto-accepted ones, the bound labelloop
 showed at the end of the version (from its answered audits), whether the bound covered the truth (the true
 rate of the detections that were auto-accepted or would have been: audited ones included), the share sent to
-humans, human answers so far (labels plus audits) and held-out macro-F1. Outputs:
+humans, human answers so far (labels plus audits) and held-out macro-F1; and where its human answers went, by
+kind (KINDS: "Detection" loops, raised-threshold loops, audits by the rate that drew them), with the macro-F1 of
+the same version trained on the "Detection" loops' answers alone (the table's second part: in all, and before
+the version that reached the fixed rule's macro-F1). The "oracle" arms are measurements, not policies: every
+audit trains and still judges later versions (the most audits that train can do for macro-F1). Outputs:
 bench/out/loop_simulation/silent-TASK.{json,md,svg}; --publish copies the table and plot to
 docs/silent_errors_TASK.{md,svg}.
 """
