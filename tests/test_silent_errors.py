@@ -62,9 +62,10 @@ def estimate(audits: list[silent.Audit], target: float = 5.0, opened: int | None
 
 
 def route(confidence: float, found: silent.Estimate, audits: list[silent.Audit] = (), *, label: str = "a",
-          request_id: str | None = None, review: bool = True) -> silent.Route:
+          request_id: str | None = None, review: bool = True, weight: float = 1.0) -> silent.Route:
     return silent.route(label, confidence, request_id or str(uuid.uuid4()), base=70.0,
-                        base_name=silent.MINIMUM_CONFIDENCE, review=review, found=found, audits=list(audits))
+                        base_name=silent.MINIMUM_CONFIDENCE, review=review, found=found, audits=list(audits),
+                        weight=weight)
 
 
 def request_drawing(at_least: float) -> str:
@@ -104,6 +105,21 @@ def test_routing_rules_say_which_sent_a_detection_to_a_human_and_why() -> None:
     assert "threshold silent-error control set for a" in raised.reason
     assert route(99.0, found, mistakes, request_id=quiet).rule == silent.Rule.AUTO_ACCEPTED
     assert route(85.0, found, mistakes, label="b", request_id=quiet).rule == silent.Rule.AUTO_ACCEPTED
+
+
+def test_an_audit_weight_scales_the_draw_and_the_server_routes_as_before() -> None:
+    """The simulation's importance-weighted trial multiplies the audit rate by a weight (capped at every one);
+    the server passes none, and a weight of 1 routes exactly as before."""
+    found = estimate([], opened=79)  # 20 / 80: one in four
+    drawing = {name: next(rid for i in range(5000) if low <= silent.draw(rid := f"request-{i}") < high)
+               for name, (low, high) in {"1/8-1/4": (0.125, 0.25), "1/4-1/2": (0.25, 0.5)}.items()}
+    assert route(93.0, found, request_id=drawing["1/8-1/4"]).rule == silent.Rule.AUDIT
+    assert route(93.0, found, request_id=drawing["1/8-1/4"], weight=0.5).rule == silent.Rule.AUTO_ACCEPTED
+    assert route(93.0, found, request_id=drawing["1/4-1/2"]).rule == silent.Rule.AUTO_ACCEPTED
+    doubled = route(93.0, found, request_id=drawing["1/4-1/2"], weight=2.0)
+    assert doubled.rule == silent.Rule.AUDIT and "audited (1 in 2)" in doubled.reason
+    assert "audited (1 in 1)" in route(93.0, found, request_id=drawing["1/4-1/2"], weight=50.0).reason
+    assert route(55.0, found, weight=50.0).rule == silent.Rule.BELOW_CONFIDENCE, "below the threshold: a label"
 
 
 def test_a_warm_start_bound_is_stratified_and_covers_the_truth() -> None:

@@ -28,7 +28,11 @@ arms); a backtest of fewer than 20 audits starts cold, as in the server.
 Per arm, per version: detections, the true silent-error rate of the auto-accepted ones, the bound labelloop
 showed at the end of the version (from its answered audits), whether the bound covered the truth (the true
 rate of the detections that were auto-accepted or would have been: audited ones included), the share sent to
-humans, human answers so far (labels plus audits) and held-out macro-F1. Outputs:
+humans, human answers so far (labels plus audits) and held-out macro-F1; and where its human answers went, by
+kind (KINDS: "Detection" loops, raised-threshold loops, audits by the rate that drew them), with the macro-F1 of
+the same version trained on the "Detection" loops' answers alone (the table's second part: in all, and before
+the version that reached the fixed rule's macro-F1). The "oracle" arms are measurements, not policies: every
+audit trains and still judges later versions (the most audits that train can do for macro-F1). Outputs:
 bench/out/loop_simulation/silent-TASK.{json,md,svg}; --publish copies the table and plot to
 docs/silent_errors_TASK.{md,svg}.
 """
@@ -75,6 +79,11 @@ ARMS = {"fixed rule": (0.0, False, None), "target 5 %": (5.0, False, None), "tar
         "target 2 %, warm, audits ride (split)": (2.0, True, "split ride"),
         "target 5 %, warm, corrections train": (5.0, True, "corrections"),
         "target 5 %, warm, audits train (split) and corrections": (5.0, True, "split corrections"),
+        # A measurement, not a policy: every audit trains and still judges later versions (their backtests keep
+        # it as if untrained, so the bound is not valid): the most training audits can do for macro-F1.
+        "target 5 %, warm, every audit trains (oracle)": (5.0, True, "oracle"),
+        # The same with audits drawn more often the less confident the detection (``audit_weight``).
+        "target 5 %, warm, every audit trains, unsure drawn more (oracle)": (5.0, True, "oracle weighted"),
         }  # target, warm start, audit training
 DEFAULT_ARMS = ["fixed rule", "target 5 %", "target 2 %", "target 5 %, warm start", "target 2 %, warm start",
                 "target 5 %, warm, audits train (split)", "target 2 %, warm, audits train (split)"]
@@ -165,6 +174,15 @@ class Version:
     warm: bool = False  # started warm (a backtest and a stratified bound) rather than cold
     backtest: int = 0  # backtest audits it started with
     new_share: float | None = None  # its would-be auto-accepted detections the previous version was unsure of
+    # Where its human answers went, by kind (KINDS): "Detection" loops below the base threshold, loops below a
+    # raised threshold, and audits by the rate that drew them (1: the cold start; above the steady rate while
+    # the bound is above the target; the steady rate once it meets it).
+    detection_loops: int = 0
+    raised_loops: int = 0
+    cold_audits: int = 0
+    decay_audits: int = 0
+    steady_audits: int = 0
+    f1_labels_only: float | None = None  # macro-F1 trained on the "Detection" loops' answers alone (None: the same)
 
     @property
     def true_rate(self) -> float | None:
@@ -202,6 +220,8 @@ class Answers:
     learn: bool = True
     negatives: list[Item] = field(default_factory=list)
     drawn: set[str] = field(default_factory=set)
+    extra: set[str] = field(default_factory=set)  # from audits or raised-threshold loops, not "Detection" loops
+    oracle: set[str] = field(default_factory=set)  # "oracle" arms: audits that train yet stay in backtests
 
     def add(self, item: Item) -> bool:
         """Put a truthful answer's image where the server would; whether it became training data."""
@@ -218,6 +238,12 @@ class Answers:
         """The keys of every training image (labels and hidden class)."""
         return {item.key for item in [*self.labeled, *self.negatives]}
 
+    def without_extra(self) -> tuple[list[Item], list[Item]]:
+        """The training data of "Detection" loops alone (labels, hidden class): what the fixed rule's answers
+        would have made of the same stream."""
+        return ([i for i in self.labeled if i.key not in self.extra],
+                [i for i in self.negatives if i.key not in self.extra])
+
 
 def warm_start(w: World, head: Head, previous: Head, stream: Stream, answers: Answers) -> silent.Warm | None:
     """The backtest of ``head`` replacing ``previous``: the earlier audits it did not train on, scored by it,
@@ -226,7 +252,7 @@ def warm_start(w: World, head: Head, previous: Head, stream: Stream, answers: An
     on ``previous``'s detections. None (a cold start) for a backtest of fewer than COLD_AUDITS audits, as the
     server's ``detection.warm_start.store``."""
     backtest: list[silent.Audit] = []
-    trained = answers.trained
+    trained = answers.trained - answers.oracle  # an oracle arm's audits judge as if it never trained on them
     usable = [item for item in stream.audited if item.key not in trained or item.key not in answers.drawn]
     if usable:
         before, after = previous.predict_proba(w.x(usable)), head.predict_proba(w.x(usable))
@@ -283,7 +309,8 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
             request_id = f"{seed}-{arm}-{item.key}"
             routed = silent.route(label, confidence, request_id, base=THRESHOLD,
                                   base_name=silent.MINIMUM_CONFIDENCE, review=True, found=found,
-                                  audits=[*warm.backtest, *audits] if warm else audits, new=new)
+                                  audits=[*warm.backtest, *audits] if warm else audits, new=new,
+                                  weight=audit_weight(confidence) if "weighted" in (audit_training or "") else 1.0)
             wrong = item.label != label  # an open-set crop is always wrong
             current.detections += 1
             seen.window.append((item, confidence >= THRESHOLD))
@@ -292,20 +319,27 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
             if routed.to_review:
                 current.to_humans += 1
                 answers += 1
+            tally(current, routed.rule, silent.audit_rate(found, new))
             if routed.rule == silent.Rule.AUDIT:
                 current.audits += 1
                 new_opened += new
                 seen.audited.append(item)
                 audits.append(silent.Audit(label, confidence, wrong, confidence >= routed.threshold, new))
                 drawn = trains(audit_training, request_id, share)
-                if drawn or (wrong and "corrections" in (audit_training or "")):  # Train-On-Audit-Corrections
+                oracle = (audit_training or "").startswith("oracle")
+                if drawn or oracle or (wrong and "corrections" in (audit_training or "")):  # corrections: T-O-A-C
                     taught.drawn |= {item.key} if drawn else set()
+                    taught.oracle |= {item.key} if oracle else set()
+                    taught.extra.add(item.key)
                     untrained += taught.add(item) and not rides
                 elif audit_training and audit_training.startswith("lag"):
                     pending.append(item)
                     taught.drawn.add(item.key)
+                    taught.extra.add(item.key)
             elif routed.to_review:
                 current.labels_given += item.label in taught.known
+                if routed.rule == silent.Rule.BELOW_RAISED_THRESHOLD:
+                    taught.extra.add(item.key)
                 untrained += taught.add(item)
             if routed.rule == silent.Rule.AUTO_ACCEPTED:
                 current.auto_accepted += 1
@@ -325,21 +359,64 @@ def run_arm(w: World, arm: str, target: float, seed: int, batch_size: int, warm_
             pending = []
             versions.append(Version(arm, seed, current.version + 1, w.macro_f1(head), answers, warm=warm is not None,
                                     backtest=len(warm.backtest) if warm else 0))
+            if taught.extra & taught.trained:  # what the same version would score on "Detection" answers alone
+                labels_only, negatives_only = taught.without_extra()
+                versions[-1].f1_labels_only = w.macro_f1(w.train(labels_only, seed, negatives_only))
     return versions
+
+
+def audit_weight(confidence: float) -> float:
+    """The "weighted" arms' audit rate multiplier: 2 at the threshold, 1 half-way to 100, 0.1 near 100."""
+    return max(0.1, 2 * (100 - confidence) / (100 - THRESHOLD))
+
+
+def tally(version: Version, rule: str, rate: float) -> None:
+    """Count a human answer by its kind (see ``Version``); ``rate``: the audit rate in force for it."""
+    if rule == silent.Rule.BELOW_CONFIDENCE:
+        version.detection_loops += 1
+    elif rule == silent.Rule.BELOW_RAISED_THRESHOLD:
+        version.raised_loops += 1
+    elif rule == silent.Rule.AUDIT and rate >= 1.0:
+        version.cold_audits += 1
+    elif rule == silent.Rule.AUDIT and rate > silent.STEADY_RATE:
+        version.decay_audits += 1
+    elif rule == silent.Rule.AUDIT:
+        version.steady_audits += 1
 
 
 F1_TOLERANCE = 0.005  # "the same macro-F1": within this of the fixed rule's final one (one test crop ≈ 0.003)
 
 
-def answers_to_reach(rows: list[dict[str, Any]], arm: str, seed: int) -> int | None:
-    """Human answers ``arm`` spent before its first version whose macro-F1 is the fixed rule's final one on the
-    same seed (within F1_TOLERANCE); None without a fixed-rule run or when it never gets there."""
+KINDS = ("detection_loops", "raised_loops", "cold_audits", "decay_audits", "steady_audits")  # Version's tallies
+
+
+def reaching(rows: list[dict[str, Any]], arm: str, seed: int) -> dict[str, Any] | None:
+    """``arm``'s first version whose macro-F1 is the fixed rule's final one on the same seed (within
+    F1_TOLERANCE); None without a fixed-rule run or when it never gets there."""
     fixed = [r for r in rows if r["arm"] == "fixed rule" and r["seed"] == seed]
     if not fixed:
         return None
     goal = max(fixed, key=lambda r: r["version"])["macro_f1"] - F1_TOLERANCE
     reached = [r for r in rows if r["arm"] == arm and r["seed"] == seed and r["macro_f1"] >= goal]
-    return min(reached, key=lambda r: r["version"])["human_answers_before"] if reached else None
+    return min(reached, key=lambda r: r["version"]) if reached else None
+
+
+def answers_to_reach(rows: list[dict[str, Any]], arm: str, seed: int) -> int | None:
+    """Human answers ``arm`` spent before its first version whose macro-F1 is the fixed rule's final one on the
+    same seed (within F1_TOLERANCE); None without a fixed-rule run or when it never gets there."""
+    found = reaching(rows, arm, seed)
+    return found["human_answers_before"] if found else None
+
+
+def kinds_to_reach(rows: list[dict[str, Any]], arm: str, seed: int) -> dict[str, int] | None:
+    """The answers of ``answers_to_reach`` by kind (KINDS), and the reaching version's macro-F1 trained on the
+    "Detection" loops' answers alone (``f1_labels_only``, its own where nothing else trained)."""
+    found = reaching(rows, arm, seed)
+    if found is None:
+        return None
+    before = [r for r in rows if r["arm"] == arm and r["seed"] == seed and r["version"] < found["version"]]
+    return {**{kind: sum(r.get(kind, 0) for r in before) for kind in KINDS}, "version": found["version"],
+            "macro_f1": found["macro_f1"], "f1_labels_only": found.get("f1_labels_only") or found["macro_f1"]}
 
 
 def f1_at_fixed_cost(rows: list[dict[str, Any]], arm: str, seed: int) -> float | None:
@@ -385,6 +462,10 @@ def summary(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
                                                               if (f := f1_at_fixed_cost(rows, arm, s)) is not None])
             else None,
             "final_macro_f1": float(np.median([r["macro_f1"] for r in last])),
+            "to_reach_by_kind": {key: float(np.median([k[key] for k in by_kind])) for key in by_kind[0]}
+            if (by_kind := [k for s in seeds if (k := kinds_to_reach(rows, arm, s))]) else None,
+            "by_kind": {kind: float(np.median(per_seed(kind))) if all(kind in r for r in mine) else None
+                        for kind in KINDS},
             "coverage": float(np.mean(judged)) if judged else None, "covered_versions": len(judged),
             "last_bound": float(np.median([r["bound"] for r in last if r["bound"] is not None]))
             if any(r["bound"] is not None for r in last) else None}
@@ -418,6 +499,26 @@ def table(result: dict[str, Any]) -> str:
                      f"| {_fmt(s['answers_to_fixed_f1'], '{:.0f}')} ({_range(s.get('answers_to_fixed_f1_range'))}; "
                      f"{s['reached_fixed_f1']} of {s['seeds']}) | {_fmt(s.get('f1_at_fixed_cost'), '{:.3f}')} "
                      f"| {s['final_macro_f1']:.3f} | {s['versions']:.0f} |")
+    return "\n".join(lines) + "\n" + kinds_table(result)
+
+
+def kinds_table(result: dict[str, Any]) -> str:
+    """Where each arm's human answers went (KINDS), in all and before it reached the fixed rule's macro-F1."""
+    rows = [s for s in result["summary"] if s.get("to_reach_by_kind")]
+    if not rows:
+        return ""
+    names = ("Detection loops", "raised-threshold loops", "cold-start audits (rate 1)",
+             "audits above target (rate < 1)", "steady audits (1 in 50)")
+    lines = ["", "Where the answers went (medians over seeds of each count; in all / before the version that reached "
+             "the fixed rule's macro-F1), and that version's macro-F1 against the same version trained on its "
+             "\"Detection\" loops' answers alone.", "",
+             f"| rule | {' | '.join(names)} | reached at version | macro-F1 there (Detection answers alone) |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for s in rows:
+        reach, total = s["to_reach_by_kind"], s["by_kind"]
+        cells = [f"{_fmt(total.get(kind), '{:.0f}')} / {reach[kind]:.0f}" for kind in KINDS]
+        lines.append(f"| {s['arm']} | {' | '.join(cells)} | {reach['version']:.0f} "
+                     f"| {reach['macro_f1']:.3f} ({reach['f1_labels_only']:.3f}) |")
     return "\n".join(lines) + "\n"
 
 

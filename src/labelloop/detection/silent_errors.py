@@ -396,11 +396,12 @@ def audit_share(rate: float) -> str:
 
 
 def route(label: str, confidence: float, request_id: str, *, base: float, base_name: str, review: bool,
-          found: Estimate, audits: list[Audit], new: bool = False) -> Route:
+          found: Estimate, audits: list[Audit], new: bool = False, weight: float = 1.0) -> Route:
     """Decide who sees a detection: ``base`` is the threshold of the seed's rule (or the label's assumed
     threshold, named ``base_name``), ``found`` the serving version's estimate and ``audits`` its audits (with a
     warm start, its backtest too); ``new``: with a warm start, the previous version would not have
-    auto-accepted this image."""
+    auto-accepted this image; ``weight`` multiplies its audit rate (1 in the server; the loop simulation's
+    importance-weighted trial draws confident detections less often than unsure ones)."""
     if not review:
         return Route(Rule.REVIEW_OFF, base, "Enable-A2I-Workflow is false: no detection goes to human review")
     if confidence < base:
@@ -410,7 +411,7 @@ def route(label: str, confidence: float, request_id: str, *, base: float, base_n
     if VERSION_WIDE and found.target > 0:
         raised = max(raised or 0.0, raised_threshold(None, audits, found.target) or 0.0) or None
     threshold = max(base, raised or 0.0)
-    rate = audit_rate(found, new)
+    rate = min(1.0, audit_rate(found, new) * weight)
     if draw(request_id) < rate:
         stratum = " (new to this version: the previous one was not confident)" if found.warm and new else ""
         of = f" of {found.model_version}" if found.overall.upper_bound is not None else ""  # else the sentence names it
