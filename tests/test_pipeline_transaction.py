@@ -106,3 +106,37 @@ def test_a_part_written_by_another_execution_is_found_not_repeated(database: Non
     done = routing._detect_now(event, "detection-run-d")
     assert done["notification"] == earlier and done["human_loop"] is not None
     assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)
+
+
+def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
+        database: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An upload's detection event deleted before its batch's run read it: the run detects the rest and records
+    the missing one (id and key) in its output; that upload's summary says so."""
+    uploads = [detections.record_arrival(f"images_for_detection/{name}.jpg", name * 32, "detection-run-batch")
+               for name in "fgh"]
+    with db.session() as session:
+        session.delete(session.get(DetectionEvent, uploads[1]["id"]))
+    monkeypatch.setattr(detections, "infer_all", lambda events: [answered(97.0) for _ in events])
+    ids, keys = [u["id"] for u in uploads], [u["object_key"] for u in uploads]
+    with caplog.at_level("WARNING", logger="labelloop.loop.routing"):
+        done = routing.detect_uploads(ids, "detection-run-batch", keys)
+    assert done["keys"] == [keys[0], keys[2]]
+    assert [item["detection_id"] for item in done["detections"]] == [ids[0], ids[2]]
+    assert [item["status"] for item in done["detections"]] == [DetectionStatus.DETECTED] * 2
+    assert done["missing"] == [{"detection_id": ids[1], "key": keys[1], "status": "MISSING",
+                                "status_message": "its detection event was deleted before the batch was detected"}]
+    logged = [r for r in caplog.records if getattr(r, "detection_id", None) == ids[1]]
+    assert logged and logged[0].key == keys[1] and logged[0].run_id == "detection-run-batch"
+    output = {"branch": "detection", **done}
+    assert routing.upload_summary(output, keys[1])["status"] == "MISSING"
+    assert routing.upload_summary(output, keys[2])["detection_id"] == ids[2]
+    assert counts(ids[0])[0] == counts(ids[2])[0] == DetectionStatus.DETECTED
+
+    gone = [detections.record_arrival(f"images_for_detection/{name}.jpg", name * 32, "detection-run-gone")
+            for name in "ij"]
+    with db.session() as session:  # every event of a batch gone: nothing to detect, all listed
+        for item in gone:
+            session.delete(session.get(DetectionEvent, item["id"]))
+    again = routing.detect_uploads([u["id"] for u in gone], "detection-run-gone", [u["object_key"] for u in gone])
+    assert again["detections"] == [] and again["keys"] == []
+    assert [item["key"] for item in again["missing"]] == [u["object_key"] for u in gone]

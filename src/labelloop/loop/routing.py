@@ -169,10 +169,14 @@ def _join_detection_batch(info: ObjectInfo, source: str) -> tuple[str | None, bo
 
 def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
     """What an "object created" run's output says of the upload at ``key``: a batch's output has one summary per
-    key (``keys`` and ``detections`` in the same order); a run of one object is its own summary."""
+    key (``keys`` and ``detections`` in the same order) and lists the uploads whose event was gone (``missing``);
+    a run of one object is its own summary."""
     output = output or {}
     keys = output.get("keys") or []
-    return output["detections"][keys.index(key)] if key in keys else output
+    if key in keys:
+        return output["detections"][keys.index(key)]
+    gone = next((item for item in output.get("missing") or [] if item.get("key") == key), None)
+    return gone if gone is not None else output
 
 
 def _queue_batch(run_id: str, members: list[dict[str, Any]]) -> str:
@@ -219,6 +223,7 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
     try:
         with db.session() as session:
             detections.load_events([event["id"] for event in events], session=session)
+            detections.read_versions_once(session)
             values = parameters.values(session=session)
             written = [_write_detection(event, outcome, run_id, session, values)
                        for event, outcome in zip(events, outcomes, strict=True)]
@@ -262,12 +267,33 @@ def detect_uploaded_image(key: str, etag: str, run_id: str) -> dict[str, Any]:
 
 
 @engine.step()
-def detect_uploaded_images(detection_ids: list[int], run_id: str) -> dict[str, Any]:
+def detect_uploaded_images(detection_ids: list[int], run_id: str,
+                           keys: list[str] | None = None) -> dict[str, Any]:
     """Detect a batch of uploads whose detection events are logged, open the human loops they need, notify
-    each: one recorded step whose output has each image's summary."""
-    done = _detect_all(detections.read_events(detection_ids), run_id)
+    each: one recorded step whose output has each image's summary (see :func:`detect_uploads`)."""
+    done = detect_uploads(detection_ids, run_id, keys)
     upload_batches().detected(run_id)  # the next upload after a quiet spell starts its run at once
-    return {"detections": [{**_summary(item), "notification": item["notification"]} for item in done]}
+    return done
+
+
+def detect_uploads(detection_ids: list[int], run_id: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """The work of :func:`detect_uploaded_images` (``keys``: the uploads' keys, in the order of ``detection_ids``).
+    An event deleted since its upload is not detected: it is logged and listed under ``missing`` (its id and
+    key), and the others are detected as usual; ``keys`` of the output are those detected, in the order of
+    ``detections``."""
+    events = detections.read_events(detection_ids)
+    found = {event["id"] for event in events}
+    key_of = dict(zip(detection_ids, keys or [], strict=False))
+    missing = [{"detection_id": event_id, "key": key_of.get(event_id), "status": "MISSING",
+                "status_message": "its detection event was deleted before the batch was detected"}
+               for event_id in detection_ids if event_id not in found]
+    for item in missing:
+        log.warning("detection event of an upload gone before its batch was detected; the others are detected",
+                    extra={"detection_id": item["detection_id"], "key": item["key"], "run_id": run_id})
+    done = _detect_all(events, run_id) if events else []
+    return {"keys": [event["object_key"] for event in events],
+            "detections": [{**_summary(item), "notification": item["notification"]} for item in done],
+            "missing": missing}
 
 
 def _summary(done: dict[str, Any]) -> dict[str, Any]:
@@ -283,8 +309,10 @@ def object_created(event: dict[str, Any]) -> dict[str, Any]:
     for detection come in batches (``{"uploads": [{"key", "etag", "source", "detection_id"}, …]}``, see
     ``loop/batches.py``), detected in one recorded step; a run of an earlier version detects one ``key``."""
     if "uploads" in event:  # a batch of uploads for detection, their events logged as they arrived
-        done = detect_uploaded_images([upload["detection_id"] for upload in event["uploads"]], DBOS.workflow_id)
-        return {"branch": "detection", "keys": [upload["key"] for upload in event["uploads"]], **done}
+        uploads = event["uploads"]
+        done = detect_uploaded_images([upload["detection_id"] for upload in uploads], DBOS.workflow_id,
+                                      [upload["key"] for upload in uploads])
+        return {"branch": "detection", "keys": [upload["key"] for upload in uploads], **done}
     if event["key"].startswith(DETECTION_FOLDER):
         done = detect_uploaded_image(event["key"], event["etag"], DBOS.workflow_id)
         return {**_route(event), **_summary(done)}
