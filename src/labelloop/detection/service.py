@@ -330,6 +330,18 @@ def waiting_event_ids() -> list[int]:
             DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id)))
 
 
+def waiting_uploads() -> list[dict[str, Any]]:
+    """:func:`waiting_event_ids` as the members of a batch of uploads (``{"key", "etag", "source",
+    "detection_id"}`` each, oldest first): a newly serving version detects them in batches."""
+    with db.session() as session:
+        rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.source,
+                                      DetectionEvent.id).where(
+            DetectionEvent.status.in_((DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.FAILED)),
+            DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id))
+        return [{"key": key, "etag": etag, "source": source, "detection_id": event_id}
+                for key, etag, source, event_id in rows]
+
+
 def mark_failed(event_id: int, version: str, runs: list[str]) -> None:
     """A detection left waiting whose runs all failed while ``version`` served: FAILED, saying so and what the
     user can do, instead of waiting for a model that is there. A repeat changes nothing."""

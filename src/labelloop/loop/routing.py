@@ -63,6 +63,7 @@ TRAINING_DATA_RUN_PREFIX = "training-data-"
 WAITING_RUN_PREFIX = "detect-waiting-"
 AGAIN_RUN_PREFIX = "detect-again-"
 REDETECT_RUN_PREFIX = "redetect-"
+WAITING_BATCH_PREFIX = f"{DETECTION_RUN_PREFIX}waiting-"
 
 
 # ── run ids: the same event never starts two runs ────────────────────────────
@@ -89,6 +90,12 @@ def parameter_change_run_id(name: str, version: int) -> str:
 def waiting_detection_run_id(event_id: int, model_version: str | None) -> str:
     """The run that detects a waiting image with the version that now serves."""
     return f"{WAITING_RUN_PREFIX}{event_id}-{model_version}"
+
+
+def waiting_batch_run_id(model_version: str | None, uploads: list[dict[str, Any]]) -> str:
+    """The run that detects a batch of images that waited for a model, with the version that now serves (an
+    "object created" run: the detection branch, the same steps as a batch of uploads)."""
+    return f"{WAITING_BATCH_PREFIX}{model_version}-{uploads[0]['detection_id']}-{len(uploads)}"
 
 
 def detect_again_run_id(previous_event_id: int, model_version: str | None) -> str:
@@ -326,12 +333,35 @@ def detect_waiting_image(event_id: int) -> dict[str, Any]:
 
 
 def queue_waiting_detections() -> dict[str, Any]:
-    """Queue a detection run for every image still waiting for a model (called from a workflow)."""
+    """Queue the detection of every image still waiting for a model (called from a workflow): in batches, each
+    one "object created" run as uploads that arrive together get (``waiting_batch_run_id``); a deploy recorded
+    before batches (its step's output has no ``uploads``) queues one run per image, as it did."""
     waiting = detection.find_waiting_detections()
-    for event_id in waiting["detection_ids"]:
-        engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
-                       workflow_id=waiting_detection_run_id(event_id, waiting["model_version"]))
-    return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}
+    version = waiting["model_version"]
+    if "uploads" not in waiting:
+        for event_id in waiting["detection_ids"]:
+            engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
+                           workflow_id=waiting_detection_run_id(event_id, version))
+        return {"queued": len(waiting["detection_ids"]), "model_version": version}
+    uploads, size = waiting["uploads"], waiting["batch_size"]
+    runs = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": uploads[start:start + size]},
+                           workflow_id=waiting_batch_run_id(version, uploads[start:start + size]))
+            for start in range(0, len(uploads), size)]
+    return {"queued": len(uploads), "runs": len(runs), "model_version": version}
+
+
+def waiting_detections_in_flight() -> set[int]:
+    """The detection events that a batch of waiting images queued at a deploy is detecting now."""
+    runs = DBOS.list_workflows(name=OBJECT_CREATED, status=list(IN_FLIGHT), workflow_id_prefix=WAITING_BATCH_PREFIX,
+                               load_input=True, load_output=False)
+    return {upload["detection_id"] for run in runs for upload in _batch_uploads(run.input)}
+
+
+def _batch_uploads(given: Any) -> list[dict[str, Any]]:
+    """The uploads of an "object created" run's input (none for a run of one object)."""
+    args = given.get("args") if isinstance(given, dict) else None
+    event = args[0] if args else None
+    return event.get("uploads") or [] if isinstance(event, dict) else []
 
 
 IN_FLIGHT = ("PENDING", "ENQUEUED")
@@ -349,7 +379,10 @@ def detections_to_retry() -> list[dict[str, Any]]:
     if version is None:
         return []
     wanted = []
+    batched = waiting_detections_in_flight()
     for event_id, first_run in detection.waiting_events():
+        if event_id in batched:
+            continue  # a batch queued at the deploy is detecting it
         base = waiting_detection_run_id(event_id, version)
         tried = [base, *(f"{base}-retry-{n}" for n in range(1, get_settings().stranded_detection_retries + 1))]
         if first_run and upload_batches().holds(first_run):
