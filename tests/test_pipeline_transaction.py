@@ -4,7 +4,8 @@ inference is given, as the serving model would answer)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 
 from labelloop import db
 from labelloop.detection import service as detections
+from labelloop.detection import silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.loop import routing
 from labelloop.modeling.models import ModelVersion
@@ -140,3 +142,49 @@ def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
     again = routing.detect_uploads([u["id"] for u in gone], "detection-run-gone", [u["object_key"] for u in gone])
     assert again["detections"] == [] and again["keys"] == []
     assert [item["key"] for item in again["missing"]] == [u["object_key"] for u in gone]
+
+
+def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch reads the silent-error estimate once (again after each audit it opens); the routes are those of
+    the same images routed one transaction each, on a copy of the same database."""
+    db.init(f"sqlite:///{tmp_path / 'batch.db'}")
+    with db.session() as session:
+        parameters.ensure_defaults(session=session)
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={}))
+    for i in range(25):  # audits opened before: the audit rate is below 1, so some images are audited, some not
+        earlier = detections.record_arrival(f"images_for_detection/old/{i}.jpg", f"{i:032x}", "detection-old")
+        with db.session() as session:
+            event = session.get(DetectionEvent, earlier["id"])
+            event.status, event.model_version, event.label, event.confidence = "DETECTED", "v1", "cat", 95.0
+            event.threshold, event.routing_rule, event.sampled = 70.0, "audit", True
+            if i < 12:  # answered: one in four wrong
+                event.human_label, event.human_answered_at = ("dog" if i % 4 == 0 else "cat"), db.utcnow()
+    events = [detections.record_arrival(f"images_for_detection/new/{i}.jpg", f"{i + 100:032x}", "detection-new")
+              for i in range(60)]
+    confidence = {event["id"]: (99.5, 88.0, 76.0, 40.0)[i % 4] for i, event in enumerate(events)}
+    monkeypatch.setattr(detections, "infer_all", lambda evs: [answered(confidence[e["id"]]) for e in evs])
+    db.close()
+    shutil.copy(tmp_path / "batch.db", tmp_path / "one_by_one.db")
+    reads = []
+    estimate = silent_errors.estimate_with_audits
+    monkeypatch.setattr(silent_errors, "estimate_with_audits", lambda *a, **k: reads.append(1) or estimate(*a, **k))
+
+    def routes(run: Callable[[], object], database: str) -> tuple[list[tuple[object, ...]], int]:
+        db.init(f"sqlite:///{tmp_path / database}")
+        reads.clear()
+        run()
+        with db.session() as session:
+            found = [session.get(DetectionEvent, event["id"]) for event in events]
+            loops = session.scalar(select(func.count(HumanLoop.id)))
+            rows = [(e.status, e.routing_rule, e.threshold, e.review_reason, e.sampled) for e in found]
+        db.close()
+        return [*rows, ("loops", loops)], len(reads)
+
+    batch, batch_reads = routes(lambda: routing._detect_all(events, "detection-new"), "batch.db")
+    alone, alone_reads = routes(lambda: [routing._detect_now(event, "detection-new") for event in events],
+                                "one_by_one.db")
+    assert batch == alone
+    rules = [row[1] for row in batch[:-1]]
+    assert {"audit", "auto-accepted", "below-confidence"} <= set(rules), rules
+    assert batch_reads == rules.count("audit") + 1 < alone_reads, (batch_reads, alone_reads)

@@ -299,11 +299,30 @@ def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Sess
         target = 0.0
     review = bool(event.human_review_enabled)
     if target > 0 and review and event.confidence >= base:  # otherwise the seed's rule alone decides
-        found, audits = silent_errors.estimate_with_audits(event.model_version, target, session=session)
+        found, audits = _estimate(event.model_version, target, session=session)
     else:
         found, audits = silent_errors.estimate_from(event.model_version, target, [], 0), []
-    return silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
-                               review=review, found=found, audits=audits, new=bool(event.new_stratum))
+    decided = silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
+                                  review=review, found=found, audits=audits, new=bool(event.new_stratum))
+    if decided.rule == silent_errors.Rule.AUDIT:  # one more audit opened: the next estimate counts it
+        session.info.get(VERSION_READS, {}).pop(("estimate", event.model_version, target), None)
+    return decided
+
+
+def _estimate(version: str, target: float, *,
+              session: Session) -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
+    """``silent_errors.estimate_with_audits``, read once per batch (after :func:`read_versions_once`) for a version
+    without a warm start: its estimate reads the answered audits and how many were opened, and within a batch
+    only an audit routed here changes those (``decide_route`` then forgets it). A warm start's estimate also
+    counts every auto-accepted detection, so it is read for each image. Parity with image-by-image routing:
+    ``tests/test_pipeline_transaction.py``."""
+    memo = session.info.get(VERSION_READS)
+    if memo is None or _of_version("warm_start", ModelVersion.warm_start, version, session=session):
+        return silent_errors.estimate_with_audits(version, target, session=session)
+    key = ("estimate", version, target)
+    if key not in memo:
+        memo[key] = silent_errors.estimate_with_audits(version, target, session=session)
+    return memo[key]
 
 
 def needs_human_review(event: dict[str, Any]) -> bool:
