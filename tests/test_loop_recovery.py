@@ -76,16 +76,29 @@ def test_kill_during_a_burst_of_uploads_loses_and_doubles_nothing(server: Server
 
 
 def test_images_that_arrive_before_any_model_are_detected_once_one_serves(server: Server) -> None:
+    """...in batches at the deploy: the waiting images share one detection run, each its own event."""
+    early = ["images_for_detection/early.png", "images_for_detection/early_2.png", "images_for_detection/early_3.png"]
     with server.client() as api:
-        api.put("/objects/images_for_detection/early.png", content=smile_logo(77))
-        wait_until(lambda: [e for e in api.get("/detections").json() if e["status"] == "WAITING_FOR_MODEL"], 30,
-                   message="a waiting detection")
+        for i, key in enumerate(early):
+            api.put(f"/objects/{key}", content=smile_logo(77 + i))
+        wait_until(lambda: len([e for e in api.get("/detections").json() if e["status"] == "WAITING_FOR_MODEL"]) == 3,
+                   30, message="three waiting detections")
         feed = wait_until(lambda: api.get("/notifications", params={"event_type": "detection.waiting_for_model"})
                           .json(), 30, message="the waiting notification")
         assert "will be detected as soon as one serves" in feed[0]["message"]
         upload_training_set(api, 5)
         server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
-        event = wait_until(lambda: next((e for e in api.get("/detections").json()
-                                         if e["status"] == "DETECTED"), None), 60, message="the early image detected")
-        assert event["object_key"] == "images_for_detection/early.png" and event["model_version"] == "v1"
-        assert len(api.get("/detections").json()) == 1
+        def all_detected() -> list[dict] | None:
+            found = api.get("/detections").json()
+            return found if [e["status"] for e in found] == ["DETECTED"] * len(early) else None
+
+        events = wait_until(all_detected, 60, message="the early images detected")
+        assert sorted(e["object_key"] for e in events) == sorted(early)
+        assert {e["model_version"] for e in events} == {"v1"} and len(events) == 3, "one event each, no second"
+        runs = api.get("/runs", params={"branch": "Detection", "limit": 100}).json()
+        assert not [r for r in runs if r["name"] == "detect_waiting_image"], "no run per waiting image"
+        batch = [r for r in runs if r["id"].startswith("detection-waiting-v1-")]
+        assert len(batch) == 1 and batch[0]["name"] == "object_created", [r["id"] for r in runs]
+        detail = server.wait_run(batch[0]["id"])
+        assert detail["status"] == "SUCCESS" and sorted(detail["output"]["keys"]) == sorted(early)
+        assert sorted(api.get(f"/runs/{batch[0]['id']}").json()["object_keys"]) == sorted(early)

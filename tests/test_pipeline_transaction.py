@@ -4,7 +4,8 @@ inference is given, as the serving model would answer)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 
 from labelloop import db
 from labelloop.detection import service as detections
+from labelloop.detection import silent_errors
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.loop import routing
 from labelloop.modeling.models import ModelVersion
@@ -106,3 +108,83 @@ def test_a_part_written_by_another_execution_is_found_not_repeated(database: Non
     done = routing._detect_now(event, "detection-run-d")
     assert done["notification"] == earlier and done["human_loop"] is not None
     assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)
+
+
+def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
+        database: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An upload's detection event deleted before its batch's run read it: the run detects the rest and records
+    the missing one (id and key) in its output; that upload's summary says so."""
+    uploads = [detections.record_arrival(f"images_for_detection/{name}.jpg", name * 32, "detection-run-batch")
+               for name in "fgh"]
+    with db.session() as session:
+        session.delete(session.get(DetectionEvent, uploads[1]["id"]))
+    monkeypatch.setattr(detections, "infer_all", lambda events: [answered(97.0) for _ in events])
+    ids, keys = [u["id"] for u in uploads], [u["object_key"] for u in uploads]
+    with caplog.at_level("WARNING", logger="labelloop.loop.routing"):
+        done = routing.detect_uploads(ids, "detection-run-batch", keys)
+    assert done["keys"] == [keys[0], keys[2]]
+    assert [item["detection_id"] for item in done["detections"]] == [ids[0], ids[2]]
+    assert [item["status"] for item in done["detections"]] == [DetectionStatus.DETECTED] * 2
+    assert done["missing"] == [{"detection_id": ids[1], "key": keys[1], "status": "MISSING",
+                                "status_message": "its detection event was deleted before the batch was detected"}]
+    logged = [r for r in caplog.records if getattr(r, "detection_id", None) == ids[1]]
+    assert logged and logged[0].key == keys[1] and logged[0].run_id == "detection-run-batch"
+    output = {"branch": "detection", **done}
+    assert routing.upload_summary(output, keys[1])["status"] == "MISSING"
+    assert routing.upload_summary(output, keys[2])["detection_id"] == ids[2]
+    assert counts(ids[0])[0] == counts(ids[2])[0] == DetectionStatus.DETECTED
+
+    gone = [detections.record_arrival(f"images_for_detection/{name}.jpg", name * 32, "detection-run-gone")
+            for name in "ij"]
+    with db.session() as session:  # every event of a batch gone: nothing to detect, all listed
+        for item in gone:
+            session.delete(session.get(DetectionEvent, item["id"]))
+    again = routing.detect_uploads([u["id"] for u in gone], "detection-run-gone", [u["object_key"] for u in gone])
+    assert again["detections"] == [] and again["keys"] == []
+    assert [item["key"] for item in again["missing"]] == [u["object_key"] for u in gone]
+
+
+def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch reads the silent-error estimate once (again after each audit it opens); the routes are those of
+    the same images routed one transaction each, on a copy of the same database."""
+    db.init(f"sqlite:///{tmp_path / 'batch.db'}")
+    with db.session() as session:
+        parameters.ensure_defaults(session=session)
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={}))
+    for i in range(25):  # audits opened before: the audit rate is below 1, so some images are audited, some not
+        earlier = detections.record_arrival(f"images_for_detection/old/{i}.jpg", f"{i:032x}", "detection-old")
+        with db.session() as session:
+            event = session.get(DetectionEvent, earlier["id"])
+            event.status, event.model_version, event.label, event.confidence = "DETECTED", "v1", "cat", 95.0
+            event.threshold, event.routing_rule, event.sampled = 70.0, "audit", True
+            if i < 12:  # answered: one in four wrong
+                event.human_label, event.human_answered_at = ("dog" if i % 4 == 0 else "cat"), db.utcnow()
+    events = [detections.record_arrival(f"images_for_detection/new/{i}.jpg", f"{i + 100:032x}", "detection-new")
+              for i in range(60)]
+    confidence = {event["id"]: (99.5, 88.0, 76.0, 40.0)[i % 4] for i, event in enumerate(events)}
+    monkeypatch.setattr(detections, "infer_all", lambda evs: [answered(confidence[e["id"]]) for e in evs])
+    db.close()
+    shutil.copy(tmp_path / "batch.db", tmp_path / "one_by_one.db")
+    reads = []
+    estimate = silent_errors.estimate_with_audits
+    monkeypatch.setattr(silent_errors, "estimate_with_audits", lambda *a, **k: reads.append(1) or estimate(*a, **k))
+
+    def routes(run: Callable[[], object], database: str) -> tuple[list[tuple[object, ...]], int]:
+        db.init(f"sqlite:///{tmp_path / database}")
+        reads.clear()
+        run()
+        with db.session() as session:
+            found = [session.get(DetectionEvent, event["id"]) for event in events]
+            loops = session.scalar(select(func.count(HumanLoop.id)))
+            rows = [(e.status, e.routing_rule, e.threshold, e.review_reason, e.sampled) for e in found]
+        db.close()
+        return [*rows, ("loops", loops)], len(reads)
+
+    batch, batch_reads = routes(lambda: routing._detect_all(events, "detection-new"), "batch.db")
+    alone, alone_reads = routes(lambda: [routing._detect_now(event, "detection-new") for event in events],
+                                "one_by_one.db")
+    assert batch == alone
+    rules = [row[1] for row in batch[:-1]]
+    assert {"audit", "auto-accepted", "below-confidence"} <= set(rules), rules
+    assert batch_reads == rules.count("audit") + 1 < alone_reads, (batch_reads, alone_reads)

@@ -98,3 +98,40 @@ IDLE_SWEEPS = textwrap.dedent("""
 def test_sweeps_that_found_nothing_leave_only_the_newest_in_the_run_list(tmp_path: Path) -> None:
     # The sweep that queued an answer stays, as does the one kept (the running one); 3 idle ones are deleted.
     assert run_script(IDLE_SWEEPS, tmp_path) == [["sweeps", "3", "s2,s5"]]
+
+
+WAITING_IN_FLIGHT = textwrap.dedent("""
+    import os, sys, threading, time
+    os.environ["LABELLOOP_HOME"] = sys.argv[1]
+    from dbos import DBOS, SetWorkflowID
+    from labelloop.detection import service as detections
+    from labelloop.loop import routing
+
+    release = threading.Event()
+    detections.read_events = lambda ids: release.wait(60) and []  # a batch's step, held until checked
+
+    def upload(event_id: int) -> dict:
+        return {"key": f"images_for_detection/{event_id}.jpg", "etag": "e", "source": "upload",
+                "detection_id": event_id}
+
+    DBOS(config={"name": "waiting", "system_database_url": f"sqlite:///{sys.argv[1]}/system.sqlite"})
+    DBOS.launch()
+    waiting = [upload(7), upload(9)]
+    with SetWorkflowID(routing.waiting_batch_run_id("v1", waiting)):
+        deployed = DBOS.start_workflow(routing.object_created, {"uploads": waiting})
+    with SetWorkflowID("detection-0123456789abcdef"):  # uploads that arrived together: their events are not waiting
+        arrived = DBOS.start_workflow(routing.object_created, {"uploads": [upload(11)]})
+    time.sleep(0.5)
+    during = sorted(routing.waiting_detections_in_flight())
+    release.set()
+    deployed.get_result(), arrived.get_result()
+    after = sorted(routing.waiting_detections_in_flight())
+    print(f"in flight|{during}|{after}|{deployed.get_workflow_id()}")
+    DBOS.destroy()
+""")
+
+
+def test_the_sweep_knows_the_waiting_images_a_deploy_batch_is_detecting(tmp_path: Path) -> None:
+    """A deploy's batch of waiting images in flight covers its events (the sweep skips them); once it ended,
+    none; a batch of uploads never counts."""
+    assert run_script(WAITING_IN_FLIGHT, tmp_path) == [["in flight", "[7, 9]", "[]", "detection-waiting-v1-7-2"]]

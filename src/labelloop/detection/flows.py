@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from labelloop import engine
+from labelloop.config import get_settings
 from labelloop.detection import service
 from labelloop.modeling.endpoint import sync_serving
 from labelloop.notifications import service as notifications
@@ -79,8 +80,11 @@ def detection_message(detection: dict[str, Any], loop: dict[str, Any] | None,
 
 @engine.step()
 def find_waiting_detections() -> dict[str, Any]:
-    """The images still waiting for a model, and the version now serving them."""
-    return {"model_version": sync_serving(force=True), "detection_ids": service.waiting_event_ids()}
+    """The images still waiting for a model (their ids, and as members of upload batches), the version now
+    serving them, and how many one batch's run detects (recorded, so a replayed deploy queues the same runs)."""
+    uploads = service.waiting_uploads()
+    return {"model_version": sync_serving(force=True), "detection_ids": [item["detection_id"] for item in uploads],
+            "uploads": uploads, "batch_size": get_settings().upload_batch_size}
 
 
 def mark_failed(event_id: int, version: str, runs: list[str]) -> None:

@@ -149,7 +149,7 @@ def _queue_inference(event: dict[str, Any]) -> Outcome | tuple[bytes, Future[Com
     if event["status"] == DetectionStatus.DETECTED:
         return Outcome("recorded")
     try:
-        _, data = storage.get_object(event["object_key"])
+        data = storage.read_object(event["object_key"])
         return data, endpoint.submit_image_compared(data)
     except (ImageRejected, storage.ObjectNotFound) as exc:
         return Outcome("rejected", str(exc))
@@ -204,11 +204,12 @@ def read_event(event_id: int) -> dict[str, Any]:
 
 
 def read_events(event_ids: list[int]) -> list[dict[str, Any]]:
-    """Detection events by id, in the order of ``event_ids``, as :func:`as_dict` gives them."""
+    """Detection events by id, in the order of ``event_ids``, as :func:`as_dict` gives them; an id with no event
+    (deleted meanwhile) is left out: the caller tells which by the ids it gets back."""
     with db.session() as session:
         found = {event.id: as_dict(event) for event in
                  session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids)))}
-    return [found[event_id] for event_id in event_ids]
+    return [found[event_id] for event_id in event_ids if event_id in found]
 
 
 def detect_event(event_id: int) -> dict[str, Any]:
@@ -244,12 +245,33 @@ def base_threshold(label: str, version: str, values: dict[str, Any], *, session:
     minimum = values[parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE]
     if not values.get(parameters.USE_LABEL_ASSUMED_THRESHOLDS):
         return minimum, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE
-    evaluation = session.scalar(select(ModelVersion.evaluation).where(ModelVersion.version == version)) or {}
+    evaluation = _of_version("evaluation", ModelVersion.evaluation, version, session=session) or {}
     assumed = next((m.get("assumed_threshold") for m in evaluation.get("per_label") or [] if m["label"] == label),
                    None)
     if assumed is None:
         return minimum, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE
     return round(100 * assumed, 2), f"{label}'s assumed threshold"
+
+
+VERSION_READS = "detection.version_reads"  # session.info key: a batch's reads of model-version columns
+
+
+def read_versions_once(session: Session) -> None:
+    """Within ``session``, read each model version's evaluation and warm start once (a batch of detections
+    routes every image with the same few versions; they do not change while it is written)."""
+    session.info.setdefault(VERSION_READS, {})
+
+
+def _of_version(name: str, column: Any, version: str, *, session: Session) -> Any:
+    """``column`` (called ``name``) of model version ``version``, remembered for the session after
+    :func:`read_versions_once`."""
+    memo = session.info.get(VERSION_READS)
+    if memo is None:
+        return session.scalar(select(column).where(ModelVersion.version == version))
+    key = (name, version)
+    if key not in memo:
+        memo[key] = session.scalar(select(column).where(ModelVersion.version == version))
+    return memo[key]
 
 
 def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[str, Any], *,
@@ -259,8 +281,8 @@ def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[s
     None when ``version`` has no warm start."""
     # Only the replaced version's name: the stored warm start also holds the whole backtest, which the route
     # reads once (silent_errors.warm_of); this runs for every detection.
-    replaced = session.scalar(select(ModelVersion.warm_start["previous"].as_string())
-                              .where(ModelVersion.version == version))
+    replaced = _of_version("replaced", ModelVersion.warm_start["previous"].as_string(), version,
+                           session=session)
     if not replaced:
         return None
     if previous is None:
@@ -277,11 +299,30 @@ def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Sess
         target = 0.0
     review = bool(event.human_review_enabled)
     if target > 0 and review and event.confidence >= base:  # otherwise the seed's rule alone decides
-        found, audits = silent_errors.estimate_with_audits(event.model_version, target, session=session)
+        found, audits = _estimate(event.model_version, target, session=session)
     else:
         found, audits = silent_errors.estimate_from(event.model_version, target, [], 0), []
-    return silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
-                               review=review, found=found, audits=audits, new=bool(event.new_stratum))
+    decided = silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
+                                  review=review, found=found, audits=audits, new=bool(event.new_stratum))
+    if decided.rule == silent_errors.Rule.AUDIT:  # one more audit opened: the next estimate counts it
+        session.info.get(VERSION_READS, {}).pop(("estimate", event.model_version, target), None)
+    return decided
+
+
+def _estimate(version: str, target: float, *,
+              session: Session) -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
+    """``silent_errors.estimate_with_audits``, read once per batch (after :func:`read_versions_once`) for a version
+    without a warm start: its estimate reads the answered audits and how many were opened, and within a batch
+    only an audit routed here changes those (``decide_route`` then forgets it). A warm start's estimate also
+    counts every auto-accepted detection, so it is read for each image. Parity with image-by-image routing:
+    ``tests/test_pipeline_transaction.py``."""
+    memo = session.info.get(VERSION_READS)
+    if memo is None or _of_version("warm_start", ModelVersion.warm_start, version, session=session):
+        return silent_errors.estimate_with_audits(version, target, session=session)
+    key = ("estimate", version, target)
+    if key not in memo:
+        memo[key] = silent_errors.estimate_with_audits(version, target, session=session)
+    return memo[key]
 
 
 def needs_human_review(event: dict[str, Any]) -> bool:
@@ -306,6 +347,18 @@ def waiting_event_ids() -> list[int]:
         return list(session.scalars(select(DetectionEvent.id).where(
             DetectionEvent.status.in_((DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.FAILED)),
             DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id)))
+
+
+def waiting_uploads() -> list[dict[str, Any]]:
+    """:func:`waiting_event_ids` as the members of a batch of uploads (``{"key", "etag", "source",
+    "detection_id"}`` each, oldest first): a newly serving version detects them in batches."""
+    with db.session() as session:
+        rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.source,
+                                      DetectionEvent.id).where(
+            DetectionEvent.status.in_((DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.FAILED)),
+            DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id))
+        return [{"key": key, "etag": etag, "source": source, "detection_id": event_id}
+                for key, etag, source, event_id in rows]
 
 
 def mark_failed(event_id: int, version: str, runs: list[str]) -> None:

@@ -77,7 +77,9 @@ DEPLOY_STATES = (
     State("stop_previous_version", "Stop previous version", skipped_if=lambda out: get(out, "stopped") is None),
     State("find_waiting_detections", "Find waiting detections"),
     State(routing.DETECT_WAITING_IMAGE, "Detect waiting images",
-          note="One detection run per image that arrived while no model served."),
+          note="The images that arrived while no model served, detected in batches (one detection run each; "
+               "deploys recorded before batches: one run per image).",
+          steps=(routing.DETECT_WAITING_IMAGE, routing.OBJECT_CREATED)),
 )
 DEPLOY_IDS = tuple(state.id for state in DEPLOY_STATES)
 

@@ -65,6 +65,7 @@ TRAINING_DATA_RUN_PREFIX = "training-data-"
 WAITING_RUN_PREFIX = "detect-waiting-"
 AGAIN_RUN_PREFIX = "detect-again-"
 REDETECT_RUN_PREFIX = "redetect-"
+WAITING_BATCH_PREFIX = f"{DETECTION_RUN_PREFIX}waiting-"
 
 
 # ── run ids: the same event never starts two runs ────────────────────────────
@@ -91,6 +92,12 @@ def parameter_change_run_id(name: str, version: int) -> str:
 def waiting_detection_run_id(event_id: int, model_version: str | None) -> str:
     """The run that detects a waiting image with the version that now serves."""
     return f"{WAITING_RUN_PREFIX}{event_id}-{model_version}"
+
+
+def waiting_batch_run_id(model_version: str | None, uploads: list[dict[str, Any]]) -> str:
+    """The run that detects a batch of images that waited for a model, with the version that now serves (an
+    "object created" run: the detection branch, the same steps as a batch of uploads)."""
+    return f"{WAITING_BATCH_PREFIX}{model_version}-{uploads[0]['detection_id']}-{len(uploads)}"
 
 
 def detect_again_run_id(previous_event_id: int, model_version: str | None) -> str:
@@ -171,10 +178,14 @@ def _join_detection_batch(info: ObjectInfo, source: str) -> tuple[str | None, bo
 
 def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
     """What an "object created" run's output says of the upload at ``key``: a batch's output has one summary per
-    key (``keys`` and ``detections`` in the same order); a run of one object is its own summary."""
+    key (``keys`` and ``detections`` in the same order) and lists the uploads whose event was gone (``missing``);
+    a run of one object is its own summary."""
     output = output or {}
     keys = output.get("keys") or []
-    return output["detections"][keys.index(key)] if key in keys else output
+    if key in keys:
+        return output["detections"][keys.index(key)]
+    gone = next((item for item in output.get("missing") or [] if item.get("key") == key), None)
+    return gone if gone is not None else output
 
 
 def _queue_batch(run_id: str, members: list[dict[str, Any]]) -> str:
@@ -221,6 +232,7 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
     try:
         with db.session() as session:
             detections.load_events([event["id"] for event in events], session=session)
+            detections.read_versions_once(session)
             values = parameters.values(session=session)
             written = [_write_detection(event, outcome, run_id, session, values)
                        for event, outcome in zip(events, outcomes, strict=True)]
@@ -264,12 +276,33 @@ def detect_uploaded_image(key: str, etag: str, run_id: str) -> dict[str, Any]:
 
 
 @engine.step()
-def detect_uploaded_images(detection_ids: list[int], run_id: str) -> dict[str, Any]:
+def detect_uploaded_images(detection_ids: list[int], run_id: str,
+                           keys: list[str] | None = None) -> dict[str, Any]:
     """Detect a batch of uploads whose detection events are logged, open the human loops they need, notify
-    each: one recorded step whose output has each image's summary."""
-    done = _detect_all(detections.read_events(detection_ids), run_id)
+    each: one recorded step whose output has each image's summary (see :func:`detect_uploads`)."""
+    done = detect_uploads(detection_ids, run_id, keys)
     upload_batches().detected(run_id)  # the next upload after a quiet spell starts its run at once
-    return {"detections": [{**_summary(item), "notification": item["notification"]} for item in done]}
+    return done
+
+
+def detect_uploads(detection_ids: list[int], run_id: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """The work of :func:`detect_uploaded_images` (``keys``: the uploads' keys, in the order of ``detection_ids``).
+    An event deleted since its upload is not detected: it is logged and listed under ``missing`` (its id and
+    key), and the others are detected as usual; ``keys`` of the output are those detected, in the order of
+    ``detections``."""
+    events = detections.read_events(detection_ids)
+    found = {event["id"] for event in events}
+    key_of = dict(zip(detection_ids, keys or [], strict=False))
+    missing = [{"detection_id": event_id, "key": key_of.get(event_id), "status": "MISSING",
+                "status_message": "its detection event was deleted before the batch was detected"}
+               for event_id in detection_ids if event_id not in found]
+    for item in missing:
+        log.warning("detection event of an upload gone before its batch was detected; the others are detected",
+                    extra={"detection_id": item["detection_id"], "key": item["key"], "run_id": run_id})
+    done = _detect_all(events, run_id) if events else []
+    return {"keys": [event["object_key"] for event in events],
+            "detections": [{**_summary(item), "notification": item["notification"]} for item in done],
+            "missing": missing}
 
 
 def _summary(done: dict[str, Any]) -> dict[str, Any]:
@@ -285,8 +318,10 @@ def object_created(event: dict[str, Any]) -> dict[str, Any]:
     for detection come in batches (``{"uploads": [{"key", "etag", "source", "detection_id"}, …]}``, see
     ``loop/batches.py``), detected in one recorded step; a run of an earlier version detects one ``key``."""
     if "uploads" in event:  # a batch of uploads for detection, their events logged as they arrived
-        done = detect_uploaded_images([upload["detection_id"] for upload in event["uploads"]], DBOS.workflow_id)
-        return {"branch": "detection", "keys": [upload["key"] for upload in event["uploads"]], **done}
+        uploads = event["uploads"]
+        done = detect_uploaded_images([upload["detection_id"] for upload in uploads], DBOS.workflow_id,
+                                      [upload["key"] for upload in uploads])
+        return {"branch": "detection", "keys": [upload["key"] for upload in uploads], **done}
     if event["key"].startswith(DETECTION_FOLDER):
         done = detect_uploaded_image(event["key"], event["etag"], DBOS.workflow_id)
         return {**_route(event), **_summary(done)}
@@ -300,12 +335,35 @@ def detect_waiting_image(event_id: int) -> dict[str, Any]:
 
 
 def queue_waiting_detections() -> dict[str, Any]:
-    """Queue a detection run for every image still waiting for a model (called from a workflow)."""
+    """Queue the detection of every image still waiting for a model (called from a workflow): in batches, each
+    one "object created" run as uploads that arrive together get (``waiting_batch_run_id``); a deploy recorded
+    before batches (its step's output has no ``uploads``) queues one run per image, as it did."""
     waiting = detection.find_waiting_detections()
-    for event_id in waiting["detection_ids"]:
-        engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
-                       workflow_id=waiting_detection_run_id(event_id, waiting["model_version"]))
-    return {"queued": len(waiting["detection_ids"]), "model_version": waiting["model_version"]}
+    version = waiting["model_version"]
+    if "uploads" not in waiting:
+        for event_id in waiting["detection_ids"]:
+            engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
+                           workflow_id=waiting_detection_run_id(event_id, version))
+        return {"queued": len(waiting["detection_ids"]), "model_version": version}
+    uploads, size = waiting["uploads"], waiting["batch_size"]
+    runs = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": uploads[start:start + size]},
+                           workflow_id=waiting_batch_run_id(version, uploads[start:start + size]))
+            for start in range(0, len(uploads), size)]
+    return {"queued": len(uploads), "runs": len(runs), "model_version": version}
+
+
+def waiting_detections_in_flight() -> set[int]:
+    """The detection events that a batch of waiting images queued at a deploy is detecting now."""
+    runs = DBOS.list_workflows(name=OBJECT_CREATED, status=list(IN_FLIGHT), workflow_id_prefix=WAITING_BATCH_PREFIX,
+                               load_input=True, load_output=False)
+    return {upload["detection_id"] for run in runs for upload in _batch_uploads(run.input)}
+
+
+def _batch_uploads(given: Any) -> list[dict[str, Any]]:
+    """The uploads of an "object created" run's input (none for a run of one object)."""
+    args = given.get("args") if isinstance(given, dict) else None
+    event = args[0] if args else None
+    return event.get("uploads") or [] if isinstance(event, dict) else []
 
 
 IN_FLIGHT = ("PENDING", "ENQUEUED")
@@ -323,7 +381,10 @@ def detections_to_retry() -> list[dict[str, Any]]:
     if version is None:
         return []
     wanted = []
+    batched = waiting_detections_in_flight()
     for event_id, first_run in detection.waiting_events():
+        if event_id in batched:
+            continue  # a batch queued at the deploy is detecting it
         base = waiting_detection_run_id(event_id, version)
         tried = [base, *(f"{base}-retry-{n}" for n in range(1, get_settings().stranded_detection_retries + 1))]
         if first_run and upload_batches().holds(first_run):

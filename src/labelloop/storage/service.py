@@ -189,6 +189,12 @@ def get_object(key: str) -> tuple[ObjectInfo, bytes]:
     return info, backend().get(key)
 
 
+def read_object(key: str) -> bytes:
+    """An object's content alone: what detection reads (no metadata, so no second look at the file and its ETag)."""
+    validate_key(key)
+    return backend().get(key)
+
+
 def head_object(key: str) -> ObjectInfo:
     """An object's metadata."""
     validate_key(key)
