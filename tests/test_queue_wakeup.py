@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent("""
         return None
 
     # Every queue polled once a minute: only a wake-up can start a run within seconds.
-    engine.start(Settings(home=sys.argv[1], queue_polling_seconds=60, idle_queue_polling_seconds=60))
+    engine.start(Settings(home=sys.argv[1], database_url=sys.argv[2] if len(sys.argv) > 2 else None,
+                          queue_polling_seconds=60, idle_queue_polling_seconds=60))
     time.sleep(1.0)  # each worker is in its first sleep
     for name in (engine.OBJECT_EVENTS_QUEUE, engine.PARAMETERS_QUEUE, engine.OBJECT_EVENTS_QUEUE):
         seconds = finished(engine.enqueue(name, probe, 1), 10)
@@ -41,7 +42,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_a_run_queued_here_starts_at_once_and_others_wait_for_the_poll(tmp_path: Path) -> None:
-    lines = run_script(SCRIPT, tmp_path)
+    check(run_script(SCRIPT, tmp_path))
+
+
+def test_the_wakeup_on_a_postgresql_system_database(tmp_path: Path, postgres_database: str) -> None:
+    check(run_script(SCRIPT, tmp_path, postgres_database))
+
+
+def check(lines: list[list[str]]) -> None:
     woken = [float(seconds) for kind, _, seconds in lines if kind == "woken"]
     assert len(woken) == 3 and max(woken) < 5, lines  # was: up to the 60-s poll
     assert [seconds for kind, _, seconds in lines if kind == "unwoken"] == ["None"], lines  # polls really are rare
