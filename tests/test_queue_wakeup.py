@@ -1,5 +1,6 @@
-"""A run this process queues is taken at once, not at its queue's next poll (engine.Wakeup): the queue workers
-may then poll rarely, which is most of what an idle server costs (README Performance, sync detect)."""
+"""A run this process queues on the training, parameters or sampling queue is taken at once, not at the queue's
+next poll (engine.Wakeup); object-events is not woken (README Performance, sync detect: the upload pipeline's
+batches form while a run waits for its poll)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ SCRIPT = textwrap.dedent("""
     engine.start(Settings(home=sys.argv[1], database_url=sys.argv[2] if len(sys.argv) > 2 else None,
                           queue_polling_seconds=60, idle_queue_polling_seconds=60))
     time.sleep(1.0)  # each worker is in its first sleep
-    for name in (engine.OBJECT_EVENTS_QUEUE, engine.PARAMETERS_QUEUE, engine.OBJECT_EVENTS_QUEUE):
+    for name in (engine.TRAINING_QUEUE, engine.PARAMETERS_QUEUE, engine.SAMPLING_QUEUE, engine.PARAMETERS_QUEUE):
         seconds = finished(engine.enqueue(name, probe, 1), 10)
         print(f"woken|{name}|{seconds}")
-    # Queued behind the engine's back, as another process would: found only by the next poll.
-    seconds = finished(engine.queue(engine.OBJECT_EVENTS_QUEUE).enqueue(probe, 2).get_workflow_id(), 3)
+    # Queued behind the engine's back, as another process would, and on object-events: found at the next poll.
+    seconds = finished(engine.queue(engine.PARAMETERS_QUEUE).enqueue(probe, 2).get_workflow_id(), 3)
+    print(f"unwoken|{engine.PARAMETERS_QUEUE}|{seconds}")
+    seconds = finished(engine.enqueue(engine.OBJECT_EVENTS_QUEUE, probe, 3), 3)
     print(f"unwoken|{engine.OBJECT_EVENTS_QUEUE}|{seconds}")
     started = time.monotonic()
     engine.stop()
@@ -51,7 +54,7 @@ def test_the_wakeup_on_a_postgresql_system_database(tmp_path: Path, postgres_dat
 
 def check(lines: list[list[str]]) -> None:
     woken = [float(seconds) for kind, _, seconds in lines if kind == "woken"]
-    assert len(woken) == 3 and max(woken) < 5, lines  # was: up to the 60-s poll
-    assert [seconds for kind, _, seconds in lines if kind == "unwoken"] == ["None"], lines  # polls really are rare
+    assert len(woken) == 4 and max(woken) < 5, lines  # was: up to the 60-s poll
+    assert [seconds for kind, _, seconds in lines if kind == "unwoken"] == ["None", "None"], lines  # polls are rare
     [stopped] = [float(seconds) for kind, _, seconds in lines if kind == "stopped"]
     assert stopped < 5, lines  # the workers notice the stop though their period is a minute (DBOS waits 10 s each)

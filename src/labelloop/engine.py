@@ -45,6 +45,10 @@ TRAINING_QUEUE = "training"
 PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
+# Queues whose worker a run queued by this process wakes at once (`Wakeup`). Not object-events: woken, a lone
+# upload was detected 3.5× sooner (p50 61 against 211 ms), but the upload pipeline ran 4–20 % fewer images/s
+# in 4 of 4 rounds, its batches forming while a run waits for its poll (README Performance, sync detect).
+WOKEN_QUEUES = (TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
 # able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
 OBJECT_EVENTS_CONCURRENCY = 16
@@ -52,7 +56,7 @@ APP_NAME = "labelloop"
 
 _launched = False
 _queues: dict[str, Queue] = {}
-_wakeups: dict[str, Wakeup] = {}  # labelloop's queues by name: what wakes each one's worker in this process
+_wakeups: dict[str, Wakeup] = {}  # WOKEN_QUEUES by name: what wakes each one's worker in this process
 _liveness: Liveness | None = None
 # Every recorded step and workflow by name (the run graph checks its states against these).
 STEPS: dict[str, Callable[..., Any]] = {}
@@ -152,14 +156,15 @@ def _startup_chatter_at_debug() -> Any:
 
 
 class Wakeup:
-    """Stands in for DBOS's stop event in the worker thread of one of labelloop's queues, so that a run this
-    process queues is taken at once instead of at the worker's next poll (:func:`enqueue` calls :meth:`wake`).
+    """Stands in for DBOS's stop event in the worker thread of one of ``WOKEN_QUEUES``, so that a run this
+    process queues (a training check, a parameter change, a sampling) is taken at once instead of at the
+    worker's next poll (:func:`enqueue` calls :meth:`wake`).
 
     A DBOS queue worker sleeps between polls in ``stop_event.wait(period)`` and ends when that returns True;
-    here the sleep also ends on :meth:`wake` (returning False: poll now). Each poll costs some 3 ms of CPU
-    (the queue's row reloaded, its scopes listed, a dequeue transaction), so an idle server spends less the
-    less often it polls (README Performance); runs queued by another process, or waiting for a free place
-    under the queue's concurrency, are still found by the periodic poll.
+    here the sleep also ends on :meth:`wake` (returning False: poll now). Each poll costs some 3–4 ms of CPU
+    (the queue's row reloaded, its scopes listed, a dequeue transaction), so these queues can be polled
+    rarely; runs queued by another process, or waiting for a free place under the queue's concurrency, are
+    still found by the periodic poll.
     """
 
     STOP_CHECK_SECONDS = 0.5
@@ -192,8 +197,8 @@ _dbos_queue_worker = dbos_queue.queue_worker_thread
 
 
 def _queue_worker(stop_event: threading.Event, dbos: Any, queue: Queue) -> None:
-    """DBOS's queue worker, woken by :class:`Wakeup` when it works one of labelloop's queues."""
-    if queue.name in QUEUES:
+    """DBOS's queue worker, woken by :class:`Wakeup` when it works one of ``WOKEN_QUEUES``."""
+    if queue.name in WOKEN_QUEUES:
         wakeup = Wakeup(stop_event)
         _wakeups[queue.name] = wakeup
         _dbos_queue_worker(wakeup, dbos, queue)  # type: ignore[arg-type]  # it calls only wait() and is_set()
@@ -210,7 +215,7 @@ def _wake(queue_name: str) -> None:
 def _launch(config: DBOSConfig, listen: list[str] | None, poll: float, idle_poll: float) -> None:
     """Create and launch DBOS, then declare labelloop's queues: object-events polled every ``poll`` seconds,
     the three that take a run now and then (training, parameters, sampling) every ``idle_poll`` (at least
-    ``poll``); a run queued by this process wakes its queue's worker at once (:class:`Wakeup`)."""
+    ``poll``); a run queued by this process on one of those three wakes its worker at once (:class:`Wakeup`)."""
     idle_poll = max(poll, idle_poll)
     dbos_queue.queue_worker_thread = _queue_worker  # DBOS's queue manager starts each worker by this name
     DBOS(config=config)
