@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from profile_summary import thread_cpu
+
 from conftest import seed_backbone, server_env
 
 
@@ -37,17 +39,6 @@ def _free_port() -> int:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _thread_seconds(pid: int) -> dict[int, float]:
-    found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return found
 
 
 def _thread_names(pid: int) -> dict[int, str]:
@@ -78,14 +69,14 @@ def idle_share(polling: float, seconds: float, threads: bool = False) -> tuple[f
                 time.sleep(0.5)
         time.sleep(15)
         before, started = _cpu_seconds(server.pid), time.monotonic()
-        per_thread = _thread_seconds(server.pid)
+        per_thread = thread_cpu(server.pid)
         time.sleep(seconds)
         wall = time.monotonic() - started
         total = (_cpu_seconds(server.pid) - before) / wall
         shares: dict[str, float] = {}
         if threads:
             names = _thread_names(server.pid)
-            for tid, cpu in _thread_seconds(server.pid).items():
+            for tid, cpu in thread_cpu(server.pid).items():
                 name = re.sub(r"_\d+$", "_N", names.get(tid, "other"))
                 shares[name] = shares.get(name, 0.0) + (cpu - per_thread.get(tid, 0.0)) / wall
         return total, shares
