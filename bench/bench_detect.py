@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from photos import uploads  # noqa: E402
-from profile_summary import summarize  # noqa: E402
+from profile_summary import cpu_roles, summarize, thread_cpu, thread_names  # noqa: E402
 
 from conftest import Server, server_env, wait_until  # noqa: E402
 from labelloop.modeling.embedding import default_threads, session_options  # noqa: E402
@@ -356,15 +356,17 @@ def train(server: Server, api: httpx.Client, quantize: bool = False) -> None:
 
 
 @contextmanager
-def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[None]:
-    """py-spy records the server while the block runs (raw collapsed stacks in bench/out/profile/NAME.txt).
+def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[dict[str, Any]]:
+    """py-spy records the server while the block runs (raw collapsed stacks in bench/out/profile/NAME.txt);
+    the caller may set ``box['images']`` to get each thread role's real CPU per image from /proc as well.
 
     Samples are wall-clock samples of active threads: under CPU contention a thread that is runnable but
     waiting for a core, or in SQLite waiting for its lock, counts too. (py-spy's ``--gil`` mode, which would
     count Python work only, put 90 % of the samples on the idle queue pollers here: not used.)
     """
+    box: dict[str, Any] = {}
     if not enabled:
-        yield
+        yield box
         return
     folder = OUT / "profile"
     folder.mkdir(parents=True, exist_ok=True)
@@ -373,15 +375,20 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[None]:
                                  "--rate", "100", "--threads", "--nonblocking"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
+    cpu_before = thread_cpu(pid)
     try:
-        yield
+        yield box
     finally:
+        cpu_after = thread_cpu(pid)
         recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
         _, err = recorder.communicate(timeout=60)
         if not out.is_file():
             raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-2000:]}")
+        text = out.read_text()
         print(f"\n── profile: {name} ──")
-        print(summarize(out.read_text()))
+        print(summarize(text))
+        if "images" in box:
+            print(cpu_roles(cpu_before, cpu_after, thread_names(text), box["images"]))
 
 
 # ── the run ──────────────────────────────────────────────────────────────────
@@ -407,10 +414,11 @@ def sync_phases(servers: list[Served], bodies: list[tuple[bytes, str]], args: ar
         for served in servers[turn:] + servers[:turn]:
             pid = served.server.process.pid
             suffix = f" [{served.name}]" if served.name else ""
-            with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}{served.name}"), \
+            with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}{served.name}") as spied, \
                     metered(pid, served.idle) as box:
                 row = drive_sync(served.server, served.token, bodies, clients, args.seconds)
                 box["images"], box["row"] = len(row.latencies), row
+                spied["images"] = len(row.latencies)
             row.phase += suffix
             rows[f"sync{clients}{served.name}"] = row
     return rows
@@ -545,12 +553,12 @@ def main() -> None:
 
 
 def start_server(pythonpath: str | None, home: Path) -> Server:
-    """A ``labelloop serve`` with the production polling defaults, set explicitly so that a `--server-src` of an
-    older checkout polls alike (the test suite polls faster), from
+    """A ``labelloop serve`` with its own code's production polling defaults (the test suite's faster polling
+    left out; a `--server-src` or `--compare-src` checkout polls as its code would in production), from
     ``pythonpath`` when given."""
     shutil.rmtree(home, ignore_errors=True)
-    env = server_env(LABELLOOP_LOG_LEVEL="WARNING", LABELLOOP_QUEUE_POLLING_SECONDS="0.2",
-                     LABELLOOP_SCHEDULER_POLLING_SECONDS="2.0")
+    env = {key: value for key, value in server_env(LABELLOOP_LOG_LEVEL="WARNING").items()
+           if not key.endswith("_POLLING_SECONDS")}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(str(Path(part).resolve()) for part in pythonpath.split(os.pathsep))
     return Server(home=home, env=env).start(timeout=300)

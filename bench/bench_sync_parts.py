@@ -5,7 +5,9 @@
 1. **bearer-token check** (SQLite, a consumer's token): the database check on a worker thread, as ``POST
    /detect`` does for a token it has not verified in the last 2 s; the same inline; the thread hop alone; a
    remembered token (``workforce.service.recent_tokens``);
-2. **decode and preprocess** of 64 real ~320-px JPEG photos (`bench/photos.py`): decode, resize, to array;
+2. **decode and preprocess** of 64 real ~320-px JPEG photos (`bench/photos.py`): decode, to array, and per input
+   view (crop, letterbox) the preprocessing and the whole `prepare`; with ``--compare-src SRC`` the same with
+   SRC's `images.py`, alternated (``--only-images`` runs this part alone);
 3. **the backbone** (`bench/out/detect-model.onnx`, written by bench_detect.py; skipped when missing) at the
    serving batches 1 and 8 and at 32, on two intra-op threads and on one;
 4. **the micro-batcher** (``--batcher-seconds``, 0 skips it): ``--clients`` threads each decode a photo on a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import statistics
 import sys
@@ -88,24 +91,56 @@ def token_parts(repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
-def image_parts(repeats: int) -> list[tuple[str, float]]:
-    from photos import uploads
+def load_images_module(src: Path | None) -> Any:
+    """``labelloop.modeling.images`` of this tree, or of another source tree ``src`` (loaded under another name,
+    beside this one: a before/after of decode and preprocess in the same run)."""
+    if src is None:
+        from labelloop.modeling import images
 
-    from labelloop.modeling import images
+        return images
+    spec = importlib.util.spec_from_file_location("compared_images", src / "labelloop" / "modeling" / "images.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no labelloop/modeling/images.py under {src}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def image_parts(repeats: int, images: Any, tag: str = "") -> list[tuple[str, float]]:
+    """Decode and preprocess of 64 real ~320-px photos, per photo: each view's resize and to-array apart."""
+    from photos import uploads
 
     photos = [data for _, _, data in uploads(64)]
     decoded = [images.decode_image(data) for data in photos]
-    resized = [image.resize((224, 224), images.RESAMPLE, box=images._crop_box(image.size, 1.0, 0.5, 0.5))
+    cropped = [image.resize((224, 224), images.RESAMPLE, box=images._crop_box(image.size, 1.0, 0.5, 0.5))
                for image in decoded]
+    boxed = [images.letterbox(image) for image in decoded]
 
     def per_photo(call: Callable[[int], Any]) -> float:
         return best_ms(lambda: [call(i) for i in range(len(photos))], 1, repeats) / len(photos)
 
-    return [("decode (open, load, EXIF, RGB)", per_photo(lambda i: images.decode_image(photos[i]))),
-            ("resize (bicubic, centre crop)", per_photo(lambda i: images.to_input(decoded[i]))
-             - per_photo(lambda i: images._to_array(resized[i]))),
-            ("to array ([-1, 1], CHW float32)", per_photo(lambda i: images._to_array(resized[i]))),
-            ("prepare, all of it", per_photo(lambda i: images.prepare(photos[i])))]
+    to_array = per_photo(lambda i: images._to_array(cropped[i]))
+    rows = [("decode (open, load, EXIF, RGB)", per_photo(lambda i: images.decode_image(photos[i]))),
+            ("to array ([-1, 1], CHW float32)", to_array)]
+    for view, name in (("orig", "crop"), ("letterbox", "letterbox")):
+        rows.append((f"{name}: to_input (resize, to array)",
+                     per_photo(lambda i, v=view: images.to_input(decoded[i], v))))
+        rows.append((f"{name}: prepare, all of it", per_photo(lambda i, v=view: images.prepare(photos[i], view=v))))
+    rows.append(("letterbox: the canvas alone (resize, border fill)",
+                 per_photo(lambda i: images.letterbox(decoded[i]))))
+    rows.append(("letterbox: the canvas to array", per_photo(lambda i: images._to_array(boxed[i]))))
+    return [(f"{name}{tag}", ms) for name, ms in rows]
+
+
+def compared_image_parts(repeats: int, rounds: int, src: Path) -> list[tuple[str, float]]:
+    """`image_parts` of this tree and of ``src`` alternated ``rounds`` times; the best of each row."""
+    this, other = load_images_module(None), load_images_module(src)
+    best: dict[str, float] = {}
+    for index in range(rounds):
+        for module, tag in ((this, ""), (other, " [compared]"))[::1 if index % 2 == 0 else -1]:
+            for name, ms in image_parts(repeats, module, tag):
+                best[name] = min(best.get(name, float("inf")), ms)
+    return sorted(best.items(), key=lambda item: item[0].replace(" [compared]", ""))
 
 
 def model_parts(repeats: int) -> list[tuple[str, float]]:
@@ -199,10 +234,20 @@ def main() -> None:
     parser.add_argument("--batcher-seconds", type=float, default=5.0, help="each micro-batcher phase (5; 0 skips)")
     parser.add_argument("--batcher-rounds", type=int, default=4, help="alternated micro-batcher rounds (4)")
     parser.add_argument("--only-batcher", action="store_true", help="run the micro-batcher part alone")
+    parser.add_argument("--only-images", action="store_true", help="run the decode and preprocess part alone")
+    parser.add_argument("--compare-src", type=Path, metavar="SRC",
+                        help="also time decode and preprocess with SRC/labelloop/modeling/images.py (e.g. a "
+                             "copy of main's src), alternated with this tree's, --image-rounds times")
+    parser.add_argument("--image-rounds", type=int, default=3, help="alternated rounds with --compare-src (3)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}")
+    if args.only_images:
+        args.batcher_seconds = 0
     if not args.only_batcher:
-        rows = token_parts(args.repeats) + image_parts(args.repeats) + model_parts(args.repeats)
+        image_rows = (compared_image_parts(args.repeats, args.image_rounds, args.compare_src) if args.compare_src
+                      else image_parts(args.repeats, load_images_module(None)))
+        rows = image_rows if args.only_images else \
+            token_parts(args.repeats) + image_rows + model_parts(args.repeats)
         print(f"{'part of a sync detect request':<58} {'CPU ms':>8}")
         for name, ms in rows:
             print(f"{name:<58} {ms:>8.3f}")

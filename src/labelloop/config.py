@@ -69,11 +69,13 @@ class Settings(BaseSettings):
     watch_folder: Path | None = Field(default=None, description="A drop folder whose files go into the bucket")
     scheduler_polling_seconds: float = Field(default=2.0, gt=0)
     # How often the object-events queue is polled. A look takes at most 16 runs (engine.OBJECT_EVENTS_CONCURRENCY),
-    # so at 0.5 s uploads could not start faster than 32 a second; the benchmarks measure 0.2 s. (When all 4
-    # queues were polled at this rate, 0.2 s cost an idle server 7.1 % of a core, 0.5 s 3.8 %.)
+    # so at 0.5 s uploads could not start faster than 32 a second; the benchmarks measure 0.2 s. Each poll costs
+    # some 3–4 ms of CPU: at 0.2 s 1.7–2.0 % of a core, most of an idle server's 3–3.6 % (README Performance).
     queue_polling_seconds: float = Field(default=0.2, gt=0)
     # The training, parameters and sampling queues take a run now and then; polling them as often as the
-    # object-events queue was 6 % of the upload pipeline's CPU (each poll a write transaction on SQLite).
+    # object-events queue was 6 % of the upload pipeline's CPU (each poll a write transaction on SQLite). A run
+    # a process queues on them itself wakes its worker at once (engine.Wakeup): the period delays only runs
+    # queued elsewhere or waiting for the one place each has.
     idle_queue_polling_seconds: float = Field(default=2.0, gt=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")

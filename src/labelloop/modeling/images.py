@@ -270,23 +270,45 @@ def _crop_box(size: tuple[int, int], fraction: float, ax: float, ay: float) -> t
     return (left, top, left + side, top + side)
 
 
+def _scaled(pixels: np.ndarray) -> np.ndarray:
+    """H×W×3 uint8 pixels to a C-contiguous 3×H×W float32 array in [-1, 1]: value / 127.5 - 1 in float32,
+    computed in place in the one array the model gets (no intermediate float arrays, no transposing copy)."""
+    out = np.array(pixels.transpose(2, 0, 1), dtype=np.float32, order="C")
+    out /= 127.5
+    out -= 1.0
+    return out
+
+
 def _to_array(image: Image.Image) -> np.ndarray:
-    arr = np.asarray(image, dtype=np.float32)
-    return np.ascontiguousarray((arr / 127.5 - 1.0).transpose(2, 0, 1))
+    return _scaled(np.asarray(image))
+
+
+def _border_fill(image: Image.Image) -> tuple[int, ...]:
+    """The mean colour of the image's border (top and bottom rows, left and right columns, corners counted
+    twice), rounded half to even: summed in integers from the four one-pixel strips alone, which gives the
+    same value as a float mean over the whole image's border without converting the whole image."""
+    width, height = image.size
+    strips = ((0, 0, width, 1), (0, height - 1, width, height), (0, 0, 1, height), (width - 1, 0, width, height))
+    total = sum(np.asarray(image.crop(box), dtype=np.int64).reshape(-1, 3).sum(axis=0) for box in strips)
+    return tuple(int(v) for v in np.rint(total / (2 * (width + height))))
+
+
+def _letterbox_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """`letterbox` as size×size×3 uint8 pixels."""
+    width, height = image.size
+    scale = size / max(width, height)
+    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+    left, top = (size - inner[0]) // 2, (size - inner[1]) // 2
+    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas[:] = _border_fill(image)
+    canvas[top:top + inner[1], left:left + inner[0]] = np.asarray(image.resize(inner, RESAMPLE))
+    return canvas
 
 
 def letterbox(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
     """The whole image, long side scaled to `size`, centred on a size×size canvas filled with the mean colour
     of the image's border (white for a logo on white, a neutral tone for a photo): nothing is cropped away."""
-    width, height = image.size
-    scale = size / max(width, height)
-    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
-    rgb = np.asarray(image, dtype=np.float64)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    fill = tuple(int(v) for v in np.rint(border.mean(axis=0)))
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(image.resize(inner, RESAMPLE), ((size - inner[0]) // 2, (size - inner[1]) // 2))
-    return canvas
+    return Image.fromarray(_letterbox_pixels(image, size), "RGB")
 
 
 def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> np.ndarray:
@@ -296,12 +318,12 @@ def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> 
     """
     fraction, ax, ay, flip = VIEWS[view]
     if fraction == 0:
-        out = letterbox(image, size)
+        pixels = _letterbox_pixels(image, size)
     else:
-        out = image.resize((size, size), RESAMPLE, box=_crop_box(image.size, fraction, ax, ay))
+        pixels = np.asarray(image.resize((size, size), RESAMPLE, box=_crop_box(image.size, fraction, ax, ay)))
     if flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return _to_array(out)
+        pixels = pixels[:, ::-1]
+    return _scaled(pixels)
 
 
 def prepare(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, view: str = "orig") -> np.ndarray:
