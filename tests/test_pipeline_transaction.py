@@ -187,4 +187,8 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
     assert batch == alone
     rules = [row[1] for row in batch[:-1]]
     assert {"audit", "auto-accepted", "below-confidence"} <= set(rules), rules
-    assert batch_reads == rules.count("audit") + 1 < alone_reads, (batch_reads, alone_reads)
+    # Read once, and again for the next confident image after each audit (none after the batch's last one); the
+    # audits are drawn from request ids, which differ run to run.
+    confident = [rule for rule, event in zip(rules, events, strict=True) if confidence[event["id"]] >= 70]
+    expected = rules.count("audit") + 1 - (confident[-1] == "audit")
+    assert batch_reads == expected < alone_reads, (batch_reads, expected, alone_reads)
