@@ -340,18 +340,10 @@ def is_audit(event: dict[str, Any]) -> bool:
     return event.get("routing_rule") == silent_errors.Rule.AUDIT
 
 
-def waiting_event_ids() -> list[int]:
-    """Detections a newly serving version should make: those still waiting for a model and those whose runs
-    failed under an earlier version, oldest first (a re-detection in flight is its own run's)."""
-    with db.session() as session:
-        return list(session.scalars(select(DetectionEvent.id).where(
-            DetectionEvent.status.in_((DetectionStatus.WAITING_FOR_MODEL, DetectionStatus.FAILED)),
-            DetectionEvent.previous_event_id.is_(None)).order_by(DetectionEvent.id)))
-
-
 def waiting_uploads() -> list[dict[str, Any]]:
-    """:func:`waiting_event_ids` as the members of a batch of uploads (``{"key", "etag", "source",
-    "detection_id"}`` each, oldest first): a newly serving version detects them in batches."""
+    """Detections a newly serving version should make: those still waiting for a model and those whose runs
+    failed under an earlier version, oldest first (a re-detection in flight is its own run's), as the members
+    of a batch of uploads (``{"key", "etag", "source", "detection_id"}`` each): it detects them in batches."""
     with db.session() as session:
         rows = session.execute(select(DetectionEvent.object_key, DetectionEvent.etag, DetectionEvent.source,
                                       DetectionEvent.id).where(
