@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -262,16 +263,21 @@ def read_versions_once(session: Session) -> None:
     session.info.setdefault(VERSION_READS, {})
 
 
+def _read_once(key: tuple[Any, ...], read: Callable[[], Any], *, session: Session) -> Any:
+    """``read()``, remembered under ``key`` for the session after :func:`read_versions_once` (else read each time)."""
+    memo = session.info.get(VERSION_READS)
+    if memo is None:
+        return read()
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
+
+
 def _of_version(name: str, column: Any, version: str, *, session: Session) -> Any:
     """``column`` (called ``name``) of model version ``version``, remembered for the session after
     :func:`read_versions_once`."""
-    memo = session.info.get(VERSION_READS)
-    if memo is None:
-        return session.scalar(select(column).where(ModelVersion.version == version))
-    key = (name, version)
-    if key not in memo:
-        memo[key] = session.scalar(select(column).where(ModelVersion.version == version))
-    return memo[key]
+    return _read_once((name, version), lambda: session.scalar(select(column).where(ModelVersion.version == version)),
+                      session=session)
 
 
 def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[str, Any], *,
@@ -316,13 +322,13 @@ def _estimate(version: str, target: float, *,
     only an audit routed here changes those (``decide_route`` then forgets it). A warm start's estimate also
     counts every auto-accepted detection, so it is read for each image. Parity with image-by-image routing:
     ``tests/test_pipeline_transaction.py``."""
-    memo = session.info.get(VERSION_READS)
-    if memo is None or _of_version("warm_start", ModelVersion.warm_start, version, session=session):
+    def read() -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
         return silent_errors.estimate_with_audits(version, target, session=session)
-    key = ("estimate", version, target)
-    if key not in memo:
-        memo[key] = silent_errors.estimate_with_audits(version, target, session=session)
-    return memo[key]
+
+    if VERSION_READS not in session.info or _of_version("warm_start", ModelVersion.warm_start, version,
+                                                         session=session):
+        return read()
+    return _read_once(("estimate", version, target), read, session=session)
 
 
 def needs_human_review(event: dict[str, Any]) -> bool:
