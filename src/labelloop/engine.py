@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -100,7 +100,9 @@ def start(settings: Settings, role: str = "serve") -> None:
         config["system_database_engine"] = sqlite_system_engine(settings.engine_database_url,
                                                                 2 * settings.database_pool_size)
     try:
-        with _startup_chatter_at_debug():
+        # DBOS's start-up lines (some 80 schema migrations, queue registrations) at debug level, so a start ends
+        # with labelloop's own banner instead of them.
+        with dbos_info_at_debug():
             _launch(config, listen, settings.queue_polling_seconds, settings.idle_queue_polling_seconds)
     except BaseException:
         liveness.close()
@@ -133,21 +135,26 @@ def sqlite_system_engine(url: str, pool_size: int) -> Engine:
 
 
 class _DebugLevel(logging.Filter):
-    """Turns a logger's INFO records into DEBUG ones, dropped unless the root logger shows DEBUG."""
+    """Turns a logger's INFO records (those whose message starts with ``prefix``) into DEBUG ones, dropped
+    unless the root logger shows DEBUG."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__()
+        self._prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO:
+        if record.levelno == logging.INFO and str(record.msg).startswith(self._prefix):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
 
 
 @contextlib.contextmanager
-def _startup_chatter_at_debug() -> Any:
-    """DBOS's start-up lines (some 80 schema migrations, queue registrations) at debug level, so a start
-    ends with labelloop's own banner instead of them; warnings and errors still show."""
+def dbos_info_at_debug(prefix: str = "") -> Iterator[None]:
+    """While inside, DBOS's INFO lines (those starting with ``prefix``; every one by default) at debug level;
+    warnings and errors still show."""
     chatter = logging.getLogger("dbos")
-    quiet = _DebugLevel()
+    quiet = _DebugLevel(prefix)
     chatter.addFilter(quiet)
     try:
         yield

@@ -9,39 +9,20 @@ runs that trained a model version: its page links to them for as long as the ver
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dbos import DBOS
+
+from labelloop import engine
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 # Runs deleted per transaction: small enough that a SQLite system database is not locked for long.
 PRUNE_CHUNK = 500
-
-
-class _DeletionListAtDebug(logging.Filter):
-    """DBOS logs every deleted run id at INFO: 500 ids a line, a line per chunk. Demoted to DEBUG here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO and str(record.msg).startswith("Deleting workflow(s)"):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger().isEnabledFor(logging.DEBUG)
-        return True
-
-
-@contextlib.contextmanager
-def _quiet_deletions() -> Iterator[None]:
-    quiet, dbos_log = _DeletionListAtDebug(), logging.getLogger("dbos")
-    dbos_log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        dbos_log.removeFilter(quiet)
 
 
 def cutoff_for(days: int, now: datetime | None = None) -> datetime:
@@ -71,7 +52,7 @@ def prune_finished_runs(days: int, pinned: Callable[[], Iterable[str]], *, chunk
                                     load_input=False, load_output=False)
         doomed = [run.workflow_id for run in found if run.workflow_id not in keep]
         if doomed:
-            with _quiet_deletions():
+            with engine.dbos_info_at_debug("Deleting workflow(s)"):  # DBOS logs every deleted id at INFO
                 DBOS.delete_workflows(doomed)
         pruned += len(doomed)
         kept.update(run.workflow_id for run in found if run.workflow_id in keep)
