@@ -19,12 +19,11 @@ from sqlalchemy import select
 from conftest import ADMIN_PASSWORD, Server
 from images import box_logo, smile_logo, upload_training_set
 from labelloop import db
-from labelloop.detection import warm_start
-from labelloop.modeling import endpoint
 from labelloop.modeling.images import prepare, view_key
 from labelloop.modeling.models import ModelVersion
 from labelloop.parameters import service as parameters
 from test_console_web import sign_in_client
+from test_silent_errors import assert_v2_starts_cold
 
 pytestmark = pytest.mark.timeout(600)
 VIEW = "Model-Input-View"
@@ -104,11 +103,4 @@ def test_a_version_on_another_input_view_starts_cold(database: None) -> None:
     """The previous head never sees the other view's embeddings: no backtest, and serving does not compare."""
     with db.session() as session:
         assert session.scalar(select(ModelVersion).where(ModelVersion.version == "v1")).input_view == "crop"
-        session.add(ModelVersion(version="v2", status="TRAINED", labels=["a", "b"], head=b"v2's head",
-                                 input_view="letterbox"))
-    assert warm_start.store("v2") is None
-    with db.session() as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
-        assert row.warm_start is None
-        row.warm_start = {"previous": "v1"}  # as if stored: the heads still read different views
-        assert endpoint._previous_head(row, session=session) is None
+    assert_v2_starts_cold(input_view="letterbox")

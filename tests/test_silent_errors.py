@@ -334,19 +334,25 @@ def test_a_warm_version_routes_by_the_stratum_of_each_detection(database: None) 
         assert [p["audits"] for p in plotted] == [1] and plotted[-1]["upper_bound"] == found.overall.upper_bound
 
 
-def test_a_version_on_another_backbone_starts_cold(database: None) -> None:
-    """An int8 twin (Quantize-Backbone) reads other embeddings than the fp32 version it replaces: no backtest,
-    and serving does not compare the heads (every detection counts as new, which is always valid)."""
+def assert_v2_starts_cold(**v2: typing.Any) -> None:
+    """A version v2 (with the ``v2`` columns) replacing v1 that reads other embeddings starts cold: no backtest
+    is stored, and serving does not compare the heads even if one were (every detection counts as new)."""
     with db.session() as session:
-        session.scalar(select(ModelVersion).where(ModelVersion.version == "v1")).head = b"v1's head"
-        session.add(ModelVersion(version="v2", status="TRAINED", labels=["a", "b"], head=b"v2's head",
-                                 backbone_fingerprint="int8-0123"))
+        session.add(ModelVersion(version="v2", status="TRAINED", labels=["a", "b"], head=b"v2's head", **v2))
     assert warm_start.store("v2") is None
     with db.session() as session:
         row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
         assert row.warm_start is None
         row.warm_start = {"previous": "v1"}  # as if stored: the heads still read different embeddings
         assert endpoint._previous_head(row, session=session) is None
+
+
+def test_a_version_on_another_backbone_starts_cold(database: None) -> None:
+    """An int8 twin (Quantize-Backbone) reads other embeddings than the fp32 version it replaces: no backtest,
+    and serving does not compare the heads (every detection counts as new, which is always valid)."""
+    with db.session() as session:
+        session.scalar(select(ModelVersion).where(ModelVersion.version == "v1")).head = b"v1's head"
+    assert_v2_starts_cold(backbone_fingerprint="int8-0123")
 
 
 class PixelMeans:
