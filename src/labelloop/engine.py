@@ -56,7 +56,10 @@ APP_NAME = "labelloop"
 
 _launched = False
 _queues: dict[str, Queue] = {}
-_wakeups: dict[str, Wakeup] = {}  # WOKEN_QUEUES by name: what wakes each one's worker in this process
+# WOKEN_QUEUES by name: set when this process queues a run there, cleared when the queue's worker polls. Made
+# before the workers start, so that a run queued before DBOS starts a worker (up to a second after launch) is
+# taken at its first poll, not a whole period later.
+_woken: dict[str, threading.Event] = {}
 _liveness: Liveness | None = None
 # Every recorded step and workflow by name (the run graph checks its states against these).
 STEPS: dict[str, Callable[..., Any]] = {}
@@ -165,10 +168,10 @@ def dbos_info_at_debug(prefix: str = "") -> Iterator[None]:
 class Wakeup:
     """Stands in for DBOS's stop event in the worker thread of one of ``WOKEN_QUEUES``, so that a run this
     process queues (a training check, a parameter change, a sampling) is taken at once instead of at the
-    worker's next poll (:func:`enqueue` calls :meth:`wake`).
+    worker's next poll (:func:`enqueue` sets the queue's ``woken`` event).
 
     A DBOS queue worker sleeps between polls in ``stop_event.wait(period)`` and ends when that returns True;
-    here the sleep also ends on :meth:`wake` (returning False: poll now). Each poll costs some 3–4 ms of CPU
+    here the sleep also ends when ``woken`` is set (returning False: poll now). Each poll costs some 3–4 ms of CPU
     (the queue's row reloaded, its scopes listed, a dequeue transaction), so these queues can be polled
     rarely; runs queued by another process, or waiting for a free place under the queue's concurrency, are
     still found by the periodic poll.
@@ -176,9 +179,9 @@ class Wakeup:
 
     STOP_CHECK_SECONDS = 0.5
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, woken: threading.Event) -> None:
         self._stop = stop
-        self._woken = threading.Event()
+        self._woken = woken
 
     def is_set(self) -> bool:
         """Whether DBOS is stopping (the worker then ends)."""
@@ -195,10 +198,6 @@ class Wakeup:
         self._woken.clear()  # a wake that comes after this still finds the run: it was queued before the poll
         return self._stop.is_set()
 
-    def wake(self) -> None:
-        """Make the worker poll now (or right after the poll it is doing)."""
-        self._woken.set()
-
 
 _dbos_queue_worker = dbos_queue.queue_worker_thread
 
@@ -206,17 +205,16 @@ _dbos_queue_worker = dbos_queue.queue_worker_thread
 def _queue_worker(stop_event: threading.Event, dbos: Any, queue: Queue) -> None:
     """DBOS's queue worker, woken by :class:`Wakeup` when it works one of ``WOKEN_QUEUES``."""
     if queue.name in WOKEN_QUEUES:
-        wakeup = Wakeup(stop_event)
-        _wakeups[queue.name] = wakeup
+        wakeup = Wakeup(stop_event, _woken[queue.name])
         _dbos_queue_worker(wakeup, dbos, queue)  # type: ignore[arg-type]  # it calls only wait() and is_set()
     else:
         _dbos_queue_worker(stop_event, dbos, queue)
 
 
 def _wake(queue_name: str) -> None:
-    wakeup = _wakeups.get(queue_name)
-    if wakeup is not None:
-        wakeup.wake()
+    woken = _woken.get(queue_name)
+    if woken is not None:
+        woken.set()
 
 
 def _launch(config: DBOSConfig, listen: list[str] | None, poll: float, idle_poll: float) -> None:
@@ -225,6 +223,7 @@ def _launch(config: DBOSConfig, listen: list[str] | None, poll: float, idle_poll
     ``poll``); a run queued by this process on one of those three wakes its worker at once (:class:`Wakeup`)."""
     idle_poll = max(poll, idle_poll)
     dbos_queue.queue_worker_thread = _queue_worker  # DBOS's queue manager starts each worker by this name
+    _woken.update({name: threading.Event() for name in WOKEN_QUEUES})
     DBOS(config=config)
     if listen is not None:
         DBOS.listen_queues(listen)
@@ -271,7 +270,7 @@ def stop() -> None:
         DBOS.destroy(destroy_registry=False)
     _launched = False
     _queues.clear()
-    _wakeups.clear()
+    _woken.clear()
     if _liveness is not None:
         _liveness.close()
     _liveness = None
