@@ -61,7 +61,7 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
     with server.client() as api:
         assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox"
         refused = api.put(f"/parameters/{VIEW}", json={"value": "square"})
-        assert refused.status_code == 422 and "one of letterbox, crop" in refused.text
+        assert refused.status_code == 422 and "one of letterbox, letterbox-fast, crop" in refused.text
         assert api.put(f"/parameters/{VIEW}", json={"value": "crop"}).status_code == 200
         assert _train(server, api, 0) == "v1"
         assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox"}).status_code == 200
