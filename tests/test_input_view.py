@@ -1,4 +1,4 @@
-"""Each model version's input view (Model-Input-View: letterbox by default, letterbox-fast, crop as before) over
+"""Each model version's input view (Model-Input-View: letterbox-fast by default, letterbox, crop as before) over
 the API: a version keeps the view it was trained on, POST /detect prepares each image with the view of the version
 that answers it, the ONNX export says which, and a version that replaces one of another view starts cold."""
 
@@ -59,9 +59,9 @@ def _same_confidences(answers: list[dict], labels: list[str], probabilities: np.
 def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
     images = [_wide(smile_logo(60)), _wide(box_logo(61)), _wide(smile_logo(62))]
     with server.client() as api:
-        assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox"
+        assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox-fast"
         refused = api.put(f"/parameters/{VIEW}", json={"value": "square"})
-        assert refused.status_code == 422 and "one of letterbox, letterbox-fast, crop" in refused.text
+        assert refused.status_code == 422 and "one of letterbox-fast, letterbox, crop" in refused.text
         assert api.put(f"/parameters/{VIEW}", json={"value": "crop"}).status_code == 200
         assert _train(server, api, 0) == "v1"
         assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox"}).status_code == 200
