@@ -6,8 +6,9 @@
    /detect`` does for a token it has not verified in the last 2 s; the same inline; the thread hop alone; a
    remembered token (``workforce.service.recent_tokens``);
 2. **decode and preprocess** of 64 real ~320-px JPEG photos (`bench/photos.py`): decode, to array, and per input
-   view (crop, letterbox) the preprocessing and the whole `prepare`; with ``--compare-src SRC`` the same with
-   SRC's `images.py`, alternated (``--only-images`` runs this part alone);
+   view (crop, letterbox, letterbox-fast) the preprocessing and the whole `prepare`, also on 8 big photos (1536 px
+   on the short side); with ``--compare-src SRC`` the same with SRC's `images.py`, alternated (``--only-images``
+   runs this part alone);
 3. **the backbone** (`bench/out/detect-model.onnx`, written by bench_detect.py; skipped when missing) at the
    serving batches 1 and 8 and at 32, on two intra-op threads and on one;
 4. **the micro-batcher** (``--batcher-seconds``, 0 skips it): ``--clients`` threads each decode a photo on a
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+BIG_SHORT_SIDE = 1536  # the big photos of the decode part: a phone photo's size
 sys.path.insert(0, str(ROOT / "bench"))
 
 
@@ -107,25 +109,35 @@ def load_images_module(src: Path | None) -> Any:
 
 
 def image_parts(repeats: int, images: Any, tag: str = "") -> list[tuple[str, float]]:
-    """Decode and preprocess of 64 real ~320-px photos, per photo: each view's resize and to-array apart."""
+    """Decode and preprocess of 64 real ~320-px photos, per photo: each view's resize and to-array apart; and the
+    whole `prepare` of each view on 8 big photos (1536 px on the short side, as a phone takes them)."""
     from photos import uploads
 
     photos = [data for _, _, data in uploads(64)]
+    big = [data for _, _, data in uploads(8, short_side=BIG_SHORT_SIDE)]
     decoded = [images.decode_image(data) for data in photos]
     cropped = [image.resize((224, 224), images.RESAMPLE, box=images._crop_box(image.size, 1.0, 0.5, 0.5))
                for image in decoded]
     boxed = [images.letterbox(image) for image in decoded]
 
-    def per_photo(call: Callable[[int], Any]) -> float:
-        return best_ms(lambda: [call(i) for i in range(len(photos))], 1, repeats) / len(photos)
+    def per_photo(call: Callable[[int], Any], count: int = len(photos)) -> float:
+        return best_ms(lambda: [call(i) for i in range(count)], 1, repeats) / count
 
     to_array = per_photo(lambda i: images._to_array(cropped[i]))
     rows = [("decode (open, load, EXIF, RGB)", per_photo(lambda i: images.decode_image(photos[i]))),
             ("to array ([-1, 1], CHW float32)", to_array)]
-    for view, name in (("orig", "crop"), ("letterbox", "letterbox")):
+    views = [("orig", "crop"), ("letterbox", "letterbox")]
+    if "letterbox_fast" in images.VIEWS:  # a tree from before the letterbox-fast view has none
+        views.append(("letterbox_fast", "letterbox-fast"))
+        small = [images.decode_small(data) for data in photos]
+        rows.append(("letterbox-fast: decode_small (DCT-scaled)", per_photo(lambda i: images.decode_small(photos[i]))))
+    for view, name in views:
+        images_of_view = small if view == "letterbox_fast" else decoded
         rows.append((f"{name}: to_input (resize, to array)",
-                     per_photo(lambda i, v=view: images.to_input(decoded[i], v))))
+                     per_photo(lambda i, v=view, d=images_of_view: images.to_input(d[i], v))))
         rows.append((f"{name}: prepare, all of it", per_photo(lambda i, v=view: images.prepare(photos[i], view=v))))
+        rows.append((f"{name}: prepare, big photo", per_photo(lambda i, v=view: images.prepare(big[i], view=v),
+                                                               len(big))))
     rows.append(("letterbox: the canvas alone (resize, border fill)",
                  per_photo(lambda i: images.letterbox(decoded[i]))))
     rows.append(("letterbox: the canvas to array", per_photo(lambda i: images._to_array(boxed[i]))))

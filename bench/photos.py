@@ -107,7 +107,7 @@ def uploads(count: int, seed: int = 0, short_side: int = 320) -> list[tuple[str,
             out.append((path.stem, photo.scene, path.read_bytes()))
             continue
         rng = np.random.default_rng([seed, i])
-        data = jpeg(crop(photo, rng), quality=int(rng.integers(80, 96)))
+        data = jpeg(crop(photo, rng, short_side), quality=int(rng.integers(80, 96)))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         out.append((path.stem, photo.scene, data))

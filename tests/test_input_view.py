@@ -1,6 +1,6 @@
-"""Each model version's input view (Model-Input-View: letterbox by default, crop as before) over the API: a
-version keeps the view it was trained on, POST /detect prepares each image with the view of the version that
-answers it, the ONNX export says which, and a version that replaces one of another view starts cold."""
+"""Each model version's input view (Model-Input-View: letterbox-fast by default, letterbox, crop as before) over
+the API: a version keeps the view it was trained on, POST /detect prepares each image with the view of the version
+that answers it, the ONNX export says which, and a version that replaces one of another view starts cold."""
 
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def _same_confidences(answers: list[dict], labels: list[str], probabilities: np.
 def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
     images = [_wide(smile_logo(60)), _wide(box_logo(61)), _wide(smile_logo(62))]
     with server.client() as api:
-        assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox"
+        assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox-fast"
         refused = api.put(f"/parameters/{VIEW}", json={"value": "square"})
-        assert refused.status_code == 422 and "one of letterbox, crop" in refused.text
+        assert refused.status_code == 422 and "one of letterbox-fast, letterbox, crop" in refused.text
         assert api.put(f"/parameters/{VIEW}", json={"value": "crop"}).status_code == 200
         assert _train(server, api, 0) == "v1"
         assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox"}).status_code == 200
@@ -75,14 +75,21 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
         server.wait_run(api.post("/models/v1/deploy").json()["run_id"])
         served["v1"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
         assert api.get("/models/v1").json()["input_view"] == "crop"  # deploying again changes nothing
+        assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox-fast"}).status_code == 200
+        assert _train(server, api, 10) == "v3"
+        v3 = api.get("/models/v3").json()
+        assert v3["input_view"] == "letterbox-fast" and v3["status"] == "RUNNING", v3["status_message"]
+        served["v3"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
+        exported["v3"] = api.get("/models/v3/export").content
     with httpx.Client(base_url=server.url, follow_redirects=True) as browser:
         sign_in_client(browser, "admin", ADMIN_PASSWORD)
         page = browser.get("/models/v2").text
         assert 'id="model-input-view">letterbox' in page, "the model page says how its images are prepared"
-    for version, view in (("v1", "crop"), ("v2", "letterbox")):
+    for version, view in (("v1", "crop"), ("v2", "letterbox"), ("v3", "letterbox-fast")):
         assert {answer["model_version"] for answer in served[version]} == {version}
         meta, probabilities = _offline(exported[version], images, view_key(view))
-        assert meta["input_view"] == view and ("long side" in meta["preprocessing"]) == (view == "letterbox")
+        assert meta["input_view"] == view and ("long side" in meta["preprocessing"]) == (view != "crop")
+        assert ("DCT" in meta["preprocessing"]) == (view == "letterbox-fast")
         labels = json.loads(meta["labels"])
         assert _same_confidences(served[version], labels, probabilities), (version, served[version])
         other = "orig" if view == "letterbox" else "letterbox"

@@ -22,9 +22,9 @@ from bench.real_images.data import DATA_VERSION, OUT, Item
 
 from labelloop.modeling.backbone import LITE0, VARIANTS, Variant, load_backbone
 from labelloop.modeling.export import _fold_pads_into_convs
-from labelloop.modeling.images import decode_image, to_input
+from labelloop.modeling.images import decode_for, to_input
 
-VIEW_NAMES = {"crop": "orig", "flip": "flip", "letterbox": "letterbox"}
+VIEW_NAMES = {"crop": "orig", "flip": "flip", "letterbox": "letterbox", "letterbox-fast": "letterbox_fast"}
 MAP_VIEWS = ("crop", "letterbox")  # views whose feature map is kept (patch matching)
 BATCH = 32
 
@@ -133,7 +133,8 @@ def _cache_file(variant: Variant, view: str, task: str) -> Path:
 
 
 def extract(task: str, items: list[Item], variant: Variant = LITE0, view: str = "crop") -> Features:
-    """Features of `items` through `variant` under `view` ('crop', 'flip', 'letterbox'), cached on disk."""
+    """Features of `items` through `variant` under `view` ('crop', 'flip', 'letterbox', 'letterbox-fast'), cached
+    on disk."""
     path = _cache_file(variant, view, task)
     keep_map = view in MAP_VIEWS
     have: dict[str, int] = {}
@@ -163,7 +164,9 @@ def _compute(items: list[Item], variant: Variant, view: str, keep_map: bool) -> 
     started = time.perf_counter()
     for start in range(0, len(items), BATCH):
         chunk = items[start:start + BATCH]
-        batch = np.stack([to_input(decode_image(i.load()), VIEW_NAMES[view], variant.image_size) for i in chunk])
+        key = VIEW_NAMES[view]
+        batch = np.stack([to_input(decode_for(i.load(), key, size=variant.image_size), key, variant.image_size)
+                          for i in chunk])
         fmap, mid = _run(sess, batch)
         embeddings.append(fmap.mean(axis=(2, 3)))
         mids.append(mid)

@@ -1,5 +1,6 @@
-"""A model version's input view (crop | letterbox): preprocessing, the embedding cache keys, training on the
-view, and serving that never runs a request prepared for one view on a version of another (blue-green)."""
+"""A model version's input view (crop | letterbox | letterbox-fast): preprocessing, the embedding cache keys,
+training on the view, and serving that never runs a request prepared for one view on a version of another
+(blue-green)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def _wide_photo() -> bytes:
 def test_each_input_view_has_a_cache_key_and_a_preprocessing_in_words() -> None:
     assert view_key("crop") == "orig" and view_key(None) == "orig"  # rows and cache entries from before
     assert view_key("letterbox") == "letterbox"
+    assert view_key("letterbox-fast") == "letterbox_fast"
     assert set(VIEW_PREPROCESSING) == set(INPUT_VIEWS)
     with pytest.raises(ValueError, match="unknown input view"):
         view_key("square")
@@ -44,20 +46,25 @@ def test_letterbox_keeps_the_edges_a_centre_crop_cuts_off() -> None:
     assert red[:, :40].mean() > 0.3  # the left edge is there, long side scaled to 224
 
 
-def test_training_on_the_letterbox_view_embeds_and_evaluates_that_view(digits: list[tuple[str, bytes]],
-                                                                      embedder: Embedder,
-                                                                      embedding_root: Path) -> None:
+@pytest.mark.parametrize("view", ["letterbox", "letterbox_fast"])
+def test_training_on_a_letterbox_view_embeds_and_evaluates_that_view(digits: list[tuple[str, bytes]],
+                                                                     embedder: Embedder, embedding_root: Path,
+                                                                     view: str) -> None:
     from labelloop.modeling.training import train_head
 
-    cache = EmbeddingCache(embedding_root / "letterbox-training", embedder.fingerprint)
+    cache = EmbeddingCache(embedding_root / f"{view}-training", embedder.fingerprint)
     examples = pick(digits, 6, prefix="lb")
-    result = train_head(examples, embedder, cache, view="letterbox")
-    assert result.head.meta["views"] == ["letterbox"]
+    result = train_head(examples, embedder, cache, view=view)
+    assert result.head.meta["views"] == [view]
     digests = [result.digests[e.key] for e in examples]
-    assert all((digest, "letterbox") in cache for digest in digests)
-    assert not any((digest, "orig") in cache for digest in digests)  # nothing embedded on the crop
+    assert all((digest, view) in cache for digest in digests)
+    others = {"orig", "letterbox", "letterbox_fast"} - {view}
+    assert not any((digest, other) in cache for digest in digests for other in others)  # only this view
+    x = np.stack([prepare(e.data(), view=view) for e in examples[:2]])
+    np.testing.assert_allclose(embedder.embed(x), np.stack([cache.get(digests[i], view) for i in range(2)]),
+                               atol=1e-4)  # trained on the view's own preparation
     test = [e for e in examples if e.key in set(result.test_keys)]
-    x = np.stack([cache.get(result.digests[e.key], "letterbox") for e in test])
+    x = np.stack([cache.get(result.digests[e.key], view) for e in test])
     decided = {e.key: result.head.labels[int(p.argmax())] for e, p in zip(test, result.head.predict_proba(x),
                                                                          strict=True)}
     assert decided == {key: label for key, (label, _) in result.test_decisions.items()}  # evaluated on letterbox
@@ -90,17 +97,19 @@ def test_a_request_prepared_for_the_old_view_is_not_run_by_a_version_with_anothe
         serving.close()
 
 
+@pytest.mark.parametrize("view", ["letterbox", "letterbox_fast"])
 def test_the_predictor_prepares_images_with_its_heads_training_view(digits: list[tuple[str, bytes]],
-                                                                    embedder: Embedder, embedding_root: Path) -> None:
+                                                                    embedder: Embedder, embedding_root: Path,
+                                                                    view: str) -> None:
     from labelloop.modeling.predict import Predictor
     from labelloop.modeling.training import train_head
 
-    cache = EmbeddingCache(embedding_root / "letterbox-predictor", embedder.fingerprint)
-    head = train_head(pick(digits, 4, prefix="lp"), embedder, cache, view="letterbox").head
+    cache = EmbeddingCache(embedding_root / f"{view}-predictor", embedder.fingerprint)
+    head = train_head(pick(digits, 4, prefix="lp"), embedder, cache, view=view).head
     predictor = Predictor(embedder, head)
-    assert predictor.view == "letterbox"
+    assert predictor.view == view
     data = _wide_photo()
-    expected = head.predict_proba(embedder.embed(prepare(data, view="letterbox")[None]))[0]
+    expected = head.predict_proba(embedder.embed(prepare(data, view=view)[None]))[0]
     [answer] = predictor.predict_bytes([data])
     np.testing.assert_allclose([c for _, c in sorted(answer)], 100 * expected[np.argsort(head.labels)], atol=1e-3)
 

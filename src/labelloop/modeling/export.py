@@ -50,6 +50,10 @@ VIEW_PREPROCESSING = {
                  "centred (offset floor((224-w)/2), floor((224-h)/2)) on a 224×224 canvas filled with the mean "
                  "colour of the image's border pixels (first and last row and column, rounded), "
                  "(x/255-0.5)/0.5, NCHW float32",
+    "letterbox-fast": "RGB decoded at the smallest scale whose long side is still ≥ 224 (a JPEG with libjpeg's DCT "
+                      "scaling 1/2, 1/4 or 1/8, the smallest that keeps it; then, any format, Pillow Image.reduce "
+                      "by the largest integer factor that keeps it), then as letterbox but resized with Pillow's "
+                      "antialiased bilinear filter, (x/255-0.5)/0.5, NCHW float32",
 }
 
 
