@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,17 +55,17 @@ def test_answer_loop_and_notification_are_written_together_once(database: None,
         "the same upload, recorded again (a retried step), is the same event"
     # unsure: a human loop
     monkeypatch.setattr(detections, "infer_all", lambda events: [answered(20.0) for _ in events])
-    broken = notifications.record
+    broken = notifications.stage
 
     def failing(*args: object, **kwargs: object) -> object:
         raise RuntimeError("the disk filled up while the notification was written")
 
-    monkeypatch.setattr(notifications, "record", failing)
+    monkeypatch.setattr(notifications, "stage", failing)
     with pytest.raises(RuntimeError):
         routing._detect_now(event, "detection-run-a")
     assert counts(event["id"]) == (DetectionStatus.WAITING_FOR_MODEL, 0, 0), "nothing half-written"
 
-    monkeypatch.setattr(notifications, "record", broken)
+    monkeypatch.setattr(notifications, "stage", broken)
     done = routing._detect_now(detections.read_event(event["id"]), "detection-run-a")  # the step, retried
     assert done["detection"]["status"] == DetectionStatus.DETECTED and done["human_loop"] is not None
     assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)
@@ -144,14 +145,18 @@ def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
     assert [item["key"] for item in again["missing"]] == [u["object_key"] for u in gone]
 
 
-def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch reads the silent-error estimate once (again after each audit it opens); the routes are those of
-    the same images routed one transaction each, on a copy of the same database."""
+@pytest.mark.parametrize("warm", [False, True], ids=["cold start", "warm start"])
+def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    warm: bool) -> None:
+    """A batch reads the silent-error estimate once (again after each audit it opens; with a warm start, whose
+    estimate counts every auto-accepted detection, for each image, the batch's earlier images flushed first); the
+    routes are those of the same images routed one transaction each, on a copy of the same database."""
     db.init(f"sqlite:///{tmp_path / 'batch.db'}")
+    backtest = silent_errors.Warm(tuple([silent_errors.Audit("cat", 95.0, False, True)] * 40), 2, 60)
     with db.session() as session:
         parameters.ensure_defaults(session=session)
-        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={}))
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={},
+                                 warm_start=backtest.to_stored("v0") if warm else None))
     for i in range(25):  # audits opened before: the audit rate is below 1, so some images are audited, some not
         earlier = detections.record_arrival(f"images_for_detection/old/{i}.jpg", f"{i:032x}", "detection-old")
         with db.session() as session:
@@ -163,12 +168,22 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
     events = [detections.record_arrival(f"images_for_detection/new/{i}.jpg", f"{i + 100:032x}", "detection-new")
               for i in range(60)]
     confidence = {event["id"]: (99.5, 88.0, 76.0, 40.0)[i % 4] for i, event in enumerate(events)}
-    monkeypatch.setattr(detections, "infer_all", lambda evs: [answered(confidence[e["id"]]) for e in evs])
+    # With a warm start, every other image is one the replaced version v0 would have auto-accepted too (the known
+    # stratum, which the backtest covers: auto-accepted, and counted by the next image's estimate).
+    known = {event["id"]: warm and i % 2 == 0 for i, event in enumerate(events)}
+    monkeypatch.setattr(detections, "infer_all", lambda evs: [
+        replace(answered(confidence[e["id"]]), previous=("cat", 99.0) if known[e["id"]] else None) for e in evs])
     db.close()
     shutil.copy(tmp_path / "batch.db", tmp_path / "one_by_one.db")
     reads = []
     estimate = silent_errors.estimate_with_audits
-    monkeypatch.setattr(silent_errors, "estimate_with_audits", lambda *a, **k: reads.append(1) or estimate(*a, **k))
+
+    def counted(*args: object, **kwargs: object) -> object:
+        found = estimate(*args, **kwargs)
+        reads.append(found)
+        return found
+
+    monkeypatch.setattr(silent_errors, "estimate_with_audits", counted)
 
     def routes(run: Callable[[], object], database: str) -> tuple[list[tuple[object, ...]], int]:
         db.init(f"sqlite:///{tmp_path / database}")
@@ -179,7 +194,7 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
             loops = session.scalar(select(func.count(HumanLoop.id)))
             rows = [(e.status, e.routing_rule, e.threshold, e.review_reason, e.sampled) for e in found]
         db.close()
-        return [*rows, ("loops", loops)], len(reads)
+        return [*rows, ("loops", loops)], list(reads)
 
     batch, batch_reads = routes(lambda: routing._detect_all(events, "detection-new"), "batch.db")
     alone, alone_reads = routes(lambda: [routing._detect_now(event, "detection-new") for event in events],
@@ -187,6 +202,10 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
     assert batch == alone
     rules = [row[1] for row in batch[:-1]]
     assert {"audit", "auto-accepted", "below-confidence"} <= set(rules), rules
+    if warm:  # each confident image read the estimate, counting the earlier ones as image by image did
+        assert batch_reads == alone_reads and len(batch_reads) == sum(c >= 70 for c in confidence.values())
+        return
+    batch_reads, alone_reads = len(batch_reads), len(alone_reads)
     # Read once, and again for the next confident image after each audit (none after the batch's last one); the
     # audits are drawn from request ids, which differ run to run.
     confident = [rule for rule, event in zip(rules, events, strict=True) if confidence[event["id"]] >= 70]

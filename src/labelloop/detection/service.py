@@ -193,9 +193,11 @@ def record_outcome(event_id: int, outcome: Outcome, *, session: Session,
     return as_dict(event)
 
 
-def load_events(event_ids: list[int], *, session: Session) -> None:
-    """Load the events into ``session`` in one query (its later ``get`` of each reads none)."""
-    session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids))).all()
+def load_events(event_ids: list[int], *, session: Session) -> list[DetectionEvent]:
+    """Load the events into ``session`` in one query: its later ``get`` of each reads none (and so flushes
+    nothing) while the caller holds the list: a session keeps unmodified objects only as long as they are
+    referenced elsewhere."""
+    return list(session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids))))
 
 
 def read_event(event_id: int) -> dict[str, Any]:
@@ -263,6 +265,16 @@ def read_versions_once(session: Session) -> None:
     session.info.setdefault(VERSION_READS, {})
 
 
+UNFLUSHED = "detection.unflushed"  # session.info key: a batch wrote an image that is not flushed yet
+
+
+def unflushed(session: Session) -> None:
+    """A batch has added an image's answer, loop or notification to ``session`` without flushing it (the batch
+    flushes its rows at once, at its end): the next silent-error estimate read flushes first, so it counts that
+    image as image-by-image routing would."""
+    session.info[UNFLUSHED] = True
+
+
 def _read_once(key: tuple[Any, ...], read: Callable[[], Any], *, session: Session) -> Any:
     """``read()``, remembered under ``key`` for the session after :func:`read_versions_once` (else read each time)."""
     memo = session.info.get(VERSION_READS)
@@ -323,6 +335,8 @@ def _estimate(version: str, target: float, *,
     counts every auto-accepted detection, so it is read for each image. Parity with image-by-image routing:
     ``tests/test_pipeline_transaction.py``."""
     def read() -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
+        if session.info.pop(UNFLUSHED, False):  # the earlier images of the batch (and this one's answer, which
+            session.flush()                      # no count reads before its routing is set) are counted
         return silent_errors.estimate_with_audits(version, target, session=session)
 
     if VERSION_READS not in session.info or _of_version("warm_start", ModelVersion.warm_start, version,

@@ -31,6 +31,7 @@ from labelloop.modeling import dataset, versions
 from labelloop.modeling import flows as modeling
 from labelloop.modeling import service as models
 from labelloop.notifications import service as notifications
+from labelloop.notifications.models import Notification
 from labelloop.parameters import flows as parameters_flows
 from labelloop.parameters import service as parameters
 from labelloop.review import flows as review
@@ -231,11 +232,14 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
     outcomes = detections.infer_all(events)
     try:
         with db.session() as session:
-            detections.load_events([event["id"] for event in events], session=session)
+            loaded = detections.load_events([event["id"] for event in events], session=session)
             detections.read_versions_once(session)
             values = parameters.values(session=session)
-            written = [_write_detection(event, outcome, run_id, session, values)
-                       for event, outcome in zip(events, outcomes, strict=True)]
+            staged = [_write_detection(event, outcome, run_id, session, values)
+                      for event, outcome in zip(events, outcomes, strict=True)]
+            session.flush()  # the batch's rows at once: SQLite's write lock is held from here to the commit
+            written = [(found, loop, notifications.recorded(note)) for found, loop, note in staged]
+            del loaded  # held to here: each image's get() found its event without a query (and an autoflush)
     except IntegrityError:
         log.warning("a part of a detection was written by another execution of its run; finding it",
                     extra={"detection_ids": [event["id"] for event in events], "run_id": run_id})
@@ -246,11 +250,15 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
 
 
 def _write_detection(event: dict[str, Any], outcome: detections.Outcome, run_id: str, session: Any,
-                     values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]:
+                     values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, Notification]:
+    """One image's answer, routing, human loop and notification, added to the batch's transaction; what the
+    next image's routing must see of it is flushed when that routing reads (``detections.unflushed``)."""
     found = detections.record_outcome(event["id"], outcome, session=session, values=values)
     loop = review.open_loop_in(found, session=session)
     answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
-    return found, loop, detection.record_notification(found, loop, run_id, session=session, new=answered_now)
+    note = detection.stage_notification(found, loop, run_id, session=session, new=answered_now)
+    detections.unflushed(session)
+    return found, loop, note
 
 
 def _write_detection_alone(event: dict[str, Any], outcome: detections.Outcome, run_id: str) -> dict[str, Any]:
