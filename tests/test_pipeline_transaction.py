@@ -148,9 +148,10 @@ def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
 @pytest.mark.parametrize("warm", [False, True], ids=["cold start", "warm start"])
 def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     warm: bool) -> None:
-    """A batch reads the silent-error estimate once (again after each audit it opens; with a warm start, whose
-    estimate counts every auto-accepted detection, for each image, the batch's earlier images flushed first); the
-    routes are those of the same images routed one transaction each, on a copy of the same database."""
+    """A batch reads the silent-error estimate once, and counts each audit it routes in memory (with a warm start,
+    whose estimate counts every auto-accepted detection, it reads it for each image, the batch's earlier images
+    flushed first); the routes are those of the same images routed one transaction each, on a copy of the same
+    database."""
     db.init(f"sqlite:///{tmp_path / 'batch.db'}")
     backtest = silent_errors.Warm(tuple([silent_errors.Audit("cat", 95.0, False, True)] * 40), 2, 60)
     with db.session() as session:
@@ -205,9 +206,7 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
     if warm:  # each confident image read the estimate, counting the earlier ones as image by image did
         assert batch_reads == alone_reads and len(batch_reads) == sum(c >= 70 for c in confidence.values())
         return
-    batch_reads, alone_reads = len(batch_reads), len(alone_reads)
-    # Read once, and again for the next confident image after each audit (none after the batch's last one); the
-    # audits are drawn from request ids, which differ run to run.
-    confident = [rule for rule, event in zip(rules, events, strict=True) if confidence[event["id"]] >= 70]
-    expected = rules.count("audit") + 1 - (confident[-1] == "audit")
-    assert batch_reads == expected < alone_reads, (batch_reads, expected, alone_reads)
+    # Read once: each audit the batch routes is counted in memory, as reading the estimate again would count it
+    # (the audits are drawn from request ids, which differ run to run; the routes above are compared).
+    assert rules.count("audit") >= 2 and len(batch_reads) == 1 < len(alone_reads), (len(batch_reads), rules)
+    assert batch_reads[0] == alone_reads[0]

@@ -190,6 +190,7 @@ def record_outcome(event_id: int, outcome: Outcome, *, session: Session,
     else:
         _record(event, outcome.version, outcome.labels, outcome.previous, session=session,
                 values=values if values is not None else parameters.values(session=session))
+    unflushed(session)
     return as_dict(event)
 
 
@@ -323,17 +324,30 @@ def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Sess
     decided = silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
                                   review=review, found=found, audits=audits, new=bool(event.new_stratum))
     if decided.rule == silent_errors.Rule.AUDIT:  # one more audit opened: the next estimate counts it
-        session.info.get(VERSION_READS, {}).pop(("estimate", event.model_version, target), None)
+        _count_audit(event.model_version, target, session=session)
     return decided
+
+
+def _count_audit(version: str, target: float, *, session: Session) -> None:
+    """An audit of ``version`` routed in this session: the estimate a batch remembered (a cold start's) counts it
+    in memory, as reading it again would (the answered audits it judges by do not change within the batch), so
+    the batch reads nothing more and flushes nothing before its end."""
+    memo = session.info.get(VERSION_READS, {})
+    remembered = memo.get(("estimate", version, target))
+    if remembered is None:
+        return
+    found, audits = remembered
+    memo[("estimate", version, target)] = (
+        silent_errors.estimate_from(version, target, audits, found.audits_opened + 1), audits)
 
 
 def _estimate(version: str, target: float, *,
               session: Session) -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
     """``silent_errors.estimate_with_audits``, read once per batch (after :func:`read_versions_once`) for a version
     without a warm start: its estimate reads the answered audits and how many were opened, and within a batch
-    only an audit routed here changes those (``decide_route`` then forgets it). A warm start's estimate also
-    counts every auto-accepted detection, so it is read for each image. Parity with image-by-image routing:
-    ``tests/test_pipeline_transaction.py``."""
+    only an audit routed here changes those (``decide_route`` then counts it: :func:`_count_audit`). A warm
+    start's estimate also counts every auto-accepted detection, so it is read for each image. Parity with
+    image-by-image routing: ``tests/test_pipeline_transaction.py``."""
     def read() -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
         if session.info.pop(UNFLUSHED, False):  # the earlier images of the batch (and this one's answer, which
             session.flush()                      # no count reads before its routing is set) are counted

@@ -235,8 +235,11 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
             loaded = detections.load_events([event["id"] for event in events], session=session)
             detections.read_versions_once(session)
             values = parameters.values(session=session)
-            staged = [_write_detection(event, outcome, run_id, session, values)
+            routed = [detections.record_outcome(event["id"], outcome, session=session, values=values)
                       for event, outcome in zip(events, outcomes, strict=True)]
+            # Every image routed (no write reached the database yet): the loops and notifications now
+            staged = [_stage_loop_and_notification(event, found, run_id, session)
+                      for event, found in zip(events, routed, strict=True)]
             session.flush()  # the batch's rows at once: SQLite's write lock is held from here to the commit
             written = [(found, loop, notifications.recorded(note)) for found, loop, note in staged]
             del loaded  # held to here: each image's get() found its event without a query (and an autoflush)
@@ -249,16 +252,14 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
             for found, loop, recorded in written]
 
 
-def _write_detection(event: dict[str, Any], outcome: detections.Outcome, run_id: str, session: Any,
-                     values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, Notification]:
-    """One image's answer, routing, human loop and notification, added to the batch's transaction; what the
-    next image's routing must see of it is flushed when that routing reads (``detections.unflushed``)."""
-    found = detections.record_outcome(event["id"], outcome, session=session, values=values)
+def _stage_loop_and_notification(event: dict[str, Any], found: dict[str, Any], run_id: str,
+                                 session: Any) -> tuple[dict[str, Any], dict[str, Any] | None, Notification]:
+    """The human loop and notification of a routed image, in the batch's transaction. They come after every
+    image of the batch is routed (routing reads the events' routes, never the loops), so the first write, which
+    takes SQLite's write lock until the commit, is made once the batch's routing is done."""
     loop = review.open_loop_in(found, session=session)
     answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
-    note = detection.stage_notification(found, loop, run_id, session=session, new=answered_now)
-    detections.unflushed(session)
-    return found, loop, note
+    return found, loop, detection.stage_notification(found, loop, run_id, session=session, new=answered_now)
 
 
 def _write_detection_alone(event: dict[str, Any], outcome: detections.Outcome, run_id: str) -> dict[str, Any]:
