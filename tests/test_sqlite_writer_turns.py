@@ -37,19 +37,24 @@ def test_a_connection_keeps_its_turn_until_it_gives_it_back_and_others_wait() ->
 
 
 def test_every_way_a_transaction_ends_gives_the_turn_back(tmp_path: Path) -> None:
-    """A leaked turn would stop every later write for 30 s, then fail: each ending is followed by a write."""
-    db.init(f"sqlite:///{tmp_path / 'app.db'}")
+    """A turn kept after its transaction ended would stop every other connection's writes for 30 s."""
+    engine = db.init(f"sqlite:///{tmp_path / 'app.db'}")
+    turns = db.writer_turns(engine)
     try:
+        assert turns is not None and not turns.held()
         first = detections.record_arrival("images_for_detection/a.jpg", "a" * 32, "run-a")  # committed
+        assert not turns.held()
         again = detections.record_arrival("images_for_detection/a.jpg", "a" * 32, "run-b")  # clash, rolled back
-        assert again["id"] == first["id"]
+        assert again["id"] == first["id"] and not turns.held()
         with pytest.raises(RuntimeError), db.session() as session:  # an error after a write: rolled back
             session.execute(text("UPDATE detection_events SET status_message = 'x'"))
+            assert turns.held()
             raise RuntimeError("the step failed")
-        with db.session() as session:  # written and left without a commit: the pool rolls it back on return
-            connection = session.connection()
-            connection.execute(text("UPDATE detection_events SET status_message = 'y'"))
-            session.close()
+        assert not turns.held()
+        session = db._sessions()  # written and left without a commit: the pool rolls it back on return
+        session.execute(text("UPDATE detection_events SET status_message = 'y'"))
+        session.close()
+        assert not turns.held()
         done = threading.Event()
 
         def other_thread() -> None:
@@ -59,7 +64,7 @@ def test_every_way_a_transaction_ends_gives_the_turn_back(tmp_path: Path) -> Non
         worker = threading.Thread(target=other_thread)
         worker.start()
         worker.join(20)
-        assert done.is_set(), "the other thread never got its turn to write"
+        assert done.is_set() and not turns.held(), "the other thread never got its turn to write"
         with db.session() as session:
             messages = set(session.scalars(select(DetectionEvent.status_message)))
         assert "x" not in messages and "y" not in messages

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -102,6 +103,10 @@ class WriterTurns:
                                "transaction of this process held it all that time")
         self._holder = dbapi_connection
 
+    def held(self) -> bool:
+        """Whether a transaction of this process has written and not ended yet."""
+        return self._holder is not None
+
     def give_back(self, dbapi_connection: Any) -> None:
         """``dbapi_connection``'s transaction has ended (or the connection is gone): the next writer's turn."""
         if self._holder is _unwrapped(dbapi_connection):
@@ -136,6 +141,14 @@ class WriterTurns:
                      lambda dbapi_connection, _record, _error: self.give_back(dbapi_connection))
 
 
+_turns: weakref.WeakKeyDictionary[Engine, WriterTurns] = weakref.WeakKeyDictionary()
+
+
+def writer_turns(engine: Engine) -> WriterTurns | None:
+    """The turns of ``engine``'s writers (a SQLite engine of :func:`make_engine`), else None."""
+    return _turns.get(engine)
+
+
 def _unwrapped(connection: Any) -> Any:
     """The DBAPI connection itself, also when the pool's proxy of it is given (as the dialect's commit gets)."""
     return getattr(connection, "dbapi_connection", connection)
@@ -154,7 +167,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=2 * pool_size, max_overflow=2 * pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
-        WriterTurns().watch(engine)
+        _turns[engine] = WriterTurns()
+        _turns[engine].watch(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
                          connect_args={"application_name": "labelloop", "connect_timeout": 10, **PG_KEEPALIVES})
