@@ -76,7 +76,12 @@ STARTUP_LOCK = 0x4C4C_0002
 
 
 SQLITE_BUSY_SECONDS = 30.0  # how long a writer waits for SQLite's write lock (busy_timeout, and the turn below)
-WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")
+
+
+def _writes(statement: str) -> bool:
+    """Whether ``statement`` takes SQLite's write lock (a write, or a transaction begun for writing)."""
+    return statement.lstrip()[:15].upper().startswith(WRITES)
 
 
 class WriterTurns:
@@ -131,7 +136,7 @@ class WriterTurns:
                 self.give_back(dbapi_connection)
 
         def before_write(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            if statement.lstrip()[:7].upper().startswith(WRITES):
+            if _writes(statement):
                 self.take(conn.connection.dbapi_connection)
 
         dialect.do_commit, dialect.do_rollback = do_commit, do_rollback  # type: ignore[method-assign]
@@ -142,6 +147,13 @@ class WriterTurns:
 
 
 _turns: weakref.WeakKeyDictionary[Engine, WriterTurns] = weakref.WeakKeyDictionary()
+
+
+def take_turns(engine: Engine) -> WriterTurns:
+    """Make this process's writers to ``engine``'s SQLite file take turns (:class:`WriterTurns`)."""
+    turns = _turns[engine] = WriterTurns()
+    turns.watch(engine)
+    return turns
 
 
 def writer_turns(engine: Engine) -> WriterTurns | None:
@@ -167,8 +179,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=2 * pool_size, max_overflow=2 * pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
-        _turns[engine] = WriterTurns()
-        _turns[engine].watch(engine)
+        take_turns(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
                          connect_args={"application_name": "labelloop", "connect_timeout": 10, **PG_KEEPALIVES})
