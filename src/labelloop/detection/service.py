@@ -190,7 +190,6 @@ def record_outcome(event_id: int, outcome: Outcome, *, session: Session,
     else:
         _record(event, outcome.version, outcome.labels, outcome.previous, session=session,
                 values=values if values is not None else parameters.values(session=session))
-    unflushed(session)
     return as_dict(event)
 
 
@@ -266,16 +265,6 @@ def read_versions_once(session: Session) -> None:
     session.info.setdefault(VERSION_READS, {})
 
 
-UNFLUSHED = "detection.unflushed"  # session.info key: a batch wrote an image that is not flushed yet
-
-
-def unflushed(session: Session) -> None:
-    """A batch has added an image's answer, loop or notification to ``session`` without flushing it (the batch
-    flushes its rows at once, at its end): the next silent-error estimate read flushes first, so it counts that
-    image as image-by-image routing would."""
-    session.info[UNFLUSHED] = True
-
-
 def _read_once(key: tuple[Any, ...], read: Callable[[], Any], *, session: Session) -> Any:
     """``read()``, remembered under ``key`` for the session after :func:`read_versions_once` (else read each time)."""
     memo = session.info.get(VERSION_READS)
@@ -323,40 +312,40 @@ def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Sess
         found, audits = silent_errors.estimate_from(event.model_version, target, [], 0), []
     decided = silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
                                   review=review, found=found, audits=audits, new=bool(event.new_stratum))
-    if decided.rule == silent_errors.Rule.AUDIT:  # one more audit opened: the next estimate counts it
-        _count_audit(event.model_version, target, session=session)
+    _count_routed(event, decided, session=session)
     return decided
 
 
-def _count_audit(version: str, target: float, *, session: Session) -> None:
-    """An audit of ``version`` routed in this session: the estimate a batch remembered (a cold start's) counts it
-    in memory, as reading it again would (the answered audits it judges by do not change within the batch), so
-    the batch reads nothing more and flushes nothing before its end."""
+def _count_routed(event: DetectionEvent, decided: silent_errors.Route, *, session: Session) -> None:
+    """A detection routed in a batch: the estimate's counts the batch remembered count it in memory, as reading
+    them again would (an audit opened; with a warm start, a would-be auto-accepted detection), so the batch reads
+    them once and writes nothing before its end. Images that do not read the estimate change none of its counts
+    (below the threshold, or silent-error control off for the whole batch)."""
     memo = session.info.get(VERSION_READS, {})
-    remembered = memo.get(("estimate", version, target))
-    if remembered is None:
+    counts = memo.get(("counts", event.model_version))
+    if counts is None:
         return
-    found, audits = remembered
-    memo[("estimate", version, target)] = (
-        silent_errors.estimate_from(version, target, audits, found.audits_opened + 1), audits)
+    accepted = (event.previous_event_id is None and decided.threshold is not None
+                and event.confidence >= decided.threshold)
+    memo[("counts", event.model_version)] = counts.routed(
+        audit=decided.rule == silent_errors.Rule.AUDIT, new=bool(event.new_stratum), accepted=accepted)
 
 
 def _estimate(version: str, target: float, *,
               session: Session) -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
-    """``silent_errors.estimate_with_audits``, read once per batch (after :func:`read_versions_once`) for a version
-    without a warm start: its estimate reads the answered audits and how many were opened, and within a batch
-    only an audit routed here changes those (``decide_route`` then counts it: :func:`_count_audit`). A warm
-    start's estimate also counts every auto-accepted detection, so it is read for each image. Parity with
-    image-by-image routing: ``tests/test_pipeline_transaction.py``."""
-    def read() -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
-        if session.info.pop(UNFLUSHED, False):  # the earlier images of the batch (and this one's answer, which
-            session.flush()                      # no count reads before its routing is set) are counted
+    """``silent_errors.estimate_with_audits``; after :func:`read_versions_once` its counts are read once per batch
+    (the answered audits, the audits opened, a warm start's would-be auto-accepted detections) and kept up to
+    date in memory as the batch routes (:func:`_count_routed`), the estimate computed again only when they
+    changed. Parity with image-by-image routing: ``tests/test_pipeline_transaction.py``."""
+    if VERSION_READS not in session.info:
         return silent_errors.estimate_with_audits(version, target, session=session)
-
-    if VERSION_READS not in session.info or _of_version("warm_start", ModelVersion.warm_start, version,
-                                                         session=session):
-        return read()
-    return _read_once(("estimate", version, target), read, session=session)
+    counts = _read_once(("counts", version), lambda: silent_errors.counts_of(version, session=session),
+                        session=session)
+    memo = session.info[VERSION_READS]
+    known = memo.get(("estimate", version, target))
+    if known is None or known[0] is not counts:
+        known = memo[("estimate", version, target)] = (counts, counts.estimate(version, target))
+    return known[1]
 
 
 def needs_human_review(event: dict[str, Any]) -> bool:
