@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,17 +55,17 @@ def test_answer_loop_and_notification_are_written_together_once(database: None,
         "the same upload, recorded again (a retried step), is the same event"
     # unsure: a human loop
     monkeypatch.setattr(detections, "infer_all", lambda events: [answered(20.0) for _ in events])
-    broken = notifications.record
+    broken = notifications.stage
 
     def failing(*args: object, **kwargs: object) -> object:
         raise RuntimeError("the disk filled up while the notification was written")
 
-    monkeypatch.setattr(notifications, "record", failing)
+    monkeypatch.setattr(notifications, "stage", failing)
     with pytest.raises(RuntimeError):
         routing._detect_now(event, "detection-run-a")
     assert counts(event["id"]) == (DetectionStatus.WAITING_FOR_MODEL, 0, 0), "nothing half-written"
 
-    monkeypatch.setattr(notifications, "record", broken)
+    monkeypatch.setattr(notifications, "stage", broken)
     done = routing._detect_now(detections.read_event(event["id"]), "detection-run-a")  # the step, retried
     assert done["detection"]["status"] == DetectionStatus.DETECTED and done["human_loop"] is not None
     assert counts(event["id"]) == (DetectionStatus.DETECTED, 1, 1)
@@ -144,14 +145,19 @@ def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
     assert [item["key"] for item in again["missing"]] == [u["object_key"] for u in gone]
 
 
-def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch reads the silent-error estimate once (again after each audit it opens); the routes are those of
-    the same images routed one transaction each, on a copy of the same database."""
+@pytest.mark.parametrize("warm", [False, True], ids=["cold start", "warm start"])
+def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    warm: bool) -> None:
+    """A batch reads the silent-error estimate's counts once and keeps them in memory as it routes (each audit it
+    opens; with a warm start, whose estimate counts every would-be auto-accepted detection, those too): every
+    image is routed on the estimate, and to the route, that the same images routed one transaction each get, on
+    a copy of the same database."""
     db.init(f"sqlite:///{tmp_path / 'batch.db'}")
+    backtest = silent_errors.Warm(tuple([silent_errors.Audit("cat", 95.0, False, True)] * 40), 2, 60)
     with db.session() as session:
         parameters.ensure_defaults(session=session)
-        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={}))
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={},
+                                 warm_start=backtest.to_stored("v0") if warm else None))
     for i in range(25):  # audits opened before: the audit rate is below 1, so some images are audited, some not
         earlier = detections.record_arrival(f"images_for_detection/old/{i}.jpg", f"{i:032x}", "detection-old")
         with db.session() as session:
@@ -163,32 +169,47 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
     events = [detections.record_arrival(f"images_for_detection/new/{i}.jpg", f"{i + 100:032x}", "detection-new")
               for i in range(60)]
     confidence = {event["id"]: (99.5, 88.0, 76.0, 40.0)[i % 4] for i, event in enumerate(events)}
-    monkeypatch.setattr(detections, "infer_all", lambda evs: [answered(confidence[e["id"]]) for e in evs])
+    # With a warm start, every other image is one the replaced version v0 would have auto-accepted too (the known
+    # stratum, which the backtest covers: auto-accepted, and counted by the next image's estimate).
+    known = {event["id"]: warm and i % 2 == 0 for i, event in enumerate(events)}
+    monkeypatch.setattr(detections, "infer_all", lambda evs: [
+        replace(answered(confidence[e["id"]]), previous=("cat", 99.0) if known[e["id"]] else None) for e in evs])
     db.close()
     shutil.copy(tmp_path / "batch.db", tmp_path / "one_by_one.db")
-    reads = []
-    estimate = silent_errors.estimate_with_audits
-    monkeypatch.setattr(silent_errors, "estimate_with_audits", lambda *a, **k: reads.append(1) or estimate(*a, **k))
+    reads, used = [], []
+    counts_of, route = silent_errors.counts_of, silent_errors.route
 
-    def routes(run: Callable[[], object], database: str) -> tuple[list[tuple[object, ...]], int]:
+    def read(*args: object, **kwargs: object) -> object:
+        reads.append(1)
+        return counts_of(*args, **kwargs)
+
+    def routed(*args: object, **kwargs: object) -> object:
+        used.append(kwargs["found"])  # the estimate each image is routed on
+        return route(*args, **kwargs)
+
+    monkeypatch.setattr(silent_errors, "counts_of", read)
+    monkeypatch.setattr(silent_errors, "route", routed)
+
+    def routes(run: Callable[[], object], database: str) -> tuple[list[tuple[object, ...]], int, list[object]]:
         db.init(f"sqlite:///{tmp_path / database}")
         reads.clear()
+        used.clear()
         run()
         with db.session() as session:
             found = [session.get(DetectionEvent, event["id"]) for event in events]
             loops = session.scalar(select(func.count(HumanLoop.id)))
             rows = [(e.status, e.routing_rule, e.threshold, e.review_reason, e.sampled) for e in found]
         db.close()
-        return [*rows, ("loops", loops)], len(reads)
+        return [*rows, ("loops", loops)], len(reads), list(used)
 
-    batch, batch_reads = routes(lambda: routing._detect_all(events, "detection-new"), "batch.db")
-    alone, alone_reads = routes(lambda: [routing._detect_now(event, "detection-new") for event in events],
-                                "one_by_one.db")
+    batch, batch_reads, batch_used = routes(lambda: routing._detect_all(events, "detection-new"), "batch.db")
+    alone, alone_reads, alone_used = routes(lambda: [routing._detect_now(event, "detection-new") for event in events],
+                                            "one_by_one.db")
     assert batch == alone
     rules = [row[1] for row in batch[:-1]]
     assert {"audit", "auto-accepted", "below-confidence"} <= set(rules), rules
-    # Read once, and again for the next confident image after each audit (none after the batch's last one); the
-    # audits are drawn from request ids, which differ run to run.
-    confident = [rule for rule, event in zip(rules, events, strict=True) if confidence[event["id"]] >= 70]
-    expected = rules.count("audit") + 1 - (confident[-1] == "audit")
-    assert batch_reads == expected < alone_reads, (batch_reads, expected, alone_reads)
+    assert batch_used == alone_used  # the same estimate for every image (audits are drawn from request ids)
+    assert rules.count("audit") >= 2 and batch_reads == 1 < alone_reads, (batch_reads, alone_reads, rules)
+    if warm:  # the counts moved within the batch: each would-be auto-accepted image counted for the next one
+        shares = [found.new_share for found in batch_used if found.new_share is not None]
+        assert len(set(shares)) > 10, shares

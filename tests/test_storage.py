@@ -158,3 +158,42 @@ def test_an_etag_file_lost_in_a_crash_is_computed_again(tmp_path: Path, damage: 
         meta.write_bytes(b"" if damage == "empty" else b"\x00\x00\x00")
     assert bucket.head("images_for_detection/a.jpg").etag == stored.etag
     assert meta.read_text() == stored.etag  # repaired for the next reader
+
+
+def test_no_key_leads_outside_the_bucket_through_a_link_or_dot_segments(tmp_path: Path) -> None:
+    """The bucket resolves a key's path only when a segment could lead out; a link inside the bucket to a
+    folder of the bucket still works, one to a folder outside it (or ``..``) is refused on every operation."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"secret")
+    bucket = LocalBackend(tmp_path / "bucket")
+    bucket.put("images_for_detection/in/a.jpg", b"a")
+    folder = tmp_path / "bucket" / "images_for_detection"
+    (folder / "out").symlink_to(outside)
+    (folder / "same").symlink_to(folder / "in")
+    (folder / "in" / "leak.jpg").symlink_to(outside / "secret.jpg")
+    assert bucket.get("images_for_detection/same/a.jpg") == b"a"
+    for key in ("images_for_detection/out/secret.jpg", "images_for_detection/in/leak.jpg", "../outside/secret.jpg",
+                "images_for_detection/../../outside/secret.jpg"):
+        for operation in (bucket.get, bucket.head, bucket.delete):
+            with pytest.raises(ValueError, match="outside the bucket"):
+                operation(key)
+    with pytest.raises(ValueError, match="outside the bucket"):
+        bucket.put("images_for_detection/out/new.jpg", b"x")
+    assert sorted(path.name for path in outside.iterdir()) == ["secret.jpg"]
+
+
+def test_a_put_refuses_a_token_the_moment_it_is_revoked_and_keeps_the_consumer_rule(shared_server: Server) -> None:
+    """The bucket's PUT remembers a verified token for a moment (no database lookup or worker thread per upload),
+    but a revocation in this process ends it at once; a consumer may still upload only for detection."""
+    token = shared_server.user_token("uploader-pat", "consumer")
+    with shared_server.client(token) as api:
+        for i in range(3):  # the first use verifies the token in the database; the next ones from memory
+            put = api.put(f"/objects/images_for_detection/revoked/{i}.png", content=png("red", 8 + i))
+            assert put.status_code == 201, put.text
+        refused = api.put("/objects/images_labeled_by_folder/red/x.png", content=png("red", 20))
+        assert refused.status_code == 403 and "consumers may only upload" in refused.text, refused.text
+        newest = api.get("/tokens").json()[-1]["id"]
+        assert api.delete(f"/tokens/{newest}").status_code == 200
+        gone = api.put("/objects/images_for_detection/revoked/late.png", content=png("blue", 9))
+        assert gone.status_code == 401, gone.text

@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from labelloop.config import Settings, with_driver
-from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES
+from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES, take_turns
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def sqlite_system_engine(url: str, pool_size: int) -> Engine:
     busy timeout, foreign keys) plus write-ahead logging with ``synchronous=NORMAL``, as the application
     database has. DBOS leaves SQLite in rollback-journal mode, where every recorded step is several fsyncs
     and readers block writers; in WAL a commit survives a killed process (not a power cut before the next
-    checkpoint), which is what recovery needs, at a fraction of the cost."""
+    checkpoint), which is what recovery needs, at a fraction of the cost. This process's writers take turns
+    (``db.WriterTurns``)."""
     engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
 
     @event.listens_for(engine, "connect")
@@ -134,6 +135,7 @@ def sqlite_system_engine(url: str, pool_size: int) -> Engine:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
 
+    take_turns(engine)  # the queue pollers, the runs' step records and enqueues: in turn, not by polling
     return engine
 
 

@@ -12,6 +12,7 @@ from labelloop.config import get_settings
 from labelloop.detection import service
 from labelloop.modeling.endpoint import sync_serving
 from labelloop.notifications import service as notifications
+from labelloop.notifications.models import Notification
 
 
 @engine.step()
@@ -45,13 +46,13 @@ def notify_detection(detection: dict[str, Any], loop: dict[str, Any] | None, run
     return notifications.notify(event_type, subject, message, **fields)
 
 
-def record_notification(detection: dict[str, Any], loop: dict[str, Any] | None, run_id: str, *,
-                        session: Session, new: bool = False) -> notifications.Recorded:
-    """:func:`notify_detection`'s notification stored in the caller's transaction (deliver it after the commit
-    with ``notifications.deliver_recorded``); ``new``: the answer was written in this transaction, so no
-    notification of it can exist yet."""
+def stage_notification(detection: dict[str, Any], loop: dict[str, Any] | None, run_id: str, *,
+                       session: Session, new: bool = False) -> Notification:
+    """:func:`notify_detection`'s notification added to the caller's transaction, not flushed (after the flush
+    ``notifications.recorded`` gives what to deliver after the commit with ``notifications.deliver_recorded``);
+    ``new``: the answer was written in this transaction, so no notification of it can exist yet."""
     event_type, subject, message, fields = detection_message(detection, loop, run_id)
-    return notifications.record(event_type, subject, message, session=session, new=new, **fields)
+    return notifications.stage(event_type, subject, message, session=session, new=new, **fields)
 
 
 def detection_message(detection: dict[str, Any], loop: dict[str, Any] | None,

@@ -193,9 +193,11 @@ def record_outcome(event_id: int, outcome: Outcome, *, session: Session,
     return as_dict(event)
 
 
-def load_events(event_ids: list[int], *, session: Session) -> None:
-    """Load the events into ``session`` in one query (its later ``get`` of each reads none)."""
-    session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids))).all()
+def load_events(event_ids: list[int], *, session: Session) -> list[DetectionEvent]:
+    """Load the events into ``session`` in one query: its later ``get`` of each reads none (and so flushes
+    nothing) while the caller holds the list: a session keeps unmodified objects only as long as they are
+    referenced elsewhere."""
+    return list(session.scalars(select(DetectionEvent).where(DetectionEvent.id.in_(event_ids))))
 
 
 def read_event(event_id: int) -> dict[str, Any]:
@@ -310,25 +312,40 @@ def decide_route(event: DetectionEvent, values: dict[str, Any], *, session: Sess
         found, audits = silent_errors.estimate_from(event.model_version, target, [], 0), []
     decided = silent_errors.route(event.label, event.confidence, event.request_id, base=base, base_name=base_name,
                                   review=review, found=found, audits=audits, new=bool(event.new_stratum))
-    if decided.rule == silent_errors.Rule.AUDIT:  # one more audit opened: the next estimate counts it
-        session.info.get(VERSION_READS, {}).pop(("estimate", event.model_version, target), None)
+    _count_routed(event, decided, session=session)
     return decided
+
+
+def _count_routed(event: DetectionEvent, decided: silent_errors.Route, *, session: Session) -> None:
+    """A detection routed in a batch: the estimate's counts the batch remembered count it in memory, as reading
+    them again would (an audit opened; with a warm start, a would-be auto-accepted detection), so the batch reads
+    them once and writes nothing before its end. Images that do not read the estimate change none of its counts
+    (below the threshold, or silent-error control off for the whole batch)."""
+    memo = session.info.get(VERSION_READS, {})
+    counts = memo.get(("counts", event.model_version))
+    if counts is None:
+        return
+    accepted = (event.previous_event_id is None and decided.threshold is not None
+                and event.confidence >= decided.threshold)
+    memo[("counts", event.model_version)] = counts.routed(
+        audit=decided.rule == silent_errors.Rule.AUDIT, new=bool(event.new_stratum), accepted=accepted)
 
 
 def _estimate(version: str, target: float, *,
               session: Session) -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
-    """``silent_errors.estimate_with_audits``, read once per batch (after :func:`read_versions_once`) for a version
-    without a warm start: its estimate reads the answered audits and how many were opened, and within a batch
-    only an audit routed here changes those (``decide_route`` then forgets it). A warm start's estimate also
-    counts every auto-accepted detection, so it is read for each image. Parity with image-by-image routing:
-    ``tests/test_pipeline_transaction.py``."""
-    def read() -> tuple[silent_errors.Estimate, list[silent_errors.Audit]]:
+    """``silent_errors.estimate_with_audits``; after :func:`read_versions_once` its counts are read once per batch
+    (the answered audits, the audits opened, a warm start's would-be auto-accepted detections) and kept up to
+    date in memory as the batch routes (:func:`_count_routed`), the estimate computed again only when they
+    changed. Parity with image-by-image routing: ``tests/test_pipeline_transaction.py``."""
+    if VERSION_READS not in session.info:
         return silent_errors.estimate_with_audits(version, target, session=session)
-
-    if VERSION_READS not in session.info or _of_version("warm_start", ModelVersion.warm_start, version,
-                                                         session=session):
-        return read()
-    return _read_once(("estimate", version, target), read, session=session)
+    counts = _read_once(("counts", version), lambda: silent_errors.counts_of(version, session=session),
+                        session=session)
+    memo = session.info[VERSION_READS]
+    known = memo.get(("estimate", version, target))
+    if known is None or known[0] is not counts:
+        known = memo[("estimate", version, target)] = (counts, counts.estimate(version, target))
+    return known[1]
 
 
 def needs_human_review(event: dict[str, Any]) -> bool:

@@ -242,15 +242,43 @@ def new_audits_opened(version: str, *, session: Session) -> int:
         DetectionEvent.new_stratum.is_(True))) or 0
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What a version's estimate is computed from: its answered audits, how many audits were opened (in the new
+    stratum too) and its warm start with its would-be auto-accepted detections (None: a cold start)."""
+
+    audits: tuple[Audit, ...]
+    opened: int
+    warm: Warm | None = None
+    new_opened: int = 0
+
+    def estimate(self, version: str, target: float) -> tuple[Estimate, list[Audit]]:
+        """The estimate and the audits that judge it (its own; with a warm start, its backtest first)."""
+        audits = list(self.audits)
+        if self.warm is None:
+            return estimate_from(version, target, audits, self.opened), audits
+        return (estimate_from(version, target, audits, self.opened, self.warm, self.new_opened),
+                [*self.warm.backtest, *audits])
+
+    def routed(self, *, audit: bool, new: bool, accepted: bool) -> Counts:
+        """The counts once one more detection of the version is routed, as reading them again would give:
+        ``audit``, it opened an audit; ``new``, its stratum; ``accepted``, a would-be auto-accepted first
+        arrival (confidence at or above its threshold). Answers do not come with routing: the audits stay."""
+        warm = self.warm.counting(new) if self.warm is not None and accepted else self.warm
+        return Counts(self.audits, self.opened + audit, warm, self.new_opened + (audit and new))
+
+
+def counts_of(version: str, *, session: Session) -> Counts:
+    """What ``version``'s estimate is computed from, read from the detections."""
+    warm = warm_of(version, session=session)
+    return Counts(tuple(audits_of(version, session=session)), audits_opened(version, session=session), warm,
+                  new_audits_opened(version, session=session) if warm is not None else 0)
+
+
 def estimate_with_audits(version: str, target: float, *, session: Session) -> tuple[Estimate, list[Audit]]:
     """The silent-error estimate of ``version`` (stratified with a warm start) and the audits that judge it
     (its own; with a warm start, its backtest first)."""
-    audits, opened = audits_of(version, session=session), audits_opened(version, session=session)
-    warm = warm_of(version, session=session)
-    if warm is None:
-        return estimate_from(version, target, audits, opened), audits
-    found = estimate_from(version, target, audits, opened, warm, new_audits_opened(version, session=session))
-    return found, [*warm.backtest, *audits]
+    return counts_of(version, session=session).estimate(version, target)
 
 
 def estimate(version: str | None, target: float, *, session: Session) -> Estimate:

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials
-from starlette.concurrency import run_in_threadpool
 
-from labelloop import db
 from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
-from labelloop.web.dependencies import SessionDep, bearer, current_user, require, token_user
+from labelloop.web.dependencies import SessionDep, require, require_recent
 from labelloop.workforce.models import Role, User
-from labelloop.workforce.service import recent_tokens
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 Operator = Depends(require(Role.OPERATOR))
-_may_detect = require(Role.OPERATOR, Role.CONSUMER)
-
-
-def _authorize_detect(credentials: HTTPAuthorizationCredentials | None) -> User:
-    with db.session() as session:
-        return _may_detect(current_user(token_user(session, credentials)))
-
-
-async def detector(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
-    """The caller of ``POST /detect`` (401/403 as on every route). A token verified in the last seconds
-    (``workforce.service.recent_tokens``: forgotten at once when a user or token changes here) is checked
-    in the event loop without the database; any other is checked in one short session on one worker thread:
-    the request then holds no database connection while it waits for its batch."""
-    user = recent_tokens.user(credentials.credentials) if credentials is not None else None
-    if user is not None:
-        return _may_detect(current_user(user))
-    return await run_in_threadpool(_authorize_detect, credentials)
+# The caller of ``POST /detect``: a token verified in the last seconds is checked without the database.
+detector = require_recent(Role.OPERATOR, Role.CONSUMER)
 
 
 @router.post("/training/check", status_code=202)

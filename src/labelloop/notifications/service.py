@@ -56,12 +56,11 @@ def notify(event_type: str, subject: str, message: str, *, object_key: str | Non
               "confidence": confidence, "status": status, "run_id": run_id, "dedupe_key": dedupe_key}
     try:
         with db.session() as session:
-            recorded = record(event_type, subject, message, session=session, **fields)
+            stored = record(event_type, subject, message, session=session, **fields)
     except IntegrityError:  # the same step, retried elsewhere, stored it a moment ago
         with db.session() as session:
-            note = _existing(dedupe_key, session=session)
-            recorded = Recorded(note.id, None if note.deliveries else as_dict(note))
-    return deliver_recorded(recorded)
+            stored = recorded(_existing(dedupe_key, session=session))
+    return deliver_recorded(stored)
 
 
 class Recorded(NamedTuple):
@@ -78,12 +77,26 @@ def record(event_type: str, subject: str, message: str, *, session: Session, ded
     the key (it wrote what the notification reports in this transaction), so it is not looked up. With no
     channel configured the feed is its only delivery, written with the row; otherwise pass the answer to
     :func:`deliver_recorded` after the commit."""
+    note = stage(event_type, subject, message, session=session, dedupe_key=dedupe_key, new=new, **fields)
+    session.flush()
+    return recorded(note)
+
+
+def stage(event_type: str, subject: str, message: str, *, session: Session, dedupe_key: str | None = None,
+          new: bool = False, **fields: Any) -> Notification:
+    """:func:`record` without its flush: the row is added to the caller's transaction (or the one stored under
+    ``dedupe_key`` is found), and :func:`recorded` gives its answer once the caller has flushed. A batch of
+    detections flushes all its rows at once, so SQLite's write lock is taken at its end, not at its first image."""
     note = None if new else _existing(dedupe_key, session=session)
     if note is None:
         note = Notification(event_type=event_type, subject=subject[:300], message=message, dedupe_key=dedupe_key,
                             deliveries={} if _channels(get_settings()) else {"feed": "stored"}, **fields)
         session.add(note)
-        session.flush()
+    return note
+
+
+def recorded(note: Notification) -> Recorded:
+    """What :func:`deliver_recorded` needs of a notification :func:`stage` added, once it is flushed."""
     return Recorded(note.id, None if note.deliveries else as_dict(note))
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from labelloop import db
 from labelloop.workforce import service
@@ -63,6 +64,26 @@ def require(*roles: Role) -> Callable[..., User]:
         return user
 
     return check
+
+
+def require_recent(*roles: Role) -> Callable[..., Awaitable[User]]:
+    """:func:`require` for the hot routes (``POST /detect``, the bucket's PUT): a token verified in the last
+    seconds (``workforce.service.recent_tokens``: forgotten at once when a user or token changes here) is
+    checked in the event loop without the database; any other is checked in one short session on one worker
+    thread. Same answers (401/403) as :func:`require`, without its four worker-thread hops and a session."""
+    allowed = require(*roles)
+
+    def verify(credentials: HTTPAuthorizationCredentials | None) -> User:
+        with db.session() as session:
+            return allowed(current_user(token_user(session, credentials)))
+
+    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+        user = service.recent_tokens.user(credentials.credentials) if credentials is not None else None
+        if user is not None:
+            return allowed(current_user(user))
+        return await run_in_threadpool(verify, credentials)
+
+    return caller
 
 
 AnyUser = Annotated[User, Depends(current_user)]

@@ -104,7 +104,7 @@ def issue_token(user: User, *, session: Session, name: str = "api", ttl: timedel
 def user_for_token(token: str, *, session: Session) -> User:
     """The enabled user a valid, unrevoked, unexpired token belongs to, or :class:`AuthError`.
 
-    A token found valid is remembered in :data:`recent_tokens` (read only by ``POST /detect``)."""
+    A token found valid is remembered in :data:`recent_tokens` (read by ``POST /detect`` and the bucket's PUT)."""
     generation = recent_tokens.generation
     digest = _token_digest(token)
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
