@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from bench.real_images.data import TASKS, Item, Task, missing_sources
 
+from labelloop.modeling.images import DEFAULT_INPUT_VIEW, INPUT_VIEWS
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Server, server_env  # noqa: E402
@@ -150,7 +152,8 @@ def retrain_and_detect_again(server: Server, api: Any, trial: Trial, truth: dict
     return result
 
 
-def run_trial(trial: Trial, home: Path, learn_from_none: str = "true", input_view: str = "letterbox") -> dict[str, Any]:
+def run_trial(trial: Trial, home: Path, learn_from_none: str = "true",
+              input_view: str = DEFAULT_INPUT_VIEW) -> dict[str, Any]:
     """One fresh server through the seed's steps; returns the counts and every detection."""
     shutil.rmtree(home, ignore_errors=True)
     server = Server(home=home, env=server_env(LABELLOOP_CACHE_FOLDER=str(OUT / "cache"), LABELLOOP_UNDO_SECONDS="0",
@@ -238,15 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=3, help="trials (seeds 0 … N-1) per task")
     parser.add_argument("--learn-from-none-of-the-above", choices=["true", "false"], default="true",
                         help="the parameter's value in every trial (default: the product's default, true)")
-    parser.add_argument("--input-view", choices=["letterbox", "crop"], default="letterbox",
-                        help="Model-Input-View in every trial (default: the product's default, letterbox; crop: "
-                        "the centre crop of every version before it)")
+    parser.add_argument("--input-view", choices=sorted(INPUT_VIEWS), default=DEFAULT_INPUT_VIEW,
+                        help=f"Model-Input-View in every trial (default: the product's default, {DEFAULT_INPUT_VIEW}; "
+                        "crop: the centre crop of every version before the letterbox views)")
     args = parser.parse_args(argv)
     if missing := missing_sources():
         sys.exit(f"missing image sources: {', '.join(missing)} (run `make bench-data`)")
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = ("" if args.learn_from_none_of_the_above == "true" else "-no-negatives") + (
-        "" if args.input_view == "letterbox" else "-crop")
+        "" if args.input_view == DEFAULT_INPUT_VIEW else f"-{args.input_view}")
     results = []
     for name in args.tasks:
         task = TASKS[name](0)

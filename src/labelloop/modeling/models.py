@@ -64,7 +64,8 @@ class ModelVersion(Base):
     # previous version, the backtest audits and the new stratum's counts; None: a cold start.
     warm_start: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # The view its head was trained on and every request is prepared with (images.INPUT_VIEWS): "crop" (centre
-    # crop, every version before this column) or "letterbox" (whole image, padded), from Model-Input-View.
+    # crop, every version before this column), "letterbox" (whole image, padded) or "letterbox-fast" (the same
+    # from a DCT-scaled decode), from Model-Input-View.
     input_view: Mapped[str] = mapped_column(String(16), default="crop", server_default="crop")
     # While it trains: {"phase", "done", "total", "started_at", "updated_at"} (the dashboard's progress bar).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -107,7 +108,7 @@ class ModelVersionRead(BaseModel):
     evaluation: dict[str, Any] | None = None
     # Its warm start in brief (versions.warm_start_summary): previous, backtest_audits, new_accepted, accepted
     warm_start: dict[str, Any] | None = None
-    # How each image is prepared for this version (images.INPUT_VIEWS): "crop" or "letterbox"
+    # How each image is prepared for this version (images.INPUT_VIEWS): "crop", "letterbox" or "letterbox-fast"
     input_view: str = "crop"
 
 
