@@ -1,0 +1,122 @@
+"""How busy the cores stay when concurrent clients detect through the micro-batcher, in one process, alternated.
+
+    PYTHONPATH=src nice -n 10 .venv/bin/python bench/bench_batching.py [--rounds 4] [--seconds 4] [--clients 8]
+
+``--clients`` threads each detect one ~320 px real photo at a time (as ``POST /detect`` clients do, without the
+HTTP layer) through a ``Serving`` with one single-thread inference unit per core (the server's set-up), in three
+ways, alternated round by round so that each meets the same load:
+
+- **prepare pool, batches of up to 8** (main before issue 15's sync look): a pool as wide as the cores decodes and
+  prepares, then queues the input; the unit that wakes takes every input waiting, up to 8;
+- **prepare pool, one image per run**: the same hand-offs, ``max_batch`` 1;
+- **bytes prepared in the unit** (``Serving.submit_image``, what ``POST /detect`` does now).
+
+Per way: images/s, this process's CPU per image, the mean batch, and the cores kept busy (CPU seconds per
+second). Throughput is cores busy ÷ CPU per image, so a way that keeps more cores busy at the same CPU per
+image is faster for that reason alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from photos import uploads  # noqa: E402
+
+from labelloop.modeling.embedding import Embedder, default_threads  # noqa: E402
+from labelloop.modeling.export import ensure_backbone_onnx  # noqa: E402
+from labelloop.modeling.images import prepare  # noqa: E402
+from labelloop.modeling.serving import Serving  # noqa: E402
+
+WAYS = ("prepare pool, batches of up to 8", "prepare pool, one image per run", "bytes prepared in the unit")
+
+
+class OneLabel:
+    """A head that answers one label: the cost is the backbone's, the preparation's and the hand-offs'."""
+
+    labels = ["photo"]
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        return np.ones((len(embeddings), 1), dtype=np.float32)
+
+
+def prepared(data: bytes, view: str = "orig") -> np.ndarray:
+    """One photo as a 1×3×224×224 batch (``endpoint.prepare_image``)."""
+    return prepare(data, view=view)[None, ...]
+
+
+def detect_for(way: str, serving: Serving, pool: ThreadPoolExecutor, data: bytes) -> None:
+    """Detect one photo ``way``, waiting for its answer."""
+    if way == WAYS[2]:
+        serving.submit_image(data, prepared).result()
+    else:
+        pool.submit(lambda: serving.submit(prepared(data))).result().result()
+
+
+def measure(way: str, serving: Serving, pool: ThreadPoolExecutor, photos: list[bytes], clients: int,
+            seconds: float) -> tuple[float, float, float, float]:
+    """(images/s, CPU ms per image, mean batch, cores busy) of ``clients`` threads detecting for ``seconds``."""
+    serving.max_batch = 1 if way == WAYS[1] else 8
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        while time.monotonic() < stop:
+            detect_for(way, serving, pool, photos[(index * 7 + done[index]) % len(photos)])
+            done[index] += 1
+
+    batches, cpu, started = serving.batches, time.process_time(), time.monotonic()
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    images, wall, cpu = sum(done), time.monotonic() - started, time.process_time() - cpu
+    return images / wall, 1000 * cpu / images, images / max(1, serving.batches - batches), cpu / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=4.0, help="each way's phase per round (4)")
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+
+    path = ensure_backbone_onnx(Path(tempfile.gettempdir()) / f"labelloop-test-backbone-{os.getuid()}")
+    photos = [data for _, _, data in uploads(64)]
+    cores = default_threads()
+    serving = Serving(lambda threads: Embedder(path, threads=threads), units=cores)
+    measured: dict[str, list[tuple[float, float, float, float]]] = {way: [] for way in WAYS}
+    print(f"load average at start: {os.getloadavg()}; {cores} cores, {cores} single-thread units, "
+          f"{args.clients} clients")
+    try:
+        serving.switch(serving.warm("bench", OneLabel()))
+        with ThreadPoolExecutor(max_workers=cores) as pool:
+            for index in range(args.rounds):
+                for way in WAYS if index % 2 == 0 else WAYS[::-1]:
+                    row = measure(way, serving, pool, photos, args.clients, args.seconds)
+                    measured[way].append(row)
+                    print(f"round {index + 1}  {way:34s} {row[0]:6.1f} images/s  {row[1]:5.2f} CPU ms/img  "
+                          f"batch {row[2]:4.2f}  cores busy {row[3]:4.2f}", flush=True)
+    finally:
+        serving.close()
+    print(f"load average at end: {os.getloadavg()}")
+    for way, rows in measured.items():
+        rate, cpu, batch, busy = (statistics.median(column) for column in zip(*rows, strict=True))
+        print(f"median  {way:34s} {rate:6.1f} images/s  {cpu:5.2f} CPU ms/img  batch {batch:4.2f}  "
+              f"cores busy {busy:4.2f}")
+
+
+if __name__ == "__main__":
+    main()
