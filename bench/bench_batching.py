@@ -6,10 +6,13 @@
 HTTP layer) through a ``Serving`` with one single-thread inference unit per core (the server's set-up), in three
 ways, alternated round by round so that each meets the same load:
 
-- **prepare pool, batches of up to 8** (main before issue 15's sync look): a pool as wide as the cores decodes and
+- **prepare pool, batches of up to 8** (what ``POST /detect`` does): a pool as wide as the cores decodes and
   prepares, then queues the input; the unit that wakes takes every input waiting, up to 8;
 - **prepare pool, one image per run**: the same hand-offs, ``max_batch`` 1;
-- **bytes prepared in the unit** (``Serving.submit_image``, what ``POST /detect`` does now).
+- **prepared in the client's thread**: no pool, so one hand-off fewer; batches of up to 8.
+
+(A fourth way, each unit decoding the images it takes, was tried and measured with this file at 87f4f41 and
+reverted: README Performance, item 13.)
 
 Per way: images/s, this process's CPU per image, the mean batch, and the cores kept busy (CPU seconds per
 second). Throughput is cores busy ÷ CPU per image, so a way that keeps more cores busy at the same CPU per
@@ -39,7 +42,7 @@ from labelloop.modeling.export import ensure_backbone_onnx  # noqa: E402
 from labelloop.modeling.images import prepare  # noqa: E402
 from labelloop.modeling.serving import Serving  # noqa: E402
 
-WAYS = ("prepare pool, batches of up to 8", "prepare pool, one image per run", "bytes prepared in the unit")
+WAYS = ("prepare pool, batches of up to 8", "prepare pool, one image per run", "prepared in the client's thread")
 
 
 class OneLabel:
@@ -59,7 +62,7 @@ def prepared(data: bytes, view: str = "orig") -> np.ndarray:
 def detect_for(way: str, serving: Serving, pool: ThreadPoolExecutor, data: bytes) -> None:
     """Detect one photo ``way``, waiting for its answer."""
     if way == WAYS[2]:
-        serving.submit_image(data, prepared).result()
+        serving.submit(prepared(data)).result()
     else:
         pool.submit(lambda: serving.submit(prepared(data))).result().result()
 
@@ -107,14 +110,14 @@ def main() -> None:
                 for way in WAYS if index % 2 == 0 else WAYS[::-1]:
                     row = measure(way, serving, pool, photos, args.clients, args.seconds)
                     measured[way].append(row)
-                    print(f"round {index + 1}  {way:34s} {row[0]:6.1f} images/s  {row[1]:5.2f} CPU ms/img  "
+                    print(f"round {index + 1}  {way:36s} {row[0]:6.1f} images/s  {row[1]:5.2f} CPU ms/img  "
                           f"batch {row[2]:4.2f}  cores busy {row[3]:4.2f}", flush=True)
     finally:
         serving.close()
     print(f"load average at end: {os.getloadavg()}")
     for way, rows in measured.items():
         rate, cpu, batch, busy = (statistics.median(column) for column in zip(*rows, strict=True))
-        print(f"median  {way:34s} {rate:6.1f} images/s  {cpu:5.2f} CPU ms/img  batch {batch:4.2f}  "
+        print(f"median  {way:36s} {rate:6.1f} images/s  {cpu:5.2f} CPU ms/img  batch {batch:4.2f}  "
               f"cores busy {busy:4.2f}")
 
 

@@ -6,10 +6,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from labelloop.modeling.embedding import Embedder
-from labelloop.modeling.images import ImageRejected
 from labelloop.modeling.serving import Serving
 
 
@@ -82,69 +80,3 @@ def test_a_request_its_caller_gave_up_is_dropped_and_the_unit_keeps_serving(back
     finally:
         serving.close()
     assert head.sizes == [1, 1]  # the abandoned request never ran
-
-
-class RecordingPrepare:
-    """Prepares an image's bytes as a constant input per byte value, recording the views it was asked for;
-    ``b"bad"`` is rejected."""
-
-    def __init__(self) -> None:
-        self.views: list[str] = []
-
-    def __call__(self, data: bytes, view: str) -> np.ndarray:
-        self.views.append(view)
-        if data == b"bad":
-            raise ImageRejected("not an image")
-        return np.full((1, 3, 224, 224), data[0] / 255, dtype=np.float32)
-
-
-def test_an_image_queued_as_bytes_is_prepared_by_its_unit_for_the_version_that_answers(backbone_onnx: Path) -> None:
-    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=1, max_batch=8)
-    head, prepare = GatedHead(), RecordingPrepare()
-    try:
-        head.gate.set()
-        serving.switch(serving.warm("v1", head, view="orig"))
-        head.gate.clear()
-        head.entered.clear()
-        busy = serving.submit(np.zeros((1, 3, 224, 224), dtype=np.float32))
-        assert head.entered.wait(timeout=120)  # the unit is busy: what follows waits in the queue
-        queued = serving.submit_image(b"\x40", prepare)
-        # a switch, while it waits, to a version on another view (the same head's weights: the same answers)
-        serving.switch(serving.warm("v2", RecordingHead(), view="letterbox"))
-        head.gate.set()
-        version, probabilities = queued.result(timeout=120)
-        busy.result(timeout=120)
-        expected = serving.submit(np.full((1, 3, 224, 224), 0x40 / 255, dtype=np.float32)).result(timeout=120)
-    finally:
-        serving.close()
-    assert version.version == "v2" and prepare.views == ["letterbox"]  # never ViewChanged: prepared for v2
-    np.testing.assert_allclose(probabilities, expected[1], atol=1e-5)
-
-
-def test_a_rejected_image_answers_its_caller_and_the_batch_and_unit_go_on(backbone_onnx: Path) -> None:
-    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=1, max_batch=8)
-    head, prepare = GatedHead(), RecordingPrepare()
-    try:
-        head.gate.set()
-        serving.switch(serving.warm("v1", head))
-        head.gate.clear()
-        head.entered.clear()
-        head.sizes.clear()
-        x = np.zeros((1, 3, 224, 224), dtype=np.float32)
-        first = serving.submit(x)
-        assert head.entered.wait(timeout=120)
-        # waiting together: two prepared requests, a bad image (ends their batch), an image, a cancelled image
-        together = [serving.submit(x), serving.submit(x), serving.submit_image(b"bad", prepare)]
-        image = serving.submit_image(b"\x10", prepare)
-        abandoned = serving.submit_image(b"\x20", prepare)
-        assert abandoned.cancel()
-        head.gate.set()
-        with pytest.raises(ImageRejected):
-            together[2].result(timeout=120)
-        answers = [future.result(timeout=120) for future in [first, *together[:2], image]]
-        later = serving.submit_image(b"\x30", prepare).result(timeout=120)
-    finally:
-        serving.close()
-    assert all(version.version == "v1" for version, _ in [*answers, later])
-    assert head.sizes == [1, 2, 1, 1]  # the bad image left its batch; a queued image ran alone; none abandoned
-    assert prepare.views == ["orig", "orig", "orig"]  # the cancelled image was never decoded

@@ -260,28 +260,37 @@ def submit_image_compared(data: bytes) -> Future[Compared]:
     return serving().submit_compared(prepare_image(data, view), view)
 
 
-# The once-a-second check of what the database says serves (``sync_serving``) runs here, off the event loop: it
-# reads the database and may load a version. One thread: requests that arrive during a check wait for it.
-_SYNC_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-sync")
+# Decoding runs on a pool as wide as the cores, not on the server's 40-thread pool: more concurrent decodes
+# than cores only add context switches and per-thread allocator memory.
+_PREPARE_POOL = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="detect-prepare")
 
 
-def _sync_due() -> bool:
-    """Whether the next request must check what serves before it is queued (``sync_serving``'s interval is
-    over, or this process's server is not made yet)."""
-    return _serving is None or time.monotonic() - _synced_at >= SYNC_SECONDS
+def _prepare_and_queue(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
+    """Decode and preprocess, pick up a version switched by another process, and queue the image for its
+    batch with ``answer`` as its future; a failure (a rejected image, nothing serving) goes into ``answer``.
+    Runs on the prepare pool."""
+    try:
+        view = serving_view()
+        serving().submit(prepare_image(data, view), future=answer, view=view)
+    except BaseException as exc:  # handed to the awaiting request, which raises it
+        if answer.set_running_or_notify_cancel():
+            answer.set_exception(exc)
 
 
 async def detect_upload(data: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """Detect one uploaded image for an async caller: its bytes are queued for the inference units, and the unit
-    that takes it decodes and prepares it with the view of the version that answers (no thread of its own per
-    request, one wake-up of the event loop: the answer). A switch made by another process is picked up first,
-    on a thread, when it is due. The version used and every label best first (raises ``ImageRejected``,
-    ``NoModelServing``)."""
-    if _sync_due():
-        await asyncio.wrap_future(_SYNC_POOL.submit(sync_serving))
-    answer: Future[tuple[LoadedVersion, np.ndarray]] = serving().submit_image(data, prepare_image)
-    loaded, probabilities = await asyncio.wrap_future(answer)
-    return loaded.version, labels_of(loaded.labels, probabilities[0])
+    """Detect one uploaded image for an async caller: decoded and queued on the prepare pool, its batch
+    awaited without holding a thread (one wake-up of the event loop per request: the answer). The version
+    used and every label best first (raises ``ImageRejected``)."""
+    retries = 0
+    while True:
+        answer: Future[tuple[LoadedVersion, np.ndarray]] = Future()
+        _PREPARE_POOL.submit(_prepare_and_queue, data, answer)
+        try:
+            loaded, probabilities = await asyncio.wrap_future(answer)
+        except ViewChanged:
+            retries = _retry_view(retries)
+            continue
+        return loaded.version, labels_of(loaded.labels, probabilities[0])
 
 
 def _retry_view(retries: int) -> int:

@@ -18,13 +18,6 @@ Each version serves on its input view (``LoadedVersion.view``: the centre crop '
 request says which view its images were prepared with: a request prepared for one version's view that reaches a
 version with another (a switch between preparing and running it) is answered :class:`ViewChanged`, never run,
 and the caller prepares it again for the version now serving (``endpoint``).
-
-An image may also be queued as its bytes (:meth:`Serving.submit_image`, ``POST /detect``): the unit that takes
-it decodes and prepares it itself, with the view of the version that then answers it (so never
-:class:`ViewChanged`), and runs it without taking more requests. Preparing in the unit's own thread, not on a
-pool of its own, keeps every unit busy while images wait: with a separate pool, the requests a unit had taken
-into its batch were answered together, came back together and left both units idle while they were decoded
-again (README Performance, issue 15's sync look).
 """
 
 from __future__ import annotations
@@ -96,22 +89,12 @@ class Compared:
     previous: list[tuple[str, float]] | None  # per image, the previous head's top label and confidence (0–100)
 
 
-# Decodes and preprocesses one image's bytes as an input view (an images.VIEWS key) into a 1×3×224×224 batch.
-Prepare = Callable[[bytes, str], np.ndarray]
-
-
 @dataclass
 class _Request:
-    inputs: np.ndarray | None  # None: still to be prepared from ``image`` by the unit that runs it
+    inputs: np.ndarray
     future: Future[Any]
     compared: bool = False  # answer with a Compared (else a (version, probabilities) pair)
     view: str | None = None  # the view the inputs were prepared with (None: not checked)
-    image: tuple[bytes, Prepare] | None = None  # the image's bytes and how to prepare them (submit_image)
-
-    @property
-    def size(self) -> int:
-        """Images in the request."""
-        return 1 if self.inputs is None else len(self.inputs)
 
 
 class Serving:
@@ -195,12 +178,9 @@ class Serving:
         self.units = 0
 
     def _take_batch(self, first: _Request) -> tuple[list[_Request], bool]:
-        """The requests of one run: ``first`` and what is waiting, up to ``max_batch`` images, ending at the first
-        image still to be prepared (its decode runs in this unit: it takes no more than it must before running);
-        and whether a stop was taken."""
-        batch, size = [first], first.size
+        batch, size = [first], len(first.inputs)
         deadline = time.monotonic() + self.max_wait_seconds
-        while size < self.max_batch and batch[-1].image is None:
+        while size < self.max_batch:
             try:
                 wait = deadline - time.monotonic()
                 item = self._requests.get(timeout=wait) if wait > 0 else self._requests.get_nowait()
@@ -209,7 +189,7 @@ class Serving:
             if item is None:
                 return batch, True
             batch.append(item)
-            size += item.size
+            size += len(item.inputs)
         return batch, False
 
     def _unit(self, embedder: Embedder) -> None:
@@ -234,11 +214,11 @@ class Serving:
                 request.future.set_exception(NoModelServing(
                     "no model version is serving; train one (POST /api/v1/training/check) or deploy one"))
             return
-        batch = _prepared(version, _same_view(version, batch))
+        batch = _same_view(version, batch)
         if not batch:
             return
         try:
-            inputs = _joined([request.inputs for request in batch])
+            inputs = np.concatenate([request.inputs for request in batch])
             embeddings = (version.embedder or embedder).embed(inputs)
             probabilities = version.head.predict_proba(embeddings)
             previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
@@ -263,26 +243,21 @@ class Serving:
         """Queue preprocessed images (N×3×224×224); the future gives (version, N×labels probabilities).
         ``future``: the caller's own (not yet running) future to complete, instead of a new one. ``view``: the
         view the images were prepared with; a version with another input view answers :class:`ViewChanged`."""
-        return self._queue(_Request(inputs, future or Future(), view=view))
-
-    def submit_image(self, data: bytes, prepare: Prepare, future: Future[Any] | None = None
-                     ) -> Future[tuple[LoadedVersion, np.ndarray]]:
-        """Queue one image's bytes; the unit that runs it prepares it with ``prepare(data, view)``, ``view``
-        being the input view of the version that answers it. The future gives (version, 1×labels
-        probabilities), or the error preparing raised (e.g. ``ImageRejected``); ``future``: as in :meth:`submit`."""
-        return self._queue(_Request(None, future or Future(), image=(data, prepare)))
+        return self._queue(inputs, compared=False, future=future, view=view)
 
     def submit_compared(self, inputs: np.ndarray, view: str | None = None) -> Future[Compared]:
         """:meth:`submit`, with the previous head's top label and confidence per image when the serving
         version has one (warm start)."""
-        return self._queue(_Request(inputs, Future(), compared=True, view=view))
+        return self._queue(inputs, compared=True, view=view)
 
-    def _queue(self, request: _Request) -> Future[Any]:
+    def _queue(self, inputs: np.ndarray, *, compared: bool, future: Future[Any] | None = None,
+               view: str | None = None) -> Future[Any]:
         if self._active is None:
             raise NoModelServing("no model version is serving; train one (POST /api/v1/training/check) "
                                  "or deploy one (POST /api/v1/models/{version}/deploy)")
-        self._requests.put(request)
-        return request.future
+        future = future or Future()
+        self._requests.put(_Request(inputs, future, compared, view))
+        return future
 
 
 def _same_view(version: LoadedVersion, batch: list[_Request]) -> list[_Request]:
@@ -296,27 +271,6 @@ def _same_view(version: LoadedVersion, batch: list[_Request]) -> list[_Request]:
                 f"model version {version.version} serves on the {version.view!r} view; the request was prepared "
                 f"as {request.view!r}"))
     return kept
-
-
-def _prepared(version: LoadedVersion, batch: list[_Request]) -> list[_Request]:
-    """``batch`` with every image queued as bytes prepared for ``version``'s view; one that cannot be prepared
-    (a rejected image) gets the error as its answer and leaves the batch."""
-    kept = []
-    for request in batch:
-        if request.image is not None:
-            data, prepare = request.image
-            try:
-                request.inputs, request.view = prepare(data, version.view), version.view
-            except Exception as exc:  # the caller's answer: raised where it awaits it
-                request.future.set_exception(exc)
-                continue
-        kept.append(request)
-    return kept
-
-
-def _joined(inputs: list[np.ndarray]) -> np.ndarray:
-    """The batch's inputs as one array (a lone request's own, not copied)."""
-    return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
 
 
 def _previous_top(version: LoadedVersion, embeddings: np.ndarray) -> list[tuple[str, float]] | None:
