@@ -14,6 +14,9 @@ ways, alternated round by round so that each meets the same load:
 (A fourth way, each unit decoding the images it takes, was tried and measured with this file at 87f4f41 and
 reverted: README Performance, item 13.)
 
+``--backbone-only``: the backbone alone instead, one single-thread session per core side by side, at batch 1, 2, 4
+and 8 alternated: CPU per image (does the batch size itself change it?).
+
 Per way: images/s, this process's CPU per image, the mean batch, and the cores kept busy (CPU seconds per
 second). Throughput is cores busy ÷ CPU per image, so a way that keeps more cores busy at the same CPU per
 image is faster for that reason alone.
@@ -89,16 +92,54 @@ def measure(way: str, serving: Serving, pool: ThreadPoolExecutor, photos: list[b
     return images / wall, 1000 * cpu / images, images / max(1, serving.batches - batches), cpu / wall
 
 
+def backbone_only(embedders: list[Embedder], inputs: np.ndarray, rounds: int, seconds: float) -> None:
+    """Print the CPU per image of one single-thread session per core running side by side, per batch size."""
+    sizes = (1, 2, 4, 8)
+    measured: dict[int, list[float]] = {size: [] for size in sizes}
+    for index in range(rounds):
+        for size in sizes if index % 2 == 0 else sizes[::-1]:
+            done = [0] * len(embedders)
+            stop = time.monotonic() + seconds
+
+            def run(unit: int, size: int = size, stop: float = stop, done: list[int] = done) -> None:
+                while time.monotonic() < stop:
+                    start = (done[unit] * 7) % (len(inputs) - size + 1)
+                    embedders[unit].embed(inputs[start:start + size])
+                    done[unit] += size
+
+            cpu = time.process_time()
+            threads = [threading.Thread(target=run, args=(unit,)) for unit in range(len(embedders))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            measured[size].append(1000 * (time.process_time() - cpu) / sum(done))
+        print(f"round {index + 1}  " + "  ".join(f"batch {size}: {measured[size][-1]:5.2f}" for size in sizes)
+              + "  CPU ms/img", flush=True)
+    print("median   " + "  ".join(f"batch {size}: {statistics.median(measured[size]):5.2f}" for size in sizes)
+          + "  CPU ms/img")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0, help="each way's phase per round (4)")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--backbone-only", action="store_true", help="the backbone alone, per batch size")
     args = parser.parse_args()
 
     path = ensure_backbone_onnx(Path(tempfile.gettempdir()) / f"labelloop-test-backbone-{os.getuid()}")
     photos = [data for _, _, data in uploads(64)]
     cores = default_threads()
+    if args.backbone_only:
+        embedders = [Embedder(path, threads=1) for _ in range(cores)]
+        inputs = np.stack([prepare(data) for data in photos[:32]])
+        for embedder in embedders:
+            embedder.embed(inputs[:8])
+        print(f"load average at start: {os.getloadavg()}; {cores} single-thread sessions side by side")
+        backbone_only(embedders, inputs, args.rounds, args.seconds)
+        print(f"load average at end: {os.getloadavg()}")
+        return
     serving = Serving(lambda threads: Embedder(path, threads=threads), units=cores)
     measured: dict[str, list[tuple[float, float, float, float]]] = {way: [] for way in WAYS}
     print(f"load average at start: {os.getloadavg()}; {cores} cores, {cores} single-thread units, "
