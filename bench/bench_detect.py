@@ -363,6 +363,10 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[dict[s
     Samples are wall-clock samples of active threads: under CPU contention a thread that is runnable but
     waiting for a core, or in SQLite waiting for its lock, counts too. (py-spy's ``--gil`` mode, which would
     count Python work only, put 90 % of the samples on the idle queue pollers here: not used.)
+
+    py-spy's own CPU is printed too: at 100 samples a second of every thread it took 0.45 of a core here, on the
+    cores the server uses, so a profiled phase's images/s are lower than an unprofiled one's (README
+    Performance, item 13).
     """
     box: dict[str, Any] = {}
     if not enabled:
@@ -375,17 +379,20 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[dict[s
                                  "--rate", "100", "--threads", "--nonblocking"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
-    cpu_before = thread_cpu(pid)
+    cpu_before, spy_before, wall = thread_cpu(pid), cpu_seconds(recorder.pid), time.perf_counter()
     try:
         yield box
     finally:
-        cpu_after = thread_cpu(pid)
+        cpu_after, spy_cpu = thread_cpu(pid), cpu_seconds(recorder.pid) - spy_before
+        wall = time.perf_counter() - wall
         recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
         _, err = recorder.communicate(timeout=60)
         if not out.is_file():
             raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-2000:]}")
         text = out.read_text()
         print(f"\n── profile: {name} ──")
+        print(f"py-spy itself: {spy_cpu:.2f} CPU s in {wall:.1f} s, {spy_cpu / wall:.2f} of a core taken from the "
+              "server's cores (this phase's images/s are lowered by it)")
         print(summarize(text))
         if "images" in box:
             print(cpu_roles(cpu_before, cpu_after, thread_names(text), box["images"]))
