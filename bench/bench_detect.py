@@ -95,12 +95,21 @@ def memory_mib(pid: int, key: str) -> float:
     return float("nan")
 
 
+def machine_idle_seconds() -> float:
+    """CPU seconds the whole machine has spent idle (all cores, idle and iowait, /proc/stat) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / TICKS
+
+
 @contextmanager
 def metered(server_pid: int, idle: float = float("nan")) -> Iterator[dict[str, Any]]:
     """Time a phase and count both sides' CPU; the caller fills ``box['images']``, gets ``box['row']``.
-    ``idle``: the server's CPU seconds per second with no request (its share of the phase is noted)."""
+    ``idle``: the server's CPU seconds per second with no request (its share of the phase is noted). The note
+    also gives how many cores the machine left idle meanwhile: near 0, both cores were busy (with this server,
+    its clients or other work); on a quiet machine, what the server did not use."""
     box: dict[str, Any] = {}
     server0, client0, wall0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    machine0 = machine_idle_seconds()
     yield box
     images = max(1, box["images"])
     row = box["row"]
@@ -108,6 +117,8 @@ def metered(server_pid: int, idle: float = float("nan")) -> Iterator[dict[str, A
     row.server_cpu = (cpu_seconds(server_pid) - server0) / images
     row.client_cpu = (time.process_time() - client0) / images
     row.idle_cpu = idle * box["wall"] / images
+    cores_idle = f"machine idle {(machine_idle_seconds() - machine0) / box['wall']:.2f} cores"
+    row.note = f"{row.note}; {cores_idle}" if row.note else cores_idle
 
 
 def idle_cpu(pid: int, seconds: float) -> float:
