@@ -95,12 +95,21 @@ def memory_mib(pid: int, key: str) -> float:
     return float("nan")
 
 
+def machine_idle_seconds() -> float:
+    """CPU seconds the whole machine has spent idle (all cores, idle and iowait, /proc/stat) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / TICKS
+
+
 @contextmanager
 def metered(server_pid: int, idle: float = float("nan")) -> Iterator[dict[str, Any]]:
     """Time a phase and count both sides' CPU; the caller fills ``box['images']``, gets ``box['row']``.
-    ``idle``: the server's CPU seconds per second with no request (its share of the phase is noted)."""
+    ``idle``: the server's CPU seconds per second with no request (its share of the phase is noted). The note
+    also gives how many cores the machine left idle meanwhile: near 0, both cores were busy (with this server,
+    its clients or other work); on a quiet machine, what the server did not use."""
     box: dict[str, Any] = {}
     server0, client0, wall0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    machine0 = machine_idle_seconds()
     yield box
     images = max(1, box["images"])
     row = box["row"]
@@ -108,6 +117,8 @@ def metered(server_pid: int, idle: float = float("nan")) -> Iterator[dict[str, A
     row.server_cpu = (cpu_seconds(server_pid) - server0) / images
     row.client_cpu = (time.process_time() - client0) / images
     row.idle_cpu = idle * box["wall"] / images
+    cores_idle = f"machine idle {(machine_idle_seconds() - machine0) / box['wall']:.2f} cores"
+    row.note = f"{row.note}; {cores_idle}" if row.note else cores_idle
 
 
 def idle_cpu(pid: int, seconds: float) -> float:
@@ -367,6 +378,10 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[dict[s
     Samples are wall-clock samples of active threads: under CPU contention a thread that is runnable but
     waiting for a core, or in SQLite waiting for its lock, counts too. (py-spy's ``--gil`` mode, which would
     count Python work only, put 90 % of the samples on the idle queue pollers here: not used.)
+
+    py-spy's own CPU is printed too: at 100 samples a second of every thread it took 0.45 of a core here, on the
+    cores the server uses, so a profiled phase's images/s are lower than an unprofiled one's (README
+    Performance, item 13).
     """
     box: dict[str, Any] = {}
     if not enabled:
@@ -379,17 +394,20 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[dict[s
                                  "--rate", "100", "--threads", "--nonblocking"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
-    cpu_before = thread_cpu(pid)
+    cpu_before, spy_before, wall = thread_cpu(pid), cpu_seconds(recorder.pid), time.perf_counter()
     try:
         yield box
     finally:
-        cpu_after = thread_cpu(pid)
+        cpu_after, spy_cpu = thread_cpu(pid), cpu_seconds(recorder.pid) - spy_before
+        wall = time.perf_counter() - wall
         recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
         _, err = recorder.communicate(timeout=60)
         if not out.is_file():
             raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-2000:]}")
         text = out.read_text()
         print(f"\n── profile: {name} ──")
+        print(f"py-spy itself: {spy_cpu:.2f} CPU s in {wall:.1f} s, {spy_cpu / wall:.2f} of a core taken from the "
+              "server's cores (this phase's images/s are lowered by it)")
         print(summarize(text))
         if "images" in box:
             print(cpu_roles(cpu_before, cpu_after, thread_names(text), box["images"]))
