@@ -12,7 +12,7 @@ ways, alternated round by round so that each meets the same load:
 - **prepared in the client's thread**: no pool, so one hand-off fewer; batches of up to 8.
 
 (A fourth way, each unit decoding the images it takes, was tried and measured with this file at 87f4f41 and
-reverted: README Performance, item 13.)
+reverted: README Performance, item 15.)
 
 ``--backbone-only``: the backbone alone instead, one single-thread session per core side by side, at batch 1, 2, 4
 and 8 alternated: CPU per image (does the batch size itself change it?).

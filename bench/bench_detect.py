@@ -381,7 +381,7 @@ def profiled(enabled: bool, py_spy: str, pid: int, name: str) -> Iterator[dict[s
 
     py-spy's own CPU is printed too: at 100 samples a second of every thread it took 0.45 of a core here, on the
     cores the server uses, so a profiled phase's images/s are lower than an unprofiled one's (README
-    Performance, item 13).
+    Performance, item 15).
     """
     box: dict[str, Any] = {}
     if not enabled:
