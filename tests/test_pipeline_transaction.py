@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from labelloop import db
 from labelloop.detection import service as detections
@@ -21,7 +21,6 @@ from labelloop.modeling.models import ModelVersion
 from labelloop.notifications import service as notifications
 from labelloop.notifications.models import Notification
 from labelloop.parameters import service as parameters
-from labelloop.review import service as reviews
 from labelloop.review.models import HumanLoop
 
 
@@ -214,47 +213,3 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
     if warm:  # the counts moved within the batch: each would-be auto-accepted image counted for the next one
         shares = [found.new_share for found in batch_used if found.new_share is not None]
         assert len(set(shares)) > 10, shares
-
-
-def test_a_batch_with_human_loops_writes_nothing_before_every_image_is_staged(
-        database: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch's loops are staged like its notifications: no write (a query's autoflush, a loop's own flush)
-    takes SQLite's write lock before every image's loop and notification are staged, so the lock (and this
-    process's writer turn, which uploads' PUTs wait for) is held for the batch's flush and commit alone. Was:
-    taken at the first image that opened a loop, held through the staging of the rest."""
-    uploads = [detections.record_arrival(f"images_for_detection/loop-{n}.jpg", f"{n:032d}", "detection-run-loops")
-               for n in range(4)]
-    with db.session() as session:
-        reviews.template(session=session)  # made on its first use, once per database (its creation writes)
-    monkeypatch.setattr(detections, "infer_all", lambda events: [answered(20.0) for _ in events])  # all unsure
-    staging = routing._stage_loop_and_notification
-    staged: list[int] = []
-    staged_at_first_write: list[int] = []
-
-    def counted(*args: object, **kwargs: object) -> object:
-        staged.append(1)
-        return staging(*args, **kwargs)
-
-    def first_write(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if db._writes(statement) and not staged_at_first_write:
-            staged_at_first_write.append(len(staged))
-
-    monkeypatch.setattr(routing, "_stage_loop_and_notification", counted)
-    event.listen(db.engine(), "before_cursor_execute", first_write)
-    try:
-        done = routing.detect_uploads([u["id"] for u in uploads], "detection-run-loops",
-                                      [u["object_key"] for u in uploads])
-    finally:
-        event.remove(db.engine(), "before_cursor_execute", first_write)
-    assert staged_at_first_write == [len(uploads)], "the first write comes after every image is staged"
-    loops = [item["human_loop"] for item in done["detections"]]
-    assert all(loops) and len(set(loops)) == len(uploads)
-    with db.session() as session:
-        for upload, name in zip(uploads, loops, strict=True):
-            event_row = session.get(DetectionEvent, upload["id"])
-            assert event_row.status == DetectionStatus.DETECTED and event_row.human_loop_name == name
-            loop = session.scalar(select(HumanLoop).where(HumanLoop.name == name))
-            assert loop.detection_id == upload["id"] and loop.created_at is not None
-            note = session.scalar(select(Notification).where(
-                Notification.dedupe_key == f"detection-{upload['id']}:DETECTED"))
-            assert f"Human loop {name} created for review." in note.message

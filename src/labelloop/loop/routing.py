@@ -36,7 +36,6 @@ from labelloop.parameters import flows as parameters_flows
 from labelloop.parameters import service as parameters
 from labelloop.review import flows as review
 from labelloop.review import service as reviews
-from labelloop.review.models import HumanLoop
 from labelloop.runs import retention
 from labelloop.runs import service as runs
 from labelloop.sampling import flows as sampling
@@ -238,14 +237,11 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
             values = parameters.values(session=session)
             routed = [detections.record_outcome(event["id"], outcome, session=session, values=values)
                       for event, outcome in zip(events, outcomes, strict=True)]
-            # Every image routed (no write reached the database yet): the loops and notifications now, staged
-            # without a write (a query's autoflush, a loop's own flush) so the lock is taken at the flush below
-            with session.no_autoflush:
-                staged = [_stage_loop_and_notification(event, found, run_id, session)
-                          for event, found in zip(events, routed, strict=True)]
+            # Every image routed (no write reached the database yet): the loops and notifications now
+            staged = [_stage_loop_and_notification(event, found, run_id, session)
+                      for event, found in zip(events, routed, strict=True)]
             session.flush()  # the batch's rows at once: SQLite's write lock is held from here to the commit
-            written = [(found, loop and reviews.loop_created(loop), notifications.recorded(note))
-                       for found, loop, note in staged]
+            written = [(found, loop, notifications.recorded(note)) for found, loop, note in staged]
             del loaded  # held to here: each image's get() found its event without a query (and an autoflush)
     except IntegrityError:
         log.warning("a part of a detection was written by another execution of its run; finding it",
@@ -257,14 +253,13 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
 
 
 def _stage_loop_and_notification(event: dict[str, Any], found: dict[str, Any], run_id: str,
-                                 session: Any) -> tuple[dict[str, Any], HumanLoop | None, Notification]:
-    """The human loop and notification of a routed image, staged in the batch's transaction, not flushed. They
-    come after every image of the batch is routed (routing reads the events' routes, never the loops), and
-    nothing is written until the batch's flush, which takes SQLite's write lock until the commit."""
-    loop = review.stage_loop_in(found, session=session)
+                                 session: Any) -> tuple[dict[str, Any], dict[str, Any] | None, Notification]:
+    """The human loop and notification of a routed image, in the batch's transaction. They come after every
+    image of the batch is routed (routing reads the events' routes, never the loops), so the first write, which
+    takes SQLite's write lock until the commit, is made once the batch's routing is done."""
+    loop = review.open_loop_in(found, session=session)
     answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
-    shown = {"name": loop.name} if loop is not None else None  # what the notification names of its loop
-    return found, loop, detection.stage_notification(found, shown, run_id, session=session, new=answered_now)
+    return found, loop, detection.stage_notification(found, loop, run_id, session=session, new=answered_now)
 
 
 def _write_detection_alone(event: dict[str, Any], outcome: detections.Outcome, run_id: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from labelloop import engine
 from labelloop.detection.service import is_audit, needs_human_review
 from labelloop.notifications import service as notifications
 from labelloop.review import service
-from labelloop.review.models import HumanLoop, HumanLoopSource
+from labelloop.review.models import HumanLoopSource
 
 
 @engine.step()
@@ -27,19 +27,8 @@ def open_loop_in(detection: dict[str, Any], *, session: Session | None = None) -
     detection's answer and its loop are written together)."""
     if not needs_human_review(detection):
         return None
-    return service.create_loop(detection["id"], _loop_source(detection), session=session)
-
-
-def stage_loop_in(detection: dict[str, Any], *, session: Session) -> HumanLoop | None:
-    """:func:`open_loop_in` staged in the caller's transaction, not flushed (``service.stage_loop``)."""
-    if not needs_human_review(detection):
-        return None
-    return service.stage_loop(detection["id"], _loop_source(detection), session=session)
-
-
-def _loop_source(detection: dict[str, Any]) -> HumanLoopSource:
-    """An audit of silent-error control opens a "Human Sampling" loop, any other a "Detection" one."""
-    return HumanLoopSource.SAMPLING if is_audit(detection) else HumanLoopSource.DETECTION
+    source = HumanLoopSource.SAMPLING if is_audit(detection) else HumanLoopSource.DETECTION
+    return service.create_loop(detection["id"], source, session=session)
 
 
 @engine.step()

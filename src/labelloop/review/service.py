@@ -267,17 +267,6 @@ def create_loop(detection_id: int, source: str, *, session: Session | None = Non
 
 
 def _create_loop(detection_id: int, source: str, *, session: Session) -> dict[str, Any] | None:
-    loop = stage_loop(detection_id, source, session=session)
-    if loop is None:
-        return None
-    session.flush()
-    return loop_created(loop)
-
-
-def stage_loop(detection_id: int, source: str, *, session: Session) -> HumanLoop | None:
-    """A human loop for a detection without one, added to ``session`` but not flushed (nothing is written, so
-    a batch's transaction takes SQLite's write lock at its own flush); give it to :func:`loop_created` after
-    the flush. ``None`` when the detection has a loop."""
     event = session.get(DetectionEvent, detection_id)
     if event.human_loop_name is not None:
         return None
@@ -290,13 +279,9 @@ def stage_loop(detection_id: int, source: str, *, session: Session) -> HumanLoop
                      expires_at=db.utcnow() + timedelta(hours=lifetime),
                      task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
     session.add(loop)
+    session.flush()
     event.human_loop_name = loop.name
-    return loop
-
-
-def loop_created(loop: HumanLoop) -> dict[str, Any]:
-    """A staged loop, once flushed: logged, and as the API shows it."""
-    log.info("human loop created", extra={"loop": loop.name, "source": loop.source, "key": loop.object_key})
+    log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
     return as_dict(loop)
 
 
