@@ -38,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_sync_parts import run_clients  # noqa: E402
 from photos import uploads  # noqa: E402
 
 from labelloop.modeling.embedding import Embedder, default_threads  # noqa: E402
@@ -74,21 +75,8 @@ def measure(way: str, serving: Serving, pool: ThreadPoolExecutor, photos: list[b
             seconds: float) -> tuple[float, float, float, float]:
     """(images/s, CPU ms per image, mean batch, cores busy) of ``clients`` threads detecting for ``seconds``."""
     serving.max_batch = 1 if way == WAYS[1] else 8
-    done = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def client(index: int) -> None:
-        while time.monotonic() < stop:
-            detect_for(way, serving, pool, photos[(index * 7 + done[index]) % len(photos)])
-            done[index] += 1
-
-    batches, cpu, started = serving.batches, time.process_time(), time.monotonic()
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    images, wall, cpu = sum(done), time.monotonic() - started, time.process_time() - cpu
+    batches = serving.batches
+    images, wall, cpu = run_clients(clients, seconds, photos, lambda data: detect_for(way, serving, pool, data))
     return images / wall, 1000 * cpu / images, images / max(1, serving.batches - batches), cpu / wall
 
 

@@ -192,23 +192,30 @@ def _clients(serving: Any, pool: ThreadPoolExecutor, photos: list[bytes], client
     def prepare_and_queue(data: bytes) -> Future[Any]:
         return serving.submit(prepare(data)[None, ...])
 
+    batches = serving.batches
+    images, wall, cpu = run_clients(
+        clients, seconds, photos, lambda data: pool.submit(prepare_and_queue, data).result().result())
+    return images / wall, 1000 * cpu / images, images / max(1, serving.batches - batches)
+
+
+def run_clients(clients: int, seconds: float, photos: list[bytes],
+                detect: Callable[[bytes], object]) -> tuple[int, float, float]:
+    """``clients`` threads calling ``detect`` on the photos in turn for ``seconds``: (images, wall s, CPU s)."""
     done = [0] * clients
     stop = time.monotonic() + seconds
 
     def client(index: int) -> None:
         while time.monotonic() < stop:
-            pool.submit(prepare_and_queue, photos[(index * 7 + done[index]) % len(photos)]).result().result()
+            detect(photos[(index * 7 + done[index]) % len(photos)])
             done[index] += 1
 
-    batches, cpu, started = serving.batches, time.process_time(), time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    cpu, started = time.process_time(), time.monotonic()
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    images = sum(done)
-    return (images / (time.monotonic() - started), 1000 * (time.process_time() - cpu) / images,
-            images / max(1, serving.batches - batches))
+    return sum(done), time.monotonic() - started, time.process_time() - cpu
 
 
 def batcher_parts(clients: int, seconds: float, rounds: int) -> list[tuple[str, float, float, float]]:
