@@ -85,6 +85,10 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
         sign_in_client(browser, "admin", ADMIN_PASSWORD)
         page = browser.get("/models/v2").text
         assert 'id="model-input-view">letterbox' in page, "the model page says how its images are prepared"
+        assert "padded" in page and "reduced scale" not in page
+        page = browser.get("/models/v3").text
+        assert 'id="model-input-view">letterbox-fast' in page and "decoded at reduced scale" in page
+        assert "centre 224×224 square" in browser.get("/models/v1").text
     for version, view in (("v1", "crop"), ("v2", "letterbox"), ("v3", "letterbox-fast")):
         assert {answer["model_version"] for answer in served[version]} == {version}
         meta, probabilities = _offline(exported[version], images, view_key(view))

@@ -91,6 +91,12 @@ SMALL_DECODE_RESAMPLE = Image.Resampling.BILINEAR
 # stays the centre crop's key, so embeddings cached before input views existed keep their meaning).
 INPUT_VIEWS: dict[str, str] = {"crop": "orig", "letterbox": "letterbox", "letterbox-fast": "letterbox_fast"}
 DEFAULT_INPUT_VIEW = "letterbox-fast"
+# Each input view in a few words, as the model page shows it.
+INPUT_VIEW_SUMMARIES: dict[str, str] = {
+    "crop": "the centre 224×224 square",
+    "letterbox": "the whole image, long side 224, padded",
+    "letterbox-fast": "the whole image, long side 224, padded, from a JPEG decoded at reduced scale",
+}
 
 
 def view_key(input_view: str | None) -> str:

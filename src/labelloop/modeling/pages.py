@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.loop import actions
 from labelloop.modeling import service, versions
+from labelloop.modeling.images import INPUT_VIEW_SUMMARIES
 from labelloop.modeling.models import ModelStatus, ModelVersion
 from labelloop.parameters import service as parameters
 from labelloop.sampling import service as sampling
@@ -122,6 +123,7 @@ def version_page(request: Request, version: str, session: SessionDep, _visitor: 
         "row": row, "tag": STATUS_TAGS.get(row.status, "neutral"), **_actions(row, serving), "serving": serving,
         "problems": left_out_of(evaluation),
         "evaluation": evaluation, "per_label": per_label, "confusion": confusion(evaluation),
+        "input_view_summary": INPUT_VIEW_SUMMARIES[row.input_view],
         "metrics_plot": metrics_plot, "notice_action": _notice(request, row.version),
         "audit_notice": _audit_notice(request), **silent_errors(row.version),
         "minimum_f1": parameters.value(parameters.MINIMUM_F1_SCORE, session=session), "section": "models"})
