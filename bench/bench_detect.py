@@ -335,10 +335,12 @@ def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]],
     for served in servers[turn:] + servers[:turn]:
         pid, name = served.server.process.pid, served.name
         suffix = f" [{name}]" if name else ""
-        with profiled(args.profile, args.py_spy, pid, f"upload{name}"), metered(pid, served.idle) as box:
+        with profiled(args.profile, args.py_spy, pid, f"upload{name}") as spied, \
+                metered(pid, served.idle) as box:
             row = pipeline(served.server, served.token, together, f"round{index}{name}",
                            timeout=args.pipeline_timeout)
             box["images"], box["row"] = len(together), row
+            spied["images"] = len(together)
         row.phase += suffix
         rows[f"upload{name}"] = row
         if alone:
