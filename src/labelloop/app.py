@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, OperationalError
 
-from labelloop import __version__, db, engine, logs
+from labelloop import __version__, db, engine, logs, memory
 from labelloop.config import Settings, configure, get_settings
 from labelloop.console.pages import router as console_pages
 from labelloop.detection.pages import router as detection_pages
@@ -108,6 +108,7 @@ def start_process(settings: Settings, role: str) -> tuple[Settings, str | None]:
 
     Returns the settings in force and the admin's temporary password when this start created the admin.
     """
+    memory.limit_arenas(settings.malloc_arenas)
     if settings.executor_id is None:
         settings = configure(**{name: getattr(settings, name) for name in settings.model_fields_set},
                              executor_id=engine.new_executor_id(role))

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # queued elsewhere or waiting for the one place each has.
     idle_queue_polling_seconds: float = Field(default=2.0, gt=0)
     log_level: str = "INFO"
+    malloc_arenas: int = Field(default=2, ge=0, le=64, description="Most malloc arenas (glibc) the threads of a "
+                               "serving or worker process share; each keeps the memory freed in it. 0: glibc's "
+                               "default, eight per core")
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # Client side (the CLI talking to a server)
     server: str = Field(default="http://127.0.0.1:8080", description="The server the CLI talks to")

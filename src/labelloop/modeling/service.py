@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labelloop import db
+from labelloop import db, memory
 from labelloop.config import get_settings
 from labelloop.modeling import dataset, endpoint, gate, int8
 from labelloop.modeling.embedding import Embedder
@@ -114,6 +114,8 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
         change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow(),
                       progress=None)
         return {"trained": False, "version": version, "reason": str(exc)}
+    finally:
+        memory.release_free_memory(after=f"training of {version}")
     seconds = time.perf_counter() - started
     rejected = _rejected_images(manifest["images"], result.rejected)
     used = [e for e in usable if e["key"] not in result.rejected]
@@ -291,7 +293,9 @@ def export_onnx(version: str, *, session: Session) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "model.onnx"
         build_full_model_onnx(backbone, head, out, model_version=version, input_view=row.input_view)
-        return out.read_bytes()
+        data = out.read_bytes()
+    memory.release_free_memory(after=f"export of {version}")
+    return data
 
 
 def suspect_labels(version: str, *, session: Session) -> list[dict[str, Any]]:
