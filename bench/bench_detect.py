@@ -576,12 +576,12 @@ def main() -> None:
             served.server.stop()
 
 
-def start_server(pythonpath: str | None, home: Path) -> Server:
+def start_server(pythonpath: str | None, home: Path, **settings: str) -> Server:
     """A ``labelloop serve`` with its own code's production polling defaults (the test suite's faster polling
     left out; a `--server-src` or `--compare-src` checkout polls as its code would in production), from
-    ``pythonpath`` when given."""
+    ``pythonpath`` when given; ``settings``: more environment variables (``LABELLOOP_*``)."""
     shutil.rmtree(home, ignore_errors=True)
-    env = {key: value for key, value in server_env(LABELLOOP_LOG_LEVEL="WARNING").items()
+    env = {key: value for key, value in server_env(LABELLOOP_LOG_LEVEL="WARNING", **settings).items()
            if not key.endswith("_POLLING_SECONDS")}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(str(Path(part).resolve()) for part in pythonpath.split(os.pathsep))
