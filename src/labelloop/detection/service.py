@@ -145,20 +145,20 @@ def infer_all(events: list[dict[str, Any]]) -> list[Outcome]:
 
 
 def _queue_inference(event: dict[str, Any]) -> Outcome | tuple[bytes, Future[Compared]]:
-    """The event's image read and handed to the prepare pool, which prepares it with the serving version's
-    input view and queues it (its bytes and future), or the outcome already known."""
+    """The event's image read, prepared with the serving version's input view and queued (its bytes and
+    future), or the outcome already known."""
     if event["status"] == DetectionStatus.DETECTED:
         return Outcome("recorded")
     try:
         data = storage.read_object(event["object_key"])
-    except storage.ObjectNotFound as exc:
+        return data, endpoint.submit_image_compared(data)
+    except (ImageRejected, storage.ObjectNotFound) as exc:
         return Outcome("rejected", str(exc))
-    return data, endpoint.submit_image_compared(data)
+    except NoModelServing as exc:
+        return Outcome("waiting", str(exc))
 
 
 def _answer(started: Outcome | tuple[bytes, Future[Compared]]) -> Outcome:
-    """The outcome of a queued image: detected, rejected (not an image it can read) or waiting (nothing
-    serves)."""
     if isinstance(started, Outcome):
         return started
     data, future = started
@@ -167,8 +167,6 @@ def _answer(started: Outcome | tuple[bytes, Future[Compared]]) -> Outcome:
             answer = future.result(timeout=120)
         except ViewChanged:  # a version with another input view came in between: prepared again for it
             answer = endpoint.detect_image_compared(data)
-    except ImageRejected as exc:
-        return Outcome("rejected", str(exc))
     except NoModelServing as exc:
         return Outcome("waiting", str(exc))
     previous = None if answer.previous is None else answer.previous[0]

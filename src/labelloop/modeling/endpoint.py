@@ -254,12 +254,10 @@ def detect_image_compared(data: bytes) -> Compared:
 
 def submit_image_compared(data: bytes) -> Future[Compared]:
     """Prepare one image's bytes with the input view of the version serving now and queue it (``Compared``
-    answer), on the prepare pool: the caller (the upload pipeline's workflow thread) queues a batch's images
-    without decoding them itself, and they are decoded on every core. The future raises ``ImageRejected``,
-    ``NoModelServing``, or ``ViewChanged`` when a version with another view takes over before it runs."""
-    answer: Future[Compared] = Future()
-    _PREPARE_POOL.submit(_prepare_and_queue, data, answer, True)
-    return answer
+    answer); the future raises ``ViewChanged`` when a version with another view takes over before it runs.
+    Raises ``ImageRejected``, ``NoModelServing``."""
+    view = serving_view()
+    return serving().submit_compared(prepare_image(data, view), view)
 
 
 # Decoding runs on a pool as wide as the cores, not on the server's 40-thread pool: more concurrent decodes
@@ -267,16 +265,13 @@ def submit_image_compared(data: bytes) -> Future[Compared]:
 _PREPARE_POOL = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="detect-prepare")
 
 
-def _prepare_and_queue(data: bytes, answer: Future[Any], compared: bool = False) -> None:
+def _prepare_and_queue(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
     """Decode and preprocess, pick up a version switched by another process, and queue the image for its
-    batch with ``answer`` as its future (a ``Compared`` answer when ``compared``); a failure (a rejected image,
-    nothing serving) goes into ``answer``. Runs on the prepare pool."""
+    batch with ``answer`` as its future; a failure (a rejected image, nothing serving) goes into ``answer``.
+    Runs on the prepare pool."""
     try:
         view = serving_view()
-        if compared:
-            serving().submit_compared(prepare_image(data, view), view, future=answer)
-        else:
-            serving().submit(prepare_image(data, view), future=answer, view=view)
+        serving().submit(prepare_image(data, view), future=answer, view=view)
     except BaseException as exc:  # handed to the awaiting request, which raises it
         if answer.set_running_or_notify_cancel():
             answer.set_exception(exc)

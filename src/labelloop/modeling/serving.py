@@ -245,11 +245,10 @@ class Serving:
         view the images were prepared with; a version with another input view answers :class:`ViewChanged`."""
         return self._queue(inputs, compared=False, future=future, view=view)
 
-    def submit_compared(self, inputs: np.ndarray, view: str | None = None,
-                        future: Future[Any] | None = None) -> Future[Compared]:
+    def submit_compared(self, inputs: np.ndarray, view: str | None = None) -> Future[Compared]:
         """:meth:`submit`, with the previous head's top label and confidence per image when the serving
         version has one (warm start)."""
-        return self._queue(inputs, compared=True, future=future, view=view)
+        return self._queue(inputs, compared=True, view=view)
 
     def _queue(self, inputs: np.ndarray, *, compared: bool, future: Future[Any] | None = None,
                view: str | None = None) -> Future[Any]:
