@@ -286,7 +286,7 @@ def base_threshold(label: str, version: str, values: dict[str, Any], *, session:
     minimum = values[parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE]
     if not values.get(parameters.USE_LABEL_ASSUMED_THRESHOLDS):
         return minimum, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE
-    evaluation = _of_version("evaluation", ModelVersion.evaluation, version, session=session) or {}
+    evaluation = _of_version("evaluation", lambda: ModelVersion.evaluation, version, session=session) or {}
     assumed = next((m.get("assumed_threshold") for m in evaluation.get("per_label") or [] if m["label"] == label),
                    None)
     if assumed is None:
@@ -313,11 +313,12 @@ def _read_once(key: tuple[Any, ...], read: Callable[[], Any], *, session: Sessio
     return memo[key]
 
 
-def _of_version(name: str, column: Any, version: str, *, session: Session) -> Any:
-    """``column`` (called ``name``) of model version ``version``, remembered for the session after
-    :func:`read_versions_once`."""
-    return _read_once((name, version), lambda: session.scalar(select(column).where(ModelVersion.version == version)),
-                      session=session)
+def _of_version(name: str, column: Callable[[], Any], version: str, *, session: Session) -> Any:
+    """The column ``column()`` gives (called ``name``) of model version ``version``, remembered for the session
+    after :func:`read_versions_once` (the column expression is built only when it is read: building one costs
+    more than finding it remembered)."""
+    return _read_once((name, version),
+                      lambda: session.scalar(select(column()).where(ModelVersion.version == version)), session=session)
 
 
 def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[str, Any], *,
@@ -327,7 +328,7 @@ def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[s
     None when ``version`` has no warm start."""
     # Only the replaced version's name: the stored warm start also holds the whole backtest, which the route
     # reads once (silent_errors.warm_of); this runs for every detection.
-    replaced = _of_version("replaced", ModelVersion.warm_start["previous"].as_string(), version,
+    replaced = _of_version("replaced", lambda: ModelVersion.warm_start["previous"].as_string(), version,
                            session=session)
     if not replaced:
         return None
