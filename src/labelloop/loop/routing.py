@@ -18,6 +18,7 @@ from typing import Any
 
 from dbos import DBOS
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from labelloop import db, engine
 from labelloop.config import get_settings
@@ -242,7 +243,7 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
 
 
 def _write_batch(events: list[dict[str, Any]], outcomes: list[detections.Outcome], run_id: str,
-                 session: Any) -> list[tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]]:
+                 session: Session) -> list[tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]]:
     """A batch's answers with their routing, its human loops and notifications, in ``session``'s transaction.
     Every image is routed, and every loop and notification made, before anything is written (routing reads the
     events' routes, never the loops); then each table's rows go in one executemany statement (SQLAlchemy Core),
