@@ -12,7 +12,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, NullPool, TypeDecorator, create_engine, event, make_url, text
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    NullPool,
+    TypeDecorator,
+    create_engine,
+    event,
+    insert,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -20,7 +31,8 @@ from labelloop.config import get_settings, with_driver
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_ROW_ID", "Base", "close", "engine", "init", "session", "startup_lock", "text", "upgrade", "utcnow"]
+__all__ = ["MAX_ROW_ID", "Base", "close", "connection", "engine", "init", "insert_all", "session", "startup_lock",
+           "text", "upgrade", "utcnow", "with_defaults"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The largest id a table holds (ids are INTEGER columns, 32-bit in PostgreSQL): bounds every id a request names.
@@ -51,6 +63,55 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
+
+
+def insert_all(session: Session, rows: list[Base], *, ids: bool = False) -> None:
+    """INSERT ``rows`` (new ORM objects of one table, never added to a session) with one executemany statement, in
+    their order: SQLAlchemy Core, without the unit of work a flush runs per object. As a flush would, a column left
+    None gets its Python-side default, set on the object too; ``ids``: each object's id is set from RETURNING
+    (SQLite ≥ 3.35 and PostgreSQL). The objects stay transient: read them, do not add them afterwards."""
+    if not rows:
+        return
+    table = type(rows[0]).__table__
+    values = [_with_defaults_set(table, row) for row in rows]
+    if not ids:
+        session.execute(insert(table), values)
+        return
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    for row, new_id in zip(rows, session.execute(statement, values).scalars(), strict=True):
+        row.id = new_id  # type: ignore[attr-defined]
+
+
+def with_defaults(table: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """A new row of ``table``: every column but the primary key, the value ``given`` or else (missing or None) its
+    Python-side default, as a flush fills them in."""
+    return {column.key: _or_default(given.get(column.key), column) for column in table.columns
+            if not column.primary_key}
+
+
+def _with_defaults_set(table: Any, row: Base) -> dict[str, Any]:
+    """:func:`with_defaults` of an ORM object (read from the instance's own dictionary, where the ORM keeps a set
+    attribute: its descriptor would cost more than the rest), the defaults set on the object too."""
+    given = vars(row)
+    values = with_defaults(table, given)
+    for key, value in values.items():
+        if value is not None and given.get(key) is None:
+            setattr(row, key, value)
+    return values
+
+
+def _or_default(value: Any, column: Any) -> Any:
+    if value is not None or column.default is None:
+        return value
+    return column.default.arg(None) if column.default.is_callable else column.default.arg
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    """A Core connection in a transaction that commits when the block ends without error and rolls back
+    otherwise: for a short write that needs no ORM session (a session's own cost is most of a one-row INSERT's)."""
+    with engine().begin() as connected:
+        yield connected
 
 
 _engine: Engine | None = None

@@ -48,9 +48,10 @@ def notify_detection(detection: dict[str, Any], loop: dict[str, Any] | None, run
 
 def stage_notification(detection: dict[str, Any], loop: dict[str, Any] | None, run_id: str, *,
                        session: Session, new: bool = False) -> Notification:
-    """:func:`notify_detection`'s notification added to the caller's transaction, not flushed (after the flush
-    ``notifications.recorded`` gives what to deliver after the commit with ``notifications.deliver_recorded``);
-    ``new``: the answer was written in this transaction, so no notification of it can exist yet."""
+    """:func:`notify_detection`'s notification for the caller's transaction, not written yet
+    (``notifications.write_staged`` writes a batch's; then ``notifications.recorded`` gives what to deliver after
+    the commit with ``notifications.deliver_recorded``); ``new``: the answer is written in this transaction, so no
+    notification of it can exist yet."""
     event_type, subject, message, fields = detection_message(detection, loop, run_id)
     return notifications.stage(event_type, subject, message, session=session, new=new, **fields)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from dbos import DBOS
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from labelloop import db, engine
 from labelloop.config import get_settings
@@ -31,7 +32,6 @@ from labelloop.modeling import dataset, versions
 from labelloop.modeling import flows as modeling
 from labelloop.modeling import service as models
 from labelloop.notifications import service as notifications
-from labelloop.notifications.models import Notification
 from labelloop.parameters import flows as parameters_flows
 from labelloop.parameters import service as parameters
 from labelloop.review import flows as review
@@ -232,17 +232,7 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
     outcomes = detections.infer_all(events)
     try:
         with db.session() as session:
-            loaded = detections.load_events([event["id"] for event in events], session=session)
-            detections.read_versions_once(session)
-            values = parameters.values(session=session)
-            routed = [detections.record_outcome(event["id"], outcome, session=session, values=values)
-                      for event, outcome in zip(events, outcomes, strict=True)]
-            # Every image routed (no write reached the database yet): the loops and notifications now
-            staged = [_stage_loop_and_notification(event, found, run_id, session)
-                      for event, found in zip(events, routed, strict=True)]
-            session.flush()  # the batch's rows at once: SQLite's write lock is held from here to the commit
-            written = [(found, loop, notifications.recorded(note)) for found, loop, note in staged]
-            del loaded  # held to here: each image's get() found its event without a query (and an autoflush)
+            written = _write_batch(events, outcomes, run_id, session)
     except IntegrityError:
         log.warning("a part of a detection was written by another execution of its run; finding it",
                     extra={"detection_ids": [event["id"] for event in events], "run_id": run_id})
@@ -252,14 +242,27 @@ def _detect_all(events: list[dict[str, Any]], run_id: str) -> list[dict[str, Any
             for found, loop, recorded in written]
 
 
-def _stage_loop_and_notification(event: dict[str, Any], found: dict[str, Any], run_id: str,
-                                 session: Any) -> tuple[dict[str, Any], dict[str, Any] | None, Notification]:
-    """The human loop and notification of a routed image, in the batch's transaction. They come after every
-    image of the batch is routed (routing reads the events' routes, never the loops), so the first write, which
-    takes SQLite's write lock until the commit, is made once the batch's routing is done."""
-    loop = review.open_loop_in(found, session=session)
-    answered_now = event["status"] != found["status"] == DetectionStatus.DETECTED
-    return found, loop, detection.stage_notification(found, loop, run_id, session=session, new=answered_now)
+def _write_batch(events: list[dict[str, Any]], outcomes: list[detections.Outcome], run_id: str,
+                 session: Session) -> list[tuple[dict[str, Any], dict[str, Any] | None, notifications.Recorded]]:
+    """A batch's answers with their routing, its human loops and notifications, in ``session``'s transaction.
+    Every image is routed, and every loop and notification made, before anything is written (routing reads the
+    events' routes, never the loops); then each table's rows go in one executemany statement (SQLAlchemy Core),
+    so SQLite's write lock is held for those statements and the commit alone."""
+    detections.read_versions_once(session)
+    values = parameters.values(session=session)
+    routed = detections.route_outcomes([event["id"] for event in events], outcomes, session=session, values=values)
+    found = [detections.as_dict(row) for row in routed]
+    sources = [review.loop_source(item) for item in found]
+    loops = {loop.detection_id: loop for loop in reviews.stage_loops(
+        [(row, source) for row, source in zip(routed, sources, strict=True) if source], session=session)}
+    shown = [reviews.as_dict(loops[item["id"]]) if item["id"] in loops else None for item in found]
+    notes = [detection.stage_notification(item, loop, run_id, session=session,
+                                          new=event["status"] != item["status"] == DetectionStatus.DETECTED)
+             for event, item, loop in zip(events, found, shown, strict=True)]
+    detections.write_answers(routed, session=session)
+    reviews.write_loops(list(loops.values()), session=session)
+    notifications.write_staged(notes, session=session)
+    return [(item, loop, notifications.recorded(note)) for item, loop, note in zip(found, shown, notes, strict=True)]
 
 
 def _write_detection_alone(event: dict[str, Any], outcome: detections.Outcome, run_id: str) -> dict[str, Any]:

@@ -78,21 +78,30 @@ def record(event_type: str, subject: str, message: str, *, session: Session, ded
     channel configured the feed is its only delivery, written with the row; otherwise pass the answer to
     :func:`deliver_recorded` after the commit."""
     note = stage(event_type, subject, message, session=session, dedupe_key=dedupe_key, new=new, **fields)
-    session.flush()
+    if note.id is None:
+        session.add(note)
+        session.flush()
     return recorded(note)
 
 
 def stage(event_type: str, subject: str, message: str, *, session: Session, dedupe_key: str | None = None,
           new: bool = False, **fields: Any) -> Notification:
-    """:func:`record` without its flush: the row is added to the caller's transaction (or the one stored under
-    ``dedupe_key`` is found), and :func:`recorded` gives its answer once the caller has flushed. A batch of
-    detections flushes all its rows at once, so SQLite's write lock is taken at its end, not at its first image."""
+    """:func:`record` without writing: the one stored under ``dedupe_key``, or a new notification not added to
+    the session (its id None), which :func:`write_staged` writes with the rest of a batch in one INSERT; then
+    :func:`recorded` gives its answer. A batch of detections writes all its rows at its end, so SQLite's write
+    lock is taken there, not at its first image."""
     note = None if new else _existing(dedupe_key, session=session)
     if note is None:
         note = Notification(event_type=event_type, subject=subject[:300], message=message, dedupe_key=dedupe_key,
+                            created_at=db.utcnow(),
                             deliveries={} if _channels(get_settings()) else {"feed": "stored"}, **fields)
-        session.add(note)
     return note
+
+
+def write_staged(notes: list[Notification], *, session: Session) -> None:
+    """Write the new notifications among ``notes`` (from :func:`stage`) in one executemany INSERT, in their order,
+    each given its id."""
+    db.insert_all(session, [note for note in notes if note.id is None], ids=True)
 
 
 def recorded(note: Notification) -> Recorded:

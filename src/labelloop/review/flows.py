@@ -25,10 +25,16 @@ def open_human_loop(detection: dict[str, Any]) -> dict[str, Any] | None:
 def open_loop_in(detection: dict[str, Any], *, session: Session | None = None) -> dict[str, Any] | None:
     """:func:`open_human_loop` as a plain function; with ``session``, in the caller's transaction (the
     detection's answer and its loop are written together)."""
+    source = loop_source(detection)
+    return None if source is None else service.create_loop(detection["id"], source, session=session)
+
+
+def loop_source(detection: dict[str, Any]) -> str | None:
+    """The source of the human loop the detection's routing rule asks for (None: no loop): an audit of
+    silent-error control is "Human Sampling", any other (below a confidence threshold) "Detection"."""
     if not needs_human_review(detection):
         return None
-    source = HumanLoopSource.SAMPLING if is_audit(detection) else HumanLoopSource.DETECTION
-    return service.create_loop(detection["id"], source, session=session)
+    return HumanLoopSource.SAMPLING if is_audit(detection) else HumanLoopSource.DETECTION
 
 
 @engine.step()

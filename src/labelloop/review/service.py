@@ -270,19 +270,53 @@ def _create_loop(detection_id: int, source: str, *, session: Session) -> dict[st
     event = session.get(DetectionEvent, detection_id)
     if event.human_loop_name is not None:
         return None
-    lifetime = template(session=session).loop_lifetime_hours
-    prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
-    loop = HumanLoop(name=f"{prefix}-{detection_id}-{uuid.uuid4().hex[:8]}", source=source,
-                     detection_id=detection_id, object_key=event.object_key, model_version=event.model_version,
-                     model_label=event.label, model_confidence=event.confidence, object_etag=event.etag,
-                     required_answers=reviewers_for(source, session=session),
-                     expires_at=db.utcnow() + timedelta(hours=lifetime),
-                     task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
+    loop = new_loop(event, source, template(session=session))
     session.add(loop)
     session.flush()
     event.human_loop_name = loop.name
-    log.info("human loop created", extra={"loop": loop.name, "source": source, "key": event.object_key})
+    _log_created(loop)
     return as_dict(loop)
+
+
+def new_loop(event: Any, source: str, task_template: TaskTemplate) -> HumanLoop:
+    """A human loop of ``source`` for detection ``event`` (an ORM row or a batch's ``EventRow``), not added to any
+    session: its lifetime and reviewers from ``task_template``, every column its row will hold given."""
+    prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
+    now = db.utcnow()
+    return HumanLoop(name=f"{prefix}-{event.id}-{uuid.uuid4().hex[:8]}", source=source,
+                     status=HumanLoopStatus.IN_PROGRESS, detection_id=event.id, object_key=event.object_key,
+                     model_version=event.model_version, model_label=event.label, model_confidence=event.confidence,
+                     object_etag=event.etag, created_at=now, answer_round=0, status_message="",
+                     required_answers=task_template.reviewers_per_task.get(source, 1),
+                     expires_at=now + timedelta(hours=task_template.loop_lifetime_hours),
+                     task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
+
+
+def stage_loops(wanted: list[tuple[Any, str]], *, session: Session) -> list[HumanLoop]:
+    """A batch's new human loops, one per (event, source) in ``wanted`` whose event has none yet (the task template
+    read once), each event given its loop's name; :func:`write_loops` writes them once the caller has written the
+    events, so the batch takes SQLite's write lock at its end."""
+    wanted = [(event, source) for event, source in wanted if event.human_loop_name is None]
+    if not wanted:
+        return []
+    task_template = template(session=session)
+    loops = []
+    for event, source in wanted:
+        loop = new_loop(event, source, task_template)
+        event.human_loop_name = loop.name
+        loops.append(loop)
+    return loops
+
+
+def write_loops(loops: list[HumanLoop], *, session: Session) -> None:
+    """Write the loops :func:`stage_loops` made, in one executemany INSERT."""
+    db.insert_all(session, loops)
+    for loop in loops:
+        _log_created(loop)
+
+
+def _log_created(loop: HumanLoop) -> None:
+    log.info("human loop created", extra={"loop": loop.name, "source": loop.source, "key": loop.object_key})
 
 
 def open_label_audit_loops(keys: list[str], actor: str, *, session: Session) -> list[dict[str, Any]]:
