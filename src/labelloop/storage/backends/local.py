@@ -7,6 +7,7 @@ calls alone (``open()`` adds an ``fstat``, an ``ioctl`` and an ``lseek`` per fil
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -60,7 +61,10 @@ def _write_all(handle: int, data: bytes) -> None:
     """Write every byte of ``data`` to the open file ``handle`` (a write may be short)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(handle, view):]
+        written = os.write(handle, view)
+        if not written:  # not done by a regular file's write, but never loop on it
+            raise OSError(errno.EIO, "a write to the bucket made no progress")
+        view = view[written:]
 
 
 def _replace(source: str, target: str) -> None:
