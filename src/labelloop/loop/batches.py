@@ -75,11 +75,13 @@ class UploadBatches:
                 self._open, self._last_opened = batch, now
                 self._unqueued[batch.run_id] = batch
                 self._start_timer()
+                # Only a new batch can be due sooner than what the timer waits for; waking it at every upload
+                # made it take this lock (and then the GIL) once per upload, while the uploads queued on it.
+                self._lock.notify_all()
             batch.size += 1
             batch.recording += 1
             if batch.size >= self.max_size:
                 self._close(batch)
-            self._lock.notify_all()
             return batch
 
     def recorded(self, batch: Batch, member: dict[str, Any] | None) -> None:

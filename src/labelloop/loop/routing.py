@@ -147,6 +147,9 @@ _upload_batches_lock = threading.Lock()
 def upload_batches() -> batches.UploadBatches:
     """This process's batches of uploads for detection (made on first use, timed by the settings)."""
     global _upload_batches
+    made = _upload_batches
+    if made is not None:  # every upload asks: no lock once made
+        return made
     with _upload_batches_lock:
         if _upload_batches is None:
             settings = get_settings()
