@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "labelloop"
 MAX_FUNCTION_LEVEL_IMPORTS = 20
 
 # The layers, bottom up (README, "Design"): a module may import its own layer and the ones below it.
-FOUNDATION = {"labelloop", "labelloop.config", "labelloop.logs", "labelloop.files", "labelloop.labels"}
+FOUNDATION = {"labelloop", "labelloop.config", "labelloop.logs", "labelloop.files", "labelloop.labels",
+              "labelloop.memory"}
 CORE = {"labelloop.db", "labelloop.engine"}
 # The domains, in the one order their dependencies may point (each may import the ones before it).
 DOMAINS = ("notifications", "workforce", "parameters", "runs", "storage", "modeling", "detection", "review",
