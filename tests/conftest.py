@@ -41,7 +41,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "server home on LABELLOOP_TEST_POSTGRES_URL)")
 
 
+# A test marked so proves the same whatever --database says: `make test` runs it in one of its two passes.
+SAME_ON_EVERY_DATABASE = "same_on_every_database"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{SAME_ON_EVERY_DATABASE}: the test uses no database that --database "
+                            "chooses (in-process code on its own SQLite file, scripts given their databases, servers "
+                            "on a PostgreSQL database of their own), so one of `make test`'s passes runs it; a server "
+                            "it starts on the chosen database fails it")
     Postgres.mode = config.getoption("--database")
     if Postgres.mode == "postgresql":
         Postgres.drop_leftovers()
@@ -49,6 +57,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     Postgres.drop_created()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember the test being set up (its fixtures start servers) for ``refuse_chosen_database``."""
+    Running.item = item
+
+
+class Running:
+    """The test whose set-up, call or tear-down runs now."""
+
+    item: pytest.Item | None = None
+
+
+def refuse_chosen_database(env: dict[str, str], what: str) -> None:
+    """Fail a test marked ``same_on_every_database`` that starts ``what`` on the database --database chooses
+    (its environment names no ``LABELLOOP_DATABASE_URL``): that test would prove something else in each pass."""
+    item = Running.item
+    if item is not None and item.get_closest_marker(SAME_ON_EVERY_DATABASE) and "LABELLOOP_DATABASE_URL" not in env:
+        raise AssertionError(f"{item.nodeid} is marked {SAME_ON_EVERY_DATABASE}, yet it starts {what} on the "
+                             "database --database chooses: remove the mark or give it a database of its own")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -215,6 +244,7 @@ class Server:
         return self.home.parent / f"{self.home.name}-server.log"
 
     def start(self, timeout: float = 60.0) -> Server:
+        refuse_chosen_database(self.env, "a server")
         self.home.mkdir(parents=True, exist_ok=True)
         seed_backbone(Path(self.env.get("LABELLOOP_CACHE_FOLDER") or self.home / "cache"))
         if Postgres.mode == "postgresql" and "LABELLOOP_DATABASE_URL" not in self.env:
@@ -367,6 +397,7 @@ class Worker:
         return self.home.parent / f"{self.home.name}-worker.log"
 
     def start(self, timeout: float = 90.0) -> Worker:
+        refuse_chosen_database(self.env, "a worker")
         self.home.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
