@@ -260,7 +260,8 @@ class Server:
         self.process = subprocess.Popen(
             [*LABELLOOP, "serve", "--home", str(self.home), "--port", str(self.port), *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._healthy, timeout, 0.2, f"server on port {self.port} (log: {self.log_path})")
+        # Polled often: until it listens, a poll is a refused connection; each test starts one or more servers.
+        wait_until(self._healthy, timeout, 0.05, f"server on port {self.port} (log: {self.log_path})")
         self.admin_token = None
         return self
 
@@ -318,7 +319,7 @@ class Server:
                 run = response.json()
                 return run if run["status"] in ("SUCCESS", "ERROR", "CANCELLED") else None
 
-            return wait_until(finished, timeout, 0.2, f"run {run_id}")
+            return wait_until(finished, timeout, 0.1, f"run {run_id}")  # a look is one small query
 
 
 _BACKBONE = Path(os.environ.get("LABELLOOP_TEST_BACKBONE_FOLDER", f"/tmp/labelloop-test-backbone-{os.getuid()}"))
@@ -421,7 +422,7 @@ class Worker:
                         return line.split()[2]
             return None
 
-        self.executor_id = wait_until(running, timeout, 0.2, f"worker in {self.home} (log: {self.log_path})")
+        self.executor_id = wait_until(running, timeout, 0.05, f"worker in {self.home} (log: {self.log_path})")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
