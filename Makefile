@@ -69,6 +69,8 @@ postgresql:
 KILL_TEST := tests/test_faults.py::test_answers_survive_sigkill_cycles_under_twelve_reviewers
 # The OpenAPI fuzz run, the worker scale-out test (PostgreSQL in either pass) and the F1 gate's two-minute loop run
 # in the PostgreSQL pass, which was the shorter one (15.7 against 19 minutes); both passes print their slowest tests.
+# Never mark a test in these files same_on_every_database: the PostgreSQL pass leaves marked tests to this one,
+# so it would run in neither.
 SQLITE_LEFT_OUT := --ignore=tests/modeling --ignore=tests/test_fuzz.py --ignore=tests/test_scale_workers.py \
 	--ignore=tests/test_f1_gate.py
 SQLITE_PASS = LABELLOOP_REQUIRE_POSTGRES=1 LABELLOOP_REQUIRE_REAL_IMAGES=1 $(BIN)/python -m pytest --durations=12 \
