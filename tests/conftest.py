@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ ADMIN_PASSWORD = "admin-password-for-tests"
 LABELLOOP = [sys.executable, "-m", "labelloop"]
 POSTGRES_URL = os.environ.get("LABELLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DATABASE_PREFIX = "labelloop_test_"
+# The one TLS context of the tests' HTTP clients: httpx builds a new one per client otherwise (loading the CA
+# bundle: 15-35 ms of CPU each, and a server start alone polls /healthz some 25 times). The test servers speak
+# plain HTTP, so it is never used to verify anything.
+TLS = ssl.create_default_context()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,7 +46,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "server home on LABELLOOP_TEST_POSTGRES_URL)")
 
 
+# A test marked so proves the same whatever --database says: `make test` runs it in one of its two passes.
+SAME_ON_EVERY_DATABASE = "same_on_every_database"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{SAME_ON_EVERY_DATABASE}: the test uses no database that --database "
+                            "chooses (in-process code on its own SQLite file, scripts given their databases, servers "
+                            "on a PostgreSQL database of their own), so one of `make test`'s passes runs it; a server "
+                            "it starts on the chosen database fails it")
     Postgres.mode = config.getoption("--database")
     if Postgres.mode == "postgresql":
         Postgres.drop_leftovers()
@@ -49,6 +62,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     Postgres.drop_created()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember the test being set up (its fixtures start servers) for ``refuse_chosen_database``."""
+    Running.item = item
+
+
+class Running:
+    """The test whose set-up, call or tear-down runs now."""
+
+    item: pytest.Item | None = None
+
+
+def refuse_chosen_database(env: dict[str, str], what: str) -> None:
+    """Fail a test marked ``same_on_every_database`` that starts ``what`` on the database --database chooses
+    (its environment names no ``LABELLOOP_DATABASE_URL``): that test would prove something else in each pass."""
+    item = Running.item
+    if item is not None and item.get_closest_marker(SAME_ON_EVERY_DATABASE) and "LABELLOOP_DATABASE_URL" not in env:
+        raise AssertionError(f"{item.nodeid} is marked {SAME_ON_EVERY_DATABASE}, yet it starts {what} on the "
+                             "database --database chooses: remove the mark or give it a database of its own")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -215,6 +249,7 @@ class Server:
         return self.home.parent / f"{self.home.name}-server.log"
 
     def start(self, timeout: float = 60.0) -> Server:
+        refuse_chosen_database(self.env, "a server")
         self.home.mkdir(parents=True, exist_ok=True)
         seed_backbone(Path(self.env.get("LABELLOOP_CACHE_FOLDER") or self.home / "cache"))
         if Postgres.mode == "postgresql" and "LABELLOOP_DATABASE_URL" not in self.env:
@@ -225,7 +260,8 @@ class Server:
         self.process = subprocess.Popen(
             [*LABELLOOP, "serve", "--home", str(self.home), "--port", str(self.port), *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._healthy, timeout, 0.2, f"server on port {self.port} (log: {self.log_path})")
+        # Polled often: until it listens, a poll is a refused connection; each test starts one or more servers.
+        wait_until(self._healthy, timeout, 0.05, f"server on port {self.port} (log: {self.log_path})")
         self.admin_token = None
         return self
 
@@ -233,7 +269,7 @@ class Server:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=2, verify=TLS).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -249,7 +285,8 @@ class Server:
         return self.start()
 
     def token(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
-        response = httpx.post(f"{self.url}/api/v1/auth/token", data={"username": username, "password": password})
+        response = httpx.post(f"{self.url}/api/v1/auth/token", data={"username": username, "password": password},
+                              verify=TLS)
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
 
@@ -270,7 +307,7 @@ class Server:
             self.admin_token = self.admin_token or self.token()
             token = self.admin_token
         return httpx.Client(base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {token}"},
-                            timeout=60)
+                            timeout=60, verify=TLS)
 
     def wait_run(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until run ``run_id`` has finished and return it with its steps."""
@@ -282,7 +319,7 @@ class Server:
                 run = response.json()
                 return run if run["status"] in ("SUCCESS", "ERROR", "CANCELLED") else None
 
-            return wait_until(finished, timeout, 0.2, f"run {run_id}")
+            return wait_until(finished, timeout, 0.1, f"run {run_id}")  # a look is one small query
 
 
 _BACKBONE = Path(os.environ.get("LABELLOOP_TEST_BACKBONE_FOLDER", f"/tmp/labelloop-test-backbone-{os.getuid()}"))
@@ -367,6 +404,7 @@ class Worker:
         return self.home.parent / f"{self.home.name}-worker.log"
 
     def start(self, timeout: float = 90.0) -> Worker:
+        refuse_chosen_database(self.env, "a worker")
         self.home.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
@@ -384,7 +422,7 @@ class Worker:
                         return line.split()[2]
             return None
 
-        self.executor_id = wait_until(running, timeout, 0.2, f"worker in {self.home} (log: {self.log_path})")
+        self.executor_id = wait_until(running, timeout, 0.05, f"worker in {self.home} (log: {self.log_path})")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -425,7 +463,7 @@ class S3Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"S3 server exited: {self.log_path.read_text()[-2000:]}")
             try:
-                return httpx.get(self.endpoint, timeout=2).status_code < 500
+                return httpx.get(self.endpoint, timeout=2, verify=TLS).status_code < 500
             except httpx.HTTPError:
                 return False
 

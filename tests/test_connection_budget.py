@@ -14,6 +14,8 @@ import pytest
 from conftest import Server
 from labelloop import db
 
+pytestmark = pytest.mark.same_on_every_database  # PostgreSQL databases of its own
+
 
 def test_the_formula_follows_the_pools() -> None:
     assert db.app_connections(10) + db.engine_connections(10) == 42

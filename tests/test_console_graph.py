@@ -16,6 +16,8 @@ from labelloop.loop.machines import BRANCHES
 from labelloop.runs import drawing, graph
 from labelloop.web import plots
 
+pytestmark = pytest.mark.same_on_every_database  # pure functions, no database
+
 TRAINING_STEPS = ["check_new_training", "notify_check", "create_manifest", "train_model", "evaluate_model",
                   "check_f1_gate", "start_new_version", "switch_endpoint", "stop_previous_version",
                   "find_waiting_detections", "record_trained_images"]

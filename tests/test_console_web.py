@@ -70,11 +70,14 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             assert sampled["status"] == "SUCCESS" and sampled["output"]["sampled"], sampled
             # A reviewer answers the sampled loops: one agrees with the model, the others do not.
             loops = api.get("/human-loops", params={"status": "InProgress", "source": "Human Sampling"}).json()
+            applying = []
             for i, loop in enumerate(loops):
                 label = loop["model_label"] if i == 0 else "None of the Above"
                 answer = api.post(f"/human-loops/{loop['name']}/answer", json={"label": label})
                 assert answer.status_code == 200, answer.text
-                server.wait_run(answer.json()["run_id"])
+                applying.append(answer.json()["run_id"])
+            for run_id in applying:  # sent first, then waited for: their undo windows pass together
+                server.wait_run(run_id)
             for name, role in (("wendy", "worker"), ("connie", "consumer"), ("otto", "operator")):
                 created = api.post("/users", json={"username": name, "role": role, "password": f"{name}-password-1"})
                 assert created.status_code == 201, created.text

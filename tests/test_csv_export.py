@@ -9,6 +9,8 @@ import pytest
 
 from labelloop.detection.views import spreadsheet_safe
 
+pytestmark = pytest.mark.same_on_every_database  # pure functions, no database
+
 
 @pytest.mark.parametrize(("value", "written"), [
     ("=1+1", "'=1+1"), ("+1", "'+1"), ("-2+3", "'-2+3"), ("@SUM(A1:A9)", "'@SUM(A1:A9)"),

@@ -27,10 +27,11 @@ def set_parameter(server: Server, api: httpx.Client, name: str, value: str) -> N
     server.wait_run(response.json()["run_id"])
 
 
-def answer(server: Server, api: httpx.Client, name: str, label: str) -> None:
+def answer(api: httpx.Client, name: str, label: str) -> str:
+    """Send one answer; the id of the run that applies it once the undo window has passed."""
     response = api.post(f"/human-loops/{name}/answer", json={"label": label})
     assert response.status_code == 200, response.text
-    assert server.wait_run(response.json()["run_id"])["status"] == "SUCCESS"
+    return response.json()["run_id"]
 
 
 NEW_KINDS = {"blend_logo": blend, "circle_logo": unseen}
@@ -50,11 +51,14 @@ def detect_and_review(server: Server, api: httpx.Client, batch: int, *, clean: i
         put(api, key, data)
     detections_for(api, list(images))
     server.wait_run(api.post("/sampling/run").json()["run_id"])
-    counts = {"reviewed": 0, "audited": 0}
+    counts, applying = {"reviewed": 0, "audited": 0}, []
     for loop in api.get("/human-loops", params={"status": "InProgress"}).json():
         truth = images[loop["object_key"]][1]
-        answer(server, api, loop["name"], truth)
+        applying.append(answer(api, loop["name"], truth))
         counts["reviewed" if loop["source"] == "Detection" else "audited"] += 1
+    # Every answer sent first, then each run waited for: their undo windows pass together, not one by one.
+    for run_id in applying:
+        assert server.wait_run(run_id)["status"] == "SUCCESS"
     return counts
 
 

@@ -224,6 +224,7 @@ def test_answers_survive_sigkill_cycles_under_twelve_reviewers(make_server, data
         assert events[name]["human_label"] == label and loops[name]["output_key"] in outputs, name
 
 
+@pytest.mark.same_on_every_database
 def test_database_connections_killed_under_requests_fail_cleanly_and_recover(make_server,  # type: ignore[no-untyped-def]
                                                                              postgres_database: str) -> None:
     """PostgreSQL drops every connection of the server (as a restart or failover does) while requests flow:

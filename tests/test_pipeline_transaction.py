@@ -23,6 +23,8 @@ from labelloop.notifications.models import Notification
 from labelloop.parameters import service as parameters
 from labelloop.review.models import HumanLoop
 
+pytestmark = pytest.mark.same_on_every_database  # in-process, each on its own SQLite file
+
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[None]:

@@ -7,7 +7,11 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import run_script
+
+pytestmark = pytest.mark.same_on_every_database  # scripts given their databases
 
 SCRIPT = textwrap.dedent("""
     import sys, time

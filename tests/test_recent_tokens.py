@@ -15,6 +15,8 @@ from labelloop import db
 from labelloop.workforce import service
 from labelloop.workforce.models import ApiToken, Role, User
 
+pytestmark = pytest.mark.same_on_every_database  # in-process, on its own SQLite file
+
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[None]:

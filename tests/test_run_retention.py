@@ -9,6 +9,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import ADMIN_PASSWORD, Server, run_script
 from test_console_web import signed_in_client
 
@@ -131,10 +133,12 @@ def _check(found: dict[str, object]) -> None:
     assert "prune-1" in after and "prune-2" in after
 
 
+@pytest.mark.same_on_every_database
 def test_old_finished_runs_are_pruned_and_the_rest_stay_sqlite(tmp_path: Path) -> None:
     _check(_retention_run(tmp_path))
 
 
+@pytest.mark.same_on_every_database
 def test_old_finished_runs_are_pruned_and_the_rest_stay_postgresql(tmp_path: Path, postgres_database: str) -> None:
     _check(_retention_run(tmp_path, postgres_database))
 

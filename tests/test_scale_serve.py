@@ -17,6 +17,7 @@ from labelloop.loop.routing import object_created_run_id as event_id
 pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.mark.same_on_every_database
 def test_two_serve_processes_share_users_parameters_and_work(tmp_path: Path, postgres_database: str,
                                                              s3_server) -> None:
     common = {**s3_server.env(s3_server.bucket()), "LABELLOOP_DATABASE_URL": postgres_database,
@@ -64,6 +65,7 @@ def test_two_serve_processes_share_users_parameters_and_work(tmp_path: Path, pos
             server.stop()
 
 
+@pytest.mark.same_on_every_database
 def test_an_executor_id_is_held_by_one_process_at_a_time(tmp_path: Path, postgres_database: str) -> None:
     env = server_env(LABELLOOP_DATABASE_URL=postgres_database, LABELLOOP_EXECUTOR_ID="worker-one",
                      LABELLOOP_STORAGE_URL=f"file://{tmp_path / 'bucket'}")
@@ -81,6 +83,7 @@ def test_an_executor_id_is_held_by_one_process_at_a_time(tmp_path: Path, postgre
     again.stop()
 
 
+@pytest.mark.same_on_every_database
 def test_the_executor_lock_comes_back_after_its_connection_breaks(tmp_path: Path, postgres_database: str) -> None:
     env = server_env(LABELLOOP_DATABASE_URL=postgres_database, LABELLOOP_EXECUTOR_ID="worker-two",
                      LABELLOOP_RECOVERY_CHECK_SECONDS="0.5", LABELLOOP_STORAGE_URL=f"file://{tmp_path / 'bucket'}")
@@ -100,6 +103,7 @@ def test_the_executor_lock_comes_back_after_its_connection_breaks(tmp_path: Path
         worker.stop()
 
 
+@pytest.mark.same_on_every_database
 def test_unknown_queue_names_are_refused(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "labelloop", "worker", "--home", str(tmp_path),
                            "--queues", "object-events,trainin"], env=server_env(), capture_output=True,

@@ -13,6 +13,8 @@ from labelloop import db
 from labelloop.detection import service as detections
 from labelloop.detection.models import DetectionEvent
 
+pytestmark = pytest.mark.same_on_every_database  # in-process, on its own SQLite file
+
 
 class Connection:
     """A stand-in DBAPI connection (and the pool's proxy of it, which the dialect's commit is given)."""

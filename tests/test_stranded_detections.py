@@ -95,6 +95,7 @@ IDLE_SWEEPS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.same_on_every_database
 def test_sweeps_that_found_nothing_leave_only_the_newest_in_the_run_list(tmp_path: Path) -> None:
     # The sweep that queued an answer stays, as does the one kept (the running one); 3 idle ones are deleted.
     assert run_script(IDLE_SWEEPS, tmp_path) == [["sweeps", "3", "s2,s5"]]
@@ -131,6 +132,7 @@ WAITING_IN_FLIGHT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.same_on_every_database
 def test_the_sweep_knows_the_waiting_images_a_deploy_batch_is_detecting(tmp_path: Path) -> None:
     """A deploy's batch of waiting images in flight covers its events (the sweep skips them); once it ended,
     none; a batch of uploads never counts."""

@@ -8,6 +8,10 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.same_on_every_database  # reads the source, no database
+
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "labelloop"
 MAX_FUNCTION_LEVEL_IMPORTS = 20
 

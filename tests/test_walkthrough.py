@@ -167,9 +167,10 @@ def test_seed_walkthrough(server: Server) -> None:
                 if loop["object_key"] in keys]
     assert len(sampling) == 3
     before = len(api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json())
-    for loop in sampling:
-        answer = api.post(f"/human-loops/{loop['name']}/answer", json={"label": "amazon_logo"}).json()
-        assert server.wait_run(answer["run_id"])["status"] == "SUCCESS"
+    applying = [api.post(f"/human-loops/{loop['name']}/answer", json={"label": "amazon_logo"}).json()["run_id"]
+                for loop in sampling]
+    for run_id in applying:  # sent first, then waited for: their undo windows pass together
+        assert server.wait_run(run_id)["status"] == "SUCCESS"
     after = len(api.get("/objects", params={"prefix": "images_labeled_by_folder/"}).json())
     assert after == before
     summary = api.get("/sampling/summary").json()

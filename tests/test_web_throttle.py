@@ -14,6 +14,8 @@ import pytest
 from labelloop import db
 from labelloop.workforce import service
 
+pytestmark = pytest.mark.same_on_every_database  # in-process, on its own SQLite file
+
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[None]:
