@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only"),
+              pytest.mark.same_on_every_database]  # no database: fresh interpreters' heaps
 
 ARENAS = """
 import ctypes, sys, threading

@@ -14,6 +14,8 @@ from labelloop.storage.backends import local
 from labelloop.storage.backends.base import ObjectNotFound
 from labelloop.storage.backends.local import LocalBackend
 
+pytestmark = pytest.mark.same_on_every_database  # the local bucket alone, no database
+
 KEY = "images_for_detection/a/b/photo.jpg"
 
 
