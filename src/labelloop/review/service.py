@@ -160,7 +160,12 @@ def checked_reviewers(reviewers: dict[str, int]) -> dict[str, int]:
 
 def reviewers_for(source: str, *, session: Session) -> int:
     """Distinct reviewers a new loop of ``source`` asks for (the template's number, default 1)."""
-    return template(session=session).reviewers_per_task.get(source, 1)
+    return reviewers_in(template(session=session), source)
+
+
+def reviewers_in(task_template: TaskTemplate, source: str) -> int:
+    """:func:`reviewers_for` with the template already read (a batch reads it once)."""
+    return task_template.reviewers_per_task.get(source, 1)
 
 
 def label_choices(*, session: Session) -> list[str]:
@@ -280,16 +285,16 @@ def _create_loop(detection_id: int, source: str, *, session: Session) -> dict[st
 
 def new_loop(event: Any, source: str, task_template: TaskTemplate) -> HumanLoop:
     """A human loop of ``source`` for detection ``event`` (an ORM row or a batch's ``EventRow``), not added to any
-    session: its lifetime and reviewers from ``task_template``, every column its row will hold given."""
+    session: its lifetime and reviewers from ``task_template``, every other column its default (as a flush would)."""
     prefix = "sampling" if source == HumanLoopSource.SAMPLING else "detection"
     now = db.utcnow()
-    return HumanLoop(name=f"{prefix}-{event.id}-{uuid.uuid4().hex[:8]}", source=source,
-                     status=HumanLoopStatus.IN_PROGRESS, detection_id=event.id, object_key=event.object_key,
-                     model_version=event.model_version, model_label=event.label, model_confidence=event.confidence,
-                     object_etag=event.etag, created_at=now, answer_round=0, status_message="",
-                     required_answers=task_template.reviewers_per_task.get(source, 1),
-                     expires_at=now + timedelta(hours=task_template.loop_lifetime_hours),
-                     task={"taskObject": event.object_key, "detectionRequestId": event.request_id})
+    return HumanLoop(**db.with_defaults(HumanLoop.__table__, {
+        "name": f"{prefix}-{event.id}-{uuid.uuid4().hex[:8]}", "source": source, "detection_id": event.id,
+        "object_key": event.object_key, "model_version": event.model_version, "model_label": event.label,
+        "model_confidence": event.confidence, "object_etag": event.etag, "created_at": now,
+        "required_answers": reviewers_in(task_template, source),
+        "expires_at": now + timedelta(hours=task_template.loop_lifetime_hours),
+        "task": {"taskObject": event.object_key, "detectionRequestId": event.request_id}}))
 
 
 def stage_loops(wanted: list[tuple[Any, str]], *, session: Session) -> list[HumanLoop]:
