@@ -162,7 +162,8 @@ def test_an_etag_file_lost_in_a_crash_is_computed_again(tmp_path: Path, damage: 
 
 def test_no_key_leads_outside_the_bucket_through_a_link_or_dot_segments(tmp_path: Path) -> None:
     """The bucket resolves a key's path only when a segment could lead out; a link inside the bucket to a
-    folder of the bucket still works, one to a folder outside it (or ``..``) is refused on every operation."""
+    folder or file of the bucket still works, one to a folder or file outside it (or ``..``) is refused on every
+    operation, a put included (nothing is written outside)."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.jpg").write_bytes(b"secret")
@@ -178,9 +179,16 @@ def test_no_key_leads_outside_the_bucket_through_a_link_or_dot_segments(tmp_path
         for operation in (bucket.get, bucket.head, bucket.delete):
             with pytest.raises(ValueError, match="outside the bucket"):
                 operation(key)
-    with pytest.raises(ValueError, match="outside the bucket"):
-        bucket.put("images_for_detection/out/new.jpg", b"x")
+    for key in ("images_for_detection/in/leak.jpg", "images_for_detection/out/new.jpg"):  # a link at the file, a folder
+        with pytest.raises(ValueError, match="outside the bucket"):
+            bucket.put(key, b"overwritten")
     assert sorted(path.name for path in outside.iterdir()) == ["secret.jpg"]
+    assert (outside / "secret.jpg").read_bytes() == b"secret"
+    (folder / "in" / "alias.jpg").symlink_to(folder / "in" / "a.jpg")  # a link to a file inside is followed
+    bucket.put("images_for_detection/in/alias.jpg", b"through the link")
+    assert bucket.get("images_for_detection/in/a.jpg") == b"through the link"
+    assert (folder / "in" / "alias.jpg").is_symlink()
+    assert bucket.head("images_for_detection/in/alias.jpg").size == len(b"through the link")
 
 
 def test_a_put_refuses_a_token_the_moment_it_is_revoked_and_keeps_the_consumer_rule(shared_server: Server) -> None:
