@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
-# Verified against when the user does not exist, so timing does not reveal which usernames exist.
-_DUMMY_HASH = _hasher.hash("labelloop-no-such-user")
+_dummy: list[str] = []
+_dummy_lock = threading.Lock()
 
 
 class AuthError(Exception):
@@ -40,6 +40,18 @@ class WorkforceError(ValueError):
 def hash_password(password: str) -> str:
     """An argon2id hash of ``password``."""
     return _hasher.hash(password)
+
+
+def _dummy_hash() -> str:
+    """The hash verified against when the user does not exist, so timing does not reveal which usernames exist.
+
+    Made on first need, not at import (an argon2 hash is ~0.1–0.7 s of CPU every process paid at start).
+    """
+    if not _dummy:
+        with _dummy_lock:
+            if not _dummy:
+                _dummy.append(_hasher.hash("labelloop-no-such-user"))
+    return _dummy[0]
 
 
 def check_password_rules(password: str) -> None:
@@ -411,8 +423,9 @@ def sign_in(username: str, password: str, address: str) -> int:
                                                                       "retry_after": exc.retry_after})
             raise
         user = session.scalar(select(User).where(User.username == username))
+        dummy = _dummy_hash()  # made by the first sign-in, known user or not: its cost is no oracle either
         try:
-            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+            _hasher.verify(user.password_hash if user else dummy, password)
             wrong = user is None
         except (VerificationError, InvalidHashError):
             wrong = True
