@@ -6,9 +6,8 @@ Each round runs, in fresh processes, for this tree's ``src`` and (with ``--compa
 alternated so that the two share the machine's drift:
 
 1. **import**: ``python -c "import labelloop.app"``; CPU (user + system, the child's rusage) and wall time;
-2. **what the import left for later**, in the same child after the import: the first Clopper–Pearson bound
-   (``silent_errors.upper_bound``: the first detection with a silent-error target pays it) and the first
-   sign-in's dummy argon2 hash (``workforce.service._dummy_hash``; 0 where the tree made it at import);
+2. **what the import left for later**, in a second child after the import: the first Clopper–Pearson bound
+   (``silent_errors.upper_bound``: the first detection with a silent-error target and audits pays it);
 3. **serve, new home**: ``python -m labelloop serve`` on a fresh home (SQLite, admin password from the
    environment, as the test servers start) until ``GET /healthz`` answers 200: wall time and the server's CPU
    then (``/proc/PID/stat``, all its threads); polled every 20 ms from this process;
@@ -35,20 +34,15 @@ from pathlib import Path
 
 HERE_SRC = Path(__file__).resolve().parent.parent / "src"
 TICKS = os.sysconf("SC_CLK_TCK")
-# Run in the child after ``import labelloop.app``: the CPU the import left for the first bound and sign-in.
+# Run in a child: the CPU the import of the app left for the first bound.
 LATER = """
 import json, time
-t0 = time.process_time()
 import labelloop.app
 t1 = time.process_time()
 from labelloop.detection.silent_errors import upper_bound
 upper_bound(1, 20)
 t2 = time.process_time()
-from labelloop.workforce import service
-if hasattr(service, "_dummy_hash"):
-    service._dummy_hash()
-t3 = time.process_time()
-print(json.dumps({"first bound": t2 - t1, "first dummy hash": t3 - t2}))
+print(json.dumps({"first bound": t2 - t1}))
 """
 
 
@@ -71,7 +65,7 @@ def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str
 
 
 def import_figures(src: Path) -> dict[str, float]:
-    """CPU and wall of importing the app, then of what it left for the first bound and sign-in."""
+    """CPU and wall of importing the app, then of what it left for the first bound."""
     cpu, wall, _ = timed_child([sys.executable, "-c", "import labelloop.app"], child_env(src))
     later = json.loads(timed_child([sys.executable, "-c", LATER], child_env(src))[2])
     return {"import CPU": cpu, "import wall": wall, **later}

@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
-_dummy: list[str] = []
-_dummy_lock = threading.Lock()
+# Verified against when the user does not exist, so timing does not reveal which usernames exist: an argon2id hash
+# (of "labelloop-no-such-user") with _hasher's parameters, which are what set a verify's cost. Written out, not
+# made at import (one hash is 0.1–0.7 s of CPU, and every process paid it at start) nor at first use (the first
+# unknown user's sign-in would take two hashes' time); tests/test_startup.py fails if argon2's defaults move.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$oneRCjICbPHHSbS67xzPSw$w/XFjlQKZeyu3xT9Y4Rc/5EXJXtj8oUyKC2vwc3R46s"
 
 
 class AuthError(Exception):
@@ -40,18 +43,6 @@ class WorkforceError(ValueError):
 def hash_password(password: str) -> str:
     """An argon2id hash of ``password``."""
     return _hasher.hash(password)
-
-
-def _dummy_hash() -> str:
-    """The hash verified against when the user does not exist, so timing does not reveal which usernames exist.
-
-    Made on first need, not at import (an argon2 hash is ~0.1–0.7 s of CPU every process paid at start).
-    """
-    if not _dummy:
-        with _dummy_lock:
-            if not _dummy:
-                _dummy.append(_hasher.hash("labelloop-no-such-user"))
-    return _dummy[0]
 
 
 def check_password_rules(password: str) -> None:
@@ -423,9 +414,8 @@ def sign_in(username: str, password: str, address: str) -> int:
                                                                       "retry_after": exc.retry_after})
             raise
         user = session.scalar(select(User).where(User.username == username))
-        dummy = _dummy_hash()  # made by the first sign-in, known user or not: its cost is no oracle either
         try:
-            _hasher.verify(user.password_hash if user else dummy, password)
+            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
             wrong = user is None
         except (VerificationError, InvalidHashError):
             wrong = True
