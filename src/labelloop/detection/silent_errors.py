@@ -198,7 +198,7 @@ def upper_bound(wrong: int, audits: int, level: float = CONFIDENCE_LEVEL) -> flo
     if wrong >= audits:
         return 1.0
     # beta.ppf(level, wrong + 1, audits - wrong), bit-identical (bench/bound_identity.py): scipy.stats took
-    # ~0.6 s of every server start to import; scipy.special, ~4x less, is loaded by the first bound only.
+    # ~0.6 s of every server start to import; scipy.special, a third of that, is loaded by the first bound only.
     from scipy.special import betaincinv  # at first use: not a start-up cost
 
     return float(betaincinv(wrong + 1, audits - wrong, level))
