@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
-# Verified against when the user does not exist, so timing does not reveal which usernames exist.
-_DUMMY_HASH = _hasher.hash("labelloop-no-such-user")
+# Verified against when the user does not exist, so timing does not reveal which usernames exist: an argon2id hash
+# (of "labelloop-no-such-user") with _hasher's parameters, which are what set a verify's cost. Written out, not
+# made at import (one hash is 0.1–0.7 s of CPU, and every process paid it at start) nor at first use (the first
+# unknown user's sign-in would take two hashes' time); tests/test_startup.py fails if argon2's defaults move.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$oneRCjICbPHHSbS67xzPSw$w/XFjlQKZeyu3xT9Y4Rc/5EXJXtj8oUyKC2vwc3R46s"
 
 
 class AuthError(Exception):
