@@ -91,12 +91,14 @@ class StubHead:
 def detect_app(model_ms: float) -> Any:
     """The tree's own detect route, middlewares and error handlers on a stub model (built in the server)."""
     import labelloop.app as web
+    from labelloop import memory
     from labelloop.config import get_settings
     from labelloop.modeling import endpoint, views
     from labelloop.modeling.serving import LoadedVersion, Serving
     from labelloop.workforce import service
     from labelloop.workforce.models import User
 
+    memory.limit_arenas(get_settings().malloc_arenas)  # as `labelloop serve` starts
     application = FastAPI()
     web._error_handlers(application)
     install = getattr(web, "install_middleware", None)
@@ -244,8 +246,9 @@ ROLES = (("event loop", "MainThread"), ("prepare pool", "detect-prepare"), ("inf
 
 
 def role_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
-    """CPU seconds of process ``pid`` by thread role (``ROLES``, else "other"), from /proc."""
-    found = dict.fromkeys([role for role, _ in ROLES] + ["other"], 0.0)
+    """CPU seconds of process ``pid`` by thread role (``ROLES``, else "other"), and its minor page faults
+    ("faults"), from /proc."""
+    found = dict.fromkeys([role for role, _ in ROLES] + ["other", "faults"], 0.0)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
@@ -254,6 +257,7 @@ def role_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
         name = names.get(task.name, "")
         role = next((role for role, prefix in ROLES if name.startswith(prefix)), "other")
         found[role] += (int(fields[11]) + int(fields[12])) / TICKS
+        found["faults"] += int(fields[7]) / 1000  # per request, as thousands: the table's ms column scale
     return found
 
 
@@ -296,12 +300,13 @@ def detect_path(args: argparse.Namespace) -> None:
                 rates[tree].append(requests / (time.perf_counter() - wall0))
         print(f"\n{args.rounds} rounds of {args.seconds:g} s, {args.clients} clients, stub model "
               f"{args.model_ms:g} ms/image, load average at end {os.getloadavg()}; server CPU ms per request "
-              "(median of the rounds, min–max)")
-        roles = [role for role, _ in ROLES] + ["other", "all"]
+              "(median of the rounds, min–max); faults: "
+              "the process's minor page faults per request")
+        roles = [role for role, _ in ROLES] + ["other", "all", "faults"]
         print(f"{'tree':<28} " + " ".join(f"{role:>17}" for role in roles) + f" {'requests/s':>10}")
         for tree in trees:
             for row in cpu[tree]:
-                row["all"] = sum(row.values())
+                row["all"] = sum(cpu for role, cpu in row.items() if role != "faults")
             cells = [f"{statistics.median(r[role] for r in cpu[tree]):.3f} "
                      f"({min(r[role] for r in cpu[tree]):.2f}–{max(r[role] for r in cpu[tree]):.2f})"
                      for role in roles]
