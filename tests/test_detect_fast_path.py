@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from labelloop.modeling.views import _boundary, _file_part
+from labelloop.modeling.views import _boundary, _file_part, _header
 from labelloop.web.dependencies import remembered_caller
 from labelloop.workforce import service
 from labelloop.workforce.models import Role, User
@@ -51,6 +51,14 @@ def test_anything_else_is_left_to_the_route(case: str) -> None:
     elif case == "a header twice":
         body = body.replace(b"Content-Disposition:", b"Content-Type: image/jpeg\r\nContent-Type:", 1)
     assert _file_part(body, _boundary(content_type)) is None
+
+
+def test_a_header_sent_twice_is_read_as_the_route_reads_it() -> None:
+    """The first value, as Starlette's ``Headers.get``: a second Authorization header cannot vouch for a request
+    the route would refuse."""
+    scope = {"headers": [(b"authorization", b"Bearer first"), (b"authorization", b"Bearer second")]}
+    assert _header(scope, b"authorization") == b"Bearer first"
+    assert _header(scope, b"content-type") is None
 
 
 def test_only_multipart_form_data_has_a_boundary() -> None:

@@ -122,9 +122,8 @@ class DetectFastPath:
         if scope["type"] != "http" or scope["path"] != DETECT_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        boundary = _boundary(headers.get(b"content-type"))
-        if boundary is None or self.caller(headers.get(b"authorization")) is None:
+        boundary = _boundary(_header(scope, b"content-type"))
+        if boundary is None or self.caller(_header(scope, b"authorization")) is None:
             await self.app(scope, receive, send)
             return
         body, complete = await _read_body(receive)
@@ -145,6 +144,11 @@ class DetectFastPath:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", str(len(answer)).encode()), (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": answer})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), the one the route reads (Starlette's ``Headers.get``)."""
+    return next((value for key, value in scope["headers"] if key == name), None)
 
 
 def _boundary(content_type: bytes | None) -> bytes | None:
