@@ -1,6 +1,7 @@
 """The HTTP stack's CPU per request on the sync-detect route's shape, per uvicorn protocol and event loop.
 
     PYTHONPATH=src:EXTRA .venv/bin/python bench/bench_http.py [--rounds 5] [--seconds 4] [--clients 8]
+    PYTHONPATH=src .venv/bin/python bench/bench_http.py --detect-path [--compare-src OTHER/src ...]
 
 A FastAPI app with labelloop's own request middlewares (``RequestLimits``, ``DefaultSecurityHeaders``) and one
 route shaped like ``POST /api/v1/detect`` (a multipart ``file`` read whole, a ``DetectResponse`` answer with
@@ -10,6 +11,14 @@ asyncio's or ``uvloop``'s event loop; those that are importable) runs in its own
 round each one serves ``--clients`` keep-alive clients (``http.client``, one ~26 KB real-photo JPEG per
 request) for ``--seconds``, in an order that rotates, and the table gives the server's CPU per request from
 /proc (medians of the rounds) and its ratio to h11 + asyncio measured in the same rounds.
+
+``--detect-path``: the real ``POST /api/v1/detect`` route of each source tree (``src`` and every
+``--compare-src``; uvicorn's defaults, httptools and uvloop) with its middlewares, its token check (a token
+remembered by ``recent_tokens``: no database), the prepare pool decoding real photos and the micro-batcher, on a
+stub model: each inference unit sleeps ``--model-ms`` per image (the real backbone's time, without its CPU) and a
+two-label head answers. Per thread role (event loop, prepare pool, inference units, other) the server's CPU per
+request from /proc/PID/task, medians of the rounds, servers in an order that rotates: what the serving path costs
+outside the model and the decoder.
 """
 
 from __future__ import annotations
@@ -55,6 +64,71 @@ def app() -> Any:
     return application
 
 
+class StubEmbedder:
+    """The backbone's stand-in: sleeps ``seconds`` per image (the model's time, not its CPU)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def embed(self, inputs: Any) -> Any:
+        import numpy as np
+
+        time.sleep(self.seconds * len(inputs))
+        return np.zeros((len(inputs), 8), dtype=np.float32)
+
+
+class StubHead:
+    """A two-label head with fixed probabilities."""
+
+    labels = ["plant", "landscape"]
+
+    def predict_proba(self, embeddings: Any) -> Any:
+        import numpy as np
+
+        return np.tile(np.array([[0.912345, 0.087655]]), (len(embeddings), 1))
+
+
+def detect_app(model_ms: float) -> Any:
+    """The tree's own detect route, middlewares and error handlers on a stub model (built in the server)."""
+    import labelloop.app as web
+    from labelloop import memory
+    from labelloop.config import get_settings
+    from labelloop.modeling import endpoint, views
+    from labelloop.modeling.serving import LoadedVersion, Serving
+    from labelloop.workforce import service
+    from labelloop.workforce.models import User
+
+    memory.limit_arenas(get_settings().malloc_arenas)  # as `labelloop serve` starts
+    application = FastAPI()
+    web._error_handlers(application)
+    install = getattr(web, "install_middleware", None)
+    if install is not None:
+        install(application, get_settings())
+    else:
+        application.add_middleware(web.RequestLimits, settings=get_settings())
+        application.add_middleware(web.DefaultSecurityHeaders)
+    application.include_router(views.router)
+
+    @application.get("/threads")
+    def threads() -> dict[str, str]:
+        return {str(thread.native_id): thread.name for thread in threading.enumerate()}
+
+    service.recent_tokens.seconds = 1e9
+    user = User(username="consumer", role="consumer", must_change_password=False, disabled=False)
+    service.recent_tokens.remember(service._token_digest("x"), user, 4e9, service.recent_tokens.generation)
+    endpoint._serving = Serving(lambda _threads: StubEmbedder(model_ms / 1000),  # type: ignore[arg-type]
+                                units=endpoint.backbone_sessions(1))
+    endpoint._serving.switch(LoadedVersion("v1", StubHead(), view="letterbox_fast"))
+    endpoint._synced_at = float("inf")  # never asks the database what serves
+    return application
+
+
+def serve_detect(port: int, model_ms: float) -> None:
+    import uvicorn
+
+    uvicorn.run(detect_app(model_ms), host="127.0.0.1", port=port, access_log=False, log_level="warning")
+
+
 def serve(port: int, http_impl: str, loop: str) -> None:
     import uvicorn
 
@@ -67,15 +141,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def drive(port: int, body: bytes, content_type: str, clients: int, seconds: float) -> int:
-    """Requests answered 200 by ``clients`` keep-alive connections in ``seconds``."""
+def drive(port: int, body: bytes, content_type: str, clients: int, seconds: float,
+          bodies: list[tuple[bytes, str]] | None = None) -> int:
+    """Requests answered 200 by ``clients`` keep-alive connections in ``seconds`` (``bodies`` in turn, else
+    ``body``)."""
     done = [0] * clients
     stop = time.perf_counter() + seconds
+    bodies = bodies or [(body, content_type)]
 
     def loop(k: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Authorization": "Bearer x", "Content-Type": content_type}
         while time.perf_counter() < stop:
+            body, content_type = bodies[(k + done[k]) % len(bodies)]
+            headers = {"Authorization": "Bearer x", "Content-Type": content_type}
             connection.request("POST", "/api/v1/detect", body, headers)
             response = connection.getresponse()
             response.read()
@@ -107,10 +185,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--detect-path", action="store_true", help="the real detect route on a stub model")
+    parser.add_argument("--compare-src", action="append", default=[], metavar="PYTHONPATH")
+    parser.add_argument("--model-ms", type=float, default=8.5, help="the stub model's time per image")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "HTTP", "LOOP"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-detect", nargs=2, metavar=("PORT", "MODEL_MS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(int(args.serve[0]), args.serve[1], args.serve[2])
+        return
+    if args.serve_detect:
+        serve_detect(int(args.serve_detect[0]), float(args.serve_detect[1]))
+        return
+    if args.detect_path:
+        detect_path(args)
         return
     from bench_detect import multipart
     from photos import uploads
@@ -148,6 +236,82 @@ def main() -> None:
             print(f"{config[0]:<10} {config[1]:<8} {1000 * statistics.median(cpu[config]):>21.3f} "
                   f"{1000 * min(cpu[config]):>6.3f}–{1000 * max(cpu[config]):<6.3f} {ratio:>13.2f} "
                   f"{statistics.median(rates[config]):>10.0f}")
+    finally:
+        for _, process in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+
+ROLES = (("event loop", "MainThread"), ("prepare pool", "detect-prepare"), ("inference units", "inference-unit"))
+
+
+def role_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
+    """CPU seconds of process ``pid`` by thread role (``ROLES``, else "other"), and its minor page faults
+    ("faults"), from /proc."""
+    found = dict.fromkeys([role for role, _ in ROLES] + ["other", "faults"], 0.0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(task.name, "")
+        role = next((role for role, prefix in ROLES if name.startswith(prefix)), "other")
+        found[role] += (int(fields[11]) + int(fields[12])) / TICKS
+        found["faults"] += int(fields[7]) / 1000  # per request, as thousands: the table's ms column scale
+    return found
+
+
+def detect_path(args: argparse.Namespace) -> None:
+    """The ``--detect-path`` table: per source tree and thread role, server CPU ms per request."""
+    import json
+
+    from bench_detect import multipart
+    from photos import uploads
+
+    from conftest import free_port, wait_until
+
+    print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs shared by clients and server")
+    bodies = [multipart(data) for _, _, data in uploads(16)]
+    trees = ["src", *args.compare_src]
+    servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    try:
+        for tree in trees:
+            port = free_port()
+            env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+            servers[tree] = (port, subprocess.Popen([sys.executable, __file__, "--serve-detect", str(port),
+                                                     str(args.model_ms)], env=env))
+        names: dict[str, dict[str, str]] = {}
+        for tree, (port, _) in servers.items():
+            wait_until(lambda port=port: _answers(port), 60, 0.2, f"{tree} server")
+            drive(port, b"", "", args.clients, 1.0, bodies)  # warm: every pool thread started
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/threads")
+            names[tree] = json.loads(connection.getresponse().read())
+        cpu: dict[str, list[dict[str, float]]] = {tree: [] for tree in trees}
+        rates: dict[str, list[float]] = {tree: [] for tree in trees}
+        for index in range(args.rounds):
+            turn = index % len(trees)
+            for tree in trees[turn:] + trees[:turn]:
+                port, process = servers[tree]
+                cpu0, wall0 = role_cpu(process.pid, names[tree]), time.perf_counter()
+                requests = drive(port, b"", "", args.clients, args.seconds, bodies)
+                cpu1 = role_cpu(process.pid, names[tree])
+                cpu[tree].append({role: 1000 * (cpu1[role] - cpu0[role]) / requests for role in cpu0})
+                rates[tree].append(requests / (time.perf_counter() - wall0))
+        print(f"\n{args.rounds} rounds of {args.seconds:g} s, {args.clients} clients, stub model "
+              f"{args.model_ms:g} ms/image, load average at end {os.getloadavg()}; server CPU ms per request "
+              "(median of the rounds, min–max); faults: "
+              "the process's minor page faults per request")
+        roles = [role for role, _ in ROLES] + ["other", "all", "faults"]
+        print(f"{'tree':<28} " + " ".join(f"{role:>17}" for role in roles) + f" {'requests/s':>10}")
+        for tree in trees:
+            for row in cpu[tree]:
+                row["all"] = sum(cpu for role, cpu in row.items() if role != "faults")
+            cells = [f"{statistics.median(r[role] for r in cpu[tree]):.3f} "
+                     f"({min(r[role] for r in cpu[tree]):.2f}–{max(r[role] for r in cpu[tree]):.2f})"
+                     for role in roles]
+            print(f"{tree[-28:]:<28} " + " ".join(f"{cell:>17}" for cell in cells)
+                  + f" {statistics.median(rates[tree]):>10.0f}")
     finally:
         for _, process in servers.values():
             process.terminate()

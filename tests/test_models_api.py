@@ -219,6 +219,19 @@ def test_detect_refuses_a_token_the_moment_it_is_revoked(trained: Server) -> Non
         assert api.get("/me").status_code == 401
 
 
+@pytest.mark.parametrize(("data", "status"), [(box_logo(3), 200), (b"hello, I am text", 415), (b"", 422)])
+def test_detect_answers_alike_through_the_route_and_before_it(trained: Server, data: bytes, status: int) -> None:
+    """A new token's first detect goes through the route (its token checked in the database); the next,
+    with the token remembered, is answered before routing (``DetectFastPath``): the same status, headers and
+    bytes, an error included."""
+    with trained.client(trained.token()) as api:
+        answers = [api.post("/detect", files={"file": ("a.jpg", data, "image/jpeg")}) for _ in range(2)]
+    assert answers[0].status_code == status, answers[0].text
+    assert answers[1].content == answers[0].content and answers[1].status_code == status
+    assert [(k, v) for k, v in answers[1].headers.items() if k != "date"] == \
+        [(k, v) for k, v in answers[0].headers.items() if k != "date"]
+
+
 def _quantize_nodes(model: bytes) -> int:
     import onnx
 

@@ -32,6 +32,7 @@ from labelloop.modeling.images import ImageRejected
 from labelloop.modeling.pages import router as modeling_pages
 from labelloop.modeling.serving import NoModelServing
 from labelloop.modeling.versions import ModelError, VersionNotFound
+from labelloop.modeling.views import DetectFastPath
 from labelloop.modeling.views import router as modeling_routes
 from labelloop.notifications.views import router as notification_routes
 from labelloop.parameters import service as parameters
@@ -432,6 +433,14 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """labelloop's request layers, outermost first: the default security headers, the request limits, and
+    ``POST /api/v1/detect``'s answer before routing (``modeling.views.DetectFastPath``)."""
+    app.add_middleware(DetectFastPath)
+    app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(DefaultSecurityHeaders)
+
+
 def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = False) -> FastAPI:
     """The web application. With ``manage_lifecycle`` it starts and stops the engine itself."""
     settings = settings or get_settings()
@@ -449,8 +458,7 @@ def create_app(settings: Settings | None = None, *, manage_lifecycle: bool = Fal
     app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Continuous improvement of custom image-label models with humans in the loop.")
     _error_handlers(app)
-    app.add_middleware(RequestLimits, settings=settings)
-    app.add_middleware(DefaultSecurityHeaders)
+    install_middleware(app, settings)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     for router in API_ROUTERS + PAGE_ROUTERS:

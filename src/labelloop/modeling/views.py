@@ -1,23 +1,34 @@
-"""Model routes: training check, versions, deploy / roll back / stop, ONNX export, synchronous detect."""
+"""Model routes: training check, versions, deploy / roll back / stop, ONNX export, synchronous detect.
+
+``POST /api/v1/detect`` from a caller whose token was verified in the last seconds is answered by
+:class:`DetectFastPath`, a pure-ASGI layer before FastAPI's routing, dependencies, form parsing and response
+validation (about half of the event loop's CPU per request; README Performance, item 23); every other request to
+it (an unknown token, a body that is not one multipart ``file`` part, an upload over the limit) reaches the
+route :func:`detect` unchanged.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import Response
+from pydantic import TypeAdapter
+from python_multipart.multipart import parse_options_header
 
 from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
-from labelloop.web.dependencies import SessionDep, require, require_recent
+from labelloop.web.dependencies import SessionDep, remembered_caller, require, require_recent
 from labelloop.workforce.models import Role, User
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 Operator = Depends(require(Role.OPERATOR))
 # The caller of ``POST /detect``: a token verified in the last seconds is checked without the database.
-detector = require_recent(Role.OPERATOR, Role.CONSUMER)
+DETECTORS = (Role.OPERATOR, Role.CONSUMER)
+detector = require_recent(*DETECTORS)
 
 
 @router.post("/training/check", status_code=202)
@@ -82,3 +93,125 @@ async def detect(file: UploadFile, _: User = Depends(detector)) -> dict[str, Any
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the image is larger than {limit} bytes")
     version, labels = await endpoint.detect_upload(data)
     return {"model_version": version, "labels": labels}
+
+
+# ── POST /detect before routing ──────────────────────────────────────────────
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+DETECT_PATH = "/api/v1/detect"
+_ANSWER = TypeAdapter(DetectResponse)
+
+
+class DetectFastPath:
+    """Answers ``POST /api/v1/detect`` itself for a caller whose token was verified in the last seconds
+    (``recent_tokens``) and a body of one multipart ``file`` part within ``max_upload_bytes``: the same
+    detection (``endpoint.detect_upload``), the same JSON answer, and the app's own exception handlers for its
+    errors (a rejected image, nothing serving). Everything else goes on to the app, the body replayed when it
+    was read. Installed inside ``RequestLimits`` and ``DefaultSecurityHeaders``, so the body limits and the
+    headers apply as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.caller = remembered_caller(*DETECTORS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != DETECT_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        boundary = _boundary(_header(scope, b"content-type"))
+        if boundary is None or self.caller(_header(scope, b"authorization")) is None:
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_body(receive)
+        data = _file_part(body, boundary) if complete else None
+        if data is None or len(data) > get_settings().max_upload_bytes:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            version, labels = await endpoint.detect_upload(data)
+        except Exception as exc:
+            handler = _handler(scope, exc)
+            if handler is None:
+                raise
+            response = await handler(Request(scope), exc)
+            await response(scope, receive, send)
+            return
+        answer = _ANSWER.dump_json(_ANSWER.validate_python({"model_version": version, "labels": labels}))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(len(answer)).encode()), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), the one the route reads (Starlette's ``Headers.get``)."""
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
+def _boundary(content_type: bytes | None) -> bytes | None:
+    """The boundary of a ``multipart/form-data`` content type, else None."""
+    kind, options = parse_options_header(content_type)
+    return options.get(b"boundary") if kind == b"multipart/form-data" else None
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The whole request body, and whether it all came (False: the client went away first)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that gives ``body`` first, as one message, then what the connection sends."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _file_part(body: bytes, boundary: bytes) -> bytes | None:
+    """The content of a multipart body that is exactly one part, a file named ``file``, in the plain form every
+    client sends (no preamble, no padding after a delimiter, one header per line, nothing after the close
+    delimiter but a line break); None for anything else, which the route's own parser then reads."""
+    opening, delimiter = b"--" + boundary + b"\r\n", b"\r\n--" + boundary
+    head_end = body.find(b"\r\n\r\n", len(opening))
+    data_end = body.find(delimiter, head_end + 4)
+    if not body.startswith(opening) or head_end < 0 or data_end < 0 or \
+            body[data_end + len(delimiter):] not in (b"--", b"--\r\n"):
+        return None
+    headers: dict[bytes, bytes] = {}
+    for line in body[len(opening):head_end].split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or name.lower() in headers:
+            return None
+        headers[name.lower()] = value.strip()
+    disposition, options = parse_options_header(headers.get(b"content-disposition"))
+    if disposition != b"form-data" or options.get(b"name") != b"file" or b"filename" not in options:
+        return None
+    return body[head_end + 4:data_end]
+
+
+def _handler(scope: Scope, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    """The app's own handler for ``exc`` (by its class, most specific first), as its routes get; None for one
+    that only a catch-all would answer (it is raised on, to the server-error answer)."""
+    handlers = getattr(scope.get("app"), "exception_handlers", {})
+    for cls in type(exc).__mro__:
+        if cls in (Exception, BaseException):
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None

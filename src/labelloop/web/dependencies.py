@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -84,6 +85,26 @@ def require_recent(*roles: Role) -> Callable[..., Awaitable[User]]:
         return await run_in_threadpool(verify, credentials)
 
     return caller
+
+
+def remembered_caller(*roles: Role) -> Callable[[bytes | None], User | None]:
+    """For a route answered before FastAPI's routing (``modeling.views.DetectFastPath``): the user of an
+    ``Authorization`` header value whose bearer token was verified in the last seconds and who may call it
+    (:func:`require_recent`'s rule); ``None`` for anything else, which the route itself then answers (401, 403,
+    or a check in the database)."""
+    allowed = require(*roles)
+
+    def user(authorization: bytes | None) -> User | None:
+        scheme, token = get_authorization_scheme_param(authorization.decode("latin-1") if authorization else None)
+        remembered = service.recent_tokens.user(token) if scheme.lower() == "bearer" and token else None
+        if remembered is None:
+            return None
+        try:
+            return allowed(current_user(remembered))
+        except HTTPException:
+            return None
+
+    return user
 
 
 AnyUser = Annotated[User, Depends(current_user)]
