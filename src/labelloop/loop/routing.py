@@ -400,15 +400,16 @@ def detections_to_retry() -> list[dict[str, Any]]:
         version = serving.version if serving is not None else None
     if version is None:
         return []
-    batched = waiting_detections_in_flight()
+    batched, group = waiting_detections_in_flight(), upload_batches()
+    # Left out: images a deploy's batch is detecting, and those of a batch of this process about to be queued
+    # (asked before the statuses are read, so that a batch queued meanwhile is seen in flight, as it was).
     listed = [(event_id, first_run, _retry_run_ids(event_id, version))
-              for event_id, first_run in detection.waiting_events() if event_id not in batched]
+              for event_id, first_run in detection.waiting_events()
+              if event_id not in batched and not (first_run and group.holds(first_run))]
     statuses = engine.run_statuses([run_id for _, first_run, tried in listed
                                     for run_id in (first_run, *tried) if run_id])
     wanted = []
     for event_id, first_run, tried in listed:
-        if first_run and upload_batches().holds(first_run):
-            continue  # its batch's run is about to be queued
         if any(statuses.get(run_id) in IN_FLIGHT for run_id in (first_run, *tried) if run_id):
             continue
         free = next((run_id for run_id in tried if run_id not in statuses), None)
