@@ -137,3 +137,51 @@ def test_the_sweep_knows_the_waiting_images_a_deploy_batch_is_detecting(tmp_path
     """A deploy's batch of waiting images in flight covers its events (the sweep skips them); once it ended,
     none; a batch of uploads never counts."""
     assert run_script(WAITING_IN_FLIGHT, tmp_path) == [["in flight", "[7, 9]", "[]", "detection-waiting-v1-7-2"]]
+
+
+DETECTED_DURING_THE_SWEEP = textwrap.dedent("""
+    import os, sys
+    os.environ["LABELLOOP_HOME"] = sys.argv[1]
+    from dbos import DBOS, SetWorkflowID
+    from sqlalchemy import update
+    from labelloop import db
+    from labelloop.detection import flows as detection
+    from labelloop.detection import service as detections
+    from labelloop.detection.models import DetectionEvent
+    from labelloop.loop import routing
+    from labelloop.modeling.models import ModelVersion
+
+    @DBOS.workflow(name="ended")
+    def ended() -> None:  # an upload batch's run that has ended
+        return None
+
+    db.init(f"sqlite:///{sys.argv[1]}/app.db")
+    with db.session() as session:
+        session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={}))
+    DBOS(config={"name": "sweep", "system_database_url": f"sqlite:///{sys.argv[1]}/system.sqlite"})
+    DBOS.launch()
+    for run_id in ("detection-a", "detection-b"):
+        with SetWorkflowID(run_id):
+            DBOS.start_workflow(ended).get_result()
+    detected = detections.record_arrival("images_for_detection/a.jpg", "a", "detection-a")["id"]
+    stranded = detections.record_arrival("images_for_detection/b.jpg", "b", "detection-b")["id"]
+    listed = detection.waiting_events
+
+    def then_detected():  # the batch of upload a records its answer just after the sweep listed the waiting images
+        found = listed()
+        with db.session() as session:
+            session.execute(update(DetectionEvent).where(DetectionEvent.id == detected).values(status="DETECTED"))
+        return found
+
+    detection.waiting_events = then_detected
+    retried = routing.detections_to_retry()
+    print(f"retried|{[item['detection_id'] == stranded for item in retried]}|{retried[0]['run_id']}")
+    DBOS.destroy()
+""")
+
+
+@pytest.mark.same_on_every_database
+def test_an_image_its_batch_detected_while_the_sweep_read_runs_is_not_detected_again(tmp_path: Path) -> None:
+    """Only the image whose run ended without its answer gets a run of its own (was: also the one whose batch
+    recorded its answer between the sweep's list and its reading of the runs)."""
+    assert run_script(DETECTED_DURING_THE_SWEEP, tmp_path) == [["retried", "[True]", "detect-waiting-2-v1"]]

@@ -55,7 +55,7 @@ def test_uploads_within_the_window_share_one_run_and_a_full_batch_goes_at_once()
     second = [upload(batches, key) for key in ("b", "c", "d")]  # full at 3: queued by its last upload
     assert len(set(second)) == 1 and second[0] != first
     assert queued.runs[-1] == (second[0], [{"key": "b"}, {"key": "c"}, {"key": "d"}])
-    third = upload(batches, "e")  # within the window of the last opened batch: waits for the window
+    third = upload(batches, "e")  # within the window of the last closed batch: waits for the window
     assert batches.holds(third) and len(queued.runs) == 2
     wait_until(lambda: len(queued.runs) == 3, 5, 0.01, "the window to pass")
     assert queued.runs[-1] == (third, [{"key": "e"}]) and not batches.holds(third)
@@ -70,6 +70,19 @@ def test_an_upload_after_its_previous_batch_was_detected_is_queued_at_once() -> 
     assert [run_id for run_id, _ in queued.runs] == [first, second]
     third = upload(batches, "c")  # the second is still being detected: this one gathers
     assert batches.holds(third)
+
+
+def test_while_runs_are_busy_the_batch_after_a_whole_window_s_batch_gathers_for_a_window_too() -> None:
+    queued = Queued()
+    batches = UploadBatches(queued, prefix="detection-", window=0.3, max_size=32)
+    upload(batches, "a")  # idle: queued at once; no run reports detected, so they stay busy
+    second = upload(batches, "b")  # gathers for the window
+    wait_until(lambda: len(queued.runs) == 2, 5, 0.01, "the window to pass")
+    assert queued.runs[-1] == (second, [{"key": "b"}])
+    third = upload(batches, "c")  # a steady stream: one run per window, not every other run of one upload
+    assert batches.holds(third) and len(queued.runs) == 2
+    wait_until(lambda: len(queued.runs) == 3, 5, 0.01, "the next window to pass")
+    assert queued.runs[-1] == (third, [{"key": "c"}])
 
 
 def test_a_batch_waits_for_every_upload_that_joined_it_and_an_existing_event_leaves_it() -> None:

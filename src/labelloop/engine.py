@@ -620,6 +620,20 @@ def run_status(run_id: str) -> str | None:
     return found.status if found is not None else None
 
 
+STATUS_READ_CHUNK = 500  # run ids per query of run_statuses (SQLite's bound parameters are limited)
+
+
+def run_statuses(run_ids: list[str]) -> dict[str, str]:
+    """The status of each of ``run_ids`` that exists, by run id (one query per ``STATUS_READ_CHUNK`` ids)."""
+    unique = list(dict.fromkeys(run_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(unique), STATUS_READ_CHUNK):
+        runs = DBOS.list_workflows(workflow_ids=unique[start:start + STATUS_READ_CHUNK], load_input=False,
+                                   load_output=False)
+        found.update({run.workflow_id: run.status for run in runs})
+    return found
+
+
 def run_exists(run_id: str) -> bool:
     """Whether a run with this id was ever started."""
     return DBOS.get_workflow_status(run_id) is not None

@@ -94,6 +94,11 @@ def mark_failed(event_id: int, version: str, runs: list[str]) -> None:
     service.mark_failed(event_id, version, runs)
 
 
+def still_waiting(event_ids: list[int]) -> list[int]:
+    """Those of ``event_ids`` still WAITING_FOR_MODEL (not a step: read by the sweep)."""
+    return service.still_waiting(event_ids)
+
+
 def waiting_events() -> list[tuple[int, str | None]]:
     """(id, run id) of each detection still waiting for a model (not a step: read by the start-up sweep)."""
     return service.waiting_events()

@@ -439,6 +439,20 @@ def waiting_events() -> list[tuple[int, str | None]]:
         return [(event_id, run_id) for event_id, run_id in rows]
 
 
+IDS_PER_READ = 500  # ids bound in one IN (...) (SQLite's bound parameters are limited)
+
+
+def still_waiting(event_ids: list[int]) -> list[int]:
+    """Those of ``event_ids`` still WAITING_FOR_MODEL, read now."""
+    found: list[int] = []
+    with db.session() as session:
+        for start in range(0, len(event_ids), IDS_PER_READ):
+            found += session.scalars(select(DetectionEvent.id).where(
+                DetectionEvent.id.in_(event_ids[start:start + IDS_PER_READ]),
+                DetectionEvent.status == DetectionStatus.WAITING_FOR_MODEL))
+    return found
+
+
 def list_events(*, session: Session, label: str | None = None, min_confidence: float | None = None,
                 max_confidence: float | None = None, sampled: bool | None = None, human_label: str | None = None,
                 answered: bool | None = None, since: datetime | None = None, until: datetime | None = None,

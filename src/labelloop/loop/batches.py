@@ -7,12 +7,14 @@ own detection event, notification and human loop; the event's ``run_id`` names t
 How a batch forms: an upload *joins* the open batch (opening one if there is none), records its detection
 event under the batch's run id, then reports it *recorded*. A batch opened while no batch of this process is
 being detected (its run reports :meth:`UploadBatches.detected`), or ``window`` seconds or more after the
-previous one opened, is due at once: a lone upload's run is queued by its own request, as before. Otherwise
-it is due ``window`` seconds after the previous one opened (or when it holds ``max_size`` uploads): while
-runs are busy, uploads gather. A due batch is queued once every upload that joined it has recorded its event,
-so its run reads them all. An upload whose event existed already (the same key and ETag) leaves the batch:
-its run is the earlier one. A batch whose run another process took (a web-only server and workers) counts as
-being detected for ``BUSY_SECONDS`` at most.
+previous one closed, is due at once: a lone upload's run is queued by its own request, as before. Otherwise
+it is due ``window`` seconds after the previous one closed (or when it holds ``max_size`` uploads): while
+runs are busy, uploads gather, one run per window. (Counted from the previous batch's opening, the window
+made the batch opened just after a whole window's one due at once: under a steady stream every other run
+detected one upload, and a run costs some 9 ms of server CPU besides its images'.) A due batch is queued once
+every upload that joined it has recorded its event, so its run reads them all. An upload whose event existed
+already (the same key and ETag) leaves the batch: its run is the earlier one. A batch whose run another
+process took (a web-only server and workers) counts as being detected for ``BUSY_SECONDS`` at most.
 
 Nothing is lost if queueing fails or the process stops first: the events are recorded, waiting, under a run
 that does not exist, and the stranded-detection sweep (``routing.retry_stranded_detections``, at start-up
@@ -60,7 +62,7 @@ class UploadBatches:
         self._lock = threading.Condition()
         self._open: Batch | None = None
         self._unqueued: dict[str, Batch] = {}
-        self._last_opened = float("-inf")
+        self._last_closed = float("-inf")
         self._busy: dict[str, float] = {}  # queued batches not yet detected → when they were queued
         self._timer: threading.Thread | None = None
 
@@ -70,9 +72,9 @@ class UploadBatches:
             now = time.monotonic()
             batch = self._open
             if batch is None:
-                due = now if not self._is_busy(now) else max(now, self._last_opened + self.window)
+                due = now if not self._is_busy(now) else max(now, self._last_closed + self.window)
                 batch = Batch(f"{self.prefix}{uuid.uuid4().hex[:16]}", due)
-                self._open, self._last_opened = batch, now
+                self._open = batch
                 self._unqueued[batch.run_id] = batch
                 self._start_timer()
                 # Only a new batch can be due sooner than what the timer waits for; waking it at every upload
@@ -130,7 +132,7 @@ class UploadBatches:
     def _close(self, batch: Batch) -> None:
         batch.closed = True
         if self._open is batch:
-            self._open = None
+            self._open, self._last_closed = None, time.monotonic()
 
     def _take_if_ready(self, batch: Batch) -> Batch | None:
         """The batch, removed from the unqueued ones, if it is closed and every upload has recorded."""

@@ -389,30 +389,42 @@ def detections_to_retry() -> list[dict[str, Any]]:
     """Every image still WAITING_FOR_MODEL although a version serves and no run of it is in flight (its run
     failed, or ended before recording the answer), with the run id to detect it under: at most
     ``stranded_detection_retries`` such runs per image and version, after which it is marked FAILED. What to
-    queue."""
+    queue.
+
+    The runs' statuses are read in one query after the waiting images are listed, and the images are read again
+    after that: one whose run detected it meanwhile (a sweep during a stream of uploads lists hundreds whose
+    batches are running) is left out, not detected again by a run of its own; the sweep once read each image's
+    runs one query at a time."""
     with db.session() as session:
         serving = models.serving_version(session=session)
         version = serving.version if serving is not None else None
     if version is None:
         return []
+    batched, group = waiting_detections_in_flight(), upload_batches()
+    # Left out: images a deploy's batch is detecting, and those of a batch of this process about to be queued
+    # (asked before the statuses are read, so that a batch queued meanwhile is seen in flight, as it was).
+    listed = [(event_id, first_run, _retry_run_ids(event_id, version))
+              for event_id, first_run in detection.waiting_events()
+              if event_id not in batched and not (first_run and group.holds(first_run))]
+    statuses = engine.run_statuses([run_id for _, first_run, tried in listed
+                                    for run_id in (first_run, *tried) if run_id])
     wanted = []
-    batched = waiting_detections_in_flight()
-    for event_id, first_run in detection.waiting_events():
-        if event_id in batched:
-            continue  # a batch queued at the deploy is detecting it
-        base = waiting_detection_run_id(event_id, version)
-        tried = [base, *(f"{base}-retry-{n}" for n in range(1, get_settings().stranded_detection_retries + 1))]
-        if first_run and upload_batches().holds(first_run):
-            continue  # its batch's run is about to be queued
-        statuses = [engine.run_status(run_id) for run_id in (first_run, *tried) if run_id]
-        if any(state in IN_FLIGHT for state in statuses):
+    for event_id, first_run, tried in listed:
+        if any(statuses.get(run_id) in IN_FLIGHT for run_id in (first_run, *tried) if run_id):
             continue
-        free = next((run_id for run_id in tried if engine.run_status(run_id) is None), None)
+        free = next((run_id for run_id in tried if run_id not in statuses), None)
         if free is None:
             detection.mark_failed(event_id, version, [run_id for run_id in (first_run, *tried) if run_id])
             continue
         wanted.append({"detection_id": event_id, "run_id": free})
-    return wanted
+    still = set(detection.still_waiting([item["detection_id"] for item in wanted]))
+    return [item for item in wanted if item["detection_id"] in still]
+
+
+def _retry_run_ids(event_id: int, version: str) -> list[str]:
+    """The runs that may detect a stranded image with ``version``: the first, then its retries."""
+    base = waiting_detection_run_id(event_id, version)
+    return [base, *(f"{base}-retry-{n}" for n in range(1, get_settings().stranded_detection_retries + 1))]
 
 
 def retry_stranded_detections() -> list[str]:
