@@ -52,6 +52,7 @@ OpenBLAS made these N×1280 products 5–10× slower, and erratic, under load.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -180,11 +181,19 @@ class Head:
             self.familiar_at = np.asarray(self.familiar_at, dtype=np.float32).reshape(len(self.labels))
             self.familiar_scale = np.asarray(self.familiar_scale, dtype=np.float32).reshape(len(self.labels))
 
+    @functools.cached_property
+    def _bank_columns(self) -> np.ndarray:
+        """The bank as one float64 matrix, dim × (labels · rows): converted once, not per batch (up to 256 rows a
+        label, a 10-label bank is 26 MB in float64; converting it took longer than the batch's product)."""
+        assert self.bank is not None
+        labels, rows, dim = self.bank.shape
+        return self.bank.reshape(labels * rows, dim).T.astype(np.float64)
+
     def nearest_similarity(self, embeddings: np.ndarray) -> np.ndarray:
         """N×labels: cosine of each image to its nearest training image of each label."""
         assert self.bank is not None
-        labels, rows, dim = self.bank.shape
-        cos = l2_normalize(embeddings) @ self.bank.reshape(labels * rows, dim).T.astype(np.float64)
+        labels, rows, _ = self.bank.shape
+        cos = l2_normalize(embeddings) @ self._bank_columns
         return cos.reshape(len(cos), labels, rows).max(axis=2)
 
     def familiarity(self, embeddings: np.ndarray) -> np.ndarray:
