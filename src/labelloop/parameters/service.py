@@ -198,7 +198,7 @@ DEFINITIONS: dict[str, Definition] = {
                    "letterbox's on average over six tasks (no task below −0.3), with no more silent errors; the "
                    "head on the letterbox view is 2.1 points of macro-F1 above plain logistic regression on crops "
                    "on average, on the crop 0.7 (README, The model).",
-                   choices=("letterbox-fast", "letterbox", "crop")),
+                   choices=("letterbox-fast", "letterbox", "crop", "letterbox-draft")),
         Definition(GOLD_TASK_RATE, "float", "5.0",
                    "The percentage of each reviewer's tasks that are gold tasks (images an operator marked with "
                    "their known label), mixed into the queue while real tasks wait and served like them; the "
