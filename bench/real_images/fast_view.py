@@ -107,7 +107,7 @@ def add_floor(floor: float) -> str:
     name, key = f"letterbox-draft-{floor:g}", f"letterbox_draft_{floor:g}"
     images.VIEWS[key] = images.VIEWS["letterbox_draft"]
     images.SMALL_DECODE_VIEWS[key] = floor
-    features.VIEW_NAMES[name] = key
+    features.VIEW_NAMES[name] = images.INPUT_VIEWS[name] = key
     return name
 
 
