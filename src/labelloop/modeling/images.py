@@ -30,7 +30,7 @@ domain, any other format reduced by an integer factor, to the smallest scale who
 size) and a bilinear resize: 1.3 ms of CPU for a 320×480 photo against 2.2 ms, same macro-F1 on real photos
 (bench/real_images/fast_view.py). The `letterbox_draft` view decodes smaller still: to the smallest scale whose
 long side is ≥ 7/8 of the input size (`DRAFT_FLOOR`), so a 427×320 upload (a 4:3 photo at 320 px) decodes at 1/2,
-213×160, and is enlarged by 5 % instead of being decoded in full and shrunk: 0.9 ms less CPU for such an upload,
+214×160, and is enlarged by 5 % instead of being decoded in full and shrunk: 0.9 ms less CPU for such an upload,
 the same macro-F1 on real photos, but silent errors 0.37 ± 0.23 point higher, so it is offered, not the default
 (README, Performance item 21).
 
