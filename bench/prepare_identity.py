@@ -1,5 +1,5 @@
-"""Are this tree's model inputs bit-identical to another tree's? ``images.prepare`` of both, every view, compared
-with ``np.array_equal``.
+"""Are this tree's model inputs bit-identical to another tree's? ``images.prepare`` of both, every view both trees
+have, compared with ``np.array_equal``.
 
     PYTHONPATH=src .venv/bin/python bench/prepare_identity.py --compare-src <main's src> [--uploads 300]
 
@@ -63,8 +63,9 @@ def main() -> None:
     this, other = load_images_module(None), load_images_module(args.compare_src)
     compared = fixed = 0
     datas = images_to_compare(args.uploads)
+    shared = [view for view in this.VIEWS if view in other.VIEWS]  # a view new in this tree has nothing to match
     for index, data in enumerate(datas):
-        for view in this.VIEWS:
+        for view in shared:
             mine = this.prepare(data, view=view)
             try:
                 theirs = other.prepare(data, view=view)
@@ -74,8 +75,9 @@ def main() -> None:
             if not (np.array_equal(mine, theirs) and mine.dtype == theirs.dtype):
                 raise SystemExit(f"image {index}, view {view}: the inputs differ")
             compared += 1
-    print(f"{len(datas)} images × {len(this.VIEWS)} views: {compared} prepares bit-identical; "
-          f"{fixed} rejected by {args.compare_src} only")
+    print(f"{len(datas)} images × {len(shared)} views ({', '.join(shared)}): {compared} prepares bit-identical; "
+          f"{fixed} rejected by {args.compare_src} only; not in {args.compare_src}: "
+          f"{', '.join(sorted(set(this.VIEWS) - set(shared))) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Each model version's input view (Model-Input-View: letterbox-fast by default, letterbox, crop as before) over
+"""Each model version's input view (Model-Input-View: letterbox-fast by default, letterbox, crop as before,
+letterbox-draft) over
 the API: a version keeps the view it was trained on, POST /detect prepares each image with the view of the version
 that answers it, the ONNX export says which, and a version that replaces one of another view starts cold."""
 
@@ -29,9 +30,9 @@ pytestmark = pytest.mark.timeout(600)
 VIEW = "Model-Input-View"
 
 
-def _wide(logo: bytes) -> bytes:
-    """The logo at the left end of a 480×160 white banner: a centre crop cuts most of it away."""
-    banner = Image.new("RGB", (480, 160), (255, 255, 255))
+def _wide(logo: bytes, width: int = 480) -> bytes:
+    """The logo at the left end of a width×160 white banner: a centre crop cuts most of it away."""
+    banner = Image.new("RGB", (width, 160), (255, 255, 255))
     banner.paste(Image.open(io.BytesIO(logo)).convert("RGB"), (0, 0))
     out = io.BytesIO()
     banner.save(out, "PNG")
@@ -57,11 +58,12 @@ def _same_confidences(answers: list[dict], labels: list[str], probabilities: np.
 
 
 def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
-    images = [_wide(smile_logo(60)), _wide(box_logo(61)), _wide(smile_logo(62))]
+    # the last one (420 px) letterbox-draft reduces by 2 (long side ≥ 2 × 196) and letterbox-fast does not
+    images = [_wide(smile_logo(60)), _wide(box_logo(61)), _wide(smile_logo(62)), _wide(box_logo(63), 420)]
     with server.client() as api:
         assert api.get(f"/parameters/{VIEW}").json()["value"] == "letterbox-fast"
         refused = api.put(f"/parameters/{VIEW}", json={"value": "square"})
-        assert refused.status_code == 422 and "one of letterbox-fast, letterbox, crop" in refused.text
+        assert refused.status_code == 422 and "one of letterbox-fast, letterbox, crop, letterbox-draft" in refused.text
         assert api.put(f"/parameters/{VIEW}", json={"value": "crop"}).status_code == 200
         assert _train(server, api, 0) == "v1"
         assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox"}).status_code == 200
@@ -81,6 +83,12 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
         assert v3["input_view"] == "letterbox-fast" and v3["status"] == "RUNNING", v3["status_message"]
         served["v3"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
         exported["v3"] = api.get("/models/v3/export").content
+        assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox-draft"}).status_code == 200
+        assert _train(server, api, 15) == "v4"
+        v4 = api.get("/models/v4").json()
+        assert v4["input_view"] == "letterbox-draft" and v4["status"] == "RUNNING", v4["status_message"]
+        served["v4"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
+        exported["v4"] = api.get("/models/v4/export").content
     with httpx.Client(base_url=server.url, follow_redirects=True) as browser:
         sign_in_client(browser, "admin", ADMIN_PASSWORD)
         page = browser.get("/models/v2").text
@@ -89,15 +97,19 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
         page = browser.get("/models/v3").text
         assert 'id="model-input-view">letterbox-fast' in page and "decoded at reduced scale" in page
         assert "centre 224×224 square" in browser.get("/models/v1").text
-    for version, view in (("v1", "crop"), ("v2", "letterbox"), ("v3", "letterbox-fast")):
+        page = browser.get("/models/v4").text
+        assert 'id="model-input-view">letterbox-draft' in page and "down to 7/8" in page
+    # each version's answers are its exported model's on its own view, not on the view nearest to it
+    other = {"crop": "letterbox", "letterbox": "orig", "letterbox-fast": "letterbox",
+             "letterbox-draft": "letterbox_fast"}
+    for version, view in (("v1", "crop"), ("v2", "letterbox"), ("v3", "letterbox-fast"), ("v4", "letterbox-draft")):
         assert {answer["model_version"] for answer in served[version]} == {version}
         meta, probabilities = _offline(exported[version], images, view_key(view))
         assert meta["input_view"] == view and ("long side" in meta["preprocessing"]) == (view != "crop")
-        assert ("DCT" in meta["preprocessing"]) == (view == "letterbox-fast")
+        assert ("DCT" in meta["preprocessing"]) == (view in ("letterbox-fast", "letterbox-draft"))
         labels = json.loads(meta["labels"])
         assert _same_confidences(served[version], labels, probabilities), (version, served[version])
-        other = "orig" if view == "letterbox" else "letterbox"
-        assert not _same_confidences(served[version], labels, _offline(exported[version], images, other)[1])
+        assert not _same_confidences(served[version], labels, _offline(exported[version], images, other[view])[1])
 
 
 @pytest.fixture

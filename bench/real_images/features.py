@@ -22,9 +22,9 @@ from bench.real_images.data import DATA_VERSION, OUT, Item
 
 from labelloop.modeling.backbone import LITE0, VARIANTS, Variant, load_backbone
 from labelloop.modeling.export import _fold_pads_into_convs
-from labelloop.modeling.images import decode_for, to_input
+from labelloop.modeling.images import INPUT_VIEWS, decode_for, to_input
 
-VIEW_NAMES = {"crop": "orig", "flip": "flip", "letterbox": "letterbox", "letterbox-fast": "letterbox_fast"}
+VIEW_NAMES = {"flip": "flip", **INPUT_VIEWS}
 MAP_VIEWS = ("crop", "letterbox")  # views whose feature map is kept (patch matching)
 BATCH = 32
 

@@ -1,5 +1,5 @@
-"""A model version's input view (crop | letterbox | letterbox-fast): preprocessing, the embedding cache keys,
-training on the view, and serving that never runs a request prepared for one view on a version of another
+"""A model version's input view (crop | letterbox | letterbox-fast | letterbox-draft): preprocessing, the embedding
+cache keys, training on the view, and serving that never runs a request prepared for one view on a version of another
 (blue-green)."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def test_each_input_view_has_a_cache_key_and_a_preprocessing_in_words() -> None:
     assert view_key("crop") == "orig" and view_key(None) == "orig"  # rows and cache entries from before
     assert view_key("letterbox") == "letterbox"
     assert view_key("letterbox-fast") == "letterbox_fast"
+    assert view_key("letterbox-draft") == "letterbox_draft"
     assert set(VIEW_PREPROCESSING) == set(INPUT_VIEWS)
     with pytest.raises(ValueError, match="unknown input view"):
         view_key("square")
@@ -46,7 +47,7 @@ def test_letterbox_keeps_the_edges_a_centre_crop_cuts_off() -> None:
     assert red[:, :40].mean() > 0.3  # the left edge is there, long side scaled to 224
 
 
-@pytest.mark.parametrize("view", ["letterbox", "letterbox_fast"])
+@pytest.mark.parametrize("view", ["letterbox", "letterbox_fast", "letterbox_draft"])
 def test_training_on_a_letterbox_view_embeds_and_evaluates_that_view(digits: list[tuple[str, bytes]],
                                                                      embedder: Embedder, embedding_root: Path,
                                                                      view: str) -> None:
@@ -58,7 +59,7 @@ def test_training_on_a_letterbox_view_embeds_and_evaluates_that_view(digits: lis
     assert result.head.meta["views"] == [view]
     digests = [result.digests[e.key] for e in examples]
     assert all((digest, view) in cache for digest in digests)
-    others = {"orig", "letterbox", "letterbox_fast"} - {view}
+    others = {"orig", "letterbox", "letterbox_fast", "letterbox_draft"} - {view}
     assert not any((digest, other) in cache for digest in digests for other in others)  # only this view
     x = np.stack([prepare(e.data(), view=view) for e in examples[:2]])
     np.testing.assert_allclose(embedder.embed(x), np.stack([cache.get(digests[i], view) for i in range(2)]),
@@ -97,7 +98,7 @@ def test_a_request_prepared_for_the_old_view_is_not_run_by_a_version_with_anothe
         serving.close()
 
 
-@pytest.mark.parametrize("view", ["letterbox", "letterbox_fast"])
+@pytest.mark.parametrize("view", ["letterbox", "letterbox_fast", "letterbox_draft"])
 def test_the_predictor_prepares_images_with_its_heads_training_view(digits: list[tuple[str, bytes]],
                                                                     embedder: Embedder, embedding_root: Path,
                                                                     view: str) -> None:

@@ -54,6 +54,11 @@ VIEW_PREPROCESSING = {
                       "scaling 1/2, 1/4 or 1/8, the smallest that keeps it; then, any format, Pillow Image.reduce "
                       "by the largest integer factor that keeps it), then as letterbox but resized with Pillow's "
                       "antialiased bilinear filter, (x/255-0.5)/0.5, NCHW float32",
+    "letterbox-draft": "RGB decoded at the smallest scale whose long side is still ≥ 196 (7/8 of 224; a JPEG with "
+                       "libjpeg's DCT scaling 1/2, 1/4 or 1/8, the smallest that keeps it; then, any format, "
+                       "Pillow Image.reduce by the largest integer factor that keeps it), then as letterbox but "
+                       "resized with Pillow's antialiased bilinear filter (an enlargement by at most 8/7 when the "
+                       "long side is under 224), (x/255-0.5)/0.5, NCHW float32",
 }
 
 

@@ -28,18 +28,23 @@ image's border) instead of cropping its edges away; bench/real_images compares i
 `letterbox_fast` view is the same picture from a smaller decode (`decode_small`: a JPEG decoded in the DCT
 domain, any other format reduced by an integer factor, to the smallest scale whose long side is still ≥ the input
 size) and a bilinear resize: 1.3 ms of CPU for a 320×480 photo against 2.2 ms, same macro-F1 on real photos
-(bench/real_images/fast_view.py).
+(bench/real_images/fast_view.py). The `letterbox_draft` view decodes smaller still: to the smallest scale whose
+long side is ≥ 7/8 of the input size (`DRAFT_FLOOR`), so a 427×320 upload (a 4:3 photo at 320 px) decodes at 1/2,
+214×160, and is enlarged by 5 % instead of being decoded in full and shrunk: 0.9 ms less CPU for such an upload,
+the same macro-F1 on real photos, but silent errors 0.37 ± 0.23 point higher, so it is offered, not the default
+(README, Performance item 21).
 
 A model version records the view it was trained and is served on (`ModelVersion.input_view`, one of
 `INPUT_VIEWS`): `crop` (the centre crop, `VIEWS` key 'orig', every version before the letterbox view),
-`letterbox`, or `letterbox-fast` (`VIEWS` key 'letterbox_fast', the default for new versions, parameter
-Model-Input-View; README, The model).
+`letterbox`, `letterbox-fast` (`VIEWS` key 'letterbox_fast', the default for new versions, parameter
+Model-Input-View; README, The model) or `letterbox-draft` ('letterbox_draft').
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import threading
 import warnings
 from collections.abc import Iterator
@@ -78,24 +83,35 @@ VIEWS: dict[str, tuple[float, float, float, bool]] = {
     "letterbox_flip": (0.0, 0.5, 0.5, True),
     "letterbox_fast": (0.0, 0.5, 0.5, False),
     "letterbox_fast_flip": (0.0, 0.5, 0.5, True),
+    "letterbox_draft": (0.0, 0.5, 0.5, False),
+    "letterbox_draft_flip": (0.0, 0.5, 0.5, True),
 }
-# Views prepared from a small decode (`decode_small`): a JPEG decoded in the DCT domain, any other format reduced
-# by an integer factor, to the smallest scale whose long side is still ≥ the input size; then letterboxed as
-# `letterbox` is, resized with Pillow's antialiased bilinear filter (`SMALL_DECODE_RESAMPLE`: 0.35 ms less than
-# bicubic on a 320×480 photo; after the DCT-domain halving it is a gentle downscale).
-SMALL_DECODE_VIEWS = frozenset({"letterbox_fast", "letterbox_fast_flip"})
+# The least long side of the `letterbox_draft` decode, as a fraction of the input size: an image at most 1/7
+# smaller than the input is enlarged rather than decoded at twice the size (JPEG's DCT scales are only 1/2, 1/4,
+# 1/8), which takes a 4:3 upload at 320 px (427×320) from a full decode to a 1/2 one.
+DRAFT_FLOOR = 7 / 8
+# Views prepared from a small decode (`decode_small`) -> the least long side of that decode, as a fraction of the
+# input size: a JPEG decoded in the DCT domain, any other format reduced by an integer factor, to the smallest
+# scale whose long side is still ≥ that; then letterboxed as `letterbox` is, resized with Pillow's antialiased
+# bilinear filter (`SMALL_DECODE_RESAMPLE`: 0.35 ms less than bicubic on a 320×480 photo; after the DCT-domain
+# scaling it is a gentle downscale, or an enlargement by at most 1/7 for `letterbox_draft`).
+SMALL_DECODE_VIEWS: dict[str, float] = {"letterbox_fast": 1.0, "letterbox_fast_flip": 1.0,
+                                        "letterbox_draft": DRAFT_FLOOR, "letterbox_draft_flip": DRAFT_FLOOR}
 SMALL_DECODE_RESAMPLE = Image.Resampling.BILINEAR
 
 
 # A model version's input view (`ModelVersion.input_view`) -> its key in VIEWS and in the embedding cache ('orig'
 # stays the centre crop's key, so embeddings cached before input views existed keep their meaning).
-INPUT_VIEWS: dict[str, str] = {"crop": "orig", "letterbox": "letterbox", "letterbox-fast": "letterbox_fast"}
+INPUT_VIEWS: dict[str, str] = {"crop": "orig", "letterbox": "letterbox", "letterbox-fast": "letterbox_fast",
+                               "letterbox-draft": "letterbox_draft"}
 DEFAULT_INPUT_VIEW = "letterbox-fast"
 # Each input view in a few words, as the model page shows it.
 INPUT_VIEW_SUMMARIES: dict[str, str] = {
     "crop": "the centre 224×224 square",
     "letterbox": "the whole image, long side 224, padded",
     "letterbox-fast": "the whole image, long side 224, padded, from a JPEG decoded at reduced scale",
+    "letterbox-draft": "the whole image, long side 224, padded, from a JPEG decoded at reduced scale down to 7/8 "
+                       "of that",
 }
 
 
@@ -312,18 +328,19 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageRejected(f"cannot convert image mode {image.mode!r} ({exc})") from None
 
 
-def decode_small(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, size: int = INPUT_SIZE) -> Image.Image:
-    """`decode_image` at the smallest scale whose long side is still ≥ ``size``: what the `SMALL_DECODE_VIEWS`
-    (`letterbox-fast`) are prepared from."""
-    return decode_image(data, max_pixels, long_side=size)
+def decode_small(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, size: int = INPUT_SIZE,
+                 floor: float = 1.0) -> Image.Image:
+    """`decode_image` at the smallest scale whose long side is still ≥ ``floor`` × ``size`` (rounded up): what
+    the `SMALL_DECODE_VIEWS` are prepared from (`letterbox-fast`: floor 1, `letterbox-draft`: `DRAFT_FLOOR`)."""
+    return decode_image(data, max_pixels, long_side=math.ceil(floor * size))
 
 
 def decode_for(data: bytes, view: str, max_pixels: int = DEFAULT_MAX_PIXELS, size: int = INPUT_SIZE
                ) -> Image.Image:
-    """The decoded image a VIEWS key is prepared from: `decode_small` for the small-decode views, else
-    `decode_image`."""
+    """The decoded image a VIEWS key is prepared from: `decode_small` at the view's floor for the small-decode
+    views, else `decode_image`."""
     if view in SMALL_DECODE_VIEWS:
-        return decode_small(data, max_pixels, size)
+        return decode_small(data, max_pixels, size, SMALL_DECODE_VIEWS[view])
     return decode_image(data, max_pixels)
 
 
@@ -385,7 +402,8 @@ def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> 
     """Preprocess an RGB image into a 3×size×size float32 array in [-1, 1] (see module docstring).
 
     `view` selects a view from VIEWS (a version serves on its input view: 'orig' for crop, 'letterbox',
-    'letterbox_fast'); the small-decode views expect `decode_small`'s image (`decode_for` gives the right one).
+    'letterbox_fast', 'letterbox_draft'); the small-decode views expect `decode_small`'s image at their floor
+    (`decode_for` gives the right one).
     """
     fraction, ax, ay, flip = VIEWS[view]
     if fraction == 0:
@@ -405,9 +423,9 @@ def prepare(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, view: str = "orig
 
 def prepare_views(data: bytes, views: tuple[str, ...], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Bytes to a V×3×224×224 stack, one preprocessed array per view name, decoding once per kind of decode the
-    views need (the full decode, the small one of `SMALL_DECODE_VIEWS`)."""
-    decoded: dict[bool, Image.Image] = {}
+    views need (the full decode, a small one per floor of `SMALL_DECODE_VIEWS`)."""
+    decoded: dict[float | None, Image.Image] = {}
     for view in views:
-        if (small := view in SMALL_DECODE_VIEWS) not in decoded:
-            decoded[small] = decode_for(data, view, max_pixels)
-    return np.stack([to_input(decoded[view in SMALL_DECODE_VIEWS], view) for view in views])
+        if (floor := SMALL_DECODE_VIEWS.get(view)) not in decoded:
+            decoded[floor] = decode_for(data, view, max_pixels)
+    return np.stack([to_input(decoded[SMALL_DECODE_VIEWS.get(view)], view) for view in views])

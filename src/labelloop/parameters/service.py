@@ -190,15 +190,18 @@ DEFINITIONS: dict[str, Definition] = {
                    "How images are prepared for the model versions trained from now on: letterbox-fast (the whole "
                    "image, long side 224 px, padded with its border's colour, from a JPEG decoded at 1/2 to 1/8 "
                    "scale and a bilinear resize), letterbox (the same picture from a full decode and a bicubic "
-                   "resize) or crop (the centre 224×224 square, which cuts off the long side's edges, as every "
-                   "version before this parameter). Each version keeps the view it was trained on for good "
+                   "resize), crop (the centre 224×224 square, which cuts off the long side's edges, as every "
+                   "version before this parameter) or letterbox-draft (as letterbox-fast, decoded down to a long "
+                   "side of 196 px: 0.9 ms less CPU for a 427×320 upload, 0.26 on a mix of upload shapes; not the "
+                   "default: on real photos its silent errors were 0.37 point higher, README Performance item "
+                   "21). Each version keeps the view it was trained on for good "
                    "(GET /models/{version} shows it) and every request it answers is prepared that way. "
                    "letterbox-fast by default: it costs 1.3 ms of CPU per 320-px photo against 2.2 for letterbox "
                    "(5.3 against 12 for a phone photo), and on real photos its macro-F1 is 0.4 point above "
                    "letterbox's on average over six tasks (no task below −0.3), with no more silent errors; the "
                    "head on the letterbox view is 2.1 points of macro-F1 above plain logistic regression on crops "
                    "on average, on the crop 0.7 (README, The model).",
-                   choices=("letterbox-fast", "letterbox", "crop")),
+                   choices=("letterbox-fast", "letterbox", "crop", "letterbox-draft")),
         Definition(GOLD_TASK_RATE, "float", "5.0",
                    "The percentage of each reviewer's tasks that are gold tasks (images an operator marked with "
                    "their known label), mixed into the queue while real tasks wait and served like them; the "
