@@ -290,7 +290,7 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
         events = [e for e in api.get("/detections", params={"limit": 100_000}).json()
                   if e["object_key"].startswith(f"images_for_detection/{tag}/")]
         # The API lists at most 5,000 loops a page (a larger limit is refused with 422).
-        open_loops = api.get("/human-loops", params={"status": "IN_PROGRESS", "limit": 5000})
+        open_loops = api.get("/human-loops", params={"status": "InProgress", "limit": 5000})
         open_loops.raise_for_status()
         loops = len(open_loops.json())
     detected = [e for e in events if e["status"] == "DETECTED"]
