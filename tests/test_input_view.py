@@ -77,18 +77,13 @@ def test_each_version_answers_on_its_own_input_view(server: Server) -> None:
         server.wait_run(api.post("/models/v1/deploy").json()["run_id"])
         served["v1"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
         assert api.get("/models/v1").json()["input_view"] == "crop"  # deploying again changes nothing
-        assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox-fast"}).status_code == 200
-        assert _train(server, api, 10) == "v3"
-        v3 = api.get("/models/v3").json()
-        assert v3["input_view"] == "letterbox-fast" and v3["status"] == "RUNNING", v3["status_message"]
-        served["v3"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
-        exported["v3"] = api.get("/models/v3/export").content
-        assert api.put(f"/parameters/{VIEW}", json={"value": "letterbox-draft"}).status_code == 200
-        assert _train(server, api, 15) == "v4"
-        v4 = api.get("/models/v4").json()
-        assert v4["input_view"] == "letterbox-draft" and v4["status"] == "RUNNING", v4["status_message"]
-        served["v4"] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
-        exported["v4"] = api.get("/models/v4/export").content
+        for view, more_images, version in (("letterbox-fast", 10, "v3"), ("letterbox-draft", 15, "v4")):
+            assert api.put(f"/parameters/{VIEW}", json={"value": view}).status_code == 200
+            assert _train(server, api, more_images) == version
+            trained = api.get(f"/models/{version}").json()
+            assert trained["input_view"] == view and trained["status"] == "RUNNING", trained["status_message"]
+            served[version] = [api.post("/detect", files={"file": ("a.png", d)}).json() for d in images]
+            exported[version] = api.get(f"/models/{version}/export").content
     with httpx.Client(base_url=server.url, follow_redirects=True) as browser:
         sign_in_client(browser, "admin", ADMIN_PASSWORD)
         page = browser.get("/models/v2").text
