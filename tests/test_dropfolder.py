@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from conftest import Server, created_objects, wait_until
+from labelloop.storage.watcher import DropFolderWatcher
 
 
 def png(seed: int) -> bytes:
@@ -111,3 +114,32 @@ def test_a_forbidden_name_stays_in_the_drop_folder_and_the_server_keeps_working(
         assert api.get("/parameters/Minimum-F1-Score").status_code == 200
     assert set(object_created_runs(server)) == {"images_for_detection/good.png",
                                                 "images_labeled_by_folder/cats/later.png"}
+
+
+@pytest.mark.same_on_every_database
+def test_a_file_dropped_while_the_first_sweep_stores_is_taken_too(tmp_path: Path) -> None:
+    """The watch is armed before the first sweep: a file dropped while that sweep is still storing (a server
+    that answers while its start-up sweep runs) raises a change instead of falling between sweep and watch."""
+    drop = tmp_path / "drop"
+    drop_file(drop, "images_for_detection/first.png", png(1))
+    storing_first, go_on, stored = threading.Event(), threading.Event(), []
+
+    def store(key: str, data: bytes) -> None:
+        stored.append(key)
+        if key.endswith("first.png"):
+            storing_first.set()
+            assert go_on.wait(10)
+
+    watcher = DropFolderWatcher(drop, store, settle_seconds=0.05)
+    watcher.start()
+    try:
+        assert storing_first.wait(10), "the first sweep takes what was there at the start"
+        drop_file(drop, "images_for_detection/second.png", png(2))
+        go_on.set()
+        wait_until(lambda: "images_for_detection/second.png" in stored, timeout=10,
+                   message="the file dropped during the first sweep stored")
+    finally:
+        go_on.set()
+        watcher.stop()
+    assert stored == ["images_for_detection/first.png", "images_for_detection/second.png"]
+    assert not any(path.is_file() for path in drop.rglob("*"))

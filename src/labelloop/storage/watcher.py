@@ -45,10 +45,14 @@ class DropFolderWatcher:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        self.sweep()
+        # The first sweep runs at the watch's first answer (a change or its first 0.5-s timeout), once the watch is
+        # armed: swept before it, a file dropped while that sweep was still storing fell between the two, was
+        # never noticed and stayed in the folder.
+        swept = False
         for changes in watch(self.folder, stop_event=self._stop, rust_timeout=500, yield_on_timeout=True):
-            if any(change in (Change.added, Change.modified) for change, _ in changes):
+            if not swept or any(change in (Change.added, Change.modified) for change, _ in changes):
                 self.sweep()
+                swept = True
 
     def sweep(self) -> int:
         """Store every settled file in the drop folder; returns how many were taken."""
