@@ -2,6 +2,7 @@
 
     PYTHONPATH=src:EXTRA .venv/bin/python bench/bench_http.py [--rounds 5] [--seconds 4] [--clients 8]
     PYTHONPATH=src .venv/bin/python bench/bench_http.py --detect-path [--compare-src OTHER/src ...]
+    PYTHONPATH=src .venv/bin/python bench/bench_http.py --put-path [--compare-src OTHER/src ...]
 
 A FastAPI app with labelloop's own request middlewares (``RequestLimits``, ``DefaultSecurityHeaders``) and one
 route shaped like ``POST /api/v1/detect`` (a multipart ``file`` read whole, a ``DetectResponse`` answer with
@@ -19,6 +20,12 @@ stub model: each inference unit sleeps ``--model-ms`` per image (the real backbo
 two-label head answers. Per thread role (event loop, prepare pool, inference units, other) the server's CPU per
 request from /proc/PID/task, medians of the rounds, servers in an order that rotates: what the serving path costs
 outside the model and the decoder.
+
+``--put-path``: the same table for the bucket's real ``PUT /api/v1/objects/images_for_detection/…`` route of each
+tree (its middlewares, its token check on a remembered token, its worker-thread hop, one real-photo JPEG per
+request) with a stub store in place of ``actions.store_object`` (an MD5 and an ``ObjectInfo``; no file, no
+workflow): what the HTTP path of an upload costs outside the store, per thread role ("handler threads": AnyIO's
+worker threads).
 """
 
 from __future__ import annotations
@@ -90,11 +97,22 @@ class StubHead:
 
 def detect_app(model_ms: float) -> Any:
     """The tree's own detect route, middlewares and error handlers on a stub model (built in the server)."""
+    from labelloop.modeling import endpoint, views
+    from labelloop.modeling.serving import LoadedVersion, Serving
+
+    application = routes_app(views.router)
+    endpoint._serving = Serving(lambda _threads: StubEmbedder(model_ms / 1000),  # type: ignore[arg-type]
+                                units=endpoint.backbone_sessions(1))
+    endpoint._serving.switch(LoadedVersion("v1", StubHead(), view="letterbox_fast"))
+    endpoint._synced_at = float("inf")  # never asks the database what serves
+    return application
+
+
+def routes_app(router: Any) -> Any:
+    """An app of the tree's middlewares, error handlers and ``router``, with a remembered consumer token "x"."""
     import labelloop.app as web
     from labelloop import memory
     from labelloop.config import get_settings
-    from labelloop.modeling import endpoint, views
-    from labelloop.modeling.serving import LoadedVersion, Serving
     from labelloop.workforce import service
     from labelloop.workforce.models import User
 
@@ -107,7 +125,7 @@ def detect_app(model_ms: float) -> Any:
     else:
         application.add_middleware(web.RequestLimits, settings=get_settings())
         application.add_middleware(web.DefaultSecurityHeaders)
-    application.include_router(views.router)
+    application.include_router(router)
 
     @application.get("/threads")
     def threads() -> dict[str, str]:
@@ -116,11 +134,30 @@ def detect_app(model_ms: float) -> Any:
     service.recent_tokens.seconds = 1e9
     user = User(username="consumer", role="consumer", must_change_password=False, disabled=False)
     service.recent_tokens.remember(service._token_digest("x"), user, 4e9, service.recent_tokens.generation)
-    endpoint._serving = Serving(lambda _threads: StubEmbedder(model_ms / 1000),  # type: ignore[arg-type]
-                                units=endpoint.backbone_sessions(1))
-    endpoint._serving.switch(LoadedVersion("v1", StubHead(), view="letterbox_fast"))
-    endpoint._synced_at = float("inf")  # never asks the database what serves
     return application
+
+
+def put_app() -> Any:
+    """The tree's own bucket routes, middlewares and error handlers on a stub store (built in the server)."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from labelloop.loop import actions
+    from labelloop.storage import views
+    from labelloop.storage.models import ObjectInfo
+
+    def stored(key: str, data: bytes, *, source: str, actor: str = "system") -> ObjectInfo:
+        return ObjectInfo(key=key, size=len(data), etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+                          last_modified=datetime.now(UTC), content_type="image/jpeg", run_id="run")
+
+    actions.store_object = stored  # type: ignore[assignment]
+    return routes_app(views.router)
+
+
+def serve_put(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(put_app(), host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
 
 def serve_detect(port: int, model_ms: float) -> None:
@@ -142,9 +179,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def drive(port: int, body: bytes, content_type: str, clients: int, seconds: float,
-          bodies: list[tuple[bytes, str]] | None = None) -> int:
-    """Requests answered 200 by ``clients`` keep-alive connections in ``seconds`` (``bodies`` in turn, else
-    ``body``)."""
+          bodies: list[tuple[bytes, str]] | None = None, put: bool = False) -> int:
+    """Requests answered 200 (201 for a ``put``) by ``clients`` keep-alive connections in ``seconds`` (``bodies``
+    in turn, else ``body``): detect requests, or with ``put`` PUTs of new keys under images_for_detection/."""
     done = [0] * clients
     stop = time.perf_counter() + seconds
     bodies = bodies or [(body, content_type)]
@@ -154,10 +191,13 @@ def drive(port: int, body: bytes, content_type: str, clients: int, seconds: floa
         while time.perf_counter() < stop:
             body, content_type = bodies[(k + done[k]) % len(bodies)]
             headers = {"Authorization": "Bearer x", "Content-Type": content_type}
-            connection.request("POST", "/api/v1/detect", body, headers)
+            if put:
+                connection.request("PUT", f"/api/v1/objects/images_for_detection/{k}/{done[k]}.jpg", body, headers)
+            else:
+                connection.request("POST", "/api/v1/detect", body, headers)
             response = connection.getresponse()
             response.read()
-            if response.status != 200:
+            if response.status != (201 if put else 200):
                 raise RuntimeError(f"answer {response.status}")
             done[k] += 1
         connection.close()
@@ -186,10 +226,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--detect-path", action="store_true", help="the real detect route on a stub model")
+    parser.add_argument("--put-path", action="store_true", help="the real bucket PUT route on a stub store")
     parser.add_argument("--compare-src", action="append", default=[], metavar="PYTHONPATH")
     parser.add_argument("--model-ms", type=float, default=8.5, help="the stub model's time per image")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "HTTP", "LOOP"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-detect", nargs=2, metavar=("PORT", "MODEL_MS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-put", metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(int(args.serve[0]), args.serve[1], args.serve[2])
@@ -197,7 +239,10 @@ def main() -> None:
     if args.serve_detect:
         serve_detect(int(args.serve_detect[0]), float(args.serve_detect[1]))
         return
-    if args.detect_path:
+    if args.serve_put:
+        serve_put(int(args.serve_put))
+        return
+    if args.detect_path or args.put_path:
         detect_path(args)
         return
     from bench_detect import multipart
@@ -242,7 +287,8 @@ def main() -> None:
             process.wait(timeout=30)
 
 
-ROLES = (("event loop", "MainThread"), ("prepare pool", "detect-prepare"), ("inference units", "inference-unit"))
+ROLES = (("event loop", "MainThread"), ("prepare pool", "detect-prepare"), ("inference units", "inference-unit"),
+         ("handler threads", "AnyIO worker thread"))
 
 
 def role_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
@@ -262,7 +308,8 @@ def role_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
 
 
 def detect_path(args: argparse.Namespace) -> None:
-    """The ``--detect-path`` table: per source tree and thread role, server CPU ms per request."""
+    """The ``--detect-path`` (or ``--put-path``) table: per source tree and thread role, server CPU ms per
+    request."""
     import json
 
     from bench_detect import multipart
@@ -271,19 +318,21 @@ def detect_path(args: argparse.Namespace) -> None:
     from conftest import free_port, wait_until
 
     print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs shared by clients and server")
-    bodies = [multipart(data) for _, _, data in uploads(16)]
+    put = args.put_path
+    bodies = [(data, "image/jpeg") if put else multipart(data) for _, _, data in uploads(16)]
+    serving = ["--serve-put"] if put else ["--serve-detect"]
     trees = ["src", *args.compare_src]
     servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     try:
         for tree in trees:
             port = free_port()
             env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
-            servers[tree] = (port, subprocess.Popen([sys.executable, __file__, "--serve-detect", str(port),
-                                                     str(args.model_ms)], env=env))
+            command = [sys.executable, __file__, *serving, str(port)] + ([] if put else [str(args.model_ms)])
+            servers[tree] = (port, subprocess.Popen(command, env=env))
         names: dict[str, dict[str, str]] = {}
         for tree, (port, _) in servers.items():
             wait_until(lambda port=port: _answers(port), 60, 0.2, f"{tree} server")
-            drive(port, b"", "", args.clients, 1.0, bodies)  # warm: every pool thread started
+            drive(port, b"", "", args.clients, 1.0, bodies, put)  # warm: every pool thread started
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", "/threads")
             names[tree] = json.loads(connection.getresponse().read())
@@ -294,13 +343,13 @@ def detect_path(args: argparse.Namespace) -> None:
             for tree in trees[turn:] + trees[:turn]:
                 port, process = servers[tree]
                 cpu0, wall0 = role_cpu(process.pid, names[tree]), time.perf_counter()
-                requests = drive(port, b"", "", args.clients, args.seconds, bodies)
+                requests = drive(port, b"", "", args.clients, args.seconds, bodies, put)
                 cpu1 = role_cpu(process.pid, names[tree])
                 cpu[tree].append({role: 1000 * (cpu1[role] - cpu0[role]) / requests for role in cpu0})
                 rates[tree].append(requests / (time.perf_counter() - wall0))
-        print(f"\n{args.rounds} rounds of {args.seconds:g} s, {args.clients} clients, stub model "
-              f"{args.model_ms:g} ms/image, load average at end {os.getloadavg()}; server CPU ms per request "
-              "(median of the rounds, min–max); faults: "
+        stub = "stub store" if put else f"stub model {args.model_ms:g} ms/image"
+        print(f"\n{args.rounds} rounds of {args.seconds:g} s, {args.clients} clients, {stub}, load average at end "
+              f"{os.getloadavg()}; server CPU ms per request (median of the rounds, min–max); faults: "
               "the process's minor page faults per request")
         roles = [role for role, _ in ROLES] + ["other", "all", "faults"]
         print(f"{'tree':<28} " + " ".join(f"{role:>17}" for role in roles) + f" {'requests/s':>10}")

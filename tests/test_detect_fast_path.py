@@ -7,7 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from labelloop.modeling.views import _boundary, _file_part, _header
+from labelloop.modeling.views import _boundary, _file_part
+from labelloop.web.before_routing import header
 from labelloop.web.dependencies import remembered_caller
 from labelloop.workforce import service
 from labelloop.workforce.models import Role, User
@@ -57,8 +58,8 @@ def test_a_header_sent_twice_is_read_as_the_route_reads_it() -> None:
     """The first value, as Starlette's ``Headers.get``: a second Authorization header cannot vouch for a request
     the route would refuse."""
     scope = {"headers": [(b"authorization", b"Bearer first"), (b"authorization", b"Bearer second")]}
-    assert _header(scope, b"authorization") == b"Bearer first"
-    assert _header(scope, b"content-type") is None
+    assert header(scope, b"authorization") == b"Bearer first"
+    assert header(scope, b"content-type") is None
 
 
 def test_only_multipart_form_data_has_a_boundary() -> None:

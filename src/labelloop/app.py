@@ -48,7 +48,7 @@ from labelloop.runs.views import schedules_router
 from labelloop.sampling.views import router as sampling_routes
 from labelloop.storage import service as storage
 from labelloop.storage.pages import router as storage_pages
-from labelloop.storage.views import MAX_NOTIFICATION_BYTES
+from labelloop.storage.views import MAX_NOTIFICATION_BYTES, PutFastPath
 from labelloop.storage.views import router as storage_routes
 from labelloop.storage.watcher import DropFolderWatcher
 from labelloop.web.pages import (
@@ -434,8 +434,10 @@ def _openapi(app: FastAPI) -> dict:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """labelloop's request layers, outermost first: the default security headers, the request limits, and
-    ``POST /api/v1/detect``'s answer before routing (``modeling.views.DetectFastPath``)."""
+    """labelloop's request layers, outermost first: the default security headers, the request limits, and the
+    answers before routing of ``POST /api/v1/detect`` (``modeling.views.DetectFastPath``) and the bucket's PUT
+    (``storage.views.PutFastPath``)."""
+    app.add_middleware(PutFastPath)
     app.add_middleware(DetectFastPath)
     app.add_middleware(RequestLimits, settings=settings)
     app.add_middleware(DefaultSecurityHeaders)

@@ -9,10 +9,9 @@ route :func:`detect` unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 from python_multipart.multipart import parse_options_header
@@ -21,6 +20,7 @@ from labelloop.config import get_settings
 from labelloop.loop import actions
 from labelloop.modeling import endpoint, service, versions
 from labelloop.modeling.models import DetectResponse, ModelVersionRead
+from labelloop.web.before_routing import ASGIApp, Receive, Scope, Send, answer_error, header, read_body, replay
 from labelloop.web.dependencies import SessionDep, remembered_caller, require, require_recent
 from labelloop.workforce.models import Role, User
 
@@ -97,11 +97,6 @@ async def detect(file: UploadFile, _: User = Depends(detector)) -> dict[str, Any
 
 # ── POST /detect before routing ──────────────────────────────────────────────
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DETECT_PATH = "/api/v1/detect"
 _ANSWER = TypeAdapter(DetectResponse)
 
@@ -122,23 +117,19 @@ class DetectFastPath:
         if scope["type"] != "http" or scope["path"] != DETECT_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        boundary = _boundary(_header(scope, b"content-type"))
-        if boundary is None or self.caller(_header(scope, b"authorization")) is None:
+        boundary = _boundary(header(scope, b"content-type"))
+        if boundary is None or self.caller(header(scope, b"authorization")) is None:
             await self.app(scope, receive, send)
             return
-        body, complete = await _read_body(receive)
+        body, complete = await read_body(receive)
         data = _file_part(body, boundary) if complete else None
         if data is None or len(data) > get_settings().max_upload_bytes:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             version, labels = await endpoint.detect_upload(data)
         except Exception as exc:
-            handler = _handler(scope, exc)
-            if handler is None:
-                raise
-            response = await handler(Request(scope), exc)
-            await response(scope, receive, send)
+            await answer_error(scope, receive, send, exc)
             return
         answer = _ANSWER.dump_json(_ANSWER.validate_python({"model_version": version, "labels": labels}))
         await send({"type": "http.response.start", "status": 200, "headers": [
@@ -146,41 +137,10 @@ class DetectFastPath:
         await send({"type": "http.response.body", "body": answer})
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case), the one the route reads (Starlette's ``Headers.get``)."""
-    return next((value for key, value in scope["headers"] if key == name), None)
-
-
 def _boundary(content_type: bytes | None) -> bytes | None:
     """The boundary of a ``multipart/form-data`` content type, else None."""
     kind, options = parse_options_header(content_type)
     return options.get(b"boundary") if kind == b"multipart/form-data" else None
-
-
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
-    """The whole request body, and whether it all came (False: the client went away first)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), False
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks), True
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that gives ``body`` first, as one message, then what the connection sends."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 def _file_part(body: bytes, boundary: bytes) -> bytes | None:
@@ -203,15 +163,3 @@ def _file_part(body: bytes, boundary: bytes) -> bytes | None:
     if disposition != b"form-data" or options.get(b"name") != b"file" or b"filename" not in options:
         return None
     return body[head_end + 4:data_end]
-
-
-def _handler(scope: Scope, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
-    """The app's own handler for ``exc`` (by its class, most specific first), as its routes get; None for one
-    that only a catch-all would answer (it is raised on, to the server-error answer)."""
-    handlers = getattr(scope.get("app"), "exception_handlers", {})
-    for cls in type(exc).__mro__:
-        if cls in (Exception, BaseException):
-            return None
-        if cls in handlers:
-            return handlers[cls]
-    return None

@@ -1,4 +1,9 @@
-"""Bucket routes: put, get, list and delete objects; S3 event notifications for uploads made to the bucket."""
+"""Bucket routes: put, get, list and delete objects; S3 event notifications for uploads made to the bucket.
+
+``PUT /api/v1/objects/{key}`` from a caller whose token was verified in the last seconds is answered by
+:class:`PutFastPath`, a pure-ASGI layer before FastAPI's routing and dependencies (README Performance, item 26);
+every other PUT (an unknown token, a key the route refuses, a body over the limit) reaches :func:`put_object`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,18 @@ from labelloop.loop import actions
 from labelloop.storage import service
 from labelloop.storage.backends.s3 import NotificationError, parse_notification
 from labelloop.storage.models import DETECTION_FOLDER, ObjectInfo
-from labelloop.web.dependencies import require, require_recent
+from labelloop.web.before_routing import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    answer_error,
+    declared_over,
+    header,
+    read_body,
+    replay,
+)
+from labelloop.web.dependencies import remembered_caller, require, require_recent
 from labelloop.workforce.models import Role, User
 
 log = logging.getLogger(__name__)
@@ -27,7 +43,8 @@ events = APIRouter(prefix="/api/v1/events", tags=["storage"])
 MAX_NOTIFICATION_BYTES = 5 * 1024 * 1024
 Operator = Depends(require(Role.OPERATOR))
 # The PUT is hot (the upload pipeline): a token verified in the last seconds skips the database and 4 thread hops.
-Uploader = Depends(require_recent(Role.OPERATOR, Role.CONSUMER))
+UPLOADERS = (Role.OPERATOR, Role.CONSUMER)
+Uploader = Depends(require_recent(*UPLOADERS))
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -54,12 +71,20 @@ async def put_object(key: str, request: Request, user: User = Uploader) -> Respo
     Under images_for_detection/ and images_labeled_by_folder/ only images are taken (by content, not name):
     anything else gets 415 with the reason. The same bytes again: 200 with ``unchanged`` and a message."""
     service.validate_key(key)
-    if user.role == Role.CONSUMER.value and not key.startswith(DETECTION_FOLDER):
+    if not may_upload(user, key):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"consumers may only upload under {DETECTION_FOLDER}")
     data = await read_limited(request, get_settings().max_upload_bytes)
-    # Storing and queueing the event block (file system, workflow engine): keep them off the event loop.
-    info = await run_in_threadpool(actions.store_object, key, data, source="api", actor=user.username)
-    return stored_response(info)
+    return stored_response(await store(key, data, user))
+
+
+def may_upload(user: User, key: str) -> bool:
+    """Consumers upload only under images_for_detection/; operators anywhere."""
+    return user.role != Role.CONSUMER.value or key.startswith(DETECTION_FOLDER)
+
+
+async def store(key: str, data: bytes, user: User) -> ObjectInfo:
+    """Store an upload on a worker thread: storing and queueing the event block (file system, workflow engine)."""
+    return await run_in_threadpool(actions.store_object, key, data, source="api", actor=user.username)
 
 
 def stored_response(info: ObjectInfo) -> Response:
@@ -96,6 +121,57 @@ def delete_object(key: str, user: User = Operator) -> dict[str, Any]:
     if not service.delete_object(key, actor=user.username):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no object at {key!r}")
     return {"deleted": key}
+
+
+# ── PUT before routing ───────────────────────────────────────────────────────
+
+OBJECTS_PATH = "/api/v1/objects/"
+
+
+class PutFastPath:
+    """Answers ``PUT /api/v1/objects/{key}`` itself for a caller whose token was verified in the last seconds
+    (``recent_tokens``), a key the route takes from that caller, and a body within ``max_upload_bytes``: the
+    same store on a worker thread, the same answer (:func:`stored_response`) and the app's own exception
+    handlers for its errors (not an image, a storage failure). Everything else goes on to the route, the body
+    replayed when it was read. Installed inside ``RequestLimits`` and ``DefaultSecurityHeaders``, so the body
+    limits and the headers apply as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.caller = remembered_caller(*UPLOADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = self.uploader(scope)
+        limit = get_settings().max_upload_bytes
+        if user is None or declared_over(scope, limit):
+            await self.app(scope, receive, send)
+            return
+        body, complete = await read_body(receive)
+        if not complete or len(body) > limit:
+            await self.app(scope, replay(body, receive), send)
+            return
+        try:
+            info = await store(scope["path"][len(OBJECTS_PATH):], body, user)
+        except Exception as exc:
+            await answer_error(scope, receive, send, exc)
+            return
+        await stored_response(info)(scope, receive, send)
+
+    def uploader(self, scope: Scope) -> User | None:
+        """The remembered caller of a PUT to an object key the route would take from them; None for any other
+        request (the route answers it: 400, 401, 403, 404, 405, or a check in the database)."""
+        if scope["type"] != "http" or scope["method"] != "PUT" or scope.get("root_path") or \
+                not scope["path"].startswith(OBJECTS_PATH):
+            return None
+        user = self.caller(header(scope, b"authorization"))
+        key = scope["path"][len(OBJECTS_PATH):]
+        if user is None or not may_upload(user, key):
+            return None
+        try:
+            service.validate_key(key)
+        except service.InvalidKey:
+            return None
+        return user
 
 
 # ── S3 event notifications ───────────────────────────────────────────────────
