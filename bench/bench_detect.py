@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from photos import uploads  # noqa: E402
-from profile_summary import cpu_roles, summarize, thread_cpu, thread_names  # noqa: E402
+from profile_summary import TICKS, cpu_roles, cpu_seconds, summarize, thread_cpu, thread_names  # noqa: E402
 
 from conftest import Server, server_env, wait_until  # noqa: E402
 from labelloop.modeling.embedding import default_threads, session_options  # noqa: E402
@@ -60,7 +60,6 @@ from labelloop.modeling.images import prepare  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 REKOGNITION_TPS_PER_UNIT = 5.0
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -80,12 +79,6 @@ class Row:
         if len(self.latencies) < 3:
             return float("nan")
         return 1000 * statistics.quantiles(self.latencies, n=100)[q - 1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def memory_mib(pid: int, key: str) -> float:

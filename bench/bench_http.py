@@ -47,8 +47,7 @@ from fastapi import FastAPI, UploadFile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from profile_summary import TICKS, cpu_seconds  # noqa: E402
 
 
 def app() -> Any:
@@ -171,11 +170,6 @@ def serve(port: int, http_impl: str, loop: str) -> None:
 
     uvicorn.run(app(), host="127.0.0.1", port=port, http=http_impl, loop=loop, access_log=False,
                 log_level="warning")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def drive(port: int, body: bytes, content_type: str, clients: int, seconds: float,

@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,20 +24,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from profile_summary import thread_cpu
+from profile_summary import cpu_seconds, thread_cpu
 
-from conftest import seed_backbone, server_env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from conftest import free_port, seed_backbone, server_env
 
 
 def _thread_names(pid: int) -> dict[int, str]:
@@ -54,7 +42,7 @@ def _thread_names(pid: int) -> dict[int, str]:
 def idle_share(polling: float, seconds: float, threads: bool = False) -> tuple[float, dict[str, float]]:
     """The share of one core an idle server uses with queues polled every ``polling`` seconds, and with
     ``threads`` each named thread's share (threads py-spy does not name are summed as "other")."""
-    home, port = Path(tempfile.mkdtemp()) / "home", _free_port()
+    home, port = Path(tempfile.mkdtemp()) / "home", free_port()
     seed_backbone(home / "cache")
     env = {k: v for k, v in server_env().items() if not k.endswith("_POLLING_SECONDS")}
     env["LABELLOOP_QUEUE_POLLING_SECONDS"] = str(polling)
@@ -68,11 +56,11 @@ def idle_share(polling: float, seconds: float, threads: bool = False) -> tuple[f
             except httpx.HTTPError:
                 time.sleep(0.5)
         time.sleep(15)
-        before, started = _cpu_seconds(server.pid), time.monotonic()
+        before, started = cpu_seconds(server.pid), time.monotonic()
         per_thread = thread_cpu(server.pid)
         time.sleep(seconds)
         wall = time.monotonic() - started
-        total = (_cpu_seconds(server.pid) - before) / wall
+        total = (cpu_seconds(server.pid) - before) / wall
         shares: dict[str, float] = {}
         if threads:
             names = _thread_names(server.pid)

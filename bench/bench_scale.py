@@ -35,20 +35,21 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+from profile_summary import cpu_seconds as process_cpu  # noqa: E402
+
 from conftest import Postgres, S3Server, Server, Worker, server_env, wait_until  # noqa: E402
 from images import box_logo, smile_logo, unseen, upload_training_set  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scale"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (0 once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu(pid)
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def machine_busy() -> tuple[float, float]:

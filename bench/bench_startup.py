@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,8 +31,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_summary import cpu_seconds
+
+from conftest import free_port
+
 HERE_SRC = Path(__file__).resolve().parent.parent / "src"
-TICKS = os.sysconf("SC_CLK_TCK")
 # Run in a child: the CPU the import of the app left for the first bound.
 LATER = """
 import json, time
@@ -71,19 +75,6 @@ def import_figures(src: Path) -> dict[str, float]:
     return {"import CPU": cpu, "import wall": wall, **later}
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of a running process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def healthy(url: str) -> bool:
     """Whether ``url`` answers 200 now."""
     try:
@@ -106,7 +97,7 @@ def serve_until_healthy(src: Path, home: Path, timeout: float = 120.0) -> tuple[
             if process.poll() is not None or time.perf_counter() - start > timeout:
                 raise RuntimeError(f"server did not start (log: {home.parent / (home.name + '.log')})")
             time.sleep(0.02)
-        return time.perf_counter() - start, process_cpu(process.pid)
+        return time.perf_counter() - start, cpu_seconds(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

@@ -116,16 +116,28 @@ def roles(text: str) -> str:
     return "\n".join(f"  {100 * n / total:5.1f} %  {role}" for role, n in counts.most_common())
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu(stat: Path) -> float:
+    """User + system CPU seconds from a /proc ``stat`` file (a process's, or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from /proc."""
+    return stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds (user + system) of each live thread of process ``pid``, by thread id, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     found = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(task.name)] = stat_cpu(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
-        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
     return found
 
 
