@@ -88,7 +88,7 @@ def require_recent(*roles: Role) -> Callable[..., Awaitable[User]]:
 
 
 def remembered_caller(*roles: Role) -> Callable[[bytes | None], User | None]:
-    """For a route answered before FastAPI's routing (``modeling.views.DetectFastPath``): the user of an
+    """For a route answered before FastAPI's routing (``DetectFastPath``, ``PutFastPath``): the user of an
     ``Authorization`` header value whose bearer token was verified in the last seconds and who may call it
     (:func:`require_recent`'s rule); ``None`` for anything else, which the route itself then answers (401, 403,
     or a check in the database)."""
