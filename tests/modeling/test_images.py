@@ -215,3 +215,33 @@ def test_letterbox_keeps_the_whole_image_and_pads_with_the_border_colour() -> No
     assert x.shape == (3, 3, 224, 224)
     assert x[0, 0, 112, 0] > 0.9  # centre crop: the bar is cut away, the left edge is white-ish
     np.testing.assert_allclose(x[2], x[1][:, :, ::-1], atol=1e-6)
+
+
+def test_decoding_on_many_threads_leaves_the_process_warning_filters_alone() -> None:
+    """`warnings.catch_warnings` swaps the process's one filter list: threads decoding at once used to leave
+    "ignore every warning" installed for the rest of the process."""
+    import threading
+    import warnings
+
+    data = png_bytes(_gradient(size=(427, 320)), "JPEG")
+    before = list(warnings.filters)
+
+    def decode_many() -> None:
+        for _ in range(200):
+            prepare(data, view="letterbox_fast")
+
+    threads = [threading.Thread(target=decode_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
+
+
+def test_a_limit_above_pillows_bomb_limit_is_capped_there() -> None:
+    from PIL import Image
+
+    over_pillow = _png_with_header_size(10000, 9000)  # 90 MP: over Image.MAX_IMAGE_PIXELS, under twice it
+    assert Image.MAX_IMAGE_PIXELS < 10000 * 9000
+    with pytest.raises(ImageRejected, match=f"the limit is {Image.MAX_IMAGE_PIXELS:,}"):
+        prepare(over_pillow, max_pixels=200_000_000)

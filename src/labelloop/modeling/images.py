@@ -6,9 +6,12 @@ Decoding (`decode_image`):
   PNG, GIF, WebP, BMP, TIFF. Everything else (text, SVG, HTML, PDF, EPS …) is rejected without handing it
   to another decoder;
 * the dimensions are read from the header and checked against `max_pixels` (default 64 megapixels) before a
-  single pixel is decoded, so a decompression bomb costs nothing; Pillow's own DecompressionBombError and
-  DecompressionBombWarning are turned into `ImageRejected` too (so a `max_pixels` above Pillow's
-  `Image.MAX_IMAGE_PIXELS`, about 89 megapixels, is capped there);
+  single pixel is decoded, so a decompression bomb costs nothing; a `max_pixels` above Pillow's
+  `Image.MAX_IMAGE_PIXELS` (about 89 megapixels) is capped there, and Pillow's own DecompressionBombError is
+  turned into `ImageRejected` too. No warning filter is changed on the way: `warnings.catch_warnings` swaps the
+  process's one filter list, so two threads decoding at once left every later warning of the process ignored.
+  Pillow's warnings (a corrupt EXIF block, which does not stop the pixels being used) reach Python's warnings as
+  they are;
 * memory is bounded: the pixels × bytes per pixel Pillow will hold are checked against `MAX_DECODE_BYTES`
   before decoding; a large image (over `LARGE_DECODE_BYTES`) is decoded only while it holds one of
   `CONCURRENT_LARGE_DECODES` places, and is reduced (`Image.reduce`, JPEG in the DCT domain with `draft`) to
@@ -46,7 +49,6 @@ import hashlib
 import io
 import math
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -153,13 +155,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to refuse the pixels
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise ImageRejected(_describe_non_image(data)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(f"image too large (decompression bomb protection): {exc}") from None
     except Exception as exc:  # any decoder failure on untrusted bytes is a rejection
         raise ImageRejected(f"corrupt image header ({type(exc).__name__}: {exc})") from None
@@ -171,10 +170,9 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width < 1 or height < 1:
         raise ImageRejected(f"image has no pixels ({width}×{height})")
-    if width * height > max_pixels:
-        raise ImageRejected(
-            f"image too large: {width}×{height} = {width * height:,} pixels, the limit is {max_pixels:,}"
-        )
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if width * height > limit:
+        raise ImageRejected(f"image too large: {width}×{height} = {width * height:,} pixels, the limit is {limit:,}")
 
 
 def decoded_bytes(image: Image.Image) -> int:
@@ -242,19 +240,16 @@ def _load(image: Image.Image, short_side: int = 2 * INPUT_SIZE, long_side: int |
     about ``long_side`` on the long side whatever the size, when given), turning every decoder failure into
     ImageRejected."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to refuse the pixels
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.seek(0)
-            if image.format in ("JPEG", "MPO"):
-                # DCT-domain downscale: decode at the smallest scale the view needs, much faster and smaller.
-                image.draft(None, _draft_size(image.size, short_side, long_side))
-            with _decode_place(image):
-                image.load()
-                image = _reduced(image, short_side, long_side)
+        image.seek(0)
+        if image.format in ("JPEG", "MPO"):
+            # DCT-domain downscale: decode at the smallest scale the view needs, much faster and smaller.
+            image.draft(None, _draft_size(image.size, short_side, long_side))
+        with _decode_place(image):
+            image.load()
+            image = _reduced(image, short_side, long_side)
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(f"image too large (decompression bomb protection): {exc}") from None
     except Exception as exc:
         raise ImageRejected(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
@@ -264,12 +259,10 @@ def _load(image: Image.Image, short_side: int = 2 * INPUT_SIZE, long_side: int |
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored rather than failing."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF, which is handled here
-            # In place: without it Pillow returns a full copy of every image that needs no turning (0.06 ms a
-            # 320-px photo on the sync-detect path).
-            ImageOps.exif_transpose(image, in_place=True)
-            return image
+        # In place: without it Pillow returns a full copy of every image that needs no turning (0.06 ms a
+        # 320-px photo on the sync-detect path).
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
     except Exception:
         return image
 
