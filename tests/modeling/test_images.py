@@ -245,3 +245,27 @@ def test_a_limit_above_pillows_bomb_limit_is_capped_there() -> None:
     assert Image.MAX_IMAGE_PIXELS < 10000 * 9000
     with pytest.raises(ImageRejected, match=f"the limit is {Image.MAX_IMAGE_PIXELS:,}"):
         prepare(over_pillow, max_pixels=200_000_000)
+
+
+@pytest.mark.parametrize("mode", ["P", "P-transparent", "1", "I;16"])
+def test_a_mode_changed_to_reduce_is_converted_in_bands_with_the_same_pixels(mode: str, monkeypatch) -> None:
+    from labelloop.modeling import images
+
+    rng = np.random.default_rng(7)
+    rgb = Image.fromarray(rng.integers(0, 256, (301, 457, 3), dtype=np.uint8))
+    if mode.startswith("P"):
+        image = rgb.quantize(64)
+        if mode == "P-transparent":
+            image.info["transparency"] = 3
+    elif mode == "1":
+        image = rgb.convert("1")
+    else:
+        image = Image.fromarray(rng.integers(0, 65536, (301, 457), dtype=np.uint16)).convert("I;16")
+    target = images._reducible_mode(image)
+    assert target != image.mode
+    monkeypatch.setattr(images, "REDUCE_BAND_PIXELS", 457 * 7)  # 7-row bands: dozens of them, none aligned by chance
+    for factor in (2, 3, 5):
+        whole = image.convert(target).reduce(factor)
+        banded = images._reduced_in_bands(image, factor, target)
+        assert banded.mode == whole.mode and banded.size == whole.size
+        assert np.array_equal(np.asarray(banded), np.asarray(whole)), (mode, factor)

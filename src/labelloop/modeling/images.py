@@ -65,6 +65,7 @@ RESAMPLE = Image.Resampling.BICUBIC
 MAX_DECODE_BYTES = 256 * 1024 * 1024
 LARGE_DECODE_BYTES = 32 * 1024 * 1024
 CONCURRENT_LARGE_DECODES = 2
+REDUCE_BAND_PIXELS = 1024 * 1024  # source pixels converted at a time when a mode must change to reduce
 _large_decodes = threading.BoundedSemaphore(CONCURRENT_LARGE_DECODES)
 # Pillow holds a large image in blocks of this size. At its default (16 MiB) glibc serves them from per-thread
 # heaps that keep the memory after the image is freed, so 16 large decodes on 8 threads grew the peak RSS by
@@ -206,25 +207,40 @@ def _reduced(image: Image.Image, short_side: int, long_side: int | None = None) 
         factor = max(image.size) // long_side
         if factor < 2:
             return image
-    smaller = _reducible(image).reduce(factor)
+    mode = _reducible_mode(image)
+    smaller = image.reduce(factor) if mode == image.mode else _reduced_in_bands(image, factor, mode)
     smaller.info = image.info  # keeps the EXIF orientation and transparency
     image.close()
     return smaller
 
 
-def _reducible(image: Image.Image) -> Image.Image:
-    """``image`` in a mode `Image.reduce` takes: it refuses bilevel ('1'), palette ('P') and 16-bit greyscale
+def _reducible_mode(image: Image.Image) -> str:
+    """The mode `Image.reduce` takes for ``image``: it refuses bilevel ('1'), palette ('P') and 16-bit greyscale
     ('I;16*') images ("image has wrong mode"), which made every palette PNG or GIF of 448 px or more on its long
     side a "corrupt" image in the `letterbox-fast` view. Each becomes the mode `to_rgb` reads the same pixels
     from: '1' as 'L' (0 and 255), 'P' as RGBA when it has a transparent colour (composited on white later)
     else RGB, 'I;16*' as 'I' (scaled from 0–65535 later)."""
     if image.mode == "1":
-        return image.convert("L")
+        return "L"
     if image.mode == "P":
-        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+        return "RGBA" if "transparency" in image.info else "RGB"
     if image.mode.startswith("I;16"):
-        return image.convert("I")
-    return image
+        return "I"
+    return image.mode
+
+
+def _reduced_in_bands(image: Image.Image, factor: int, mode: str) -> Image.Image:
+    """``image.convert(mode).reduce(factor)``, the same pixels, converted a band of rows at a time: converting a
+    large palette or bilevel image whole held 2–32 times its decoded bytes beside it (a 64-megapixel palette
+    PNG: 256 MiB of RGBA on top of its 64), past the decode budget. Each band is a whole number of
+    ``factor``-row boxes, so every reduced pixel averages the same box as a whole-image reduce."""
+    width, height = image.size
+    rows = factor * max(1, REDUCE_BAND_PIXELS // (width * factor))
+    reduced = Image.new(mode, (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(height, top + rows))).convert(mode)
+        reduced.paste(band.reduce(factor), (0, top // factor))
+    return reduced
 
 
 def _draft_size(size: tuple[int, int], short_side: int, long_side: int | None) -> tuple[int, int]:
