@@ -2,7 +2,7 @@
 and its int8 twin (backbone calibrated on the version's own training images), judged on held-out photos.
 
     PYTHONPATH=src nice -n 10 .venv/bin/python -m bench.bench_int8_versions [--tasks objects scenes] [--seeds 3]
-        [--recipes reduce-range full-range]
+        [--first-seed 0] [--recipes reduce-range full-range]
 
 Needs `make bench-data` (the Debian packages of bench/real_images). For each task and seed: the training pool of
 bench/real_images (objects: 10 Tux Paint photo stamps per label, 5 labels; scenes: 100 crops of the left 65 % of
@@ -105,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["objects", "scenes"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (more seeds later)")
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -117,7 +118,7 @@ def main() -> None:
     print("task     seed recipe        train test open | fp32 F1 int8 F1 ΔF1(pt) | silent % fp32 int8 | "
           "open≥70 % fp32 int8 | verdict      | speed-up b1 b8 b32 | build s  load", flush=True)
     for name in args.tasks:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             task = TASKS[name](seed)
             base = trained(task, fp32)
             base_scores = open_set_scores(task, fp32, base)
