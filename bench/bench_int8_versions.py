@@ -12,7 +12,9 @@ calibrated on that training split (up to 256 images) and the same head is traine
 task's test images as the explicit test split of both. Reported per backbone: macro-F1 on the known test photos,
 the silent-error rate (wrong answers among those ≥ 70 %, the open set of never-trained kinds weighing as much as
 the known test images, as bench/real_images does), the share of never-seen images reaching 70 %, the product's
-verdict (`int8.compare`), and the speed-up at batch 1, 8 and 32 (fp32 and int8 alternated, median of rounds).
+verdict (`int8.compare`), the speed-up at batch 1, 8 and 32 (fp32 and int8 alternated, median of rounds), and the
+seconds to build each int8 file and to train each head (embedding included: from an empty embedding cache only
+when bench/out/int8_versions/embeddings is moved away first).
 With both recipes (reduce-range, the one for a CPU without VNNI, and full-range, the one for a CPU with it), each
 version gets both twins, and fp32 and both int8 files alternate in the same speed rounds.
 """
@@ -116,11 +118,13 @@ def main() -> None:
     fp32_path = ensure_backbone_onnx(OUT / "cache")
     fp32 = Embedder(fp32_path)
     print("task     seed recipe        train test open | fp32 F1 int8 F1 ΔF1(pt) | silent % fp32 int8 | "
-          "open≥70 % fp32 int8 | verdict      | speed-up b1 b8 b32 | build s  load", flush=True)
+          "open≥70 % fp32 int8 | verdict      | speed-up b1 b8 b32 | build s train s fp32 int8  load", flush=True)
     for name in args.tasks:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             task = TASKS[name](seed)
+            started = time.perf_counter()
             base = trained(task, fp32)
+            base_s = time.perf_counter() - started
             base_scores = open_set_scores(task, fp32, base)
             twins = [twin(task, fp32_path, fp32, base, RECIPES[recipe]) for recipe in args.recipes]
             inputs = np.stack([prepare(item.load()) for item in task.test[:32]])
@@ -132,19 +136,23 @@ def main() -> None:
                       f"{loss:+7.1f} | {100 * base_scores['silent']:13.1f} {100 * each['scores']['silent']:4.1f} | "
                       f"{100 * base_scores['open70']:14.1f} {100 * each['scores']['open70']:4.1f} | "
                       f"{'int8' if each['verdict']['serves'] else 'fp32':<12} | {up[1]:11.2f} {up[8]:.2f} "
-                      f"{up[32]:.2f} | {each['built']:7.0f}  {os.getloadavg()[0]:.1f}", flush=True)
+                      f"{up[32]:.2f} | {each['built']:7.0f} {base_s:6.0f} {each['trained']:5.0f}  "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
     print(f"load average at end {os.getloadavg()}")
 
 
 def twin(task: tasks.Task, fp32_path: Path, fp32: Embedder, base: TrainingResult, recipe: int8.Recipe
          ) -> dict[str, Any]:
-    """``base``'s int8 twin built with ``recipe``: its file, build seconds, result, open-set scores, verdict."""
+    """``base``'s int8 twin built with ``recipe``: its file, build and training seconds, result, open-set
+    scores, verdict."""
     started = time.perf_counter()
     path = int8.ensure_backbone(fp32_path, fp32.fingerprint, base, OUT / "int8", recipe=recipe)
     built = time.perf_counter() - started
     quantized = Embedder(path)
+    started = time.perf_counter()
     result = trained(task, quantized)
-    return {"path": path, "built": built, "result": result, "scores": open_set_scores(task, quantized, result),
+    return {"path": path, "built": built, "trained": time.perf_counter() - started, "result": result,
+            "scores": open_set_scores(task, quantized, result),
             "verdict": int8.compare(base, result, 70.0)}
 
 

@@ -9,8 +9,8 @@ embeddings, and serve it only when it costs no accuracy that matters.
    (``recipe_for``). Calibrated on up to ``CALIBRATION_IMAGES`` of the version's own training images, preprocessed
    as for serving: on the version's input view (a letterbox version calibrates on letterboxed images, whose
    padding a centre crop never shows). The file's fingerprint (fp32 fingerprint, recipe, calibration images and
-   view) is written into
-   its metadata with the recipe, so the embedding cache keeps its vectors apart and a retried training reuses the file.
+   view) is written into its metadata with the recipe, so the embedding cache keeps its vectors apart and a
+   retried training reuses the file only when built with the same recipe.
 2. **Train the twin** with the same code and split as the fp32 head (``train_head`` with the int8 embedder;
    the test split is passed explicitly, so both heads are judged on the same images).
 3. **Check**: the int8 twin serves when its macro-F1 on the test split is within ``MAX_F1_LOSS`` of the fp32

@@ -187,8 +187,8 @@ DEFINITIONS: dict[str, Definition] = {
                    "and makes no more confident errors. Both results are in the version's evaluation. The copy "
                    "is built at full range on a CPU with VNNI (avx512_vnni or avx_vnni: about twice as fast as "
                    "fp32) and with reduce_range without it; a worker without VNNI warns when it serves a "
-                   "full-range copy. Off by default: on real photos the twin served in only a third of the "
-                   "versions, and every training embeds all its images a second time and needs about 0.8 GiB "
+                   "full-range copy. Off by default: on real photos the twin served in fewer than half of the "
+                   "versions, and every training embeds all its images a second time and needs about 0.75 GiB "
                    "more memory (README, Performance 27)."),
         Definition(MODEL_INPUT_VIEW, "choice", "letterbox-fast",
                    "How images are prepared for the model versions trained from now on: letterbox-fast (the whole "
