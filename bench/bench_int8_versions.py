@@ -2,6 +2,7 @@
 and its int8 twin (backbone calibrated on the version's own training images), judged on held-out photos.
 
     PYTHONPATH=src nice -n 10 .venv/bin/python -m bench.bench_int8_versions [--tasks objects scenes] [--seeds 3]
+        [--first-seed 0] [--recipes reduce-range full-range]
 
 Needs `make bench-data` (the Debian packages of bench/real_images). For each task and seed: the training pool of
 bench/real_images (objects: 10 Tux Paint photo stamps per label, 5 labels; scenes: 100 crops of the left 65 % of
@@ -11,7 +12,11 @@ calibrated on that training split (up to 256 images) and the same head is traine
 task's test images as the explicit test split of both. Reported per backbone: macro-F1 on the known test photos,
 the silent-error rate (wrong answers among those ≥ 70 %, the open set of never-trained kinds weighing as much as
 the known test images, as bench/real_images does), the share of never-seen images reaching 70 %, the product's
-verdict (`int8.compare`), and the speed-up at batch 1, 8 and 32 (fp32 and int8 alternated, median of rounds).
+verdict (`int8.compare`), the speed-up at batch 1, 8 and 32 (fp32 and int8 alternated, median of rounds), and the
+seconds to build each int8 file and to train each head (embedding included: from an empty embedding cache only
+when bench/out/int8_versions/embeddings is moved away first).
+With both recipes (reduce-range, the one for a CPU without VNNI, and full-range, the one for a CPU with it), each
+version gets both twins, and fp32 and both int8 files alternate in the same speed rounds.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from bench.real_images import data as tasks
@@ -36,6 +42,7 @@ from labelloop.modeling.training import LabeledImage, TrainingResult, train_head
 
 OUT = Path(__file__).resolve().parent / "out" / "int8_versions"
 TASKS = {"objects": tasks.object_task, "scenes": tasks.scene_task, "logos": tasks.logo_task}
+RECIPES = {"reduce-range": int8.REDUCE_RANGE, "full-range": int8.FULL_RANGE}
 
 
 def labeled(items: list[tasks.Item]) -> list[LabeledImage]:
@@ -71,18 +78,20 @@ def _digest(item: tasks.Item) -> str:
     return content_hash(item.load())
 
 
-def speed(fp32: Path, quantized: Path, inputs: np.ndarray, rounds: int, seconds: float) -> dict[int, float]:
-    """Median speed-up of the int8 session over fp32 at batch 1, 8 and 32 (alternated within each round)."""
+def speed(fp32: Path, quantized: list[Path], inputs: np.ndarray, rounds: int, seconds: float
+          ) -> list[dict[int, float]]:
+    """Median speed-up of each int8 session over fp32 at batch 1, 8 and 32 (all alternated within each round)."""
     import onnxruntime as ort
 
     sessions = [ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-                for path in (fp32, quantized)]
-    ratios: dict[int, list[float]] = {1: [], 8: [], 32: []}
+                for path in (fp32, *quantized)]
+    ratios: list[dict[int, list[float]]] = [{1: [], 8: [], 32: []} for _ in quantized]
     for _ in range(rounds):
-        for batch in ratios:
-            fp32_rate, int8_rate = (_rate(session, inputs[:batch], seconds) for session in sessions)
-            ratios[batch].append(int8_rate / fp32_rate)
-    return {batch: statistics.median(values) for batch, values in ratios.items()}
+        for batch in (1, 8, 32):
+            fp32_rate, *int8_rates = (_rate(session, inputs[:batch], seconds) for session in sessions)
+            for rate, into in zip(int8_rates, ratios, strict=True):
+                into[batch].append(rate / fp32_rate)
+    return [{batch: statistics.median(values) for batch, values in each.items()} for each in ratios]
 
 
 def _rate(session, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-untyped-def]
@@ -98,36 +107,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["objects", "scenes"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (more seeds later)")
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES, reverse=True))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"commit {commit}; load average at start {os.getloadavg()}", flush=True)
+    print(f"commit {commit}; this CPU has VNNI: {int8.has_vnni(int8.cpu_flags())}; "
+          f"load average at start {os.getloadavg()}", flush=True)
     fp32_path = ensure_backbone_onnx(OUT / "cache")
     fp32 = Embedder(fp32_path)
-    print("task     seed  train test open | fp32 F1 int8 F1 ΔF1(pt) | silent % fp32 int8 | open≥70 % fp32 int8 | "
-          "verdict      | speed-up b1 b8 b32 | build s  load", flush=True)
+    print("task     seed recipe        train test open | fp32 F1 int8 F1 ΔF1(pt) | silent % fp32 int8 | "
+          "open≥70 % fp32 int8 | verdict      | speed-up b1 b8 b32 | build s train s fp32 int8  load", flush=True)
     for name in args.tasks:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             task = TASKS[name](seed)
-            base = trained(task, fp32)
             started = time.perf_counter()
-            path = int8.ensure_backbone(fp32_path, fp32.fingerprint, base, OUT / "int8")
-            built = time.perf_counter() - started
-            quantized = Embedder(path)
-            twin = trained(task, quantized)
-            scores = [open_set_scores(task, embedder, result) for embedder, result in ((fp32, base), (quantized, twin))]
-            verdict = int8.compare(base, twin, 70.0)
+            base = trained(task, fp32)
+            base_s = time.perf_counter() - started
+            base_scores = open_set_scores(task, fp32, base)
+            twins = [twin(task, fp32_path, fp32, base, RECIPES[recipe]) for recipe in args.recipes]
             inputs = np.stack([prepare(item.load()) for item in task.test[:32]])
-            ups = speed(fp32_path, path, inputs, args.rounds, args.seconds)
-            loss = 100 * (twin.evaluation.f1 - base.evaluation.f1)
-            print(f"{name:<8} {seed:>4} {len(base.train_keys):>6} {len(task.test):>4} {len(task.open):>4} | "
-                  f"{base.evaluation.f1:7.3f} {twin.evaluation.f1:7.3f} {loss:+7.1f} | "
-                  f"{100 * scores[0]['silent']:13.1f} {100 * scores[1]['silent']:4.1f} | "
-                  f"{100 * scores[0]['open70']:14.1f} {100 * scores[1]['open70']:4.1f} | "
-                  f"{'int8' if verdict['serves'] else 'fp32':<12} | {ups[1]:11.2f} {ups[8]:.2f} {ups[32]:.2f} | "
-                  f"{built:7.0f}  {os.getloadavg()[0]:.1f}", flush=True)
+            ups = speed(fp32_path, [each["path"] for each in twins], inputs, args.rounds, args.seconds)
+            for recipe, each, up in zip(args.recipes, twins, ups, strict=True):
+                loss = 100 * (each["result"].evaluation.f1 - base.evaluation.f1)
+                print(f"{name:<8} {seed:>4} {recipe:<12} {len(base.train_keys):>6} {len(task.test):>4} "
+                      f"{len(task.open):>4} | {base.evaluation.f1:7.3f} {each['result'].evaluation.f1:7.3f} "
+                      f"{loss:+7.1f} | {100 * base_scores['silent']:13.1f} {100 * each['scores']['silent']:4.1f} | "
+                      f"{100 * base_scores['open70']:14.1f} {100 * each['scores']['open70']:4.1f} | "
+                      f"{'int8' if each['verdict']['serves'] else 'fp32':<12} | {up[1]:11.2f} {up[8]:.2f} "
+                      f"{up[32]:.2f} | {each['built']:7.0f} {base_s:6.0f} {each['trained']:5.0f}  "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
     print(f"load average at end {os.getloadavg()}")
+
+
+def twin(task: tasks.Task, fp32_path: Path, fp32: Embedder, base: TrainingResult, recipe: int8.Recipe
+         ) -> dict[str, Any]:
+    """``base``'s int8 twin built with ``recipe``: its file, build and training seconds, result, open-set
+    scores, verdict."""
+    started = time.perf_counter()
+    path = int8.ensure_backbone(fp32_path, fp32.fingerprint, base, OUT / "int8", recipe=recipe)
+    built = time.perf_counter() - started
+    quantized = Embedder(path)
+    started = time.perf_counter()
+    result = trained(task, quantized)
+    return {"path": path, "built": built, "trained": time.perf_counter() - started, "result": result,
+            "scores": open_set_scores(task, quantized, result),
+            "verdict": int8.compare(base, result, 70.0)}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,11 @@ def test_the_int8_backbone_is_quantized_and_fingerprinted_by_its_calibration(
     assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 50
     calibration = int8.calibration_images(fp32)
     assert {image.key for image in calibration} <= set(fp32.train_keys) and len(calibration) == len(fp32.train_keys)
-    expected = int8.fingerprint(embedder.fingerprint, [fp32.digests[image.key] for image in calibration])
+    recipe = int8.recipe_for(int8.cpu_flags())  # the default: the recipe for the CPU that builds the file
+    expected = int8.fingerprint(embedder.fingerprint, [fp32.digests[image.key] for image in calibration],
+                                recipe=recipe)
     assert int8.stored_fingerprint(path) == expected == Embedder(path).fingerprint != embedder.fingerprint
+    assert int8.recipe_of(Embedder(path)) == recipe.words and int8.recipe_of(embedder) is None
     assert twin.head.meta["backbone_fingerprint"] == expected  # the head knows which backbone it was trained on
     assert twin.test_keys == fp32.test_keys
     built_at = path.stat().st_mtime_ns
@@ -92,3 +96,54 @@ def test_the_twin_serves_only_within_half_a_point_and_without_more_confident_err
     loss_ok = fp32.evaluation.f1 - twin.evaluation.f1 <= int8.MAX_F1_LOSS + 1e-12
     errors_ok = int8.confident_errors(twin, 70.0) <= int8.confident_errors(fp32, 70.0)
     assert measured["serves"] == (loss_ok and errors_ok)
+
+
+AVX2_ONLY = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi2"  # the earlier sessions' EPYC
+WITH_AVX512_VNNI = AVX2_ONLY + " avx512f avx512bw avx512vl avx512_vnni avx512_bf16"
+WITH_AVX_VNNI = AVX2_ONLY + " avx_vnni"  # Intel's client cores: the VEX-encoded VNNI without AVX-512
+
+
+def test_the_recipe_is_full_range_only_on_a_cpu_with_vnni() -> None:
+    assert int8.recipe_for(WITH_AVX512_VNNI) == int8.recipe_for(WITH_AVX_VNNI) == int8.FULL_RANGE
+    assert not int8.FULL_RANGE.reduce_range
+    assert int8.recipe_for(AVX2_ONLY) == int8.recipe_for(AVX2_ONLY + " avx512f avx512bw") == int8.REDUCE_RANGE
+    assert int8.recipe_for("") == int8.REDUCE_RANGE  # flags unknown (no /proc/cpuinfo): the safe recipe
+    assert int8.recipe_for(AVX2_ONLY + " avx512_vnnix") == int8.REDUCE_RANGE  # whole flags only
+    assert int8.has_vnni(int8.cpu_flags()) == any(flag in int8.cpu_flags().split()
+                                                   for flag in ("avx512_vnni", "avx_vnni"))
+
+
+def test_the_recipe_is_in_the_fingerprint_so_a_file_is_reused_only_with_its_recipe(
+        fp32_and_int8: tuple[TrainingResult, Path, TrainingResult], embedder: Embedder, backbone_onnx: Path) -> None:
+    fp32, path, _ = fp32_and_int8
+    digests = [fp32.digests[image.key] for image in int8.calibration_images(fp32)]
+    prints = {recipe: int8.fingerprint(embedder.fingerprint, digests, recipe=recipe)
+              for recipe in (int8.REDUCE_RANGE, int8.FULL_RANGE)}
+    assert len(set(prints.values())) == 2
+    assert prints[int8.REDUCE_RANGE] == int8.fingerprint(embedder.fingerprint, digests)  # files built before
+    here = int8.recipe_for(int8.cpu_flags())
+    other = int8.FULL_RANGE if here == int8.REDUCE_RANGE else int8.REDUCE_RANGE
+    rebuilt = int8.ensure_backbone(backbone_onnx, embedder.fingerprint, fp32, path.parent, recipe=other)
+    assert rebuilt != path and int8.stored_fingerprint(rebuilt) == prints[other]
+    assert int8.recipe_of(Embedder(rebuilt)) == other.words
+
+
+def test_a_worker_without_vnni_warns_when_it_loads_a_full_range_backbone(
+        fp32_and_int8: tuple[TrainingResult, Path, TrainingResult], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _, path, _ = fp32_and_int8
+    files = {}
+    for recipe in (int8.REDUCE_RANGE, int8.FULL_RANGE):  # the same graph, labelled as built by each recipe
+        proto = onnx.load(str(path))
+        next(p for p in proto.metadata_props if p.key == int8.RECIPE_KEY).value = recipe.words
+        files[recipe] = tmp_path / f"{recipe.reduce_range}.onnx"
+        onnx.save(proto, str(files[recipe]))
+    full, reduced = Embedder(files[int8.FULL_RANGE]), Embedder(files[int8.REDUCE_RANGE])
+    with caplog.at_level(logging.WARNING, logger="labelloop.modeling.int8"):
+        assert int8.check_cpu(full, "v7", WITH_AVX512_VNNI) and int8.check_cpu(full, "v7", WITH_AVX_VNNI)
+        assert int8.check_cpu(reduced, "v7", AVX2_ONLY)
+        assert not caplog.records
+        assert not int8.check_cpu(full, "v7", AVX2_ONLY)
+    [warning] = caplog.records
+    assert warning.levelname == "WARNING" and warning.version == "v7"  # type: ignore[attr-defined]
+    assert warning.recipe == int8.FULL_RANGE.words and "saturate" in warning.meaning  # type: ignore[attr-defined]

@@ -95,7 +95,10 @@ def version_embedder(row: ModelVersion) -> tuple[Embedder, EmbeddingCache]:
     if row.backbone_fingerprint is None:
         return training_embedder()
     with _embedder_lock:
-        embedder = _version_embedders.pop(row.backbone_fingerprint, None) or Embedder(version_backbone(row))
+        embedder = _version_embedders.pop(row.backbone_fingerprint, None)
+        if embedder is None:
+            embedder = Embedder(version_backbone(row))
+            int8.check_cpu(embedder, row.version)
         _version_embedders[row.backbone_fingerprint] = embedder
         while len(_version_embedders) > VERSION_EMBEDDERS_KEPT:
             _version_embedders.pop(next(iter(_version_embedders)))

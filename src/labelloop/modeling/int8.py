@@ -2,19 +2,22 @@
 embeddings, and serve it only when it costs no accuracy that matters.
 
 1. **Build**: ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` on the fp32 backbone file, with
-   the recipe ``bench/bench_int8.py`` measured best here (QDQ, u8 activations, s8 per-channel weights with
-   ``reduce_range``: this CPU's AVX2 u8×s8 kernels without VNNI can saturate at full range; MinMax
+   the recipe ``bench/bench_int8.py`` measured best (QDQ, u8 activations, s8 per-channel weights, MinMax
    calibration; pooling, flatten and the ImageNet classifier stay fp32, so the embedding itself is not
-   rounded). Calibrated on up to ``CALIBRATION_IMAGES`` of the version's own training images, preprocessed
+   rounded), at full range on a CPU with VNNI and with ``reduce_range`` (7-bit weights) on one without:
+   there ONNX Runtime's u8×s8 kernels add pairs of products in 16 bits, which can saturate at full range
+   (``recipe_for``). Calibrated on up to ``CALIBRATION_IMAGES`` of the version's own training images, preprocessed
    as for serving: on the version's input view (a letterbox version calibrates on letterboxed images, whose
    padding a centre crop never shows). The file's fingerprint (fp32 fingerprint, recipe, calibration images and
-   view) is written into
-   its metadata, so the embedding cache keeps its vectors apart and a retried training reuses the file.
+   view) is written into its metadata with the recipe, so the embedding cache keeps its vectors apart and a
+   retried training reuses the file only when built with the same recipe.
 2. **Train the twin** with the same code and split as the fp32 head (``train_head`` with the int8 embedder;
    the test split is passed explicitly, so both heads are judged on the same images).
 3. **Check**: the int8 twin serves when its macro-F1 on the test split is within ``MAX_F1_LOSS`` of the fp32
    head's and it makes no more confident errors (wrong answers at or above the detection threshold, which
    nobody reviews: the silent errors). Both results go into the version's evaluation either way.
+4. **Serve**: a worker without VNNI that loads a full-range file logs a warning naming the version
+   (``check_cpu``): its answers may differ from the ones the check judged (a fleet of mixed CPUs).
 """
 
 from __future__ import annotations
@@ -38,17 +41,74 @@ from labelloop.modeling.training import LabeledImage, Progress, TrainingResult, 
 
 log = logging.getLogger(__name__)
 
-RECIPE = "QDQ, u8 activations, s8 per-channel weights, reduce_range, MinMax; pooling and classifier fp32"
 CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 8
 MAX_F1_LOSS = 0.005  # half a point of macro-F1
 _FLOAT_TAIL = ("GlobalAveragePool", "Flatten", "Gemm")
+RECIPE_KEY = "quantization"  # the file's metadata entry naming its recipe
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 
 
-def fingerprint(fp32_fingerprint: str, calibration_digests: Sequence[str], view: str = "orig") -> str:
+@dataclass(frozen=True)
+class Recipe:
+    """How a backbone is quantized: its words (in the file's metadata and its fingerprint) and its weight range."""
+
+    words: str
+    reduce_range: bool
+
+
+# The words of the reduce-range recipe are those every file before the full-range one was fingerprinted with.
+REDUCE_RANGE = Recipe("QDQ, u8 activations, s8 per-channel weights, reduce_range, MinMax; pooling and classifier fp32",
+                      reduce_range=True)
+FULL_RANGE = Recipe("QDQ, u8 activations, s8 per-channel weights, full range (needs VNNI), MinMax; pooling and "
+                    "classifier fp32", reduce_range=False)
+
+
+def cpu_flags() -> str:
+    """This CPU's feature flags as /proc/cpuinfo lists them ('' where there is no such file or line)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line.partition(":")[2] for line in info if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def has_vnni(flags: str) -> bool:
+    """Whether a CPU with these /proc/cpuinfo ``flags`` has VNNI (AVX-512 VNNI or AVX-VNNI): its u8×s8 dot
+    products add in 32 bits, so full-range weights cannot saturate."""
+    return not VNNI_FLAGS.isdisjoint(flags.split())
+
+
+def recipe_for(flags: str) -> Recipe:
+    """The recipe for a CPU with these flags: full range with VNNI (closer to fp32), reduce_range without."""
+    return FULL_RANGE if has_vnni(flags) else REDUCE_RANGE
+
+
+def recipe_of(embedder: Embedder) -> str | None:
+    """The recipe words in the metadata of the backbone ``embedder`` runs (None for an fp32 backbone)."""
+    return embedder.session.get_modelmeta().custom_metadata_map.get(RECIPE_KEY)
+
+
+def check_cpu(embedder: Embedder, version: str, flags: str | None = None) -> bool:
+    """Whether this CPU (or one with ``flags``) computes ``version``'s int8 backbone as it was judged; when not
+    (a full-range file on a CPU without VNNI), a warning naming the version says what that means."""
+    recipe = recipe_of(embedder)
+    if recipe != FULL_RANGE.words or has_vnni(cpu_flags() if flags is None else flags):
+        return True
+    log.warning("int8 backbone built for a CPU with VNNI, served without it",
+                extra={"version": version, "backbone_fingerprint": embedder.fingerprint, "recipe": recipe,
+                       "meaning": "this CPU adds u8×s8 products in 16 bits, which can saturate at full range: "
+                                  "answers may differ from those the version's int8 check judged; serve it from "
+                                  "workers with avx512_vnni or avx_vnni, or retrain it here"})
+    return False
+
+
+def fingerprint(fp32_fingerprint: str, calibration_digests: Sequence[str], view: str = "orig",
+                recipe: Recipe = REDUCE_RANGE) -> str:
     """The int8 backbone's fingerprint: the fp32 backbone's, the recipe, the calibration images and their view
     (an `images.VIEWS` key; the centre crop's 'orig' adds nothing, so files built before views keep theirs)."""
-    source = ":".join([fp32_fingerprint, "int8", RECIPE, *calibration_digests, *([] if view == "orig" else [view])])
+    source = ":".join([fp32_fingerprint, "int8", recipe.words, *calibration_digests,
+                       *([] if view == "orig" else [view])])
     return hashlib.sha256(source.encode()).hexdigest()
 
 
@@ -83,9 +143,9 @@ class _Calibration:
 
 
 def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, print_: str,
-          view: str = "orig") -> Path:
-    """Quantize the fp32 backbone at ``fp32_path`` into ``out_path`` (written atomically), calibrated on
-    ``calibration`` prepared as ``view``, with the fingerprint ``print_`` in its metadata."""
+          view: str = "orig", recipe: Recipe = REDUCE_RANGE) -> Path:
+    """Quantize the fp32 backbone at ``fp32_path`` with ``recipe`` into ``out_path`` (written atomically),
+    calibrated on ``calibration`` prepared as ``view``, with the fingerprint ``print_`` in its metadata."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -97,13 +157,13 @@ def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, 
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         tail = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in _FLOAT_TAIL]
         quantize_static(str(prepared), str(quantized), _Calibration(calibration, view), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=tail)
         proto = onnx.load(str(quantized))
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != FINGERPRINT_KEY]
     del proto.metadata_props[:]
-    for key, value in [*kept, (FINGERPRINT_KEY, print_), ("quantization", RECIPE),
+    for key, value in [*kept, (FINGERPRINT_KEY, print_), (RECIPE_KEY, recipe.words),
                        ("calibration_images", str(len(calibration)))]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -117,16 +177,18 @@ def calibration_images(result: TrainingResult) -> list[LabeledImage]:
 
 
 def ensure_backbone(fp32_path: Path, fp32_fingerprint: str, result: TrainingResult, folder: Path,
-                    view: str = "orig") -> Path:
-    """The int8 backbone of a version trained as ``result`` on ``view``, built in ``folder`` unless already
-    there."""
+                    view: str = "orig", recipe: Recipe | None = None) -> Path:
+    """The int8 backbone of a version trained as ``result`` on ``view``, built in ``folder`` with ``recipe``
+    (by default the one for this CPU) unless already there."""
+    recipe = recipe or recipe_for(cpu_flags())
     images = calibration_images(result)
-    print_ = fingerprint(fp32_fingerprint, [result.digests[image.key] for image in images], view)
+    print_ = fingerprint(fp32_fingerprint, [result.digests[image.key] for image in images], view, recipe)
     path = backbone_file(folder, print_)
     if stored_fingerprint(path) != print_:
         started = time.perf_counter()
-        build(fp32_path, images, path, print_, view)
+        build(fp32_path, images, path, print_, view, recipe)
         log.info("int8 backbone built", extra={"path": str(path), "calibration_images": len(images),
+                                               "recipe": recipe.words,
                                                "seconds": round(time.perf_counter() - started, 2)})
     return path
 
@@ -155,7 +217,7 @@ def compare(fp32: TrainingResult, int8: TrainingResult, threshold: float) -> dic
                                             "of macro-F1 and add no confident error")
     return {"f1": int8.evaluation.f1, "fp32_f1": fp32.evaluation.f1, "confident_errors": errors["int8"],
             "fp32_confident_errors": errors["fp32"], "threshold": threshold, "serves": serves,
-            "reason": f"{reason}: {verdict}", "recipe": RECIPE}
+            "reason": f"{reason}: {verdict}"}
 
 
 @dataclass
@@ -180,6 +242,7 @@ def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embe
     int8 = train_head(examples, embedder, EmbeddingCache.for_embedder(embeddings, embedder),
                       test_split=fp32.test_keys, progress=told, **options)
     record = {**compare(fp32, int8, threshold), "backbone_fingerprint": embedder.fingerprint,
+              "recipe": recipe_of(embedder),
               "calibration_images": len(calibration_images(fp32)), "build_s": round(built, 2),
               "train_s": round(time.perf_counter() - started - built, 2)}
     log.info("int8 twin trained", extra={"serves": record["serves"], "detail": record["reason"]})
