@@ -38,7 +38,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -243,9 +244,10 @@ def detected_count(api: httpx.Client) -> int:
 
 
 def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str,
-             timeout: float) -> Row:
+             timeout: float, on_detected: Callable[[], None] = lambda: None) -> Row:
     """PUT every photo to images_for_detection/ from 4 threads; images/s until the last one is DETECTED. The
-    row's latencies are the PUTs' round trips (what bounds the pipeline when the server keeps up)."""
+    row's latencies are the PUTs' round trips (what bounds the pipeline when the server keeps up).
+    ``on_detected`` is called once all are detected, before the phase lists the events it counts."""
     with server.client(token) as api:
         before = detected_count(api)
     keys = [f"images_for_detection/{tag}/{name}.jpg" for name, _, _ in photos]
@@ -280,6 +282,7 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
             return bool(page.json())
 
         wait_until(all_detected, timeout, 0.5, f"{len(photos)} detections")
+        on_detected()
         events = [e for e in api.get("/detections", params={"limit": 100_000}).json()
                   if e["object_key"].startswith(f"images_for_detection/{tag}/")]
         # The API lists at most 5,000 loops a page (a larger limit is refused with 422).
@@ -291,7 +294,19 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
     seconds = (last - started_at).total_seconds()
     errors = len(failures) + len(photos) - len(detected)
     return Row(f"upload pipeline, 4 clients, {len(photos)} photos", len(detected) / seconds, round_trips, errors,
-               note=f"PUTs took {put_seconds:.1f} s (p50 etc.: a PUT's round trip); {loops} human loops open in all")
+               note=f"PUTs took {put_seconds:.1f} s (p50 etc.: a PUT's round trip); {loops} human loops open in all; "
+                    f"{batch_sizes(events)}; {routed(detected)}")
+
+
+def batch_sizes(events: list[dict[str, Any]]) -> str:
+    """How the phase's uploads were batched: runs, their median size, runs of one upload."""
+    sizes = sorted(Counter(event["run_id"] for event in events).values())
+    return f"{len(sizes)} runs (median {statistics.median(sizes):.0f} uploads, {sizes.count(1)} of one)"
+
+
+def routed(events: list[dict[str, Any]]) -> str:
+    """How many of the phase's detections each routing rule sent where (the loops a phase opens cost CPU)."""
+    return "routed " + ", ".join(f"{rule} {n}" for rule, n in Counter(e["routing_rule"] for e in events).most_common())
 
 
 def one_upload_latency(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str) -> Row:
@@ -322,6 +337,30 @@ def one_upload_latency(server: Server, token: str, photos: list[tuple[str, str, 
                latencies, errors, note="PUT to detected_at")
 
 
+def process_counters(pid: int) -> dict[str, float]:
+    """The server's CPU (user, system), page faults, context switches and RSS so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = {line.split(":")[0]: line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+              if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt", "VmRSS"))}
+    return {"user": int(fields[11]) / TICKS, "system": int(fields[12]) / TICKS, "minflt": int(fields[7]),
+            "majflt": int(fields[9]), "switches": int(status["voluntary_ctxt_switches"]),
+            "preempted": int(status["nonvoluntary_ctxt_switches"]), "rss": int(status["VmRSS"]) / 1024}
+
+
+def counted(before: dict[str, float], detected: dict[str, float], after: dict[str, float], images: int) -> str:
+    """What a pipeline phase cost the server until its last detection, per image, and what the phase's own
+    listings after it cost (the bench's, not the pipeline's)."""
+    def per_image(key: str, end: dict[str, float]) -> float:
+        return (end[key] - before[key]) / images
+
+    cpu = 1000 * (per_image("user", detected) + per_image("system", detected))
+    listing = 1000 * (per_image("user", after) + per_image("system", after)) - cpu
+    return (f"until the last detection {cpu:.2f} CPU ms/img (system {1000 * per_image('system', detected):.2f}), "
+            f"{per_image('minflt', detected):.1f} page faults/img, {per_image('switches', detected):.1f} waits/img, "
+            f"{per_image('preempted', detected):.1f} preempted/img, RSS {before['rss']:.0f} → {after['rss']:.0f} MiB;"
+            f" the bench's listings after it {listing:.2f} ms/img")
+
+
 def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]], args: argparse.Namespace,
                     index: int) -> dict[str, Row]:
     """The upload pipeline (and one upload at a time) on every server in turn, the order rotating each round."""
@@ -331,12 +370,15 @@ def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]],
     for served in servers[turn:] + servers[:turn]:
         pid, name = served.server.process.pid, served.name
         suffix = f" [{name}]" if name else ""
+        counters, marks = process_counters(pid), {}
         with profiled(args.profile, args.py_spy, pid, f"upload{name}") as spied, \
                 metered(pid, served.idle) as box:
             row = pipeline(served.server, served.token, together, f"round{index}{name}",
-                           timeout=args.pipeline_timeout)
+                           timeout=args.pipeline_timeout,
+                           on_detected=lambda: marks.update(process_counters(pid)))  # noqa: B023
             box["images"], box["row"] = len(together), row
             spied["images"] = len(together)
+        row.note += "; " + counted(counters, marks, process_counters(pid), len(together))
         row.phase += suffix
         rows[f"upload{name}"] = row
         if alone:
