@@ -15,7 +15,10 @@ round:
    from the first PUT until the last of their detection events is DETECTED (polled through
    ``GET /api/v1/detections``; the end is the last event's ``detected_at``); then ``--single-uploads`` photos
    one at a time, each from its PUT to its event's ``detected_at`` (a lone upload's latency). With
-   ``--compare-src`` every server runs both, in turn;
+   ``--compare-src`` every server runs both, in turn. Each phase's note also says how it went inside the
+   server: its runs (batches) and their median size, how its detections were routed (audits open loops), the
+   server's CPU until the last detection (and its system part), page faults, waits and preemptions per image,
+   the RSS before and after, and what the phase's own listings of events and loops cost after it;
 4. **raw** again.
 
 Every figure is also given as a ratio to raw batch 32 of the same round (mean of before and after). The

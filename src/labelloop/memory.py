@@ -7,9 +7,10 @@ one-off work (training, an ONNX export) leaves its freed memory in the heap too;
 (an export left 106 MiB behind). Elsewhere than glibc (macOS, musl) both are no-ops.
 
 The cyclic garbage collector's full collections scan every object the process holds, most of them made at
-start-up (modules, classes, the app's routes) and never garbage: about 150 ms of CPU each, with every thread
-stopped, some once per 1,000 uploads on the upload pipeline (README Performance, item 28). :func:`settle_heap`
-freezes what is alive after start-up and after big one-off work, so full collections scan only what came later.
+start-up (modules, classes, the app's routes) and never garbage: 115–162 ms of CPU each here, with every Python
+thread stopped, about once per 2,000 detections under load (README Performance, item 28). :func:`settle_heap`
+freezes what is alive after start-up and after big one-off work, so full collections scan only what came later
+(about 5 ms each).
 """
 
 from __future__ import annotations
