@@ -247,12 +247,14 @@ def detected_count(api: httpx.Client) -> int:
 
 
 def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str,
-             timeout: float, on_detected: Callable[[], None] = lambda: None) -> Row:
-    """PUT every photo to images_for_detection/ from 4 threads; images/s until the last one is DETECTED. The
-    row's latencies are the PUTs' round trips (what bounds the pipeline when the server keeps up).
-    ``on_detected`` is called once all are detected, before the phase lists the events it counts."""
-    with server.client(token) as api:
-        before = detected_count(api)
+             timeout: float, before: int | None = None, on_detected: Callable[[], None] = lambda: None) -> Row:
+    """PUT every photo to images_for_detection/ from 4 threads; images/s until the last one is DETECTED (``before``:
+    the DETECTED events there were, counted here if not given). The row's latencies are the PUTs' round trips
+    (what bounds the pipeline when the server keeps up). ``on_detected`` is called once all are detected, before
+    the phase lists the events it counts."""
+    if before is None:
+        with server.client(token) as api:
+            before = detected_count(api)
     keys = [f"images_for_detection/{tag}/{name}.jpg" for name, _, _ in photos]
     started_at = datetime.now().astimezone()
     started = time.perf_counter()
@@ -350,18 +352,21 @@ def process_counters(pid: int) -> dict[str, float]:
             "preempted": int(status["nonvoluntary_ctxt_switches"]), "rss": int(status["VmRSS"]) / 1024}
 
 
-def counted(before: dict[str, float], detected: dict[str, float], after: dict[str, float], images: int) -> str:
-    """What a pipeline phase cost the server until its last detection, per image, and what the phase's own
-    listings after it cost (the bench's, not the pipeline's)."""
+def counted(before: dict[str, float], detected: dict[str, float], after: dict[str, float],
+            images: int) -> tuple[float, str]:
+    """The server's CPU seconds per image until a pipeline phase's last detection (the row's figure: the phase's
+    own listings after it, and the count of events before it, are the bench's work, not the pipeline's, and
+    grow with every round's events), and a note of the rest, per image."""
     def per_image(key: str, end: dict[str, float]) -> float:
         return (end[key] - before[key]) / images
 
-    cpu = 1000 * (per_image("user", detected) + per_image("system", detected))
-    listing = 1000 * (per_image("user", after) + per_image("system", after)) - cpu
-    return (f"until the last detection {cpu:.2f} CPU ms/img (system {1000 * per_image('system', detected):.2f}), "
-            f"{per_image('minflt', detected):.1f} page faults/img, {per_image('switches', detected):.1f} waits/img, "
-            f"{per_image('preempted', detected):.1f} preempted/img, RSS {before['rss']:.0f} → {after['rss']:.0f} MiB;"
-            f" the bench's listings after it {listing:.2f} ms/img")
+    cpu = per_image("user", detected) + per_image("system", detected)
+    listing = per_image("user", after) + per_image("system", after) - cpu
+    note = (f"until the last detection {1000 * cpu:.2f} CPU ms/img (system {1000 * per_image('system', detected):.2f}"
+            f"), {per_image('minflt', detected):.1f} page faults/img, {per_image('switches', detected):.1f} waits/img,"
+            f" {per_image('preempted', detected):.1f} preempted/img, RSS {before['rss']:.0f} → {after['rss']:.0f} MiB;"
+            f" the bench's listings after it {1000 * listing:.2f} ms/img (not in the row's CPU)")
+    return cpu, note
 
 
 def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]], args: argparse.Namespace,
@@ -373,15 +378,18 @@ def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]],
     for served in servers[turn:] + servers[:turn]:
         pid, name = served.server.process.pid, served.name
         suffix = f" [{name}]" if name else ""
+        with served.server.client(served.token) as api:
+            before = detected_count(api)  # the bench's own listing, before the phase's CPU is counted
         counters, marks = process_counters(pid), {}
         with profiled(args.profile, args.py_spy, pid, f"upload{name}") as spied, \
                 metered(pid, served.idle) as box:
             row = pipeline(served.server, served.token, together, f"round{index}{name}",
-                           timeout=args.pipeline_timeout,
+                           timeout=args.pipeline_timeout, before=before,
                            on_detected=lambda: marks.update(process_counters(pid)))  # noqa: B023
             box["images"], box["row"] = len(together), row
             spied["images"] = len(together)
-        row.note += "; " + counted(counters, marks, process_counters(pid), len(together))
+        row.server_cpu, note = counted(counters, marks, process_counters(pid), len(together))
+        row.note += "; " + note
         row.phase += suffix
         rows[f"upload{name}"] = row
         if alone:
