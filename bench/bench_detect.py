@@ -15,7 +15,10 @@ round:
    from the first PUT until the last of their detection events is DETECTED (polled through
    ``GET /api/v1/detections``; the end is the last event's ``detected_at``); then ``--single-uploads`` photos
    one at a time, each from its PUT to its event's ``detected_at`` (a lone upload's latency). With
-   ``--compare-src`` every server runs both, in turn;
+   ``--compare-src`` every server runs both, in turn. Each phase's note also says how it went inside the
+   server: its runs (batches) and their median size, how its detections were routed (audits open loops), the
+   server's CPU until the last detection (and its system part), page faults, waits and preemptions per image,
+   the RSS before and after, and what the phase's own listings of events and loops cost after it;
 4. **raw** again.
 
 Every figure is also given as a ratio to raw batch 32 of the same round (mean of before and after). The
@@ -38,7 +41,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -243,11 +247,14 @@ def detected_count(api: httpx.Client) -> int:
 
 
 def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str,
-             timeout: float) -> Row:
-    """PUT every photo to images_for_detection/ from 4 threads; images/s until the last one is DETECTED. The
-    row's latencies are the PUTs' round trips (what bounds the pipeline when the server keeps up)."""
-    with server.client(token) as api:
-        before = detected_count(api)
+             timeout: float, before: int | None = None, on_detected: Callable[[], None] = lambda: None) -> Row:
+    """PUT every photo to images_for_detection/ from 4 threads; images/s until the last one is DETECTED (``before``:
+    the DETECTED events there were, counted here if not given). The row's latencies are the PUTs' round trips
+    (what bounds the pipeline when the server keeps up). ``on_detected`` is called once all are detected, before
+    the phase lists the events it counts."""
+    if before is None:
+        with server.client(token) as api:
+            before = detected_count(api)
     keys = [f"images_for_detection/{tag}/{name}.jpg" for name, _, _ in photos]
     started_at = datetime.now().astimezone()
     started = time.perf_counter()
@@ -280,6 +287,7 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
             return bool(page.json())
 
         wait_until(all_detected, timeout, 0.5, f"{len(photos)} detections")
+        on_detected()
         events = [e for e in api.get("/detections", params={"limit": 100_000}).json()
                   if e["object_key"].startswith(f"images_for_detection/{tag}/")]
         # The API lists at most 5,000 loops a page (a larger limit is refused with 422).
@@ -291,7 +299,19 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
     seconds = (last - started_at).total_seconds()
     errors = len(failures) + len(photos) - len(detected)
     return Row(f"upload pipeline, 4 clients, {len(photos)} photos", len(detected) / seconds, round_trips, errors,
-               note=f"PUTs took {put_seconds:.1f} s (p50 etc.: a PUT's round trip); {loops} human loops open in all")
+               note=f"PUTs took {put_seconds:.1f} s (p50 etc.: a PUT's round trip); {loops} human loops open in all; "
+                    f"{batch_sizes(events)}; {routed(detected)}")
+
+
+def batch_sizes(events: list[dict[str, Any]]) -> str:
+    """How the phase's uploads were batched: runs, their median size, runs of one upload."""
+    sizes = sorted(Counter(event["run_id"] for event in events).values())
+    return f"{len(sizes)} runs (median {statistics.median(sizes):.0f} uploads, {sizes.count(1)} of one)"
+
+
+def routed(events: list[dict[str, Any]]) -> str:
+    """How many of the phase's detections each routing rule sent where (the loops a phase opens cost CPU)."""
+    return "routed " + ", ".join(f"{rule} {n}" for rule, n in Counter(e["routing_rule"] for e in events).most_common())
 
 
 def one_upload_latency(server: Server, token: str, photos: list[tuple[str, str, bytes]], tag: str) -> Row:
@@ -322,6 +342,33 @@ def one_upload_latency(server: Server, token: str, photos: list[tuple[str, str, 
                latencies, errors, note="PUT to detected_at")
 
 
+def process_counters(pid: int) -> dict[str, float]:
+    """The server's CPU (user, system), page faults, context switches and RSS so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = {line.split(":")[0]: line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+              if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt", "VmRSS"))}
+    return {"user": int(fields[11]) / TICKS, "system": int(fields[12]) / TICKS, "minflt": int(fields[7]),
+            "majflt": int(fields[9]), "switches": int(status["voluntary_ctxt_switches"]),
+            "preempted": int(status["nonvoluntary_ctxt_switches"]), "rss": int(status["VmRSS"]) / 1024}
+
+
+def counted(before: dict[str, float], detected: dict[str, float], after: dict[str, float],
+            images: int) -> tuple[float, str]:
+    """The server's CPU seconds per image until a pipeline phase's last detection (the row's figure: the phase's
+    own listings after it, and the count of events before it, are the bench's work, not the pipeline's, and
+    grow with every round's events), and a note of the rest, per image."""
+    def per_image(key: str, end: dict[str, float]) -> float:
+        return (end[key] - before[key]) / images
+
+    cpu = per_image("user", detected) + per_image("system", detected)
+    listing = per_image("user", after) + per_image("system", after) - cpu
+    note = (f"until the last detection {1000 * cpu:.2f} CPU ms/img (system {1000 * per_image('system', detected):.2f}"
+            f"), {per_image('minflt', detected):.1f} page faults/img, {per_image('switches', detected):.1f} waits/img,"
+            f" {per_image('preempted', detected):.1f} preempted/img, RSS {before['rss']:.0f} → {after['rss']:.0f} MiB;"
+            f" the bench's listings after it {1000 * listing:.2f} ms/img (not in the row's CPU)")
+    return cpu, note
+
+
 def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]], args: argparse.Namespace,
                     index: int) -> dict[str, Row]:
     """The upload pipeline (and one upload at a time) on every server in turn, the order rotating each round."""
@@ -331,12 +378,18 @@ def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]],
     for served in servers[turn:] + servers[:turn]:
         pid, name = served.server.process.pid, served.name
         suffix = f" [{name}]" if name else ""
+        with served.server.client(served.token) as api:
+            before = detected_count(api)  # the bench's own listing, before the phase's CPU is counted
+        counters, marks = process_counters(pid), {}
         with profiled(args.profile, args.py_spy, pid, f"upload{name}") as spied, \
                 metered(pid, served.idle) as box:
             row = pipeline(served.server, served.token, together, f"round{index}{name}",
-                           timeout=args.pipeline_timeout)
+                           timeout=args.pipeline_timeout, before=before,
+                           on_detected=lambda: marks.update(process_counters(pid)))  # noqa: B023
             box["images"], box["row"] = len(together), row
             spied["images"] = len(together)
+        row.server_cpu, note = counted(counters, marks, process_counters(pid), len(together))
+        row.note += "; " + note
         row.phase += suffix
         rows[f"upload{name}"] = row
         if alone:

@@ -82,3 +82,33 @@ def test_the_arena_limit_is_a_checked_setting(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("LABELLOOP_MALLOC_ARENAS", "-1")
     with pytest.raises(ValidationError, match="malloc_arenas"):
         Settings()
+
+
+SETTLE = """
+import gc, weakref
+from labelloop import memory
+class Node:
+    pass
+def cycle():
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return first
+garbage = weakref.ref(cycle())  # a cycle no one holds: only the collector frees it
+kept = cycle()
+frozen = memory.settle_heap(after="test")
+print(garbage() is None, frozen > 1000, gc.get_freeze_count() == frozen, gc.is_tracked(kept))
+later = weakref.ref(kept)
+del kept  # frozen, then garbage: refcounting cannot free a cycle, and full collections no longer scan it
+gc.collect()
+print(later() is not None)
+memory.settle_heap(after="test again")
+print(later() is None)
+"""
+
+
+def test_settling_the_heap_collects_garbage_freezes_what_lives_and_unfreezes_it_next_time() -> None:
+    collected, many, counted, tracked, kept_by_freeze, collected_next = _run(SETTLE).stdout.split()
+    assert collected == "True", "a cycle no one held is collected before the freeze"
+    assert many == counted == tracked == "True", "what lives is frozen, and settle_heap says how many"
+    assert kept_by_freeze == "True", "a frozen cycle that became garbage waits for the next settling"
+    assert collected_next == "True", "the next settling unfreezes first, so it is collected then"

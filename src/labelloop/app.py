@@ -93,6 +93,7 @@ def start(settings: Settings) -> str | None:
     log.info("schedule in force", extra=routing.schedule_answer_sweep(settings.answer_sweep_minutes))
     log.info("schedule in force", extra=routing.schedule_run_pruning(settings.run_retention_days))
     routing.retry_stranded_detections()
+    memory.settle_heap(after="start-up")
     return admin_password
 
 
