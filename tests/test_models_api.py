@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import ADMIN_PASSWORD, Server, server_env, wait_until
 from images import blend, box_logo, encode, smile_logo, upload_training_set
+from labelloop.modeling import int8
 from labelloop.modeling.images import prepare, view_key
 from test_console_web import sign_in_client
 
@@ -22,8 +23,10 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server with model v1 serving, and a v2 trained on more images (also serving)."""
-    server = Server(home=tmp_path_factory.mktemp("models") / "home", env=server_env()).start()
+    """A server with model v1 serving, and a v2 trained on more images (also serving). Its int8 copies are built
+    with reduce-range whatever the CPU (``LABELLOOP_INT8_WEIGHTS``; on a CPU with VNNI 'auto' would be full range)."""
+    server = Server(home=tmp_path_factory.mktemp("models") / "home",
+                    env=server_env(LABELLOOP_INT8_WEIGHTS="reduce-range")).start()
     with server.client() as api:
         assert api.post("/detect", files={"file": ("a.png", smile_logo(0))}).status_code == 409
         upload_training_set(api, 5)
@@ -253,6 +256,7 @@ def test_quantize_backbone_serves_and_exports_the_versions_int8_twin(trained: Se
         quantized = v3["evaluation"]["int8"]
         assert quantized["serves"], quantized["reason"]
         assert quantized["calibration_images"] == v3["train_images"]
+        assert quantized["recipe"] == int8.REDUCE_RANGE.words, "the setting, not the CPU, chose the recipe"
         assert quantized["fp32_evaluation"]["f1"] == quantized["fp32_f1"] and v3["f1"] == quantized["f1"]
         assert v2["evaluation"].get("int8") is None
         with httpx.Client(base_url=trained.url, follow_redirects=True) as browser:

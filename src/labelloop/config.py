@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     malloc_arenas: int = Field(default=2, ge=0, le=64, description="Most malloc arenas (glibc) the threads of a "
                                "serving or worker process share; each keeps the memory freed in it. 0: glibc's "
                                "default, eight per core")
+    int8_weights: str = Field(default="auto", pattern="^(auto|full-range|reduce-range)$",
+                              description="How Quantize-Backbone's int8 copies are built: auto (full range on a CPU "
+                              "with VNNI, reduce-range without), full-range or reduce-range (for a fleet whose "
+                              "workers lack VNNI, where a full-range copy can saturate)")
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # Client side (the CLI talking to a server)
     server: str = Field(default="http://127.0.0.1:8080", description="The server the CLI talks to")

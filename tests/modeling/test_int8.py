@@ -113,6 +113,23 @@ def test_the_recipe_is_full_range_only_on_a_cpu_with_vnni() -> None:
                                                    for flag in ("avx512_vnni", "avx_vnni"))
 
 
+def test_the_int8_weights_setting_names_a_recipe_or_leaves_it_to_the_cpu() -> None:
+    from pydantic import ValidationError
+
+    from labelloop.config import Settings
+
+    assert int8.recipe_named("auto", WITH_AVX512_VNNI) == int8.FULL_RANGE
+    assert int8.recipe_named("auto", AVX2_ONLY) == int8.REDUCE_RANGE
+    assert int8.recipe_named("reduce-range", WITH_AVX512_VNNI) == int8.REDUCE_RANGE  # a fleet without VNNI
+    assert int8.recipe_named("full-range", AVX2_ONLY) == int8.FULL_RANGE
+    with pytest.raises(ValueError, match="auto, full-range, reduce-range are allowed"):
+        int8.recipe_named("int4", AVX2_ONLY)
+    assert Settings(int8_weights="reduce-range").int8_weights == "reduce-range"
+    assert Settings().int8_weights == "auto"
+    with pytest.raises(ValidationError, match="int8_weights"):
+        Settings(int8_weights="fast")
+
+
 def test_the_recipe_is_in_the_fingerprint_so_a_file_is_reused_only_with_its_recipe(
         fp32_and_int8: tuple[TrainingResult, Path, TrainingResult], embedder: Embedder, backbone_onnx: Path) -> None:
     fp32, path, _ = fp32_and_int8

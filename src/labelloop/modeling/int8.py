@@ -84,6 +84,19 @@ def recipe_for(flags: str) -> Recipe:
     return FULL_RANGE if has_vnni(flags) else REDUCE_RANGE
 
 
+WEIGHT_CHOICES = {"full-range": FULL_RANGE, "reduce-range": REDUCE_RANGE}
+
+
+def recipe_named(choice: str, flags: str) -> Recipe:
+    """The recipe the setting ``choice`` names (``LABELLOOP_INT8_WEIGHTS``): 'auto' is the one for a CPU with
+    these ``flags`` (:func:`recipe_for`), 'full-range' or 'reduce-range' that recipe whatever the CPU."""
+    if choice == "auto":
+        return recipe_for(flags)
+    if choice not in WEIGHT_CHOICES:
+        raise ValueError(f"unknown int8 weights {choice!r}: auto, {', '.join(WEIGHT_CHOICES)} are allowed")
+    return WEIGHT_CHOICES[choice]
+
+
 def recipe_of(embedder: Embedder) -> str | None:
     """The recipe words in the metadata of the backbone ``embedder`` runs (None for an fp32 backbone)."""
     return embedder.session.get_modelmeta().custom_metadata_map.get(RECIPE_KEY)
@@ -231,11 +244,13 @@ class Twin:
 
 def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embedder: Embedder, *,
                folder: Path, embeddings: Path, threshold: float, options: dict[str, Any],
-               progress: Progress | None = None) -> Twin:
-    """Build the int8 backbone calibrated on ``fp32``'s training split, train and evaluate the same head on its
-    embeddings (same images, same test split, same ``options``), and keep whichever may serve."""
+               progress: Progress | None = None, recipe: Recipe | None = None) -> Twin:
+    """Build the int8 backbone calibrated on ``fp32``'s training split with ``recipe`` (by default the one for
+    this CPU), train and evaluate the same head on its embeddings (same images, same test split, same
+    ``options``), and keep whichever may serve."""
     started = time.perf_counter()
-    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder, options.get("view", "orig"))
+    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder, options.get("view", "orig"),
+                           recipe)
     built = time.perf_counter() - started
     embedder = Embedder(path)
     told = None if progress is None else lambda phase, done, total: progress(f"int8 {phase}", done, total)

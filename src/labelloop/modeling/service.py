@@ -147,9 +147,10 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
 def _int8_twin(examples: list[LabeledImage], result: TrainingResult, embedder: Embedder, options: dict[str, Any],
                threshold: float, progress: ProgressWriter) -> int8.Twin:
     """Quantize-Backbone: the version's int8 twin (``modeling/int8.py``), trained on the same images and split."""
-    cache_dir = get_settings().cache_dir
-    return int8.train_twin(examples, result, embedder, folder=cache_dir, embeddings=cache_dir / "embeddings",
-                           threshold=threshold, options=options, progress=progress)
+    settings = get_settings()
+    return int8.train_twin(examples, result, embedder, folder=settings.cache_dir,
+                           embeddings=settings.cache_dir / "embeddings", threshold=threshold, options=options,
+                           progress=progress, recipe=int8.recipe_named(settings.int8_weights, int8.cpu_flags()))
 
 
 def _backbone_fields(twin: int8.Twin | None) -> dict[str, Any]:

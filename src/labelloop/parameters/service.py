@@ -186,10 +186,10 @@ DEFINITIONS: dict[str, Definition] = {
                    "one (faster detection) when, on its test split, it loses at most half a point of macro-F1 "
                    "and makes no more confident errors. Both results are in the version's evaluation. The copy "
                    "is built at full range on a CPU with VNNI (avx512_vnni or avx_vnni: about twice as fast as "
-                   "fp32) and with reduce_range without it; a worker without VNNI warns when it serves a "
-                   "full-range copy. Off by default: on real photos the twin served in fewer than half of the "
-                   "versions, and every training embeds all its images a second time and needs about 0.75 GiB "
-                   "more memory (README, Performance 27)."),
+                   "fp32) and with reduce_range without it (LABELLOOP_INT8_WEIGHTS chooses one for every CPU); "
+                   "a worker without VNNI warns when it serves a full-range copy. Off by default: on real photos "
+                   "the twin served in fewer than half of the versions, and every training embeds all its images "
+                   "a second time and needs about 0.75 GiB more memory (README, Performance 27)."),
         Definition(MODEL_INPUT_VIEW, "choice", "letterbox-fast",
                    "How images are prepared for the model versions trained from now on: letterbox-fast (the whole "
                    "image, long side 224 px, padded with its border's colour, from a JPEG decoded at 1/2 to 1/8 "
