@@ -56,7 +56,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from photos import uploads  # noqa: E402
-from profile_summary import TICKS, cpu_roles, cpu_seconds, summarize, thread_cpu, thread_names  # noqa: E402
+from profile_summary import (  # noqa: E402
+    TICKS,
+    cpu_roles,
+    cpu_seconds,
+    stat_fields,
+    summarize,
+    thread_cpu,
+    thread_names,
+)
 
 from conftest import Server, server_env, wait_until  # noqa: E402
 from labelloop.modeling.embedding import default_threads, session_options  # noqa: E402
@@ -344,7 +352,7 @@ def one_upload_latency(server: Server, token: str, photos: list[tuple[str, str, 
 
 def process_counters(pid: int) -> dict[str, float]:
     """The server's CPU (user, system), page faults, context switches and RSS so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
     status = {line.split(":")[0]: line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
               if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt", "VmRSS"))}
     return {"user": int(fields[11]) / TICKS, "system": int(fields[12]) / TICKS, "minflt": int(fields[7]),

@@ -47,7 +47,7 @@ from fastapi import FastAPI, UploadFile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from profile_summary import TICKS, cpu_seconds  # noqa: E402
+from profile_summary import cpu_seconds, fields_cpu, stat_fields  # noqa: E402
 
 
 def app() -> Any:
@@ -291,12 +291,12 @@ def role_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
     found = dict.fromkeys([role for role, _ in ROLES] + ["other", "faults"], 0.0)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(task / "stat")
         except OSError:
             continue
         name = names.get(task.name, "")
         role = next((role for role, prefix in ROLES if name.startswith(prefix)), "other")
-        found[role] += (int(fields[11]) + int(fields[12])) / TICKS
+        found[role] += fields_cpu(fields)
         found["faults"] += int(fields[7]) / 1000  # per request, as thousands: the table's ms column scale
     return found
 

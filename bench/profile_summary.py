@@ -119,10 +119,20 @@ def roles(text: str) -> str:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc ``stat`` file after the command name (index 0 is the state, 7 the minor faults, 11
+    and 12 the user and system ticks)."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
+def fields_cpu(fields: list[str]) -> float:
+    """User + system CPU seconds from :func:`stat_fields`."""
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def stat_cpu(stat: Path) -> float:
     """User + system CPU seconds from a /proc ``stat`` file (a process's, or one of its threads')."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return fields_cpu(stat_fields(stat))
 
 
 def cpu_seconds(pid: int) -> float:
