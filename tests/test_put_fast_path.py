@@ -50,9 +50,9 @@ async def _route(scope: Any, receive: Any, send: Any) -> None:
 
 def test_a_remembered_uploader_putting_to_a_key_the_route_takes_is_answered_before_routing(remembered: None) -> None:
     layer = PutFastPath(_route)
-    taken = layer.uploader(scope("/api/v1/objects/images_for_detection/a/b.jpg"))
-    assert taken is not None and taken.username == "consumer"
-    assert layer.uploader(scope("/api/v1/objects/images_labeled_by_folder/x/b.jpg", "operator")) is not None
+    taken = layer.upload(scope("/api/v1/objects/images_for_detection/a/b.jpg"))
+    assert taken is not None and taken[0].username == "consumer" and taken[1] == "images_for_detection/a/b.jpg"
+    assert layer.upload(scope("/api/v1/objects/images_labeled_by_folder/x/b.jpg", "operator")) is not None
 
 
 @pytest.mark.parametrize(("case", "request_scope"), [
@@ -69,7 +69,7 @@ def test_a_remembered_uploader_putting_to_a_key_the_route_takes_is_answered_befo
     ("behind a root path", scope("/api/v1/objects/images_for_detection/a.jpg", root_path="/labelloop")),
 ])
 def test_anything_else_is_left_to_the_route(remembered: None, case: str, request_scope: dict[str, Any]) -> None:
-    assert PutFastPath(_route).uploader(request_scope) is None, case
+    assert PutFastPath(_route).upload(request_scope) is None, case
 
 
 def test_a_declared_length_over_the_limit_is_left_to_the_route() -> None:

@@ -141,25 +141,26 @@ class PutFastPath:
         self.caller = remembered_caller(*UPLOADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        user = self.uploader(scope)
+        upload = self.upload(scope)
         limit = get_settings().max_upload_bytes
-        if user is None or declared_over(scope, limit):
+        if upload is None or declared_over(scope, limit):
             await self.app(scope, receive, send)
             return
         body, complete = await read_body(receive)
         if not complete or len(body) > limit:
             await self.app(scope, replay(body, receive), send)
             return
+        user, key = upload
         try:
-            info = await store(scope["path"][len(OBJECTS_PATH):], body, user)
+            info = await store(key, body, user)
         except Exception as exc:
             await answer_error(scope, receive, send, exc)
             return
         await stored_response(info)(scope, receive, send)
 
-    def uploader(self, scope: Scope) -> User | None:
-        """The remembered caller of a PUT to an object key the route would take from them; None for any other
-        request (the route answers it: 400, 401, 403, 404, 405, or a check in the database)."""
+    def upload(self, scope: Scope) -> tuple[User, str] | None:
+        """The remembered caller of a PUT and the object key, when the route would take that key from them; None
+        for any other request (the route answers it: 400, 401, 403, 404, 405, or a check in the database)."""
         if scope["type"] != "http" or scope["method"] != "PUT" or scope.get("root_path") or \
                 not scope["path"].startswith(OBJECTS_PATH):
             return None
@@ -171,7 +172,7 @@ class PutFastPath:
             service.validate_key(key)
         except service.InvalidKey:
             return None
-        return user
+        return user, key
 
 
 # ── S3 event notifications ───────────────────────────────────────────────────
