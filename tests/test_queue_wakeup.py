@@ -1,6 +1,7 @@
 """A run this process queues on the training, parameters or sampling queue is taken at once, not at the queue's
-next poll (engine.Wakeup); object-events is not woken (README Performance, sync detect: the upload pipeline's
-batches form while a run waits for its poll)."""
+next poll (engine.Wakeup); on object-events only a run queued with ``wake`` (a batch of uploads due when it
+opened: a lone upload) is (README Performance, sync detect: the upload pipeline's batches form while a run waits
+for its poll)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ SCRIPT = textwrap.dedent("""
     for name in (engine.TRAINING_QUEUE, engine.PARAMETERS_QUEUE, engine.SAMPLING_QUEUE, engine.PARAMETERS_QUEUE):
         seconds = finished(engine.enqueue(name, probe, 1), 10)
         print(f"woken|{name}|{seconds}")
+    seconds = finished(engine.enqueue(engine.OBJECT_EVENTS_QUEUE, probe, 4, wake=True), 10)
+    print(f"woken|{engine.OBJECT_EVENTS_QUEUE}|{seconds}")
     # Queued behind the engine's back, as another process would, and on object-events: found at the next poll.
     seconds = finished(engine.queue(engine.PARAMETERS_QUEUE).enqueue(probe, 2).get_workflow_id(), 3)
     print(f"unwoken|{engine.PARAMETERS_QUEUE}|{seconds}")
@@ -58,7 +61,7 @@ def test_the_wakeup_on_a_postgresql_system_database(tmp_path: Path, postgres_dat
 
 def check(lines: list[list[str]]) -> None:
     woken = [float(seconds) for kind, _, seconds in lines if kind == "woken"]
-    assert len(woken) == 4 and max(woken) < 5, lines  # was: up to the 60-s poll
+    assert len(woken) == 5 and max(woken) < 5, lines  # was: up to the 60-s poll
     assert [seconds for kind, _, seconds in lines if kind == "unwoken"] == ["None", "None"], lines  # polls are rare
     [stopped] = [float(seconds) for kind, _, seconds in lines if kind == "stopped"]
     assert stopped < 5, lines  # the workers notice the stop though their period is a minute (DBOS waits 10 s each)

@@ -23,14 +23,16 @@ class Queued:
 
     def __init__(self, fail: bool = False) -> None:
         self.runs: list[tuple[str, list[dict[str, Any]]]] = []
+        self.at_once: dict[str, bool] = {}  # run id → whether it was to be taken at once (no poll awaited)
         self.fail = fail
         self.lock = threading.Lock()
 
-    def __call__(self, run_id: str, members: list[dict[str, Any]]) -> None:
+    def __call__(self, run_id: str, members: list[dict[str, Any]], at_once: bool) -> None:
         if self.fail:
             raise RuntimeError("the workflow database is gone")
         with self.lock:
             self.runs.append((run_id, list(members)))
+            self.at_once[run_id] = at_once
 
 
 def upload(batches: UploadBatches, key: str, existed: bool = False) -> str:
@@ -45,7 +47,7 @@ def test_a_lone_upload_is_queued_by_its_own_request() -> None:
     batches = UploadBatches(queued, prefix="detection-", window=5.0, max_size=32)
     run_id = upload(batches, "a")
     assert queued.runs == [(run_id, [{"key": "a"}])] and run_id.startswith("detection-")
-    assert not batches.holds(run_id)
+    assert not batches.holds(run_id) and queued.at_once[run_id]  # nothing gathers behind it: no poll awaited
 
 
 def test_uploads_within_the_window_share_one_run_and_a_full_batch_goes_at_once() -> None:
@@ -59,6 +61,8 @@ def test_uploads_within_the_window_share_one_run_and_a_full_batch_goes_at_once()
     assert batches.holds(third) and len(queued.runs) == 2
     wait_until(lambda: len(queued.runs) == 3, 5, 0.01, "the window to pass")
     assert queued.runs[-1] == (third, [{"key": "e"}]) and not batches.holds(third)
+    # Only the batch due when it opened is taken at once; the gathered ones wait for the queue's poll.
+    assert [queued.at_once[run_id] for run_id in (first, second[0], third)] == [True, False, False]
 
 
 def test_an_upload_after_its_previous_batch_was_detected_is_queued_at_once() -> None:
@@ -152,6 +156,15 @@ def test_uploads_at_once_share_runs_each_with_its_own_event_and_notification(mak
         web.close()
     assert page.status_code == 200 and 'id="run-objects"' in page.text
     assert all(f"<code>{key}</code>" in page.text for key in shared["object_keys"])
+
+
+def test_a_lone_upload_s_run_does_not_wait_for_the_queue_s_poll(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(LABELLOOP_QUEUE_POLLING_SECONDS="60")  # only a wake-up starts a run within seconds
+    with server.client() as api:
+        for i in range(2):  # one at a time, each waited for: each is a lone upload
+            stored = api.put(f"/objects/images_for_detection/lone/{i}.png", content=blend(40 + i))
+            assert stored.status_code == 201, stored.text
+            assert server.wait_run(stored.json()["run_id"], timeout=15)["status"] == "SUCCESS"
 
 
 def test_the_same_upload_twice_is_one_event_and_one_run(shared_server: Server) -> None:

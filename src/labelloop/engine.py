@@ -45,9 +45,10 @@ TRAINING_QUEUE = "training"
 PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
-# Queues whose worker a run queued by this process wakes at once (`Wakeup`). Not object-events: woken, a lone
-# upload was detected 3.5× sooner (p50 61 against 211 ms), but the upload pipeline ran 4–20 % fewer images/s
-# in 4 of 4 rounds, its batches forming while a run waits for its poll (README Performance, sync detect).
+# Queues whose worker every run queued by this process wakes at once (`Wakeup`). Not object-events: woken at
+# every run, the upload pipeline ran 4–20 % fewer images/s in 4 of 4 rounds, its batches forming while a run
+# waits for its poll (README Performance, sync detect); only a batch of uploads due at once wakes it (`enqueue`'s
+# ``wake``: a lone upload is detected without waiting for the poll).
 WOKEN_QUEUES = (TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
 # able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
@@ -56,9 +57,9 @@ APP_NAME = "labelloop"
 
 _launched = False
 _queues: dict[str, Queue] = {}
-# WOKEN_QUEUES by name: set when this process queues a run there, cleared when the queue's worker polls. Made
-# before the workers start, so that a run queued before DBOS starts a worker (up to a second after launch) is
-# taken at its first poll, not a whole period later.
+# Every queue by name: set when this process queues a run there that should start at once (every run of
+# WOKEN_QUEUES), cleared when the queue's worker polls. Made before the workers start, so that a run queued before
+# DBOS starts a worker (up to a second after launch) is taken at its first poll, not a whole period later.
 _woken: dict[str, threading.Event] = {}
 _liveness: Liveness | None = None
 # Every recorded step and workflow by name (the run graph checks its states against these).
@@ -168,9 +169,9 @@ def dbos_info_at_debug(prefix: str = "") -> Iterator[None]:
 
 
 class Wakeup:
-    """Stands in for DBOS's stop event in the worker thread of one of ``WOKEN_QUEUES``, so that a run this
-    process queues (a training check, a parameter change, a sampling) is taken at once instead of at the
-    worker's next poll (:func:`enqueue` sets the queue's ``woken`` event).
+    """Stands in for DBOS's stop event in a queue's worker thread, so that a run this process queues (a training
+    check, a parameter change, a sampling: every run of ``WOKEN_QUEUES``; a lone upload's batch) is taken at once
+    instead of at the worker's next poll (:func:`enqueue` sets the queue's ``woken`` event).
 
     A DBOS queue worker sleeps between polls in ``stop_event.wait(period)`` and ends when that returns True;
     here the sleep also ends when ``woken`` is set (returning False: poll now). Each poll costs some 3–4 ms of CPU
@@ -205,11 +206,11 @@ _dbos_queue_worker = dbos_queue.queue_worker_thread
 
 
 def _queue_worker(stop_event: threading.Event, dbos: Any, queue: Queue) -> None:
-    """DBOS's queue worker, woken by :class:`Wakeup` when it works one of ``WOKEN_QUEUES``."""
-    if queue.name in WOKEN_QUEUES:
-        wakeup = Wakeup(stop_event, _woken[queue.name])
-        _dbos_queue_worker(wakeup, dbos, queue)  # type: ignore[arg-type]  # it calls only wait() and is_set()
-    else:
+    """DBOS's queue worker, woken by :class:`Wakeup` when this process queues a run to start at once."""
+    woken = _woken.get(queue.name)
+    if woken is not None:
+        _dbos_queue_worker(Wakeup(stop_event, woken), dbos, queue)  # type: ignore[arg-type]  # it calls only wait() and is_set()
+    else:  # a queue declared after launch
         _dbos_queue_worker(stop_event, dbos, queue)
 
 
@@ -222,10 +223,11 @@ def _wake(queue_name: str) -> None:
 def _launch(config: DBOSConfig, listen: list[str] | None, poll: float, idle_poll: float) -> None:
     """Create and launch DBOS, then declare labelloop's queues: object-events polled every ``poll`` seconds,
     the three that take a run now and then (training, parameters, sampling) every ``idle_poll`` (at least
-    ``poll``); a run queued by this process on one of those three wakes its worker at once (:class:`Wakeup`)."""
+    ``poll``); a run queued by this process on one of those three wakes its worker at once (:class:`Wakeup`), as
+    does a run queued on object-events with ``wake``."""
     idle_poll = max(poll, idle_poll)
     dbos_queue.queue_worker_thread = _queue_worker  # DBOS's queue manager starts each worker by this name
-    _woken.update({name: threading.Event() for name in WOKEN_QUEUES})
+    _woken.update({name: threading.Event() for name in QUEUES})
     DBOS(config=config)
     if listen is not None:
         DBOS.listen_queues(listen)
@@ -603,14 +605,16 @@ def queue(name: str) -> Queue:
 
 
 def enqueue(queue_name: str, workflow: Callable[..., Any], *args: Any, workflow_id: str | None = None,
-            **kwargs: Any) -> str:
-    """Put a workflow run on a queue (once per ``workflow_id``) and return its run id."""
+            wake: bool = False, **kwargs: Any) -> str:
+    """Put a workflow run on a queue (once per ``workflow_id``) and return its run id. This process's worker takes
+    it at once when the queue is one of ``WOKEN_QUEUES`` or ``wake`` is true, else at the queue's next poll."""
     if workflow_id is None:
         handle = queue(queue_name).enqueue(workflow, *args, **kwargs)
     else:
         with SetWorkflowID(workflow_id):
             handle = queue(queue_name).enqueue(workflow, *args, **kwargs)
-    _wake(queue_name)  # the run is committed: this process's worker takes it now, not at its next poll
+    if wake or queue_name in WOKEN_QUEUES:  # the run is committed: this process's worker takes it now
+        _wake(queue_name)
     return handle.get_workflow_id()
 
 

@@ -7,11 +7,12 @@ own detection event, notification and human loop; the event's ``run_id`` names t
 How a batch forms: an upload *joins* the open batch (opening one if there is none), records its detection
 event under the batch's run id, then reports it *recorded*. A batch opened while no batch of this process is
 being detected (its run reports :meth:`UploadBatches.detected`), or ``window`` seconds or more after the
-previous one closed, is due at once: a lone upload's run is queued by its own request, as before. Otherwise
-it is due ``window`` seconds after the previous one closed (or when it holds ``max_size`` uploads): while
-runs are busy, uploads gather, one run per window. (Counted from the previous batch's opening, the window
-made the batch opened just after a whole window's one due at once: under a steady stream every other run
-detected one upload, and a run costs some 9 ms of server CPU besides its images'.) A due batch is queued once
+previous one closed, is due at once: a lone upload's run is queued by its own request and taken by the queue's
+worker at once, not at its next poll (that poll was most of a lone upload's time to detection). Otherwise it is
+due ``window`` seconds after the previous one closed (or when it holds ``max_size`` uploads): while runs are busy,
+uploads gather, one run per window, each taken at the queue's next poll. (Counted from the previous batch's
+opening, the window made the batch opened just after a whole window's one due at once: under a steady stream every
+other run detected one upload, and a run costs some 9 ms of server CPU besides its images'.) A due batch is queued once
 every upload that joined it has recorded its event, so its run reads them all. An upload whose event existed
 already (the same key and ETag) leaves the batch: its run is the earlier one. A batch whose run another
 process took (a web-only server and workers) counts as being detected for ``BUSY_SECONDS`` at most.
@@ -39,11 +40,12 @@ BUSY_SECONDS = 2.0
 
 @dataclass
 class Batch:
-    """Uploads sharing one run: its id, when it is due, the uploads still recording their event, and the
-    recorded ones (``{"key", "etag", "detection_id"}`` each)."""
+    """Uploads sharing one run: its id, when it is due (``at_once``: when it opened), the uploads still recording
+    their event, and the recorded ones (``{"key", "etag", "detection_id"}`` each)."""
 
     run_id: str
     due: float
+    at_once: bool = False
     size: int = 0
     recording: int = 0
     members: list[dict[str, Any]] = field(default_factory=list)
@@ -51,9 +53,10 @@ class Batch:
 
 
 class UploadBatches:
-    """The batches of this process; ``queue(run_id, members)`` starts a batch's run."""
+    """The batches of this process; ``queue(run_id, members, at_once)`` starts a batch's run (``at_once``: the
+    batch was due when it opened, so nothing gathers behind its run: start it without waiting for a poll)."""
 
-    def __init__(self, queue: Callable[[str, list[dict[str, Any]]], Any], *, prefix: str, window: float,
+    def __init__(self, queue: Callable[[str, list[dict[str, Any]], bool], Any], *, prefix: str, window: float,
                  max_size: int) -> None:
         self._queue = queue
         self.prefix = prefix
@@ -73,7 +76,7 @@ class UploadBatches:
             batch = self._open
             if batch is None:
                 due = now if not self._is_busy(now) else max(now, self._last_closed + self.window)
-                batch = Batch(f"{self.prefix}{uuid.uuid4().hex[:16]}", due)
+                batch = Batch(f"{self.prefix}{uuid.uuid4().hex[:16]}", due, at_once=due <= now)
                 self._open = batch
                 self._unqueued[batch.run_id] = batch
                 self._start_timer()
@@ -171,7 +174,7 @@ class UploadBatches:
 
     def _start(self, batch: Batch) -> None:
         try:
-            self._queue(batch.run_id, batch.members)
+            self._queue(batch.run_id, batch.members, batch.at_once)
         except Exception:  # its events wait under a run that does not exist: the stranded-detection sweep runs them
             log.exception("could not queue a batch of uploads for detection; the stranded-detection sweep will",
                           extra={"run_id": batch.run_id, "uploads": len(batch.members)})

@@ -192,9 +192,10 @@ def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
     return gone if gone is not None else output
 
 
-def _queue_batch(run_id: str, members: list[dict[str, Any]]) -> str:
-    """Queue the run that detects a batch of uploads."""
-    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id)
+def _queue_batch(run_id: str, members: list[dict[str, Any]], at_once: bool) -> str:
+    """Queue the run that detects a batch of uploads (``at_once``: taken now, not at the queue's next poll)."""
+    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id,
+                          wake=at_once)
 
 
 def _route(event: dict[str, Any]) -> dict[str, Any]:
