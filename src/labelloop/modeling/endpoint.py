@@ -267,7 +267,7 @@ def prepare_threads() -> int:
     """Threads that decode and preprocess sync detections: half the cores, at least one. A photo's decode and
     preprocessing cost about a fifth of its backbone run, so half the cores keep every inference unit fed; a
     decoder per core beside a unit per core cost more server CPU per image (on 2 cores at 8 clients, 1 decoder
-    against 2: -1.7 % as the median of 16 same-run pairs, lower in 11: README Performance, item 30)."""
+    against 2: -1.7 % as the median of 20 same-run pairs, lower in 13: README Performance, item 30)."""
     return max(1, default_threads() // 2)
 
 
