@@ -118,13 +118,20 @@ _engine: Engine | None = None
 _sessions: sessionmaker[Session] | None = None
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+# Every SQLite connection's settings, the application database's and a SQLite system database's alike: the busy
+# timeout first (switching to write-ahead logging takes a lock), then WAL with synchronous=NORMAL (a commit
+# survives a killed process), foreign keys.
+SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON")
+
+
+def set_sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
+    """Apply :data:`SQLITE_PRAGMAS` to a new sqlite3 connection (a "connect" event listener)."""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
 
 
 # TCP keepalives on PostgreSQL connections, both ways: a peer that vanished (a machine that crashed, a cable
@@ -239,7 +246,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         # clients, and requests waited 30 s for a connection); writers still take turns on the file's lock.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=2 * pool_size, max_overflow=2 * pool_size)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", set_sqlite_pragmas)
         take_turns(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,

@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from labelloop.config import Settings, with_driver
-from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES, take_turns
+from labelloop.db import PG_KEEPALIVES, PG_SERVER_KEEPALIVES, set_sqlite_pragmas, take_turns
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,7 @@ def sqlite_system_engine(url: str, pool_size: int) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(connection: Any, _record: Any) -> None:
         connection.isolation_level = "IMMEDIATE"
-        connection.execute("PRAGMA busy_timeout=30000")
-        connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        set_sqlite_pragmas(connection)
 
     take_turns(engine)  # the queue pollers, the runs' step records and enqueues: in turn, not by polling
     return engine
