@@ -179,4 +179,5 @@ class UploadBatches:
             log.exception("could not queue a batch of uploads for detection; the stranded-detection sweep will",
                           extra={"run_id": batch.run_id, "uploads": len(batch.members)})
             return
-        log.info("uploads for detection queued", extra={"run_id": batch.run_id, "uploads": len(batch.members)})
+        log.info("uploads for detection queued", extra={"run_id": batch.run_id, "uploads": len(batch.members),
+                                                        "at_once": batch.at_once})
