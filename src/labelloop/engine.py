@@ -46,9 +46,8 @@ PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Queues whose worker every run queued by this process wakes at once (`Wakeup`). Not object-events: woken at
-# every run, the upload pipeline ran 4–20 % fewer images/s in 4 of 4 rounds, its batches forming while a run
-# waits for its poll (README Performance, sync detect); only a batch of uploads due at once wakes it (`enqueue`'s
-# ``wake``: a lone upload is detected without waiting for the poll).
+# every run, the upload pipeline cost more CPU per image (README Performance, items 12 and 32); only a batch of
+# uploads due when it opened wakes it (`enqueue`'s ``wake``: a lone upload is detected without waiting for the poll).
 WOKEN_QUEUES = (TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
 # able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
