@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,12 @@ from typing import Any
 
 PHOTOS = Path(__file__).resolve().parent / "out" / "photos" / "320px-seed0"
 PARTS = ("store_object", "put_object", "backend put", "fire_object_created", "record_arrival")
+SYSTEM = " (system)"  # a part's kernel time alone (the fsync, the writes), beside its thread CPU
+
+
+def system_time() -> float:
+    """This thread's system (kernel) CPU time so far, in seconds."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_stime
 
 
 def photos(count: int) -> list[bytes]:
@@ -39,11 +46,12 @@ def photos(count: int) -> list[bytes]:
 def timed(spent: dict[str, list[float]], part: str, call: Callable[..., Any]) -> Callable[..., Any]:
     """``call``, its thread CPU per call appended to ``spent[part]``."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.thread_time()
+        started, kernel = time.thread_time(), system_time()
         try:
             return call(*args, **kwargs)
         finally:
             spent[part].append(time.thread_time() - started)
+            spent[part + SYSTEM].append(system_time() - kernel)
     return wrapper
 
 
@@ -61,7 +69,7 @@ def open_server(home: str) -> dict[str, list[float]]:
     storage.ensure_bucket()
     routing._upload_batches = batches.UploadBatches(lambda *queued: None, prefix="detection-bench-", window=0.2,
                                                     max_size=32)
-    spent: dict[str, list[float]] = {part: [] for part in PARTS}
+    spent: dict[str, list[float]] = {name: [] for part in PARTS for name in (part, part + SYSTEM)}
     bucket = storage.backend()
     bucket.put = timed(spent, "backend put", bucket.put)  # type: ignore[method-assign]
     storage.put_object = timed(spent, "put_object", storage.put_object)
@@ -97,7 +105,7 @@ def compare(other: str, pairs: int, uploads: int, warmup: int) -> None:
             found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"load average {os.getloadavg()}; {pairs} processes per side, alternated, {uploads} new uploads each "
           f"after {warmup}; ms of thread CPU per PUT: median (min-max) of the processes' means")
-    for part in PARTS:
+    for part in (shown for measured in PARTS for shown in (measured, measured + SYSTEM)):
         cells = []
         for name in sides:
             values = [run[part] for run in found[name] if part in run]
