@@ -3,7 +3,7 @@ a real SQLite application database, a real local bucket, the upload batches' que
 engine). Each part's thread CPU is measured around it (``time.thread_time``: user and system time of the thread).
 
     PYTHONPATH=src .venv/bin/python bench/bench_put.py [--uploads 300] [--pairs 6]
-    PYTHONPATH=src .venv/bin/python bench/bench_put.py --compare-src /work/base/src [--pairs 6]
+    PYTHONPATH=src .venv/bin/python bench/bench_put.py --compare-src /work/base/src [--pairs 6] [--threads 4]
 
 ``--compare-src``: this source and another one, each in fresh processes, alternated pair by pair (which side goes
 first alternates too); the medians of the processes' mean CPU per PUT, with their range.
@@ -22,11 +22,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 PHOTOS = Path(__file__).resolve().parent / "out" / "photos" / "320px-seed0"
-PARTS = ("store_object", "put_object", "backend put", "fire_object_created", "record_arrival")
+PARTS = ("process", "store_object", "put_object", "backend put", "fire_object_created", "record_arrival")
 SYSTEM = " (system)"  # a part's kernel time alone (the fsync, the writes), beside its thread CPU
 
 
@@ -69,7 +70,7 @@ def open_server(home: str) -> dict[str, list[float]]:
     storage.ensure_bucket()
     routing._upload_batches = batches.UploadBatches(lambda *queued: None, prefix="detection-bench-", window=0.2,
                                                     max_size=32)
-    spent: dict[str, list[float]] = {name: [] for part in PARTS for name in (part, part + SYSTEM)}
+    spent: dict[str, list[float]] = {name: [] for part in PARTS[1:] for name in (part, part + SYSTEM)}
     bucket = storage.backend()
     bucket.put = timed(spent, "backend put", bucket.put)  # type: ignore[method-assign]
     storage.put_object = timed(spent, "put_object", storage.put_object)
@@ -79,33 +80,46 @@ def open_server(home: str) -> dict[str, list[float]]:
     return spent
 
 
-def child(uploads: int, warmup: int) -> None:
-    """One process: ``warmup`` uploads, then ``uploads`` more (new keys); prints each part's mean ms per PUT."""
+def child(uploads: int, warmup: int, threads: int) -> None:
+    """One process: ``warmup`` uploads, then ``uploads`` more (new keys) from ``threads`` threads at once; prints
+    each part's mean ms of thread CPU per PUT and the whole process's CPU per PUT (``process``)."""
     data = photos(uploads + warmup)
     with tempfile.TemporaryDirectory(prefix="bench-put-", dir=os.environ.get("BENCH_PUT_DIR")) as home:
         spent = open_server(home)
         from labelloop.loop import actions
-        for number, photo in enumerate(data):
-            if number == warmup:
-                for values in spent.values():
-                    values.clear()
-            actions.store_object(f"images_for_detection/bench/{number:05d}.jpg", photo, source="api", actor="bench")
-        print(json.dumps({part: 1e3 * statistics.fmean(values) for part, values in spent.items() if values}))
+
+        def store(number: int) -> None:
+            actions.store_object(f"images_for_detection/bench/{number:05d}.jpg", data[number], source="api",
+                                 actor="bench")
+
+        for number in range(warmup):
+            store(number)
+        for values in spent.values():
+            values.clear()
+        started = time.process_time()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(store, range(warmup, warmup + uploads)))
+        found = {part: 1e3 * statistics.fmean(values) for part, values in spent.items() if values}
+        print(json.dumps({**found, "process": 1e3 * (time.process_time() - started) / uploads}))
 
 
-def compare(other: str, pairs: int, uploads: int, warmup: int) -> None:
+def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> None:
     """This source and ``other`` alternated in fresh processes; per part, the median (range) of the processes'
     mean ms of thread CPU per PUT."""
     sides = {"this": os.environ.get("PYTHONPATH", "src"), "compared": other}
     found: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     for pair in range(pairs):
         for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
-            out = subprocess.run([sys.executable, __file__, "--child", str(uploads), "--warmup", str(warmup)],
+            out = subprocess.run([sys.executable, __file__, "--child", str(uploads), "--warmup", str(warmup),
+                                  "--threads", str(threads)],
                                  env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True, text=True)
             found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"load average {os.getloadavg()}; {pairs} processes per side, alternated, {uploads} new uploads each "
-          f"after {warmup}; ms of thread CPU per PUT: median (min-max) of the processes' means")
+          f"after {warmup}, from {threads} threads; ms of CPU per PUT (process: the whole process's; the parts: their "
+          "threads'): median (min-max) of the processes' means")
     for part in (shown for measured in PARTS for shown in (measured, measured + SYSTEM)):
+        if part == "process" + SYSTEM:
+            continue
         cells = []
         for name in sides:
             values = [run[part] for run in found[name] if part in run]
@@ -121,14 +135,15 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1, help="threads storing uploads at once (4: the bench's "
+                        "clients)")
     parser.add_argument("--compare-src", help="another source tree's PYTHONPATH, alternated with this one")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        return child(args.child, args.warmup)
-    if args.compare_src:
-        return compare(args.compare_src, args.pairs, args.uploads, args.warmup)
-    return compare(os.environ.get("PYTHONPATH", "src"), args.pairs, args.uploads, args.warmup)
+        return child(args.child, args.warmup, args.threads)
+    return compare(args.compare_src or os.environ.get("PYTHONPATH", "src"), args.pairs, args.uploads, args.warmup,
+                   args.threads)
 
 
 if __name__ == "__main__":
