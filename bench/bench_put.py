@@ -125,7 +125,9 @@ def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> 
             values = [run[part] for run in found[name] if part in run]
             cells.append(f"{name} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
                          if values else f"{name} -")
-        print(f"{part:>20}: " + " | ".join(cells))
+        pairs_lower = sum(this.get(part, 0) < other.get(part, 0) for this, other in
+                          zip(*found.values(), strict=True))
+        print(f"{part:>20}: " + " | ".join(cells) + f"; this lower in {pairs_lower} of {pairs} pairs")
     for name, path in sides.items():
         print(f"{name}: {path}")
 
