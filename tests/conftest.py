@@ -9,6 +9,7 @@ database this run created is dropped when it ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import shutil
@@ -179,6 +180,37 @@ def postgres_database() -> str:
             pytest.fail(problem)
         pytest.skip(problem)
     return Postgres.create("test")
+
+
+@contextlib.contextmanager
+def mounted(mount: Path, kind: str, options: str = "") -> Iterator[Path | None]:
+    """A file system of ``kind`` (``tmpfs``, ``ramfs``) mounted at ``mount`` while the block runs (the tests run as
+    root, as CI does; unmounted lazily at the end), or None where this process may not mount one."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", kind, *(["-o", options] if options else []), kind, str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        print(f"cannot mount a {kind} here: {done.stderr.decode().strip()}")
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def no_xattr_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on a file system without user extended attributes: a ramfs (they answer ``EOPNOTSUPP``) where one
+    can be mounted, else a folder of ``tmp_path`` where ``os.getxattr`` and ``os.setxattr`` answer as on a ramfs."""
+    with mounted(tmp_path / "ramfs", "ramfs") as mount:
+        if mount is None:
+            def unsupported(*args: Any, **kwargs: Any) -> bytes:
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            monkeypatch.setattr(os, "getxattr", unsupported)
+            monkeypatch.setattr(os, "setxattr", unsupported)
+            mount = tmp_path / "ramfs"
+        yield mount
 
 
 def run_script(script: str, folder: Path, *args: str, timeout: float = 120) -> list[list[str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Postgres, wait_until
+from conftest import Postgres, mounted, wait_until
 from images import blend, upload_training_set
 
 pytestmark = pytest.mark.timeout(600)
@@ -23,15 +22,10 @@ pytestmark = pytest.mark.timeout(600)
 @contextlib.contextmanager
 def tmpfs(mount: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``mount`` while the block runs (the tests run as root, as CI does)."""
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted(mount, "tmpfs", f"size={size}") as done:
+        if done is None:
+            pytest.skip("cannot mount a tmpfs here (the reason is in the captured output)")
+        yield done
 
 
 def fill(disk: Path) -> Path:

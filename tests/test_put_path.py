@@ -1,5 +1,6 @@
 """The upload's path through the local bucket (issue 15, the PUT): what a put leaves on disk, what it answers,
-and staged files (the refusal of every way out of the bucket, a put included: test_storage.py)."""
+staged files, the ETag kept in the object's extended attribute (or, on a file system without them, in a file) and
+the same bytes not written again (the refusal of every way out of the bucket, a put included: test_storage.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ pytestmark = pytest.mark.same_on_every_database  # the local bucket alone, no da
 KEY = "images_for_detection/a/b/photo.jpg"
 
 
+def kept_etag(path: Path) -> str:
+    """The ETag in the object's attribute (what the bucket keeps: "<etag> <size> <mtime in ns>")."""
+    etag, size, modified = os.getxattr(path, local.ETAG_ATTRIBUTE).decode().split(" ")
+    assert (int(size), int(modified)) == (path.stat().st_size, path.stat().st_mtime_ns)
+    return etag
+
+
 def test_a_put_answers_what_head_and_get_then_say_and_leaves_no_staged_file(tmp_path: Path) -> None:
     """A put into folders that do not exist yet makes them; its answer (size, ETag, time) is what head() says
     later, the object is readable only by its owner as before, and the staging folder is left empty."""
@@ -32,7 +40,7 @@ def test_a_put_answers_what_head_and_get_then_say_and_leaves_no_staged_file(tmp_
     assert bucket.get(KEY) == data
     path = tmp_path / "bucket" / KEY
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert (tmp_path / "bucket.meta" / KEY).read_text() == stored.etag
+    assert kept_etag(path) == stored.etag and not (tmp_path / "bucket.meta" / KEY).exists()
     assert list((tmp_path / "bucket.tmp").iterdir()) == []
     again = bucket.put(KEY, b"other bytes")
     assert bucket.get(KEY) == b"other bytes" and bucket.head(KEY).etag == again.etag != stored.etag
@@ -59,3 +67,78 @@ def test_a_failed_put_leaves_no_staged_file_and_a_left_over_one_is_passed_over(t
     assert sorted((tmp_path / "bucket.tmp").iterdir()) == sorted(left)
     assert all(path.read_bytes() == b"left by a crash" for path in left)
 
+
+
+def test_the_etag_is_an_attribute_of_the_object_and_another_bucket_reads_it(tmp_path: Path) -> None:
+    """The ETag travels with the object (one attribute, set before the fsync and the rename): no ETag file is
+    written, and a bucket opened later on the same folder (a restart) answers head() from it without reading the
+    object (its bytes changed behind the bucket's back, its size and time kept, still give the kept ETag)."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    assert bucket.attributes
+    data = os.urandom(30_000)
+    stored = bucket.put(KEY, data)
+    path = tmp_path / "bucket" / KEY
+    assert kept_etag(path) == stored.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert not (tmp_path / "bucket.meta" / "images_for_detection").exists()
+    before = path.stat()
+    path.write_bytes(os.urandom(30_000))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert LocalBackend(tmp_path / "bucket").head(KEY) == stored
+
+
+def test_an_object_stored_with_an_etag_file_is_still_read(tmp_path: Path) -> None:
+    """An object stored before the attributes (its ETag in ``bucket.meta``, as the bucket wrote it then) keeps the
+    ETag of its file: read, not computed (the file's ETag here is not the bytes' MD5, so only reading gives it)."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    path, meta = tmp_path / "bucket" / KEY, tmp_path / "bucket.meta" / KEY
+    for file, content in ((path, b"stored by an earlier version"), (meta, b"0123456789abcdef0123456789abcdef")):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(content)
+    assert bucket.head(KEY).etag == "0123456789abcdef0123456789abcdef"
+    assert [info.etag for info in bucket.list("images_for_detection/")] == ["0123456789abcdef0123456789abcdef"]
+
+
+def test_a_file_placed_or_rewritten_by_hand_gets_its_etag_computed_and_kept(tmp_path: Path) -> None:
+    """A file copied into the bucket by hand (no attribute, no ETag file) gets its MD5, kept as its attribute for
+    the next reader; rewritten in place later (the attribute stays, the time moves), it gets the new one."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    path = tmp_path / "bucket" / KEY
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"placed by hand")
+    assert bucket.head(KEY).etag == hashlib.md5(b"placed by hand").hexdigest() == kept_etag(path)
+    with path.open("r+b") as rewritten:
+        rewritten.write(b"PLACED")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))  # a coarse clock's tick
+    assert bucket.head(KEY).etag == hashlib.md5(b"PLACED by hand").hexdigest() == kept_etag(path)
+
+
+def test_the_same_bytes_again_are_not_written(tmp_path: Path) -> None:
+    """A put of the bytes already stored answers the stored object, ``unchanged``, and writes nothing (same file,
+    same time); other bytes of the same size replace it."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    stored = bucket.put(KEY, b"first bytes")
+    path = tmp_path / "bucket" / KEY
+    before = path.stat()
+    again = bucket.put(KEY, b"first bytes")
+    assert again.unchanged and again.model_copy(update={"unchanged": False}) == stored
+    assert (path.stat().st_ino, path.stat().st_mtime_ns, path.stat().st_ctime_ns) == (
+        before.st_ino, before.st_mtime_ns, before.st_ctime_ns)
+    other = bucket.put(KEY, b"other bytes")
+    assert not other.unchanged and other.etag != stored.etag and bucket.get(KEY) == b"other bytes"
+
+
+def test_a_file_system_without_extended_attributes_keeps_etags_in_files(no_xattr_folder: Path) -> None:
+    """Where user extended attributes are refused (a ramfs), the bucket says so once and keeps each ETag in a file
+    of ``bucket.meta``: written by a put, read by head(), computed for a file placed by hand, unchanged bytes
+    still seen."""
+    bucket = LocalBackend(no_xattr_folder / "bucket")
+    assert not bucket.attributes
+    stored = bucket.put(KEY, b"some bytes")
+    assert (no_xattr_folder / "bucket.meta" / KEY).read_text() == stored.etag
+    assert LocalBackend(no_xattr_folder / "bucket").head(KEY) == stored
+    assert bucket.put(KEY, b"some bytes").unchanged
+    by_hand = no_xattr_folder / "bucket" / "images_for_detection" / "by-hand.jpg"
+    by_hand.write_bytes(b"placed by hand")
+    assert bucket.head("images_for_detection/by-hand.jpg").etag == hashlib.md5(b"placed by hand").hexdigest()
+    assert (no_xattr_folder / "bucket.meta" / "images_for_detection" / "by-hand.jpg").read_text() == \
+        hashlib.md5(b"placed by hand").hexdigest()

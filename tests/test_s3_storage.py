@@ -63,6 +63,10 @@ def test_folders_and_objects_live_in_the_bucket(s3_labelloop) -> None:
         assert stored.json()["etag"] == hashlib.md5(data).hexdigest()
         head = s3.head_object(Bucket=bucket, Key="images_labeled_by_folder/amazon_logo/one.png")
         assert head["ETag"].strip('"') == stored.json()["etag"] and head["ContentLength"] == len(data)
+        # The same bytes again are not written again (the bucket's own check: a HEAD first).
+        again = api.put("/objects/images_labeled_by_folder/amazon_logo/one.png", content=data)
+        assert again.status_code == 200 and again.json()["unchanged"], again.text
+        assert again.json()["etag"] == stored.json()["etag"]
         # Objects put straight into the bucket are listed and served like the others; markers are not objects.
         s3.put_object(Bucket=bucket, Key="manifests/by-hand.json", Body=b"{}")
         keys = [o["key"] for o in api.get("/objects", params={"prefix": ""}).json()]

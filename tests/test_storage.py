@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import Server, wait_until
-from labelloop.storage.backends.local import LocalBackend
+from labelloop.storage.backends.local import ETAG_ATTRIBUTE, LocalBackend
 from labelloop.storage.service import InvalidKey, validate_key
 
 
@@ -143,21 +144,41 @@ def test_each_created_image_starts_exactly_one_run(shared_server: Server) -> Non
                    for r in api.get("/runs", params={"limit": 500}).json() if r["name"] == "object_created")
 
 
+DAMAGE = {"empty": b"", "garbage": b"\x00\x00\x00"}
+
+
 @pytest.mark.parametrize("damage", ["empty", "garbage", "missing"])
-def test_an_etag_file_lost_in_a_crash_is_computed_again(tmp_path: Path, damage: str) -> None:
-    """The ETag file is written without fsync: whatever a crash leaves of it, head() gives the object's MD5."""
-    bucket = LocalBackend(tmp_path / "bucket")
+@pytest.mark.parametrize("kept_in", ["attribute", "file"])
+def test_an_etag_lost_in_a_crash_is_computed_again(tmp_path: Path, request: pytest.FixtureRequest, damage: str,
+                                                   kept_in: str) -> None:
+    """Where the ETag is kept — the object's extended attribute, or on a file system without them a file of
+    ``bucket.meta`` written without fsync — whatever a crash (or a hand) leaves of it, head() gives the object's
+    MD5 and keeps it again for the next reader. (The attribute is fsync'd with the object; a file system that
+    loses it anyway, or a copy that drops it, is the case here.)"""
+    folder = tmp_path if kept_in == "attribute" else request.getfixturevalue("no_xattr_folder")
+    bucket = LocalBackend(folder / "bucket")
+    assert bucket.attributes == (kept_in == "attribute")
     data = b"\xff\xd8 some image bytes"
     stored = bucket.put("images_for_detection/a.jpg", data)
     assert stored.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
-    meta = tmp_path / "bucket.meta" / "images_for_detection" / "a.jpg"
-    assert meta.read_text() == stored.etag
-    if damage == "missing":
+    path, meta = (folder / name / "images_for_detection" / "a.jpg" for name in ("bucket", "bucket.meta"))
+
+    def kept() -> str:
+        if kept_in == "file":
+            return meta.read_text()
+        return os.getxattr(path, ETAG_ATTRIBUTE).decode().split(" ")[0]
+
+    assert kept() == stored.etag
+    if kept_in == "file" and damage == "missing":
         meta.unlink()
+    elif kept_in == "file":
+        meta.write_bytes(DAMAGE[damage])
+    elif damage == "missing":
+        os.removexattr(path, ETAG_ATTRIBUTE)
     else:
-        meta.write_bytes(b"" if damage == "empty" else b"\x00\x00\x00")
+        os.setxattr(path, ETAG_ATTRIBUTE, DAMAGE[damage])
     assert bucket.head("images_for_detection/a.jpg").etag == stored.etag
-    assert meta.read_text() == stored.etag  # repaired for the next reader
+    assert kept() == stored.etag  # repaired for the next reader
 
 
 def test_no_key_leads_outside_the_bucket_through_a_link_or_dot_segments(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import mimetypes
 import unicodedata
@@ -132,10 +131,6 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
     """
     validate_key(key)
     key = labeled_key(key)
-    existing = _same_content(key, data)
-    if existing is not None:
-        log.info("object unchanged", extra={"key": key, "etag": existing.etag, "source": source, "actor": actor})
-        return existing.model_copy(update={"unchanged": True, "content_type": content_type(key)})
     try:
         info = backend().put(key, data)
     except OSError as exc:
@@ -145,8 +140,11 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
         raise StorageFull(exc.errno, f"the bucket's storage is full: {key!r} ({len(data)} bytes) was not stored; "
                           "free space or delete objects, then upload it again") from exc
     info.content_type = content_type(key)
-    log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
-                                     "actor": actor})
+    if info.unchanged:
+        log.info("object unchanged", extra={"key": key, "etag": info.etag, "source": source, "actor": actor})
+    else:
+        log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
+                                         "actor": actor})
     return info
 
 
@@ -168,17 +166,6 @@ def labeled_key(key: str) -> str:
     merged = LABELED_FOLDER + label + key[len(LABELED_FOLDER) + len(folder):]
     log.warning("label folder name written as its label", extra={"key": key, "stored_as": merged, "label": label})
     return merged
-
-
-def _same_content(key: str, data: bytes) -> ObjectInfo | None:
-    """The stored object at ``key`` if it holds exactly ``data`` (same size and MD5 ETag), else None."""
-    try:
-        info = backend().head(key)
-    except ObjectNotFound:
-        return None
-    if info.size != len(data) or info.etag != hashlib.md5(data, usedforsecurity=False).hexdigest():
-        return None
-    return info
 
 
 def get_object(key: str) -> tuple[ObjectInfo, bytes]:

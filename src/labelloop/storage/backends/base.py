@@ -15,7 +15,9 @@ class Backend(Protocol):
     """A flat key → bytes store with S3's semantics (etag = MD5 of the content for simple puts)."""
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
-        """Store ``data`` under ``key`` atomically, replacing any earlier object."""
+        """Store ``data`` under ``key`` atomically, replacing any earlier object, unless the same bytes are stored
+        there already (same size and MD5 ETag): then nothing is written and the answer, the stored object's,
+        says ``unchanged``."""
 
     def get(self, key: str) -> bytes:
         """The content of ``key``, or :class:`ObjectNotFound`."""

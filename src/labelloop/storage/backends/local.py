@@ -1,4 +1,5 @@
-"""A bucket in a local folder: one file per key, written atomically; ETags kept in a sibling folder.
+"""A bucket in a local folder: one file per key, written atomically, its ETag in an extended attribute of the file
+(``user.labelloop.etag``) or, on a file system without user extended attributes, in a sibling folder.
 
 Each system call releases the GIL and must take it back, which under load can mean waiting behind a busy Python
 thread (up to the 5-ms switch interval each time), so the object paths make few of them: a key's components are
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import logging
 import os
 import re
 import stat
@@ -22,6 +24,10 @@ from labelloop.storage.models import ObjectInfo
 _ETAG = re.compile(r"[0-9a-f]{32}")  # an MD5 hex digest, as put() stores it
 _STAGED = itertools.count()  # names of staged files, with the process id (O_EXCL makes each one unique anyway)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+ETAG_ATTRIBUTE = "user.labelloop.etag"  # "<MD5 hex> <size> <mtime in ns>" of the file it was computed for
+_UNSUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+log = logging.getLogger(__name__)
 
 
 def _look(base: str, key: str) -> tuple[bool, os.stat_result | None]:
@@ -80,11 +86,50 @@ def _modified(found: os.stat_result) -> datetime:
     return datetime.fromtimestamp(found.st_mtime, UTC)
 
 
+def _attribute(etag: str, found: os.stat_result) -> bytes:
+    """The ETag attribute's value for a file whose ``stat`` is ``found``: the ETag, with the size and modification
+    time it holds for (a file rewritten in place since, its attribute kept, is seen as changed)."""
+    return f"{etag} {found.st_size} {found.st_mtime_ns}".encode("ascii")
+
+
+def _attribute_etag(path: str, found: os.stat_result) -> str | None:
+    """The ETag kept in the attribute of the file at ``path`` (its ``stat``: ``found``), or None: no attribute (an
+    object stored before the attributes, or placed by hand), or one for other content (not an ETag, another size
+    or modification time)."""
+    try:
+        kept = os.getxattr(path, ETAG_ATTRIBUTE, follow_symlinks=False).decode("ascii", "replace").split(" ")
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOENT):
+            return None
+        raise
+    if len(kept) == 3 and _ETAG.fullmatch(kept[0]) and kept[1:] == [str(found.st_size), str(found.st_mtime_ns)]:
+        return kept[0]
+    return None
+
+
+def _keeps_attributes(folder: str) -> bool:
+    """Whether the file system of ``folder`` keeps user extended attributes: asked by reading one from the folder,
+    which writes nothing (a full disk answers too); a file system without them refuses the question."""
+    if not hasattr(os, "getxattr"):  # not Linux
+        return False
+    try:
+        os.getxattr(folder, ETAG_ATTRIBUTE)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            return False
+        if exc.errno != errno.ENODATA:
+            raise
+    return True
+
+
 class LocalBackend:
     """Objects under ``root``; the key's ``/`` separators become folders. Keys must be validated first.
 
-    ``root`` holds only the objects themselves, so a person can browse it; ETags live in ``root.meta``
-    and uploads are staged in ``root.tmp`` (same file system, so the final rename is atomic).
+    ``root`` holds only the objects themselves, so a person can browse it; uploads are staged in ``root.tmp`` (same
+    file system, so the final rename is atomic). An object's ETag is set on its staged file before the fsync and
+    the rename (:data:`ETAG_ATTRIBUTE`: one call, atomic with the object). Where the file system keeps no user
+    extended attributes (looked at once, here), ETags live in files under ``root.meta``, as they all did before:
+    such a file is still read for an object stored then, and an object without either gets its ETag computed.
     """
 
     def __init__(self, root: Path) -> None:
@@ -94,6 +139,10 @@ class LocalBackend:
         for folder in (self.root, self.meta_root, self.staging):
             folder.mkdir(parents=True, exist_ok=True)
         self._root, self._meta, self._staging = str(self.root), str(self.meta_root), str(self.staging)
+        self.attributes = _keeps_attributes(self._staging)
+        if not self.attributes:
+            log.info("bucket keeps ETags in files: no user extended attributes on its file system",
+                     extra={"bucket": self._root, "etag_folder": self._meta})
 
     def _locate(self, key: str, base: str) -> tuple[str, os.stat_result | None]:
         """The file of ``key`` under ``base`` and what is there (its ``stat``; None: nothing), or ``ValueError`` if
@@ -124,22 +173,32 @@ class LocalBackend:
         return path, found
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
-        path, _ = self._locate(key, self._root)
+        """Store ``data`` under ``key`` unless the same bytes are there (then the stored object, ``unchanged``): the
+        key's components are looked at once for both."""
+        path, found = self._locate(key, self._root)
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        written = self._atomic_write(path, data)
-        self._store_etag(key, etag)
+        if found is not None and stat.S_ISREG(found.st_mode) and found.st_size == len(data):
+            stored = self._info(key, path, found)
+            if stored.etag == etag:
+                return stored.model_copy(update={"unchanged": True})
+        written = self._atomic_write(path, data, etag=etag if self.attributes else None)
+        if not self.attributes:
+            self._store_etag(key, etag)
         return ObjectInfo(key=key, size=written.st_size, etag=etag, last_modified=_modified(written))
 
-    def _atomic_write(self, path: str, data: bytes, *, durable: bool = True) -> os.stat_result:
-        """Write ``data`` to ``path`` through a staged file and a rename (making its folders if needed); ``durable``:
-        fsync'd first. Returns the written file's ``fstat`` (its size and modification time)."""
+    def _atomic_write(self, path: str, data: bytes, *, etag: str | None = None, durable: bool = True) -> os.stat_result:
+        """Write ``data`` to ``path`` through a staged file and a rename (making its folders if needed); ``etag``: set
+        as the file's ETag attribute; ``durable``: fsync'd (with the attribute) first. Returns the written file's
+        ``fstat`` (its size and modification time)."""
         staged, handle = self._stage()
         try:
             try:
                 _write_all(handle, data)
+                written = os.fstat(handle)
+                if etag is not None:
+                    os.setxattr(handle, ETAG_ATTRIBUTE, _attribute(etag, written))
                 if durable:
                     os.fsync(handle)
-                written = os.fstat(handle)
             finally:
                 os.close(handle)
             _replace(staged, path)
@@ -158,14 +217,18 @@ class LocalBackend:
                 continue
 
     def _store_etag(self, key: str, etag: str) -> None:
-        """Keep the object's ETag beside it. Not fsync'd (the second fsync was half the bucket's cost per upload):
-        the ETag can always be computed again from the object, and :meth:`_etag` does so when the file is
-        missing, older than the object, or not an ETag (a crash before its data reached the disk)."""
+        """Keep the object's ETag in its ETag file (a bucket without extended attributes). Not fsync'd (the second
+        fsync was half the bucket's cost per upload): the ETag can always be computed again from the object, and
+        :meth:`_etag` does so when the file is missing, older than the object, or not an ETag (a crash before its
+        data reached the disk)."""
         meta, _ = self._locate(key, self._meta)
         self._atomic_write(meta, etag.encode(), durable=False)
 
     def _etag(self, key: str, path: str, found: os.stat_result) -> str:
-        """The ETag of the object ``key`` (file ``path``, whose ``stat`` is ``found``)."""
+        """The ETag of the object ``key`` (file ``path``, whose ``stat`` is ``found``): its attribute's, else its ETag
+        file's (an object stored before the attributes, or on a file system without them), else computed."""
+        if self.attributes and (etag := _attribute_etag(path, found)) is not None:
+            return etag
         meta, kept = self._locate(key, self._meta)
         if kept is not None and stat.S_ISREG(kept.st_mode) and kept.st_mtime_ns >= found.st_mtime_ns:
             try:
@@ -176,8 +239,20 @@ class LocalBackend:
                 return stored
         # The file was placed by hand or the ETag is older than it: compute it again.
         etag = hashlib.md5(_read(path, found.st_size), usedforsecurity=False).hexdigest()
-        self._store_etag(key, etag)
+        self._keep_etag(key, path, etag, found)
         return etag
+
+    def _keep_etag(self, key: str, path: str, etag: str, found: os.stat_result) -> None:
+        """Keep an ETag computed for the file ``path`` (its ``stat``: ``found``) for the next reader: as its attribute
+        where the bucket keeps them and this process may set it (a file placed by hand may belong to another user),
+        else in its ETag file."""
+        if self.attributes:
+            try:
+                os.setxattr(path, ETAG_ATTRIBUTE, _attribute(etag, found), follow_symlinks=False)
+                return
+            except PermissionError:
+                log.info("ETag kept in a file: the object's attribute may not be set", extra={"key": key})
+        self._store_etag(key, etag)
 
     def _info(self, key: str, path: str, found: os.stat_result) -> ObjectInfo:
         return ObjectInfo(key=key, size=found.st_size, etag=self._etag(key, path, found),

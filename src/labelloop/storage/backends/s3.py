@@ -79,6 +79,12 @@ class S3Backend:
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
         md5 = hashlib.md5(data, usedforsecurity=False)
+        try:
+            stored = self.head(key)
+        except ObjectNotFound:
+            stored = None
+        if stored is not None and stored.size == len(data) and stored.etag == md5.hexdigest():
+            return stored.model_copy(update={"unchanged": True})
         answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                         ContentMD5=b64encode(md5.digest()).decode())
         # S3's ETag is the content's MD5 for a simple put (not with SSE-KMS): keep what the service says,

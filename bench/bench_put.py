@@ -1,0 +1,152 @@
+"""CPU of an upload PUT's worker-thread part (``loop.actions.store_object``) per upload, in process, on real photos:
+a real SQLite application database, a real local bucket, the upload batches' queueing a no-op (no workflow
+engine). Each part's thread CPU is measured around it (``time.thread_time``: user and system time of the thread).
+
+    PYTHONPATH=src .venv/bin/python bench/bench_put.py [--uploads 300] [--pairs 6]
+    PYTHONPATH=src .venv/bin/python bench/bench_put.py --compare-src /work/base/src [--pairs 6] [--threads 4]
+
+``--compare-src``: this source and another one, each in fresh processes, alternated pair by pair (which side goes
+first alternates too); the medians of the processes' mean CPU per PUT, with their range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+PHOTOS = Path(__file__).resolve().parent / "out" / "photos" / "320px-seed0"
+PARTS = ("process", "store_object", "put_object", "backend put", "fire_object_created", "record_arrival")
+SYSTEM = " (system)"  # a part's kernel time alone (the fsync, the writes), beside its thread CPU
+
+
+def system_time() -> float:
+    """This thread's system (kernel) CPU time so far, in seconds."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_stime
+
+
+def photos(count: int) -> list[bytes]:
+    """``count`` of the benchmark's real photos (about 320 px short side, 20-30 KB JPEGs), in name order."""
+    names = sorted(PHOTOS.iterdir())[:count]
+    if len(names) < count:
+        raise SystemExit(f"{PHOTOS} holds {len(names)} photos, {count} asked for: run `make bench-photos`")
+    return [path.read_bytes() for path in names]
+
+
+def timed(spent: dict[str, list[float]], part: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call``, its thread CPU per call appended to ``spent[part]``."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started, kernel = time.thread_time(), system_time()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            spent[part].append(time.thread_time() - started)
+            spent[part + SYSTEM].append(system_time() - kernel)
+    return wrapper
+
+
+def open_server(home: str) -> dict[str, list[float]]:
+    """This process as a server's worker thread would see it: settings, database, bucket; each part wrapped."""
+    os.environ["LABELLOOP_HOME"] = home
+    logging.disable(logging.CRITICAL)
+    from labelloop import db
+    from labelloop.config import get_settings
+    from labelloop.detection import service as detections
+    from labelloop.loop import actions, batches, routing
+    from labelloop.storage import service as storage
+
+    db.init(get_settings().app_database_url)
+    storage.ensure_bucket()
+    routing._upload_batches = batches.UploadBatches(lambda *queued: None, prefix="detection-bench-", window=0.2,
+                                                    max_size=32)
+    spent: dict[str, list[float]] = {name: [] for part in PARTS[1:] for name in (part, part + SYSTEM)}
+    bucket = storage.backend()
+    bucket.put = timed(spent, "backend put", bucket.put)  # type: ignore[method-assign]
+    storage.put_object = timed(spent, "put_object", storage.put_object)
+    routing.fire_object_created = timed(spent, "fire_object_created", routing.fire_object_created)
+    detections.record_arrival = timed(spent, "record_arrival", detections.record_arrival)
+    actions.store_object = timed(spent, "store_object", actions.store_object)
+    return spent
+
+
+def child(uploads: int, warmup: int, threads: int) -> None:
+    """One process: ``warmup`` uploads, then ``uploads`` more (new keys) from ``threads`` threads at once; prints
+    each part's mean ms of thread CPU per PUT and the whole process's CPU per PUT (``process``)."""
+    data = photos(uploads + warmup)
+    with tempfile.TemporaryDirectory(prefix="bench-put-", dir=os.environ.get("BENCH_PUT_DIR")) as home:
+        spent = open_server(home)
+        from labelloop.loop import actions
+
+        def store(number: int) -> None:
+            actions.store_object(f"images_for_detection/bench/{number:05d}.jpg", data[number], source="api",
+                                 actor="bench")
+
+        for number in range(warmup):
+            store(number)
+        for values in spent.values():
+            values.clear()
+        started = time.process_time()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(store, range(warmup, warmup + uploads)))
+        found = {part: 1e3 * statistics.fmean(values) for part, values in spent.items() if values}
+        print(json.dumps({**found, "process": 1e3 * (time.process_time() - started) / uploads}))
+
+
+def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> None:
+    """This source and ``other`` alternated in fresh processes; per part, the median (range) of the processes'
+    mean ms of thread CPU per PUT."""
+    sides = {"this": os.environ.get("PYTHONPATH", "src"), "compared": other}
+    found: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    for pair in range(pairs):
+        for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
+            out = subprocess.run([sys.executable, __file__, "--child", str(uploads), "--warmup", str(warmup),
+                                  "--threads", str(threads)],
+                                 env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True, text=True)
+            found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"load average {os.getloadavg()}; {pairs} processes per side, alternated, {uploads} new uploads each "
+          f"after {warmup}, from {threads} threads; ms of CPU per PUT (process: the whole process's; the parts: their "
+          "threads'): median (min-max) of the processes' means")
+    for part in (shown for measured in PARTS for shown in (measured, measured + SYSTEM)):
+        if part == "process" + SYSTEM:
+            continue
+        cells = []
+        for name in sides:
+            values = [run[part] for run in found[name] if part in run]
+            cells.append(f"{name} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+                         if values else f"{name} -")
+        pairs_lower = sum(this.get(part, 0) < other.get(part, 0) for this, other in
+                          zip(*found.values(), strict=True))
+        print(f"{part:>20}: " + " | ".join(cells) + f"; this lower in {pairs_lower} of {pairs} pairs")
+    for name, path in sides.items():
+        print(f"{name}: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--uploads", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1, help="threads storing uploads at once (4: the bench's "
+                        "clients)")
+    parser.add_argument("--compare-src", help="another source tree's PYTHONPATH, alternated with this one")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        return child(args.child, args.warmup, args.threads)
+    return compare(args.compare_src or os.environ.get("PYTHONPATH", "src"), args.pairs, args.uploads, args.warmup,
+                   args.threads)
+
+
+if __name__ == "__main__":
+    main()
