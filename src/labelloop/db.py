@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -75,11 +76,18 @@ def insert_all(session: Session, rows: list[Base], *, ids: bool = False) -> None
     table = type(rows[0]).__table__
     values = [_with_defaults_set(table, row) for row in rows]
     if not ids:
-        session.execute(insert(table), values)
+        session.execute(_insert(table, False), values)
         return
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    for row, new_id in zip(rows, session.execute(statement, values).scalars(), strict=True):
+    for row, new_id in zip(rows, session.execute(_insert(table, True), values).scalars(), strict=True):
         row.id = new_id  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _insert(table: Any, ids: bool) -> Any:
+    """:func:`insert_all`'s statement for ``table`` (``ids``: returning them in the rows' order), built once: a batch
+    of detections writes two tables, and building the statement cost about what running it does."""
+    statement = insert(table)
+    return statement.returning(table.c.id, sort_by_parameter_order=True) if ids else statement
 
 
 def with_defaults(table: Any, given: dict[str, Any]) -> dict[str, Any]:

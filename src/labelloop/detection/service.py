@@ -36,6 +36,7 @@ ARRIVAL = insert(EVENTS).returning(EVENTS.c.id)
 # A batch's events by id, built once (the ids bound at execution): building the statement cost more CPU than
 # running it (README Performance, item 35).
 BY_IDS = select(EVENTS).where(EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+ANSWER = update(EVENTS).where(EVENTS.c.id == bindparam("event_id"))  # its SET: the columns each executemany gives
 
 
 def as_dict(event: Any) -> dict[str, Any]:
@@ -239,7 +240,7 @@ def write_answers(events: list[EventRow], *, session: Session) -> None:
         if changed:
             changes.setdefault(tuple(sorted(changed)), []).append({"event_id": event.id, **changed})
     for rows in changes.values():
-        session.execute(update(EVENTS).where(EVENTS.c.id == bindparam("event_id")), rows)
+        session.execute(ANSWER, rows)
 
 
 def read_event(event_id: int) -> dict[str, Any]:
