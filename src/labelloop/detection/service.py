@@ -36,6 +36,8 @@ ARRIVAL = insert(EVENTS).returning(EVENTS.c.id)
 # A batch's events by id, built once (the ids bound at execution): building the statement cost more CPU than
 # running it (README Performance, item 35).
 BY_IDS = select(EVENTS).where(EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+BEFORE_INFERENCE = select(EVENTS.c.id, EVENTS.c.object_key, EVENTS.c.status).where(
+    EVENTS.c.id.in_(bindparam("ids", expanding=True)))
 ANSWER = update(EVENTS).where(EVENTS.c.id == bindparam("event_id"))  # its SET: the columns each executemany gives
 
 
@@ -250,10 +252,13 @@ def read_event(event_id: int) -> dict[str, Any]:
 
 
 def read_events(event_ids: list[int]) -> list[dict[str, Any]]:
-    """Detection events by id, in the order of ``event_ids``, as :func:`as_dict` gives them; an id with no event
-    (deleted meanwhile) is left out: the caller tells which by the ids it gets back."""
-    with db.session() as session:
-        found = {row.id: as_dict(row) for row in session.execute(BY_IDS, {"ids": event_ids})}
+    """Detection events by id, in the order of ``event_ids``, with what a batch needs before inference: ``id``,
+    ``object_key`` and ``status`` (the routing reads the whole rows again in its transaction); an id with no event
+    (deleted meanwhile) is left out: the caller tells which by the ids it gets back. One Core SELECT on a
+    connection (no ORM session, not every column: a third of the CPU of reading them as :func:`as_dict` gives
+    them)."""
+    with db.connection() as connection:
+        found = {row.id: dict(row._mapping) for row in connection.execute(BEFORE_INFERENCE, {"ids": event_ids})}
     return [found[event_id] for event_id in event_ids if event_id in found]
 
 
