@@ -147,6 +147,43 @@ def test_a_batch_whose_event_was_deleted_detects_the_others_and_lists_it(
     assert [item["key"] for item in again["missing"]] == [u["object_key"] for u in gone]
 
 
+def open_audits(opened: int, answered: int = 0) -> None:
+    """Audits of v1 opened before (cat at 95.0), the first ``answered`` of them answered, one in four wrong."""
+    for i in range(opened):
+        earlier = detections.record_arrival(f"images_for_detection/old/{i}.jpg", f"{i:032x}", "detection-old")
+        with db.session() as session:
+            event = session.get(DetectionEvent, earlier["id"])
+            event.status, event.model_version, event.label, event.confidence = "DETECTED", "v1", "cat", 95.0
+            event.threshold, event.routing_rule, event.sampled = 70.0, "audit", True
+            if i < answered:
+                event.human_label, event.human_answered_at = ("dog" if i % 4 == 0 else "cat"), db.utcnow()
+
+
+def test_a_batch_computes_the_estimate_again_only_when_its_counts_change(database: None,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold start's confident detection that is not audited changes none of the estimate's counts, so the next
+    image is routed on the estimate already computed; an audit opened changes them (README Performance, item 35:
+    the estimate was computed again for every image)."""
+    open_audits(200, answered=8)  # past the cold start: about one confident image in ten is audited
+    events = [detections.record_arrival(f"images_for_detection/new/{i}.jpg", f"{i + 1000:032x}", "detection-new")
+              for i in range(40)]
+    monkeypatch.setattr(detections, "infer_all", lambda evs: [answered(99.5) for _ in evs])
+    computed: list[int] = []
+    estimate = silent_errors.Counts.estimate
+
+    def counted(counts: silent_errors.Counts, version: str, target: float) -> object:
+        computed.append(counts.opened)
+        return estimate(counts, version, target)
+
+    monkeypatch.setattr(silent_errors.Counts, "estimate", counted)
+    done = routing._detect_all(events, "detection-new")
+    rules = [item["detection"]["routing_rule"] for item in done]
+    audited = [i for i, rule in enumerate(rules) if rule == "audit"]
+    assert set(rules) == {"audit", "auto-accepted"} and len(audited) < len(events) // 2, rules
+    assert computed == [200 + sum(1 for i in audited if i < at) for at in [0, *(i + 1 for i in audited
+                                                                                 if i + 1 < len(events))]]
+
+
 @pytest.mark.parametrize("warm", [False, True], ids=["cold start", "warm start"])
 def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     warm: bool) -> None:
@@ -160,14 +197,7 @@ def test_a_batch_routes_every_image_as_image_by_image_routing_would(tmp_path: Pa
         parameters.ensure_defaults(session=session)
         session.add(ModelVersion(version="v1", status="RUNNING", labels=["cat", "dog"], evaluation={},
                                  warm_start=backtest.to_stored("v0") if warm else None))
-    for i in range(25):  # audits opened before: the audit rate is below 1, so some images are audited, some not
-        earlier = detections.record_arrival(f"images_for_detection/old/{i}.jpg", f"{i:032x}", "detection-old")
-        with db.session() as session:
-            event = session.get(DetectionEvent, earlier["id"])
-            event.status, event.model_version, event.label, event.confidence = "DETECTED", "v1", "cat", 95.0
-            event.threshold, event.routing_rule, event.sampled = 70.0, "audit", True
-            if i < 12:  # answered: one in four wrong
-                event.human_label, event.human_answered_at = ("dog" if i % 4 == 0 else "cat"), db.utcnow()
+    open_audits(25, answered=12)  # the audit rate is below 1, so some images are audited, some not
     events = [detections.record_arrival(f"images_for_detection/new/{i}.jpg", f"{i + 100:032x}", "detection-new")
               for i in range(60)]
     confidence = {event["id"]: (99.5, 88.0, 76.0, 40.0)[i % 4] for i, event in enumerate(events)}

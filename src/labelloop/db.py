@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -65,21 +66,43 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def insert_all(session: Session, rows: list[Base], *, ids: bool = False) -> None:
+def insert_all(session: Session, rows: list[Base], *, ids: bool = False, key: str | None = None) -> None:
     """INSERT ``rows`` (new ORM objects of one table, never added to a session) with one executemany statement, in
     their order: SQLAlchemy Core, without the unit of work a flush runs per object. As a flush would, a column left
     None gets its Python-side default, set on the object too; ``ids``: each object's id is set from RETURNING
-    (SQLite ≥ 3.35 and PostgreSQL). The objects stay transient: read them, do not add them afterwards."""
+    (SQLite ≥ 3.35 and PostgreSQL). The objects stay transient: read them, do not add them afterwards.
+
+    ``key``: a unique column by which the ids are matched to the rows when every row has a value there: then the
+    rows go in one multi-row INSERT … RETURNING, where ids returned in the rows' order cost one statement per row
+    on SQLite (SQLAlchemy cannot rely on the order of a multi-row RETURNING there)."""
     if not rows:
         return
     table = type(rows[0]).__table__
     values = [_with_defaults_set(table, row) for row in rows]
     if not ids:
-        session.execute(insert(table), values)
+        session.execute(_insert(table, None), values)
         return
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    for row, new_id in zip(rows, session.execute(statement, values).scalars(), strict=True):
+    keyed = key is not None and None not in (keys := [value[key] for value in values]) and len(set(keys)) == len(keys)
+    if keyed:
+        found = {found_key: new_id for found_key, new_id in session.execute(_insert(table, key), values).all()}
+        new_ids = [found[value[key]] for value in values]
+    else:
+        new_ids = list(session.execute(_insert(table, ""), values).scalars())
+    for row, new_id in zip(rows, new_ids, strict=True):
         row.id = new_id  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _insert(table: Any, returning: str | None) -> Any:
+    """:func:`insert_all`'s statement for ``table``, built once (a batch of detections writes two tables, and building
+    the statement cost about what running it does): ``returning`` None, nothing returned; a column's name, each
+    row's value there and its id; "", the ids in the rows' order."""
+    statement = insert(table)
+    if returning is None:
+        return statement
+    if returning:
+        return statement.returning(table.c[returning], table.c.id)
+    return statement.returning(table.c.id, sort_by_parameter_order=True)
 
 
 def with_defaults(table: Any, given: dict[str, Any]) -> dict[str, Any]:

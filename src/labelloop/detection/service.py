@@ -33,6 +33,12 @@ SHOWN = ("id", "request_id", "created_at", "detected_at", "object_key", "etag", 
          "routing_rule", "review_reason", "new_stratum")
 EVENTS = DetectionEvent.__table__
 ARRIVAL = insert(EVENTS).returning(EVENTS.c.id)
+# A batch's events by id, built once (the ids bound at execution): building the statement cost more CPU than
+# running it (README Performance, item 35).
+BY_IDS = select(EVENTS).where(EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+BEFORE_INFERENCE = select(EVENTS.c.id, EVENTS.c.object_key, EVENTS.c.status).where(
+    EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+ANSWER = update(EVENTS).where(EVENTS.c.id == bindparam("event_id"))  # its SET: the columns each executemany gives
 
 
 def as_dict(event: Any) -> dict[str, Any]:
@@ -208,8 +214,7 @@ def route_outcomes(event_ids: list[int], outcomes: list[Outcome], *, session: Se
                    values: dict[str, Any] | None = None) -> list[EventRow]:
     """Read the events in one query and route each one's outcome in memory, in the order of ``event_ids``. Nothing
     is written: the caller writes them with :func:`write_answers`, so SQLite's write lock is taken at its end."""
-    query = select(EVENTS).where(EVENTS.c.id.in_(event_ids))
-    read = {row.id: EventRow(row._mapping) for row in session.execute(query)}
+    read = {row.id: EventRow(row._mapping) for row in session.execute(BY_IDS, {"ids": event_ids})}
     if values is None and any(outcome.kind == "detected" for outcome in outcomes):
         values = parameters.values(session=session)
     return [_route_outcome(read[event_id], outcome, session=session, values=values or {})
@@ -237,7 +242,7 @@ def write_answers(events: list[EventRow], *, session: Session) -> None:
         if changed:
             changes.setdefault(tuple(sorted(changed)), []).append({"event_id": event.id, **changed})
     for rows in changes.values():
-        session.execute(update(EVENTS).where(EVENTS.c.id == bindparam("event_id")), rows)
+        session.execute(ANSWER, rows)
 
 
 def read_event(event_id: int) -> dict[str, Any]:
@@ -247,10 +252,13 @@ def read_event(event_id: int) -> dict[str, Any]:
 
 
 def read_events(event_ids: list[int]) -> list[dict[str, Any]]:
-    """Detection events by id, in the order of ``event_ids``, as :func:`as_dict` gives them; an id with no event
-    (deleted meanwhile) is left out: the caller tells which by the ids it gets back."""
-    with db.session() as session:
-        found = {row.id: as_dict(row) for row in session.execute(select(EVENTS).where(EVENTS.c.id.in_(event_ids)))}
+    """Detection events by id, in the order of ``event_ids``, with what a batch needs before inference: ``id``,
+    ``object_key`` and ``status`` (the routing reads the whole rows again in its transaction); an id with no event
+    (deleted meanwhile) is left out: the caller tells which by the ids it gets back. One Core SELECT on a
+    connection (no ORM session, not every column: a third of the CPU of reading them as :func:`as_dict` gives
+    them)."""
+    with db.connection() as connection:
+        found = {row.id: dict(row._mapping) for row in connection.execute(BEFORE_INFERENCE, {"ids": event_ids})}
     return [found[event_id] for event_id in event_ids if event_id in found]
 
 
@@ -286,7 +294,7 @@ def base_threshold(label: str, version: str, values: dict[str, Any], *, session:
     minimum = values[parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE]
     if not values.get(parameters.USE_LABEL_ASSUMED_THRESHOLDS):
         return minimum, parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE
-    evaluation = _of_version("evaluation", lambda: ModelVersion.evaluation, version, session=session) or {}
+    evaluation = _of_version("evaluation", version, session=session) or {}
     assumed = next((m.get("assumed_threshold") for m in evaluation.get("per_label") or [] if m["label"] == label),
                    None)
     if assumed is None:
@@ -313,12 +321,18 @@ def _read_once(key: tuple[Any, ...], read: Callable[[], Any], *, session: Sessio
     return memo[key]
 
 
-def _of_version(name: str, column: Callable[[], Any], version: str, *, session: Session) -> Any:
-    """The column ``column()`` gives (called ``name``) of model version ``version``, remembered for the session
-    after :func:`read_versions_once` (the column expression is built only when it is read: building one costs
-    more than finding it remembered)."""
-    return _read_once((name, version),
-                      lambda: session.scalar(select(column()).where(ModelVersion.version == version)), session=session)
+# The model-version columns routing reads (by name), each statement built once: only the replaced version's name
+# of the stored warm start (which also holds the whole backtest, read once by silent_errors.warm_of).
+_VERSIONS = ModelVersion.__table__
+VERSION_COLUMNS = {name: select(column).where(_VERSIONS.c.version == bindparam("version")) for name, column in (
+    ("evaluation", _VERSIONS.c.evaluation), ("replaced", _VERSIONS.c.warm_start["previous"].as_string()))}
+
+
+def _of_version(name: str, version: str, *, session: Session) -> Any:
+    """The column ``name`` (a :data:`VERSION_COLUMNS` key) of model version ``version``, remembered for the session
+    after :func:`read_versions_once`."""
+    return _read_once((name, version), lambda: session.scalar(VERSION_COLUMNS[name], {"version": version}),
+                      session=session)
 
 
 def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[str, Any], *,
@@ -326,10 +340,7 @@ def new_stratum(version: str, previous: tuple[str, float] | None, values: dict[s
     """Warm start: whether the version ``version`` replaced would not have auto-accepted this image (its top
     ``previous`` label and confidence below its own threshold; unknown counts as new, which is always valid).
     None when ``version`` has no warm start."""
-    # Only the replaced version's name: the stored warm start also holds the whole backtest, which the route
-    # reads once (silent_errors.warm_of); this runs for every detection.
-    replaced = _of_version("replaced", lambda: ModelVersion.warm_start["previous"].as_string(), version,
-                           session=session)
+    replaced = _of_version("replaced", version, session=session)
     if not replaced:
         return None
     if previous is None:

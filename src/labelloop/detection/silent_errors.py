@@ -42,7 +42,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from labelloop.detection.models import DetectionEvent, DetectionStatus
@@ -204,45 +204,52 @@ def upper_bound(wrong: int, audits: int, level: float = CONFIDENCE_LEVEL) -> flo
     return float(betaincinv(wrong + 1, audits - wrong, level))
 
 
+# The estimate's reads, built once (SQLAlchemy Core, the version bound at execution): a batch of detections reads
+# them once per version, and building a statement like these cost more CPU than running it (README Performance,
+# item 35).
+_EVENTS = DetectionEvent.__table__
+_VERSION = bindparam("version")
+_OF_VERSION = _EVENTS.c.model_version == _VERSION
+_FIRST_DETECTIONS = (_OF_VERSION, _EVENTS.c.status == DetectionStatus.DETECTED, _EVENTS.c.previous_event_id.is_(None))
+_AUDITS = select(_EVENTS.c.label, _EVENTS.c.confidence, _EVENTS.c.threshold, _EVENTS.c.human_label,
+                 _EVENTS.c.new_stratum).where(
+    *_FIRST_DETECTIONS, _EVENTS.c.sampled.is_(True), _EVENTS.c.human_label.is_not(None),
+    _EVENTS.c.routing_rule.in_([Rule.AUDIT, Rule.AUTO_ACCEPTED, Rule.BELOW_RAISED_THRESHOLD])).order_by(
+    _EVENTS.c.human_answered_at, _EVENTS.c.id)
+_AUDITS_OPENED = select(func.count(_EVENTS.c.id)).where(_OF_VERSION, _EVENTS.c.routing_rule == Rule.AUDIT)
+_NEW_AUDITS_OPENED = _AUDITS_OPENED.where(_EVENTS.c.new_stratum.is_(True))
+_WARM_START = select(ModelVersion.__table__.c.warm_start).where(ModelVersion.__table__.c.version == _VERSION)
+_WOULD_ACCEPT = select(func.count(_EVENTS.c.id),
+                       func.count(_EVENTS.c.id).filter(_EVENTS.c.new_stratum.is_(True))).where(
+    *_FIRST_DETECTIONS, _EVENTS.c.threshold.is_not(None), _EVENTS.c.confidence >= _EVENTS.c.threshold)
+
+
 def audits_of(version: str, *, session: Session) -> list[Audit]:
     """The answered audits of detections ``version`` made, oldest answer first (re-detections left out)."""
-    rows = session.execute(select(DetectionEvent.label, DetectionEvent.confidence, DetectionEvent.threshold,
-                                  DetectionEvent.human_label, DetectionEvent.new_stratum).where(
-        DetectionEvent.model_version == version, DetectionEvent.status == DetectionStatus.DETECTED,
-        DetectionEvent.previous_event_id.is_(None), DetectionEvent.sampled.is_(True),
-        DetectionEvent.human_label.is_not(None),
-        DetectionEvent.routing_rule.in_([Rule.AUDIT, Rule.AUTO_ACCEPTED, Rule.BELOW_RAISED_THRESHOLD]))
-        .order_by(DetectionEvent.human_answered_at, DetectionEvent.id))
+    rows = session.execute(_AUDITS, {"version": version})
     return [Audit(label, confidence, human != label, confidence >= (threshold or 0.0), bool(new))
             for label, confidence, threshold, human, new in rows]
 
 
 def audits_opened(version: str, *, session: Session) -> int:
     """How many audits of ``version``'s detections were opened (answered or not)."""
-    return session.scalar(select(func.count(DetectionEvent.id)).where(
-        DetectionEvent.model_version == version, DetectionEvent.routing_rule == Rule.AUDIT)) or 0
+    return session.scalar(_AUDITS_OPENED, {"version": version}) or 0
 
 
 def warm_of(version: str, *, session: Session) -> Warm | None:
     """``version``'s warm start: the stored backtest and counts, plus its own would-be auto-accepted
     detections (None: a cold start)."""
-    stored = session.scalar(select(ModelVersion.warm_start).where(ModelVersion.version == version))
+    stored = session.scalar(_WARM_START, {"version": version})
     if not stored:
         return None
     warm = Warm.from_stored(stored)
-    accepted, new = session.execute(select(func.count(DetectionEvent.id), func.count(DetectionEvent.id).filter(
-        DetectionEvent.new_stratum.is_(True))).where(
-        DetectionEvent.model_version == version, DetectionEvent.status == DetectionStatus.DETECTED,
-        DetectionEvent.previous_event_id.is_(None), DetectionEvent.threshold.is_not(None),
-        DetectionEvent.confidence >= DetectionEvent.threshold)).one()
+    accepted, new = session.execute(_WOULD_ACCEPT, {"version": version}).one()
     return Warm(warm.backtest, warm.new_accepted + new, warm.accepted + accepted)
 
 
 def new_audits_opened(version: str, *, session: Session) -> int:
     """How many audits of ``version``'s detections in the new stratum were opened (answered or not)."""
-    return session.scalar(select(func.count(DetectionEvent.id)).where(
-        DetectionEvent.model_version == version, DetectionEvent.routing_rule == Rule.AUDIT,
-        DetectionEvent.new_stratum.is_(True))) or 0
+    return session.scalar(_NEW_AUDITS_OPENED, {"version": version}) or 0
 
 
 @dataclass(frozen=True)
@@ -267,6 +274,8 @@ class Counts:
         """The counts once one more detection of the version is routed, as reading them again would give:
         ``audit``, it opened an audit; ``new``, its stratum; ``accepted``, a would-be auto-accepted first
         arrival (confidence at or above its threshold). Answers do not come with routing: the audits stay."""
+        if not audit and (self.warm is None or not accepted):
+            return self  # nothing counted changed: the batch's estimate stands (it is computed again on a new object)
         warm = self.warm.counting(new) if self.warm is not None and accepted else self.warm
         return Counts(self.audits, self.opened + audit, warm, self.new_opened + (audit and new))
 

@@ -100,8 +100,8 @@ def stage(event_type: str, subject: str, message: str, *, session: Session, dedu
 
 def write_staged(notes: list[Notification], *, session: Session) -> None:
     """Write the new notifications among ``notes`` (from :func:`stage`) in one executemany INSERT, in their order,
-    each given its id."""
-    db.insert_all(session, [note for note in notes if note.id is None], ids=True)
+    each given its id (matched by its dedupe key: one statement for the batch, not one per row)."""
+    db.insert_all(session, [note for note in notes if note.id is None], ids=True, key="dedupe_key")
 
 
 def recorded(note: Notification) -> Recorded:
