@@ -193,9 +193,10 @@ def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
 
 
 def _queue_batch(run_id: str, members: list[dict[str, Any]], at_once: bool) -> str:
-    """Queue the run that detects a batch of uploads (``at_once``: taken now, not at the queue's next poll)."""
-    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id,
-                          wake=at_once)
+    """Start the run that detects a batch of uploads: here and now in a process that takes object-events runs (under
+    its cap), else on the queue (``at_once``: wake this process's worker, if it polls the queue)."""
+    return engine.start_run(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id,
+                            wake=at_once)
 
 
 def _route(event: dict[str, Any]) -> dict[str, Any]:
@@ -353,17 +354,18 @@ def detect_waiting_image(event_id: int) -> dict[str, Any]:
 def queue_waiting_detections() -> dict[str, Any]:
     """Queue the detection of every image still waiting for a model (called from a workflow): in batches, each
     one "object created" run as uploads that arrive together get (``waiting_batch_run_id``); a deploy recorded
-    before batches (its step's output has no ``uploads``) queues one run per image, as it did."""
+    before batches (its step's output has no ``uploads``) queues one run per image, as it did. The runs wake this
+    process's object-events worker (they are taken at once, not at its next poll)."""
     waiting = detection.find_waiting_detections()
     version = waiting["model_version"]
     if "uploads" not in waiting:
         for event_id in waiting["detection_ids"]:
             engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
-                           workflow_id=waiting_detection_run_id(event_id, version))
+                           workflow_id=waiting_detection_run_id(event_id, version), wake=True)
         return {"queued": len(waiting["detection_ids"]), "model_version": version}
     uploads, size = waiting["uploads"], waiting["batch_size"]
     runs = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": uploads[start:start + size]},
-                           workflow_id=waiting_batch_run_id(version, uploads[start:start + size]))
+                           workflow_id=waiting_batch_run_id(version, uploads[start:start + size]), wake=True)
             for start in range(0, len(uploads), size)]
     return {"queued": len(uploads), "runs": len(runs), "model_version": version}
 
