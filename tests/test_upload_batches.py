@@ -192,6 +192,12 @@ def test_a_stream_of_uploads_is_detected_within_seconds_though_the_queue_polls_o
     assert all(run["queue"] is None and run["executor"] for run in runs), runs  # started here, not dequeued
     page = run_page(server, runs[0]["id"])
     assert "none (started at once by its process)" in page and runs[0]["executor"] in page
+    # Another run this process queues on object-events (a training image's) wakes its worker: no poll waited for.
+    with server.client() as api:
+        stored = api.put("/objects/images_labeled_by_folder/stream_label/first.png", content=blend(99))
+        assert stored.status_code == 201, stored.text
+        training = server.wait_run(stored.json()["run_id"], timeout=15)
+    assert training["status"] == "SUCCESS" and training["queue"] == "object-events", training
 
 
 def test_the_same_upload_twice_is_one_event_and_one_run(shared_server: Server) -> None:

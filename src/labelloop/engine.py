@@ -47,8 +47,8 @@ SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Queues whose worker every run queued by this process wakes at once (`Wakeup`). Not object-events: woken at
 # every run, the upload pipeline cost more CPU per image (README Performance, items 12 and 32); a batch of uploads
-# starts in the process that takes object-events runs without the queue (`start_run`, item 34), and only what is
-# queued with ``wake`` (a batch over the cap due when it opened, a deploy's waiting detections) wakes it.
+# starts in the process that takes object-events runs without the queue (`start_run`, item 34); every other run this
+# process queues there is queued with ``wake`` (routing.py), all but a batch over start_run's cap.
 WOKEN_QUEUES = (TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
 # able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
