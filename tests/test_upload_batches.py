@@ -149,13 +149,20 @@ def test_uploads_at_once_share_runs_each_with_its_own_event_and_notification(mak
         assert sorted(n["object_key"] for n in notes) == sorted(keys)
         # The run page lists the objects its run covered.
     shared = max(runs, key=lambda run: len(run["object_keys"]))
+    page = run_page(server, shared["id"])
+    assert 'id="run-objects"' in page
+    assert all(f"<code>{key}</code>" in page for key in shared["object_keys"])
+
+
+def run_page(server: Server, run_id: str) -> str:
+    """The run's page as an admin sees it."""
     web = web_client(server, "admin", ADMIN_PASSWORD)
     try:
-        page = web.get(f"/runs/{shared['id']}")
+        page = web.get(f"/runs/{run_id}")
     finally:
         web.close()
-    assert page.status_code == 200 and 'id="run-objects"' in page.text
-    assert all(f"<code>{key}</code>" in page.text for key in shared["object_keys"])
+    assert page.status_code == 200, page.text
+    return page.text
 
 
 def test_a_lone_upload_s_run_does_not_wait_for_the_queue_s_poll(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -165,6 +172,33 @@ def test_a_lone_upload_s_run_does_not_wait_for_the_queue_s_poll(make_server) -> 
             stored = api.put(f"/objects/images_for_detection/lone/{i}.png", content=blend(40 + i))
             assert stored.status_code == 201, stored.text
             assert server.wait_run(stored.json()["run_id"], timeout=15)["status"] == "SUCCESS"
+
+
+def test_a_stream_of_uploads_is_detected_within_seconds_though_the_queue_polls_once_a_minute(make_server) -> None:  # type: ignore[no-untyped-def]
+    # The batches that gather while runs are busy start in this process (engine.start_run), not at the poll.
+    server: Server = make_server(LABELLOOP_QUEUE_POLLING_SECONDS="60", LABELLOOP_UPLOAD_BATCH_SECONDS="0.3")
+
+    def put(i: int) -> str:
+        with server.client() as own:
+            stored = own.put(f"/objects/images_for_detection/stream/{i}.png", content=blend(60 + i))
+            assert stored.status_code == 201, stored.text
+            return stored.json()["run_id"]
+
+    with ThreadPoolExecutor(4) as pool:
+        run_ids = set(pool.map(put, range(24)))
+    assert len(run_ids) > 1, "the stream spans several batches"
+    # 30 s: a loaded machine's margin, still half the poll's period (the old code's runs waited for it).
+    runs = [server.wait_run(run_id, timeout=30) for run_id in run_ids]
+    assert all(run["status"] == "SUCCESS" for run in runs), runs
+    assert all(run["queue"] is None and run["executor"] for run in runs), runs  # started here, not dequeued
+    page = run_page(server, runs[0]["id"])
+    assert "none (started at once by its process)" in page and runs[0]["executor"] in page
+    # Another run this process queues on object-events (a training image's) wakes its worker: no poll waited for.
+    with server.client() as api:
+        stored = api.put("/objects/images_labeled_by_folder/stream_label/first.png", content=blend(99))
+        assert stored.status_code == 201, stored.text
+        training = server.wait_run(stored.json()["run_id"], timeout=30)
+    assert training["status"] == "SUCCESS" and training["queue"] == "object-events", training
 
 
 def test_the_same_upload_twice_is_one_event_and_one_run(shared_server: Server) -> None:

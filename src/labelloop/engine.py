@@ -46,15 +46,19 @@ PARAMETERS_QUEUE = "parameters"
 SAMPLING_QUEUE = "sampling"
 QUEUES = (OBJECT_EVENTS_QUEUE, TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Queues whose worker every run queued by this process wakes at once (`Wakeup`). Not object-events: woken at
-# every run, the upload pipeline cost more CPU per image (README Performance, items 12 and 32); only a batch of
-# uploads due when it opened wakes it (`enqueue`'s ``wake``: a lone upload is detected without waiting for the poll).
+# every run, the upload pipeline cost more CPU per image (README Performance, items 12 and 32); a batch of uploads
+# starts in the process that takes object-events runs without the queue (`start_run`, item 34); every other run this
+# process queues there is queued with ``wake`` (routing.py), all but a batch over start_run's cap.
 WOKEN_QUEUES = (TRAINING_QUEUE, PARAMETERS_QUEUE, SAMPLING_QUEUE)
 # Object-event runs one process runs at once. A queue takes new runs only when it polls, so each poll must be
 # able to take enough of them to keep inference busy; the runs' detections share micro-batches (serving.py).
 OBJECT_EVENTS_CONCURRENCY = 16
 APP_NAME = "labelloop"
+# Run ids of this process's runs started at once (start_run) that are remembered for the stalled-run check.
+_KEPT_STARTED = 10_000
 
 _launched = False
+_listened: list[str] | None = None  # the queues this process takes runs from (None: all of them)
 _queues: dict[str, Queue] = {}
 # Every queue by name: set when this process queues a run there that should start at once (every run of
 # WOKEN_QUEUES), cleared when the queue's worker polls. Made before the workers start, so that a run queued before
@@ -84,7 +88,7 @@ def start(settings: Settings, role: str = "serve") -> None:
     every process checks every ``recovery_check_seconds`` for runs left PENDING by an executor whose lock
     is free (its process is gone) and hands them back to their queues, where any process takes them up.
     """
-    global _launched, _liveness
+    global _launched, _liveness, _listened
     if not WORKFLOWS:
         raise RuntimeError("no workflow is registered: import labelloop.loop.routing before starting the engine")
     listen = _listened_queues(settings.queues)
@@ -112,6 +116,7 @@ def start(settings: Settings, role: str = "serve") -> None:
         raise
     _launched = True
     _liveness = liveness
+    _listened = listen
     liveness.start_watching(settings.recovery_check_seconds)
     log.info("workflow engine started", extra={"system_database": _safe_url(settings.engine_database_url),
                                                "executor_id": executor_id,
@@ -271,6 +276,7 @@ def stop() -> None:
     _launched = False
     _queues.clear()
     _woken.clear()
+    _started_here.forget_all()
     if _liveness is not None:
         _liveness.close()
     _liveness = None
@@ -391,8 +397,8 @@ class StalledRuns:
     executor yet running nowhere in this process at two checks in a row is handed back to its queue, where
     it resumes from its last recorded step (as after a restart) and succeeds once the database can be
     written again; after ``STALLED_RUN_RETRIES`` hand-backs it ends ERROR with the last error it met, which
-    frees its queue. Only queued runs are judged (labelloop starts every run through a queue): DBOS counts a
-    queued run's execution among its active ones, not a workflow function called inline.
+    frees its queue. Only queued runs and runs this process started itself (:func:`start_run`) are judged: DBOS
+    counts their executions among its active ones, not a workflow function called inline.
     """
 
     def __init__(self, executor_id: str) -> None:
@@ -402,7 +408,8 @@ class StalledRuns:
 
     def check(self, pending: list[Any]) -> dict[str, list[str]]:
         """Hand back or fail the runs idle at this check and the last one; returns their ids by outcome."""
-        own = {run.workflow_id for run in pending if run.executor_id == self.executor_id and run.queue_name}
+        own = {run.workflow_id for run in pending
+               if run.executor_id == self.executor_id and (run.queue_name or _started_here.knows(run.workflow_id))}
         idle = own - set(_get_dbos_instance()._active_workflows_set.activeList())  # after the listing
         stalled, self._idle = sorted(idle & self._idle), idle
         done: dict[str, list[str]] = {"handed_back": [], "failed": []}
@@ -612,6 +619,98 @@ def enqueue(queue_name: str, workflow: Callable[..., Any], *args: Any, workflow_
     if wake or queue_name in WOKEN_QUEUES:  # the run is committed: this process's worker takes it now
         _wake(queue_name)
     return handle.get_workflow_id()
+
+
+class StartedHere:
+    """The runs this process started itself, without a queue (:func:`start_run`): how many are in flight, under a
+    cap, and the ids of the latest ``kept`` (the stalled-run check judges them as it judges queued runs)."""
+
+    def __init__(self, cap: int, kept: int = _KEPT_STARTED) -> None:
+        self.cap = cap
+        self._kept = kept
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._ids: dict[str, None] = {}
+
+    def take(self, queued: int) -> bool:
+        """Take a place for a run if fewer than ``cap`` runs are in flight here, ``queued`` (this process's runs
+        dequeued from the same queue) counted with those started here."""
+        with self._lock:
+            if self._in_flight + queued >= self.cap:
+                return False
+            self._in_flight += 1
+            return True
+
+    def started(self, run_id: str) -> None:
+        """Remember a run that took a place and started here."""
+        with self._lock:
+            self._ids.pop(run_id, None)
+            self._ids[run_id] = None
+            while len(self._ids) > self._kept:
+                self._ids.pop(next(iter(self._ids)))
+
+    def release(self, _done: object = None) -> None:
+        """Give a run's place back (its execution ended, or it did not start here)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    def in_flight(self) -> int:
+        """Runs started here whose execution has not ended."""
+        with self._lock:
+            return self._in_flight
+
+    def knows(self, run_id: str) -> bool:
+        """Whether ``run_id`` is one of the latest runs started here."""
+        with self._lock:
+            return run_id in self._ids
+
+    def forget_all(self) -> None:
+        """Forget every run (the engine stopped: its runs are recovered by the next process, not judged here)."""
+        with self._lock:
+            self._in_flight = 0
+            self._ids.clear()
+
+
+# Object-event runs this process starts at once (uploads' batches) share the queue's concurrency: at most
+# OBJECT_EVENTS_CONCURRENCY in flight here, counting the queue's runs this process took by polling.
+_started_here = StartedHere(OBJECT_EVENTS_CONCURRENCY)
+
+
+def takes_runs_of(queue_name: str) -> bool:
+    """Whether this process takes runs from ``queue_name`` (``LABELLOOP_QUEUES``; a web-only process takes none)."""
+    return _launched and (_listened is None or queue_name in _listened)
+
+
+def start_run(queue_name: str, workflow: Callable[..., Any], *args: Any, workflow_id: str, wake: bool = False,
+              **kwargs: Any) -> str:
+    """Start a run of ``queue_name``'s kind here, now, without waiting for the queue's poll, when this process takes
+    that queue's runs and fewer than its cap are in flight here; else queue it (:func:`enqueue`, ``wake`` passed on)
+    for whichever process polls the queue. Returns the run id.
+
+    The run's status is written (PENDING, this executor) before it runs, as a dequeued run's is: if the process
+    stops, the run is recovered like any other (:class:`Liveness`), and its uploads' events name a run that exists.
+    A poll costs several ms of CPU and a dequeued run some more (README Performance, item 34); a run started here
+    has no queue in its record."""
+    if not takes_runs_of(queue_name) or not _started_here.take(_queued_here(queue_name)):
+        return enqueue(queue_name, workflow, *args, workflow_id=workflow_id, wake=wake, **kwargs)
+    try:
+        with SetWorkflowID(workflow_id):
+            handle = DBOS.start_workflow(workflow, *args, **kwargs)
+    except BaseException:
+        _started_here.release()
+        raise
+    future = getattr(handle, "future", None)
+    if future is None:  # the run existed already (its id was used): nothing started here
+        _started_here.release()
+    else:
+        _started_here.started(workflow_id)
+        future.add_done_callback(_started_here.release)
+    return handle.get_workflow_id()
+
+
+def _queued_here(queue_name: str) -> int:
+    """This process's runs in flight that it took from ``queue_name`` by polling."""
+    return _get_dbos_instance()._active_workflows_set.count_for_queue(queue_name)
 
 
 def run_status(run_id: str) -> str | None:

@@ -7,10 +7,11 @@ own detection event, notification and human loop; the event's ``run_id`` names t
 How a batch forms: an upload *joins* the open batch (opening one if there is none), records its detection
 event under the batch's run id, then reports it *recorded*. A batch opened while no batch of this process is
 being detected (its run reports :meth:`UploadBatches.detected`), or ``window`` seconds or more after the
-previous one closed, is due at once: a lone upload's run is queued by its own request and taken by the queue's
-worker at once, not at its next poll (that poll was most of a lone upload's time to detection). Otherwise it is
-due ``window`` seconds after the previous one closed (or when it holds ``max_size`` uploads): while runs are busy,
-uploads gather, one run per window, each taken at the queue's next poll. (Counted from the previous batch's
+previous one closed, is due at once: a lone upload's run is started by its own request. A run is started in this
+process without the queue's poll when it takes object-events runs (``engine.start_run``, under a cap), else queued
+for the workers (woken at once when due at once; that poll was most of a lone upload's time to detection).
+Otherwise it is due ``window`` seconds after the previous one closed (or when it holds ``max_size`` uploads): while
+runs are busy, uploads gather, one run per window. (Counted from the previous batch's
 opening, the window made the batch opened just after a whole window's one due at once: under a steady stream every
 other run detected one upload, and a run costs some 9 ms of server CPU besides its images'.) A due batch is queued once
 every upload that joined it has recorded its event, so its run reads them all. An upload whose event existed

@@ -134,7 +134,7 @@ def object_event(info: ObjectInfo, source: str) -> tuple[str | None, bool]:
         existed = engine.run_exists(run_id)
         engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created,
                        {"key": info.key, "etag": info.etag, "size": info.size, "source": source},
-                       workflow_id=run_id)
+                       workflow_id=run_id, wake=True)
     log.info("object created event", extra={"key": info.key, "etag": info.etag, "run_id": run_id,
                                             "source": source, "repeated": existed})
     return run_id, existed
@@ -193,9 +193,10 @@ def upload_summary(output: dict[str, Any] | None, key: str) -> dict[str, Any]:
 
 
 def _queue_batch(run_id: str, members: list[dict[str, Any]], at_once: bool) -> str:
-    """Queue the run that detects a batch of uploads (``at_once``: taken now, not at the queue's next poll)."""
-    return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id,
-                          wake=at_once)
+    """Start the run that detects a batch of uploads: here and now in a process that takes object-events runs (under
+    its cap), else on the queue (``at_once``: wake this process's worker, if it polls the queue)."""
+    return engine.start_run(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": members}, workflow_id=run_id,
+                            wake=at_once)
 
 
 def _route(event: dict[str, Any]) -> dict[str, Any]:
@@ -353,17 +354,18 @@ def detect_waiting_image(event_id: int) -> dict[str, Any]:
 def queue_waiting_detections() -> dict[str, Any]:
     """Queue the detection of every image still waiting for a model (called from a workflow): in batches, each
     one "object created" run as uploads that arrive together get (``waiting_batch_run_id``); a deploy recorded
-    before batches (its step's output has no ``uploads``) queues one run per image, as it did."""
+    before batches (its step's output has no ``uploads``) queues one run per image, as it did. The runs wake this
+    process's object-events worker (they are taken at once, not at its next poll)."""
     waiting = detection.find_waiting_detections()
     version = waiting["model_version"]
     if "uploads" not in waiting:
         for event_id in waiting["detection_ids"]:
             engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, event_id,
-                           workflow_id=waiting_detection_run_id(event_id, version))
+                           workflow_id=waiting_detection_run_id(event_id, version), wake=True)
         return {"queued": len(waiting["detection_ids"]), "model_version": version}
     uploads, size = waiting["uploads"], waiting["batch_size"]
     runs = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, object_created, {"uploads": uploads[start:start + size]},
-                           workflow_id=waiting_batch_run_id(version, uploads[start:start + size]))
+                           workflow_id=waiting_batch_run_id(version, uploads[start:start + size]), wake=True)
             for start in range(0, len(uploads), size)]
     return {"queued": len(uploads), "runs": len(runs), "model_version": version}
 
@@ -433,7 +435,7 @@ def retry_stranded_detections() -> list[str]:
     :func:`detections_to_retry`): an image never waits for a model that is there. At start-up and on the sweep's
     schedule; returns the run ids."""
     queued = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_waiting_image, item["detection_id"],
-                             workflow_id=item["run_id"]) for item in detections_to_retry()]
+                             workflow_id=item["run_id"], wake=True) for item in detections_to_retry()]
     if queued:
         log.warning("detections left waiting while a version serves queued again", extra={"runs": queued})
     return queued
@@ -448,7 +450,7 @@ def redetect_images(request: dict[str, Any]) -> dict[str, Any]:
     event pointing to the image's latest one (so the history of answers is kept)."""
     plan = detection.plan_redetection(request["keys"])
     runs = [engine.enqueue(engine.OBJECT_EVENTS_QUEUE, detect_image_again, event_id,
-                           workflow_id=detect_again_run_id(event_id, plan["model_version"]))
+                           workflow_id=detect_again_run_id(event_id, plan["model_version"]), wake=True)
             for event_id in plan["previous_event_ids"]]
     return {"actor": request["actor"], "model_version": plan["model_version"], "queued": len(runs), "runs": runs,
             "skipped": plan["skipped"]}
@@ -465,7 +467,7 @@ def detect_image_again(previous_event_id: int) -> dict[str, Any]:
 def start_redetection(keys: list[str], actor: str) -> str:
     """Queue the re-detection of ``keys`` (stored images under images_for_detection/); returns the run id."""
     return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, redetect_images, {"keys": keys, "actor": actor},
-                          workflow_id=f"{REDETECT_RUN_PREFIX}{uuid.uuid4().hex[:12]}")
+                          workflow_id=f"{REDETECT_RUN_PREFIX}{uuid.uuid4().hex[:12]}", wake=True)
 
 
 # ── training and deployment ──────────────────────────────────────────────────
@@ -581,7 +583,7 @@ def apply_human_answer(name: str, answer_round: int = 0) -> dict[str, Any]:
 def start_apply_answer(loop_name: str, answer_round: int = 0, run_id: str | None = None) -> str:
     """Queue the run that applies a loop's answer (once per loop and round: a second call returns the same run)."""
     return engine.enqueue(engine.OBJECT_EVENTS_QUEUE, apply_human_answer, loop_name, answer_round,
-                          workflow_id=run_id or answer_run_id(loop_name, answer_round))
+                          workflow_id=run_id or answer_run_id(loop_name, answer_round), wake=True)
 
 
 APPLY_RETRIES = 3
