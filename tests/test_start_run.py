@@ -116,3 +116,20 @@ def test_a_run_started_here_is_recovered_when_its_process_dies(tmp_path: Path) -
     assert recovered[0] == "recovered" and recovered[1] != "None", recovered
     # Taken over by the new process through DBOS's internal queue (recovery re-enqueues).
     assert recovered[2:] == ["SUCCESS", "_dbos_internal_queue", "True"], recovered
+
+
+def test_a_serving_process_polls_object_events_at_the_idle_period_and_a_worker_often(tmp_path: Path) -> None:
+    """With its uploads' batches started by itself, a serving process's object-events poll finds only runs queued
+    elsewhere: unless configured it polls at the idle period; a worker, which finds every run by polling, at 0.2 s."""
+    from labelloop import engine
+    from labelloop.config import Settings
+
+    default = Settings(home=tmp_path)
+    assert engine.object_events_polling(default, "serve") == default.idle_queue_polling_seconds == 2.0
+    assert engine.object_events_polling(default, "worker") == engine.WORKER_QUEUE_POLLING_SECONDS == 0.2
+    configured = Settings(home=tmp_path, queue_polling_seconds=0.5)
+    assert engine.object_events_polling(configured, "serve") == engine.object_events_polling(configured, "worker") == 0.5
+    quick_idle = Settings(home=tmp_path, idle_queue_polling_seconds=0.05)
+    assert engine.object_events_polling(quick_idle, "serve") == 0.2  # never more often than a worker
+    with pytest.raises(ValueError, match="greater than 0"):
+        Settings(home=tmp_path, queue_polling_seconds=0)

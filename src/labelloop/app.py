@@ -71,8 +71,9 @@ PAGE_ROUTERS = (workforce_pages, review_pages, console_pages, storage_pages, par
                 run_pages, detection_pages)
 
 
-def start(settings: Settings) -> str | None:
-    """Open the database, create what a first start needs, launch the engine and apply the schedules.
+def start(settings: Settings, role: str = "serve") -> str | None:
+    """Open the database, create what a first start needs, launch the engine (as a ``role`` process: serve or
+    worker) and apply the schedules.
 
     Returns the admin's temporary password when this start created the admin user.
     """
@@ -86,7 +87,7 @@ def start(settings: Settings) -> str | None:
         review.template(session=session)  # created once here, not raced for by the first detections
     if created:
         log.info("parameters created with their defaults", extra={"count": created})
-    engine.start(settings)  # every workflow is registered: labelloop.loop.routing is imported above
+    engine.start(settings, role)  # every workflow is registered: labelloop.loop.routing is imported above
     for applied in routing.apply_schedules_now():
         log.info("schedule in force", extra=applied)
     actions.apply_recorded_answers()
@@ -116,7 +117,7 @@ def start_process(settings: Settings, role: str) -> tuple[Settings, str | None]:
                              executor_id=engine.new_executor_id(role))
     settings.resolved_home.mkdir(parents=True, exist_ok=True)
     with db.startup_lock(settings.app_database_url, settings.resolved_home / ".startup.lock"):
-        return settings, start(settings)
+        return settings, start(settings, role)
 
 
 def serve(settings: Settings) -> None:

@@ -68,10 +68,13 @@ class Settings(BaseSettings):
     port: int = 8080
     watch_folder: Path | None = Field(default=None, description="A drop folder whose files go into the bucket")
     scheduler_polling_seconds: float = Field(default=2.0, gt=0)
-    # How often the object-events queue is polled. A look takes at most 16 runs (engine.OBJECT_EVENTS_CONCURRENCY),
-    # so at 0.5 s uploads could not start faster than 32 a second; the benchmarks measure 0.2 s. Each poll costs
-    # some 3–4 ms of CPU: at 0.2 s 1.7–2.0 % of a core, most of an idle server's 3–3.6 % (README Performance).
-    queue_polling_seconds: float = Field(default=0.2, gt=0)
+    # How often the object-events queue is polled (None: by the process's role, engine.object_events_polling). A
+    # worker finds every run by polling: 0.2 s (a look takes at most 16 runs, engine.OBJECT_EVENTS_CONCURRENCY, so at
+    # 0.5 s uploads could not start faster than 32 a second). A serving process starts its uploads' batches itself
+    # and every other run it queues there wakes its worker, so the poll finds only runs queued elsewhere, scheduled
+    # ones and batches over the cap: it polls at the idle period. Each poll costs 5–6 ms of CPU on an AVX2 EPYC
+    # (README Performance, items 32 and 34).
+    queue_polling_seconds: float | None = Field(default=None, gt=0)
     # The training, parameters and sampling queues take a run now and then; polling them as often as the
     # object-events queue was 6 % of the upload pipeline's CPU (each poll a write transaction on SQLite). A run
     # a process queues on them itself wakes its worker at once (engine.Wakeup): the period delays only runs

@@ -76,6 +76,22 @@ def new_executor_id(role: str) -> str:
     return f"{host}-{role}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+# How often a worker process (`labelloop worker`) polls the object-events queue unless configured.
+WORKER_QUEUE_POLLING_SECONDS = 0.2
+
+
+def object_events_polling(settings: Settings, role: str) -> float:
+    """How often this process polls the object-events queue: ``LABELLOOP_QUEUE_POLLING_SECONDS`` when set; else
+    ``WORKER_QUEUE_POLLING_SECONDS`` in a worker, which finds every run by polling, and the idle period
+    (``LABELLOOP_IDLE_QUEUE_POLLING_SECONDS``, at least the worker's) in a serving process, which starts its
+    uploads' batches itself (:func:`start_run`) and wakes its worker for every other run it queues there."""
+    if settings.queue_polling_seconds is not None:
+        return settings.queue_polling_seconds
+    if role == "worker":
+        return WORKER_QUEUE_POLLING_SECONDS
+    return max(WORKER_QUEUE_POLLING_SECONDS, settings.idle_queue_polling_seconds)
+
+
 def start(settings: Settings, role: str = "serve") -> None:
     """Launch DBOS on the configured system database and declare labelloop's queues.
 
@@ -110,7 +126,7 @@ def start(settings: Settings, role: str = "serve") -> None:
         # DBOS's start-up lines (some 80 schema migrations, queue registrations) at debug level, so a start ends
         # with labelloop's own banner instead of them.
         with dbos_info_at_debug():
-            _launch(config, listen, settings.queue_polling_seconds, settings.idle_queue_polling_seconds)
+            _launch(config, listen, object_events_polling(settings, role), settings.idle_queue_polling_seconds)
     except BaseException:
         liveness.close()
         raise
