@@ -128,7 +128,8 @@ def test_a_serving_process_polls_object_events_at_the_idle_period_and_a_worker_o
     assert engine.object_events_polling(default, "serve") == default.idle_queue_polling_seconds == 2.0
     assert engine.object_events_polling(default, "worker") == engine.WORKER_QUEUE_POLLING_SECONDS == 0.2
     configured = Settings(home=tmp_path, queue_polling_seconds=0.5)
-    assert engine.object_events_polling(configured, "serve") == engine.object_events_polling(configured, "worker") == 0.5
+    assert engine.object_events_polling(configured, "serve") == 0.5
+    assert engine.object_events_polling(configured, "worker") == 0.5
     quick_idle = Settings(home=tmp_path, idle_queue_polling_seconds=0.05)
     assert engine.object_events_polling(quick_idle, "serve") == 0.2  # never more often than a worker
     with pytest.raises(ValueError, match="greater than 0"):
