@@ -189,6 +189,15 @@ class Connection:
         self.auth = f"Bearer {token}"
 
     def send(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        """One request; sent again once on a fresh connection when the server had closed the kept-alive one
+        (uvicorn drops a connection idle for 5 s: a lone upload whose detection took longer under load)."""
+        try:
+            return self._send(method, path, body, content_type)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.http.close()
+            return self._send(method, path, body, content_type)
+
+    def _send(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         self.http.request(method, path, body, {"Authorization": self.auth, "Content-Type": content_type})
         response = self.http.getresponse()
         return response.status, response.read()
