@@ -49,9 +49,11 @@ def test_familiarity_is_the_nearest_training_image_and_is_saved_and_loaded(embed
     for k in range(2):
         cos = l2_normalize(x) @ head.bank[k].T.astype(np.float64)
         np.testing.assert_allclose(nearest[:, k], cos.max(axis=1), atol=1e-6)
-    # The bank is converted to float64 once per head, not per batch: bit for bit what converting it per call gave.
-    per_call = l2_normalize(x) @ head.bank.reshape(10, 1280).T.astype(np.float64)
+    # The product is float32, as the fit's cosines (`_nearest_familiarity`): bit for bit that product, and within
+    # float32's rounding of the float64 one.
+    per_call = l2_normalize(x).astype(np.float32) @ np.ascontiguousarray(head.bank.reshape(10, 1280).T)
     np.testing.assert_array_equal(head.nearest_similarity(x), per_call.reshape(3, 2, 5).max(axis=2))
+    assert head.nearest_similarity(x).dtype == np.float64
     loaded = Head.load(io.BytesIO(head.to_bytes()))
     assert np.allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-6)
     assert np.all(head.predict_proba(x).sum(axis=1) <= 1.0 + 1e-9)

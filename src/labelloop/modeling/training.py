@@ -183,18 +183,21 @@ class Head:
 
     @functools.cached_property
     def _bank_columns(self) -> np.ndarray:
-        """The bank as one float64 matrix, dim × (labels · rows): converted once, not per batch (up to 256 rows a
-        label, a 10-label bank is 26 MB in float64; converting it took longer than the batch's product)."""
+        """The bank as one contiguous float32 matrix, dim × (labels · rows), made once per head (up to 256 rows a
+        label: a 10-label bank is 13 MB, read whole by every batch's product)."""
         assert self.bank is not None
         labels, rows, dim = self.bank.shape
-        return self.bank.reshape(labels * rows, dim).T.astype(np.float64)
+        return np.ascontiguousarray(self.bank.reshape(labels * rows, dim).T, dtype=np.float32)
 
     def nearest_similarity(self, embeddings: np.ndarray) -> np.ndarray:
-        """N×labels: cosine of each image to its nearest training image of each label."""
+        """N×labels: cosine of each image to its nearest training image of each label.
+
+        In float32, as the familiarity's slope and offsets were fitted (`_nearest_familiarity`) and as the
+        exported graph computes it: half the bytes and CPU of a float64 product (README Performance, item 38)."""
         assert self.bank is not None
         labels, rows, _ = self.bank.shape
-        cos = l2_normalize(embeddings) @ self._bank_columns
-        return cos.reshape(len(cos), labels, rows).max(axis=2)
+        cos = l2_normalize(embeddings).astype(np.float32) @ self._bank_columns
+        return cos.reshape(len(cos), labels, rows).max(axis=2).astype(np.float64)
 
     def familiarity(self, embeddings: np.ndarray) -> np.ndarray:
         """Per image and label, how much the image resembles that label's training images (0-1)."""
