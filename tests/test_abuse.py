@@ -136,8 +136,8 @@ def test_eight_concurrent_huge_pngs_keep_the_server_under_2_gib(server: Server) 
     """8 consumers each send an 8000×8000 RGBA PNG (a few hundred KB, 256 MB of pixels) to the detect API at
     once, then an operator's browser asks for 8 thumbnails of 7745² PNGs at once: the server's peak RSS stays
     under 2 GiB (it used to reach 9.5 GB; a thumbnail cost +687 MB)."""
-    # The two huge PNGs are drawn and compressed (seconds of CPU each, Pillow's encoder lets go of the GIL) while
-    # the server trains, not after.
+    # The two huge PNGs are drawn and compressed (seconds of CPU each) in two threads while the server trains, not
+    # after it.
     drawing = ThreadPoolExecutor(2)
     huge, large = drawing.submit(huge_rgba_png), drawing.submit(huge_rgba_png, 7745)
     drawing.shutdown(wait=False)
