@@ -89,7 +89,7 @@ test-sqlite: install-test lint chromium postgresql test-images
 	$(SQLITE_PASS)
 
 # The core suite again, every test server on its own PostgreSQL database, and the tests with no database.
-# Left out: the browser tests (the pages call the services the API tests cover), the one-minute load run and
+# Left out: the browser tests (the pages call the services the API tests cover), the 30-second load run and
 # the in-process training-data test (no server), the SQLite half of the answer kill test, the memory and offline-docs checks (no database in what they
 # measure), the step-retry faults (their scripts make their own databases; the PostgreSQL one runs in the
 # first pass) and every test marked same_on_every_database (tests/conftest.py: in-process code on its own

@@ -317,8 +317,10 @@ class Server:
         return self.start()
 
     def token(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
+        # As long as the API clients wait (httpx's default is 5 s): a sign-in checks the password with argon2
+        # (64 MiB, 3 passes), and several at once on a loaded machine take longer than that.
         response = httpx.post(f"{self.url}/api/v1/auth/token", data={"username": username, "password": password},
-                              verify=TLS)
+                              timeout=60, verify=TLS)
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
 

@@ -136,6 +136,11 @@ def test_eight_concurrent_huge_pngs_keep_the_server_under_2_gib(server: Server) 
     """8 consumers each send an 8000×8000 RGBA PNG (a few hundred KB, 256 MB of pixels) to the detect API at
     once, then an operator's browser asks for 8 thumbnails of 7745² PNGs at once: the server's peak RSS stays
     under 2 GiB (it used to reach 9.5 GB; a thumbnail cost +687 MB)."""
+    # The two huge PNGs are drawn and compressed (seconds of CPU each) in two threads while the server trains, not
+    # after it.
+    drawing = ThreadPoolExecutor(2)
+    huge, large = drawing.submit(huge_rgba_png), drawing.submit(huge_rgba_png, 7745)
+    drawing.shutdown(wait=False)
     with server.client() as api:
         upload_training_set(api, 5)
         run = server.wait_run(api.post("/training/check").json()["run_id"], timeout=400)
@@ -145,7 +150,7 @@ def test_eight_concurrent_huge_pngs_keep_the_server_under_2_gib(server: Server) 
     with server.client(consumer) as api:
         api.post("/auth/password", json={"current_password": password, "new_password": "consumer-password-1"})
     consumer = server.token("consumer", "consumer-password-1")
-    image = huge_rgba_png()
+    image = huge.result()
 
     def detect(_: int) -> httpx.Response:
         with server.client(consumer) as api:
@@ -156,7 +161,7 @@ def test_eight_concurrent_huge_pngs_keep_the_server_under_2_gib(server: Server) 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(detect, range(8)))
     assert all(answer.status_code == 200 for answer in answers), [answer.text[:200] for answer in answers]
-    thumbnailed = huge_rgba_png(7745)  # just under the thumbnails' 60-megapixel limit
+    thumbnailed = large.result()  # 7745² px: just under the thumbnails' 60-megapixel limit
     with server.client() as api:
         for i in range(8):
             assert api.put(f"/objects/images_labeled_by_folder/huge/{i}.png", content=thumbnailed).status_code == 201

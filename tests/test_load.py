@@ -16,7 +16,11 @@ import pytest
 from conftest import ADMIN_PASSWORD, Postgres, Server, wait_until
 from images import blend, box_logo, upload_training_set
 
-LOAD_SECONDS = float(os.environ.get("LABELLOOP_LOAD_SECONDS", "60"))
+# 30 s of the 14 clients (it was 60): what the test catches (a 5xx, a "database is locked", a pool exhausted, a
+# request stalled behind another's write) shows in the first seconds of contention. Side by side on a loaded
+# machine (2026-12-07): 537 detects, 210 uploads, 72 review answers in 30 s; 685, 180, 67 in 60 s.
+# LABELLOOP_LOAD_SECONDS=60 runs the minute.
+LOAD_SECONDS = float(os.environ.get("LABELLOOP_LOAD_SECONDS", "30"))
 DETECT_CLIENTS = 6
 UPLOADERS = 4
 REVIEWERS = 4
@@ -40,7 +44,7 @@ def _reviewer(server: Server, username: str) -> httpx.Client:
     return browser
 
 
-def test_detect_and_review_under_load_for_a_minute(server: Server) -> None:
+def test_detect_and_review_under_load(server: Server) -> None:
     with server.client() as api:
         upload_training_set(api, 5)
         server.wait_run(api.post("/training/check").json()["run_id"], timeout=300)
