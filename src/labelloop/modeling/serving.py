@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from labelloop.modeling.embedding import Embedder, default_threads
 from labelloop.modeling.predict import ranked
@@ -221,9 +220,8 @@ class Serving:
         try:
             inputs = np.concatenate([request.inputs for request in batch])
             embeddings = (version.embedder or embedder).embed(inputs)
-            with one_blas_thread:
-                probabilities = version.head.predict_proba(embeddings)
-                previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
+            probabilities = version.head.predict_proba(embeddings)
+            previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
         except Exception as exc:  # every waiting request gets the error, the unit keeps serving
             log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
             for request in batch:
@@ -260,40 +258,6 @@ class Serving:
         future = future or Future()
         self._requests.put(_Request(inputs, future, compared, view))
         return future
-
-
-class OneBlasThread:
-    """While any thread is inside, numpy's BLAS runs on one thread (the calling one): a context for the head's
-    products on a unit's batch. The head multiplies a few embeddings by its familiarity bank (up to 256 training
-    images a label, float64); at that size OpenBLAS splits the product over every core and its worker then
-    spins, waiting for more: 2 labels × 256 at batch 4 cost 8.6 ms of CPU on two threads against 0.55 on one,
-    10 labels × 256 20 ms against 3.4 (bench/bench_head_threads.py; README Performance item 36), beside inference
-    units that need those cores. Counted, so overlapping users (two units) do not restore each other's limit
-    early; the same products on one thread give the same numbers (each output is one thread's dot product)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inside = 0
-        self._limiter: Any = None
-        self._controller: ThreadpoolController | None = None
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._inside == 0:
-                if self._controller is None:  # found once: the BLAS libraries loaded by then (numpy's)
-                    self._controller = ThreadpoolController()
-                self._limiter = self._controller.limit(limits=1, user_api="blas")
-            self._inside += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._inside -= 1
-            if self._inside == 0:
-                self._limiter.restore_original_limits()
-                self._limiter = None
-
-
-one_blas_thread = OneBlasThread()
 
 
 def _same_view(version: LoadedVersion, batch: list[_Request]) -> list[_Request]:
