@@ -353,11 +353,11 @@ def _turbo_decode(image: Image.Image, data: bytes, long_side: int) -> Image.Imag
     """A plain JPEG (``image``: `_open`'s lazily opened ``data``) decoded by libjpeg-turbo through simplejpeg at the
     DCT scale `_load` would ask of Pillow, as the RGB image `_load` and `to_rgb` give, bit for bit (both drive the
     same library with its default integer DCT and smooth chroma upsampling; bench/bench_turbo_decode.py checks
-    them on real photos): 0.1–0.2 ms less CPU for a ~320-px upload, without Pillow's decoder set-up and the copy
-    out of its buffers. ``None`` (the caller then takes Pillow's path, whose verdict on the bytes stands) for
-    anything else: another format, a mode other than RGB (greyscale, CMYK), an EXIF orientation to apply, a decode
-    that `_reduced` would shrink further, or any error or warning libjpeg-turbo reports (a truncated file, stray
-    bytes before a marker)."""
+    them on real photos): about 0.1 ms less CPU per ~320-px upload in `prepare`, without Pillow's decoder set-up
+    and the copy out of its buffers. ``None`` (the caller then takes Pillow's path, whose verdict on the bytes
+    stands) for anything else: another format, a mode other than RGB (greyscale, CMYK), an EXIF orientation to
+    apply, a decode that `_reduced` would shrink further, or any error or warning libjpeg-turbo reports (a
+    truncated file, stray bytes before a marker)."""
     if image.format != "JPEG" or image.mode != "RGB":
         return None
     try:
