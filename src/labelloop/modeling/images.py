@@ -35,9 +35,7 @@ size) and a bilinear resize: 1.3 ms of CPU for a 320×480 photo against 2.2 ms, 
 long side is ≥ 7/8 of the input size (`DRAFT_FLOOR`), so a 427×320 upload (a 4:3 photo at 320 px) decodes at 1/2,
 214×160, and is enlarged by 5 % instead of being decoded in full and shrunk: 0.9 ms less CPU for such an upload,
 the same macro-F1 on real photos, but silent errors 0.37 ± 0.23 point higher, so it is offered, not the default
-(README, Performance item 21). For both, a plain JPEG (RGB, upright, no further reduction) is decoded by
-libjpeg-turbo through simplejpeg at the DCT scale Pillow's `draft` would use: the same library and settings, the
-same pixels bit for bit, less of Pillow's per-decode work (`_turbo_decode`; README, Performance item 36).
+(README, Performance item 21).
 
 A model version records the view it was trained and is served on (`ModelVersion.input_view`, one of
 `INPUT_VIEWS`): `crop` (the centre crop, `VIEWS` key 'orig', every version before the letterbox view),
@@ -55,8 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-import simplejpeg
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 INPUT_SIZE = 224
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -332,55 +329,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``long_side``, every image comes back at the smallest scale (JPEG: DCT-domain 1/2, 1/4, 1/8; other formats:
     an integer factor) whose long side is still ≥ ``long_side``; the limits on pixels and memory hold alike."""
     image = _open(data, max_pixels)
-    if long_side is not None and (decoded := _turbo_decode(image, data, long_side)) is not None:
-        return decoded
     image = _load(image, short_side, long_side)
     _check_size(image.size, max_pixels)
     try:
         return to_rgb(image)
     except Exception as exc:
         raise ImageRejected(f"cannot convert image mode {image.mode!r} ({exc})") from None
-
-
-def _draft_scale(size: tuple[int, int], long_side: int) -> int:
-    """The DCT scale denominator (1, 2, 4 or 8) `Image.draft` picks for `_draft_size(size, …, long_side)`."""
-    width, height = size
-    fit = min(width // long_side, height) if width >= height else min(width, height // long_side)
-    return next(s for s in (8, 4, 2, 1) if fit >= s or s == 1)
-
-
-def _turbo_decode(image: Image.Image, data: bytes, long_side: int) -> Image.Image | None:
-    """A plain JPEG (``image``: `_open`'s lazily opened ``data``) decoded by libjpeg-turbo through simplejpeg at the
-    DCT scale `_load` would ask of Pillow, as the RGB image `_load` and `to_rgb` give, bit for bit (both drive the
-    same library with its default integer DCT and smooth chroma upsampling; bench/bench_turbo_decode.py checks
-    them on real photos): about 0.1 ms less CPU per ~320-px upload in `prepare`, without Pillow's decoder set-up
-    and the copy out of its buffers. ``None`` (the caller then takes Pillow's path, whose verdict on the bytes
-    stands) for anything else: another format, a mode other than RGB (greyscale, CMYK), an EXIF orientation to
-    apply, a decode that `_reduced` would shrink further, or any error or warning libjpeg-turbo reports (a
-    truncated file, stray bytes before a marker)."""
-    if image.format != "JPEG" or image.mode != "RGB":
-        return None
-    try:
-        if image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSING_ORIENTATIONS:
-            return None
-    except Exception:  # a damaged EXIF block: Pillow's path keeps the pixels as stored, after its own checks
-        return None
-    scale = _draft_scale(image.size, long_side)
-    width, height = (-(-side // scale) for side in image.size)
-    if max(width, height) // long_side >= 2:
-        return None
-    try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGBX", min_height=height, min_width=width)
-    except ValueError:
-        return None
-    if pixels.shape != (height, width, 4):
-        return None
-    image.close()
-    return Image.frombytes("RGB", (width, height), pixels, "raw", "RGBX")
-
-
-# The EXIF orientations `ImageOps.exif_transpose` turns or flips an image for.
-_TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))
 
 
 def decode_small(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, size: int = INPUT_SIZE,
