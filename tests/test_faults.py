@@ -204,6 +204,7 @@ def test_answers_survive_sigkill_cycles_under_twelve_reviewers(make_server, data
             retried = True
             time.sleep(0.2)
         return 0
+
     def review(index: int) -> None:
         rng = random.Random(index)
         with server.client(tokens[index]) as worker:
