@@ -1,6 +1,6 @@
 """The detection event log's indexes: what an upload's event insert costs, and how long every query that reads the
 table takes on a big one (``--rows``, 100,000 by default), with each query's plan. A real database (SQLite in a
-temporary home, or PostgreSQL with ``--postgresql URL``: a database made for the run and dropped after it).
+temporary home, or PostgreSQL with ``--postgresql URL``: a database made for each run and dropped after it).
 
     PYTHONPATH=src .venv/bin/python bench/bench_event_indexes.py [--rows 100000] [--plans]
     PYTHONPATH=src .venv/bin/python bench/bench_event_indexes.py --compare-src /work/base/src [--pairs 3]
@@ -149,17 +149,31 @@ def queries() -> dict[str, Callable[[], Any]]:
     }
 
 
-def child(rows: int, puts: int, plans: bool) -> None:
-    """One process: fill, insert ``puts`` events as PUTs do, answer them, time every query; prints JSON."""
+def child(rows: int, puts: int, plans: bool, postgresql: str | None = None) -> None:
+    """One process: fill, insert ``puts`` events as PUTs do, answer them, time every query; prints JSON.
+    ``postgresql``: a server's URL, where a database is made for the run (analyzed after the fill, as autovacuum
+    does) and dropped after it."""
     logging.disable(logging.CRITICAL)
+    from sqlalchemy import create_engine, make_url, text
+
     from labelloop import db
-    from labelloop.config import get_settings
+    from labelloop.config import get_settings, with_driver
     from labelloop.detection import service
 
+    admin, url = None, None
+    if postgresql:
+        admin = create_engine(with_driver(postgresql), isolation_level="AUTOCOMMIT")
+        database = f"bench_indexes_{os.getpid()}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{database}"'))
+        url = make_url(with_driver(postgresql)).set(database=database).render_as_string(hide_password=False)
     with tempfile.TemporaryDirectory(prefix="bench-indexes-") as home:
         os.environ["LABELLOOP_HOME"] = home
-        db.init(get_settings().app_database_url)
+        db.init(url or get_settings().app_database_url)
         fill(rows)
+        if postgresql:
+            with db.connection() as connection:
+                connection.execute(text("ANALYZE detection_events"))
         out: dict[str, float] = {}
         started, wall = time.thread_time(), time.perf_counter()
         made = [service.record_arrival(f"images_for_detection/new/{number:05d}.jpg", uuid.uuid4().hex, "run-x")
@@ -184,6 +198,9 @@ def child(rows: int, puts: int, plans: bool) -> None:
         if plans:
             out["plans"] = explain()  # type: ignore[assignment]
         db.close()
+    if admin is not None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{database}"'))
     print(json.dumps(out))
 
 
@@ -212,17 +229,18 @@ def explain() -> dict[str, list[str]]:
             cursor = connection.connection.dbapi_connection.cursor()
             cursor.execute(prefix + statement, parameters)
             where = " ".join(statement.split()).partition("FROM detection_events")[2][:240]
-            plans[where] = [" ".join(str(part) for part in row) for row in cursor.fetchall()]
+            plans[where] = [" ".join(str(part) for part in row).strip() for row in cursor.fetchall()]
     return plans
 
 
-def compare(other: str, pairs: int, rows: int, puts: int) -> None:
+def compare(other: str, pairs: int, rows: int, puts: int, postgresql: str | None = None) -> None:
     """This source and ``other`` alternated in fresh processes; per figure the median (range) of each side."""
     sides = {"this": os.environ.get("PYTHONPATH", "src"), "compared": other}
     found: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     for pair in range(pairs):
         for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
-            out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(rows), "--puts", str(puts)],
+            out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(rows), "--puts", str(puts),
+                                  *(["--postgresql", postgresql] if postgresql else [])],
                                  env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True, text=True)
             found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{datetime.now(UTC):%H:%M} UTC, load average {os.getloadavg()}; {pairs} processes per side, alternated; "
@@ -244,11 +262,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--plans", action="store_true", help="print each query's plan (one process, this source)")
     parser.add_argument("--compare-src", help="another source tree's PYTHONPATH, alternated with this one")
+    parser.add_argument("--postgresql", metavar="URL", help="a PostgreSQL server (a database made there for each run)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child or args.plans:
-        return child(args.rows, args.puts, args.plans)
-    return compare(args.compare_src or os.environ.get("PYTHONPATH", "src"), args.pairs, args.rows, args.puts)
+        return child(args.rows, args.puts, args.plans, args.postgresql)
+    return compare(args.compare_src or os.environ.get("PYTHONPATH", "src"), args.pairs, args.rows, args.puts,
+                   args.postgresql)
 
 
 if __name__ == "__main__":
