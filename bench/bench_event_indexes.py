@@ -20,14 +20,14 @@ import logging
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from alternated import run_alternated, sides, spread
 
 LABELS = [f"label{number}" for number in range(10)]
 VERSIONS = ("v1", "v2", "v3")
@@ -235,23 +235,17 @@ def explain() -> dict[str, list[str]]:
 
 def compare(other: str, pairs: int, rows: int, puts: int, postgresql: str | None = None) -> None:
     """This source and ``other`` alternated in fresh processes; per figure the median (range) of each side."""
-    sides = {"this": os.environ.get("PYTHONPATH", "src"), "compared": other}
-    found: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
-    for pair in range(pairs):
-        for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
-            out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(rows), "--puts", str(puts),
-                                  *(["--postgresql", postgresql] if postgresql else [])],
-                                 env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True, text=True)
-            found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    paths = sides(other)
+    found = run_alternated(__file__, ["--child", "--rows", str(rows), "--puts", str(puts),
+                                      *(["--postgresql", postgresql] if postgresql else [])], paths, pairs)
     print(f"{datetime.now(UTC):%H:%M} UTC, load average {os.getloadavg()}; {pairs} processes per side, alternated; "
           f"{rows} rows, {puts} PUT inserts; median (min-max) of the processes; queries: ms (median of 5 runs)")
     for figure in found["this"][0]:
         cells = []
-        for name in sides:
-            values = [run[figure] for run in found[name] if figure in run]
-            cells.append(f"{name} {statistics.median(values):8.3f} ({min(values):.3f}-{max(values):.3f})")
+        for name in paths:
+            cells.append(f"{name} {spread([run[figure] for run in found[name] if figure in run], 8)}")
         print(f"{figure:>32}: " + " | ".join(cells))
-    for name, path in sides.items():
+    for name, path in paths.items():
         print(f"{name}: {path}")
 
 

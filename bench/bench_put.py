@@ -17,14 +17,14 @@ import logging
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from alternated import run_alternated, sides, spread
 
 PHOTOS = Path(__file__).resolve().parent / "out" / "photos" / "320px-seed0"
 PARTS = ("process", "store_object", "put_object", "backend put", "fire_object_created", "record_arrival")
@@ -106,14 +106,9 @@ def child(uploads: int, warmup: int, threads: int) -> None:
 def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> None:
     """This source and ``other`` alternated in fresh processes; per part, the median (range) of the processes'
     mean ms of thread CPU per PUT."""
-    sides = {"this": os.environ.get("PYTHONPATH", "src"), "compared": other}
-    found: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
-    for pair in range(pairs):
-        for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
-            out = subprocess.run([sys.executable, __file__, "--child", str(uploads), "--warmup", str(warmup),
-                                  "--threads", str(threads)],
-                                 env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True, text=True)
-            found[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    paths = sides(other)
+    found = run_alternated(__file__, ["--child", str(uploads), "--warmup", str(warmup), "--threads", str(threads)],
+                           paths, pairs)
     print(f"load average {os.getloadavg()}; {pairs} processes per side, alternated, {uploads} new uploads each "
           f"after {warmup}, from {threads} threads; ms of CPU per PUT (process: the whole process's; the parts: their "
           "threads'): median (min-max) of the processes' means")
@@ -121,14 +116,13 @@ def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> 
         if part == "process" + SYSTEM:
             continue
         cells = []
-        for name in sides:
+        for name in paths:
             values = [run[part] for run in found[name] if part in run]
-            cells.append(f"{name} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-                         if values else f"{name} -")
+            cells.append(f"{name} {spread(values)}" if values else f"{name} -")
         pairs_lower = sum(this.get(part, 0) < other.get(part, 0) for this, other in
                           zip(*found.values(), strict=True))
         print(f"{part:>20}: " + " | ".join(cells) + f"; this lower in {pairs_lower} of {pairs} pairs")
-    for name, path in sides.items():
+    for name, path in paths.items():
         print(f"{name}: {path}")
 
 
