@@ -1,7 +1,7 @@
 """The inference units' backbone sessions, in process: one session per unit against one session shared by the units,
 and the backbone file as it is (``embedding`` and the ImageNet ``logits``) against a copy with only ``embedding``.
 
-    PYTHONPATH=src /work/main/.venv/bin/python bench/bench_unit_sessions.py [--rounds 4] [--seconds 3] [--batch 4]
+    PYTHONPATH=src .venv/bin/python bench/bench_unit_sessions.py [--rounds 4] [--seconds 3] [--batch 4]
 
 ``--units`` threads (2: one per core, as ``endpoint.backbone_sessions`` gives on this machine) each run the backbone
 on one intra-op thread at ``--batch`` (the micro-batcher's ~4 at 8 clients) on real ~320-px photos prepared as
