@@ -32,6 +32,11 @@ def run_alternated(script: str, child_args: list[str], paths: dict[str, str], pa
     return found
 
 
+def pooled(found: dict[str, list[list[Any]]]) -> dict[str, list[Any]]:
+    """Per side, the lists its children printed joined into one (for children that print several figures each)."""
+    return {name: [value for printed in children for value in printed] for name, children in found.items()}
+
+
 def spread(values: list[float], width: int = 0) -> str:
     """"median (min-max)" of ``values`` to 3 decimals, the median right-aligned in ``width`` characters."""
     return f"{statistics.median(values):{width}.3f} ({min(values):.3f}-{max(values):.3f})"

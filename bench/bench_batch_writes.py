@@ -20,13 +20,12 @@ import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+from alternated import pooled, run_alternated, sides
 from sqlalchemy import event
 
 from labelloop import db
@@ -106,17 +105,12 @@ def child(batches: int, size: int, start: int, mix: str) -> None:
 
 def compare(other: str, pairs: int, batches: int, size: int, mix: str) -> None:
     """This source and ``other`` alternated in fresh processes; medians of CPU per image and lock held per batch."""
-    sides = {"this": os.environ.get("PYTHONPATH", "src"), "compared": other}
-    found: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
-    for pair in range(pairs):
-        for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
-            out = subprocess.run([sys.executable, __file__, "--child", str(batches), "--batch", str(size),
-                                  "--mix", mix],
-                                 env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True, text=True)
-            found[name].extend(json.loads(out.stdout.strip().splitlines()[-1]))
+    paths = sides(other)
+    found = pooled(run_alternated(__file__, ["--child", str(batches), "--batch", str(size), "--mix", mix], paths,
+                                  pairs))
     print(f"load average {os.getloadavg()}; {pairs} alternated processes per side, {batches} batches of {size} "
           f"each, confidences {MIXES[mix]}")
-    for name, path in sides.items():
+    for name, path in paths.items():
         cpu, held = [c for c, _ in found[name]], [h for _, h in found[name]]
         print(f"{name:>9} ({path}): CPU per image median {statistics.median(cpu):.2f} ms (min {min(cpu):.2f}); "
               f"write lock held per batch median {statistics.median(held):.1f} ms (max {max(held):.1f})")

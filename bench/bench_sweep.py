@@ -11,11 +11,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+
+from alternated import pooled, run_alternated, sides
 
 BATCH = 16  # uploads per batch run
 
@@ -72,19 +72,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.waiting, args.repeats)
-    sides = {"this": os.environ.get("PYTHONPATH", "src")}
-    if args.compare_src:
-        sides["compared"] = args.compare_src
-    found: dict[str, list[float]] = {name: [] for name in sides}
-    for pair in range(args.pairs):
-        for name, path in (sides.items() if pair % 2 == 0 else reversed(sides.items())):
-            out = subprocess.run([sys.executable, __file__, "--child", "--waiting", str(args.waiting), "--repeats",
-                                  str(args.repeats)], env={**os.environ, "PYTHONPATH": path}, check=True,
-                                 capture_output=True, text=True)
-            found[name].extend(json.loads(out.stdout.strip().splitlines()[-1]))
+    paths = sides(args.compare_src)
+    found = pooled(run_alternated(__file__, ["--child", "--waiting", str(args.waiting), "--repeats",
+                                             str(args.repeats)], paths, args.pairs))
     print(f"load average {os.getloadavg()}; {args.waiting} uploads waiting in running batches of {BATCH}; "
           f"{args.pairs} processes per side, {args.repeats} sweeps each")
-    for name, path in sides.items():
+    for name, path in paths.items():
         times = found[name]
         print(f"{name:>9} ({path}): the sweep's reading took median {statistics.median(times):.1f} ms of CPU "
               f"[{min(times):.1f}-{max(times):.1f}]")
