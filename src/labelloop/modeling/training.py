@@ -118,6 +118,24 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), NORM_EPS)
 
 
+# Products of a batch of embeddings with a head's matrices run on blocks of exactly this many rows, the last block
+# padded with zeros: OpenBLAS picks its kernel by the number of rows, and the kernels round differently (up to
+# 2.6e-6 in a float32 cosine on a Zen 3), so an image's confidence, shown to 4 decimals, would otherwise depend on
+# the batch it happened to be served in. 8 is the micro-batcher's largest batch: a full batch is one product.
+PRODUCT_ROWS = 8
+
+
+def rowwise_product(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``rows @ matrix``, each row's result bit-identical whatever other rows come with it (``PRODUCT_ROWS``)."""
+    count = len(rows)
+    padded = np.zeros((-(-count // PRODUCT_ROWS) * PRODUCT_ROWS, rows.shape[1]), dtype=rows.dtype)
+    padded[:count] = rows
+    blocks = [padded[start:start + PRODUCT_ROWS] @ matrix for start in range(0, len(padded), PRODUCT_ROWS)]
+    if not blocks:
+        return np.zeros((0, matrix.shape[1]), dtype=np.result_type(rows, matrix))
+    return np.concatenate(blocks)[:count]
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax, numerically stable."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -193,10 +211,11 @@ class Head:
         """N×labels: cosine of each image to its nearest training image of each label.
 
         In float32, as the familiarity's slope and offsets were fitted (`_nearest_familiarity`) and as the
-        exported graph computes it: half the bytes and CPU of a float64 product (README Performance, item 38)."""
+        exported graph computes it: half the bytes and CPU of a float64 product (README Performance, item 38); an
+        image's cosines do not depend on the batch it comes in (`rowwise_product`)."""
         assert self.bank is not None
         labels, rows, _ = self.bank.shape
-        cos = l2_normalize(embeddings).astype(np.float32) @ self._bank_columns
+        cos = rowwise_product(l2_normalize(embeddings).astype(np.float32), self._bank_columns)
         return cos.reshape(len(cos), labels, rows).max(axis=2).astype(np.float64)
 
     def familiarity(self, embeddings: np.ndarray) -> np.ndarray:
@@ -206,7 +225,7 @@ class Head:
             return 1.0 / (1.0 + np.exp(-z))
         if self.centroids is None:
             return np.ones((len(embeddings), len(self.labels)))
-        cos = l2_normalize(embeddings) @ self.centroids.T.astype(np.float64)
+        cos = rowwise_product(l2_normalize(embeddings), self.centroids.T.astype(np.float64))
         z = (cos - self.familiar_at) / self.familiar_scale
         return 1.0 / (1.0 + np.exp(-z))
 
@@ -214,7 +233,7 @@ class Head:
         """Calibrated logits N×(labels + hidden) (already divided by the temperature); a hidden class's column
         comes last."""
         x = l2_normalize(embeddings) if self.normalize else np.asarray(embeddings, dtype=np.float64)
-        return (x @ self.W.T.astype(np.float64) + self.b) / self.temperature
+        return (rowwise_product(x, self.W.T.astype(np.float64)) + self.b) / self.temperature
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
         """Confidences N×labels (0-1), columns in `labels` order: calibrated softmax × familiarity.
