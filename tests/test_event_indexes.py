@@ -1,8 +1,10 @@
 """The detection event log's indexes that grew with the table (migration ``event_log_big_table_indexes``):
 ``(model_version, routing_rule)`` without the events no version detected yet, so the audits a version opened are
 counted in the index alone; ``previous_event_id`` with the re-detections alone, so the waiting uploads' sweep
-(``previous_event_id IS NULL``) cannot read it whole. Every query that reads the log by these columns has its index;
-the migration goes down to the whole-table indexes and up again, rows kept. Real SQLite and PostgreSQL."""
+(``previous_event_id IS NULL``) cannot read it whole; ``(model_version, human_answered_at)`` of the answered sampled
+events, so a version's answered audits are read without every sampled event. Every query that reads the log by these
+columns has its index; the migration goes down to the whole-table indexes and up again, rows kept. Real SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from labelloop.detection.models import DetectionEvent, DetectionStatus
 
 VERSION_RULE = "ix_detection_events_version_rule"
 PREVIOUS = "ix_detection_events_previous_event_id"
+ANSWERED = "ix_detection_events_answered_audits"
 # The two indexes as the migration's previous revision made them: name → columns (whole-table, not unique).
 BEFORE = {"ix_detection_events_model_version": ["model_version"], PREVIOUS: ["previous_event_id"]}
 
@@ -73,25 +76,33 @@ def entered(change: Callable[[], Any]) -> set[str]:
     return {name for name in predicates if after[name] > before[name]}
 
 
-def test_an_upload_enters_the_version_index_when_detected(database_url: Callable[[], str]) -> None:
-    """A PUT's event (no version yet, a first arrival) enters neither partial index; its answer enters the
-    version's, and a re-detection of it the re-detections' one."""
+def test_an_upload_enters_the_partial_indexes_as_it_is_detected(database_url: Callable[[], str]) -> None:
+    """A PUT's event (no version yet, a first arrival, no answer) enters none of the partial indexes; its detection
+    enters the version's, a human's answer to its audit the answered audits', a re-detection of it the
+    re-detections' one."""
     db.init(database_url())
     made: dict[str, Any] = {}
 
     def arrive() -> None:
         made.update(detections.record_arrival("images_for_detection/a.jpg", "e" * 32, "run-1"))
 
-    assert not entered(arrive) & {VERSION_RULE, PREVIOUS}
+    assert not entered(arrive) & {VERSION_RULE, PREVIOUS, ANSWERED}
 
-    def answer() -> None:
+    def detect() -> None:
         with db.session() as session:
             session.execute(detections.ANSWER, [{"event_id": made["id"], "status": DetectionStatus.DETECTED,
                                                  "detected_at": datetime.now(UTC), "model_version": "v1",
                                                  "label": "cat", "routing_rule": silent_errors.Rule.AUDIT,
                                                  "sampled": True}])
 
-    assert VERSION_RULE in entered(answer)
+    assert entered(detect) & {VERSION_RULE, PREVIOUS, ANSWERED} == {VERSION_RULE}
+
+    def answer() -> None:
+        with db.session() as session:
+            row = session.get(DetectionEvent, made["id"])
+            row.human_label, row.human_answered_at = "dog", datetime.now(UTC)
+
+    assert entered(answer) & {VERSION_RULE, PREVIOUS, ANSWERED} == {ANSWERED}
     assert PREVIOUS in entered(lambda: detections.record_redetection(made["id"], "run-2"))
 
 
@@ -169,7 +180,8 @@ def plan(statement: str, parameters: Any) -> str:
 QUERIES: dict[str, tuple[Callable[..., Any], str]] = {
     "the audits opened": (lambda s: silent_errors.audits_opened("v1", session=s), VERSION_RULE),
     "the new stratum's audits opened": (lambda s: silent_errors.new_audits_opened("v1", session=s), VERSION_RULE),
-    "the answered audits": (lambda s: silent_errors.audits_of("v1", session=s), VERSION_RULE),
+    "the answered audits": (lambda s: silent_errors.audits_of("v1", session=s), ANSWERED),
+    "the other versions' answered audits": (lambda s: warm_start._answered_audits("v1", session=s), ANSWERED),
     "a warm start's window": (lambda s: warm_start._window("v1", session=s), VERSION_RULE),
     "a version has detected": (lambda s: warm_start._has_detected("v1", session=s), VERSION_RULE),
     "a re-detection's event": (lambda s: s.scalar(select(DetectionEvent.id).where(
@@ -204,6 +216,26 @@ def test_the_audits_opened_are_found_in_the_index(database_url: Callable[[], str
         assert "model_version" in condition and "routing_rule" in condition and "Filter" not in found, found
 
 
+def test_a_versions_answered_audits_are_read_in_order_by_their_index(database_url: Callable[[], str]) -> None:
+    """The estimate's read of a version's answered audits takes that version's answered sampled events alone, already
+    in the order it wants (on the old schema SQLite read every sampled event by the ``sampled`` index, then sorted);
+    the audits are the same ones."""
+    db.init(database_url())
+    fill()
+    statement, parameters = statements_of(lambda s: silent_errors.audits_of("v1", session=s))[0]
+    if db.engine().dialect.name == "sqlite":
+        found = plan(statement, parameters)
+        assert f"USING INDEX {ANSWERED} (model_version=?)" in found and "TEMP B-TREE" not in found, found
+    else:  # the version's answered audits sorted by (answer time, id): the id is not in the index
+        found = plan_with(ANSWERED, statement, parameters)
+        assert f"Index Scan using {ANSWERED}" in found, found
+    with db.session() as session:
+        audits = silent_errors.audits_of("v1", session=session)
+    # The fill's answered events (every 14th) are sampled audits of v1 (even numbers), detected unless a 10th.
+    assert len(audits) == len([n for n in range(200) if n % 14 == 0 and n % 10 != 0]) == 12
+    assert all(audit.wrong for audit in audits)
+
+
 def test_the_waiting_sweep_reads_the_status_index(database_url: Callable[[], str]) -> None:
     """The waiting uploads' sweep (``previous_event_id IS NULL``) cannot read the re-detections' index (on the old
     schema SQLite planned it as a scan of that whole index) and reads the status index."""
@@ -231,11 +263,11 @@ def test_the_migration_goes_down_and_up(database_url: Callable[[], str]) -> None
     ones, with the events kept."""
     engine = db.init(database_url())
     fill(20)
-    assert index_predicates()[VERSION_RULE] and index_predicates()[PREVIOUS]
+    assert all(index_predicates()[name] for name in (VERSION_RULE, PREVIOUS, ANSWERED))
     with engine.begin() as connection:
         command.downgrade(alembic_config(connection), "letterbox_input_view")
     found = {index["name"]: index for index in inspect(engine).get_indexes("detection_events")}
-    assert VERSION_RULE not in found
+    assert VERSION_RULE not in found and ANSWERED not in found
     for name, columns in BEFORE.items():
         assert found[name]["column_names"] == columns and not found[name]["unique"]
         assert not index_predicates()[name]
@@ -246,5 +278,7 @@ def test_the_migration_goes_down_and_up(database_url: Callable[[], str]) -> None
     assert found[VERSION_RULE]["column_names"] == ["model_version", "routing_rule"]
     assert "model_version IS NOT NULL" in index_predicates()[VERSION_RULE]
     assert "previous_event_id IS NOT NULL" in index_predicates()[PREVIOUS]
+    assert found[ANSWERED]["column_names"] == ["model_version", "human_answered_at"]
+    assert "human_label IS NOT NULL" in index_predicates()[ANSWERED]
     with db.session() as session:
         assert detections.count_events(session=session) == 20

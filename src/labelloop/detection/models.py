@@ -27,8 +27,10 @@ class DetectionEvent(Base):
     # One event per uploaded content at a key (its first arrival); re-detections add events pointing back.
     # A version's events by routing rule, without the events no version detected yet: the audits a version opened
     # (read once per batch of detections) are counted in the index alone. The re-detections alone by the event they
-    # repeat: the waiting uploads' sweep (previous_event_id IS NULL) reads the status index, not this one whole
-    # (migration event_log_big_table_indexes; README Performance, item 37).
+    # repeat: the waiting uploads' sweep (previous_event_id IS NULL) reads the status index, not this one whole. The
+    # answered sampled events by version, in the order they were answered: a version's answered audits (read once per
+    # batch of detections) without reading every sampled event of every version (migration
+    # event_log_big_table_indexes; README Performance, item 37). An upload's event enters none of the three.
     __table_args__ = (Index("uq_detection_first_arrival", "object_key", "etag", unique=True,
                             sqlite_where=text("previous_event_id IS NULL"),
                             postgresql_where=text("previous_event_id IS NULL")),
@@ -37,7 +39,10 @@ class DetectionEvent(Base):
                             postgresql_where=text("model_version IS NOT NULL")),
                       Index("ix_detection_events_previous_event_id", "previous_event_id",
                             sqlite_where=text("previous_event_id IS NOT NULL"),
-                            postgresql_where=text("previous_event_id IS NOT NULL")))
+                            postgresql_where=text("previous_event_id IS NOT NULL")),
+                      Index("ix_detection_events_answered_audits", "model_version", "human_answered_at",
+                            sqlite_where=text("sampled IS 1 AND human_label IS NOT NULL"),
+                            postgresql_where=text("sampled IS true AND human_label IS NOT NULL")))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)

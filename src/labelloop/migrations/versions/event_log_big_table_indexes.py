@@ -1,4 +1,4 @@
-"""the detection event log's indexes that grow with the table: a version's by routing rule, re-detections alone
+"""the detection event log's indexes that grew with the table: by version and rule, re-detections, answered audits
 
 Revision ID: event_log_big_table_indexes
 Revises: letterbox_input_view
@@ -12,8 +12,12 @@ Two indexes whose reads grew with the table (README Performance, item 37):
 * ``previous_event_id`` holds the re-detections alone (the column NOT NULL): a re-detection's lookup reads it as
   before, and the waiting uploads' sweep (``previous_event_id IS NULL``) reads the status index instead of the
   whole of this one.
+* ``(model_version, human_answered_at)`` of the answered sampled events (new): a version's answered audits, in the
+  order the estimate reads them (``silent_errors.audits_of``, once per batch of detections), instead of every
+  sampled event of every version read from the table by the ``sampled`` index.
 
-The other indexes stay as they were.
+An upload's event (inserted by its PUT, no version, not sampled, no answer) enters none of the three. The other
+indexes stay as they were.
 """
 
 from collections.abc import Sequence
@@ -39,7 +43,10 @@ def _not_null(column: str) -> dict[str, sa.TextClause]:
 
 # The partial indexes it makes: name, columns, WHERE (as in labelloop.detection.models).
 AFTER = (('ix_detection_events_version_rule', ['model_version', 'routing_rule'], _not_null('model_version')),
-         ('ix_detection_events_previous_event_id', ['previous_event_id'], _not_null('previous_event_id')))
+         ('ix_detection_events_previous_event_id', ['previous_event_id'], _not_null('previous_event_id')),
+         ('ix_detection_events_answered_audits', ['model_version', 'human_answered_at'],
+          {'sqlite_where': sa.text('sampled IS 1 AND human_label IS NOT NULL'),
+           'postgresql_where': sa.text('sampled IS true AND human_label IS NOT NULL')}))
 
 
 def upgrade() -> None:
