@@ -182,7 +182,6 @@ QUERIES: dict[str, tuple[Callable[..., Any], str]] = {
     "the new stratum's audits opened": (lambda s: silent_errors.new_audits_opened("v1", session=s), VERSION_RULE),
     "the answered audits": (lambda s: silent_errors.audits_of("v1", session=s), ANSWERED),
     "the other versions' answered audits": (lambda s: warm_start._answered_audits("v1", session=s), ANSWERED),
-    "a warm start's window": (lambda s: warm_start._window("v1", session=s), VERSION_RULE),
     "a version has detected": (lambda s: warm_start._has_detected("v1", session=s), VERSION_RULE),
     "a re-detection's event": (lambda s: s.scalar(select(DetectionEvent.id).where(
         DetectionEvent.run_id == "run-49", DetectionEvent.previous_event_id.is_not(None))), PREVIOUS),
