@@ -673,9 +673,10 @@ def main() -> None:
                              "(10x256, a full familiarity bank: at most 256 rows a label), or two-label: the "
                              "plant / landscape model of sessions 1-14 (about 18 rows a label), for comparisons "
                              "with earlier tables")
-    parser.add_argument("--compare-bank", type=Bank.parse, metavar="BANK",
-                        help="what the --compare-src servers' v1 is trained on (default: --bank); e.g. the same src "
-                             "with another bank measures what the bank costs")
+    parser.add_argument("--compare-bank", type=Bank.parse, action="append", default=[], metavar="BANK",
+                        help="what the --compare-src servers' v1 is trained on (default: --bank): once for all of "
+                             "them, or once each, in their order; e.g. the same src with another bank measures what "
+                             "the bank costs")
     parser.add_argument("--quantize", action="store_true",
                         help="train v1 with Quantize-Backbone on (raw rows then run its exported int8 graph)")
     parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
@@ -695,13 +696,17 @@ def main() -> None:
     bodies = [multipart(data) for _, _, data in photos[:args.uploads]]
     inputs = np.stack([prepare(data) for _, _, data in photos[:32]])
     paths = [str(args.server_src.resolve()) if args.server_src else None, *args.compare_src]
+    if len(args.compare_bank) not in (0, 1, len(args.compare_src)):
+        parser.error("--compare-bank: once, or once per --compare-src")
+    banks = [args.bank, *(args.compare_bank * len(args.compare_src) if len(args.compare_bank) == 1
+                          else args.compare_bank or [args.bank] * len(args.compare_src))]
     servers: list[Served] = []
     try:
         for i, path in enumerate(paths):
-            bank = (args.compare_bank or args.bank) if i else args.bank
-            servers.append(Served(f"cmp{i}" if i else "", start_server(path, OUT / f"detect-home{i or ''}"), bank))
+            servers.append(Served(f"cmp{i}" if i else "", start_server(path, OUT / f"detect-home{i or ''}"),
+                                  banks[i]))
             print(f"server {servers[-1].name or 'under test'}: PYTHONPATH "
-                  f"{path or os.environ.get('PYTHONPATH', '')}, bank {bank}")
+                  f"{path or os.environ.get('PYTHONPATH', '')}, bank {banks[i]}")
         rss_training = {}
         for served in servers:
             with served.server.client() as api:
