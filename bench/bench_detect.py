@@ -3,8 +3,10 @@
     .venv/bin/python bench/bench_detect.py [--quick] [--rounds 3] [--seconds 8] [--uploads 1000] [--profile]
 
 Needs the real photographs of `make bench-photos`. Starts a real `labelloop serve` (home in
-bench/out/detect-home), trains a small model on real photos, downloads it (`GET /models/v1/export`) and, per
-round:
+bench/out/detect-home), trains a model on real photos (``--bank``: by default 10 labels, one photograph each, of
+256 crops each, so that the familiarity bank every served batch is multiplied by has its full 10 × 256 rows, as a
+real deployment's would; ``--bank two-label`` trains the plant / landscape model of sessions 1–14, whose bank has
+about 18 rows a label), downloads it (`GET /models/v1/export`) and, per round:
 
 1. **raw**: the exported ONNX file in ONNX Runtime in this process, both cores, preprocessed real photos, batch
    1, 8 and 32 (the serving session options; batch 32 also with ONNX Runtime's default spinning thread pool,
@@ -55,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from photos import uploads  # noqa: E402
+from photos import photographs, uploads  # noqa: E402
 from profile_summary import (  # noqa: E402
     TICKS,
     cpu_roles,
@@ -421,21 +423,93 @@ def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]],
 # ── set-up ───────────────────────────────────────────────────────────────────
 
 
-def train(server: Server, api: httpx.Client, quantize: bool = False) -> None:
-    """A two-label model on real photos (plant / landscape), deployed as v1; with ``quantize``, trained with
-    Quantize-Backbone on (says whether its int8 twin serves)."""
+@dataclass(frozen=True)
+class Bank:
+    """What v1 is trained on, so what its familiarity bank holds (``--bank``): ``labels`` photographs × ``per_label``
+    crops of each (labelled by photograph; with the default Train-Final-Model-On-All-Images every crop, at most 256 a
+    label, is a bank row), or with ``labels`` 0 the two-label model of sessions 1–14 (plant / landscape, about 18
+    crops a label)."""
+
+    labels: int
+    per_label: int
+
+    def __str__(self) -> str:
+        return "two-label" if self.two_label else f"{self.labels}x{self.per_label}"
+
+    @property
+    def two_label(self) -> bool:
+        return self.labels == 0
+
+    @classmethod
+    def parse(cls, text: str) -> Bank:
+        """``LABELSxPER_LABEL`` (e.g. 10x256) or ``two-label``."""
+        if text == "two-label":
+            return cls(0, 0)
+        try:
+            labels, per_label = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            message = f"a bank is LABELSxPER_LABEL (e.g. 10x256) or two-label, not {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+        if labels < 2 or per_label < 5:
+            raise argparse.ArgumentTypeError(f"a bank needs at least 2 labels of 5 crops: {text!r}")
+        return cls(labels, per_label)
+
+    def training_images(self) -> list[tuple[str, str, bytes]]:
+        """(label, name, JPEG) per training image: crops like the benchmark's uploads but of another seed (the
+        uploads are seed 0), the ``labels`` photographs spread over the available ones in their fixed order."""
+        if self.two_label:
+            return [(scene, name, data) for name, scene, data in uploads(40, seed=1)
+                    if scene in ("plant", "landscape")]
+        every = photographs()
+        if self.labels > len(every):
+            raise SystemExit(f"--bank {self}: only {len(every)} photographs here, one label each")
+        chosen = [every[i * len(every) // self.labels] for i in range(self.labels)]
+        # An upload's name is INDEX-PHOTOGRAPH: its photograph is its label.
+        return [(name.split("-", 1)[1], name, data)
+                for name, _, data in uploads(self.labels * self.per_label, seed=2, photos=chosen)]
+
+
+def put_labelled(server: Server, token: str, images: list[tuple[str, str, bytes]], clients: int = 4) -> None:
+    """PUT every (label, name, JPEG) to images_labeled_by_folder/LABEL/ from ``clients`` keep-alive connections."""
+    failures: list[str] = []
+
+    def put(worker: int) -> None:
+        connection = Connection(server, token)
+        try:
+            for label, name, data in images[worker::clients]:
+                key = f"images_labeled_by_folder/{label}/{name}.jpg"
+                status, payload = connection.send("PUT", f"/api/v1/objects/{key}", data, "image/jpeg")
+                if status != 201:
+                    failures.append(f"{key}: {status} {payload[:200]!r}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=put, args=(w,)) for w in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} training uploads failed, the first: {failures[0]}")
+
+
+def train(server: Server, api: httpx.Client, bank: Bank, quantize: bool = False) -> str:
+    """v1 trained on ``bank``'s images, deployed; with ``quantize``, trained with Quantize-Backbone on (says whether
+    its int8 twin serves). Returns a line on what was trained and how long it took."""
     if quantize:
         api.put("/parameters/Quantize-Backbone", json={"value": "true"}).raise_for_status()
-    for name, scene, data in uploads(40, seed=1):
-        if scene in ("plant", "landscape"):
-            response = api.put(f"/objects/images_labeled_by_folder/{scene}/{name}.jpg", content=data)
-            response.raise_for_status()
-    run = server.wait_run(api.post("/training/check").json()["run_id"], timeout=900)
+    images = bank.training_images()
+    started = time.perf_counter()
+    put_labelled(server, server.token(), images)
+    run = server.wait_run(api.post("/training/check").json()["run_id"], timeout=1800)
     if run["status"] != "SUCCESS":
         raise RuntimeError(f"training failed: {run}")
-    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 300, 0.5, "v1 RUNNING")
+    wait_until(lambda: api.get("/models/v1").json()["status"] == "RUNNING", 600, 0.5, "v1 RUNNING")
     if quantize:
         print(f"Quantize-Backbone: {api.get('/models/v1').json()['evaluation']['int8']['reason']}")
+    labels = Counter(label for label, _, _ in images)
+    return (f"v1 trained on bank {bank}: {len(labels)} labels, {min(labels.values())}–{max(labels.values())} "
+            f"images a label, {len(images)} in all, PUT and trained in {time.perf_counter() - started:.0f} s")
 
 
 @contextmanager
@@ -490,6 +564,7 @@ class Served:
 
     name: str
     server: Server
+    bank: Bank
     token: str = ""
     idle: float = float("nan")  # CPU seconds per second with no request
 
@@ -593,6 +668,15 @@ def main() -> None:
     parser.add_argument("--no-sync", action="store_true", help="skip the sync-detect phases (pipeline work)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the upload-pipeline phase (sync work)")
     parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
+    parser.add_argument("--bank", type=Bank.parse, default=Bank(10, 256),
+                        help="what v1 is trained on: LABELSxPER_LABEL crops of that many photographs, one label each "
+                             "(10x256, a full familiarity bank: at most 256 rows a label), or two-label: the "
+                             "plant / landscape model of sessions 1-14 (about 18 rows a label), for comparisons "
+                             "with earlier tables")
+    parser.add_argument("--compare-bank", type=Bank.parse, action="append", default=[], metavar="BANK",
+                        help="what the --compare-src servers' v1 is trained on (default: --bank): once for all of "
+                             "them, or once each, in their order; e.g. the same src with another bank measures what "
+                             "the bank costs")
     parser.add_argument("--quantize", action="store_true",
                         help="train v1 with Quantize-Backbone on (raw rows then run its exported int8 graph)")
     parser.add_argument("--server-src", type=Path, help="run the server from another source tree (before/after)")
@@ -612,16 +696,21 @@ def main() -> None:
     bodies = [multipart(data) for _, _, data in photos[:args.uploads]]
     inputs = np.stack([prepare(data) for _, _, data in photos[:32]])
     paths = [str(args.server_src.resolve()) if args.server_src else None, *args.compare_src]
+    if len(args.compare_bank) not in (0, 1, len(args.compare_src)):
+        parser.error("--compare-bank: once, or once per --compare-src")
+    banks = [args.bank, *(args.compare_bank * len(args.compare_src) if len(args.compare_bank) == 1
+                          else args.compare_bank or [args.bank] * len(args.compare_src))]
     servers: list[Served] = []
     try:
         for i, path in enumerate(paths):
-            servers.append(Served(f"cmp{i}" if i else "", start_server(path, OUT / f"detect-home{i or ''}")))
+            servers.append(Served(f"cmp{i}" if i else "", start_server(path, OUT / f"detect-home{i or ''}"),
+                                  banks[i]))
             print(f"server {servers[-1].name or 'under test'}: PYTHONPATH "
-                  f"{path or os.environ.get('PYTHONPATH', '')}")
+                  f"{path or os.environ.get('PYTHONPATH', '')}, bank {banks[i]}")
         rss_training = {}
         for served in servers:
             with served.server.client() as api:
-                train(served.server, api, args.quantize)
+                print(f"server {served.name or 'under test'}: {train(served.server, api, served.bank, args.quantize)}")
                 if not served.name:
                     model = OUT / "detect-model.onnx"
                     model.write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +96,13 @@ def jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def uploads(count: int, seed: int = 0, short_side: int = 320) -> list[tuple[str, str, bytes]]:
-    """``count`` JPEG uploads (name, scene, bytes) cut from the photographs, cached on disk."""
+def uploads(count: int, seed: int = 0, short_side: int = 320,
+            photos: Sequence[Photo] | None = None) -> list[tuple[str, str, bytes]]:
+    """``count`` JPEG uploads (name, scene, bytes) cut from the photographs in turn, cached on disk; ``photos``:
+    those to cut from (default: every one; a crop depends on seed, index and photograph only, so the cache is
+    shared)."""
     folder = OUT / f"{short_side}px-seed{seed}"
-    photos = photographs()
+    photos = photographs() if photos is None else photos
     out = []
     for i in range(count):
         photo = photos[i % len(photos)]
