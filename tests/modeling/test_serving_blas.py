@@ -1,13 +1,15 @@
-"""A served batch's head runs on the BLAS threads the setting says, and the process's count comes back after."""
+"""A serving process runs its heads on the BLAS threads the setting says, and an image's answer does not depend on
+the batch it came in."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from labelloop.modeling.embedding import Embedder
 from labelloop.modeling.serving import Serving
@@ -22,12 +24,14 @@ def blas_threads() -> int:
 
 
 @pytest.fixture
-def several_blas_threads() -> int:
-    """numpy's BLAS thread count, when it is more than one (OpenBLAS's default: one per core)."""
+def several_blas_threads() -> Iterator[int]:
+    """numpy's BLAS thread count, when it is more than one (OpenBLAS's default: one per core); given back to this
+    test process afterwards (a serving process keeps its limit for good)."""
     threads = blas_threads()
     if threads < 2:
         pytest.skip("OpenBLAS runs on one thread here already")
-    return threads
+    yield threads
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 class ThreadsSeenHead:
@@ -51,28 +55,32 @@ class ThreadsSeenHead:
 
 
 def serve(backbone_onnx: Path, head: ThreadsSeenHead, head_blas_threads: int | None,
-          inputs: np.ndarray) -> list[np.ndarray]:
-    """Serve ``inputs`` (one request each, concurrently) through a unit; each request's probabilities."""
-    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=1, max_batch=8,
+          inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Serve ``inputs`` through two units, each alone and then all at once (the batches the units form); each
+    request's probabilities both ways."""
+    serving = Serving(lambda threads: Embedder(backbone_onnx, threads=threads), units=2, max_batch=8,
                       head_blas_threads=head_blas_threads)
     try:
         serving.switch(serving.warm("v1", head))
+        alone = [serving.submit(x).result(timeout=120)[1] for x in inputs]
         futures = [serving.submit(x) for x in inputs]
-        return [future.result(timeout=120)[1] for future in futures]
+        return alone, [future.result(timeout=120)[1] for future in futures]
     finally:
         serving.close()
 
 
-def test_a_batch_head_runs_on_one_blas_thread_and_the_count_is_restored(backbone_onnx: Path,
-                                                                        several_blas_threads: int) -> None:
+def test_a_serving_process_runs_every_head_on_one_blas_thread(backbone_onnx: Path, several_blas_threads: int) -> None:
     head = ThreadsSeenHead()
-    inputs = np.random.default_rng(1).uniform(-1, 1, (12, 1, 3, 224, 224)).astype(np.float32)
-    answers = serve(backbone_onnx, head, 1, inputs)
-    served = head.seen[1:]  # after the warm-up, which runs outside a batch
-    assert served and set(served) == {1}, head.seen
-    assert blas_threads() == several_blas_threads  # the process's own count again once no batch is inside
+    inputs = np.random.default_rng(1).uniform(-1, 1, (16, 1, 3, 224, 224)).astype(np.float32)
+    alone, together = serve(backbone_onnx, head, 1, inputs)
+    assert len(head.seen) > len(inputs) and set(head.seen) == {1}, head.seen  # the warm-up, alone, in batches
+    assert blas_threads() == 1  # for the process, not per batch: two units' batches never see another count
+    for i, (single, batched) in enumerate(zip(alone, together, strict=True)):
+        np.testing.assert_array_equal(single, batched, err_msg=f"request {i}: alone and in a batch differ")
     embeddings = Embedder(backbone_onnx).embed(np.concatenate(inputs))
-    np.testing.assert_allclose(np.concatenate(answers), head.head.predict_proba(embeddings), rtol=1e-5, atol=1e-6)
+    with BLAS.limit(limits=several_blas_threads):
+        reference = head.head.predict_proba(embeddings)
+    np.testing.assert_allclose(np.concatenate(together), reference, rtol=1e-5, atol=1e-6)
 
 
 def test_head_blas_threads_0_leaves_openblas_its_own_count(backbone_onnx: Path, several_blas_threads: int) -> None:

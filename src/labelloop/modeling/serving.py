@@ -19,14 +19,13 @@ request says which view its images were prepared with: a request prepared for on
 version with another (a switch between preparing and running it) is answered :class:`ViewChanged`, never run,
 and the caller prepares it again for the version now serving (``endpoint``).
 
-A batch's head (its products with the familiarity bank) runs with numpy's BLAS on ``head_blas_threads`` threads
-(setting, 1 by default; :class:`BlasThreads`): on OpenBLAS's default of one thread per core, its worker threads
-spin after each small product, on the cores the backbone runs on.
+A serving process runs numpy's BLAS (a batch's head: its products with the familiarity bank) on
+``head_blas_threads`` threads (setting, 1 by default; :func:`limit_blas_threads`): on OpenBLAS's default of one
+thread per core, its worker threads spin after each small product, on the cores the backbone runs on.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from labelloop.config import get_settings
 from labelloop.modeling.embedding import Embedder, default_threads
@@ -112,8 +111,7 @@ class Serving:
         """``head_blas_threads``: BLAS threads for a batch's head (None: the ``head_blas_threads`` setting; 0:
         OpenBLAS's own)."""
         self._embedder_factory = embedder_factory
-        self.head_blas = BlasThreads(get_settings().head_blas_threads if head_blas_threads is None
-                                     else head_blas_threads)
+        limit_blas_threads(get_settings().head_blas_threads if head_blas_threads is None else head_blas_threads)
         self.max_batch = max_batch
         self.max_wait_seconds = max_wait_seconds
         self._active: LoadedVersion | None = None
@@ -231,9 +229,8 @@ class Serving:
         try:
             inputs = np.concatenate([request.inputs for request in batch])
             embeddings = (version.embedder or embedder).embed(inputs)
-            with self.head_blas:
-                probabilities = version.head.predict_proba(embeddings)
-                previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
+            probabilities = version.head.predict_proba(embeddings)
+            previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
         except Exception as exc:  # every waiting request gets the error, the unit keeps serving
             log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
             for request in batch:
@@ -272,32 +269,18 @@ class Serving:
         return future
 
 
-class BlasThreads:
-    """A context in which numpy's BLAS runs on at most ``limit`` threads (0: no limit, OpenBLAS's own count).
+def limit_blas_threads(limit: int) -> None:
+    """numpy's BLAS on at most ``limit`` threads in this whole process from now on (0: OpenBLAS's own count).
 
     For the head's products on a served batch: a few embeddings times the familiarity bank (up to 256 training
     images a label, float32). OpenBLAS splits such a product over every core, and its worker threads then spin
-    for more work (OpenBLAS's thread timeout) on the cores the backbone needs (README Performance, items 36 and
-    39). OpenBLAS (pthreads) has one process-wide count, which threadpoolctl lets one thread at a time set: the
-    thread inside takes it for its time inside (other threads' products meanwhile, a training's, run on the limit
-    too), and a second thread entering then (another unit) leaves it as it is. The numbers agree with those on
-    more threads to float32 rounding (OpenBLAS's kernels sum in another order: cosines within 3 × 10⁻⁷)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._local = threading.local()
-
-    @functools.cached_property
-    def _blas(self) -> ThreadpoolController:
-        return ThreadpoolController().select(user_api="blas")  # the BLAS libraries loaded by now (numpy's)
-
-    def __enter__(self) -> None:
-        if self.limit:
-            self._local.limiter = self._blas.limit(limits=self.limit).__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.limit:
-            self._local.limiter.__exit__(*exc)
+    for more work (OpenBLAS's thread timeout) on the cores the backbone needs (README Performance, item 40).
+    Process-wide and for good, not per batch: OpenBLAS (pthreads) has one count for the process, so a limit taken
+    and given back around each batch let a second unit's batch run on the restored count now and then, and a
+    product's float32 rounding depends on its thread count (cosines within 3 × 10⁻⁷), which would make an image's
+    confidence depend on the moment it was served (item 39)."""
+    if limit:
+        threadpool_limits(limits=limit, user_api="blas")
 
 
 def _same_view(version: LoadedVersion, batch: list[_Request]) -> list[_Request]:
