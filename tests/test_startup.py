@@ -1,7 +1,8 @@
 """Start-up does only what a start needs: importing the app loads no scipy and hashes no password. What it no
 longer does there keeps its results and protections: the silent-error bound (scipy.special, loaded at its first
 use) is the Clopper-Pearson bound bit for bit, and an unknown user's sign-in verifies an argon2 hash of the same
-cost as a known user's, hashing nothing. The times are bench/bench_startup.py's."""
+cost as a known user's, hashing nothing, whatever the configured argon2 parameters (argon2-cffi's by default, never
+below OWASP's minimum). The times are bench/bench_startup.py's."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher, extract_parameters
+from argon2 import PasswordHasher, extract_parameters, profiles
+from argon2.exceptions import VerifyMismatchError
+from pydantic import ValidationError
 from scipy.stats import beta
+from sqlalchemy import select
 
 import labelloop
 from conftest import Server
-from labelloop import db
+from labelloop import config, db
 from labelloop.detection import silent_errors
 from labelloop.workforce import service
-from labelloop.workforce.models import Role
+from labelloop.workforce.models import Role, User
 
 pytestmark = pytest.mark.same_on_every_database  # a fresh interpreter, in-process SQLite, a server's own
 
@@ -42,8 +46,9 @@ print(json.dumps({{"hashes": len(made), "loaded": [m for m in {DEFERRED!r} if m 
 class CountingHasher(PasswordHasher):
     """The service's hasher, recording what it hashes and which hashes it verifies against."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, like: PasswordHasher) -> None:
+        super().__init__(time_cost=like.time_cost, memory_cost=like.memory_cost, parallelism=like.parallelism,
+                         hash_len=like.hash_len, salt_len=like.salt_len, type=like.type)
         self.made: list[str] = []
         self.verified: list[str] = []
 
@@ -57,14 +62,36 @@ class CountingHasher(PasswordHasher):
         return super().verify(hash, password)
 
 
+def settings_with(monkeypatch: pytest.MonkeyPatch, **values: str) -> config.Settings:
+    """Settings read from an environment whose ``LABELLOOP_PASSWORD_HASH_*`` are ``values`` (the others unset),
+    in force while the test runs."""
+    for name in ("MEMORY_KIB", "PASSES", "LANES"):
+        monkeypatch.delenv(f"LABELLOOP_PASSWORD_HASH_{name}", raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(f"LABELLOOP_PASSWORD_HASH_{name.upper()}", value)
+    settings = config.Settings()
+    monkeypatch.setattr(config, "_settings", settings)
+    return settings
+
+
 @pytest.fixture
-def hasher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingHasher]:
-    """A real SQLite database and a counting hasher."""
+def database(tmp_path: Path) -> Iterator[None]:
+    """A real SQLite database."""
     db.init(f"sqlite:///{tmp_path / 'app.db'}")
-    counting = CountingHasher()
-    monkeypatch.setattr(service, "_hasher", counting)
-    yield counting
+    yield
     db.close()
+
+
+OWASP_MINIMUM = {"memory_kib": "19456", "passes": "2", "lanes": "1"}  # the settings' floor
+
+
+@pytest.fixture(params=[{}, OWASP_MINIMUM], ids=["defaults", "floor"])
+def hasher(database: None, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> CountingHasher:
+    """A counting hasher with the configured parameters: the defaults, or the lowest the settings allow."""
+    settings_with(monkeypatch, **request.param)
+    counting = CountingHasher(service._hasher())
+    monkeypatch.setattr(service, "_hasher", lambda: counting)
+    return counting
 
 
 def add_user(username: str, password: str) -> None:
@@ -106,9 +133,43 @@ def test_sign_ins_hash_nothing_and_the_dummy_hash_costs_what_a_users_does(hasher
     with pytest.raises(service.AuthError):  # the dummy's own password is no way in
         service.sign_in("nobody", "labelloop-no-such-user", "192.0.2.1")
     assert len(hasher.made) == 1  # the user's own: no sign-in makes a hash (the first one neither)
-    assert hasher.verified[1] == service._DUMMY_HASH
-    assert not hasher.check_needs_rehash(service._DUMMY_HASH), "argon2's defaults moved: make _DUMMY_HASH anew"
-    assert hasher.verify(service._DUMMY_HASH, "labelloop-no-such-user")
+    dummy = hasher.verified[1]
+    assert extract_parameters(dummy) == extract_parameters(hasher.made[0])
+    assert not hasher.check_needs_rehash(dummy)
+    with pytest.raises(VerifyMismatchError):  # well formed (a malformed hash fails at once, for free): hashed, compared
+        hasher.verify(dummy, "labelloop-no-such-user")
+
+
+def test_the_default_parameters_are_argon2s_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_with(monkeypatch)
+    made = service.hash_password("a-password")
+    assert extract_parameters(made) == profiles.RFC_9106_LOW_MEMORY == profiles.get_default_parameters()
+    assert extract_parameters(service._dummy_hash(service._hasher())) == extract_parameters(made)
+
+
+def test_the_configured_parameters_hash_and_check_and_earlier_hashes_still_verify(
+        database: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_with(monkeypatch)
+    add_user("before", "before-password")  # argon2's defaults
+    settings_with(monkeypatch, **OWASP_MINIMUM)
+    add_user("after", "after-password")
+    floor = extract_parameters(service.hash_password("a-password"))
+    assert (floor.memory_cost, floor.time_cost, floor.parallelism) == (19456, 2, 1)
+    assert extract_parameters(service._dummy_hash(service._hasher())) == floor
+    with db.session() as session:
+        hashes = {user.username: user.password_hash for user in session.scalars(select(User))}
+    assert extract_parameters(hashes["after"]) == floor
+    assert extract_parameters(hashes["before"]) == profiles.RFC_9106_LOW_MEMORY
+    assert service.sign_in("before", "before-password", "192.0.2.1") > 0
+    assert service.sign_in("after", "after-password", "192.0.2.1") > 0
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), [("memory_kib", "19455", "19456"), ("passes", "1", "2"),
+                                                        ("lanes", "0", "1")])
+def test_parameters_below_owasps_minimum_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+                                                      allowed: str) -> None:
+    with pytest.raises(ValidationError, match=rf"password_hash_{name}\n.*greater than or equal to {allowed}"):
+        settings_with(monkeypatch, **{name: value})
 
 
 @pytest.mark.parametrize("level", [silent_errors.CONFIDENCE_LEVEL, 1 - 0.05 * silent_errors.STRATA_SPLIT[0]])

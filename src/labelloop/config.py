@@ -116,6 +116,16 @@ class Settings(BaseSettings):
         "Largest body of any request that is not an image upload, and of any upload without credentials"))
     max_json_depth: int = Field(default=32, gt=0, description="Deepest nesting of arrays and objects in JSON bodies")
     token_ttl_hours: int = Field(default=24 * 30, gt=0)
+    # Password hashing (argon2id): the defaults are argon2-cffi's (RFC 9106's low-memory profile: 64 MiB, 3 passes,
+    # 4 lanes; 0.1-0.7 s of CPU per hash or check). The floors are OWASP's minimum for argon2id (19 MiB, 2 passes,
+    # 1 lane): a small machine may go down to it, never below. Hashes made with other parameters still verify.
+    password_hash_memory_kib: int = Field(
+        default=65536, ge=19456, le=4 * 1024 * 1024, description="Memory of each password hash and check, in KiB "
+        "(argon2id m; at least 19456, OWASP's minimum)")
+    password_hash_passes: int = Field(default=3, ge=2, le=64, description="Passes over that memory of each password "
+                                      "hash and check (argon2id t; at least 2, OWASP's minimum)")
+    password_hash_lanes: int = Field(default=4, ge=1, le=64, description="Lanes (threads) of each password hash and "
+                                     "check (argon2id p; at least 1)")
     # Review
     undo_seconds: float = Field(default=10.0, ge=0, le=600, description="How long a reviewer can undo an "
                                 "answer before it is applied (0: no undo)")

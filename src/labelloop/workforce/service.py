@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import logging
 import math
@@ -18,18 +20,13 @@ from sqlalchemy import delete, event, inspect, select
 from sqlalchemy.orm import Session
 
 from labelloop import db
+from labelloop.config import get_settings
 from labelloop.db import utcnow
 from labelloop.workforce.models import ApiToken, Role, SignInThrottle, Team, TeamMember, User, WebSession
 
 log = logging.getLogger(__name__)
-_hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
-# Verified against when the user does not exist, so timing does not reveal which usernames exist: an argon2id hash
-# (of "labelloop-no-such-user") with _hasher's parameters, which are what set a verify's cost. Written out, not
-# made at import (one hash is 0.1–0.7 s of CPU, and every process paid it at start) nor at first use (the first
-# unknown user's sign-in would take two hashes' time); tests/test_startup.py fails if argon2's defaults move.
-_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$oneRCjICbPHHSbS67xzPSw$w/XFjlQKZeyu3xT9Y4Rc/5EXJXtj8oUyKC2vwc3R46s"
 
 
 class AuthError(Exception):
@@ -40,9 +37,35 @@ class WorkforceError(ValueError):
     """A bad user or password request; the message says what is allowed."""
 
 
+def _hasher() -> PasswordHasher:
+    """The argon2id hasher with the configured parameters (``LABELLOOP_PASSWORD_HASH_*``)."""
+    settings = get_settings()
+    return _hasher_with(settings.password_hash_memory_kib, settings.password_hash_passes,
+                        settings.password_hash_lanes)
+
+
+@functools.cache
+def _hasher_with(memory_kib: int, passes: int, lanes: int) -> PasswordHasher:
+    return PasswordHasher(time_cost=passes, memory_cost=memory_kib, parallelism=lanes)
+
+
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """What an unknown user's sign-in verifies against, so that timing does not reveal which usernames exist: an
+    argon2id hash with ``hasher``'s parameters, which set a check's cost (a salt and a digest of zeros: no password
+    gives that digest, and a check computes the whole hash before it compares).
+
+    Written out, not hashed: a hash made at import cost every process 0.1-0.7 s of CPU at start, and one made at
+    first use would make the first unknown user's sign-in take two hashes' time."""
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode().rstrip("=")
+
+    return (f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+            f"${b64(bytes(hasher.salt_len))}${b64(bytes(hasher.hash_len))}")
+
+
 def hash_password(password: str) -> str:
-    """An argon2id hash of ``password``."""
-    return _hasher.hash(password)
+    """An argon2id hash of ``password`` with the configured parameters."""
+    return _hasher().hash(password)
 
 
 def check_password_rules(password: str) -> None:
@@ -414,8 +437,9 @@ def sign_in(username: str, password: str, address: str) -> int:
                                                                       "retry_after": exc.retry_after})
             raise
         user = session.scalar(select(User).where(User.username == username))
+        hasher = _hasher()
         try:
-            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+            hasher.verify(user.password_hash if user else _dummy_hash(hasher), password)
             wrong = user is None
         except (VerificationError, InvalidHashError):
             wrong = True
