@@ -30,7 +30,7 @@ class DetectionEvent(Base):
     # repeat: the waiting uploads' sweep (previous_event_id IS NULL) reads the status index, not this one whole. The
     # answered sampled events by version, in the order they were answered: a version's answered audits (read once per
     # batch of detections) without reading every sampled event of every version (migration
-    # event_log_big_table_indexes; README Performance, item 37). An upload's event enters none of the three.
+    # event_log_big_table_indexes; README Performance, items 37 and 42). An upload's event enters none of the three.
     __table_args__ = (Index("uq_detection_first_arrival", "object_key", "etag", unique=True,
                             sqlite_where=text("previous_event_id IS NULL"),
                             postgresql_where=text("previous_event_id IS NULL")),

@@ -4,7 +4,7 @@ Revision ID: event_log_big_table_indexes
 Revises: letterbox_input_view
 Create Date: 2026-12-07 05:00:00
 
-Two indexes whose reads grew with the table (README Performance, item 37):
+The indexes whose reads grew with the table (README Performance, items 37 and 42):
 
 * ``model_version`` becomes ``(model_version, routing_rule)`` without the events no version detected yet: the audits
   a version opened (the silent-error estimate reads them once per batch of detections) are counted in the index
