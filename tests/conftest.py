@@ -182,6 +182,21 @@ def postgres_database() -> str:
     return Postgres.create("test")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """A function giving a fresh, empty application database's URL (each call another one), on SQLite and on
+    PostgreSQL (skipped without a server); the in-process database is closed afterwards."""
+    from labelloop import db
+
+    if request.param == "sqlite":
+        numbers = itertools.count()
+        yield lambda: f"sqlite:///{tmp_path / f'app{next(numbers)}.db'}"
+    else:
+        request.getfixturevalue("postgres_database")  # skips the test when no PostgreSQL server answers
+        yield lambda: Postgres.create("test")  # dropped when the run ends
+    db.close()
+
+
 @contextlib.contextmanager
 def mounted(mount: Path, kind: str, options: str = "") -> Iterator[Path | None]:
     """A file system of ``kind`` (``tmpfs``, ``ramfs``) mounted at ``mount`` while the block runs (the tests run as

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select, update
 
-from conftest import Postgres
 from labelloop import db
 from labelloop.detection import service as detections
 from labelloop.detection.models import DetectionEvent
@@ -25,18 +23,6 @@ from labelloop.review import service as reviews
 from labelloop.review.models import HumanLoop
 
 CONFIDENCES = (99.5, 88.0, 76.0, 40.0)  # audited or auto-accepted, and below the threshold: every route
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    """A function giving a fresh, empty application database's URL (each call another one)."""
-    if request.param == "sqlite":
-        numbers = itertools.count()
-        yield lambda: f"sqlite:///{tmp_path / f'app{next(numbers)}.db'}"
-    else:
-        request.getfixturevalue("postgres_database")  # skips the test when no PostgreSQL server answers
-        yield lambda: Postgres.create("test")  # dropped when the run ends
-    db.close()
 
 
 def answered(confidence: float) -> detections.Outcome:

@@ -8,11 +8,9 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +18,6 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, inspect, select, text
 
-from conftest import Postgres
 from labelloop import db
 from labelloop.detection import service as detections
 from labelloop.detection import silent_errors, warm_start
@@ -31,18 +28,6 @@ PREVIOUS = "ix_detection_events_previous_event_id"
 ANSWERED = "ix_detection_events_answered_audits"
 # The two indexes as the migration's previous revision made them: name → columns (whole-table, not unique).
 BEFORE = {"ix_detection_events_model_version": ["model_version"], PREVIOUS: ["previous_event_id"]}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    """A function giving a fresh, empty application database's URL (each call another one)."""
-    if request.param == "sqlite":
-        numbers = itertools.count()
-        yield lambda: f"sqlite:///{tmp_path / f'app{next(numbers)}.db'}"
-    else:
-        request.getfixturevalue("postgres_database")  # skips the test when no PostgreSQL server answers
-        yield lambda: Postgres.create("test")  # dropped when the run ends
-    db.close()
 
 
 def index_predicates() -> dict[str, str]:
