@@ -274,29 +274,10 @@ def pipeline(server: Server, token: str, photos: list[tuple[str, str, bytes]], t
     if before is None:
         with server.client(token) as api:
             before = detected_count(api)
-    keys = [f"images_for_detection/{tag}/{name}.jpg" for name, _, _ in photos]
+    objects = [(f"images_for_detection/{tag}/{name}.jpg", data) for name, _, data in photos]
     started_at = datetime.now().astimezone()
     started = time.perf_counter()
-    failures: list[str] = []
-    round_trips: list[float] = []
-
-    def put(worker: int) -> None:
-        connection = Connection(server, token)
-        try:
-            for i in range(worker, len(photos), 4):
-                sent = time.perf_counter()
-                status, payload = connection.send("PUT", f"/api/v1/objects/{keys[i]}", photos[i][2], "image/jpeg")
-                round_trips.append(time.perf_counter() - sent)
-                if status != 201:
-                    failures.append(f"{keys[i]}: {status} {payload[:200]!r}")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=put, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    failures, round_trips = put_objects(server, token, objects)
     put_seconds = time.perf_counter() - started
     expected = before + len(photos) - len(failures)
     with server.client(token) as api:
@@ -469,16 +450,20 @@ class Bank:
                 for name, _, data in uploads(self.labels * self.per_label, seed=2, photos=chosen)]
 
 
-def put_labelled(server: Server, token: str, images: list[tuple[str, str, bytes]], clients: int = 4) -> None:
-    """PUT every (label, name, JPEG) to images_labeled_by_folder/LABEL/ from ``clients`` keep-alive connections."""
+def put_objects(server: Server, token: str, objects: list[tuple[str, bytes]],
+                clients: int = 4) -> tuple[list[str], list[float]]:
+    """PUT every (key, JPEG) from ``clients`` keep-alive connections, each sending every ``clients``-th; the
+    failures ("key: status body") and every PUT's round trip in seconds."""
     failures: list[str] = []
+    round_trips: list[float] = []
 
     def put(worker: int) -> None:
         connection = Connection(server, token)
         try:
-            for label, name, data in images[worker::clients]:
-                key = f"images_labeled_by_folder/{label}/{name}.jpg"
+            for key, data in objects[worker::clients]:
+                sent = time.perf_counter()
                 status, payload = connection.send("PUT", f"/api/v1/objects/{key}", data, "image/jpeg")
+                round_trips.append(time.perf_counter() - sent)
                 if status != 201:
                     failures.append(f"{key}: {status} {payload[:200]!r}")
         finally:
@@ -489,6 +474,13 @@ def put_labelled(server: Server, token: str, images: list[tuple[str, str, bytes]
         thread.start()
     for thread in threads:
         thread.join()
+    return failures, round_trips
+
+
+def put_labelled(server: Server, token: str, images: list[tuple[str, str, bytes]]) -> None:
+    """PUT every (label, name, JPEG) to images_labeled_by_folder/LABEL/ (raises on any failure)."""
+    failures, _ = put_objects(server, token, [(f"images_labeled_by_folder/{label}/{name}.jpg", data)
+                                              for label, name, data in images])
     if failures:
         raise RuntimeError(f"{len(failures)} training uploads failed, the first: {failures[0]}")
 
