@@ -147,7 +147,7 @@ def test_the_default_parameters_are_argon2s_defaults(monkeypatch: pytest.MonkeyP
     assert extract_parameters(service._dummy_hash(service._hasher())) == extract_parameters(made)
 
 
-def test_the_configured_parameters_hash_and_check_and_earlier_hashes_still_verify(
+def test_the_configured_parameters_hash_and_check_and_earlier_hashes_verify_and_are_made_again(
         database: None, monkeypatch: pytest.MonkeyPatch) -> None:
     settings_with(monkeypatch)
     add_user("before", "before-password")  # argon2's defaults
@@ -162,6 +162,13 @@ def test_the_configured_parameters_hash_and_check_and_earlier_hashes_still_verif
     assert extract_parameters(hashes["before"]) == profiles.RFC_9106_LOW_MEMORY
     assert service.sign_in("before", "before-password", "192.0.2.1") > 0
     assert service.sign_in("after", "after-password", "192.0.2.1") > 0
+    with db.session() as session:  # the sign-in hashed the older password again, with the configured parameters
+        rehashed = {user.username: user.password_hash for user in session.scalars(select(User))}
+    assert extract_parameters(rehashed["before"]) == floor
+    assert rehashed["after"] == hashes["after"]
+    assert service.sign_in("before", "before-password", "192.0.2.1") > 0
+    with pytest.raises(service.AuthError):
+        service.sign_in("before", "wrong-password", "192.0.2.1")
 
 
 @pytest.mark.parametrize(("name", "value", "allowed"), [("memory_kib", "19455", "19456"), ("passes", "1", "2"),

@@ -445,6 +445,7 @@ def sign_in(username: str, password: str, address: str) -> int:
             wrong = True
         if not wrong and not user.disabled:
             clear_failures(username, session=session)
+            _rehash_if_stale(user, password, hasher)
             return user.id
         if not wrong:  # the same answer as a wrong password: no oracle for a disabled account's password
             log.warning("sign-in refused: the user is disabled", extra={"user": username[:64], "client": address})
@@ -452,6 +453,14 @@ def sign_in(username: str, password: str, address: str) -> int:
         record_failure(username, address, session=session)
     log.warning("sign-in failed", extra={"user": username[:64], "client": address})
     raise AuthError("wrong username or password")
+
+
+def _rehash_if_stale(user: User, password: str, hasher: PasswordHasher) -> None:
+    """Hash ``user``'s password again when it was made with other argon2 parameters than the configured ones, so
+    that after an operator changes them every account's check soon costs what the unknown user's does."""
+    if hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hasher.hash(password)
+        log.info("password hashed again with the configured parameters", extra={"user": user.username[:64]})
 
 
 # ── users, as admins manage them ─────────────────────────────────────────────
