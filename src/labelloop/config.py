@@ -139,9 +139,11 @@ class Settings(BaseSettings):
                                     "status, input, output and steps) are pruned once a day when older than this "
                                     "many days; 0 keeps them for ever. The run that trained a model version is "
                                     "kept as long as the version, and runs still pending are never pruned")
-    upload_batch_seconds: float = Field(default=0.2, ge=0, le=5, description="Uploads for detection share one "
+    upload_batch_seconds: float = Field(default=0.5, ge=0, le=5, description="Uploads for detection share one "
                                         "workflow run per this many seconds (each keeps its own detection event); "
-                                        "an upload after a quiet spell has its run started at once")
+                                        "an upload after a quiet spell has its run started at once. 0.5, not 0.2: "
+                                        "a run's own records and reads cost some 10 ms of CPU (README Performance, "
+                                        "item 44)")
     upload_batch_size: int = Field(default=32, ge=1, le=256, description="Most uploads for detection one "
                                    "workflow run detects")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
