@@ -27,7 +27,7 @@ from labelloop.modeling.images import prepare, view_key
 from labelloop.modeling.models import ModelVersion
 from labelloop.modeling.predict import ranked
 from labelloop.modeling.serving import Compared, LoadedVersion, NoModelServing, PreviousHead, Serving, ViewChanged
-from labelloop.modeling.versions import ModelError, get_version, head_of, serving_version
+from labelloop.modeling.versions import ModelError, get_version, head_of, serving_version_name
 from labelloop.parameters import service as parameters
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,7 @@ def sync_serving(force: bool = False) -> str | None:
         if not force and time.monotonic() - _synced_at < SYNC_SECONDS:
             return server.active.version if server.active else None
         with db.session() as session:
-            wanted = serving_version(session=session)
-            wanted_name = wanted.version if wanted else None
+            wanted_name = serving_version_name(session=session)
             units = parameters.value(parameters.MINIMUM_INFERENCE_UNITS, session=session)
         server.set_units(backbone_sessions(units))
         active = server.active
