@@ -60,9 +60,12 @@ def session_options(threads: int | None = None, *, shared_arena: bool = True) ->
         # Every serving backbone session of the process takes its buffers from one shared arena that grows by what
         # is asked, not by powers of two: each session's own arena kept the peak of every batch it had run, so one
         # session per core after the upload pipeline's full batches put the serving process over 1 GiB (README
-        # Performance).
+        # Performance). Tensor by tensor, not one planned block per batch size ("memory pattern"): each batch
+        # size's block (up to 75 MiB at 8) took a region of its own that the next size could not reuse, 238 MiB
+        # of arena after the sync phases (README Performance, item 44).
         _share_one_arena()
         options.add_session_config_entry("session.use_env_allocators", "1")
+        options.enable_mem_pattern = False
     return options
 
 
