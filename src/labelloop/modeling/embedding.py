@@ -36,12 +36,16 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, *, shared_arena: bool = True) -> ort.SessionOptions:
     """ONNX Runtime options for a backbone session (CPU, ``threads`` intra-op threads).
 
     Intra-op threads do not spin while waiting for work: on a machine whose cores are shared (with the web
     server's own threads, or with other processes) a spinning pool burns the CPU the other threads need; here it
     cost 1.6-1.9× the CPU per image at batch 1 to 32 (README, Performance).
+
+    ``shared_arena``: the session takes its buffers from the process's one shared arena, which keeps what the
+    largest batch any of its sessions ran needed for the life of the process (the serving sessions); else from an
+    arena of its own, given back with the session (a training's session, which embeds at batch 32).
     """
     import onnxruntime as ort
 
@@ -52,11 +56,16 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    # Every backbone session of the process takes its buffers from one shared arena that grows by what is asked,
-    # not by powers of two: each session's own arena kept the peak of every batch it had run, so one session
-    # per core after the upload pipeline's full batches put the serving process over 1 GiB (README Performance).
-    _share_one_arena()
-    options.add_session_config_entry("session.use_env_allocators", "1")
+    if shared_arena:
+        # Every serving backbone session of the process takes its buffers from one shared arena that grows by what
+        # is asked, not by powers of two: each session's own arena kept the peak of every batch it had run, so one
+        # session per core after the upload pipeline's full batches put the serving process over 1 GiB (README
+        # Performance). Tensor by tensor, not one planned block per batch size ("memory pattern"): each batch
+        # size's block (up to 75 MiB at 8) took a region of its own that the next size could not reuse, 238 MiB
+        # of arena after the sync phases (README Performance, item 44).
+        _share_one_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        options.enable_mem_pattern = False
     return options
 
 
@@ -72,15 +81,16 @@ class Embedder:
     """The backbone as an ONNX Runtime session (CPU).
 
     `embedded` counts the images run through the backbone since creation (thread-safe), so callers and
-    tests can see how much work a cache saved.
+    tests can see how much work a cache saved. ``shared_arena``: see :func:`session_options` (False for a
+    session that lives only as long as one big piece of work, such as a training).
     """
 
     def __init__(self, onnx_path: str | Path, *, threads: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, shared_arena: bool = True):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(self.path), session_options(threads),
+        self.session = ort.InferenceSession(str(self.path), session_options(threads, shared_arena=shared_arena),
                                             providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.fingerprint: str = meta.get(FINGERPRINT_KEY, "unknown")

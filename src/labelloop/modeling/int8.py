@@ -252,7 +252,7 @@ def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embe
     path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder, options.get("view", "orig"),
                            recipe)
     built = time.perf_counter() - started
-    embedder = Embedder(path)
+    embedder = Embedder(path, shared_arena=False)  # its own arena, given back with it (README Performance, item 44)
     told = None if progress is None else lambda phase, done, total: progress(f"int8 {phase}", done, total)
     int8 = train_head(examples, embedder, EmbeddingCache.for_embedder(embeddings, embedder),
                       test_split=fp32.test_keys, progress=told, **options)

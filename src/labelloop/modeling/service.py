@@ -101,15 +101,9 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
         return {"trained": True, "version": version, "f1": row.f1}
     manifest = dataset.read_manifest(row.manifest_key)
     usable, left_out = dataset.trainable_entries(manifest["images"])
-    embedder, cache = endpoint.training_embedder()
     started = time.perf_counter()
-    examples = dataset.labeled_examples(usable)
-    twin: int8.Twin | None = None
     try:
-        result = train_head(examples, embedder, cache, **options, progress=ProgressWriter(version))
-        if quantize:
-            twin = _int8_twin(examples, result, embedder, options, threshold, ProgressWriter(version))
-            result = twin.result
+        result, twin = _train(dataset.labeled_examples(usable), version, options, quantize, threshold)
     except TrainingDataError as exc:
         change_status(version, ModelStatus.TRAINING_FAILED, str(exc), run_id, training_ended_at=db.utcnow(),
                       progress=None)
@@ -142,6 +136,18 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
     return {"trained": True, "version": version, "f1": result.evaluation.f1,
             "images_embedded": result.images_embedded, "images_from_cache": result.images_from_cache,
             "rejected": result.rejected, "left_out_labels": left_out, "seconds": round(seconds, 3)}
+
+
+def _train(examples: list[LabeledImage], version: str, options: dict[str, Any], quantize: bool,
+           threshold: float) -> tuple[TrainingResult, int8.Twin | None]:
+    """The head trained on ``examples`` (with Quantize-Backbone, its int8 twin's result when that serves) on a
+    backbone session of its own, which goes back with its memory when this returns."""
+    embedder, cache = endpoint.training_embedder()
+    result = train_head(examples, embedder, cache, **options, progress=ProgressWriter(version))
+    if not quantize:
+        return result, None
+    twin = _int8_twin(examples, result, embedder, options, threshold, ProgressWriter(version))
+    return twin.result, twin
 
 
 def _int8_twin(examples: list[LabeledImage], result: TrainingResult, embedder: Embedder, options: dict[str, Any],
