@@ -60,17 +60,17 @@ def backbone_path() -> Path:
     return path
 
 
-_embedder: Embedder | None = None
 _embedder_lock = threading.Lock()
 
 
 def training_embedder() -> tuple[Embedder, EmbeddingCache]:
-    """The backbone session and embedding cache this process trains with."""
-    global _embedder
-    with _embedder_lock:
-        if _embedder is None:
-            _embedder = Embedder(backbone_path())
-        return _embedder, EmbeddingCache.for_embedder(get_settings().cache_dir / "embeddings", _embedder)
+    """A backbone session for one training (or one gate's or warm start's embeddings) and the embedding cache.
+
+    A new session each time, with a memory arena of its own that goes back with it when the caller drops it: a
+    training embeds at batch 32, and in the serving sessions' shared arena that batch's buffers stayed for the
+    life of the process, as did the session kept for the next training (README Performance, item 44)."""
+    embedder = Embedder(backbone_path(), shared_arena=False)
+    return embedder, EmbeddingCache.for_embedder(get_settings().cache_dir / "embeddings", embedder)
 
 
 def version_backbone(row: ModelVersion) -> Path:
