@@ -7,6 +7,7 @@ pinned by test_real_images.py and measured by bench/real_images.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,12 +58,12 @@ def test_familiarity_is_the_nearest_training_image_and_is_saved_and_loaded(embed
     for k in range(2):
         cos = l2_normalize(x) @ head.bank[k].T.astype(np.float64)
         np.testing.assert_allclose(nearest[:, k], cos.max(axis=1), atol=1e-6)
-    # The product is float32, as the fit's cosines (`_nearest_familiarity`): bit for bit that product on a block of
-    # PRODUCT_ROWS rows, and within float32's rounding of the float64 one.
+    # The product is float32, as the fit's cosines (`_nearest_familiarity`), run in ONNX Runtime on blocks of
+    # PRODUCT_ROWS rows: within float32's rounding of numpy's float32 product of the same block.
     block = np.zeros((PRODUCT_ROWS, 1280), dtype=np.float32)
     block[:3] = l2_normalize(x)
     per_call = (block @ np.ascontiguousarray(head.bank.reshape(10, 1280).T))[:3]
-    np.testing.assert_array_equal(head.nearest_similarity(x), per_call.reshape(3, 2, 5).max(axis=2))
+    np.testing.assert_allclose(head.nearest_similarity(x), per_call.reshape(3, 2, 5).max(axis=2), rtol=0, atol=1e-6)
     assert head.nearest_similarity(x).dtype == np.float64
     loaded = Head.load(io.BytesIO(head.to_bytes()))
     assert np.allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-6)
@@ -179,3 +180,29 @@ def test_an_image_gets_the_same_confidence_in_any_batch() -> None:
         order = rng.permutation(len(images))[:size]
         np.testing.assert_array_equal(head.predict_proba(images[order]), alone[order], err_msg=f"batch of {size}")
     assert head.predict_proba(images[:0]).shape == (0, labels)
+
+
+def _threads_of_this_process() -> set[str]:
+    return {task.name for task in Path("/proc/self/task").iterdir()}
+
+
+def test_the_bank_product_runs_on_the_calling_thread_and_agrees_across_threads() -> None:
+    """The familiarity bank's product (ONNX Runtime, README Performance, item 44) starts no threads of its own: a
+    pool beside the inference units would take the cores the backbone runs on (items 36 and 40). Two threads that
+    call one head at once get what each gets alone."""
+    rng = np.random.default_rng(11)
+    bank = rng.normal(size=(10, 256, 1280)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=2, keepdims=True)
+    head = Head([f"label{k}" for k in range(10)], rng.normal(size=(10, 1280)), rng.normal(size=10), bank=bank,
+                familiar_slope=12.0, familiar_offset=rng.normal(size=10))
+    images = [rng.normal(size=(n, 1280)).astype(np.float32) for n in (1, 3, 8, 11)]
+    before = _threads_of_this_process()
+    alone = [head.nearest_similarity(x) for x in images]
+    assert _threads_of_this_process() <= before
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(head.nearest_similarity, images * 8))
+    for got, expected in zip(together, alone * 8, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    for x, got in zip(images, alone, strict=True):
+        exact = (l2_normalize(x) @ bank.reshape(-1, 1280).T.astype(np.float64)).reshape(len(x), 10, 256).max(axis=2)
+        np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)

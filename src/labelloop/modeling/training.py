@@ -127,12 +127,19 @@ PRODUCT_ROWS = 8
 
 def rowwise_product(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``rows @ matrix``, each row's result bit-identical whatever other rows come with it (``PRODUCT_ROWS``)."""
+    return in_blocks(rows, lambda block: block @ matrix, matrix.shape[1], np.result_type(rows, matrix))
+
+
+def in_blocks(rows: np.ndarray, product: Callable[[np.ndarray], np.ndarray], width: int,
+              dtype: np.dtype | type) -> np.ndarray:
+    """``product`` of ``rows`` (N×``width`` of ``dtype``), run on blocks of exactly ``PRODUCT_ROWS`` rows, the last
+    padded with zeros, so that each row's result does not depend on the rows that come with it."""
     count = len(rows)
     padded = np.zeros((-(-count // PRODUCT_ROWS) * PRODUCT_ROWS, rows.shape[1]), dtype=rows.dtype)
     padded[:count] = rows
-    blocks = [padded[start:start + PRODUCT_ROWS] @ matrix for start in range(0, len(padded), PRODUCT_ROWS)]
+    blocks = [product(padded[start:start + PRODUCT_ROWS]) for start in range(0, len(padded), PRODUCT_ROWS)]
     if not blocks:
-        return np.zeros((0, matrix.shape[1]), dtype=np.result_type(rows, matrix))
+        return np.zeros((0, width), dtype=dtype)
     return np.concatenate(blocks)[:count]
 
 
@@ -200,23 +207,42 @@ class Head:
             self.familiar_scale = np.asarray(self.familiar_scale, dtype=np.float32).reshape(len(self.labels))
 
     @functools.cached_property
-    def _bank_columns(self) -> np.ndarray:
-        """The bank as one contiguous float32 matrix, dim × (labels · rows), made once per head (up to 256 rows a
-        label: a 10-label bank is 13 MB, read whole by every batch's product)."""
+    def _nearest_cosines(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The bank's product on one block of ``PRODUCT_ROWS`` unit rows (float32) → the cosine to each label's
+        nearest bank row (float32, block × labels), in ONNX Runtime on the calling thread (no thread pool), with
+        the graph the exported model computes it with (`export.nearest_cosine_nodes`). ONNX Runtime packs the
+        bank for its kernel once, when the session is made; numpy's BLAS packed it again for every batch: a block
+        of 8 against a 10 × 256 bank took 2.1 ms of CPU that way, 0.6 this way (README Performance, item 44).
+        The bank is given from the head's array; the session keeps a copy of it and its packed form (for a 10 × 256
+        bank 12 MiB more than the transposed copy the numpy product kept)."""
+        import onnxruntime as ort
+
+        from labelloop.modeling.export import BANK, bank_rows, nearest_cosine_model
+
         assert self.bank is not None
-        labels, rows, dim = self.bank.shape
-        return np.ascontiguousarray(self.bank.reshape(labels * rows, dim).T, dtype=np.float32)
+        rows = bank_rows(self.bank)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = False
+        options.add_external_initializers([BANK], [ort.OrtValue.ortvalue_from_numpy(rows)])
+        session = ort.InferenceSession(nearest_cosine_model(self.bank.shape, PRODUCT_ROWS), options,
+                                       providers=["CPUExecutionProvider"])
+
+        def product(block: np.ndarray) -> np.ndarray:
+            return session.run(None, {"head_z": block})[0]
+
+        return product
 
     def nearest_similarity(self, embeddings: np.ndarray) -> np.ndarray:
         """N×labels: cosine of each image to its nearest training image of each label.
 
         In float32, as the familiarity's slope and offsets were fitted (`_nearest_familiarity`) and as the
-        exported graph computes it: half the bytes and CPU of a float64 product (README Performance, item 38); an
-        image's cosines do not depend on the batch it comes in (`rowwise_product`)."""
+        exported graph computes it, with the same graph (`_nearest_cosines`, README Performance, items 38 and 44);
+        an image's cosines do not depend on the batch it comes in (`in_blocks`)."""
         assert self.bank is not None
-        labels, rows, _ = self.bank.shape
-        cos = rowwise_product(l2_normalize(embeddings).astype(np.float32), self._bank_columns)
-        return cos.reshape(len(cos), labels, rows).max(axis=2).astype(np.float64)
+        unit = l2_normalize(embeddings).astype(np.float32)
+        return in_blocks(unit, self._nearest_cosines, len(self.labels), np.float32).astype(np.float64)
 
     def familiarity(self, embeddings: np.ndarray) -> np.ndarray:
         """Per image and label, how much the image resembles that label's training images (0-1)."""
