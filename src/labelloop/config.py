@@ -89,9 +89,10 @@ class Settings(BaseSettings):
                               "with VNNI, reduce-range without), full-range or reduce-range (for a fleet whose "
                               "workers lack VNNI, where a full-range copy can saturate)")
     head_blas_threads: int = Field(default=1, ge=0, le=64, description="BLAS threads (numpy's OpenBLAS) of a "
-                                   "process that serves a model: the head's products on each served batch (the "
-                                   "familiarity bank, up to 256 training images a label), and whatever else the "
-                                   "process multiplies; 0: OpenBLAS's own, one per core")
+                                   "process that serves a model: the head's logits and centroid products on each "
+                                   "served batch and whatever else the process multiplies (the familiarity bank's "
+                                   "product runs in ONNX Runtime on the calling thread); 0: OpenBLAS's own, one per "
+                                   "core")
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # Client side (the CLI talking to a server)
     server: str = Field(default="http://127.0.0.1:8080", description="The server the CLI talks to")
