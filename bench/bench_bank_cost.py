@@ -8,7 +8,7 @@ runs them) are fed by ``--clients`` threads; each decodes one ~320 px photograph
 server's prepare pool), submits it and waits for the answer. The serving version's head is switched between heads
 of the same shape as the benchmark's two models, in turn, the order rotating each round: ``10x256`` (a realistic
 bank: 10 labels × 256 rows) and ``2x18`` (sessions 1–14's model), random unit rows (a product's cost does not
-depend on its values); ``10x256:blas`` is the realistic bank with its product in numpy, as before item 44. Per
+depend on its values); ``10x256:blas`` is the realistic bank with its product in numpy, as before item 45. Per
 phase: images/s, the process's CPU per image and, of it, the units' backbone runs and heads (each unit thread's
 CPU around the call), and the mean batch size. A pair's difference is the bank's cost.
 
@@ -44,7 +44,7 @@ DIM = 1280
 
 
 class BlasHead(Head):
-    """A head whose bank product is numpy's (OpenBLAS), as before item 44: the bank's columns copied once, the
+    """A head whose bank product is numpy's (OpenBLAS), as before item 45: the bank's columns copied once, the
     product on blocks of 8 rows, the maximum per label after it."""
 
     def nearest_similarity(self, embeddings: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ class BlasHead(Head):
 
 def random_head(spec: str, seed: int = 0) -> Head:
     """A format-3 familiarity head with a bank of LABELSxROWS random unit rows (``spec``; with ``:blas``, its
-    product in numpy as before item 44)."""
+    product in numpy as before item 45)."""
     size, _, kind = spec.partition(":")
     labels, rows = (int(part) for part in size.split("x"))
     rng = np.random.default_rng(seed)
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--heads", nargs="+", default=["10x256", "2x18"],
-                        help="LABELSxROWS banks to compare (LABELSxROWS:blas: the product in numpy, as before item 44)")
+                        help="LABELSxROWS banks to compare (LABELSxROWS:blas: the product in numpy, as before item 45)")
     parser.add_argument("--head-alone", action="store_true")
     args = parser.parse_args()
     heads = {name: random_head(name) for name in args.heads}

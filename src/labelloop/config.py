@@ -144,7 +144,7 @@ class Settings(BaseSettings):
                                         "workflow run per this many seconds (each keeps its own detection event); "
                                         "an upload after a quiet spell has its run started at once. 0.5, not 0.2: "
                                         "a run's own records and reads cost some 10 ms of CPU (README Performance, "
-                                        "item 44)")
+                                        "item 46)")
     upload_batch_size: int = Field(default=32, ge=1, le=256, description="Most uploads for detection one "
                                    "workflow run detects")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",

@@ -187,7 +187,7 @@ def _threads_of_this_process() -> set[str]:
 
 
 def test_the_bank_product_runs_on_the_calling_thread_and_agrees_across_threads() -> None:
-    """The familiarity bank's product (ONNX Runtime, README Performance, item 44) starts no threads of its own: a
+    """The familiarity bank's product (ONNX Runtime, README Performance, item 45) starts no threads of its own: a
     pool beside the inference units would take the cores the backbone runs on (items 36 and 40). Two threads that
     call one head at once get what each gets alone."""
     rng = np.random.default_rng(11)

@@ -22,7 +22,7 @@ and the caller prepares it again for the version now serving (``endpoint``).
 A serving process runs numpy's BLAS (a batch's head: its logits) on ``head_blas_threads`` threads (setting, 1 by
 default; :func:`limit_blas_threads`): on OpenBLAS's default of one thread per core, its worker threads spin after
 each small product, on the cores the backbone runs on. The familiarity bank's product runs in ONNX Runtime on the
-unit's own thread (``Head.nearest_similarity``; README Performance, item 44).
+unit's own thread (``Head.nearest_similarity``; README Performance, item 45).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ class Serving:
 def limit_blas_threads(limit: int) -> None:
     """numpy's BLAS on at most ``limit`` threads in this whole process from now on (0: OpenBLAS's own count).
 
-    For the head's products on a served batch (its logits; until item 44 also the familiarity bank's product, up to
+    For the head's products on a served batch (its logits; until item 45 also the familiarity bank's product, up to
     256 training images a label). OpenBLAS splits such a product over every core, and its worker threads then spin
     for more work (OpenBLAS's thread timeout) on the cores the backbone needs (README Performance, item 40).
     Process-wide and for good, not per batch: OpenBLAS (pthreads) has one count for the process, so a limit taken

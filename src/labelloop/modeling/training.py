@@ -212,7 +212,7 @@ class Head:
         nearest bank row (float32, block × labels), in ONNX Runtime on the calling thread (no thread pool), with
         the graph the exported model computes it with (`export.nearest_cosine_nodes`). ONNX Runtime packs the
         bank for its kernel once, when the session is made; numpy's BLAS packed it again for every batch: a block
-        of 8 against a 10 × 256 bank took 2.1 ms of CPU that way, 0.6 this way (README Performance, item 44).
+        of 8 against a 10 × 256 bank took 2.1 ms of CPU that way, 0.6 this way (README Performance, item 45).
         The bank is given from the head's array; the session keeps a copy of it and its packed form (for a 10 × 256
         bank 12 MiB more than the transposed copy the numpy product kept)."""
         import onnxruntime as ort

@@ -68,7 +68,7 @@ SERVING_NAME = select(ModelVersion.version).where(ModelVersion.status == ModelSt
 def serving_version_name(*, session: Session) -> str | None:
     """The name of the version whose status is RUNNING, if any: that one column, not the row, whose ``head`` holds
     the familiarity bank (13 MB for 10 labels of 256 images), read and parsed again at each look (README
-    Performance, item 44)."""
+    Performance, item 46)."""
     return session.scalar(SERVING_NAME)
 
 
