@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from photos import uploads  # noqa: E402
+from threads import run_concurrently  # noqa: E402
 
 from labelloop.modeling.embedding import Embedder, default_threads  # noqa: E402
 from labelloop.modeling.export import ensure_backbone_onnx  # noqa: E402
@@ -131,11 +132,7 @@ def drive(serving: Serving, photos: list[bytes], clients: int, seconds: float) -
                 done[k] += 1
                 i += 1
 
-        threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_concurrently(loop, range(clients))
     return sum(done)
 
 

@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_sync_parts import run_clients  # noqa: E402
 from photos import uploads  # noqa: E402
+from threads import run_concurrently  # noqa: E402
 
 from labelloop.modeling.embedding import Embedder, default_threads  # noqa: E402
 from labelloop.modeling.export import ensure_backbone_onnx  # noqa: E402
@@ -96,11 +96,7 @@ def backbone_only(embedders: list[Embedder], inputs: np.ndarray, rounds: int, se
                     done[unit] += size
 
             cpu = time.process_time()
-            threads = [threading.Thread(target=run, args=(unit,)) for unit in range(len(embedders))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            run_concurrently(run, range(len(embedders)))
             measured[size].append(1000 * (time.process_time() - cpu) / sum(done))
         print(f"round {index + 1}  " + "  ".join(f"batch {size}: {measured[size][-1]:5.2f}" for size in sizes)
               + "  CPU ms/img", flush=True)

@@ -67,6 +67,7 @@ from profile_summary import (  # noqa: E402
     thread_cpu,
     thread_names,
 )
+from threads import run_concurrently  # noqa: E402
 
 from conftest import Server, server_env, wait_until  # noqa: E402
 from labelloop.modeling.embedding import default_threads, session_options  # noqa: E402
@@ -245,12 +246,8 @@ def drive_sync(server: Server, token: str, bodies: list[tuple[bytes, str]], clie
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=loop, args=(k * 97,)) for k in range(clients)]
     began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(loop, [k * 97 for k in range(clients)])
     row = Row(f"sync detect, {clients} clients", len(latencies) / (time.perf_counter() - began), latencies,
               len(errors))
     if errors:
@@ -469,11 +466,7 @@ def put_objects(server: Server, token: str, objects: list[tuple[str, bytes]],
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=put, args=(w,)) for w in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(put, range(clients))
     return failures, round_trips
 
 

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 from profile_summary import cpu_seconds, fields_cpu, stat_fields  # noqa: E402
+from threads import run_concurrently  # noqa: E402
 
 
 def app() -> Any:
@@ -196,11 +197,7 @@ def drive(port: int, body: bytes, content_type: str, clients: int, seconds: floa
             done[k] += 1
         connection.close()
 
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(loop, range(clients))
     return sum(done)
 
 

@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 BIG_SHORT_SIDE = 1536  # the big photos of the decode part: a phone photo's size
 sys.path.insert(0, str(ROOT / "bench"))
+from threads import run_concurrently  # noqa: E402
 
 
 def best_ms(call: Callable[[], Any], n: int, repeats: int) -> float:
@@ -222,11 +222,7 @@ def run_clients(clients: int, seconds: float, photos: list[bytes],
             done[index] += 1
 
     cpu, started = time.process_time(), time.monotonic()
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(client, range(clients))
     return sum(done), time.monotonic() - started, time.process_time() - cpu
 
 

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+from threads import run_concurrently  # noqa: E402
 
 DEFAULT_BACKBONE = ROOT / "bench" / "out" / "detect-home" / "cache" / "efficientnet_lite0.onnx"
 
@@ -55,12 +55,8 @@ def drive(sessions: list, batch: np.ndarray, seconds: float) -> tuple[float, flo
             sessions[k].run(["embedding"], {"input": batch})
             done[k] += len(batch)
 
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(sessions))]
     began, cpu = time.perf_counter(), time.process_time()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(loop, range(len(sessions)))
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     images = sum(done)
     return images / wall, 1000 * cpu / max(1, images)
