@@ -238,7 +238,7 @@ class Head:
         """N×labels: cosine of each image to its nearest training image of each label.
 
         In float32, as the familiarity's slope and offsets were fitted (`_nearest_familiarity`) and as the
-        exported graph computes it, with the same graph (`_nearest_cosines`, README Performance, items 38 and 44);
+        exported graph computes it, with the same graph (`_nearest_cosines`, README Performance, items 38 and 45);
         an image's cosines do not depend on the batch it comes in (`in_blocks`)."""
         assert self.bank is not None
         unit = l2_normalize(embeddings).astype(np.float32)
