@@ -33,6 +33,7 @@ NUM_IMAGENET_CLASSES = 1000
 BN_EPS = 1e-3
 # Metadata key of the exported backbone ONNX file that holds its fingerprint (weights, export version, opset).
 FINGERPRINT_KEY = "labelloop_fingerprint"
+OPSET = 17  # the ONNX opset of every graph labelloop builds: the backbone file, the head, whole models
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from labelloop.files import atomic_write_bytes
+from labelloop.modeling.bank_graph import BANK, bank_rows, nearest_cosine_model
 from labelloop.modeling.embedding import CachedEmbeddings, Embedder, EmbeddingCache, embed_cached
 from labelloop.modeling.evaluation import Evaluation, evaluate
 from labelloop.modeling.images import VIEWS, content_hash
@@ -210,14 +211,13 @@ class Head:
     def _nearest_cosines(self) -> Callable[[np.ndarray], np.ndarray]:
         """The bank's product on one block of ``PRODUCT_ROWS`` unit rows (float32) → the cosine to each label's
         nearest bank row (float32, block × labels), in ONNX Runtime on the calling thread (no thread pool), with
-        the graph the exported model computes it with (`export.nearest_cosine_nodes`). ONNX Runtime packs the
+        the graph the exported model computes it with (`bank_graph.nearest_cosine_nodes`). ONNX Runtime packs the
         bank for its kernel once, when the session is made; numpy's BLAS packed it again for every batch: a block
         of 8 against a 10 × 256 bank took 2.1 ms of CPU that way, 0.6 this way (README Performance, item 45).
         The bank is given from the head's array; the session keeps a copy of it and its packed form (for a 10 × 256
         bank 12 MiB more than the transposed copy the numpy product kept)."""
         import onnxruntime as ort
 
-        from labelloop.modeling.export import BANK, bank_rows, nearest_cosine_model
 
         assert self.bank is not None
         rows = bank_rows(self.bank)
