@@ -53,7 +53,11 @@ def test_two_workers_share_uploads_and_survive_a_kill(tmp_path: Path, postgres_d
     common = {**s3_server.env(s3_server.bucket()), "LABELLOOP_DATABASE_URL": url,
               # One machine: the processes share its cache (the backbone ONNX file is built once).
               "LABELLOOP_CACHE_FOLDER": str(tmp_path / "cache"), "LABELLOOP_RECOVERY_CHECK_SECONDS": "1",
-              "LABELLOOP_DATABASE_POOL_SIZE": "4"}
+              "LABELLOOP_DATABASE_POOL_SIZE": "4",
+              # Runs of at most 8 uploads: the first worker must have one in flight when it is frozen, and with
+              # the default windows (0.5 s, up to 32 uploads) 200 uploads made so few runs that under CI's load it
+              # had none after its first 20 detections.
+              "LABELLOOP_UPLOAD_BATCH_SIZE": "8"}
     web = Server(home=tmp_path / "web", env=server_env(**common, LABELLOOP_QUEUES="")).start()
     workers = [Worker(home=tmp_path / f"worker{i}", env=server_env(**common)).start() for i in range(2)]
     try:
