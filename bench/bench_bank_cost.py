@@ -23,6 +23,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,16 @@ class Timed:
         self.calls = 0
         self.lock = threading.Lock()
 
-    def add(self, seconds: float) -> None:
-        with self.lock:
-            self.seconds += seconds
-            self.calls += 1
+    def call(self, function: Callable[[np.ndarray], np.ndarray], argument: np.ndarray) -> np.ndarray:
+        """``function(argument)``, its thread CPU added to the sum."""
+        started = time.thread_time()
+        try:
+            return function(argument)
+        finally:
+            spent = time.thread_time() - started
+            with self.lock:
+                self.seconds += spent
+                self.calls += 1
 
     def take(self) -> tuple[float, int]:
         with self.lock:
@@ -97,11 +104,7 @@ class TimedHead:
         self.head, self.timed, self.labels = head, timed, head.labels
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        started = time.thread_time()
-        try:
-            return self.head.predict_proba(embeddings)
-        finally:
-            self.timed.add(time.thread_time() - started)
+        return self.timed.call(self.head.predict_proba, embeddings)
 
 
 class TimedEmbedder:
@@ -111,11 +114,7 @@ class TimedEmbedder:
         self.embedder, self.timed = embedder, timed
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        started = time.thread_time()
-        try:
-            return self.embedder.embed(batch)
-        finally:
-            self.timed.add(time.thread_time() - started)
+        return self.timed.call(self.embedder.embed, batch)
 
 
 def drive(serving: Serving, photos: list[bytes], clients: int, seconds: float) -> int:

@@ -1,7 +1,7 @@
 """A serving process looks once a second (``endpoint.sync_serving``) for the version the database marks RUNNING. It
 reads that version's name alone: the whole row holds the trained head, whose familiarity bank is megabytes (13 MB
 for 10 labels of 256 images), and reading it at every look cost 16 ms of CPU each time (README Performance, item
-44). Real SQLite and PostgreSQL databases; the in-memory serving is a stand-in."""
+46). Real SQLite and PostgreSQL databases; the in-memory serving is a stand-in."""
 
 from __future__ import annotations
 
