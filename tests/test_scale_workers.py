@@ -1,12 +1,13 @@
 """Scale-out: two ``labelloop worker`` processes on PostgreSQL and an S3 bucket share the work.
 
-A web-only ``serve`` (it takes no runs) answers the API; the workers train (one at a time) and detect 200
-uploads; one worker is killed mid-way and the other takes over the runs it had in flight.
+A web-only ``serve`` (it takes no runs) answers the API; the workers train (one at a time) and detect at
+least 200 uploads; one worker is killed mid-way and the other takes over the runs it had in flight.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,8 @@ from conftest import Server, Worker, server_env, wait_until
 from images import box_logo, smile_logo, unseen
 
 pytestmark = pytest.mark.timeout(900)
-UPLOADS = 200
+UPLOADS = 200  # at least; more when the first worker has no run in flight by then
+MOST_UPLOADS = 1000
 
 
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -88,26 +90,29 @@ def _scenario(web: Server, workers: list[Worker], url: str) -> None:
     assert {executor for executor, _ in runs_by_executor(url, "object_created")} <= {first.executor_id,
                                                                                     second.executor_id}
 
-    # 200 uploads through the API, in parallel; the first worker is killed while it is detecting.
-    images = {f"images_for_detection/scale-{i:03d}.png": (smile_logo, box_logo, unseen)[i % 3](1000 + i)
-              for i in range(UPLOADS)}
+    # At least 200 uploads through the API, 8 at a time; the first worker is killed while it is detecting.
+    # The uploads go on until it has been frozen with a run in flight and 40 more have been sent, so how fast
+    # either worker goes (CI's load) cannot leave it idle when the test looks for a run to take over.
     started = time.monotonic()
+    uploader = _Uploader()
     with ThreadPoolExecutor(8) as pool:
-        uploads = pool.map(lambda item: put(api, *item), images.items())
-        killed_with: set[str] = set()
-        for n, _ in enumerate(uploads):
-            if n == UPLOADS // 2:
-                killed_with = wait_until(lambda: _freeze_while_busy(first, url), 120, 0.05,
-                                         "the first worker detecting")
-                first.kill()
-    assert killed_with, "the first worker had no run in flight when it was killed"
+        sending = [pool.submit(uploader.send, api) for _ in range(8)]
+        try:
+            killed_with = _freeze_while_busy_or_explain(first, url, uploader)
+            first.kill()
+        finally:
+            uploader.stop_after(40)
+        for sent in sending:
+            sent.result()
+    images = uploader.images
+    uploads = len(images)
 
     def all_detected() -> list[dict[str, Any]] | None:
         events = [e for e in api.get("/detections", params={"limit": 5000}).json() if e["object_key"] in images]
-        return events if len(events) == UPLOADS and all(e["status"] == "DETECTED" for e in events) else None
+        return events if len(events) == uploads and all(e["status"] == "DETECTED" for e in events) else None
 
     try:
-        events = wait_until(all_detected, 300, 0.5, f"{UPLOADS} detections")
+        events = wait_until(all_detected, 300, 0.5, f"{uploads} detections")
     except AssertionError as exc:
         stuck = query(url, "SELECT workflow_uuid, status, executor_id, queue_name, recovery_attempts, "
                            "application_version, started_at_epoch_ms FROM dbos.workflow_status WHERE status <> "
@@ -135,14 +140,51 @@ def _scenario(web: Server, workers: list[Worker], url: str) -> None:
     assert not failed, (runs, failed)
     shares = detections_by_executor(url)
     assert shares.get(first.executor_id, 0) >= 20 and shares.get(second.executor_id, 0) >= 20, shares
-    assert sum(shares.values()) == UPLOADS, shares
+    assert sum(shares.values()) == uploads, shares
     taken_over = query(url, "SELECT workflow_uuid, status, executor_id FROM dbos.workflow_status "
                             "WHERE workflow_uuid = ANY(%s)", list(killed_with))
     assert {(status, executor) for _, status, executor in taken_over} == {("SUCCESS", second.executor_id)}
     # Whichever live process checked first handed them back to the queue (the web server checks too).
     assert "recovered the runs of a stopped process" in second.log() + web.log_path.read_text()
-    print(f"\n{UPLOADS} uploads detected in {elapsed:.1f}s; detections per executor: {shares}; "
+    print(f"\n{uploads} uploads detected in {elapsed:.1f}s; detections per executor: {shares}; "
           f"{len(killed_with)} run(s) taken over from the killed worker")
+
+
+class _Uploader:
+    """Uploads generated logos from several threads until told how many more to send after a moment."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._last = MOST_UPLOADS
+
+    def stop_after(self, more: int) -> None:
+        """Send ``more`` uploads beyond those sent so far (and at least ``UPLOADS`` in all), then stop."""
+        with self._lock:
+            self._last = min(self._last, max(UPLOADS, len(self.images) + more))
+
+    def send(self, api: httpx.Client) -> None:
+        """One sending thread: take the next number, upload its image, until the last number is taken."""
+        while True:
+            with self._lock:
+                i = len(self.images)
+                if i >= self._last:
+                    return
+                key = f"images_for_detection/scale-{i:04d}.png"
+                self.images[key] = b""  # taken; drawn outside the lock
+            data = self.images[key] = (smile_logo, box_logo, unseen)[i % 3](1000 + i)
+            put(api, key, data)
+
+
+def _freeze_while_busy_or_explain(worker: Worker, url: str, uploader: _Uploader) -> set[str]:
+    """Wait (up to 180 s, while uploads go on) until the worker is frozen with runs in flight; say what was
+    seen when it never was."""
+    try:
+        return wait_until(lambda: _freeze_while_busy(worker, url), 180, 0.05, "the first worker detecting")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {len(uploader.images)} uploads sent; detections per executor: "
+                             f"{detections_by_executor(url)}; runs: {runs_by_executor(url, 'object_created')}") \
+            from exc
 
 
 def _pending(url: str, executor: str) -> list[str]:
