@@ -109,7 +109,7 @@ def _plan(version: str) -> Plan | dict[str, Any] | None:
         previous = serving_version(session=session)
         if row.warm_start is not None or _has_detected(version, session=session):
             return row.warm_start
-        if row.head is None or previous is None or previous.version == version or previous.head is None:
+        if not row.has_head or previous is None or previous.version == version or not previous.has_head:
             return None
         if previous.backbone_fingerprint != row.backbone_fingerprint or previous.input_view != row.input_view:
             log.info("cold start: the previous version reads other embeddings",
