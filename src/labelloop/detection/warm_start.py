@@ -109,7 +109,7 @@ def _plan(version: str) -> Plan | dict[str, Any] | None:
         previous = serving_version(session=session)
         if row.warm_start is not None or _has_detected(version, session=session):
             return row.warm_start
-        if row.head is None or previous is None or previous.version == version or previous.head is None:
+        if not row.has_head or previous is None or previous.version == version or not previous.has_head:
             return None
         if previous.backbone_fingerprint != row.backbone_fingerprint or previous.input_view != row.input_view:
             log.info("cold start: the previous version reads other embeddings",
@@ -136,8 +136,7 @@ def build(plan: Plan) -> silent_errors.Warm:
     window = [item for key, etag, label, confidence in plan.window if (item := _stored(key, etag, label, confidence))]
     vectors = embed_cached(*plan.backbone, {item.digest: item.data for item in [a for a, _ in audits] + window},
                            (plan.view,))
-    scored = {digest: (_top(plan.head, vector), _top(plan.previous_head, vector))
-              for (digest, _), vector in vectors.vectors.items()}
+    scored = scored_by_both(plan, vectors.vectors)
     backtest = backtest_of(plan, audits, scored, trained)
     new = accepted = 0
     for item in window:
@@ -169,9 +168,22 @@ def backtest_of(plan: Plan, audits: list[tuple[Stored, bool]], scored: Scored, t
     return backtest
 
 
-def _top(head: Any, vector: np.ndarray) -> tuple[str, float]:
-    """A head's top label and confidence (0–100) on one embedding."""
-    return ranked(list(head.labels), head.predict_proba(vector[None, :])[0])[0]
+def scored_by_both(plan: Plan, vectors: dict[tuple[str, str], np.ndarray]) -> Scored:
+    """Each embedded image (``vectors``: (digest, view) -> embedding) scored by the new and the previous head, each
+    head in one call on all of them: a head's answer on an image is bit for bit the same in any batch (README
+    Performance, item 45), and one embedding at a time paid a whole block of the familiarity bank's product each
+    (600 images, 10 × 256 bank: 785 against 89 ms of CPU per head)."""
+    if not vectors:
+        return {}
+    stacked = np.stack(list(vectors.values()))
+    return dict(zip([digest for digest, _ in vectors],
+                    zip(_tops(plan.head, stacked), _tops(plan.previous_head, stacked), strict=True), strict=True))
+
+
+def _tops(head: Any, vectors: np.ndarray) -> list[tuple[str, float]]:
+    """A head's top label and confidence (0–100) on each embedding."""
+    labels = list(head.labels)
+    return [ranked(labels, row)[0] for row in head.predict_proba(vectors)]
 
 
 def _has_detected(version: str, *, session: Session) -> bool:

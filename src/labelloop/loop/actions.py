@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.loop import routing
 from labelloop.modeling import service as models
+from labelloop.modeling import versions
 from labelloop.modeling.images import check_image
 from labelloop.parameters import service as parameters
 from labelloop.review import gold
@@ -53,7 +54,7 @@ def redetect_images(keys: list[str], actor: str, *, session: Session) -> dict[st
 
     ``ModelError`` when no version serves; ``InvalidKey`` for a key outside images_for_detection/ or not
     stored, so nothing starts on a mistaken request."""
-    if models.serving_version(session=session) is None:
+    if versions.serving_version_name(session=session) is None:
         raise models.ModelError("no model version serves: deploy one first, then re-detect")
     objects = resolve_detection_images(keys)
     run_id = routing.start_redetection(objects, actor)

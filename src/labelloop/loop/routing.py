@@ -399,8 +399,7 @@ def detections_to_retry() -> list[dict[str, Any]]:
     batches are running) is left out, not detected again by a run of its own; the sweep once read each image's
     runs one query at a time."""
     with db.session() as session:
-        serving = models.serving_version(session=session)
-        version = serving.version if serving is not None else None
+        version = versions.serving_version_name(session=session)
     if version is None:
         return []
     batched, group = waiting_detections_in_flight(), upload_batches()

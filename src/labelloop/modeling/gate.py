@@ -139,7 +139,7 @@ def versus_serving(version: str, evidence: Evidence, head: Any, options: dict[st
     serves."""
     with db.session() as session:
         serving = serving_version(session=session)
-        if serving is None or serving.version == version or serving.head is None:
+        if serving is None or serving.version == version or not serving.has_head:
             return None
         name, serving_head, serving_view = serving.version, head_of(serving), view_key(serving.input_view)
         serving_backbone = version_embedder(serving)

@@ -7,8 +7,8 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text, UniqueConstraint, func
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from labelloop.db import Base, UTCDateTime, utcnow
 
@@ -29,9 +29,9 @@ class ModelStatus(StrEnum):
 class ModelVersion(Base):
     """One trained (or training) model version.
 
-    The head's weights live here (``head`` is a small ``.npz``), so every worker process that shares the
-    database can serve any version; the backbone is the same ONNX file everywhere, rebuilt from the pinned
-    weights package when a process lacks it.
+    The head's weights live here (``head``, an ``.npz`` loaded only when asked for), so every worker process that
+    shares the database can serve any version; the backbone is the same ONNX file everywhere, rebuilt from the
+    pinned weights package when a process lacks it.
     """
 
     __tablename__ = "model_versions"
@@ -55,7 +55,14 @@ class ModelVersion(Base):
     manifest_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     evaluation_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     dataset_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The trained head (``.npz``; 13 MB with a full familiarity bank of 10 labels × 256 rows): loaded only where it
+    # is used (``versions.head_of``: serving's load, the gate, the warm start, the export), so that listing or
+    # showing versions does not read megabytes a row. ``has_head`` says whether there is one without reading it,
+    # also on a row whose session has closed (a deferred ``head`` raises there): its length, which SQLite reads
+    # from the row's header where ``head IS NOT NULL`` reads every page of the value (PostgreSQL: from the TOAST
+    # pointer).
+    head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    has_head: Mapped[bool] = column_property(func.length(head).is_not(None))
     # The int8 backbone this version serves with (Quantize-Backbone): its fingerprint, NULL for the shared fp32
     # backbone, and the ONNX file itself (about 9 MB, loaded only when asked for), so every worker can load it.
     backbone_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -42,13 +42,13 @@ def _version_or_404(session: Session, version: str) -> ModelVersion:
 
 
 def _can_deploy(row: ModelVersion) -> bool:
-    return row.head is not None and row.status in versions.SERVABLE and row.status != ModelStatus.RUNNING.value
+    return row.has_head and row.status in versions.SERVABLE and row.status != ModelStatus.RUNNING.value
 
 
 def _actions(row: ModelVersion, serving: ModelVersion | None) -> dict[str, Any]:
     deploy = _can_deploy(row)
     return {"deploy": deploy, "rollback": deploy and serving is not None and row.id < serving.id,
-            "stop": row.status == ModelStatus.RUNNING.value, "export": row.head is not None}
+            "stop": row.status == ModelStatus.RUNNING.value, "export": row.has_head}
 
 
 def f1_plot(rows: list[ModelVersion], minimum: float) -> Any:

@@ -97,7 +97,7 @@ def train_version(version: str, run_id: str) -> dict[str, Any]:
                    "view": view_key(row.input_view)}
         quantize = parameters.value(parameters.QUANTIZE_BACKBONE, session=session)
         threshold = parameters.value(parameters.MINIMUM_LABEL_DETECTION_CONFIDENCE, session=session)
-    if row.head is not None:  # the step is being retried after it finished training
+    if row.has_head:  # the step is being retried after it finished training (the row's session has closed)
         return {"trained": True, "version": version, "f1": row.f1}
     manifest = dataset.read_manifest(row.manifest_key)
     usable, left_out = dataset.trainable_entries(manifest["images"])
@@ -222,7 +222,7 @@ def record_trained_images(version: str) -> dict[str, Any]:
 def check_deployable(version: str, *, session: Session) -> ModelVersion:
     """The version, if it has finished training and can be deployed; else :class:`ModelError` saying why."""
     row = get_version(version, session=session)
-    if row.head is None or row.status not in SERVABLE:
+    if not row.has_head or row.status not in SERVABLE:
         raise ModelError(f"model version {version} is {row.status} and cannot be deployed; deployable "
                          "versions have finished training (TRAINING_COMPLETED or STOPPED)")
     return row

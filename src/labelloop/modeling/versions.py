@@ -57,7 +57,7 @@ def training_run_ids(*, session: Session) -> set[str]:
 
 
 def serving_version(*, session: Session) -> ModelVersion | None:
-    """The version whose status is RUNNING, if any."""
+    """The version whose status is RUNNING, if any (without its head: :func:`head_of` reads it)."""
     return session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.RUNNING.value))
 
 
@@ -66,14 +66,15 @@ SERVING_NAME = select(ModelVersion.version).where(ModelVersion.status == ModelSt
 
 
 def serving_version_name(*, session: Session) -> str | None:
-    """The name of the version whose status is RUNNING, if any: that one column, not the row, whose ``head`` holds
-    the familiarity bank (13 MB for 10 labels of 256 images), read and parsed again at each look (README
+    """The name of the version whose status is RUNNING, if any: that one column, not the row, whose JSON columns
+    would be parsed again at each look (and, before ``head`` was deferred, its 13 MB familiarity bank read: README
     Performance, item 46)."""
     return session.scalar(SERVING_NAME)
 
 
 def head_of(row: ModelVersion) -> Head:
-    """The trained head of a version (stored in its row by training); :class:`ModelError` when it has none."""
+    """The trained head of a version (stored in its row by training); :class:`ModelError` when it has none. Reads
+    the deferred ``head`` column, so call it inside the row's session."""
     if row.head is None:
         raise ModelError(f"model version {row.version} has no trained head ({row.status})")
     return Head.load(io.BytesIO(row.head))
