@@ -363,15 +363,21 @@ def _crop_box(size: tuple[int, int], fraction: float, ax: float, ay: float) -> t
 
 
 def _scaled(pixels: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 pixels to a C-contiguous 3×H×W float32 array in [-1, 1]: value / 127.5 - 1 in float32,
-    computed in the one array the model gets: the division reads the uint8 pixels through the transposed view
-    and casts them as it goes (no float copy made first: 0.12 against 0.14 ms for 224×224), bit for bit the
-    float32 cast, division and subtraction it was."""
+    """H×W×3 uint8 pixels to a C-contiguous 3×H×W float32 array in [-1, 1]: value / 127.5 - 1 in float32."""
     height, width, _ = pixels.shape
     out = np.empty((3, height, width), dtype=np.float32)
-    np.divide(pixels.transpose(2, 0, 1), np.float32(127.5), out=out, dtype=np.float32)
-    out -= np.float32(1.0)
+    out[...] = pixels.transpose(2, 0, 1)
+    _to_unit_range(out)
     return out
+
+
+def _to_unit_range(out: np.ndarray) -> None:
+    """Pixel values 0–255 held in the float32 array ``out`` to value / 127.5 - 1, in place: the uint8 pixels are
+    cast into ``out`` first (a strided copy through the transposed view), then divided and shifted where they lie,
+    contiguous (0.095 against 0.12 ms for 224×224 when the division read the uint8 pixels and cast them as it
+    went, through numpy's buffers), bit for bit the float32 cast, division and subtraction it always was."""
+    out /= np.float32(127.5)
+    out -= np.float32(1.0)
 
 
 def _to_array(image: Image.Image) -> np.ndarray:
@@ -380,25 +386,49 @@ def _to_array(image: Image.Image) -> np.ndarray:
 
 def _border_fill(image: Image.Image) -> tuple[int, ...]:
     """The mean colour of the image's border (top and bottom rows, left and right columns, corners counted
-    twice), rounded half to even: summed in integers from the four one-pixel strips alone, which gives the
-    same value as a float mean over the whole image's border without converting the whole image."""
+    twice), rounded half to even: summed in integers from the four one-pixel strips alone (their bytes joined,
+    summed band by band), which gives the same value as a float mean over the whole image's border without
+    converting the whole image."""
     width, height = image.size
     strips = ((0, 0, width, 1), (0, height - 1, width, height), (0, 0, 1, height), (width - 1, 0, width, height))
-    total = sum(np.asarray(image.crop(box), dtype=np.int64).reshape(-1, 3).sum(axis=0) for box in strips)
+    border = np.frombuffer(b"".join(image.crop(box).tobytes() for box in strips), dtype=np.uint8)
+    total = np.array([border[band::3].sum(dtype=np.int64) for band in range(3)])  # 6 µs; 14 summed on axis 0
     return tuple(int(v) for v in np.rint(total / (2 * (width + height))))
+
+
+def _letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where `letterbox` puts the resized image on its size×size canvas: (left, top, width, height)."""
+    scale = size / max(width, height)
+    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return (size - inner[0]) // 2, (size - inner[1]) // 2, inner[0], inner[1]
 
 
 def _letterbox_pixels(image: Image.Image, size: int, resample: Image.Resampling = RESAMPLE) -> np.ndarray:
     """`letterbox` as size×size×3 uint8 pixels (resized with ``resample``)."""
-    width, height = image.size
-    scale = size / max(width, height)
-    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
-    left, top = (size - inner[0]) // 2, (size - inner[1]) // 2
+    left, top, width, height = _letterbox_box(*image.size, size)
     canvas = np.empty((size, size, 3), dtype=np.uint8)
     canvas[0] = _border_fill(image)
     canvas[1:] = canvas[0]  # one row filled, then copied row by row: 0.005 ms, against 0.22 colour by colour
-    canvas[top:top + inner[1], left:left + inner[0]] = np.asarray(image.resize(inner, resample))
+    canvas[top:top + height, left:left + width] = np.asarray(image.resize((width, height), resample))
     return canvas
+
+
+def _letterbox_input(image: Image.Image, size: int, resample: Image.Resampling, flip: bool) -> np.ndarray:
+    """`_scaled(_letterbox_pixels(…))` (mirrored with ``flip``), bit for bit, without the uint8 canvas: the margins
+    get the border colour and the resized pixels are cast into their place in the float array, which is then
+    brought to [-1, 1] in place."""
+    left, top, width, height = _letterbox_box(*image.size, size)
+    pixels = np.asarray(image.resize((width, height), resample))
+    if flip:
+        pixels, left = pixels[:, ::-1], size - left - width
+    out = np.empty((3, size, size), dtype=np.float32)
+    colour = np.array(_border_fill(image), dtype=np.float32)[:, None, None]
+    bottom, right = top + height, left + width
+    out[:, :top], out[:, bottom:] = colour, colour
+    out[:, top:bottom, :left], out[:, top:bottom, right:] = colour, colour
+    out[:, top:bottom, left:right] = pixels.transpose(2, 0, 1)
+    _to_unit_range(out)
+    return out
 
 
 def letterbox(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
@@ -416,9 +446,8 @@ def to_input(image: Image.Image, view: str = "orig", size: int = INPUT_SIZE) -> 
     """
     fraction, ax, ay, flip = VIEWS[view]
     if fraction == 0:
-        pixels = _letterbox_pixels(image, size, SMALL_DECODE_RESAMPLE if view in SMALL_DECODE_VIEWS else RESAMPLE)
-    else:
-        pixels = np.asarray(image.resize((size, size), RESAMPLE, box=_crop_box(image.size, fraction, ax, ay)))
+        return _letterbox_input(image, size, SMALL_DECODE_RESAMPLE if view in SMALL_DECODE_VIEWS else RESAMPLE, flip)
+    pixels = np.asarray(image.resize((size, size), RESAMPLE, box=_crop_box(image.size, fraction, ax, ay)))
     if flip:
         pixels = pixels[:, ::-1]
     return _scaled(pixels)
