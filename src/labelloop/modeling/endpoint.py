@@ -162,7 +162,7 @@ def _previous_head(row: ModelVersion, *, session: Session) -> PreviousHead | Non
     if name is None:
         return None
     previous = session.scalar(select(ModelVersion).where(ModelVersion.version == name))
-    if (previous is None or previous.head is None or previous.backbone_fingerprint != row.backbone_fingerprint
+    if (previous is None or not previous.has_head or previous.backbone_fingerprint != row.backbone_fingerprint
             or previous.input_view != row.input_view):
         return None
     return PreviousHead(name, head_of(previous))
