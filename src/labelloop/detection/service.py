@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from labelloop import db
 from labelloop.detection import silent_errors
+from labelloop.detection.arrivals import arrivals
 from labelloop.detection.models import DetectionEvent, DetectionStatus
 from labelloop.modeling import endpoint
 from labelloop.modeling.images import ImageRejected
@@ -51,12 +52,12 @@ def record_arrival(key: str, etag: str, run_id: str | None, source: str = "uploa
     """The detection event of this object (created once; the same key and ETag give the same event: the unique
     index on them refuses a second, so a new arrival costs no lookup first). One Core INSERT … RETURNING id on a
     connection of its own (no ORM session: a third of the CPU), so a PUT's write turn lasts the statement and
-    its commit."""
+    its commit; on SQLite the connection kept for these inserts (:mod:`labelloop.detection.arrivals`)."""
     values = db.with_defaults(EVENTS, {
         "request_id": str(uuid.uuid4()), "object_key": key, "etag": etag, "run_id": run_id, "source": source,
         "status": DetectionStatus.WAITING_FOR_MODEL, "status_message": "waiting for a model version to serve"})
     try:
-        with db.connection() as connection:
+        with arrivals.begin() as connection:
             values["id"] = connection.execute(ARRIVAL, values).scalar_one()
     except IntegrityError:  # recorded before: by this step's earlier try, or another worker a moment ago
         with db.session() as session:

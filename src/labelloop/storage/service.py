@@ -46,12 +46,8 @@ def validate_key(key: str, *, folder: bool = False) -> str:
         raise InvalidKey("the key is empty; give a path such as images_for_detection/photo.jpg")
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidKey(f"the key is longer than {MAX_KEY_BYTES} bytes")
-    for char in key:
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cs") or (category == "Cf" and unicodedata.bidirectional(char) in
-                                         ("RLO", "LRO", "RLE", "LRE", "RLI", "LRI", "FSI", "PDF", "PDI")):
-            raise InvalidKey(f"the key contains the control character U+{ord(char):04X}; "
-                             "keys may not contain control or text-direction characters")
+    if not (key.isascii() and key.isprintable()):  # printable ASCII has no control or text-direction character
+        _refuse_control_characters(key)
     if "\\" in key:
         raise InvalidKey("the key contains a backslash; use / to separate folders")
     if key.startswith("/"):
@@ -67,6 +63,16 @@ def validate_key(key: str, *, folder: bool = False) -> str:
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise InvalidKey(f"a folder or file name in the key is longer than {MAX_SEGMENT_BYTES} bytes")
     return key
+
+
+def _refuse_control_characters(key: str) -> None:
+    """:class:`InvalidKey` for the first control, surrogate or text-direction character in ``key``, if any."""
+    for char in key:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs") or (category == "Cf" and unicodedata.bidirectional(char) in
+                                         ("RLO", "LRO", "RLE", "LRE", "RLI", "LRI", "FSI", "PDF", "PDI")):
+            raise InvalidKey(f"the key contains the control character U+{ord(char):04X}; "
+                             "keys may not contain control or text-direction characters")
 
 
 def validate_prefix(prefix: str) -> str:
