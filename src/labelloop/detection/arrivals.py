@@ -6,7 +6,7 @@ connection drops its whole page cache when another connection has committed sinc
 hands its connections out first in, first out, so an upload's INSERT nearly always came on a connection whose cache
 another upload's commit had made stale, and read again every page of the table and its indexes that it touched
 (4 threads recording 400 uploads: 14.8 ``pread64`` calls per upload, 0.4 on the kept connection; README Performance,
-item 47). Kept for these inserts alone, the connection finds its pages cached unless another writer (a batch's
+item 49). Kept for these inserts alone, the connection finds its pages cached unless another writer (a batch's
 run) committed in between, and its prepared statement with them. PostgreSQL writes in parallel and caches on the
 server: there each insert takes a pooled connection, as before.
 """
@@ -39,7 +39,7 @@ class ArrivalConnection:
         """A connection in a transaction for one short write (see the class)."""
         engine = db.engine()
         if engine.dialect.name != "sqlite":
-            with engine.begin() as connection:
+            with db.connection() as connection:
                 yield connection
             return
         with self._lock:
