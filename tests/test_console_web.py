@@ -168,7 +168,8 @@ def test_upload_a_folder_through_the_page_and_see_it_listed(console: Server, pag
     assert names == ["a2i-human-loop-data/", "evaluation/", "images_for_detection/", "images_labeled_by_folder/",
                      "manifests/"]
     shot(page, "02-storage-bucket")
-    page.click("#folders a:has-text('images_labeled_by_folder/')")
+    with page.expect_navigation():
+        page.click("#folders a:has-text('images_labeled_by_folder/')")
     assert "Drop label folders here" in page.inner_text("#drop-zone")
     shot(page, "03-storage-labeled")
 
@@ -179,7 +180,8 @@ def test_upload_a_folder_through_the_page_and_see_it_listed(console: Server, pag
     row = page.locator("#folders tr", has=page.locator("a:has-text('other_logo/')"))
     assert row.locator("td").nth(1).inner_text() == "4"
     shot(page, "04-storage-folder-uploaded")
-    page.click("#folders a:has-text('other_logo/')")
+    with page.expect_navigation():
+        page.click("#folders a:has-text('other_logo/')")
     assert page.inner_text("#folder-label") == "other_logo"
     assert page.locator("#objects .object").count() == 4
     wait_until(lambda: images_loaded(page, "#objects img"), 20, 0.2, "thumbnails")
@@ -401,7 +403,8 @@ def test_models_page_metrics_plot_export_roll_back_stop_and_deploy(console: Serv
     assert "Minimum-F1-Score 0.8" in plot.inner_html() and plot.locator("circle").count() == 2
     shot(page, "16-models")
 
-    page.click("#versions a:has-text('v1')")
+    with page.expect_navigation():  # count() does not wait: the model page must have loaded first
+        page.click("#versions a:has-text('v1')")
     per_label = page.locator("#per-label tbody tr")
     assert per_label.count() == 2 and "amazon_logo" in per_label.nth(0).inner_text()
     assert page.locator("#confusion tbody tr").count() == 2
