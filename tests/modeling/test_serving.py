@@ -80,3 +80,45 @@ def test_a_request_its_caller_gave_up_is_dropped_and_the_unit_keeps_serving(back
     finally:
         serving.close()
     assert head.sizes == [1, 1]  # the abandoned request never ran
+
+
+class GatedEmbedder:
+    """The real backbone session, whose first run after ``hold()`` waits until the test opens the gate."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.gate.clear()
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(timeout=120)
+        return self.embedder.embed(batch)
+
+
+def test_a_batch_that_finishes_while_requests_wait_shares_the_next_batchs_head_call(backbone_onnx: Path) -> None:
+    gated = GatedEmbedder(Embedder(backbone_onnx, threads=1))
+    serving = Serving(lambda threads: gated, units=1, max_batch=8)  # type: ignore[arg-type, return-value]
+    head = RecordingHead()
+    inputs = np.random.default_rng(2).uniform(-1, 1, (3, 1, 3, 224, 224)).astype(np.float32)
+    try:
+        serving.switch(serving.warm("v1", head))
+        alone = [serving.submit(x).result(timeout=120)[1] for x in inputs[:2]]
+        head.sizes.clear()
+        gated.hold()
+        first = serving.submit(inputs[0])
+        assert gated.entered.wait(timeout=120)  # the unit runs the first batch's backbone
+        second = serving.submit(inputs[1])  # waits in the queue meanwhile
+        gated.gate.set()
+        answers = [first.result(timeout=120)[1], second.result(timeout=120)[1]]
+        lone = serving.submit(inputs[2]).result(timeout=120)  # nothing queued: answered at once, never held
+    finally:
+        serving.close()
+    assert head.sizes == [2, 1]  # one head call for both batches, then the lone request's own
+    for answer, expected in zip(answers, alone, strict=True):
+        np.testing.assert_allclose(answer, expected, atol=1e-6)
+    assert lone[0].version == "v1"

@@ -14,6 +14,10 @@ also holds the head of the version it replaced, when that one read the same kind
 that asks (:meth:`Serving.submit_compared`), that head's top label and confidence on the same embedding come
 back beside the answer (the head only: the backbone runs once).
 
+A batch's head (its familiarity bank's product, about the same CPU for 1 to ``max_batch`` rows) may run together with
+the next batch's: a unit whose batch is done while more requests wait holds it, and the next batch to finish (either
+unit's) answers both with one head call (``Serving._head_stage``; README Performance, "sync detect, eleventh look").
+
 Each version serves on its input view (``LoadedVersion.view``: the centre crop 'orig' or 'letterbox'), and a
 request says which view its images were prepared with: a request prepared for one version's view that reaches a
 version with another (a switch between preparing and running it) is answered :class:`ViewChanged`, never run,
@@ -104,6 +108,15 @@ class _Request:
     view: str | None = None  # the view the inputs were prepared with (None: not checked)
 
 
+@dataclass
+class _Embedded:
+    """A batch whose backbone has run, waiting for its head (``Serving._head_stage``)."""
+
+    version: LoadedVersion
+    batch: list[_Request]
+    embeddings: np.ndarray
+
+
 class Serving:
     """The model server of this process."""
 
@@ -118,6 +131,8 @@ class Serving:
         self._active: LoadedVersion | None = None
         self._switch_lock = threading.Lock()
         self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._held: _Embedded | None = None  # a batch whose head runs with the next batch's (``_head_stage``)
+        self._held_lock = threading.Lock()
         self._units: list[threading.Thread] = []
         self._embedders: list[Embedder] = []
         self.units = 0
@@ -204,12 +219,18 @@ class Serving:
 
     def _unit(self, embedder: Embedder) -> None:
         while True:
-            first = self._requests.get()
+            try:
+                first = self._requests.get_nowait()
+            except queue.Empty:
+                self._answer_held()  # nothing to run: a held batch is answered now, never kept waiting for work
+                first = self._requests.get()
             if first is None:
+                self._answer_held()
                 return
             batch, stop = self._take_batch(first)
             self._run(embedder, batch)
             if stop:
+                self._answer_held()
                 return
 
     def _run(self, embedder: Embedder, batch: list[_Request]) -> None:
@@ -230,14 +251,52 @@ class Serving:
         try:
             inputs = np.concatenate([request.inputs for request in batch])
             embeddings = (version.embedder or embedder).embed(inputs)
+        except Exception as exc:  # every waiting request gets the error, the unit keeps serving
+            _fail(version, batch, exc)
+            return
+        self.batches += 1
+        self._head_stage(_Embedded(version, batch, embeddings))
+
+    def _head_stage(self, done: _Embedded) -> None:
+        """Run the head on ``done`` and answer it, or hold it for the next batch's head (either unit's).
+
+        A head costs about the same for 1 to ``max_batch`` rows (the familiarity bank's product, blocks of exactly
+        ``PRODUCT_ROWS``: README Performance, items 39 and 45), and at 8 clients a batch holds about 2 images. So a
+        batch of fewer than ``max_batch`` images is held while requests wait in the queue (a unit will run another
+        batch at once) and nothing is held yet; the next batch to finish takes it into its own head call when both
+        fit in ``max_batch`` rows, for the same version. A unit that finds the queue empty answers a held batch
+        before it waits (``_unit``), so a lone request is never held."""
+        with self._held_lock:
+            held, self._held = self._held, None
+            if held is None and len(done.embeddings) < self.max_batch and not self._requests.empty():
+                self._held = done
+                return
+        if held is not None and held.version is done.version and \
+                len(held.embeddings) + len(done.embeddings) <= self.max_batch:
+            self._answer([held, done])
+            return
+        if held is not None:
+            self._answer([held])
+        self._answer([done])
+
+    def _answer_held(self) -> None:
+        """Answer the held batch, if any (``_head_stage``)."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held is not None:
+            self._answer([held])
+
+    def _answer(self, parts: list[_Embedded]) -> None:
+        """One head call on the embeddings of ``parts`` (batches of one version) and every request answered."""
+        version = parts[0].version
+        batch = [request for part in parts for request in part.batch]
+        try:
+            embeddings = parts[0].embeddings if len(parts) == 1 else np.concatenate([p.embeddings for p in parts])
             probabilities = version.head.predict_proba(embeddings)
             previous = _previous_top(version, embeddings) if any(r.compared for r in batch) else None
         except Exception as exc:  # every waiting request gets the error, the unit keeps serving
-            log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
-            for request in batch:
-                request.future.set_exception(exc)
+            _fail(version, batch, exc)
             return
-        self.batches += 1
         start = 0
         for request in batch:
             end = start + len(request.inputs)
@@ -268,6 +327,13 @@ class Serving:
         future = future or Future()
         self._requests.put(_Request(inputs, future, compared, view))
         return future
+
+
+def _fail(version: LoadedVersion, batch: list[_Request], exc: Exception) -> None:
+    """Every request of ``batch`` gets ``exc`` (inference failed; the unit keeps serving)."""
+    log.exception("inference failed", extra={"version": version.version, "batch": len(batch)})
+    for request in batch:
+        request.future.set_exception(exc)
 
 
 def limit_blas_threads(limit: int) -> None:
