@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from labelloop import db
 from labelloop.detection import service as detections
@@ -33,11 +34,23 @@ def inserts(database_url: Callable[[], str]) -> Iterator[list[Any]]:
 
 
 def watch(found: list[Any]) -> None:
-    """Append to ``found`` the DBAPI connection of every detection event INSERT on the open engine."""
-    def seen(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith(ARRIVAL_SQL):
-            found.append(conn.connection.dbapi_connection)
-    event.listen(db.engine(), "before_cursor_execute", seen)
+    """Append to ``found`` the DBAPI connection of every detection event INSERT on the open engine: on SQLite, where
+    the inserts run on the driver's connection itself (no SQLAlchemy events), as SQLite's trace callback of each
+    connection taken from the pool from now on reports them; elsewhere as SQLAlchemy's events do."""
+    engine = db.engine()
+    if engine.dialect.name != "sqlite":
+        def seen(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith(ARRIVAL_SQL):
+                found.append(conn.connection.dbapi_connection)
+        event.listen(engine, "before_cursor_execute", seen)
+        return
+
+    def traced(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        def statement(sql: str) -> None:
+            if sql.startswith(ARRIVAL_SQL):
+                found.append(dbapi_connection)
+        dbapi_connection.set_trace_callback(statement)
+    event.listen(engine, "checkout", traced)
 
 
 def arrive(name: str) -> dict[str, Any]:
@@ -95,16 +108,26 @@ def test_the_same_upload_again_is_the_same_event_and_the_next_one_is_recorded(in
 
 
 def test_a_failed_insert_fails_its_upload_and_the_next_one_records(inserts: list[Any]) -> None:
-    """The write fails after the SQLite writer's turn was taken: the turn is given back with the transaction."""
+    """The write fails after the SQLite writer's turn was taken (SQLite refuses the INSERT: its authorizer says
+    no, once; elsewhere the driver fails before it): the upload gets SQLAlchemy's error for it, the turn is given
+    back with the transaction, and the next upload is recorded."""
     arrive("before")
-    failures = [OperationalError(ARRIVAL_SQL, {}, Exception("disk I/O error"))]
+    if db.engine().dialect.name == "sqlite":
+        refusals = [sqlite3.SQLITE_DENY]
 
-    def fail_once(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith(ARRIVAL_SQL) and failures:
-            raise failures.pop()
+        def refuse_once(action: int, table: str | None, *_args: Any) -> int:
+            if action == sqlite3.SQLITE_INSERT and table == "detection_events" and refusals:
+                return refusals.pop()
+            return sqlite3.SQLITE_OK
+        inserts[-1].set_authorizer(refuse_once)  # the kept connection; its prepared statements are prepared again
+    else:
+        failures = [OperationalError(ARRIVAL_SQL, {}, Exception("disk I/O error"))]
 
-    event.listen(db.engine(), "before_cursor_execute", fail_once)
-    with pytest.raises(OperationalError):
+        def fail_once(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith(ARRIVAL_SQL) and failures:
+                raise failures.pop()
+        event.listen(db.engine(), "before_cursor_execute", fail_once)
+    with pytest.raises(DatabaseError, match=r"not authorized|disk I/O error"):
         arrive("failed")
     after = arrive("after")
     assert after["object_key"] == "images_for_detection/after.jpg"
@@ -136,3 +159,19 @@ def test_once_the_database_is_closed_its_file_alone_holds_every_event(tmp_path: 
     finally:
         db.close()
 
+
+
+def test_the_driver_stores_an_event_as_sqlalchemy_would(inserts: list[Any]) -> None:
+    """An upload's event inserted through the driver (SQLite) has every column as the same values inserted through
+    SQLAlchemy Core have them: the same stored text of times, JSON and flags, and read back the same."""
+    recorded = arrive("driver")
+    values = {**db.with_defaults(detections.EVENTS, {**recorded, "object_key": "images_for_detection/core.jpg"}),
+              "request_id": "core", "created_at": recorded["created_at"]}
+    with db.connection() as connection:
+        connection.execute(detections.ARRIVAL, values)
+    columns = [name for name in detections.SHOWN if name not in ("id", "request_id", "object_key")]
+    with db.connection() as connection:
+        rows = connection.execute(text(f"SELECT {', '.join(columns)} FROM detection_events ORDER BY id")).all()
+    assert len(rows) == 2 and rows[0] == rows[1]
+    assert {column: recorded[column] for column in columns} == \
+        {column: value for column, value in detections.read_event(recorded["id"]).items() if column in columns}

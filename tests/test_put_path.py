@@ -4,6 +4,7 @@ the same bytes not written again (the refusal of every way out of the bucket, a 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -50,10 +51,15 @@ def test_a_put_answers_what_head_and_get_then_say_and_leaves_no_staged_file(tmp_
         bucket.get(KEY)
 
 
-def test_a_failed_put_leaves_no_staged_file_and_a_left_over_one_is_passed_over(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "staged"])
+def test_a_failed_put_leaves_no_staged_file_and_a_left_over_one_is_passed_over(tmp_path: Path,
+                                                                               unnamed: bool) -> None:
     """A put whose rename fails (a folder stands at the key) raises and removes its staged file; staged names a
-    crashed process with the same process id left behind are skipped, not overwritten."""
+    crashed process with the same process id left behind are skipped, not overwritten (also when an unnamed
+    file is named in the staging folder to replace an object)."""
     bucket = LocalBackend(tmp_path / "bucket")
+    assert bucket.unnamed  # ext4 and tmpfs write unnamed files
+    bucket.unnamed = unnamed
     (tmp_path / "bucket" / "images_for_detection" / "taken.jpg").mkdir(parents=True)
     with pytest.raises(IsADirectoryError):
         bucket.put("images_for_detection/taken.jpg", b"x")
@@ -63,9 +69,62 @@ def test_a_failed_put_leaves_no_staged_file_and_a_left_over_one_is_passed_over(t
     for path in left:
         path.write_bytes(b"left by a crash")
     bucket.put("images_for_detection/new.jpg", b"new")
-    assert bucket.get("images_for_detection/new.jpg") == b"new"
+    bucket.put("images_for_detection/new.jpg", b"newer")
+    assert bucket.get("images_for_detection/new.jpg") == b"newer"
     assert sorted((tmp_path / "bucket.tmp").iterdir()) == sorted(left)
     assert all(path.read_bytes() == b"left by a crash" for path in left)
+
+
+def test_an_object_is_written_unnamed_and_named_only_once_durable(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new object is written as a file without a name in its own folder (nothing in the staging folder, nothing
+    at the key) and gets its name only after its bytes and ETag attribute are fsync'd; replacing an object swaps
+    the whole file (a reader opened on the old one still reads it whole)."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    folder, staging = tmp_path / "bucket" / "images_for_detection" / "a" / "b", tmp_path / "bucket.tmp"
+    seen: list[tuple[bool, list[Path], list[Path]]] = []
+    fsync = os.fsync
+
+    def watched(handle: int) -> None:
+        fsync(handle)
+        seen.append((os.path.exists(folder / "photo.jpg"), sorted(folder.iterdir()), sorted(staging.iterdir())))
+
+    monkeypatch.setattr(os, "fsync", watched)
+    first = bucket.put(KEY, b"first bytes")
+    assert seen == [(False, [], [])]
+    with open(folder / "photo.jpg", "rb") as reader:
+        second = bucket.put(KEY, b"second, longer bytes")
+        assert reader.read() == b"first bytes"
+    assert bucket.get(KEY) == b"second, longer bytes" and kept_etag(folder / "photo.jpg") == second.etag != first.etag
+    assert seen[1] == (True, [folder / "photo.jpg"], []) and list(staging.iterdir()) == []
+
+
+def test_a_put_that_fails_before_its_name_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (the disk's fsync answers EIO) raises and leaves neither the object nor any file in its
+    folder or the staging folder; the object stored before stays."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    bucket.put(KEY, b"kept bytes")
+
+    def failing(_handle: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    for key in (KEY, "images_for_detection/a/b/new.jpg"):
+        with pytest.raises(OSError, match="Input/output"):
+            bucket.put(key, b"lost bytes")
+    monkeypatch.undo()
+    assert bucket.get(KEY) == b"kept bytes"
+    assert sorted((tmp_path / "bucket" / "images_for_detection" / "a" / "b").iterdir()) == \
+        [tmp_path / "bucket" / KEY]
+    assert list((tmp_path / "bucket.tmp").iterdir()) == []
+
+
+def test_a_file_system_without_unnamed_files_stages_them(tmp_path: Path) -> None:
+    """Where a folder cannot hold unnamed files (``O_TMPFILE`` refused: a ramfs; here a folder that is a file
+    stands for one), the probe says so, leaving nothing behind; on ext4 it finds them and leaves nothing either."""
+    assert local._names_unnamed_files(str(tmp_path)) and list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_bytes(b"")
+    assert not local._names_unnamed_files(str(tmp_path / "file"))
 
 
 

@@ -50,15 +50,15 @@ def as_dict(event: Any) -> dict[str, Any]:
 
 def record_arrival(key: str, etag: str, run_id: str | None, source: str = "upload") -> dict[str, Any]:
     """The detection event of this object (created once; the same key and ETag give the same event: the unique
-    index on them refuses a second, so a new arrival costs no lookup first). One Core INSERT … RETURNING id on a
+    index on them refuses a second, so a new arrival costs no lookup first). One INSERT … RETURNING id on a
     connection of its own (no ORM session: a third of the CPU), so a PUT's write turn lasts the statement and
-    its commit; on SQLite the connection kept for these inserts (:mod:`labelloop.detection.arrivals`)."""
+    its commit; on SQLite on the connection kept for these inserts, through its driver
+    (:mod:`labelloop.detection.arrivals`)."""
     values = db.with_defaults(EVENTS, {
         "request_id": str(uuid.uuid4()), "object_key": key, "etag": etag, "run_id": run_id, "source": source,
         "status": DetectionStatus.WAITING_FOR_MODEL, "status_message": "waiting for a model version to serve"})
     try:
-        with arrivals.begin() as connection:
-            values["id"] = connection.execute(ARRIVAL, values).scalar_one()
+        values["id"] = arrivals.insert(ARRIVAL, values)
     except IntegrityError:  # recorded before: by this step's earlier try, or another worker a moment ago
         with db.session() as session:
             return as_dict(_event_for(key, etag, session=session))

@@ -24,6 +24,9 @@ from labelloop.storage.models import ObjectInfo
 _ETAG = re.compile(r"[0-9a-f]{32}")  # an MD5 hex digest, as put() stores it
 _STAGED = itertools.count()  # names of staged files, with the process id (O_EXCL makes each one unique anyway)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# A file with no name yet, in the folder it is opened on (Linux; 0 where the platform has none): it is given its name
+# once written, or vanishes with its last handle.
+_UNNAMED = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0)
 ETAG_ATTRIBUTE = "user.labelloop.etag"  # "<MD5 hex> <size> <mtime in ns>" of the file it was computed for
 _UNSUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
@@ -73,6 +76,18 @@ def _write_all(handle: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _fill(handle: int, data: bytes, etag: str | None, durable: bool) -> os.stat_result:
+    """Write ``data`` to the new file open at ``handle``, set ``etag`` as its ETag attribute (unless None) and fsync
+    it when ``durable``; its ``fstat`` (size and modification time, which the attribute holds too)."""
+    _write_all(handle, data)
+    written = os.fstat(handle)
+    if etag is not None:
+        os.setxattr(handle, ETAG_ATTRIBUTE, _attribute(etag, written))
+    if durable:
+        os.fsync(handle)
+    return written
+
+
 def _replace(source: str, target: str) -> None:
     """Rename ``source`` to ``target``, making ``target``'s folders first when they do not exist yet."""
     try:
@@ -80,6 +95,45 @@ def _replace(source: str, target: str) -> None:
     except FileNotFoundError:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(source, target)
+
+
+def _open_unnamed(folder: str) -> int:
+    """A new file without a name in ``folder`` (made first, with its parents, if it does not exist), open for
+    writing (``O_TMPFILE``)."""
+    try:
+        return os.open(folder, _UNNAMED, 0o600)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        return os.open(folder, _UNNAMED, 0o600)
+
+
+def _link(handle: int, path: str) -> None:
+    """Name the unnamed file open at ``handle`` ``path`` (``FileExistsError`` if something is there already).
+
+    ``linkat`` of its ``/proc`` entry, following that link to the file itself; ``src_dir_fd`` is given only so that
+    Python calls ``linkat`` (with ``follow_symlinks``) rather than ``link``: the source path is absolute, so the
+    kernel does not look at it."""
+    os.link(f"/proc/self/fd/{handle}", path, src_dir_fd=handle, follow_symlinks=True)
+
+
+def _names_unnamed_files(folder: str) -> bool:
+    """Whether files can be written unnamed in ``folder`` and then named (``O_TMPFILE`` and ``linkat`` through
+    ``/proc``): tried once with an empty file, named in ``folder`` and removed at once."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return False
+    try:
+        handle = os.open(folder, _UNNAMED, 0o600)
+    except OSError:  # a file system without unnamed files (EOPNOTSUPP; EISDIR on old kernels)
+        return False
+    try:
+        probe = f"{folder}/{os.getpid()}-probe-{next(_STAGED)}.part"
+        _link(handle, probe)
+        os.unlink(probe)
+    except OSError:
+        return False
+    finally:
+        os.close(handle)
+    return True
 
 
 def _modified(found: os.stat_result) -> datetime:
@@ -140,6 +194,7 @@ class LocalBackend:
             folder.mkdir(parents=True, exist_ok=True)
         self._root, self._meta, self._staging = str(self.root), str(self.meta_root), str(self.staging)
         self.attributes = _keeps_attributes(self._staging)
+        self.unnamed = _names_unnamed_files(self._staging)
         if not self.attributes:
             log.info("bucket keeps ETags in files: no user extended attributes on its file system",
                      extra={"bucket": self._root, "etag_folder": self._meta})
@@ -187,18 +242,17 @@ class LocalBackend:
         return ObjectInfo(key=key, size=written.st_size, etag=etag, last_modified=_modified(written))
 
     def _atomic_write(self, path: str, data: bytes, *, etag: str | None = None, durable: bool = True) -> os.stat_result:
-        """Write ``data`` to ``path`` through a staged file and a rename (making its folders if needed); ``etag``: set
-        as the file's ETag attribute; ``durable``: fsync'd (with the attribute) first. Returns the written file's
-        ``fstat`` (its size and modification time)."""
+        """Write ``data`` to ``path`` so that a reader finds the whole file or none (making its folders if needed):
+        written unnamed in ``path``'s folder and then named (:meth:`_write_unnamed`), or where the file system cannot,
+        through a staged file and a rename. ``etag``: set as the file's ETag attribute; ``durable``: fsync'd (with
+        the attribute) before it gets its name. Returns the written file's ``fstat`` (its size and modification
+        time)."""
+        if self.unnamed:
+            return self._write_unnamed(path, data, etag, durable)
         staged, handle = self._stage()
         try:
             try:
-                _write_all(handle, data)
-                written = os.fstat(handle)
-                if etag is not None:
-                    os.setxattr(handle, ETAG_ATTRIBUTE, _attribute(etag, written))
-                if durable:
-                    os.fsync(handle)
+                written = _fill(handle, data, etag, durable)
             finally:
                 os.close(handle)
             _replace(staged, path)
@@ -207,14 +261,49 @@ class LocalBackend:
             raise
         return written
 
+    def _write_unnamed(self, path: str, data: bytes, etag: str | None, durable: bool) -> os.stat_result:
+        """:meth:`_atomic_write` with a file opened unnamed in ``path``'s folder (``O_TMPFILE``), named ``path`` once
+        written (``linkat``): one directory entry made, where a staged file costs one made in the staging folder and
+        a rename across folders. A file already at ``path`` (an object replaced) is replaced atomically: the file is
+        named in the staging folder and renamed over it. Nothing is left behind by a failure or a crash: an unnamed
+        file vanishes with its handle."""
+        handle = _open_unnamed(os.path.dirname(path))
+        try:
+            written = _fill(handle, data, etag, durable)
+            try:
+                _link(handle, path)
+            except FileExistsError:
+                staged = self._link_staged(handle)
+                try:
+                    _replace(staged, path)
+                except BaseException:
+                    Path(staged).unlink(missing_ok=True)
+                    raise
+        finally:
+            os.close(handle)
+        return written
+
     def _stage(self) -> tuple[str, int]:
         """A new file in the staging folder, open for writing: its path and handle."""
         while True:
-            staged = f"{self._staging}/{os.getpid()}-{next(_STAGED)}.part"
+            staged = self._staged_name()
             try:
                 return staged, os.open(staged, _CREATE, 0o600)
             except FileExistsError:  # left by an earlier process that had this id
                 continue
+
+    def _link_staged(self, handle: int) -> str:
+        """Name the unnamed file open at ``handle`` in the staging folder; its path."""
+        while True:
+            staged = self._staged_name()
+            try:
+                _link(handle, staged)
+                return staged
+            except FileExistsError:  # left by an earlier process that had this id
+                continue
+
+    def _staged_name(self) -> str:
+        return f"{self._staging}/{os.getpid()}-{next(_STAGED)}.part"
 
     def _store_etag(self, key: str, etag: str) -> None:
         """Keep the object's ETag in its ETag file (a bucket without extended attributes). Not fsync'd (the second
