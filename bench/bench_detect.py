@@ -768,6 +768,8 @@ def main() -> None:
     paths = [str(args.server_src.resolve()) if args.server_src else None, *args.compare_src]
     if len(args.compare_bank) not in (0, 1, len(args.compare_src)):
         parser.error("--compare-bank: once, or once per --compare-src")
+    if args.exporters is not None and not (args.exporters and set(args.exporters) <= set(range(len(paths)))):
+        parser.error(f"--exporters: at least one of 0 to {len(paths) - 1}")
     banks = [args.bank, *(args.compare_bank * len(args.compare_src) if len(args.compare_bank) == 1
                           else args.compare_bank or [args.bank] * len(args.compare_src))]
     servers: list[Served] = []
