@@ -559,7 +559,6 @@ class Served:
     name: str
     server: Server
     bank: Bank
-    position: int = 0  # 0 for the server under test, N for cmpN
     token: str = ""
     idle: float = float("nan")  # CPU seconds per second with no request
 
@@ -677,38 +676,54 @@ def label(served: Served) -> str:
     return served.name or "under test"
 
 
-def in_setup_order(items: list[Any], args: argparse.Namespace) -> list[Any]:
-    """``items`` (one per server, the server under test first) in the order the set-up steps take them."""
-    return items[::-1] if args.setup_order == "backward" else items
+def each_server(servers: list[Served], step: Callable[[Served], None], args: argparse.Namespace) -> None:
+    """Run a set-up step on every server: on all of them at once (``--setup-order concurrent``), or one after
+    another, the server under test first (``forward``) or last (``backward``)."""
+    if args.setup_order == "concurrent":
+        run_concurrently(step, servers)
+        return
+    for served in servers[::-1] if args.setup_order == "backward" else servers:
+        step(served)
 
 
 def set_up(servers: list[Served], bodies: list[tuple[bytes, str]],
            args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
-    """Every server's set-up, step by step, each step on every server before the next step: v1 trained on its
-    bank and deployed; v1 exported (``GET /models/v1/export``); the serving path warmed; its idle CPU measured; its
-    peak RSS reset. The raw phases' model file (the first exporter's) and each server's peak RSS so far.
+    """Every server's set-up, step by step, each step on every server before the next step: started; v1 trained on
+    its bank and deployed; v1 exported (``GET /models/v1/export``); the serving path warmed; its idle CPU measured;
+    its peak RSS reset. The raw phases' model file (the first exporter's) and each server's peak RSS so far.
 
-    Every server does the same steps (``--exporters``: only those; ``--setup-order``: whose turn comes first), so
-    that no server serves in another state than the others because of what the bench did to it before the rounds
-    (README Performance, item 51)."""
-    order = in_setup_order(servers, args)
-    for served in order:
+    Fair by construction (README Performance, item 51): every server does the same steps (``--exporters``: only
+    those export), and by default each step runs on all servers at once, so that none was started, trained or
+    left idle before the others (one after another, the server set up first paid about 0.1-0.3 ms of CPU per
+    image more in the rounds than the same code set up second, whichever exported)."""
+    def start(served: Served) -> None:
+        served.server.start(timeout=300)
+
+    def trained(served: Served) -> None:
         with served.server.client() as api:
             print(f"server {label(served)}: {train(served.server, api, served.bank, args.quantize)}")
+
     exporters = [servers[i] for i in (range(len(servers)) if args.exporters is None else args.exporters)]
-    models = {}
-    for served in (e for e in order if e in exporters):
-        with served.server.client() as api:
-            models[served.name] = OUT / f"detect-model{served.name}.onnx"
-            models[served.name].write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
-        print(f"server {label(served)}: v1 exported")
-    for served in order:
+    models = {served.name: OUT / f"detect-model{served.name}.onnx" for served in exporters}
+
+    def exported(served: Served) -> None:
+        if served in exporters:
+            with served.server.client() as api:
+                models[served.name].write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
+            print(f"server {label(served)}: v1 exported")
+
+    def warmed(served: Served) -> None:
         served.token = served.server.token()
         drive_sync(served.server, served.token, bodies, 8, 2.0)  # warm the serving path
+
+    def idled(served: Served) -> None:
+        served.idle = idle_cpu(served.server.process.pid, 10.0)
+
+    for step in (start, trained, exported, warmed, idled):
+        each_server(servers, step, args)
     rss_training = {}
-    for served in order:
+    for served in servers:
         pid = served.server.process.pid
-        served.idle = idle_cpu(pid, 10.0)
         print(f"idle server {served.name}: {100 * served.idle:.1f} % of one core (queue and schedule polling, "
               "liveness checks)")
         rss_training[served.name] = memory_mib(pid, "VmHWM")
@@ -751,9 +766,10 @@ def main() -> None:
                         help="which servers export v1 in the set-up (0: the server under test, N: cmpN; default: "
                              "every one, so that they all serve after the same steps; the raw phases run the "
                              "first one's file); for tracing the bias of README item 51")
-    parser.add_argument("--setup-order", choices=("forward", "backward"), default="forward",
-                        help="the servers' order in each set-up step (start, train, export, warm, idle): the server "
-                             "under test first (forward) or last (backward)")
+    parser.add_argument("--setup-order", choices=("concurrent", "forward", "backward"), default="concurrent",
+                        help="how each set-up step (start, train, export, warm, idle) takes the servers: all at "
+                             "once (concurrent), or one after another, the server under test first (forward) or "
+                             "last (backward); for tracing the bias of README item 51")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     defaults = {"rounds": 1, "seconds": 3.0, "raw_seconds": 2.0, "uploads": 200} if args.quick else \
@@ -774,12 +790,10 @@ def main() -> None:
                           else args.compare_bank or [args.bank] * len(args.compare_src))]
     servers: list[Served] = []
     try:
-        for i in in_setup_order(list(range(len(paths))), args):
-            servers.append(Served(f"cmp{i}" if i else "", start_server(paths[i], OUT / f"detect-home{i or ''}"),
-                                  banks[i], i))
-            print(f"server {label(servers[-1])}: PYTHONPATH "
-                  f"{paths[i] or os.environ.get('PYTHONPATH', '')}, bank {banks[i]}")
-        servers.sort(key=lambda served: served.position)
+        for i, path in enumerate(paths):
+            servers.append(Served(f"cmp{i}" if i else "", new_server(path, OUT / f"detect-home{i or ''}"), banks[i]))
+            print(f"server {label(servers[-1])}: PYTHONPATH {path or os.environ.get('PYTHONPATH', '')}, "
+                  f"bank {banks[i]}")
         model, rss_training = set_up(servers, bodies, args)
         rounds = []
         for index in range(args.rounds):
@@ -805,15 +819,20 @@ def main() -> None:
 
 
 def start_server(pythonpath: str | None, home: Path, **settings: str) -> Server:
-    """A ``labelloop serve`` with its own code's production polling defaults (the test suite's faster polling
-    left out; a `--server-src` or `--compare-src` checkout polls as its code would in production), from
-    ``pythonpath`` when given; ``settings``: more environment variables (``LABELLOOP_*``)."""
+    """A started :func:`new_server`."""
+    return new_server(pythonpath, home, **settings).start(timeout=300)
+
+
+def new_server(pythonpath: str | None, home: Path, **settings: str) -> Server:
+    """A ``labelloop serve``, not started yet, with its own code's production polling defaults (the test suite's
+    faster polling left out; a `--server-src` or `--compare-src` checkout polls as its code would in production),
+    from ``pythonpath`` when given; ``settings``: more environment variables (``LABELLOOP_*``). Its home is emptied."""
     shutil.rmtree(home, ignore_errors=True)
     env = {key: value for key, value in server_env(LABELLOOP_LOG_LEVEL="WARNING", **settings).items()
            if not key.endswith("_POLLING_SECONDS")}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(str(Path(part).resolve()) for part in pythonpath.split(os.pathsep))
-    return Server(home=home, env=env).start(timeout=300)
+    return Server(home=home, env=env)
 
 
 if __name__ == "__main__":
