@@ -6,7 +6,7 @@ Needs the real photographs of `make bench-photos`. Starts a real `labelloop serv
 bench/out/detect-home), trains a model on real photos (``--bank``: by default 10 labels, one photograph each, of
 256 crops each, so that the familiarity bank every served batch is multiplied by has its full 10 × 256 rows, as a
 real deployment's would; ``--bank two-label`` trains the plant / landscape model of sessions 1–14, whose bank has
-about 18 rows a label), downloads it (`GET /models/v1/export`) and, per round:
+about 18 rows a label), exports it (`GET /models/v1/export`) and, per round:
 
 1. **raw**: the exported ONNX file in ONNX Runtime in this process, both cores, preprocessed real photos, batch
    1, 8 and 32 (the serving session options; batch 32 also with ONNX Runtime's default spinning thread pool,
@@ -29,6 +29,11 @@ used per image (server from /proc, clients from this process), so client overhea
 Peak RSS of the serving process is read from /proc (VmHWM), reset after training so that it is the peak
 while serving. With ``--profile`` py-spy records the server during each end-to-end phase (raw stacks in
 bench/out/profile, a summary printed); profiled rounds are slower, use them for where the time goes only.
+
+``--compare-src`` (A/B in one run): every server is set up alike, each set-up step (start, train, export, warm,
+idle) on all of them at once, and each round's phases take the servers in turn, the order rotating; a table of
+each server's CPU per image, round by round, ends the run. Run the same src as both (``--compare-src src``) to
+see the bench's own residue between positions, and an A/B both ways round (README Performance, item 51).
 """
 
 from __future__ import annotations
