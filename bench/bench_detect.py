@@ -639,8 +639,10 @@ def print_positions(rounds: list[dict[str, Row]], servers: list[Served]) -> None
     """Each server's CPU ms per image, round by round, per phase, and each compared server's difference from the
     server under test (median and range of the rounds): with the same code on every server, the bench's own
     bias between positions (README Performance, item 51) and its noise."""
+    leading = Counter(label(servers[index % len(servers)]) for index in range(len(rounds)))
     print("\nserver CPU ms/img per server, round by round (same code on two servers: the difference is the bench's "
-          "own position bias and noise)")
+          "own position bias and noise); rounds each server's phases came first in: "
+          + ", ".join(f"{label(served)} {leading[label(served)]}" for served in servers))
     for key, first in rounds[0].items():
         if not key.startswith(("sync", "upload", "alone")) or key.endswith(tuple(other.name for other in servers[1:])):
             continue

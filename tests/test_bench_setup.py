@@ -66,6 +66,7 @@ def test_the_per_server_table_gives_each_round_and_the_differences(capsys: pytes
     bench_detect.print_positions(rounds, [served(""), served("cmp1")])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2  # the heading and one phase: raw rows and the compared server's own keys left out
+    assert lines[0].endswith("came first in: under test 2, cmp1 1")  # the order rotates round by round
     assert lines[1].startswith("sync detect, 8 clients ")
     assert "under test 14.00 14.20 13.90; cmp1 13.50 14.30 13.60" in lines[1]
     assert lines[1].endswith("cmp1 − under test -0.30 (-0.50 to +0.10)")
