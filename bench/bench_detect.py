@@ -702,7 +702,7 @@ def set_up(servers: list[Served], bodies: list[tuple[bytes, str]],
     Fair by construction (README Performance, item 51): every server does the same steps (``--exporters``: only
     those export), and by default each step runs on all servers at once, so that none was started, trained or
     left idle before the others (one after another, the server set up first paid about 0.1-0.3 ms of CPU per
-    image more in the rounds than the same code set up second, whichever exported)."""
+    image more in sync detect than the same code set up second, whichever exported)."""
     def start(served: Served) -> None:
         served.server.start(timeout=300)
 
