@@ -6,7 +6,7 @@ Needs the real photographs of `make bench-photos`. Starts a real `labelloop serv
 bench/out/detect-home), trains a model on real photos (``--bank``: by default 10 labels, one photograph each, of
 256 crops each, so that the familiarity bank every served batch is multiplied by has its full 10 × 256 rows, as a
 real deployment's would; ``--bank two-label`` trains the plant / landscape model of sessions 1–14, whose bank has
-about 18 rows a label), downloads it (`GET /models/v1/export`) and, per round:
+about 18 rows a label), exports it (`GET /models/v1/export`) and, per round:
 
 1. **raw**: the exported ONNX file in ONNX Runtime in this process, both cores, preprocessed real photos, batch
    1, 8 and 32 (the serving session options; batch 32 also with ONNX Runtime's default spinning thread pool,
@@ -29,6 +29,11 @@ used per image (server from /proc, clients from this process), so client overhea
 Peak RSS of the serving process is read from /proc (VmHWM), reset after training so that it is the peak
 while serving. With ``--profile`` py-spy records the server during each end-to-end phase (raw stacks in
 bench/out/profile, a summary printed); profiled rounds are slower, use them for where the time goes only.
+
+``--compare-src`` (A/B in one run): every server is set up alike, each set-up step (start, train, export, warm,
+idle) on all of them at once, and each round's phases take the servers in turn, the order rotating; a table of
+each server's CPU per image, round by round, ends the run. Run the same src as both (``--compare-src src``) to
+see the bench's own residue between positions, and an A/B both ways round (README Performance, item 51).
 """
 
 from __future__ import annotations
@@ -359,11 +364,20 @@ def counted(before: dict[str, float], detected: dict[str, float], after: dict[st
 
     cpu = per_image("user", detected) + per_image("system", detected)
     listing = per_image("user", after) + per_image("system", after) - cpu
-    note = (f"until the last detection {1000 * cpu:.2f} CPU ms/img (system {1000 * per_image('system', detected):.2f}"
-            f"), {per_image('minflt', detected):.1f} page faults/img, {per_image('switches', detected):.1f} waits/img,"
-            f" {per_image('preempted', detected):.1f} preempted/img, RSS {before['rss']:.0f} → {after['rss']:.0f} MiB;"
-            f" the bench's listings after it {1000 * listing:.2f} ms/img (not in the row's CPU)")
+    note = (f"until the last detection {1000 * cpu:.2f} CPU ms/img {counts(before, detected, images)}, RSS "
+            f"{before['rss']:.0f} → {after['rss']:.0f} MiB; the bench's listings after it {1000 * listing:.2f} ms/img "
+            "(not in the row's CPU)")
     return cpu, note
+
+
+def counts(before: dict[str, float], end: dict[str, float], images: int) -> str:
+    """The system part of the server's CPU, its page faults, waits and preemptions per image between two
+    :func:`process_counters`."""
+    def per_image(key: str) -> float:
+        return (end[key] - before[key]) / images
+
+    return (f"(system {1000 * per_image('system'):.2f}), {per_image('minflt'):.1f} page faults/img, "
+            f"{per_image('switches'):.1f} waits/img, {per_image('preempted'):.1f} preempted/img")
 
 
 def pipeline_phases(servers: list[Served], photos: list[tuple[str, str, bytes]], args: argparse.Namespace,
@@ -564,11 +578,13 @@ def sync_phases(servers: list[Served], bodies: list[tuple[bytes, str]], args: ar
         for served in servers[turn:] + servers[:turn]:
             pid = served.server.process.pid
             suffix = f" [{served.name}]" if served.name else ""
+            counters = process_counters(pid)
             with profiled(args.profile and clients == 8, args.py_spy, pid, f"sync-{clients}{served.name}") as spied, \
                     metered(pid, served.idle) as box:
                 row = drive_sync(served.server, served.token, bodies, clients, args.seconds)
                 box["images"], box["row"] = len(row.latencies), row
                 spied["images"] = len(row.latencies)
+            row.note += f"; CPU {counts(counters, process_counters(pid), max(1, len(row.latencies)))}"
             row.phase += suffix
             rows[f"sync{clients}{served.name}"] = row
     return rows
@@ -619,6 +635,30 @@ def print_round(rows: dict[str, Row], ref: float, title: str) -> None:
               f"{1000 * row.client_cpu:>17.1f}" + (f"  {row.note}" if row.note else ""))
 
 
+def print_positions(rounds: list[dict[str, Row]], servers: list[Served]) -> None:
+    """Each server's CPU ms per image, round by round, per phase, and each compared server's difference from the
+    server under test (median and range of the rounds): with the same code on every server, the bench's own
+    bias between positions (README Performance, item 51) and its noise."""
+    leading = Counter(label(servers[index % len(servers)]) for index in range(len(rounds)))
+    print("\nserver CPU ms/img per server, round by round (same code on two servers: the difference is the bench's "
+          "own position bias and noise); rounds each server's phases came first in: "
+          + ", ".join(f"{label(served)} {leading[label(served)]}" for served in servers))
+    for key, first in rounds[0].items():
+        if not key.startswith(("sync", "upload", "alone")) or key.endswith(tuple(other.name for other in servers[1:])):
+            continue
+        per_server = {served.name: [1000 * r[key + served.name].server_cpu for r in rounds] for served in servers}
+        cells = [f"{label(served)} {' '.join(f'{v:.2f}' for v in per_server[served.name])}" for served in servers]
+        diffs = [f"{served.name} − under test {cpu_difference(per_server[served.name], per_server[''])}"
+                 for served in servers[1:]]
+        print(f"{first.phase:<40} " + "; ".join(cells + diffs))
+
+
+def cpu_difference(values: list[float], reference_values: list[float]) -> str:
+    """The median and range of the round-by-round differences ``values - reference_values``."""
+    diffs = [a - b for a, b in zip(values, reference_values, strict=True)]
+    return f"{statistics.median(diffs):+.2f} ({min(diffs):+.2f} to {max(diffs):+.2f})"
+
+
 def print_medians(rounds: list[dict[str, Row]]) -> None:
     refs = [reference(rows) for rows in rounds]
     bests = [fastest(rows) for rows in rounds]
@@ -636,6 +676,66 @@ def print_medians(rounds: list[dict[str, Row]]) -> None:
         efficiency = statistics.median(raw_cpu(r) / r[key].server_cpu for r in rounds)
         print(f"{first.phase:<52} {rate:>9.1f} {ratio:>7.2f} {ratio_best:>9.2f} {p[0]:>7.1f} {p[1]:>7.1f} "
               f"{p[2]:>7.1f} {errors:>6} {1000 * cpu:>17.1f} {efficiency:>22.2f}")
+
+
+def label(served: Served) -> str:
+    """How a server is named in what is printed: "under test", "cmp1", ..."""
+    return served.name or "under test"
+
+
+def each_server(servers: list[Served], step: Callable[[Served], None], args: argparse.Namespace) -> None:
+    """Run a set-up step on every server: on all of them at once (``--setup-order concurrent``), or one after
+    another, the server under test first (``forward``) or last (``backward``)."""
+    if args.setup_order == "concurrent":
+        run_concurrently(step, servers)
+        return
+    for served in servers[::-1] if args.setup_order == "backward" else servers:
+        step(served)
+
+
+def set_up(servers: list[Served], bodies: list[tuple[bytes, str]],
+           args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
+    """Every server's set-up, step by step, each step on every server before the next step: started; v1 trained on
+    its bank and deployed; v1 exported (``GET /models/v1/export``); the serving path warmed; its idle CPU measured;
+    its peak RSS reset. The raw phases' model file (the first exporter's) and each server's peak RSS so far.
+
+    Fair by construction (README Performance, item 51): every server does the same steps (``--exporters``: only
+    those export), and by default each step runs on all servers at once, so that none was started, trained or
+    left idle before the others (one after another, the server set up first paid about 0.1-0.3 ms of CPU per
+    image more in sync detect than the same code set up second, whichever exported)."""
+    def start(served: Served) -> None:
+        served.server.start(timeout=300)
+
+    def trained(served: Served) -> None:
+        with served.server.client() as api:
+            print(f"server {label(served)}: {train(served.server, api, served.bank, args.quantize)}")
+
+    exporters = [servers[i] for i in (range(len(servers)) if args.exporters is None else args.exporters)]
+    models = {served.name: OUT / f"detect-model{served.name}.onnx" for served in exporters}
+
+    def exported(served: Served) -> None:
+        if served in exporters:
+            with served.server.client() as api:
+                models[served.name].write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
+            print(f"server {label(served)}: v1 exported")
+
+    def warmed(served: Served) -> None:
+        served.token = served.server.token()
+        drive_sync(served.server, served.token, bodies, 8, 2.0)  # warm the serving path
+
+    def idled(served: Served) -> None:
+        served.idle = idle_cpu(served.server.process.pid, 10.0)
+
+    for step in (start, trained, exported, warmed, idled):
+        each_server(servers, step, args)
+    rss_training = {}
+    for served in servers:
+        pid = served.server.process.pid
+        print(f"idle server {served.name}: {100 * served.idle:.1f} % of one core (queue and schedule polling, "
+              "liveness checks)")
+        rss_training[served.name] = memory_mib(pid, "VmHWM")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
+    return models[exporters[0].name], rss_training
 
 
 def main() -> None:
@@ -669,6 +769,14 @@ def main() -> None:
                         help="also run a server with this PYTHONPATH (e.g. main's src, or src plus an extra "
                              "package folder) and measure its sync and pipeline phases beside the first one's, "
                              "alternating (repeatable; named cmp1, cmp2, ...)")
+    parser.add_argument("--exporters", type=int, nargs="*", metavar="N",
+                        help="which servers export v1 in the set-up (0: the server under test, N: cmpN; default: "
+                             "every one, so that they all serve after the same steps; the raw phases run the "
+                             "first one's file); for tracing the bias of README item 51")
+    parser.add_argument("--setup-order", choices=("concurrent", "forward", "backward"), default="concurrent",
+                        help="how each set-up step (start, train, export, warm, idle) takes the servers: all at "
+                             "once (concurrent), or one after another, the server under test first (forward) or "
+                             "last (backward); for tracing the bias of README item 51")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     defaults = {"rounds": 1, "seconds": 3.0, "raw_seconds": 2.0, "uploads": 200} if args.quick else \
@@ -683,31 +791,17 @@ def main() -> None:
     paths = [str(args.server_src.resolve()) if args.server_src else None, *args.compare_src]
     if len(args.compare_bank) not in (0, 1, len(args.compare_src)):
         parser.error("--compare-bank: once, or once per --compare-src")
+    if args.exporters is not None and not (args.exporters and set(args.exporters) <= set(range(len(paths)))):
+        parser.error(f"--exporters: at least one of 0 to {len(paths) - 1}")
     banks = [args.bank, *(args.compare_bank * len(args.compare_src) if len(args.compare_bank) == 1
                           else args.compare_bank or [args.bank] * len(args.compare_src))]
     servers: list[Served] = []
     try:
         for i, path in enumerate(paths):
-            servers.append(Served(f"cmp{i}" if i else "", start_server(path, OUT / f"detect-home{i or ''}"),
-                                  banks[i]))
-            print(f"server {servers[-1].name or 'under test'}: PYTHONPATH "
-                  f"{path or os.environ.get('PYTHONPATH', '')}, bank {banks[i]}")
-        rss_training = {}
-        for served in servers:
-            with served.server.client() as api:
-                print(f"server {served.name or 'under test'}: {train(served.server, api, served.bank, args.quantize)}")
-                if not served.name:
-                    model = OUT / "detect-model.onnx"
-                    model.write_bytes(api.get("/models/v1/export", params={"format": "onnx"}).content)
-            served.token = served.server.token()
-            drive_sync(served.server, served.token, bodies, 8, 2.0)  # warm the serving path
-        for served in servers:
-            pid = served.server.process.pid
-            served.idle = idle_cpu(pid, 10.0)
-            print(f"idle server {served.name}: {100 * served.idle:.1f} % of one core (queue and schedule polling, "
-                  "liveness checks)")
-            rss_training[served.name] = memory_mib(pid, "VmHWM")
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak: from here on it is serving only
+            servers.append(Served(f"cmp{i}" if i else "", new_server(path, OUT / f"detect-home{i or ''}"), banks[i]))
+            print(f"server {label(servers[-1])}: PYTHONPATH {path or os.environ.get('PYTHONPATH', '')}, "
+                  f"bank {banks[i]}")
+        model, rss_training = set_up(servers, bodies, args)
         rounds = []
         for index in range(args.rounds):
             per_round = args.uploads + args.single_uploads
@@ -717,6 +811,8 @@ def main() -> None:
             print_round(rows, reference(rows), f"round {index + 1}, load average {os.getloadavg()}")
         if len(rounds) > 1:
             print_medians(rounds)
+        if len(servers) > 1:
+            print_positions(rounds, servers)
         for served in servers:
             pid = served.server.process.pid
             print(f"\nserving process {served.name} peak RSS while serving: {memory_mib(pid, 'VmHWM'):.0f} MiB "
@@ -730,15 +826,20 @@ def main() -> None:
 
 
 def start_server(pythonpath: str | None, home: Path, **settings: str) -> Server:
-    """A ``labelloop serve`` with its own code's production polling defaults (the test suite's faster polling
-    left out; a `--server-src` or `--compare-src` checkout polls as its code would in production), from
-    ``pythonpath`` when given; ``settings``: more environment variables (``LABELLOOP_*``)."""
+    """A started :func:`new_server`."""
+    return new_server(pythonpath, home, **settings).start(timeout=300)
+
+
+def new_server(pythonpath: str | None, home: Path, **settings: str) -> Server:
+    """A ``labelloop serve``, not started yet, with its own code's production polling defaults (the test suite's
+    faster polling left out; a `--server-src` or `--compare-src` checkout polls as its code would in production),
+    from ``pythonpath`` when given; ``settings``: more environment variables (``LABELLOOP_*``). Its home is emptied."""
     shutil.rmtree(home, ignore_errors=True)
     env = {key: value for key, value in server_env(LABELLOOP_LOG_LEVEL="WARNING", **settings).items()
            if not key.endswith("_POLLING_SECONDS")}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(str(Path(part).resolve()) for part in pythonpath.split(os.pathsep))
-    return Server(home=home, env=env).start(timeout=300)
+    return Server(home=home, env=env)
 
 
 if __name__ == "__main__":
