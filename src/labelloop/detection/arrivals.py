@@ -13,7 +13,7 @@ server: there each insert takes a pooled connection, as before.
 On SQLite the INSERT runs on the kept connection's DBAPI cursor, its SQL compiled once and its values put through
 the same type processors SQLAlchemy applies: SQLAlchemy's execution of it (its execution context, events, result
 object and transaction) cost more CPU than SQLite's own insert and commit (0.22 against 0.14 ms a PUT in process;
-README Performance, item 52). The process's SQLite writers still take turns (``db.WriterTurns``), and a failure
+README Performance, item 53). The process's SQLite writers still take turns (``db.WriterTurns``), and a failure
 raises SQLAlchemy's exception for it (``IntegrityError``, ``OperationalError`` …), as a Core execution would.
 """
 

@@ -16,7 +16,7 @@ back beside the answer (the head only: the backbone runs once).
 
 A batch's head (its familiarity bank's product, about the same CPU for 1 to ``max_batch`` rows) may run together with
 the next batch's: a unit whose batch is done while more requests wait holds it, and the next batch to finish (either
-unit's) answers both with one head call (``Serving._head_stage``; README Performance, "sync detect, eleventh look").
+unit's) answers both with one head call (``Serving._head_stage``; README Performance, item 52).
 
 Each version serves on its input view (``LoadedVersion.view``: the centre crop 'orig' or 'letterbox'), and a
 request says which view its images were prepared with: a request prepared for one version's view that reaches a
