@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     upload_batch_size: int = Field(default=64, ge=1, le=256, description="Most uploads for detection one "
                                    "workflow run detects. 64, not 32: under a steady stream the runs were full at "
                                    "32, and each run's own records and reads cost some 10 ms of CPU (README "
-                                   "Performance, items 46 and 52)")
+                                   "Performance, items 46 and 53)")
     flow_definition_name: str = Field(default="labelloop-review", pattern=r"^[a-z0-9](-*[a-z0-9])*$",
                                       max_length=63, description="The review flow's name in A2I output paths")
     local_bucket_name: str = Field(default="labelloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
