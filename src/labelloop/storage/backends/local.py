@@ -97,6 +97,15 @@ def _replace(source: str, target: str) -> None:
         os.replace(source, target)
 
 
+def _replace_staged(staged: str, target: str) -> None:
+    """Rename the staged file ``staged`` to ``target`` (:func:`_replace`); a failed rename leaves no staged file."""
+    try:
+        _replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+
+
 def _open_unnamed(folder: str) -> int:
     """A new file without a name in ``folder`` (made first, with its parents, if it does not exist), open for
     writing (``O_TMPFILE``)."""
@@ -255,10 +264,10 @@ class LocalBackend:
                 written = _fill(handle, data, etag, durable)
             finally:
                 os.close(handle)
-            _replace(staged, path)
         except BaseException:
             Path(staged).unlink(missing_ok=True)
             raise
+        _replace_staged(staged, path)
         return written
 
     def _write_unnamed(self, path: str, data: bytes, etag: str | None, durable: bool) -> os.stat_result:
@@ -273,12 +282,7 @@ class LocalBackend:
             try:
                 _link(handle, path)
             except FileExistsError:
-                staged = self._link_staged(handle)
-                try:
-                    _replace(staged, path)
-                except BaseException:
-                    Path(staged).unlink(missing_ok=True)
-                    raise
+                _replace_staged(self._link_staged(handle), path)
         finally:
             os.close(handle)
         return written
