@@ -1,5 +1,6 @@
 """The inference units' backbone sessions under other ONNX Runtime options, in process, per batch size: what the
-serving options (one shared arena, no memory pattern: README Performance, item 44) cost in CPU on this machine.
+serving options (one shared arena, the memory pattern on: README Performance, items 44 and 55) cost in CPU on this
+machine.
 
     PYTHONPATH=src .venv/bin/python bench/bench_unit_options.py [--rounds 4] [--seconds 2] [--batches 1,2,4,8]
 
@@ -8,8 +9,8 @@ backbone at one batch size on real ~320-px photos prepared as `letterbox-fast`, 
 size: the process's CPU per image, the ways alternated and their order rotated every round; medians of the rounds.
 Ways (``--ways``):
 
-- ``serving``: `embedding.session_options(1)` as the units run (the process's shared arena, memory pattern off);
-- ``pattern``: the same with the memory pattern on;
+- ``serving``: `embedding.session_options(1)` as the units run (the process's shared arena, memory pattern on);
+- ``no-pattern``: the same with the memory pattern off (the units' options in sessions 16-18, item 44);
 - ``own``: a session arena of its own, memory pattern on (ONNX Runtime's defaults; a training's session);
 - ``own-nopattern``: an arena of its own, memory pattern off;
 - ``no-arena``: no arena at all (every tensor from malloc), memory pattern off.
@@ -33,16 +34,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_unit_sessions import drive  # noqa: E402
 
 BACKBONE = Path(os.environ.get("LABELLOOP_TEST_BACKBONE_FOLDER", f"/tmp/labelloop-test-backbone-{os.getuid()}"))
-WAYS = ("serving", "pattern", "own", "own-nopattern", "no-arena")
+WAYS = ("serving", "no-pattern", "own", "own-nopattern", "no-arena")
 
 
 def options(way: str) -> Any:
     """The session options of ``way`` (one intra-op thread)."""
     from labelloop.modeling.embedding import session_options
 
-    if way in ("serving", "pattern"):
+    if way in ("serving", "no-pattern"):
         chosen = session_options(1)
-        chosen.enable_mem_pattern = way == "pattern"
+        chosen.enable_mem_pattern = way == "serving"
         return chosen
     chosen = session_options(1, shared_arena=False)
     chosen.enable_mem_pattern = way == "own"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached
+from labelloop.modeling.embedding import Embedder, EmbeddingCache, embed_cached, session_options
 from labelloop.modeling.images import content_hash, prepare
 
 
@@ -38,3 +39,16 @@ def test_embed_cached_counts_reads_and_rejects(digits, embedder: Embedder, tmp_p
     assert (second.embedded, second.from_cache, len(reads)) == (5, 0, 5), "flip views were missing"
     third = embed_cached(embedder, cache, lazy, views=("orig", "flip"))
     assert (third.embedded, third.from_cache, len(reads)) == (0, 5, 5), "nothing read or embedded"
+
+
+def test_the_memory_pattern_leaves_embeddings_bit_for_bit_the_same(backbone_onnx: Path) -> None:
+    """The serving sessions plan each batch size's buffers as one block (README Performance, item 55): the same
+    kernels run, so every batch size's embeddings equal those of a session that allocates tensor by tensor."""
+    planned = Embedder(backbone_onnx, threads=1)
+    options = session_options(1)
+    options.enable_mem_pattern = False
+    by_tensor = ort.InferenceSession(str(backbone_onnx), options, providers=["CPUExecutionProvider"])
+    inputs = np.random.default_rng(3).uniform(-1, 1, (8, 3, 224, 224)).astype(np.float32)
+    for size in (1, 3, 8, 3, 1):  # a size's second run is the first on its planned block
+        expected = by_tensor.run(["embedding"], {"input": inputs[:size]})[0]
+        assert np.array_equal(planned.embed(inputs[:size]), expected)

@@ -45,7 +45,10 @@ def session_options(threads: int | None = None, *, shared_arena: bool = True) ->
 
     ``shared_arena``: the session takes its buffers from the process's one shared arena, which keeps what the
     largest batch any of its sessions ran needed for the life of the process (the serving sessions); else from an
-    arena of its own, given back with the session (a training's session, which embeds at batch 32).
+    arena of its own, given back with the session (a training's session, which embeds at batch 32). Either way
+    each run's buffers are one block planned from the first run of its shape (ONNX Runtime's memory pattern):
+    about 0.2-0.3 ms of CPU per image less than tensor by tensor at batches of 1 to 4 (README Performance, items
+    52 and 55).
     """
     import onnxruntime as ort
 
@@ -56,25 +59,36 @@ def session_options(threads: int | None = None, *, shared_arena: bool = True) ->
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.enable_mem_pattern = True
     if shared_arena:
-        # Every serving backbone session of the process takes its buffers from one shared arena that grows by what
-        # is asked, not by powers of two: each session's own arena kept the peak of every batch it had run, so one
-        # session per core after the upload pipeline's full batches put the serving process over 1 GiB (README
-        # Performance). Tensor by tensor, not one planned block per batch size ("memory pattern"): each batch
-        # size's block (up to 75 MiB at 8) took a region of its own that the next size could not reuse, 238 MiB
-        # of arena after the sync phases (README Performance, item 44).
+        # Every serving backbone session of the process takes its buffers from one shared arena: each session's
+        # own arena kept the peak of every batch it had run, so one session per core after the upload pipeline's
+        # full batches put the serving process over 1 GiB (README Performance).
         _share_one_arena()
         options.add_session_config_entry("session.use_env_allocators", "1")
-        options.enable_mem_pattern = False
     return options
+
+
+# The shared arena's first region: room for two units' planned blocks at the micro-batcher's largest batch (about
+# 75 MiB each at 8) beside each other, and for the first, tensor-by-tensor run of every other batch size.
+ARENA_FIRST_REGION = 192 << 20
+# A free chunk handed out is split when it is this much larger than asked (ONNX Runtime's default, 128 MB, hands a
+# chunk of less than twice the request out whole; 0 crashed ONNX Runtime 1.32).
+ARENA_MAX_DEAD_BYTES = 1 << 20
 
 
 @functools.cache
 def _share_one_arena() -> None:
+    """Register the process's one arena for the serving sessions: a first region of ``ARENA_FIRST_REGION``, any
+    later one twice the last (pages are resident only once used). Regions of exactly what was asked held every
+    batch size's planned block in a region of its own that no other size could reuse: two units serving batches
+    of 1 to 8 kept 330-360 MiB that way against about 185 in one region (README Performance, items 44 and 55)."""
     import onnxruntime as ort
 
     memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, 1, -1, -1))  # extend strategy 1: as requested
+    next_power_of_two = 0  # the arena's extend strategy
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, next_power_of_two, ARENA_FIRST_REGION,
+                                                              ARENA_MAX_DEAD_BYTES))
 
 
 class Embedder:
