@@ -10,8 +10,9 @@ both run ``--batches`` batches of random sizes 1 to 8 at the same time (the size
 sizes and after the batches of 8, the peak (VmHWM), the CPU per image of the mixed part, and whether the embeddings
 are bit for bit those of the first way. Ways (``--ways``), "+"-joined words:
 
-- ``serving``: the serving options as they are (shared arena growing by what is asked, memory pattern off;
-  item 44); any other way starts from them and changes:
+- ``by-tensor``: the units' options of sessions 16-18 (item 44: the shared arena growing by what is asked, the
+  memory pattern off); any other way starts from them and changes (``pattern+split+pow2=192`` is what the units
+  run since item 55):
 - ``pattern``: the memory pattern on (item 44 measured 238 MiB of arena after the sync phases);
 - ``split`` or ``split=BYTES``: the arena splits a free chunk it hands out when it is at least BYTES (1 MiB) larger
   than asked (``max_dead_bytes_per_chunk``; by default a chunk less than twice the request and less than 128 MB
@@ -41,7 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKBONE = Path(os.environ.get("LABELLOOP_TEST_BACKBONE_FOLDER", f"/tmp/labelloop-test-backbone-{os.getuid()}"))
-WAYS = ("serving", "pattern", "pattern+split", "pattern+split+warm", "pattern+split+pow2=192")
+WAYS = ("by-tensor", "pattern", "pattern+split", "pattern+split+warm", "pattern+split+pow2=192")
 
 
 def rss(key: str = "VmRSS") -> float:
