@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "tests"))
-from bench_detect import OUT, drive_sync, machine_idle_seconds, multipart, process_counters  # noqa: E402
+from bench_detect import OUT, drive_sync, machine_idle_seconds, multipart, new_server, process_counters  # noqa: E402
 from photos import uploads  # noqa: E402
 from profile_summary import _thread_role, thread_cpu  # noqa: E402
 
-from conftest import Server, server_env  # noqa: E402
+from conftest import Server  # noqa: E402
 
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
@@ -56,13 +56,9 @@ class Tree:
 
 def start(src: str, home: Path, index: int) -> Tree:
     """A server from ``src`` on a fresh copy of ``home`` (production polling, as ``bench_detect`` runs it)."""
-    copy = OUT / f"sync-ab-home{index}"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(home, copy)
-    env = {key: value for key, value in server_env(LABELLOOP_LOG_LEVEL="WARNING").items()
-           if not key.endswith("_POLLING_SECONDS")}
-    env["PYTHONPATH"] = str(Path(src).resolve())
-    return Tree(src, Server(home=copy, env=env))
+    server = new_server(src, OUT / f"sync-ab-home{index}")  # its home emptied
+    shutil.copytree(home, server.home)
+    return Tree(src, server)
 
 
 def thread_names(pid: int) -> dict[int, str]:
