@@ -1,0 +1,139 @@
+"""Sync detect, source trees side by side, from a trained home: an A/B in about 3 minutes, without training.
+
+    PYTHONPATH=src .venv/bin/python bench/bench_sync_ab.py --home bench/out/detect-home \\
+        --src /work/base/src --src src [--src src] [--rounds 4] [--seconds 8] [--clients 8] [--client-nice N]
+
+HOME is a home a ``bench_detect.py`` run left behind (v1 trained on the realistic bank, deployed, exported): every
+``--src`` tree gets its own copy of it and a ``labelloop serve`` from it, so a server is up in seconds instead of the
+minutes the set-up's training takes. The servers run at once; each round drives every one in turn with
+``--clients`` keep-alive clients for ``--seconds`` (``bench_detect``'s clients and bodies: ~320-px real-photo JPEGs),
+the order rotating every round and reversed every other one. Per phase: images/s, the server's CPU per image (user +
+system, from /proc) and its system part, waits and preemptions per image, p50, errors, the cores the whole machine
+left idle, and the CPU per image of each thread role (names from ``py-spy dump`` when py-spy is installed). At the
+end, per server: medians, and per round the difference from the first ``--src`` (give one tree twice for an A/A).
+
+``--client-nice N`` runs the client threads at nice N (a negative N needs root): the clients share the two cores with
+the server, and how they and its threads share them moves the 8-client figures (README Performance, item 55).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent / "tests"))
+from bench_detect import OUT, drive_sync, machine_idle_seconds, multipart, new_server, process_counters  # noqa: E402
+from photos import uploads  # noqa: E402
+from profile_summary import _thread_role, thread_cpu  # noqa: E402
+
+from conftest import Server  # noqa: E402
+
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+@dataclass
+class Tree:
+    """One source tree's server and what its phases measured."""
+
+    src: str
+    server: Server
+    token: str = ""
+    names: dict[int, str] = field(default_factory=dict)  # thread id -> Python thread name
+    cpu: list[float] = field(default_factory=list)  # server CPU ms per image, per round
+    rate: list[float] = field(default_factory=list)  # images/s, per round
+
+
+def start(src: str, home: Path, index: int) -> Tree:
+    """A server from ``src`` on a fresh copy of ``home`` (production polling, as ``bench_detect`` runs it)."""
+    server = new_server(src, OUT / f"sync-ab-home{index}")  # its home emptied
+    shutil.copytree(home, server.home)
+    return Tree(src, server)
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name of process ``pid`` (``py-spy dump``; empty without py-spy)."""
+    try:
+        dump = subprocess.run([PY_SPY, "dump", "--pid", str(pid)], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return {}
+    return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', dump, re.MULTILINE)}
+
+
+def phase(tree: Tree, bodies: list[tuple[bytes, str]], clients: int, seconds: float) -> str:
+    """One measured phase on ``tree``'s server; its line."""
+    pid = tree.server.process.pid  # type: ignore[union-attr]
+    before, threads, idle, wall = process_counters(pid), thread_cpu(pid), machine_idle_seconds(), time.perf_counter()
+    row = drive_sync(tree.server, tree.token, bodies, clients, seconds)
+    after, threads_after = process_counters(pid), thread_cpu(pid)
+    idle, wall = machine_idle_seconds() - idle, time.perf_counter() - wall
+    images = max(1, len(row.latencies))
+
+    def per_image(key: str) -> float:
+        return 1000 * (after[key] - before[key]) / images
+
+    roles: dict[str, float] = {}
+    for tid, seconds_used in threads_after.items():
+        role = _thread_role(tree.names.get(tid, "?"), [])
+        roles[role] = roles.get(role, 0.0) + 1000 * (seconds_used - threads.get(tid, 0.0)) / images
+    tree.cpu.append(per_image("user") + per_image("system"))
+    tree.rate.append(len(row.latencies) / wall)
+    ranked = sorted(roles.items(), key=lambda item: -item[1])
+    shares = ", ".join(f"{role} {ms:.2f}" for role, ms in ranked if ms > 0.005)
+    p50 = 1000 * statistics.median(row.latencies) if row.latencies else float("nan")
+    return (f"{tree.rate[-1]:6.1f} img/s, CPU {tree.cpu[-1]:5.2f} ms/img (system {per_image('system'):.2f}; "
+            f"waits {(after['switches'] - before['switches']) / images:.1f}, preempted "
+            f"{(after['preempted'] - before['preempted']) / images:.1f} per image), p50 {p50:.0f} ms, "
+            f"{row.errors} errors, machine idle {idle / wall:.2f} cores | {shares}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, required=True, help="a trained home left by bench_detect.py")
+    parser.add_argument("--src", action="append", required=True, help="a source tree (PYTHONPATH); repeatable")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--client-nice", type=int, help="the client threads' nice value")
+    args = parser.parse_args()
+    bodies = [multipart(data) for _, _, data in uploads(600)]
+    trees = [start(src, args.home, i) for i, src in enumerate(args.src)]
+    try:
+        for tree in trees:
+            tree.server.start(timeout=300)
+        for tree in trees:
+            tree.token = tree.server.token()
+            drive_sync(tree.server, tree.token, bodies, args.clients, 3.0)  # warm the serving path
+            tree.names = thread_names(tree.server.process.pid)  # type: ignore[union-attr]
+        if args.client_nice is not None:  # threads started from here on inherit it
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.client_nice)
+        print(f"{len(trees)} servers, {args.clients} clients (nice {os.getpriority(os.PRIO_PROCESS, 0)}), "
+              f"{args.seconds:g}-s phases, started {time.strftime('%H:%M:%S', time.gmtime())} UTC")
+        for round_ in range(args.rounds):
+            order = list(range(len(trees)))
+            order = order[round_ % len(order):] + order[:round_ % len(order)]
+            for i in order[::-1] if round_ % 2 else order:
+                print(f"round {round_ + 1} s{i}: {phase(trees[i], bodies, args.clients, args.seconds)}", flush=True)
+        print(f"ended {time.strftime('%H:%M:%S', time.gmtime())} UTC, load average {os.getloadavg()}")
+        for i, tree in enumerate(trees):
+            cpu = ", ".join(f"{a - b:+.2f}" for a, b in zip(tree.cpu, trees[0].cpu, strict=True))
+            rate = ", ".join(f"{a - b:+.1f}" for a, b in zip(tree.rate, trees[0].rate, strict=True))
+            print(f"s{i} {tree.src}: CPU median {statistics.median(tree.cpu):.2f} ms/img, "
+                  f"{statistics.median(tree.rate):.1f} img/s; per round − s0: CPU {cpu}; img/s {rate}")
+    finally:
+        for tree in trees:
+            tree.server.stop()
+
+
+if __name__ == "__main__":
+    main()
