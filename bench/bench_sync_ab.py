@@ -13,7 +13,7 @@ left idle, and the CPU per image of each thread role (names from ``py-spy dump``
 end, per server: medians, and per round the difference from the first ``--src`` (give one tree twice for an A/A).
 
 ``--client-nice N`` runs the client threads at nice N (a negative N needs root): the clients share the two cores with
-the server, and how they and its threads share them moves the 8-client figures (README Performance, item 55).
+the server, and how they and its threads share them moves the 8-client figures (README Performance, item 57).
 """
 
 from __future__ import annotations
