@@ -10,7 +10,9 @@ side and saved as JPEG, like a typical upload; they are cached under bench/out/p
 from __future__ import annotations
 
 import io
+import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,10 @@ def uploads(count: int, seed: int = 0, short_side: int = 320,
         rng = np.random.default_rng([seed, i])
         data = jpeg(crop(photo, rng, short_side), quality=int(rng.integers(80, 96)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        # Written aside and renamed: bench_detect sets its servers up at once, and one server's set-up must never
+        # read a file another is still writing (an empty upload failed a cold-cache run).
+        aside = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}")
+        aside.write_bytes(data)
+        aside.replace(path)
         out.append((path.stem, photo.scene, data))
     return out
