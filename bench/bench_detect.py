@@ -67,6 +67,7 @@ from profile_summary import (  # noqa: E402
     TICKS,
     cpu_roles,
     cpu_seconds,
+    memory_mib,
     stat_fields,
     summarize,
     thread_cpu,
@@ -99,13 +100,6 @@ class Row:
         if len(self.latencies) < 3:
             return float("nan")
         return 1000 * statistics.quantiles(self.latencies, n=100)[q - 1]
-
-
-def memory_mib(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def machine_idle_seconds() -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from profile_summary import cpu_seconds, thread_cpu
+from profile_summary import cpu_seconds, dumped_thread_names, thread_cpu
 
 from conftest import free_port, seed_backbone, server_env
-
-
-def _thread_names(pid: int) -> dict[int, str]:
-    """Thread id → Python thread name (``py-spy dump``; empty without py-spy)."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).is_file():
-        return {}
-    dump = subprocess.run([py_spy, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True,
-                          timeout=60, check=False).stdout
-    return {int(tid): name for tid, name in re.findall(r'^Thread (\d+) \(\w+\): "(.*)"$', dump, re.MULTILINE)}
 
 
 def idle_share(polling: float, seconds: float, threads: bool = False) -> tuple[float, dict[str, float]]:
@@ -63,7 +52,7 @@ def idle_share(polling: float, seconds: float, threads: bool = False) -> tuple[f
         total = (cpu_seconds(server.pid) - before) / wall
         shares: dict[str, float] = {}
         if threads:
-            names = _thread_names(server.pid)
+            names = dumped_thread_names(server.pid)
             for tid, cpu in thread_cpu(server.pid).items():
                 name = re.sub(r"_\d+$", "_N", names.get(tid, "other"))
                 shares[name] = shares.get(name, 0.0) + (cpu - per_thread.get(tid, 0.0)) / wall

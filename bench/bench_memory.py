@@ -26,7 +26,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_detect import OUT, Bank, drive_sync, memory_mib, multipart, pipeline, start_server, train, uploads
+from bench_detect import OUT, Bank, drive_sync, multipart, pipeline, start_server, train, uploads
+from profile_summary import memory_mib
 
 ARENA_HEAP = 64 << 20  # glibc's thread arenas map their heaps on this boundary (HEAP_MAX_SIZE on 64-bit)
 PARTS = ("main heap", "thread arenas", "other anonymous", "files")

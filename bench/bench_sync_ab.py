@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -35,11 +33,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "tests"))
 from bench_detect import OUT, drive_sync, machine_idle_seconds, multipart, new_server, process_counters  # noqa: E402
 from photos import uploads  # noqa: E402
-from profile_summary import _thread_role, thread_cpu  # noqa: E402
+from profile_summary import dumped_thread_names, role_seconds, thread_cpu  # noqa: E402
 
 from conftest import Server  # noqa: E402
-
-PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 @dataclass
@@ -61,15 +57,6 @@ def start(src: str, home: Path, index: int) -> Tree:
     return Tree(src, server)
 
 
-def thread_names(pid: int) -> dict[int, str]:
-    """Thread id -> Python thread name of process ``pid`` (``py-spy dump``; empty without py-spy)."""
-    try:
-        dump = subprocess.run([PY_SPY, "dump", "--pid", str(pid)], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return {}
-    return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', dump, re.MULTILINE)}
-
-
 def phase(tree: Tree, bodies: list[tuple[bytes, str]], clients: int, seconds: float) -> str:
     """One measured phase on ``tree``'s server; its line."""
     pid = tree.server.process.pid  # type: ignore[union-attr]
@@ -82,14 +69,11 @@ def phase(tree: Tree, bodies: list[tuple[bytes, str]], clients: int, seconds: fl
     def per_image(key: str) -> float:
         return 1000 * (after[key] - before[key]) / images
 
-    roles: dict[str, float] = {}
-    for tid, seconds_used in threads_after.items():
-        role = _thread_role(tree.names.get(tid, "?"), [])
-        roles[role] = roles.get(role, 0.0) + 1000 * (seconds_used - threads.get(tid, 0.0)) / images
+    roles = {role: 1000 * used / images for role, used in role_seconds(threads, threads_after, tree.names).items()}
     tree.cpu.append(per_image("user") + per_image("system"))
     tree.rate.append(len(row.latencies) / wall)
-    ranked = sorted(roles.items(), key=lambda item: -item[1])
-    shares = ", ".join(f"{role} {ms:.2f}" for role, ms in ranked if ms > 0.005)
+    shares = ", ".join(f"{role} {ms:.2f}" for role, ms in sorted(roles.items(), key=lambda item: -item[1])
+                       if ms > 0.005)
     p50 = 1000 * statistics.median(row.latencies) if row.latencies else float("nan")
     return (f"{tree.rate[-1]:6.1f} img/s, CPU {tree.cpu[-1]:5.2f} ms/img (system {per_image('system'):.2f}; "
             f"waits {(after['switches'] - before['switches']) / images:.1f}, preempted "
@@ -114,7 +98,7 @@ def main() -> None:
         for tree in trees:
             tree.token = tree.server.token()
             drive_sync(tree.server, tree.token, bodies, args.clients, 3.0)  # warm the serving path
-            tree.names = thread_names(tree.server.process.pid)  # type: ignore[union-attr]
+            tree.names = dumped_thread_names(tree.server.process.pid)  # type: ignore[union-attr]
         if args.client_nice is not None:  # threads started from here on inherit it
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.client_nice)
         print(f"{len(trees)} servers, {args.clients} clients (nice {os.getpriority(os.PRIO_PROCESS, 0)}), "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -159,15 +161,40 @@ def thread_names(text: str) -> dict[int, str]:
     return names
 
 
-def cpu_roles(before: dict[int, float], after: dict[int, float], names: dict[int, str], images: int) -> str:
-    """CPU milliseconds per image of each role (`_thread_role` by thread name) between two `thread_cpu`
-    snapshots: what the threads really used, where py-spy's samples count a thread that waits for a core or
-    a lock as active too. Threads py-spy never saw active count as "other threads"."""
+def dumped_thread_names(pid: int) -> dict[int, str]:
+    """Thread id → Python thread name of the live process ``pid`` (``py-spy dump``; empty without py-spy)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).is_file():
+        return {}
+    dump = subprocess.run([py_spy, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True,
+                          timeout=60, check=False).stdout
+    return {int(tid): name for tid, name in re.findall(r'^Thread (\d+) \([^)]*\): "(.*)"$', dump, re.MULTILINE)}
+
+
+def memory_mib(pid: int, key: str) -> float:
+    """A memory figure of process ``pid`` from /proc (``key``: VmRSS, VmHWM, ...) in MiB; NaN when absent."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def role_seconds(before: dict[int, float], after: dict[int, float], names: dict[int, str]) -> Counter[str]:
+    """CPU seconds of each role (`_thread_role` by thread name) between two `thread_cpu` snapshots; threads
+    without a name count as "other threads"."""
     counts: Counter[str] = Counter()
     for tid, seconds in after.items():
         used = seconds - before.get(tid, 0.0)
         if used > 0:
             counts[_thread_role(names.get(tid, "?"), [])] += used
+    return counts
+
+
+def cpu_roles(before: dict[int, float], after: dict[int, float], names: dict[int, str], images: int) -> str:
+    """CPU milliseconds per image of each role (:func:`role_seconds`) between two `thread_cpu` snapshots: what
+    the threads really used, where py-spy's samples count a thread that waits for a core or a lock as active too.
+    Threads py-spy never saw active count as "other threads"."""
+    counts = role_seconds(before, after, names)
     total = sum(counts.values()) or 1e-9
     lines = [f"CPU from /proc, {1000 * total / max(1, images):.1f} ms per image in all:"]
     lines += [f"  {100 * s / total:5.1f} %  {1000 * s / max(1, images):5.2f} ms/img  {role}"
