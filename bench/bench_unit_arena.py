@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,23 +40,25 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from photos import uploads  # noqa: E402
+from profile_summary import memory_mib  # noqa: E402
+from threads import run_concurrently  # noqa: E402
+
 BACKBONE = Path(os.environ.get("LABELLOOP_TEST_BACKBONE_FOLDER", f"/tmp/labelloop-test-backbone-{os.getuid()}"))
 WAYS = ("by-tensor", "pattern", "pattern+split", "pattern+split+warm", "pattern+split+pow2=192")
 
 
 def rss(key: str = "VmRSS") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's memory figure ``key`` in MiB."""
+    return memory_mib(os.getpid(), key)
 
 
 def child(args: argparse.Namespace) -> None:
     """One way, in this (fresh) process; prints a JSON line."""
     import onnxruntime as ort
-    sys.path.insert(0, str(ROOT / "bench"))
-    from photos import uploads
 
+    from labelloop.modeling.embedding import session_options
     from labelloop.modeling.images import prepare
 
     words = dict(word.partition("=")[::2] for word in args.child.split("+"))
@@ -69,12 +70,8 @@ def child(args: argparse.Namespace) -> None:
         ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, 1, -1, dead))
 
     def options() -> ort.SessionOptions:
-        chosen = ort.SessionOptions()
-        chosen.intra_op_num_threads = chosen.inter_op_num_threads = 1
-        chosen.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        chosen.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chosen.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        chosen.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        """The units' options (one thread), on the arena registered above instead of the serving one."""
+        chosen = session_options(1, shared_arena=False)
         chosen.add_session_config_entry("session.use_env_allocators", "1")
         chosen.enable_mem_pattern = "pattern" in words
         return chosen
@@ -88,11 +85,7 @@ def child(args: argparse.Namespace) -> None:
         return session.run(["embedding"], {"input": np.ascontiguousarray(inputs[:size])})[0]
 
     def both(work: Callable[[int], object]) -> None:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_concurrently(work, range(2))
 
     for session in sessions:
         run(session, 1)
