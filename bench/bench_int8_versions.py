@@ -115,9 +115,12 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
 def summary(path: Path = RECORDS) -> None:
     """Pooled paired figures per task and recipe (and over all tasks) from the records at ``path``."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    latest = {(r["task"], r["seed"], r["recipe"]): r for r in records}  # a rerun version counts once
+    latest: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in records:  # a rerun version counts once, as first run: its build and embedding then were from scratch
+        latest.setdefault((r["task"], r["seed"], r["recipe"]), r)
     print("task     recipe          n | ΔF1 pt mean ± se  median  <-0.5 >+0.5 | silent Δ pt mean ± se  median  "
-          "higher lower | twin serves | one flip pt | build s | fp32 train s twin s")
+          "higher lower | twin serves | one flip pt | ΔF1 in flips | build s | fp32 train s twin s | "
+          "peak MiB fp32 twin")
     for recipe in sorted({r for _, _, r in latest}):
         rows = [r for (_, _, name), r in latest.items() if name == recipe]
         for task in [*sorted({r["task"] for r in rows}), "all"]:
@@ -131,8 +134,16 @@ def _pooled(rows: list[dict[str, Any]]) -> str:
     return (f"{_mean_se(df1)} {np.median(df1):+6.2f} {np.sum(df1 < -0.5):>5} {np.sum(df1 > 0.5):>5} | "
             f"{_mean_se(dsil)} {np.median(dsil):+6.2f} {np.sum(dsil > 0):>6} {np.sum(dsil < 0):>5} | "
             f"{sum(r['serves'] for r in rows):>5} of {len(rows):<3} | {np.median([r['flip'] for r in rows]):11.2f} | "
+            f"{np.mean(df1 / np.array([r['flip'] for r in rows])):+12.2f} | "
             f"{np.median([r['build_s'] for r in rows]):7.1f} | {np.median([r['fp32_train_s'] for r in rows]):12.1f} "
-            f"{np.median([r['int8_train_s'] for r in rows]):6.1f}")
+            f"{np.median([r['int8_train_s'] for r in rows]):6.1f} | {_median(rows, 'peak_mib_fp32'):8.0f} "
+            f"{_median(rows, 'peak_mib_twin'):4.0f}")
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    """The median of ``key`` over the rows that have it (records before a column was added lack it)."""
+    values = [r[key] for r in rows if key in r]
+    return float(np.median(values)) if values else math.nan
 
 
 def _mean_se(values: np.ndarray) -> str:
@@ -159,11 +170,13 @@ def speed(fp32: Path, quantized: list[Path], inputs: np.ndarray, rounds: int, se
     sessions = [ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
                 for path in (fp32, *quantized)]
     ratios: list[dict[int, list[float]]] = [{1: [], 8: [], 32: []} for _ in quantized]
-    for _ in range(rounds):
+    for done in range(rounds):
         for batch in (1, 8, 32):
             fp32_rate, *int8_rates = (_rate(session, inputs[:batch], seconds) for session in sessions)
             for rate, into in zip(int8_rates, ratios, strict=True):
                 into[batch].append(rate / fp32_rate)
+            print(f"  round {done + 1} batch {batch:>2}: fp32 {fp32_rate:6.1f} images/s, speed-ups "
+                  + " ".join(f"{rate / fp32_rate:.2f}" for rate in int8_rates), flush=True)
     return [{batch: statistics.median(values) for batch, values in each.items()} for each in ratios]
 
 
