@@ -119,7 +119,7 @@ def summary(path: Path = RECORDS) -> None:
     for r in records:  # a rerun version counts once, as first run: its build and embedding then were from scratch
         latest.setdefault((r["task"], r["seed"], r["recipe"]), r)
     print("task     recipe          n | ΔF1 pt mean ± se  median  <-0.5 >+0.5 | silent Δ pt mean ± se  median  "
-          "higher lower | twin serves | one flip pt | ΔF1 in flips | build s | fp32 train s twin s | "
+          "higher lower | twin serves | one flip pt | ΔF1 in flips, answers changed | build s | fp32 train s twin s | "
           "peak MiB fp32 twin")
     for recipe in sorted({r for _, _, r in latest}):
         rows = [r for (_, _, name), r in latest.items() if name == recipe]
@@ -134,7 +134,7 @@ def _pooled(rows: list[dict[str, Any]]) -> str:
     return (f"{_mean_se(df1)} {np.median(df1):+6.2f} {np.sum(df1 < -0.5):>5} {np.sum(df1 > 0.5):>5} | "
             f"{_mean_se(dsil)} {np.median(dsil):+6.2f} {np.sum(dsil > 0):>6} {np.sum(dsil < 0):>5} | "
             f"{sum(r['serves'] for r in rows):>5} of {len(rows):<3} | {np.median([r['flip'] for r in rows]):11.2f} | "
-            f"{np.mean(df1 / np.array([r['flip'] for r in rows])):+12.2f} | "
+            f"{np.mean(df1 / np.array([r['flip'] for r in rows])):+12.2f} {_median(rows, 'changed'):7.0f} | "
             f"{np.median([r['build_s'] for r in rows]):7.1f} | {np.median([r['fp32_train_s'] for r in rows]):12.1f} "
             f"{np.median([r['int8_train_s'] for r in rows]):6.1f} | {_median(rows, 'peak_mib_fp32'):8.0f} "
             f"{_median(rows, 'peak_mib_twin'):4.0f}")
@@ -243,6 +243,8 @@ def record(commit: str, task: str, seed: int, recipe: str, base: TrainingResult,
             "int8_f1": each["result"].evaluation.f1, "fp32_silent": base_scores["silent"],
             "int8_silent": each["scores"]["silent"], "fp32_open70": base_scores["open70"],
             "int8_open70": each["scores"]["open70"], "serves": each["verdict"]["serves"], "flip": flip,
+            "changed": sum(each["result"].test_decisions.get(key, ("",))[0] != label
+                           for key, (label, _) in base.test_decisions.items()),
             "build_s": each["built"], "fp32_train_s": base_s, "int8_train_s": each["trained"],
             "speedup": {str(batch): value for batch, value in up.items()}, "load": os.getloadavg()[0],
             "peak_mib_fp32": base_scores["peak_mib"], "peak_mib_twin": each["peak_mib"]}
