@@ -164,3 +164,16 @@ def test_a_worker_without_vnni_warns_when_it_loads_a_full_range_backbone(
     [warning] = caplog.records
     assert warning.levelname == "WARNING" and warning.version == "v7"  # type: ignore[attr-defined]
     assert warning.recipe == int8.FULL_RANGE.words and "saturate" in warning.meaning  # type: ignore[attr-defined]
+
+
+def test_a_recipe_with_float_ends_keeps_the_stem_and_head_convolutions_fp32(backbone_onnx: Path) -> None:
+    graph = onnx.load(str(backbone_onnx)).graph
+    tail = set(int8.float_nodes(graph, int8.FULL_RANGE))
+    assert {node.op_type for node in graph.node if node.name in tail} == {"GlobalAveragePool", "Flatten", "Gemm"}
+    ends = int8.Recipe("full range, float ends", reduce_range=False, float_ends=True)
+    added = [node for node in graph.node if node.name in set(int8.float_nodes(graph, ends)) - tail]
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert [node.name for node in added if node.op_type == "Conv"] == [convs[0].name, convs[-1].name]
+    assert sorted(node.input[0] for node in added if node.op_type == "Clip") == sorted(
+        [convs[0].output[0], convs[-1].output[0]])  # each end's activation stays with it
+    assert int8.fingerprint("fp", ["a"], recipe=ends) != int8.fingerprint("fp", ["a"], recipe=int8.FULL_RANGE)

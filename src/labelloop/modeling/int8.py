@@ -55,6 +55,11 @@ class Recipe:
 
     words: str
     reduce_range: bool
+    # Two refinements measured in session 20 (bench_int8_versions' float-ends and moving-average), neither
+    # adopted: the stem and head convolutions (and their Clip) left fp32; MinMax ranges averaged over the
+    # calibration batches instead of the extremes of all.
+    float_ends: bool = False
+    moving_average: bool = False
 
 
 # The words of the reduce-range recipe are those every file before the full-range one was fingerprinted with.
@@ -168,11 +173,11 @@ def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, 
     with tempfile.TemporaryDirectory(prefix="labelloop-int8-") as folder:
         prepared, quantized = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        tail = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in _FLOAT_TAIL]
         quantize_static(str(prepared), str(quantized), _Calibration(calibration, view), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=tail)
+                        nodes_to_exclude=float_nodes(onnx.load(str(prepared)).graph, recipe),
+                        extra_options={"CalibMovingAverage": recipe.moving_average})
         proto = onnx.load(str(quantized))
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != FINGERPRINT_KEY]
     del proto.metadata_props[:]
@@ -181,6 +186,19 @@ def build(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, 
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return atomic_write_bytes(out_path, proto.SerializeToString())
+
+
+def float_nodes(graph: Any, recipe: Recipe) -> list[str]:
+    """Names of the nodes of the backbone ``graph`` that ``recipe`` keeps in fp32: always the tail (pooling,
+    flatten, ImageNet classifier); with ``float_ends`` also the first and last convolutions and their Clip."""
+    nodes = list(graph.node)
+    names = [node.name for node in nodes if node.op_type in _FLOAT_TAIL]
+    if recipe.float_ends:
+        convs = [node for node in nodes if node.op_type == "Conv"]
+        ends = {convs[0].output[0], convs[-1].output[0]}
+        names += [convs[0].name, convs[-1].name]
+        names += [node.name for node in nodes if node.op_type == "Clip" and node.input[0] in ends]
+    return names
 
 
 def calibration_images(result: TrainingResult) -> list[LabeledImage]:
