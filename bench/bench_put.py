@@ -1,6 +1,8 @@
 """CPU of an upload PUT's worker-thread part (``loop.actions.store_object``) per upload, in process, on real photos:
 a real SQLite application database, a real local bucket, the upload batches' queueing a no-op (no workflow
-engine). Each part's thread CPU is measured around it (``time.thread_time``: user and system time of the thread).
+engine). Each part's thread CPU is measured around it (``time.thread_time``: user and system time of the thread),
+and its wall-clock time (`` (wall)``: an fsync's wait on the disk uses no CPU; ``process (wall)``: the whole run's
+wall time per PUT, all threads together).
 
     PYTHONPATH=src .venv/bin/python bench/bench_put.py [--uploads 300] [--pairs 6]
     PYTHONPATH=src .venv/bin/python bench/bench_put.py --compare-src /work/base/src [--pairs 6] [--threads 4]
@@ -29,6 +31,7 @@ from alternated import run_alternated, sides, spread
 PHOTOS = Path(__file__).resolve().parent / "out" / "photos" / "320px-seed0"
 PARTS = ("process", "store_object", "put_object", "backend put", "fire_object_created", "record_arrival")
 SYSTEM = " (system)"  # a part's kernel time alone (the fsync, the writes), beside its thread CPU
+WALL = " (wall)"  # a part's wall-clock time (an fsync waits on the disk without using CPU)
 
 
 def system_time() -> float:
@@ -45,14 +48,16 @@ def photos(count: int) -> list[bytes]:
 
 
 def timed(spent: dict[str, list[float]], part: str, call: Callable[..., Any]) -> Callable[..., Any]:
-    """``call``, its thread CPU per call appended to ``spent[part]``."""
+    """``call``, its thread CPU, kernel time and wall-clock time per call appended to ``spent[part]``,
+    ``spent[part + SYSTEM]`` and ``spent[part + WALL]``."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started, kernel = time.thread_time(), system_time()
+        started, kernel, clock = time.thread_time(), system_time(), time.perf_counter()
         try:
             return call(*args, **kwargs)
         finally:
             spent[part].append(time.thread_time() - started)
             spent[part + SYSTEM].append(system_time() - kernel)
+            spent[part + WALL].append(time.perf_counter() - clock)
     return wrapper
 
 
@@ -70,7 +75,7 @@ def open_server(home: str) -> dict[str, list[float]]:
     storage.ensure_bucket()
     routing._upload_batches = batches.UploadBatches(lambda *queued: None, prefix="detection-bench-", window=0.2,
                                                     max_size=32)
-    spent: dict[str, list[float]] = {name: [] for part in PARTS[1:] for name in (part, part + SYSTEM)}
+    spent: dict[str, list[float]] = {name: [] for part in PARTS[1:] for name in (part, part + SYSTEM, part + WALL)}
     bucket = storage.backend()
     bucket.put = timed(spent, "backend put", bucket.put)  # type: ignore[method-assign]
     storage.put_object = timed(spent, "put_object", storage.put_object)
@@ -96,11 +101,12 @@ def child(uploads: int, warmup: int, threads: int) -> None:
             store(number)
         for values in spent.values():
             values.clear()
-        started = time.process_time()
+        started, clock = time.process_time(), time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(store, range(warmup, warmup + uploads)))
         found = {part: 1e3 * statistics.fmean(values) for part, values in spent.items() if values}
-        print(json.dumps({**found, "process": 1e3 * (time.process_time() - started) / uploads}))
+        print(json.dumps({**found, "process": 1e3 * (time.process_time() - started) / uploads,
+                          "process" + WALL: 1e3 * (time.perf_counter() - clock) / uploads}))
 
 
 def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> None:
@@ -111,8 +117,8 @@ def compare(other: str, pairs: int, uploads: int, warmup: int, threads: int) -> 
                            paths, pairs)
     print(f"load average {os.getloadavg()}; {pairs} processes per side, alternated, {uploads} new uploads each "
           f"after {warmup}, from {threads} threads; ms of CPU per PUT (process: the whole process's; the parts: their "
-          "threads'): median (min-max) of the processes' means")
-    for part in (shown for measured in PARTS for shown in (measured, measured + SYSTEM)):
+          "threads'; (wall): wall-clock ms): median (min-max) of the processes' means")
+    for part in (shown for measured in PARTS for shown in (measured, measured + SYSTEM, measured + WALL)):
         if part == "process" + SYSTEM:
             continue
         cells = []
