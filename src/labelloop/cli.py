@@ -188,7 +188,8 @@ def login(username: Annotated[str, typer.Option(prompt=True)],
     path = save_token(client.server, answer["access_token"])
     console.print(f"Signed in to {client.server} as {username} ({answer['role']}); token saved in {path}")
     if answer.get("must_change_password"):
-        console.print("[yellow]Your password is temporary: change it with labelloop passwd[/yellow]")
+        console.print("[yellow]Your password is temporary: change it with labelloop passwd --current <temporary> "
+                      "--new <yours>, then sign in again with labelloop login[/yellow]", soft_wrap=True)
 
 
 @app.command()
