@@ -75,16 +75,3 @@ def test_a_checkout_sends_nothing_to_the_server(postgres_database: str) -> None:
                 assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
     finally:
         engine.dispose()
-
-
-def test_a_notice_to_an_idle_connection_does_not_replace_it(postgres_database: str) -> None:
-    """Something the server sends an idle session that is not its end (here a notification) is read and the
-    connection kept; its end (the server's last message, then the end of the stream) is told apart."""
-    with admin(postgres_database) as listener, admin(postgres_database) as sender:
-        listener.execute("LISTEN labelloop_pool_test")
-        sender.execute("NOTIFY labelloop_pool_test")
-        wait_until(lambda: db._readable(listener.pgconn.socket), timeout=10)
-        assert not db.closed_by_server(listener)
-        sender.execute("SELECT pg_terminate_backend(%s)", (listener.info.backend_pid,))
-        wait_until(lambda: db._readable(listener.pgconn.socket), timeout=10)
-        assert db.closed_by_server(listener)

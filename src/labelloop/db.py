@@ -267,22 +267,18 @@ def _readable(socket: int) -> bool:
 
 
 def closed_by_server(dbapi_connection: Any) -> bool:
-    """Whether the PostgreSQL server has closed this idle pooled psycopg connection — ended its session
-    (``pg_terminate_backend``, an idle timeout), restarted or stopped — or the kernel has found the peer gone (the
-    TCP keepalives): seen without a round trip. An idle connection is sent nothing it must answer, so a socket with
-    something to read is read: a notice or a parameter's new value leaves it readable no more, while a closed one
-    stays readable (the server's last message, then the end of the stream, which libpq reports as an error)."""
+    """Whether the PostgreSQL server has closed this idle pooled psycopg connection, or is closing it — ended its
+    session (``pg_terminate_backend``, an idle timeout), restarted or stopped — or the kernel has found the peer gone
+    (the TCP keepalives): seen without a round trip. An idle connection of the pool is sent nothing (it does not
+    LISTEN), so anything to read on its socket says so: the server's last message (which comes before the end of the
+    stream, and before its session leaves ``pg_stat_activity``), the end of the stream, an error. A rare message that
+    is not a farewell (a notice, a parameter's new value after a reload) costs a new connection, never a request."""
     if dbapi_connection.closed:
         return True
-    pgconn = dbapi_connection.pgconn
     try:
-        for _read in range(2):
-            if not _readable(pgconn.socket):
-                return False
-            pgconn.consume_input()
-    except psycopg.Error:
+        return _readable(dbapi_connection.pgconn.socket)
+    except psycopg.Error:  # libpq has already found it broken
         return True
-    return True  # still more to read: let a new connection serve rather than guess
 
 
 def drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
