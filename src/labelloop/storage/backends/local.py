@@ -283,8 +283,9 @@ class LocalBackend:
         """Write ``data`` to ``path`` so that a reader finds the whole file or none (making its folders if needed):
         written unnamed in ``path``'s folder and then named (:meth:`_write_unnamed`), or where the file system cannot,
         through a staged file and a rename. ``etag``: set as the file's ETag attribute; ``durable``: fsync'd (with
-        the attribute) before it gets its name. Returns the written file's ``fstat`` (its size and modification
-        time)."""
+        the attribute) before it gets its name, and its folder fsync'd once it has it (its new folders' parents
+        too), so the name survives a power loss as well. Returns the written file's ``fstat`` (its size and
+        modification time)."""
         if self.unnamed:
             written = self._write_unnamed(path, data, etag, durable)
         else:
