@@ -194,6 +194,35 @@ def test_login_saves_a_token_that_later_commands_use(shared_server: Server, tmp_
     assert after.stdout.strip() in ("true", "false")
 
 
+def test_a_temporary_password_refusal_says_how_to_fix_it_from_the_cli(shared_server: Server, tmp_path: Path) -> None:
+    """An account still on its temporary password: what the CLI refuses (a command, an upload) says how to change it
+    with the CLI (``labelloop passwd``, then ``labelloop login``), not the API's route; once done, the commands work.
+    The API itself still names its route."""
+    with shared_server.client() as admin:
+        created = admin.post("/users", json={"username": "cli-temporary", "role": "operator"})
+    assert created.status_code == 201, created.text
+    temporary = created.json()["temporary_password"]
+    env = cli_env(shared_server, tmp_path / "config")
+    login = run_cli(env, "login", "--username", "cli-temporary", "--password", temporary)
+    assert login.returncode == 0, login.stderr
+    assert "temporary: change it with labelloop passwd --current <temporary> --new <yours>" in one_line(login.stdout)
+    fix = ("this account still has its temporary password: change it with `labelloop passwd --current <temporary> "
+           "--new <yours>`, then sign in again with `labelloop login`")
+    refused = run_cli(env, "objects", "ls")
+    assert refused.returncode == 1 and fix in one_line(refused.stderr), refused.stderr
+    assert "/api/v1/auth/password" not in refused.stderr
+    png(tmp_path / "photo.png", 7)
+    upload = run_cli(env, "upload", str(tmp_path / "photo.png"), "--wait", "0")
+    assert upload.returncode == 1 and fix in one_line(upload.stderr), upload.stderr
+    with shared_server.client(shared_server.token("cli-temporary", temporary)) as api:
+        assert "POST /api/v1/auth/password" in api.get("/objects").json()["detail"]
+    changed = run_cli(env, "passwd", "--current", temporary, "--new", "a-password-of-my-own")
+    assert changed.returncode == 0, changed.stderr
+    assert run_cli(env, "login", "--username", "cli-temporary", "--password", "a-password-of-my-own").returncode == 0
+    listed = run_cli(env, "objects", "ls")
+    assert listed.returncode == 0, listed.stderr
+
+
 def test_loops_audit_undo_and_correct(make_server: Any, tmp_path: Path) -> None:
     """`loops audit` opens Label Audit loops; `loops undo` takes the last answer back within its window;
     `loops correct` moves an applied answer's image to the corrected label; `models suspects` names a bad version."""

@@ -87,6 +87,8 @@ def test_an_object_is_written_unnamed_and_named_only_once_durable(tmp_path: Path
 
     def watched(handle: int) -> None:
         fsync(handle)
+        if stat.S_ISDIR(os.fstat(handle).st_mode):  # the folders' fsyncs: test_a_put_fsyncs_the_folders_it_names_in
+            return
         seen.append((os.path.exists(folder / "photo.jpg"), sorted(folder.iterdir()), sorted(staging.iterdir())))
 
     monkeypatch.setattr(os, "fsync", watched)
@@ -97,6 +99,64 @@ def test_an_object_is_written_unnamed_and_named_only_once_durable(tmp_path: Path
         assert reader.read() == b"first bytes"
     assert bucket.get(KEY) == b"second, longer bytes" and kept_etag(folder / "photo.jpg") == second.etag != first.etag
     assert seen[1] == (True, [folder / "photo.jpg"], []) and list(staging.iterdir()) == []
+
+
+def traced(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[tuple[str, str]]:
+    """The bucket's steps that make a put durable, in order, each with its path relative to ``root``'s parent:
+    ``mkdir`` (a folder made), ``name`` (a file linked or renamed to a name), ``fsync file``, ``fsync folder``."""
+    steps: list[tuple[str, str]] = []
+    fsync, link, replace, mkdir = os.fsync, os.link, os.replace, os.mkdir
+
+    def where(path: str | Path) -> str:
+        return Path(path).relative_to(root.parent).as_posix()
+
+    def fsynced(handle: int) -> None:
+        fsync(handle)
+        if stat.S_ISDIR(os.fstat(handle).st_mode):
+            steps.append(("fsync folder", where(os.readlink(f"/proc/self/fd/{handle}"))))
+        else:
+            steps.append(("fsync file", ""))
+
+    def linked(source: str, target: str, **kwargs: object) -> None:
+        link(source, target, **kwargs)  # type: ignore[arg-type]
+        steps.append(("name", where(target)))
+
+    def replaced(source: str, target: str) -> None:
+        replace(source, target)
+        steps.append(("name", where(target)))
+
+    def made(path: str, *args: int) -> None:
+        mkdir(path, *args)
+        steps.append(("mkdir", where(path)))
+
+    for name, call in (("fsync", fsynced), ("link", linked), ("replace", replaced), ("mkdir", made)):
+        monkeypatch.setattr(os, name, call)
+    return steps
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "staged"])
+def test_a_put_fsyncs_the_folders_it_names_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool) -> None:
+    """A file's fsync does not make its name durable: after a put names its object, the object's folder is
+    fsync'd before the put returns (a new object, a replaced one), and each folder made for the object has its
+    parent fsync'd after it is made. Nothing else is fsync'd."""
+    bucket = LocalBackend(tmp_path / "bucket")
+    bucket.unnamed = unnamed
+    bucket.put("images_for_detection/first.jpg", b"first")
+    steps = traced(monkeypatch, tmp_path / "bucket")
+    bucket.put("images_for_detection/new/deeper/photo.jpg", b"new bytes")
+    made = [("mkdir", "bucket/images_for_detection/new"), ("fsync folder", "bucket/images_for_detection"),
+            ("mkdir", "bucket/images_for_detection/new/deeper"), ("fsync folder", "bucket/images_for_detection/new")]
+    named = [("name", "bucket/images_for_detection/new/deeper/photo.jpg"),
+             ("fsync folder", "bucket/images_for_detection/new/deeper")]
+    # Unnamed: the folders are made to open the file in; staged: when the rename finds no folder.
+    assert steps == ([*made, ("fsync file", ""), *named] if unnamed else [("fsync file", ""), *made, *named])
+    steps.clear()
+    bucket.put("images_for_detection/new/deeper/photo.jpg", b"replaced bytes")
+    staged = [("name", step[1]) for step in steps if step[1].startswith("bucket.tmp/")]
+    assert steps == [("fsync file", ""), *staged, *named] and len(staged) == (1 if unnamed else 0)
+    steps.clear()
+    bucket.ensure_folder("images_for_detection/made/")
+    assert steps == [("mkdir", "bucket/images_for_detection/made"), ("fsync folder", "bucket/images_for_detection")]
 
 
 def test_a_put_that_fails_before_its_name_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,9 +9,11 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.segment import Segments
 from rich.table import Column, Table
 
 from labelloop.client import Client, ClientError, save_token
@@ -66,6 +68,7 @@ def _call(server: str | None, method: str, path: str, **kwargs: Any) -> Any:
 # Columns holding ids a later command needs whole (run ids, parameter names, keys, versions, loop names).
 ID_COLUMNS = {"id", "name", "key", "object_key", "run_id", "version", "human_loop_name", "username", "file"}
 CELL_PADDING = 3  # rich's border and padding per column
+WHOLE_WORD = 20  # a word of a table cell up to this long is never broken across lines (a longer one is folded)
 FEW_TEST_IMAGES = 30  # below this many test images an F1 is marked as a weak figure (as on the pages)
 
 
@@ -77,17 +80,47 @@ def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """A table that never cuts an id: id columns keep their whole width (the table is printed wider than the
-    terminal if it must be), other columns wrap."""
+    """A table that never cuts an id nor a heading, and wraps other cells between words (:func:`column_widths`);
+    printed wider than the terminal (or the 80 columns of a pipe) only when its ids and headings need it."""
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
-    # Other columns wrap, but never narrower than their heading (at most 12): no letter-by-letter columns.
-    least = [widths[i] if c in ID_COLUMNS else min(widths[i], max(6, min(len(c), 12))) for i, c in enumerate(columns)]
-    table = Table(*[Column(c, no_wrap=c in ID_COLUMNS, min_width=least[i], overflow="fold")
+    room = console.width - CELL_PADDING * len(columns) - 1
+    widths = column_widths(columns, cells, room)
+    table = Table(*[Column(c, width=widths[i], no_wrap=c in ID_COLUMNS, overflow="fold")
                     for i, c in enumerate(columns)])
     for line in cells:
         table.add_row(*(escape(cell) for cell in line))
-    console.print(table, width=max(console.width, sum(least) + CELL_PADDING * len(columns) + 1), crop=False)
+    # Rendered at its own width: console.print() would squeeze it into the console's (then columns vanish).
+    options = console.options.update_width(max(console.width, sum(widths) + CELL_PADDING * len(columns) + 1))
+    console.print(Segments(console.render(table, options)), crop=False)
+
+
+def column_widths(columns: list[str], cells: list[list[str]], room: int) -> list[int]:
+    """The width of each column of a table whose cells may take ``room`` characters in all: each column its widest
+    cell when they all fit. Else each column at least as wide as its heading and its longest word of at most
+    :data:`WHOLE_WORD` characters (a status, a label, a number; a longer word, such as a time, is folded where the
+    column ends), an id column as its widest id; the room left goes to the columns that then come closest to their
+    widest cell first (the fewest wrap)."""
+    widest = [max([cell_len(c), *(_widest_line(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    if sum(widest) <= room:
+        return widest
+    least = [widest[i] if c in ID_COLUMNS else
+             max([cell_len(c), *(_widest_short_word(line[i]) for line in cells)])
+             for i, c in enumerate(columns)]
+    widths, left = list(least), room - sum(least)
+    for i in sorted(range(len(columns)), key=lambda i: widest[i] - least[i]):
+        given = max(0, min(left, widest[i] - least[i]))
+        widths[i] += given
+        left -= given
+    return widths
+
+
+def _widest_line(cell: str) -> int:
+    return max(cell_len(line) for line in cell.split("\n"))
+
+
+def _widest_short_word(cell: str) -> int:
+    """The width of the widest word of ``cell`` that may not be broken (one of at most :data:`WHOLE_WORD`)."""
+    return max((width for word in cell.split() if (width := cell_len(word)) <= WHOLE_WORD), default=0)
 
 
 def _cell(value: Any) -> str:
@@ -155,7 +188,8 @@ def login(username: Annotated[str, typer.Option(prompt=True)],
     path = save_token(client.server, answer["access_token"])
     console.print(f"Signed in to {client.server} as {username} ({answer['role']}); token saved in {path}")
     if answer.get("must_change_password"):
-        console.print("[yellow]Your password is temporary: change it with labelloop passwd[/yellow]")
+        console.print("[yellow]Your password is temporary: change it with labelloop passwd --current <temporary> "
+                      "--new <yours>, then sign in again with labelloop login[/yellow]", soft_wrap=True)
 
 
 @app.command()

@@ -16,6 +16,14 @@ class ClientError(Exception):
     """The server refused a request or could not be reached; the message says why."""
 
 
+# The server's reason for a 403 (labelloop.web.dependencies.REFUSAL_HEADER), and the CLI's words for the fix.
+REFUSAL_HEADER = "X-Labelloop-Refusal"
+REFUSALS = {
+    "temporary-password": "this account still has its temporary password: change it with `labelloop passwd "
+                          "--current <temporary> --new <yours>`, then sign in again with `labelloop login`",
+}
+
+
 def credentials_file() -> Path:
     """Where ``labelloop login`` keeps tokens, one per server."""
     base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
@@ -72,6 +80,7 @@ class Client:
         if response.status_code == 401:
             raise ClientError(f"{_detail(response)} (sign in with: labelloop login)")
         if response.status_code >= 400:
-            raise ClientError(f"HTTP {response.status_code}: {_detail(response)}")
+            fix = REFUSALS.get(response.headers.get(REFUSAL_HEADER, "")) if response.status_code == 403 else None
+            raise ClientError(f"HTTP {response.status_code}: {fix or _detail(response)}")
         content_type = response.headers.get("content-type", "")
         return response.json() if content_type.startswith("application/json") else response.content

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import select
 import threading
 import time
 import weakref
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     Connection,
     DateTime,
@@ -25,7 +27,7 @@ from sqlalchemy import (
     make_url,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from labelloop.config import get_settings, with_driver
@@ -257,11 +259,42 @@ def _unwrapped(connection: Any) -> Any:
     return getattr(connection, "dbapi_connection", connection)
 
 
+def _readable(socket: int) -> bool:
+    """Whether the socket ``socket`` has something to read (or an error, or the end of its stream) now."""
+    poller = select.poll()
+    poller.register(socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether the PostgreSQL server has closed this idle pooled psycopg connection, or is closing it — ended its
+    session (``pg_terminate_backend``, an idle timeout), restarted or stopped — or the kernel has found the peer gone
+    (the TCP keepalives): seen without a round trip. An idle connection of the pool is sent nothing (it does not
+    LISTEN), so anything to read on its socket says so: the server's last message (which comes before the end of the
+    stream, and before its session leaves ``pg_stat_activity``), the end of the stream, an error. A rare message that
+    is not a farewell (a notice, a parameter's new value after a reload) costs a new connection, never a request."""
+    if dbapi_connection.closed:
+        return True
+    try:
+        return _readable(dbapi_connection.pgconn.socket)
+    except psycopg.Error:  # libpq has already found it broken
+        return True
+
+
+def drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pool "checkout" listener: a connection the server has closed (:func:`closed_by_server`) is replaced by a new
+    one before the request uses it (SQLAlchemy reconnects on :class:`DisconnectionError`)."""
+    if closed_by_server(dbapi_connection):
+        raise DisconnectionError("the PostgreSQL server closed this pooled connection; opening a new one")
+
+
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     """Create an engine for ``url``; SQLite files get WAL, foreign keys and a generous busy timeout.
 
-    PostgreSQL (psycopg 3): a pool of ``pool_size`` that may grow to twice that under load, checked
-    before use so a restarted server costs no failed request.
+    PostgreSQL (psycopg 3): a pool of ``pool_size`` that may grow to twice that under load. A pooled connection the
+    server has closed (a restart, a terminated session) is replaced at checkout, so it costs no failed request; that
+    look reads the connection's socket and sends nothing (``pool_pre_ping`` sent a ``SELECT 1`` and waited for its
+    answer at every checkout: a round trip per request).
     """
     url = with_driver(url)
     if url.startswith("sqlite"):
@@ -272,8 +305,10 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", set_sqlite_pragmas)
         take_turns(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                         connect_args={"application_name": "labelloop", "connect_timeout": 10, **PG_KEEPALIVES})
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                           connect_args={"application_name": "labelloop", "connect_timeout": 10, **PG_KEEPALIVES})
+    event.listen(engine, "checkout", drop_closed_connection)
+    return engine
 
 
 def init(url: str, pool_size: int | None = None) -> Engine:

@@ -45,12 +45,17 @@ def token_user(session: SessionDep,
     return user
 
 
+# Says why a 403 was answered, for a client that words the fix its own way (the CLI: labelloop.client).
+REFUSAL_HEADER = "X-Labelloop-Refusal"
+TEMPORARY_PASSWORD = "temporary-password"  # the account must change its temporary password first
+
+
 def current_user(user: Annotated[User, Depends(token_user)]) -> User:
     """The user behind the request's bearer token, who has chosen their own password; else 401 or 403."""
     if user.must_change_password:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this account still has its temporary password: change it "
                             "first with POST /api/v1/auth/password {current_password, new_password}, then sign in "
-                            "again")
+                            "again", headers={REFUSAL_HEADER: TEMPORARY_PASSWORD})
     return user
 
 

@@ -27,6 +27,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # A file with no name yet, in the folder it is opened on (Linux; 0 where the platform has none): it is given its name
 # once written, or vanishes with its last handle.
 _UNNAMED = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0)
+_FOLDER = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0)  # a folder opened to fsync it
 ETAG_ATTRIBUTE = "user.labelloop.etag"  # "<MD5 hex> <size> <mtime in ns>" of the file it was computed for
 _UNSUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
@@ -88,31 +89,57 @@ def _fill(handle: int, data: bytes, etag: str | None, durable: bool) -> os.stat_
     return written
 
 
-def _replace(source: str, target: str) -> None:
-    """Rename ``source`` to ``target``, making ``target``'s folders first when they do not exist yet."""
+def sync_folder(folder: str) -> None:
+    """Fsync the folder ``folder``: its entries (a file named or renamed into it, a folder made in it) survive a
+    power loss once this returns. A file's own fsync does not make its name durable."""
+    handle = os.open(folder, _FOLDER)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def make_folders(folder: str, durable: bool) -> None:
+    """Make ``folder`` and any of its parents that do not exist yet; when ``durable``, fsync the parent of each one
+    made (or found made by another thread at that moment), so a file named in ``folder`` is not lost with it."""
+    parent = os.path.dirname(folder)
+    if parent != folder and not os.path.isdir(parent):
+        make_folders(parent, durable)
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        if not os.path.isdir(folder):
+            raise
+    if durable:
+        sync_folder(parent)
+
+
+def _replace(source: str, target: str, durable: bool) -> None:
+    """Rename ``source`` to ``target``, making ``target``'s folders first when they do not exist yet
+    (:func:`make_folders`)."""
     try:
         os.replace(source, target)
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        make_folders(os.path.dirname(target), durable)
         os.replace(source, target)
 
 
-def _replace_staged(staged: str, target: str) -> None:
+def _replace_staged(staged: str, target: str, durable: bool) -> None:
     """Rename the staged file ``staged`` to ``target`` (:func:`_replace`); a failed rename leaves no staged file."""
     try:
-        _replace(staged, target)
+        _replace(staged, target, durable)
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
 
 
-def _open_unnamed(folder: str) -> int:
-    """A new file without a name in ``folder`` (made first, with its parents, if it does not exist), open for
-    writing (``O_TMPFILE``)."""
+def _open_unnamed(folder: str, durable: bool) -> int:
+    """A new file without a name in ``folder`` (made first, with its parents, if it does not exist:
+    :func:`make_folders`), open for writing (``O_TMPFILE``)."""
     try:
         return os.open(folder, _UNNAMED, 0o600)
     except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
+        make_folders(folder, durable)
         return os.open(folder, _UNNAMED, 0o600)
 
 
@@ -190,9 +217,11 @@ class LocalBackend:
 
     ``root`` holds only the objects themselves, so a person can browse it; uploads are staged in ``root.tmp`` (same
     file system, so the final rename is atomic). An object's ETag is set on its staged file before the fsync and
-    the rename (:data:`ETAG_ATTRIBUTE`: one call, atomic with the object). Where the file system keeps no user
-    extended attributes (looked at once, here), ETags live in files under ``root.meta``, as they all did before:
-    such a file is still read for an object stored then, and an object without either gets its ETag computed.
+    the rename (:data:`ETAG_ATTRIBUTE`: one call, atomic with the object); once named, its folder is fsync'd too
+    (and the parent of each folder made for it), so a power loss after the answer does not lose the object. Where
+    the file system keeps no user extended attributes (looked at once, here), ETags live in files under
+    ``root.meta``, as they all did before: such a file is still read for an object stored then, and an object
+    without either gets its ETag computed.
     """
 
     def __init__(self, root: Path) -> None:
@@ -254,10 +283,19 @@ class LocalBackend:
         """Write ``data`` to ``path`` so that a reader finds the whole file or none (making its folders if needed):
         written unnamed in ``path``'s folder and then named (:meth:`_write_unnamed`), or where the file system cannot,
         through a staged file and a rename. ``etag``: set as the file's ETag attribute; ``durable``: fsync'd (with
-        the attribute) before it gets its name. Returns the written file's ``fstat`` (its size and modification
-        time)."""
+        the attribute) before it gets its name, and its folder fsync'd once it has it (its new folders' parents
+        too), so the name survives a power loss as well. Returns the written file's ``fstat`` (its size and
+        modification time)."""
         if self.unnamed:
-            return self._write_unnamed(path, data, etag, durable)
+            written = self._write_unnamed(path, data, etag, durable)
+        else:
+            written = self._write_staged(path, data, etag, durable)
+        if durable:
+            sync_folder(os.path.dirname(path))
+        return written
+
+    def _write_staged(self, path: str, data: bytes, etag: str | None, durable: bool) -> os.stat_result:
+        """:meth:`_atomic_write` through a file in the staging folder, renamed to ``path`` once written."""
         staged, handle = self._stage()
         try:
             try:
@@ -267,7 +305,7 @@ class LocalBackend:
         except BaseException:
             Path(staged).unlink(missing_ok=True)
             raise
-        _replace_staged(staged, path)
+        _replace_staged(staged, path, durable)
         return written
 
     def _write_unnamed(self, path: str, data: bytes, etag: str | None, durable: bool) -> os.stat_result:
@@ -276,13 +314,13 @@ class LocalBackend:
         a rename across folders. A file already at ``path`` (an object replaced) is replaced atomically: the file is
         named in the staging folder and renamed over it. Nothing is left behind by a failure or a crash: an unnamed
         file vanishes with its handle."""
-        handle = _open_unnamed(os.path.dirname(path))
+        handle = _open_unnamed(os.path.dirname(path), durable)
         try:
             written = _fill(handle, data, etag, durable)
             try:
                 _link(handle, path)
             except FileExistsError:
-                _replace_staged(self._link_staged(handle), path)
+                _replace_staged(self._link_staged(handle), path, durable)
         finally:
             os.close(handle)
         return written
@@ -384,7 +422,7 @@ class LocalBackend:
         return True
 
     def ensure_folder(self, prefix: str) -> None:
-        self._path(prefix.rstrip("/")).mkdir(parents=True, exist_ok=True)
+        make_folders(str(self._path(prefix.rstrip("/"))), durable=True)
 
     def folders(self, prefix: str = "") -> list[str]:
         """Sub-folders directly under ``prefix`` (keys ending in ``/``)."""
