@@ -64,6 +64,17 @@ def start(src: str, home: Path, index: int) -> Tree:
     return Tree(src, server)
 
 
+def warm(tree: Tree, bodies: list[tuple[bytes, str]], clients: int) -> None:
+    """Start ``tree``'s server, sign in, warm its serving path and read its thread names: run for every server at
+    once, so that none is the first (with the servers warmed one after another, the first ``--src`` paid ~0.2 ms more
+    of the units' CPU per image than the round's mean in 11 of 12 rounds of an A/A/A whose places were balanced; README
+    Performance, the item on this bench's order)."""
+    tree.server.start(timeout=300)
+    tree.token = tree.server.token()
+    drive_sync(tree.server, tree.token, bodies, clients, 3.0)
+    tree.names = dumped_thread_names(tree.server.process.pid)  # type: ignore[union-attr]
+
+
 def phase(tree: Tree, bodies: list[tuple[bytes, str]], clients: int, seconds: float) -> str:
     """One measured phase on ``tree``'s server; its line."""
     pid = tree.server.process.pid  # type: ignore[union-attr]
@@ -158,11 +169,7 @@ def main() -> None:
     trees = [start(src, args.home, i) for i, src in enumerate(args.src)]
     orders = phase_orders(len(trees), args.rounds, args.seed)
     try:
-        run_concurrently(lambda tree: tree.server.start(timeout=300), trees)
-        for tree in trees:
-            tree.token = tree.server.token()
-            drive_sync(tree.server, tree.token, bodies, args.clients, 3.0)  # warm the serving path
-            tree.names = dumped_thread_names(tree.server.process.pid)  # type: ignore[union-attr]
+        run_concurrently(lambda tree: warm(tree, bodies, args.clients), trees)
         if args.client_nice is not None:  # threads started from here on inherit it
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.client_nice)
         print(f"{len(trees)} servers, {args.clients} clients (nice {os.getpriority(os.PRIO_PROCESS, 0)}), "
