@@ -4,6 +4,7 @@ pending upload); answers and errors are unchanged, no upload is lost or run twic
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -119,8 +120,9 @@ def test_every_upload_is_answered_once_as_it_would_be_alone(served: Any) -> None
                                    [label["confidence"] for label in expected], atol=1e-3)
 
 
-def test_a_unit_that_prepares_an_upload_gives_the_same_errors(served: Any) -> None:
+def test_a_unit_that_prepares_an_upload_gives_the_same_errors(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     serving, _ = served
+    monkeypatch.setattr(endpoint, "_PENDING", queue.SimpleQueue())  # out of reach of a decode thread already waiting
     rejected: Future[Any] = Future()
     endpoint._PENDING.put((b"not an image", rejected))
     assert endpoint._prepare_pending(serving)
