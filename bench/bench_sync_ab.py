@@ -66,9 +66,9 @@ def start(src: str, home: Path, index: int) -> Tree:
 
 def warm(tree: Tree, bodies: list[tuple[bytes, str]], clients: int) -> None:
     """Start ``tree``'s server, sign in, warm its serving path and read its thread names: run for every server at
-    once, so that none is the first (with the servers warmed one after another, the first ``--src`` paid ~0.2 ms more
-    of the units' CPU per image than the round's mean in 11 of 12 rounds of an A/A/A whose places were balanced; README
-    Performance, the item on this bench's order)."""
+    once, so that none is the first: with the servers warmed one after another, the first ``--src`` paid ~0.2 ms more
+    of the units' CPU per image than the round's mean in 11 of 12 rounds of an A/A/A under load (not in another on a
+    quiet machine; README Performance, the item on this bench's order)."""
     tree.server.start(timeout=300)
     tree.token = tree.server.token()
     drive_sync(tree.server, tree.token, bodies, clients, 3.0)
