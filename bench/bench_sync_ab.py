@@ -95,7 +95,7 @@ def phase(tree: Tree, bodies: list[tuple[bytes, str]], clients: int, seconds: fl
     p50 = 1000 * statistics.median(row.latencies) if row.latencies else float("nan")
     return (f"{tree.rate[-1]:6.1f} img/s, CPU {tree.cpu[-1]:5.2f} ms/img (system {per_image('system'):.2f}; "
             f"waits {(after['switches'] - before['switches']) / images:.1f}, preempted "
-            f"{(after['preempted'] - before['preempted']) / images:.1f} per image), p50 {p50:.0f} ms, "
+            f"{(after['preempted'] - before['preempted']) / images:.1f} per image), p50 {p50:.1f} ms, "
             f"{row.errors} errors, machine idle {idle / wall:.2f} cores | {shares}")
 
 
