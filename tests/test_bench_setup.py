@@ -7,12 +7,15 @@ import argparse
 import sys
 import threading
 import time
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_detect
+import bench_sync_ab
 from threads import run_concurrently
 
 
@@ -70,3 +73,24 @@ def test_the_per_server_table_gives_each_round_and_the_differences(capsys: pytes
     assert lines[1].startswith("sync detect, 8 clients ")
     assert "under test 14.00 14.20 13.90; cmp1 13.50 14.30 13.60" in lines[1]
     assert lines[1].endswith("cmp1 − under test -0.30 (-0.50 to +0.10)")
+
+
+@pytest.mark.parametrize("servers", [1, 2, 3, 4, 5])
+def test_sync_ab_orders_put_every_server_in_every_place_and_after_every_other_equally_often(servers: int) -> None:
+    block = len(bench_sync_ab.williams(servers))
+    orders = bench_sync_ab.phase_orders(servers, 2 * block, seed=3)
+    assert all(sorted(order) == list(range(servers)) for order in orders)
+    places = Counter((place, server) for order in orders for place, server in enumerate(order))
+    assert set(places.values()) == {2 * block // servers}
+    if servers > 1:
+        follows = Counter(pair for order in orders for pair in pairwise(order))
+        assert len(follows) == servers * (servers - 1) and len(set(follows.values())) == 1
+
+
+def test_sync_ab_residues_are_each_phase_less_its_rounds_mean_by_place_and_by_server() -> None:
+    orders = [[0, 1], [1, 0]]
+    by_place, by_server = bench_sync_ab.residues({0: [10.0, 12.0], 1: [14.0, 12.0]}, orders)
+    assert by_place == [[-2.0, 0.0], [2.0, 0.0]]
+    assert by_server == [[-2.0, 0.0], [2.0, 0.0]]
+    by_place, by_server = bench_sync_ab.residues({0: [10.0, 14.0], 1: [12.0, 10.0]}, orders)
+    assert by_place == [[-1.0, -2.0], [1.0, 2.0]] and by_server == [[-1.0, 2.0], [1.0, -2.0]]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,8 @@ def serving() -> Serving:
             path = backbone_path()
             with db.session() as session:
                 units = parameters.value(parameters.MINIMUM_INFERENCE_UNITS, session=session)
-            _serving = Serving(lambda threads: Embedder(path, threads=threads), units=backbone_sessions(units))
+            _serving = Serving(lambda threads: Embedder(path, threads=threads), units=backbone_sessions(units),
+                               idle_work=_prepare_pending)
         return _serving
 
 
@@ -270,31 +272,85 @@ def prepare_threads() -> int:
     return max(1, default_threads() // 2)
 
 
-# Decoding runs on its own small pool, not on the server's 40-thread pool: more concurrent decodes than that only
-# add context switches and per-thread allocator memory.
-_PREPARE_POOL = ThreadPoolExecutor(max_workers=prepare_threads(), thread_name_prefix="detect-prepare")
+# Uploads waiting to be decoded: taken by the decode threads (their own, not the server's 40-thread pool: more
+# concurrent decodes only add context switches and per-thread allocator memory) or by an idle inference unit.
+_PENDING: queue.SimpleQueue[tuple[bytes, Future[tuple[LoadedVersion, np.ndarray]]]] = queue.SimpleQueue()
+_decoders: list[threading.Thread] = []
+_decoders_lock = threading.Lock()
+
+
+def _decode_pending() -> None:
+    """A decode thread: every pending upload it takes is prepared, with the serving check, and queued."""
+    while True:
+        data, answer = _PENDING.get()
+        _prepare_and_queue(data, answer)
+
+
+def _start_decoders() -> None:
+    """Start the decode threads on first use (``prepare_threads`` of them)."""
+    with _decoders_lock:
+        while len(_decoders) < prepare_threads():
+            thread = threading.Thread(target=_decode_pending, name=f"detect-prepare_{len(_decoders)}", daemon=True)
+            thread.start()
+            _decoders.append(thread)
 
 
 def _prepare_and_queue(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
     """Decode and preprocess, pick up a version switched by another process, and queue the image for its
     batch with ``answer`` as its future; a failure (a rejected image, nothing serving) goes into ``answer``.
-    Runs on the prepare pool."""
+    Runs on a decode thread."""
     try:
         view = serving_view()
-        serving().submit(prepare_image(data, view), future=answer, view=view)
+        _queue_prepared(serving(), data, view, answer)
     except BaseException as exc:  # handed to the awaiting request, which raises it
-        if answer.set_running_or_notify_cancel():
-            answer.set_exception(exc)
+        _fail_answer(answer, exc)
+
+
+def _prepare_pending(server: Serving) -> bool:
+    """An inference unit's idle work: prepare one pending upload for the version serving on ``server`` and queue
+    it (without the database check, which a decode thread makes at most once a second: a unit must not wait on
+    the database or on the serving lock); False when none is pending (README Performance, the units' feed)."""
+    try:
+        data, answer = _PENDING.get_nowait()
+    except queue.Empty:
+        return False
+    try:
+        active = server.active
+        _queue_prepared(server, data, active.view if active is not None else "orig", answer)
+    except Exception as exc:  # handed to the awaiting request, which raises it
+        _fail_answer(answer, exc)
+    return True
+
+
+def _queue_prepared(server: Serving, data: bytes, view: str, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
+    """Prepare ``data`` as ``view`` and queue it on ``server`` with ``answer`` as its future."""
+    server.submit(prepare_image(data, view), future=answer, view=view)
+
+
+def _fail_answer(answer: Future[Any], exc: BaseException) -> None:
+    """``exc`` into ``answer`` unless its caller gave up on it."""
+    if answer.set_running_or_notify_cancel():
+        answer.set_exception(exc)
+
+
+def _submit_pending(data: bytes, answer: Future[tuple[LoadedVersion, np.ndarray]]) -> None:
+    """Queue one upload for a decode thread, and wake an idle inference unit to take it if it is quicker."""
+    if not _decoders:
+        _start_decoders()
+    _PENDING.put((data, answer))
+    server = _serving  # read without the lock: made once, and never made on the event loop
+    if server is not None:
+        server.nudge()
 
 
 async def detect_upload(data: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """Detect one uploaded image for an async caller: decoded and queued on the prepare pool, its batch
-    awaited without holding a thread (one wake-up of the event loop per request: the answer). The version
-    used and every label best first (raises ``ImageRejected``)."""
+    """Detect one uploaded image for an async caller: decoded and queued by a decode thread or an idle inference
+    unit, its batch awaited without holding a thread (one wake-up of the event loop per request: the answer). The
+    version used and every label best first (raises ``ImageRejected``)."""
     retries = 0
     while True:
         answer: Future[tuple[LoadedVersion, np.ndarray]] = Future()
-        _PREPARE_POOL.submit(_prepare_and_queue, data, answer)
+        _submit_pending(data, answer)
         try:
             loaded, probabilities = await asyncio.wrap_future(answer)
         except ViewChanged:

@@ -23,6 +23,12 @@ request says which view its images were prepared with: a request prepared for on
 version with another (a switch between preparing and running it) is answered :class:`ViewChanged`, never run,
 and the caller prepares it again for the version now serving (``endpoint``).
 
+A unit that finds no request waiting may do the process's idle work (``idle_work``: the endpoint prepares one
+pending upload, README Performance, the item on the units' feed) before it waits: the endpoint's one decode thread
+decodes uploads one after another, and after a head call answers several clients their next uploads queue for it
+while a unit waits. ``Serving.nudge`` wakes a waiting unit for that work (a marker in the request queue, which a
+busy unit skips).
+
 A serving process runs numpy's BLAS (a batch's head: its logits) on ``head_blas_threads`` threads (setting, 1 by
 default; :func:`limit_blas_threads`): on OpenBLAS's default of one thread per core, its worker threads spin after
 each small product, on the cores the backbone runs on. The familiarity bank's product runs in ONNX Runtime on the
@@ -108,6 +114,13 @@ class _Request:
     view: str | None = None  # the view the inputs were prepared with (None: not checked)
 
 
+class _Wake:
+    """The marker ``Serving.nudge`` queues: not a request; it sends a waiting unit to its idle work."""
+
+
+_WAKE = _Wake()
+
+
 @dataclass
 class _Embedded:
     """A batch whose backbone has run, waiting for its head (``Serving._head_stage``)."""
@@ -121,16 +134,19 @@ class Serving:
     """The model server of this process."""
 
     def __init__(self, embedder_factory: Callable[[int], Embedder], units: int = 1, max_batch: int = 8,
-                 max_wait_seconds: float = 0.0, head_blas_threads: int | None = None) -> None:
+                 max_wait_seconds: float = 0.0, head_blas_threads: int | None = None,
+                 idle_work: Callable[[Serving], bool] | None = None) -> None:
         """``head_blas_threads``: BLAS threads for a batch's head (None: the ``head_blas_threads`` setting; 0:
-        OpenBLAS's own)."""
+        OpenBLAS's own). ``idle_work``: called by a unit that finds no request waiting, with this server; it does
+        one piece of work (which must not wait on this server's units) and says whether there was one."""
         self._embedder_factory = embedder_factory
         limit_blas_threads(get_settings().head_blas_threads if head_blas_threads is None else head_blas_threads)
         self.max_batch = max_batch
         self.max_wait_seconds = max_wait_seconds
+        self._idle_work = idle_work
         self._active: LoadedVersion | None = None
         self._switch_lock = threading.Lock()
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | _Wake | None] = queue.Queue()
         self._held: _Embedded | None = None  # a batch whose head runs with the next batch's (``_head_stage``)
         self._held_lock = threading.Lock()
         self._units: list[threading.Thread] = []
@@ -213,17 +229,14 @@ class Serving:
                 break
             if item is None:
                 return batch, True
-            batch.append(item)
-            size += len(item.inputs)
+            if isinstance(item, _Request):
+                batch.append(item)
+                size += len(item.inputs)
         return batch, False
 
     def _unit(self, embedder: Embedder) -> None:
         while True:
-            try:
-                first = self._requests.get_nowait()
-            except queue.Empty:
-                self._answer_held()  # nothing to run: a held batch is answered now, never kept waiting for work
-                first = self._requests.get()
+            first = self._next_request()
             if first is None:
                 self._answer_held()
                 return
@@ -232,6 +245,44 @@ class Serving:
             if stop:
                 self._answer_held()
                 return
+
+    def _next_request(self) -> _Request | None:
+        """The next request for this unit (None: stop). With none waiting, a held batch is answered (never kept
+        waiting for work) and the idle work done, one piece at a time, before the unit waits; a wake-up marker
+        sends it round again."""
+        while True:
+            item = self._waiting_item()
+            if not isinstance(item, _Wake):
+                return item
+            self._answer_held()
+            if self._idle_work is not None and self._idle(self._idle_work):
+                continue
+            item = self._requests.get()
+            if not isinstance(item, _Wake):
+                return item
+
+    def _idle(self, work: Callable[[Serving], bool]) -> bool:
+        """One piece of idle work; a failure is logged and the unit keeps serving."""
+        try:
+            return work(self)
+        except Exception:
+            log.exception("an inference unit's idle work failed")
+            return False
+
+    def _waiting_item(self) -> _Request | _Wake | None:
+        """The first request or stop waiting in the queue, skipping markers; ``_WAKE`` when there is none."""
+        while True:
+            try:
+                item = self._requests.get_nowait()
+            except queue.Empty:
+                return _WAKE
+            if not isinstance(item, _Wake):
+                return item
+
+    def nudge(self) -> None:
+        """Wake a unit waiting on an empty queue for its idle work (nothing without ``idle_work``)."""
+        if self._idle_work is not None:
+            self._requests.put(_WAKE)
 
     def _run(self, embedder: Embedder, batch: list[_Request]) -> None:
         # A request whose caller gave up (its future cancelled) is dropped, not answered: answering a cancelled
