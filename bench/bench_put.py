@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alternated import run_alternated, sides, spread
 
 PHOTOS = Path(__file__).resolve().parent / "out" / "photos" / "320px-seed0"
@@ -96,8 +97,6 @@ def application_database(server: str | None) -> Iterator[None]:
     if not server:
         yield
         return
-    import psycopg
-
     name = f"bench_put_{os.getpid()}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
