@@ -1,9 +1,10 @@
 """The workflow engine's own PostgreSQL connections (DBOS 3.4's system database engine, as ``engine.start`` sets it
 up) when the server ends them — ``pg_terminate_backend``, as a restart, a failover or an idle timeout does: runs
 started directly and runs taken from a queue by its poll still succeed, also when the sessions end between two
-steps of a run, and the engine's notification listener comes back. DBOS's engine pings each connection it takes from
-its pool (``pool_pre_ping``, its default) and retries a statement whose connection failed (``db_retry``); labelloop's
-own engine has the checkout look instead (test_database_pool.py)."""
+steps of a run, and the engine's notification listener comes back (DBOS reconnects it after 1 s). DBOS's engine pings
+each connection it takes from its pool (``pool_pre_ping``, its default, kept: README Performance, item 66) and retries
+a statement whose connection failed (``db_retry``, after 0.5-1.5 s; without the ping every kill costs that wait);
+labelloop's own engine looks at the socket instead (test_database_pool.py)."""
 
 from __future__ import annotations
 
