@@ -189,6 +189,23 @@ def test_objects_rm_names_the_key_as_it_is_on_one_line(shared_server: Server, cl
     assert again.stderr.startswith("error: ") and repr(key) in again.stderr
 
 
+def test_a_download_to_a_file_that_cannot_be_written_says_why(shared_server: Server, cli: Any,
+                                                                tmp_path: Path) -> None:
+    """``objects get -o`` and ``detections --csv`` into a folder that does not exist, or onto a folder: one line
+    on standard error naming the file and why, exit status 1, no traceback."""
+    with shared_server.client() as api:
+        assert api.put("/objects/manifests/cli-download.json", content=b"{}").status_code in (200, 201)
+    missing = tmp_path / "no such folder" / "out.json"
+    for args, target, why in ((("objects", "get", "manifests/cli-download.json", "-o", str(missing)), missing,
+                               "No such file or directory"),
+                              (("detections", "--csv", str(tmp_path)), tmp_path, "Is a directory")):
+        result = cli(*args)
+        assert result.returncode == 1 and result.stderr == f"error: cannot write {target}: {why}\n", result.stderr
+    assert not missing.parent.exists()
+    done = cli("objects", "get", "manifests/cli-download.json", "-o", str(tmp_path / "out.json"))
+    assert done.returncode == 0 and (tmp_path / "out.json").read_bytes() == b"{}", done.stderr
+
+
 def test_login_saves_a_token_that_later_commands_use(shared_server: Server, tmp_path: Path) -> None:
     config = tmp_path / "config"
     env = cli_env(shared_server, config)

@@ -98,6 +98,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Write a download to the file ``path``; one that cannot be written (no such folder, a folder, no permission,
+    a full disk) stops the command with why, not a traceback."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def _call(server: str | None, method: str, path: str, **kwargs: Any) -> Any:
     try:
         return _client(server).request(method, path, **kwargs)
@@ -427,7 +436,7 @@ def objects_get(key: str, output: Annotated[Path | None, typer.Option("-o", "--o
     if output is None:
         sys.stdout.buffer.write(data)
     else:
-        output.write_bytes(data)
+        _write(output, data)
 
 
 @objects_app.command("rm")
@@ -619,7 +628,7 @@ def models_stop(version: str, server: ServerOption = None) -> None:
 def models_export(version: str, output: Annotated[Path, typer.Option("-o", "--output")],
                   server: ServerOption = None) -> None:
     """Download the whole model (backbone + head) as one ONNX file."""
-    output.write_bytes(_call(server, "GET", f"/models/{quote(version)}/export", params={"format": "onnx"}))
+    _write(output, _call(server, "GET", f"/models/{quote(version)}/export", params={"format": "onnx"}))
     say("Wrote {} ({} bytes)", output, f"{output.stat().st_size:,}")
 
 
@@ -686,7 +695,7 @@ def detections(label: str | None = None, sampled: bool | None = None, limit: int
     """The detection event log, newest first."""
     query = {k: v for k, v in {"label": label, "sampled": sampled, "limit": limit}.items() if v is not None}
     if csv is not None:
-        csv.write_bytes(_call(server, "GET", "/detections/export.csv", params=query))
+        _write(csv, _call(server, "GET", "/detections/export.csv", params=query))
         say("Wrote {}", csv)
         return
     _print(_call(server, "GET", "/detections", params=query), as_json,
