@@ -30,7 +30,9 @@ def png(path: Path, seed: int) -> bytes:
 def cli_env(server: Server, config: Path, token: str | None = None) -> dict[str, str]:
     """A clean environment for the CLI: the server's address, its own config folder, maybe a token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
-    env.update({"LABELLOOP_SERVER": server.url, "XDG_CONFIG_HOME": str(config), "PYTHONIOENCODING": "utf-8"})
+    # A pipe's 80 columns whatever the terminal running the tests: messages must not wrap there.
+    env.update({"LABELLOOP_SERVER": server.url, "XDG_CONFIG_HOME": str(config), "PYTHONIOENCODING": "utf-8",
+                "COLUMNS": "80"})
     if token:
         env["LABELLOOP_TOKEN"] = token
     return env
@@ -149,7 +151,7 @@ def test_params_set_history_and_runs(shared_server: Server, cli: Any) -> None:
     result = cli("params", "set", "Minimum-Inference-Units", "3")
     assert result.returncode == 0, result.stderr
     run_id = "parameter-Minimum-Inference-Units-v2"
-    assert f"Minimum-Inference-Units = 3 (version 2); run {run_id}" in one_line(result.stdout)
+    assert f"Minimum-Inference-Units = 3 (version 2); run {run_id}" in result.stdout.splitlines()  # 84 columns
     assert shared_server.wait_run(run_id)["status"] == "SUCCESS"
 
     history = cli("params", "history", "Minimum-Inference-Units", "--json")
@@ -170,6 +172,38 @@ def test_params_set_history_and_runs(shared_server: Server, cli: Any) -> None:
     shown = cli("runs", "show", check_run["id"], "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["steps"][0]["name"] == "check_new_training"
+
+
+def test_objects_rm_names_the_key_as_it_is_on_one_line(shared_server: Server, cli: Any) -> None:
+    """A key wider than the 80 columns, with spaces, brackets and an emoji code: ``objects rm`` says it deleted that
+    key on one line, and the second time says on one line of standard error that nothing is there (the markup in
+    the key stopped the command with a traceback after the delete; ``[copy]`` vanished; ``:cat:`` became 🐱)."""
+    key = "manifests/cli holiday 2026/beach [copy] :cat: [/b] IMG_0001 (edited, from the camera's card).json"
+    with shared_server.client() as api:
+        assert api.put(f"/objects/{key}", content=b"{}").status_code == 201
+    removed = cli("objects", "rm", key)
+    assert (removed.returncode, removed.stdout) == (0, f"Deleted {key}\n"), removed.stderr
+    assert key not in keys_under(shared_server, "manifests/cli holiday 2026/")
+    again = cli("objects", "rm", key)
+    assert again.returncode == 1 and len(again.stderr.splitlines()) == 1, again.stderr
+    assert again.stderr.startswith("error: ") and repr(key) in again.stderr
+
+
+def test_a_download_to_a_file_that_cannot_be_written_says_why(shared_server: Server, cli: Any,
+                                                                tmp_path: Path) -> None:
+    """``objects get -o`` and ``detections --csv`` into a folder that does not exist, or onto a folder: one line
+    on standard error naming the file and why, exit status 1, no traceback."""
+    with shared_server.client() as api:
+        assert api.put("/objects/manifests/cli-download.json", content=b"{}").status_code in (200, 201)
+    missing = tmp_path / "no such folder" / "out.json"
+    for args, target, why in ((("objects", "get", "manifests/cli-download.json", "-o", str(missing)), missing,
+                               "No such file or directory"),
+                              (("detections", "--csv", str(tmp_path)), tmp_path, "Is a directory")):
+        result = cli(*args)
+        assert result.returncode == 1 and result.stderr == f"error: cannot write {target}: {why}\n", result.stderr
+    assert not missing.parent.exists()
+    done = cli("objects", "get", "manifests/cli-download.json", "-o", str(tmp_path / "out.json"))
+    assert done.returncode == 0 and (tmp_path / "out.json").read_bytes() == b"{}", done.stderr
 
 
 def test_login_saves_a_token_that_later_commands_use(shared_server: Server, tmp_path: Path) -> None:

@@ -90,6 +90,23 @@ def test_bad_keys_over_http_are_400_and_store_nothing_outside(shared_server: Ser
     assert not (shared_server.home.parent / "escape.png").exists()
 
 
+def test_a_key_whose_name_or_folder_is_taken_in_a_local_bucket_is_400_with_why(shared_server: Server) -> None:
+    """In a local bucket a name is a folder or a file, not both (S3 keys are flat): a PUT at a folder's name, or
+    under an object as if it were a folder, is refused (400, saying which name is taken), not a 500; nothing
+    changes."""
+    with shared_server.client() as api:
+        assert api.put("/objects/manifests/taken/held.json", content=b"{}").status_code == 201
+        for key, why in (("manifests/taken", "'manifests/taken' is a folder of the bucket"),
+                         ("manifests/taken/held.json/under.json", "'manifests/taken/held.json' is an object"),
+                         ("manifests/taken/held.json/deeper/under.json", "'manifests/taken/held.json' is an object")):
+            response = api.put(f"/objects/{key}", content=b"[]")
+            assert response.status_code == 400 and why in response.json()["detail"], (key, response.text)
+        assert api.get("/objects/manifests/taken/held.json").content == b"{}"
+        listed = api.get("/objects", params={"prefix": "manifests/taken"}).json()
+        assert [item["key"] for item in listed] == ["manifests/taken/held.json"]
+        assert api.delete("/objects/manifests/taken").status_code == 404  # a folder is not an object to delete
+
+
 def test_html_and_svg_are_served_as_bytes(shared_server: Server) -> None:
     with shared_server.client() as api:
         api.put("/objects/manifests/evil.svg", content=b"<svg onload='alert(1)'/>")

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.segment import Segments
 from rich.table import Column, Table
+from rich.text import Text
 
 from labelloop.client import Client, ClientError, save_token
 from labelloop.config import configure, get_settings
@@ -40,9 +41,15 @@ app.add_typer(models_app, name="models")
 app.add_typer(loops_app, name="loops")
 app.add_typer(sampling_app, name="sampling")
 
-console = Console()
-# Messages are not wrapped: a script (or grep) should find them on one line.
-errors = Console(stderr=True, soft_wrap=True)
+
+def make_console(**options: Any) -> Console:
+    """A console of the CLI: ``:name:`` in a key, a label or a message stays as it is (rich's default prints an
+    emoji for it, in tables and messages alike)."""
+    return Console(emoji=False, **options)
+
+
+console = make_console()
+errors = make_console(stderr=True)
 
 HomeOption = Annotated[Path | None, typer.Option("--home", help="Data folder (env LABELLOOP_HOME)")]
 ServerOption = Annotated[str | None, typer.Option("--server", help="Server address (env LABELLOOP_SERVER)")]
@@ -53,9 +60,51 @@ def _client(server: str | None) -> Client:
     return Client(configure(server=server))
 
 
+def say(message: str, *values: Any, err: bool = False) -> None:
+    """Print a message on one line, on standard output (standard error with ``err``): ``message`` is rich markup
+    whose ``{}`` fields ``values`` fill as plain text (:func:`filled`). Every message of the CLI is printed so:
+    never wrapped by rich, whose wrapping at a pipe's 80 columns put a line break before an id that did not fit
+    (``run parameter-…-v2``) or inside a key with spaces, so that a script or ``grep`` missed it (a terminal folds
+    a long line only for display)."""
+    (errors if err else console).print(filled(message, values), soft_wrap=True)
+
+
+FIELD = "\x00"  # where a value goes in a message's markup while it is parsed (no id or message holds a NUL)
+
+
+def filled(message: str, values: tuple[Any, ...]) -> Text:
+    """The rich markup ``message`` with its ``{}`` fields filled by ``values`` as they are, each in the style the
+    markup gives its field: a value is never read as markup (which dropped ``[copy]`` from a key, and stopped a
+    command at ``[/b]`` after its work was done) nor as an emoji code."""
+    if message.count("{}") != len(values):
+        raise ValueError(f"{message!r} has {message.count('{}')} fields for {len(values)} values")
+    marked = Text.from_markup(message.replace("{}", FIELD), emoji=False)
+    text, start = Text(), 0
+    for value in values:
+        at = marked.plain.index(FIELD, start)
+        text.append_text(marked[start:at])
+        piece = Text(str(value))
+        for span in marked.spans:
+            if span.start <= at < span.end:
+                piece.stylize(span.style)
+        text.append_text(piece)
+        start = at + 1
+    text.append_text(marked[start:])
+    return text
+
+
 def _fail(message: str) -> None:
-    errors.print(f"[red]error:[/red] {escape(message)}")
+    say("[red]error:[/red] {}", message, err=True)
     raise typer.Exit(1)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a download to the file ``path``; one that cannot be written (no such folder, a folder, no permission,
+    a full disk) stops the command with why, not a traceback."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _call(server: str | None, method: str, path: str, **kwargs: Any) -> Any:
@@ -186,10 +235,10 @@ def login(username: Annotated[str, typer.Option(prompt=True)],
     except ClientError as exc:
         _fail(str(exc))
     path = save_token(client.server, answer["access_token"])
-    console.print(f"Signed in to {client.server} as {username} ({answer['role']}); token saved in {path}")
+    say("Signed in to {} as {} ({}); token saved in {}", client.server, username, answer["role"], path)
     if answer.get("must_change_password"):
-        console.print("[yellow]Your password is temporary: change it with labelloop passwd --current <temporary> "
-                      "--new <yours>, then sign in again with labelloop login[/yellow]", soft_wrap=True)
+        say("[yellow]Your password is temporary: change it with labelloop passwd --current <temporary> --new "
+            "<yours>, then sign in again with labelloop login[/yellow]")
 
 
 @app.command()
@@ -198,7 +247,7 @@ def passwd(current: Annotated[str, typer.Option(prompt=True, hide_input=True)],
            server: ServerOption = None) -> None:
     """Change your password (then sign in again)."""
     _call(server, "POST", "/auth/password", json={"current_password": current, "new_password": new})
-    console.print("Password changed; sign in again with labelloop login")
+    say("Password changed; sign in again with labelloop login")
 
 
 def upload_plan(paths: list[Path], prefix: str, missing: list[Path] | None = None) -> list[tuple[Path, str]]:
@@ -260,18 +309,17 @@ def upload(paths: Annotated[list[Path], typer.Argument(help="Files or folders")]
                           "outcomes": [{k: v for k, v in o.items() if k != "object"} for o in outcomes]},
                          default=str))
     else:
-        console.print(f"Uploaded {len(stored)} of {len(plan) + len(missing)} file(s) to {escape(to)}")
+        say("Uploaded {} of {} file(s) to {}", len(stored), len(plan) + len(missing), to)
         for outcome in outcomes:  # one line each, the key whole: a script or a person finds it as it is
             if outcome["outcome"] == "refused":  # on stderr, naming the file as it is (repr: no control chars)
                 target = f" → {outcome['key']!r}" if outcome["key"] else ""
-                errors.print(f"[red]failed[/red] {escape(repr(outcome['file']))}{escape(target)}: "
-                             f"{escape(_outcome_words(outcome))}")
+                say("[red]failed[/red] {}{}: {}", repr(outcome["file"]), target, _outcome_words(outcome), err=True)
                 continue
             label = "[green]stored[/green]   " if outcome["outcome"] == "stored" else "unchanged"
-            console.print(f"{label} {escape(outcome['key'])}: {escape(_outcome_words(outcome))}", soft_wrap=True)
+            say(label + " {}: {}", outcome["key"], _outcome_words(outcome))
         if any(o.get("unchanged") and o["key"].startswith("images_for_detection/") for o in outcomes):
-            console.print("Unchanged images are not detected again; to detect them with the serving version: "
-                          "labelloop redetect KEY…", soft_wrap=True)
+            say("Unchanged images are not detected again; to detect them with the serving version: "
+                "labelloop redetect KEY…")
     if len(stored) < len(outcomes):
         raise typer.Exit(1)
 
@@ -349,7 +397,7 @@ def params_list(server: ServerOption = None, as_json: JsonOption = False) -> Non
 def params_get(name: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """One parameter."""
     data = _call(server, "GET", f"/parameters/{quote(name)}")
-    print(json.dumps(data, default=str)) if as_json else console.print(data["value"])
+    print(json.dumps(data, default=str)) if as_json else say("{}", data["value"])
 
 
 @params_app.command("set")
@@ -359,10 +407,10 @@ def params_set(name: str, value: str, server: ServerOption = None, as_json: Json
     if as_json:
         print(json.dumps(data, default=str))
     elif data["changed"]:
-        console.print(f"{name} = {data['parameter']['value']} (version {data['parameter']['version']}); "
-                      f"run {data['run_id']}")
+        say("{} = {} (version {}); run {}", name, data["parameter"]["value"], data["parameter"]["version"],
+            data["run_id"])
     else:
-        console.print(f"{name} is already {data['parameter']['value']}; nothing changed")
+        say("{} is already {}; nothing changed", name, data["parameter"]["value"])
 
 
 @params_app.command("history")
@@ -388,14 +436,14 @@ def objects_get(key: str, output: Annotated[Path | None, typer.Option("-o", "--o
     if output is None:
         sys.stdout.buffer.write(data)
     else:
-        output.write_bytes(data)
+        _write(output, data)
 
 
 @objects_app.command("rm")
 def objects_rm(key: str, server: ServerOption = None) -> None:
     """Delete an object."""
     _call(server, "DELETE", f"/objects/{quote(key, safe='/')}")
-    console.print(f"Deleted {key}")
+    say("Deleted {}", key)
 
 
 @runs_app.command("list")
@@ -413,7 +461,7 @@ def runs_show(run_id: str, server: ServerOption = None, as_json: JsonOption = Fa
     if as_json:
         print(json.dumps(run, default=str))
         return
-    console.print(f"[bold]{run['id']}[/bold] {run['branch']} — {run['status']} (started {run['created_at']})")
+    say("[bold]{}[/bold] {} — {} (started {})", run["id"], run["branch"], run["status"], run["created_at"])
     _print(run["steps"], False, ["step_id", "name", "duration_ms", "error", "output"])
 
 
@@ -424,10 +472,10 @@ def training_check(wait: Annotated[bool, typer.Option(help="Wait for the outcome
     """Run the training check now (with --wait: and print what came of it)."""
     data = _call(server, "POST", "/training/check")
     if not wait:
-        print(json.dumps(data)) if as_json else console.print(f"Training check started: run {data['run_id']}")
+        print(json.dumps(data)) if as_json else say("Training check started: run {}", data["run_id"])
         return
     if not as_json:
-        console.print(f"Training check started: run {data['run_id']}; waiting for its outcome…")
+        say("Training check started: run {}; waiting for its outcome…", data["run_id"])
     run = _wait_run(server, data["run_id"])
     outcome = training_outcome(run)
     if outcome.get("version") and outcome.get("trained"):
@@ -436,7 +484,7 @@ def training_check(wait: Annotated[bool, typer.Option(help="Wait for the outcome
     if as_json:
         print(json.dumps({"run_id": data["run_id"], "status": run["status"], **outcome}, default=str))
     else:
-        console.print(outcome["words"], soft_wrap=True)
+        say("{}", outcome["words"])
     if run["status"] != "SUCCESS":
         raise typer.Exit(1)
 
@@ -494,7 +542,7 @@ def users_create(username: str, role: Annotated[str, typer.Option(help="admin, o
     if as_json:
         print(json.dumps(data, default=str))
     else:
-        console.print(f"Created {username} ({role}); temporary password: {data['temporary_password']}")
+        say("Created {} ({}); temporary password: {}", username, role, data["temporary_password"])
 
 
 @users_app.command("list")
@@ -518,8 +566,8 @@ def models_show(version: str, server: ServerOption = None, as_json: JsonOption =
         print(json.dumps(model, default=str))
         return
     f1 = f"{model['f1']:.3f} ({test_size(model)})" if model.get("f1") is not None else "—"
-    console.print(f"[bold]{model['version']}[/bold] {model['status']} — F1 {f1}; {model['train_images']} train / "
-                  f"{model['test_images']} test images", soft_wrap=True)
+    say("[bold]{}[/bold] {} — F1 {}; {} train / {} test images", model["version"], model["status"], f1,
+        model["train_images"], model["test_images"])
     _print((model.get("evaluation") or {}).get("per_label", []), False,
            ["label", "precision", "recall", "f1", "support", "threshold"])
 
@@ -535,8 +583,8 @@ def models_suspects(version: str, send: Annotated[bool, typer.Option(
         if as_json:
             print(json.dumps(sent, default=str))
             return
-        console.print(f"{version}: {len(sent['opened'])} of {sent['suspects']} suspect(s) sent to review "
-                      f"({sent['already_open']} already in review, {len(sent['no_longer_stored'])} no longer stored)")
+        say("{}: {} of {} suspect(s) sent to review ({} already in review, {} no longer stored)", version,
+            len(sent["opened"]), sent["suspects"], sent["already_open"], len(sent["no_longer_stored"]))
         return
     _print(_call(server, "GET", f"/models/{quote(version)}/suspect-labels"), as_json,
            ["key", "label", "predicted", "confidence"])
@@ -557,12 +605,12 @@ def models_deploy(version: str, wait: Annotated[bool, typer.Option(help="Wait un
                   server: ServerOption = None) -> None:
     """Deploy a trained version blue-green (also how you roll back to an earlier one)."""
     run_id = _call(server, "POST", f"/models/{quote(version)}/deploy")["run_id"]
-    console.print(f"Deploying {version}: run {run_id}")
+    say("Deploying {}: run {}", version, run_id)
     if wait:
         run = _wait_run(server, run_id)
         if run["status"] != "SUCCESS":
             _fail(f"deployment {run['status']}: {run['error']}")
-        console.print(f"{version} is RUNNING")
+        say("{} is RUNNING", version)
 
 
 @models_app.command("stop")
@@ -570,15 +618,18 @@ def models_stop(version: str, server: ServerOption = None) -> None:
     """Stop serving a version."""
     run_id = _call(server, "POST", f"/models/{quote(version)}/stop")["run_id"]
     run = _wait_run(server, run_id)
-    console.print(f"{version} stopped" if run["status"] == "SUCCESS" else f"stop {run['status']}: {run['error']}")
+    if run["status"] == "SUCCESS":
+        say("{} stopped", version)
+    else:
+        say("stop {}: {}", run["status"], run["error"])
 
 
 @models_app.command("export")
 def models_export(version: str, output: Annotated[Path, typer.Option("-o", "--output")],
                   server: ServerOption = None) -> None:
     """Download the whole model (backbone + head) as one ONNX file."""
-    output.write_bytes(_call(server, "GET", f"/models/{quote(version)}/export", params={"format": "onnx"}))
-    console.print(f"Wrote {output} ({output.stat().st_size:,} bytes)")
+    _write(output, _call(server, "GET", f"/models/{quote(version)}/export", params={"format": "onnx"}))
+    say("Wrote {} ({} bytes)", output, f"{output.stat().st_size:,}")
 
 
 @app.command()
@@ -598,10 +649,10 @@ def detect(files: Annotated[list[Path], typer.Argument(help="Image files")], ser
     else:
         for result in results:
             if "error" in result:
-                errors.print(f"[red]{escape(result['file'])}[/red]: {escape(result['error'])}", soft_wrap=True)
+                say("[red]{}[/red]: {}", result["file"], result["error"], err=True)
                 continue
             best = ", ".join(f"{x['name']} {x['confidence']:.1f}" for x in result["labels"][:3])
-            console.print(f"{escape(result['file'])}: {best} (model {result['model_version']})", soft_wrap=True)
+            say("{}: {} (model {})", result["file"], best, result["model_version"])
     if failed:
         raise typer.Exit(1)
 
@@ -615,8 +666,8 @@ def redetect(keys: Annotated[list[str], typer.Argument(help="Stored images or fo
     earlier one (uploading the same bytes again does not detect them again)."""
     started = _call(server, "POST", "/detections/redetect", json={"keys": keys})
     if not wait:
-        print(json.dumps(started)) if as_json else console.print(
-            f"Re-detecting {started['images']} image(s): run {started['run_id']}")
+        print(json.dumps(started)) if as_json else say("Re-detecting {} image(s): run {}", started["images"],
+                                                       started["run_id"])
         return
     parent = _wait_run(server, started["run_id"])
     if parent["status"] != "SUCCESS":
@@ -633,7 +684,7 @@ def redetect(keys: Annotated[list[str], typer.Argument(help="Stored images or fo
         print(json.dumps({"run_id": started["run_id"], "model_version": output.get("model_version"),
                           "results": results}, default=str))
         return
-    console.print(f"Re-detected {len(output.get('runs', []))} image(s) with {output.get('model_version')}")
+    say("Re-detected {} image(s) with {}", len(output.get("runs", [])), output.get("model_version"))
     print_table([{"key": r["key"], "outcome": r["words"]} for r in results], ["key", "outcome"])
 
 
@@ -644,8 +695,8 @@ def detections(label: str | None = None, sampled: bool | None = None, limit: int
     """The detection event log, newest first."""
     query = {k: v for k, v in {"label": label, "sampled": sampled, "limit": limit}.items() if v is not None}
     if csv is not None:
-        csv.write_bytes(_call(server, "GET", "/detections/export.csv", params=query))
-        console.print(f"Wrote {csv}")
+        _write(csv, _call(server, "GET", "/detections/export.csv", params=query))
+        say("Wrote {}", csv)
         return
     _print(_call(server, "GET", "/detections", params=query), as_json,
            ["id", "object_key", "label", "confidence", "model_version", "human_loop_name", "human_label"])
@@ -678,21 +729,21 @@ def loops_list(status: StatusOption = "InProgress", source: SourceOption = None,
 def loops_stop(name: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Stop an open human loop (its task leaves the review queue)."""
     stopped = _call(server, "POST", f"/human-loops/{quote(name)}/stop")
-    print(json.dumps(stopped, default=str)) if as_json else console.print(f"{name}: {stopped.get('status')}")
+    print(json.dumps(stopped, default=str)) if as_json else say("{}: {}", name, stopped.get("status"))
 
 
 @loops_app.command("answer")
 def loops_answer(name: str, label: str, server: ServerOption = None) -> None:
     """Answer a human loop with a label or "None of the Above"."""
     answer = _call(server, "POST", f"/human-loops/{quote(name)}/answer", json={"label": label})
-    console.print(f"{name}: {answer['answer_label']} (run {answer['run_id']})")
+    say("{}: {} (run {})", name, answer["answer_label"], answer["run_id"])
 
 
 @loops_app.command("undo")
 def loops_undo(server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Take back your last answer while its undo window lasts (the task is yours again)."""
     loop = _call(server, "POST", "/human-loops/undo")
-    print(json.dumps(loop, default=str)) if as_json else console.print(f"{loop['name']}: answer taken back")
+    print(json.dumps(loop, default=str)) if as_json else say("{}: answer taken back", loop["name"])
 
 
 @loops_app.command("correct")
@@ -702,7 +753,7 @@ def loops_correct(name: str, label: str, server: ServerOption = None, as_json: J
     if as_json:
         print(json.dumps(corrected, default=str))
         return
-    console.print(f"{name}: corrected to {label} (run {corrected['run_id']})")
+    say("{}: corrected to {} (run {})", name, label, corrected["run_id"])
 
 
 @loops_app.command("audit")
@@ -729,7 +780,7 @@ def sampling_run(server: ServerOption = None) -> None:
     """Run human sampling now."""
     run = _wait_run(server, _call(server, "POST", "/sampling/run")["run_id"])
     output = run["output"]
-    console.print(f"Sampled {len(output['sampled'])} detection(s); opened {len(output['opened'])} loop(s)")
+    say("Sampled {} detection(s); opened {} loop(s)", len(output["sampled"]), len(output["opened"]))
 
 
 @sampling_app.command("summary")

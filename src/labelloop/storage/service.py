@@ -139,6 +139,8 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
     key = labeled_key(key)
     try:
         info = backend().put(key, data)
+    except (IsADirectoryError, NotADirectoryError) as exc:  # a local bucket's folders and files share the names
+        raise InvalidKey(_name_taken(key, exc)) from None
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -152,6 +154,18 @@ def put_object(key: str, data: bytes, *, source: str, actor: str = "system") -> 
         log.info("object stored", extra={"key": key, "size": info.size, "etag": info.etag, "source": source,
                                          "actor": actor})
     return info
+
+
+def _name_taken(key: str, error: OSError) -> str:
+    """Why a local bucket cannot store an object at ``key`` (``error``: what the file system said): a folder of
+    objects has that name, or a folder of the key is an object."""
+    if isinstance(error, IsADirectoryError):
+        return (f"{key!r} is a folder of the bucket (objects are stored under {key + '/'!r}): an object cannot have "
+                "its name; choose another name")
+    parts = key.split("/")
+    taken = next((prefix for n in range(1, len(parts)) if object_exists(prefix := "/".join(parts[:n]))), None)
+    where = f"{taken!r} is an object" if taken else "a folder of the key is an object"
+    return f"{where}, so it cannot also be a folder holding {key!r}; choose another folder"
 
 
 def labeled_key(key: str) -> str:

@@ -218,10 +218,11 @@ class LocalBackend:
     ``root`` holds only the objects themselves, so a person can browse it; uploads are staged in ``root.tmp`` (same
     file system, so the final rename is atomic). An object's ETag is set on its staged file before the fsync and
     the rename (:data:`ETAG_ATTRIBUTE`: one call, atomic with the object); once named, its folder is fsync'd too
-    (and the parent of each folder made for it), so a power loss after the answer does not lose the object. Where
-    the file system keeps no user extended attributes (looked at once, here), ETags live in files under
-    ``root.meta``, as they all did before: such a file is still read for an object stored then, and an object
-    without either gets its ETag computed.
+    (and the parent of each folder made for it), so a power loss after the answer does not lose the object; a
+    delete fsyncs the object's folder as well, so a deleted object does not come back. Where the file system keeps
+    no user extended attributes (looked at once, here), ETags live in files under ``root.meta``, as they all did
+    before: such a file is still read for an object stored then, and an object without either gets its ETag
+    computed.
     """
 
     def __init__(self, root: Path) -> None:
@@ -397,7 +398,11 @@ class LocalBackend:
             raise ObjectNotFound(key) from None
 
     def head(self, key: str) -> ObjectInfo:
-        return self._info(key, *self._object(key))
+        path, found = self._object(key)
+        try:
+            return self._info(key, path, found)
+        except FileNotFoundError:  # deleted since it was looked at, before its ETag was read or computed
+            raise ObjectNotFound(key) from None
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
@@ -414,10 +419,19 @@ class LocalBackend:
         return sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> bool:
+        """Remove the object ``key``; whether it was there (False also when another caller removed it first). Its
+        folder is fsync'd before this returns: a removed name, like a new one, survives a power loss only then,
+        and an object moved by a copy and a delete would otherwise come back beside its copy. Its ETag file (a
+        bucket without attributes) is removed unsynced, as it is written: a stale one is never read for a newer
+        object (:meth:`_etag`)."""
         path, found = self._locate(key, self._root)
         if found is None or not stat.S_ISREG(found.st_mode):
             return False
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:  # removed by another caller since it was looked at
+            return False
+        sync_folder(os.path.dirname(path))
         self._path(key, self.meta_root).unlink(missing_ok=True)
         return True
 
