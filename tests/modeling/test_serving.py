@@ -122,3 +122,38 @@ def test_a_batch_that_finishes_while_requests_wait_shares_the_next_batchs_head_c
     for answer, expected in zip(answers, alone, strict=True):
         np.testing.assert_allclose(answer, expected, atol=1e-6)
     assert lone[0].version == "v1"
+
+
+def test_a_batch_that_finishes_while_only_wake_ups_wait_is_answered_at_once(backbone_onnx: Path) -> None:
+    """Wake-up markers (``Serving.nudge``) are not requests: no unit runs another batch for them, so a batch that
+    finishes while only they wait gets its head call at once, before its unit goes back to the queue. The old code
+    held it and answered it only after emptying the queue of them (or after a whole backbone run, when a request
+    came in between)."""
+    gated = GatedEmbedder(Embedder(backbone_onnx, threads=1))
+    serving = Serving(lambda threads: gated, units=1, max_batch=8,  # type: ignore[arg-type, return-value]
+                      idle_work=lambda server: False)
+    queued_at_head: list[int] = []
+
+    class QueueWatchingHead(RecordingHead):
+        def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+            queued_at_head.append(serving._requests.qsize())
+            return super().predict_proba(embeddings)
+
+    head = QueueWatchingHead()
+    x = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    try:
+        serving.switch(serving.warm("v1", head))
+        queued_at_head.clear()
+        head.sizes.clear()
+        gated.hold()
+        first = serving.submit(x)
+        assert gated.entered.wait(timeout=120)  # the unit runs the batch's backbone
+        for _ in range(3):
+            serving.nudge()  # uploads arriving: their markers wait in the queue
+        gated.gate.set()
+        assert first.result(timeout=120)[0].version == "v1"
+        later = serving.submit(x).result(timeout=120)  # the unit serves on
+    finally:
+        serving.close()
+    assert queued_at_head[0] == 3, queued_at_head  # answered with the three markers still queued: never held
+    assert head.sizes == [1, 1] and later[0].version == "v1"

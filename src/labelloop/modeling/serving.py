@@ -121,6 +121,28 @@ class _Wake:
 _WAKE = _Wake()
 
 
+class _RequestQueue(queue.Queue[_Request | _Wake | None]):
+    """The units' queue: requests, wake-up markers and stops (None), with the number of requests in it.
+
+    ``requests`` is kept under the queue's own lock (``_put`` and ``_get`` run inside it), so a unit deciding
+    whether to hold a batch counts what will run next, not the markers (README Performance, item 63)."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self.requests = 0
+
+    def _put(self, item: _Request | _Wake | None) -> None:
+        super()._put(item)
+        if isinstance(item, _Request):
+            self.requests += 1
+
+    def _get(self) -> _Request | _Wake | None:
+        item = super()._get()
+        if isinstance(item, _Request):
+            self.requests -= 1
+        return item
+
+
 @dataclass
 class _Embedded:
     """A batch whose backbone has run, waiting for its head (``Serving._head_stage``)."""
@@ -146,7 +168,7 @@ class Serving:
         self._idle_work = idle_work
         self._active: LoadedVersion | None = None
         self._switch_lock = threading.Lock()
-        self._requests: queue.Queue[_Request | _Wake | None] = queue.Queue()
+        self._requests = _RequestQueue()
         self._held: _Embedded | None = None  # a batch whose head runs with the next batch's (``_head_stage``)
         self._held_lock = threading.Lock()
         self._units: list[threading.Thread] = []
@@ -314,12 +336,13 @@ class Serving:
         A head costs about the same for 1 to ``max_batch`` rows (the familiarity bank's product, blocks of exactly
         ``PRODUCT_ROWS``: README Performance, items 39 and 45), and at 8 clients a batch holds about 2 images. So a
         batch of fewer than ``max_batch`` images is held while requests wait in the queue (a unit will run another
-        batch at once) and nothing is held yet; the next batch to finish takes it into its own head call when both
-        fit in ``max_batch`` rows, for the same version. A unit that finds the queue empty answers a held batch
-        before it waits (``_unit``), so a lone request is never held."""
+        batch at once; wake-up markers and stops are not requests: item 63) and nothing is held yet; the next batch
+        to finish takes it into its own head call when both fit in ``max_batch`` rows, for the same version. A unit
+        that finds the queue empty answers a held batch before it waits (``_unit``), so a lone request is never
+        held."""
         with self._held_lock:
             held, self._held = self._held, None
-            if held is None and len(done.embeddings) < self.max_batch and not self._requests.empty():
+            if held is None and len(done.embeddings) < self.max_batch and self._requests.requests > 0:
                 self._held = done
                 return
         if held is not None and held.version is done.version and \
