@@ -317,15 +317,15 @@ class Twin:
     record: dict[str, Any]
 
 
-def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embedder: Embedder, *,
+def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_path: Path, fp32_fingerprint: str, *,
                folder: Path, embeddings: Path, threshold: float, options: dict[str, Any],
                progress: Progress | None = None, recipe: Recipe | None = None) -> Twin:
-    """Build the int8 backbone calibrated on ``fp32``'s training split with ``recipe`` (by default the one for
-    this CPU), train and evaluate the same head on its embeddings (same images, same test split, same
-    ``options``), and keep whichever may serve."""
+    """Build the int8 backbone of the fp32 one at ``fp32_path`` calibrated on ``fp32``'s training split with
+    ``recipe`` (by default the one for this CPU), train and evaluate the same head on its embeddings (same
+    images, same test split, same ``options``), and keep whichever may serve. It needs no fp32 session: the
+    caller's can go back first (its arena holds a batch of 32's buffers)."""
     started = time.perf_counter()
-    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder, options.get("view", "orig"),
-                           recipe)
+    path = ensure_backbone(fp32_path, fp32_fingerprint, fp32, folder, options.get("view", "orig"), recipe)
     built = time.perf_counter() - started
     embedder = Embedder(path, shared_arena=False)  # its own arena, given back with it (README Performance, item 44)
     told = None if progress is None else lambda phase, done, total: progress(f"int8 {phase}", done, total)
