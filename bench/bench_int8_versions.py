@@ -120,7 +120,7 @@ def summary(path: Path = RECORDS) -> None:
         latest.setdefault((r["task"], r["seed"], r["recipe"]), r)
     print("task     recipe          n | ΔF1 pt mean ± se  median  <-0.5 >+0.5 | silent Δ pt mean ± se  median  "
           "higher lower | twin serves | one flip pt | ΔF1 in flips, answers changed | build s | fp32 train s twin s | "
-          "peak MiB fp32 twin")
+          "peak MiB fp32 twin build child")
     for recipe in sorted({r for _, _, r in latest}):
         rows = [r for (_, _, name), r in latest.items() if name == recipe]
         for task in [*sorted({r["task"] for r in rows}), "all"]:
@@ -137,7 +137,7 @@ def _pooled(rows: list[dict[str, Any]]) -> str:
             f"{np.mean(df1 / np.array([r['flip'] for r in rows])):+12.2f} {_median(rows, 'changed'):7.0f} | "
             f"{np.median([r['build_s'] for r in rows]):7.1f} | {np.median([r['fp32_train_s'] for r in rows]):12.1f} "
             f"{np.median([r['int8_train_s'] for r in rows]):6.1f} | {_median(rows, 'peak_mib_fp32'):8.0f} "
-            f"{_median(rows, 'peak_mib_twin'):4.0f}")
+            f"{_median(rows, 'peak_mib_twin'):4.0f} {_median(rows, 'peak_mib_build_child'):11.0f}")
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:
@@ -151,9 +151,10 @@ def _mean_se(values: np.ndarray) -> str:
     return f"{values.mean():+6.2f} ± {se:4.2f}"
 
 
-def peak_mib() -> float:
-    """This process's peak RSS so far in MiB (after the fp32 head, then after each twin: what a build adds)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """This process's peak RSS so far in MiB (after the fp32 head, then after each twin: what a build adds), or
+    with ``RUSAGE_CHILDREN`` the largest of its finished children's (the int8 builds run in a child process)."""
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def _digest(item: tasks.Item) -> str:
@@ -207,7 +208,8 @@ def main() -> None:
     fp32_path = ensure_backbone_onnx(OUT / "cache")
     fp32 = Embedder(fp32_path)
     print("task     seed recipe        train test open | fp32 F1 int8 F1 ΔF1(pt) | silent % fp32 int8 | "
-          "open≥70 % fp32 int8 | verdict      | speed-up b1 b8 b32 | build s train s fp32 int8  load", flush=True)
+          "open≥70 % fp32 int8 | verdict      | speed-up b1 b8 b32 | build s train s fp32 int8  load | "
+          "peak MiB fp32 twin child", flush=True)
     for name in args.tasks:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             task = TASKS[name](seed)
@@ -230,7 +232,8 @@ def main() -> None:
                       f"{100 * base_scores['open70']:14.1f} {100 * each['scores']['open70']:4.1f} | "
                       f"{'int8' if each['verdict']['serves'] else 'fp32':<12} | {up[1]:11.2f} {up[8]:.2f} "
                       f"{up[32]:.2f} | {each['built']:7.0f} {base_s:6.0f} {each['trained']:5.0f}  "
-                      f"{os.getloadavg()[0]:.1f}", flush=True)
+                      f"{os.getloadavg()[0]:.1f} | {base_scores['peak_mib']:8.0f} {each['peak_mib']:4.0f} "
+                      f"{each['child_peak_mib']:5.0f}", flush=True)
     print(f"load average at end {os.getloadavg()}")
 
 
@@ -247,7 +250,8 @@ def record(commit: str, task: str, seed: int, recipe: str, base: TrainingResult,
                            for key, (label, _) in base.test_decisions.items()),
             "build_s": each["built"], "fp32_train_s": base_s, "int8_train_s": each["trained"],
             "speedup": {str(batch): value for batch, value in up.items()}, "load": os.getloadavg()[0],
-            "peak_mib_fp32": base_scores["peak_mib"], "peak_mib_twin": each["peak_mib"]}
+            "peak_mib_fp32": base_scores["peak_mib"], "peak_mib_twin": each["peak_mib"],
+            "peak_mib_build_child": each["child_peak_mib"]}
     with RECORDS.open("a", encoding="utf-8") as out:
         out.write(json.dumps(line) + "\n")
 
@@ -264,6 +268,7 @@ def twin(task: tasks.Task, fp32_path: Path, fp32: Embedder, base: TrainingResult
     result = trained(task, quantized)
     trained_s = time.perf_counter() - started
     return {"path": path, "built": built, "trained": trained_s, "result": result, "peak_mib": peak_mib(),
+            "child_peak_mib": peak_mib(resource.RUSAGE_CHILDREN),
             "scores": open_set_scores(task, quantized, result),
             "verdict": int8.compare(base, result, 70.0)}
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from labelloop.modeling.embedding import Embedder, EmbeddingCache
 from labelloop.modeling.images import prepare
 from labelloop.modeling.serving import Serving
 from labelloop.modeling.training import TrainingResult, train_head
+from labelloop.modeling.versions import ModelError
 
 from .conftest import pick
 
@@ -177,3 +182,75 @@ def test_a_recipe_with_float_ends_keeps_the_stem_and_head_convolutions_fp32(back
     assert sorted(node.input[0] for node in added if node.op_type == "Clip") == sorted(
         [convs[0].output[0], convs[-1].output[0]])  # each end's activation stays with it
     assert int8.fingerprint("fp", ["a"], recipe=ends) != int8.fingerprint("fp", ["a"], recipe=int8.FULL_RANGE)
+
+
+def test_the_child_builds_the_same_file_as_a_build_in_this_process(
+        fp32_and_int8: tuple[TrainingResult, Path, TrainingResult], embedder: Embedder, backbone_onnx: Path,
+        tmp_path: Path) -> None:
+    fp32, path, _ = fp32_and_int8  # built by ensure_backbone, in a child process
+    recipe = int8.recipe_for(int8.cpu_flags())
+    here = int8.build(backbone_onnx, int8.calibration_images(fp32), tmp_path / "here.onnx",
+                      int8.stored_fingerprint(path) or "", recipe=recipe)
+    assert here.read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []  # no scratch left
+
+
+def test_a_failing_child_raises_its_own_error_and_leaves_no_file(
+        fp32_and_int8: tuple[TrainingResult, Path, TrainingResult], backbone_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(ModelError, match=r"(?s)could not build the int8 backbone: .*ValueError: an int8 backbone "
+                                         r"needs at least one calibration image"):
+        int8.build_in_child(backbone_onnx, [], out, "print")
+    fp32, _, _ = fp32_and_int8
+    with pytest.raises(ModelError, match=r"(?s)could not build the int8 backbone: .*missing\.onnx"):
+        int8.build_in_child(tmp_path / "missing.onnx", int8.calibration_images(fp32)[:1], out, "print")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a scratch folder
+
+
+def test_a_killed_child_fails_the_build_and_a_retry_builds_the_same_file(
+        fp32_and_int8: tuple[TrainingResult, Path, TrainingResult], embedder: Embedder, backbone_onnx: Path,
+        tmp_path: Path) -> None:
+    fp32, path, _ = fp32_and_int8
+    outcome: list[BaseException | Path] = []
+
+    def ensure() -> None:
+        try:
+            outcome.append(int8.ensure_backbone(backbone_onnx, embedder.fingerprint, fp32, tmp_path))
+        except Exception as exc:  # the test reads it below
+            outcome.append(exc)
+
+    building = threading.Thread(target=ensure)
+    building.start()
+    pid = _quantizing_child(tmp_path)
+    os.kill(pid, signal.SIGKILL)
+    building.join(timeout=60)
+    [failure] = outcome
+    assert isinstance(failure, ModelError) and "killed by SIGKILL" in str(failure)
+    assert list(tmp_path.iterdir()) == []  # nothing half-built where a retry looks, no scratch folder
+    rebuilt = int8.ensure_backbone(backbone_onnx, embedder.fingerprint, fp32, tmp_path)
+    assert rebuilt.name == path.name and rebuilt.read_bytes() == path.read_bytes()
+
+
+def _quantizing_child(folder: Path, timeout: float = 60.0) -> int:
+    """The pid of this process's child that builds an int8 file in ``folder``, once its build has begun (its
+    quantization's temporary folder exists in the scratch folder)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(temporary.name.startswith("labelloop-int8-") for scratch in folder.glob(".int8-build-*")
+               for temporary in scratch.iterdir()):
+            return next(pid for pid in _children() if b"build_requested" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        time.sleep(0.05)
+    raise AssertionError(f"no int8 build began in {folder} within {timeout} s")
+
+
+def _children() -> list[int]:
+    """This process's child processes, from /proc (the parent pid is the 2nd field after the command's name)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -21,7 +19,7 @@ from sqlalchemy.orm import Session
 from labelloop import db
 from labelloop.config import get_settings
 from labelloop.files import atomic_write_bytes
-from labelloop.modeling import int8
+from labelloop.modeling import child, int8
 from labelloop.modeling.embedding import Embedder, EmbeddingCache, default_threads
 from labelloop.modeling.export import backbone_fingerprint, backbone_onnx_path, stored_fingerprint
 from labelloop.modeling.images import prepare, view_key
@@ -53,11 +51,8 @@ def backbone_path() -> Path:
     if stored_fingerprint(path) == backbone_fingerprint():
         return path
     log.info("building the backbone ONNX file", extra={"path": str(path)})
-    code = "import sys; from labelloop.modeling.export import ensure_backbone_onnx; ensure_backbone_onnx(sys.argv[1])"
-    finished = subprocess.run([sys.executable, "-c", code, str(cache_dir)], capture_output=True, text=True,
-                              check=False)
-    if finished.returncode != 0:
-        raise ModelError(f"could not build the backbone ONNX file: {finished.stderr.strip()[-2000:]}")
+    child.run("labelloop.modeling.export:ensure_backbone_onnx", str(cache_dir),
+              failure="could not build the backbone ONNX file")
     return path
 
 

@@ -10,7 +10,9 @@ embeddings, and serve it only when it costs no accuracy that matters.
    as for serving: on the version's input view (a letterbox version calibrates on letterboxed images, whose
    padding a centre crop never shows). The file's fingerprint (fp32 fingerprint, recipe, calibration images and
    view) is written into its metadata with the recipe, so the embedding cache keeps its vectors apart and a
-   retried training reuses the file only when built with the same recipe.
+   retried training reuses the file only when built with the same recipe. The build runs in a child process
+   (``build_in_child``): its calibration session, about 1 GiB at the peak, is never resident in the process that
+   trains (a ``labelloop serve``); the parent gets the file once its fingerprint checks out, or the child's error.
 2. **Train the twin** with the same code and split as the fp32 head (``train_head`` with the int8 embedder;
    the test split is passed explicitly, so both heads are judged on the same images).
 3. **Check**: the int8 twin serves when its macro-F1 on the test split is within ``MAX_F1_LOSS`` of the fp32
@@ -22,8 +24,12 @@ embeddings, and serve it only when it costs no accuracy that matters.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
+import os
+import resource
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from labelloop.files import atomic_write_bytes
+from labelloop.modeling import child
 from labelloop.modeling.backbone import FINGERPRINT_KEY
 from labelloop.modeling.embedding import Embedder, EmbeddingCache
 from labelloop.modeling.images import prepare
@@ -216,12 +223,62 @@ def ensure_backbone(fp32_path: Path, fp32_fingerprint: str, result: TrainingResu
     print_ = fingerprint(fp32_fingerprint, [result.digests[image.key] for image in images], view, recipe)
     path = backbone_file(folder, print_)
     if stored_fingerprint(path) != print_:
-        started = time.perf_counter()
-        build(fp32_path, images, path, print_, view, recipe)
-        log.info("int8 backbone built", extra={"path": str(path), "calibration_images": len(images),
-                                               "recipe": recipe.words,
-                                               "seconds": round(time.perf_counter() - started, 2)})
+        build_in_child(fp32_path, images, path, print_, view, recipe)
     return path
+
+
+REQUEST, BUILT, COST = "request.json", "int8.onnx", "cost.json"  # a child build's files in its scratch folder
+
+
+def build_in_child(fp32_path: Path, calibration: Sequence[LabeledImage], out_path: Path, print_: str,
+                   view: str = "orig", recipe: Recipe = REDUCE_RANGE) -> Path:
+    """:func:`build` in a child process, so that quantization's memory (its calibration session: ~1 GiB at the
+    peak) is never the training process's (a ``labelloop serve``). The calibration images' bytes go into a scratch
+    folder beside ``out_path``, where the child builds the file (its temporary files too); the file is renamed to
+    ``out_path`` once its fingerprint is ``print_``. A failed or killed child raises ``ModelError`` with its
+    error and leaves no file at ``out_path`` and no scratch folder, so a retried training builds it again."""
+    started = time.perf_counter()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".int8-build-", dir=out_path.parent) as name:
+        scratch = Path(name)
+        _write_request(scratch, fp32_path, calibration, print_, view, recipe)
+        child.run(f"{__name__}:build_requested", name, failure="could not build the int8 backbone",
+                  env={"TMPDIR": name})
+        if (found := stored_fingerprint(scratch / BUILT)) != print_:
+            raise RuntimeError(f"the int8 build's child wrote a file with fingerprint {found!r}, not {print_!r}")
+        cost = json.loads((scratch / COST).read_text())
+        os.replace(scratch / BUILT, out_path)
+    log.info("int8 backbone built", extra={"path": str(out_path), "calibration_images": len(calibration),
+                                           "recipe": recipe.words, "seconds": round(time.perf_counter() - started, 2),
+                                           "child_seconds": cost["seconds"], "child_peak_mib": cost["peak_mib"]})
+    return out_path
+
+
+def _write_request(scratch: Path, fp32_path: Path, calibration: Sequence[LabeledImage], print_: str, view: str,
+                   recipe: Recipe) -> None:
+    """What the child builds, in ``scratch``: each calibration image's bytes in a file (in their order, which is
+    the calibration batches'), and the request naming them, the fp32 file, fingerprint, view and recipe."""
+    names = []
+    for index, image in enumerate(calibration):
+        names.append(f"calibration-{index:04d}")
+        (scratch / names[-1]).write_bytes(image.data())
+    request = {"fp32_path": str(fp32_path), "images": names, "fingerprint": print_, "view": view,
+               "recipe": dataclasses.asdict(recipe)}
+    (scratch / REQUEST).write_text(json.dumps(request))
+
+
+def build_requested(scratch: str) -> None:
+    """The child's side of :func:`build_in_child`: build the file the request in ``scratch`` asks for into it,
+    and write its own seconds and peak RSS beside it."""
+    folder = Path(scratch)
+    request = json.loads((folder / REQUEST).read_text())
+    images = [LabeledImage(name, "", (folder / name).read_bytes) for name in request["images"]]
+    started = time.perf_counter()
+    build(Path(request["fp32_path"]), images, folder / BUILT, request["fingerprint"], request["view"],
+          Recipe(**request["recipe"]))
+    cost = {"seconds": round(time.perf_counter() - started, 2),
+            "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    (folder / COST).write_text(json.dumps(cost))
 
 
 def backbone_file(folder: Path, print_: str) -> Path:
@@ -260,15 +317,15 @@ class Twin:
     record: dict[str, Any]
 
 
-def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_embedder: Embedder, *,
+def train_twin(examples: Sequence[LabeledImage], fp32: TrainingResult, fp32_path: Path, fp32_fingerprint: str, *,
                folder: Path, embeddings: Path, threshold: float, options: dict[str, Any],
                progress: Progress | None = None, recipe: Recipe | None = None) -> Twin:
-    """Build the int8 backbone calibrated on ``fp32``'s training split with ``recipe`` (by default the one for
-    this CPU), train and evaluate the same head on its embeddings (same images, same test split, same
-    ``options``), and keep whichever may serve."""
+    """Build the int8 backbone of the fp32 one at ``fp32_path`` calibrated on ``fp32``'s training split with
+    ``recipe`` (by default the one for this CPU), train and evaluate the same head on its embeddings (same
+    images, same test split, same ``options``), and keep whichever may serve. It needs no fp32 session: the
+    caller's can go back first (its arena holds a batch of 32's buffers)."""
     started = time.perf_counter()
-    path = ensure_backbone(fp32_embedder.path, fp32_embedder.fingerprint, fp32, folder, options.get("view", "orig"),
-                           recipe)
+    path = ensure_backbone(fp32_path, fp32_fingerprint, fp32, folder, options.get("view", "orig"), recipe)
     built = time.perf_counter() - started
     embedder = Embedder(path, shared_arena=False)  # its own arena, given back with it (README Performance, item 44)
     told = None if progress is None else lambda phase, done, total: progress(f"int8 {phase}", done, total)

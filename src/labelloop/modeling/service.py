@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from labelloop import db, memory
 from labelloop.config import get_settings
 from labelloop.modeling import dataset, endpoint, gate, int8
-from labelloop.modeling.embedding import Embedder
 from labelloop.modeling.export import build_full_model_onnx
 from labelloop.modeling.images import view_key
 from labelloop.modeling.models import ModelStatus, ModelVersion
@@ -146,15 +145,19 @@ def _train(examples: list[LabeledImage], version: str, options: dict[str, Any], 
     result = train_head(examples, embedder, cache, **options, progress=ProgressWriter(version))
     if not quantize:
         return result, None
-    twin = _int8_twin(examples, result, embedder, options, threshold, ProgressWriter(version))
+    fp32_path, fp32_fingerprint = embedder.path, embedder.fingerprint
+    # The fp32 session goes back before the twin's embeds: kept, its arena added ~320 MiB to the training's peak
+    # (README Performance, item 64).
+    del embedder, cache
+    twin = _int8_twin(examples, result, fp32_path, fp32_fingerprint, options, threshold, ProgressWriter(version))
     return twin.result, twin
 
 
-def _int8_twin(examples: list[LabeledImage], result: TrainingResult, embedder: Embedder, options: dict[str, Any],
-               threshold: float, progress: ProgressWriter) -> int8.Twin:
+def _int8_twin(examples: list[LabeledImage], result: TrainingResult, fp32_path: Path, fp32_fingerprint: str,
+               options: dict[str, Any], threshold: float, progress: ProgressWriter) -> int8.Twin:
     """Quantize-Backbone: the version's int8 twin (``modeling/int8.py``), trained on the same images and split."""
     settings = get_settings()
-    return int8.train_twin(examples, result, embedder, folder=settings.cache_dir,
+    return int8.train_twin(examples, result, fp32_path, fp32_fingerprint, folder=settings.cache_dir,
                            embeddings=settings.cache_dir / "embeddings", threshold=threshold, options=options,
                            progress=progress, recipe=int8.recipe_named(settings.int8_weights, int8.cpu_flags()))
 
