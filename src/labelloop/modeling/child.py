@@ -23,8 +23,7 @@ def run(target: str, *args: str, failure: str, env: dict[str, str] | None = None
     finished = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False,
                               env=None if env is None else {**os.environ, **env})
     if finished.returncode != 0:
-        # Imported here: the children import the modules that use this one, and need none of the database.
-        from labelloop.modeling.versions import ModelError
+        from labelloop.modeling.versions import ModelError  # here: a child needs none of versions' database
 
         raise ModelError(f"{failure}: {why(finished.returncode, finished.stderr)}")
 
