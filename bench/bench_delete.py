@@ -1,4 +1,4 @@
-"""Wall-clock and thread CPU time of the local bucket's delete, per object, in process (README Performance, item 66:
+"""Wall-clock and thread CPU time of the local bucket's delete, per object, in process (README Performance, item 64:
 a delete fsyncs the object's folder before it returns).
 
     PYTHONPATH=src .venv/bin/python bench/bench_delete.py [--objects 300] [--pairs 6]

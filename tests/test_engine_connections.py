@@ -2,7 +2,7 @@
 up) when the server ends them — ``pg_terminate_backend``, as a restart, a failover or an idle timeout does: runs
 started directly and runs taken from a queue by its poll still succeed, also when the sessions end between two
 steps of a run, and the engine's notification listener comes back (DBOS reconnects it after 1 s). DBOS's engine pings
-each connection it takes from its pool (``pool_pre_ping``, its default, kept: README Performance, item 66) and retries
+each connection it takes from its pool (``pool_pre_ping``, its default, kept: README Performance, item 64) and retries
 a statement whose connection failed (``db_retry``, after 0.5-1.5 s; without the ping every kill costs that wait);
 labelloop's own engine looks at the socket instead (test_database_pool.py)."""
 

@@ -147,7 +147,7 @@ def _train(examples: list[LabeledImage], version: str, options: dict[str, Any], 
         return result, None
     fp32_path, fp32_fingerprint = embedder.path, embedder.fingerprint
     # The fp32 session goes back before the twin's embeds: kept, its arena added ~320 MiB to the training's peak
-    # (README Performance, item 64).
+    # (README Performance, item 65).
     del embedder, cache
     twin = _int8_twin(examples, result, fp32_path, fp32_fingerprint, options, threshold, ProgressWriter(version))
     return twin.result, twin
